@@ -1,0 +1,712 @@
+//! `config.conf`: the one TOML file that describes a cluster.
+//!
+//! ```toml
+//! [cluster]
+//! name = "meshfs-local"          # peers with another name are refused
+//! secret = "..."                 # at least 16 bytes; proves membership, never sent
+//! block_size = "64MiB"           # bytes, or a string with KiB/MiB/GiB/TiB
+//! replication = 2                # copies of each block, at most the number of dservers
+//! ping_interval_ms = 250
+//! down_timeout_ms = 2000         # a peer silent this long is down (= missed pongs x interval)
+//! reconnect_min_ms = 100         # first reconnect delay; doubles per failure, with jitter,
+//! reconnect_max_ms = 5000        # up to this cap
+//!
+//! [[mserver]]                    # one per meta-server
+//! id = 1
+//! addr = "127.0.0.1:7101"
+//! data_dir = "data/mserver-1"    # relative to this file's directory
+//!
+//! [[dserver]]                    # one per data-server
+//! id = 4
+//! addr = "127.0.0.1:7201"
+//! data_dir = "data/dserver-4"
+//! capacity = "20GiB"
+//!
+//! [[client]]                     # who may use the cluster
+//! id = 1
+//! name = "admin"
+//! key = "..."
+//! ```
+//!
+//! Every error names the field and says why; unknown keys are errors (a typo must not be
+//! silently ignored). Relative paths are relative to the config file's own directory, so a
+//! copy of the file in another directory describes a separate cluster.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default block size: 64 MiB.
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024 * 1024;
+/// Blocks are checksummed in segments of this size; a block size is a multiple of it.
+pub const SEGMENT_SIZE: u64 = 64 * 1024;
+/// Largest block size accepted.
+pub const MAX_BLOCK_SIZE: u64 = 1024 * 1024 * 1024;
+/// Shortest cluster secret or client key accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Most servers in one config: the full mesh is O(n^2) connections.
+pub const MAX_SERVERS: usize = 64;
+/// Highest replication factor accepted.
+pub const MAX_REPLICATION: u8 = 16;
+
+const _: () = assert!(DEFAULT_BLOCK_SIZE.is_multiple_of(SEGMENT_SIZE));
+const _: () = assert!(DEFAULT_BLOCK_SIZE <= MAX_BLOCK_SIZE);
+
+/// A server's id, unique across meta- and data-servers of one cluster. Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A client's id, from a `[[client]]` entry. Never 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u32);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A meta-server: keeps the namespace.
+    MServer,
+    /// A data-server: keeps blocks.
+    DServer,
+}
+
+impl Role {
+    /// The name used in config.conf, logs and status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::MServer => "mserver",
+            Role::DServer => "dserver",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a config could not be used. Displayed, it names the file, the field and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has keys of the wrong type or unknown keys.
+    #[error("config {path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("config {path}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, as a TOML path (`mserver[2].addr`).
+        field: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+}
+
+/// One server of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Its id.
+    pub id: NodeId,
+    /// Meta- or data-server.
+    pub role: Role,
+    /// Where it listens for peers and clients.
+    pub addr: SocketAddr,
+    /// Its data directory, absolute.
+    pub data_dir: PathBuf,
+    /// Bytes it may store (data-servers only).
+    pub capacity: Option<u64>,
+}
+
+/// One client allowed to use the cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Its id.
+    pub id: ClientId,
+    /// A human name for logs.
+    pub name: String,
+    /// The key it proves it knows.
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print keys.
+        f.debug_struct("ClientConfig").field("id", &self.id).field("name", &self.name).finish()
+    }
+}
+
+/// Timings of the group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Time between pings to each peer.
+    pub ping_interval: Duration,
+    /// A peer heard nothing from for this long is down.
+    pub down_timeout: Duration,
+    /// First reconnect delay.
+    pub reconnect_min: Duration,
+    /// Reconnect delay cap.
+    pub reconnect_max: Duration,
+}
+
+impl Timing {
+    /// A connection not authenticated within this long is closed.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.down_timeout
+    }
+}
+
+/// A validated cluster description.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from (absolute), for messages.
+    pub path: PathBuf,
+    /// The cluster name; peers with another name are refused.
+    pub cluster_name: String,
+    /// The cluster secret.
+    pub secret: Vec<u8>,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Default replication factor.
+    pub replication: u8,
+    /// Group protocol timings.
+    pub timing: Timing,
+    /// Every server, meta-servers first, each group in file order.
+    pub servers: Vec<ServerConfig>,
+    /// Clients by id.
+    pub clients: BTreeMap<ClientId, ClientConfig>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("cluster_name", &self.cluster_name)
+            .field("block_size", &self.block_size)
+            .field("replication", &self.replication)
+            .field("timing", &self.timing)
+            .field("servers", &self.servers)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Config::parse(&text, &absolute)
+    }
+
+    /// Validates config text as if read from `path` (relative paths resolve against its
+    /// directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(path, base)
+    }
+
+    /// The server with `id`.
+    pub fn server(&self, id: NodeId) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The servers of one role.
+    pub fn servers_of(&self, role: Role) -> impl Iterator<Item = &ServerConfig> {
+        self.servers.iter().filter(move |s| s.role == role)
+    }
+
+    /// The client with `id`.
+    pub fn client(&self, id: ClientId) -> Option<&ClientConfig> {
+        self.clients.get(&id)
+    }
+
+    /// The directory holding the config file; relative paths are relative to it.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// Where the config is: `--config` if given, else `$MESHFS_CONFIG`, else `./config.conf`.
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("MESHFS_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config.conf"))
+}
+
+/// Parses a size: a number of bytes, or a number followed by B, KiB, MiB, GiB or TiB
+/// (also K, M, G, T, KB, MB, GB, TB, all binary).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("{text:?} is not a size (expected e.g. 65536, \"64MiB\", \"10GiB\")"));
+    }
+    let number: u64 = digits.parse().map_err(|_| format!("{digits:?} is too large"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB or TiB)")),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+// ---- raw TOML shape ----
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    secret: Option<String>,
+    block_size: Option<RawSize>,
+    replication: Option<i64>,
+    ping_interval_ms: Option<u64>,
+    down_timeout_ms: Option<u64>,
+    reconnect_min_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    id: i64,
+    addr: String,
+    data_dir: String,
+    capacity: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: i64,
+    name: Option<String>,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: RawCluster,
+    #[serde(default)]
+    mserver: Vec<RawServer>,
+    #[serde(default)]
+    dserver: Vec<RawServer>,
+    #[serde(default)]
+    client: Vec<RawClient>,
+}
+
+impl RawConfig {
+    fn validate(self, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        let c = &self.cluster;
+
+        if c.name.is_empty() || c.name.len() > 64 {
+            return Err(invalid("cluster.name", "must be 1 to 64 characters".into()));
+        }
+        if !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            return Err(invalid(
+                "cluster.name",
+                "may hold only letters, digits, '-', '_' and '.'".into(),
+            ));
+        }
+        let secret = match &c.secret {
+            None => {
+                return Err(invalid(
+                    "cluster.secret",
+                    "missing: every cluster needs a secret".into(),
+                ));
+            }
+            Some(s) if s.len() < MIN_SECRET_LEN => {
+                return Err(invalid(
+                    "cluster.secret",
+                    format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", s.len()),
+                ));
+            }
+            Some(s) => s.as_bytes().to_vec(),
+        };
+
+        let block_size = match &c.block_size {
+            None => DEFAULT_BLOCK_SIZE,
+            Some(raw) => size_value(raw).map_err(|r| invalid("cluster.block_size", r))?,
+        };
+        if block_size == 0
+            || !block_size.is_multiple_of(SEGMENT_SIZE)
+            || block_size > MAX_BLOCK_SIZE
+        {
+            return Err(invalid(
+                "cluster.block_size",
+                format!(
+                    "{block_size} bytes: must be a non-zero multiple of {SEGMENT_SIZE} (64 KiB), at most 1 GiB"
+                ),
+            ));
+        }
+
+        let replication = c.replication.unwrap_or(2);
+        if !(1..=i64::from(MAX_REPLICATION)).contains(&replication) {
+            return Err(invalid(
+                "cluster.replication",
+                format!("{replication}: must be between 1 and {MAX_REPLICATION}"),
+            ));
+        }
+        let replication = replication as u8;
+
+        let timing = Timing {
+            ping_interval: Duration::from_millis(c.ping_interval_ms.unwrap_or(250)),
+            down_timeout: Duration::from_millis(c.down_timeout_ms.unwrap_or(2000)),
+            reconnect_min: Duration::from_millis(c.reconnect_min_ms.unwrap_or(100)),
+            reconnect_max: Duration::from_millis(c.reconnect_max_ms.unwrap_or(5000)),
+        };
+        if timing.ping_interval < Duration::from_millis(10) {
+            return Err(invalid("cluster.ping_interval_ms", "must be at least 10".into()));
+        }
+        if timing.down_timeout < 2 * timing.ping_interval {
+            return Err(invalid(
+                "cluster.down_timeout_ms",
+                format!(
+                    "{} ms: must be at least two ping intervals ({} ms), or one late pong marks a peer down",
+                    timing.down_timeout.as_millis(),
+                    2 * timing.ping_interval.as_millis()
+                ),
+            ));
+        }
+        if timing.reconnect_min.is_zero() || timing.reconnect_min > timing.reconnect_max {
+            return Err(invalid(
+                "cluster.reconnect_min_ms",
+                "must be non-zero and at most reconnect_max_ms".into(),
+            ));
+        }
+
+        let mut servers = Vec::new();
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut dirs = HashSet::new();
+        for (role, list) in [(Role::MServer, &self.mserver), (Role::DServer, &self.dserver)] {
+            for (i, raw) in list.iter().enumerate() {
+                let field = |name: &str| format!("{}[{}].{name}", role.name(), i + 1);
+                let id = u32::try_from(raw.id).ok().filter(|&id| id != 0).ok_or_else(|| {
+                    invalid(&field("id"), format!("{}: must be 1 to {}", raw.id, u32::MAX))
+                })?;
+                if !ids.insert(id) {
+                    return Err(invalid(
+                        &field("id"),
+                        format!("duplicate id {id}: ids are unique across mservers and dservers"),
+                    ));
+                }
+                let addr: SocketAddr = raw.addr.parse().map_err(|_| {
+                    invalid(
+                        &field("addr"),
+                        format!(
+                            "{:?} is not an IP:port address (host names are not resolved)",
+                            raw.addr
+                        ),
+                    )
+                })?;
+                if addr.port() == 0 {
+                    return Err(invalid(
+                        &field("addr"),
+                        format!("{addr}: port 0 is not an address peers can reach"),
+                    ));
+                }
+                if !addrs.insert(addr) {
+                    return Err(invalid(&field("addr"), format!("duplicate address {addr}")));
+                }
+                if raw.data_dir.is_empty() {
+                    return Err(invalid(&field("data_dir"), "must not be empty".into()));
+                }
+                let data_dir = base.join(&raw.data_dir);
+                if !dirs.insert(data_dir.clone()) {
+                    return Err(invalid(
+                        &field("data_dir"),
+                        format!("{} is used by another server", data_dir.display()),
+                    ));
+                }
+                let capacity = match (role, &raw.capacity) {
+                    (Role::MServer, Some(_)) => {
+                        return Err(invalid(
+                            &field("capacity"),
+                            "only data-servers have a capacity".into(),
+                        ));
+                    }
+                    (Role::MServer, None) => None,
+                    (Role::DServer, None) => {
+                        return Err(invalid(
+                            &field("capacity"),
+                            "missing: how many bytes may this data-server store?".into(),
+                        ));
+                    }
+                    (Role::DServer, Some(raw)) => {
+                        let bytes = size_value(raw).map_err(|r| invalid(&field("capacity"), r))?;
+                        if bytes < block_size {
+                            return Err(invalid(
+                                &field("capacity"),
+                                format!("{bytes} bytes is less than one block ({block_size})"),
+                            ));
+                        }
+                        Some(bytes)
+                    }
+                };
+                servers.push(ServerConfig { id: NodeId(id), role, addr, data_dir, capacity });
+            }
+        }
+        if self.mserver.is_empty() {
+            return Err(invalid("mserver", "at least one [[mserver]] is needed".into()));
+        }
+        if servers.len() > MAX_SERVERS {
+            return Err(invalid(
+                "dserver",
+                format!("{} servers: at most {MAX_SERVERS} in one full mesh", servers.len()),
+            ));
+        }
+        if usize::from(replication) > self.dserver.len() {
+            return Err(invalid(
+                "cluster.replication",
+                format!(
+                    "{replication} copies need at least {replication} data-servers, the config has {}",
+                    self.dserver.len()
+                ),
+            ));
+        }
+
+        let mut clients = BTreeMap::new();
+        for (i, raw) in self.client.iter().enumerate() {
+            let field = |name: &str| format!("client[{}].{name}", i + 1);
+            let id = u32::try_from(raw.id).ok().filter(|&id| id != 0).ok_or_else(|| {
+                invalid(&field("id"), format!("{}: must be 1 to {}", raw.id, u32::MAX))
+            })?;
+            if raw.key.len() < MIN_SECRET_LEN {
+                return Err(invalid(
+                    &field("key"),
+                    format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", raw.key.len()),
+                ));
+            }
+            let client = ClientConfig {
+                id: ClientId(id),
+                name: raw.name.clone().unwrap_or_else(|| format!("client-{id}")),
+                key: raw.key.as_bytes().to_vec(),
+            };
+            if clients.insert(client.id, client).is_some() {
+                return Err(invalid(&field("id"), format!("duplicate client id {id}")));
+            }
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            cluster_name: c.name.clone(),
+            secret,
+            block_size,
+            replication,
+            timing,
+            servers,
+            clients,
+        })
+    }
+}
+
+fn size_value(raw: &RawSize) -> Result<u64, String> {
+    match raw {
+        RawSize::Bytes(n) => Ok(*n),
+        RawSize::Text(text) => parse_size(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+name = "test"
+secret = "0123456789abcdef"
+replication = 2
+
+[[mserver]]
+id = 1
+addr = "127.0.0.1:7101"
+data_dir = "data/m1"
+
+[[dserver]]
+id = 4
+addr = "127.0.0.1:7201"
+data_dir = "data/d4"
+capacity = "1GiB"
+
+[[dserver]]
+id = 5
+addr = "127.0.0.1:7202"
+data_dir = "/abs/d5"
+capacity = 1073741824
+
+[[client]]
+id = 1
+key = "client-key-0123456789"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/meshfs/config.conf"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config should be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.cluster_name, "test");
+        assert_eq!(config.block_size, DEFAULT_BLOCK_SIZE);
+        assert_eq!(config.replication, 2);
+        assert_eq!(config.timing.ping_interval, Duration::from_millis(250));
+        assert_eq!(config.servers.len(), 3);
+        assert_eq!(config.server(NodeId(4)).unwrap().capacity, Some(1 << 30));
+        assert_eq!(config.server(NodeId(5)).unwrap().capacity, Some(1 << 30));
+        assert_eq!(config.client(ClientId(1)).unwrap().name, "client-1");
+        assert_eq!(config.servers_of(Role::DServer).count(), 2);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.server(NodeId(1)).unwrap().data_dir, Path::new("/etc/meshfs/data/m1"));
+        assert_eq!(config.server(NodeId(5)).unwrap().data_dir, Path::new("/abs/d5"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("10 GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("99999999999999TiB").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            // (replace this, with this, expect this in the message)
+            ("secret = \"0123456789abcdef\"\n", "", "cluster.secret: missing"),
+            ("secret = \"0123456789abcdef\"", "secret = \"short\"", "cluster.secret: too short"),
+            ("id = 5", "id = 4", "dserver[2].id: duplicate id 4"),
+            ("id = 5", "id = 0", "dserver[2].id: 0: must be"),
+            (
+                "127.0.0.1:7202",
+                "localhost:7202",
+                "dserver[2].addr: \"localhost:7202\" is not an IP:port",
+            ),
+            ("127.0.0.1:7202", "127.0.0.1:7201", "dserver[2].addr: duplicate address"),
+            ("127.0.0.1:7202", "127.0.0.1:0", "port 0"),
+            ("/abs/d5", "data/d4", "dserver[2].data_dir"),
+            ("capacity = 1073741824", "", "dserver[2].capacity: missing"),
+            (
+                "capacity = 1073741824",
+                "capacity = \"1 furlong\"",
+                "dserver[2].capacity: unknown size unit",
+            ),
+            ("replication = 2", "replication = 3", "cluster.replication: 3 copies need at least 3"),
+            ("replication = 2", "replication = 0", "cluster.replication: 0: must be between"),
+            ("name = \"test\"", "name = \"a b\"", "cluster.name"),
+            ("replication = 2", "replication = 2\nblock_size = \"100KiB\"", "cluster.block_size"),
+            (
+                "replication = 2",
+                "replication = 2\nping_interval_ms = 500\ndown_timeout_ms = 600",
+                "cluster.down_timeout_ms",
+            ),
+            ("key = \"client-key-0123456789\"", "key = \"k\"", "client[1].key: too short"),
+        ];
+        for (from, to, expect) in cases {
+            assert!(GOOD.contains(from), "case {from:?} does not apply");
+            let message = error(&GOOD.replacen(from, to, 1));
+            assert!(message.contains(expect), "for {to:?}: {message:?} lacks {expect:?}");
+            assert!(message.contains("/etc/meshfs/config.conf"), "{message:?} lacks the file");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let message =
+            error(&GOOD.replacen("replication = 2", "replication = 2\nreplicaton = 3", 1));
+        assert!(message.contains("unknown field `replicaton`"), "{message}");
+        assert!(message.contains("line"), "{message}");
+        let message = error(&GOOD.replacen("[[client]]", "[[clients]]", 1));
+        assert!(message.contains("clients"), "{message}");
+    }
+
+    #[test]
+    fn config_needs_a_meta_server() {
+        let text = GOOD.replacen(
+            "[[mserver]]\nid = 1\naddr = \"127.0.0.1:7101\"\ndata_dir = \"data/m1\"\n",
+            "",
+            1,
+        );
+        assert!(error(&text).contains("at least one [[mserver]]"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = parse(GOOD).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("0123456789abcdef"));
+        assert!(!printed.contains("client-key"));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.conf");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.servers_of(Role::MServer).count(), 3);
+        assert_eq!(config.servers_of(Role::DServer).count(), 3);
+        assert_eq!(config.replication, 2);
+        assert_eq!(config.block_size, DEFAULT_BLOCK_SIZE);
+        assert!(config.servers.iter().all(|s| s.addr.ip().is_loopback()));
+        assert!(!config.clients.is_empty());
+    }
+}
