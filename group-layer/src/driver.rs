@@ -5,8 +5,10 @@
 //! server is for. The node turns socket events into group inputs, carries out the group's
 //! actions, and hands group events to the service. It times every callback and logs slow ones.
 
+use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -14,7 +16,7 @@ use meshfs_net::{
     ConnId, EventLoop, Frame, LoopConfig, NetEvent, Notifier, Priority, SendError, TimerId,
 };
 
-use crate::config::{Config, NodeId, Role};
+use crate::config::{Config, ConfigError, NodeId, Role};
 use crate::membership::{Action, Group, GroupError, GroupEvent};
 
 /// A callback slower than this is logged: it held up every connection of the process.
@@ -293,6 +295,91 @@ impl Node {
             .collect();
         info!("rtt (smoothed): {}", peers.join(" "));
     }
+}
+
+/// Why a server process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The id is in the config, but as another role.
+    #[error("node {id} is a {actual} in {path}; start it with `{actual} --id {id}`")]
+    WrongRole {
+        /// The id.
+        id: NodeId,
+        /// Its role in the config.
+        actual: Role,
+        /// The config file.
+        path: PathBuf,
+    },
+    /// The data directory could not be created or locked.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// A server's data directory, locked for the life of the process so that two processes never
+/// serve one server's data.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    /// Holds the advisory lock on `LOCK`; released when dropped (or when the process dies).
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates `path` if needed and locks it.
+    pub fn open(path: &Path) -> Result<DataDir, StartError> {
+        let fail = |reason: String| StartError::DataDir { path: path.to_path_buf(), reason };
+        fs::create_dir_all(path).map_err(|e| fail(format!("cannot create: {e}")))?;
+        let lock_path = path.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(fail("in use by another running server (LOCK is held)".to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock: {e}"))),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Everything a server process needs before its loop starts: the validated config, its
+/// locked data directory, and its bound node.
+pub fn start_server(
+    role: Role,
+    config_path: &Path,
+    id: NodeId,
+) -> Result<(Config, DataDir, Node), StartError> {
+    let config = Config::load(config_path)?;
+    let Some(server) = config.server(id) else {
+        let ids: Vec<String> = config.servers_of(role).map(|s| s.id.to_string()).collect();
+        return Err(NodeError::NotInConfig(id, format!("{}s: {}", role, ids.join(", "))).into());
+    };
+    if server.role != role {
+        return Err(StartError::WrongRole { id, actual: server.role, path: config.path.clone() });
+    }
+    let data_dir = DataDir::open(&server.data_dir)?;
+    let node = Node::bind(&config, id)?;
+    Ok((config, data_dir, node))
 }
 
 /// 32 bytes from the OS for nonces and jitter.

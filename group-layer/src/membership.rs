@@ -623,7 +623,7 @@ impl Group {
                 match dialer {
                     Identity::Server { id, .. } => self.establish(now, conn, id, incarnation, id),
                     Identity::Client { id } => {
-                        info!("client {id} connected");
+                        debug!("client {id} connected");
                         self.conns.insert(conn, Conn::Client { client: id });
                     }
                 }

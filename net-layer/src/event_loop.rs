@@ -600,7 +600,7 @@ impl EventLoop {
             }
             ReadOutcome::Close(reason) => {
                 if let CloseReason::BadFrame(err) = &reason {
-                    info!("closing {conn} from {}: {err}", connection.peer);
+                    info!("closing {conn} from {}: bad frame: {err}", connection.peer);
                 }
                 self.teardown(conn, reason);
             }

@@ -1,0 +1,234 @@
+//! A blocking, authenticated connection from a client to one server.
+//!
+//! The client side of the group handshake (see `meshfs_group::message`): the client dials,
+//! says who it is, checks that the server knows its key, proves it knows the key itself,
+//! and then exchanges request/response frames. Every read has a deadline.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use meshfs_core::wire::Message;
+use meshfs_group::auth::{self, Side, Transcript};
+use meshfs_group::message::{GroupMessage, Identity};
+use meshfs_group::rng::Rng;
+use meshfs_group::{ClientId, Config, FIRST_APP_KIND};
+use meshfs_net::frame::{self, Decoder, Frame};
+
+use crate::error::ClientError;
+
+/// Who the client is: an id and key from a `[[client]]` entry of the config.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The client id.
+    pub id: ClientId,
+    /// The client's key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The credentials of client `id` in `config`, or of its first client if `id` is `None`.
+    pub fn from_config(config: &Config, id: Option<ClientId>) -> Result<Credentials, ClientError> {
+        let client = match id {
+            Some(id) => config.client(id).ok_or(ClientError::UnknownClient(id))?,
+            None => config.clients.values().next().ok_or(ClientError::NoClient)?,
+        };
+        Ok(Credentials { id: client.id, key: client.key.clone() })
+    }
+}
+
+/// An authenticated connection to one server.
+#[derive(Debug)]
+pub struct Connection {
+    addr: SocketAddr,
+    stream: TcpStream,
+    decoder: Decoder,
+    server: Identity,
+    next_request_id: u64,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Connects to `addr` and authenticates as `credentials` in cluster `cluster`, each step
+    /// within `timeout`.
+    pub fn open(
+        addr: SocketAddr,
+        cluster: &str,
+        credentials: &Credentials,
+        timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        stream.set_nodelay(true).map_err(|source| ClientError::Io { addr, source })?;
+        let mut conn = Connection {
+            addr,
+            stream,
+            decoder: Decoder::new(frame::DEFAULT_MAX_BODY_LEN),
+            server: Identity::Client { id: credentials.id },
+            next_request_id: 1,
+            timeout,
+        };
+        conn.handshake(cluster, credentials)?;
+        Ok(conn)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Who the server proved to be.
+    pub fn server(&self) -> Identity {
+        self.server
+    }
+
+    fn handshake(&mut self, cluster: &str, credentials: &Credentials) -> Result<(), ClientError> {
+        let mut rng = Rng::from_seed(
+            os_seed().map_err(|source| ClientError::Io { addr: self.addr, source })?,
+        );
+        let me = Identity::Client { id: credentials.id };
+        let nonce = rng.bytes32();
+        self.send_group(&GroupMessage::Hello {
+            cluster: cluster.to_string(),
+            identity: me,
+            incarnation: rng.u64(),
+            nonce,
+        })?;
+        let (server, server_nonce, proof) = match self.read_group()? {
+            GroupMessage::Challenge { identity, nonce, proof, .. } => (identity, nonce, proof),
+            other => return Err(self.protocol(format!("expected a challenge, got {other:?}"))),
+        };
+        let transcript = Transcript {
+            cluster,
+            dialer: me,
+            acceptor: server,
+            dialer_nonce: &nonce,
+            acceptor_nonce: &server_nonce,
+        };
+        if !auth::verify(&credentials.key, Side::Acceptor, &transcript, &proof) {
+            return Err(ClientError::ServerAuth { addr: self.addr, server: server.to_string() });
+        }
+        let my_proof = auth::prove(&credentials.key, Side::Dialer, &transcript);
+        self.send_group(&GroupMessage::Proof { proof: my_proof })?;
+        match self.read_group()? {
+            GroupMessage::Welcome => {
+                self.server = server;
+                Ok(())
+            }
+            other => Err(self.protocol(format!("expected welcome, got {other:?}"))),
+        }
+    }
+
+    fn protocol(&self, detail: String) -> ClientError {
+        ClientError::Protocol { addr: self.addr, detail }
+    }
+
+    fn send_group(&mut self, message: &GroupMessage) -> Result<(), ClientError> {
+        self.write_frame(&Frame::new(message.kind(), 0, message.encode()))
+    }
+
+    fn write_frame(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        let mut bytes = Vec::with_capacity(frame.wire_len());
+        frame.encode(&mut bytes);
+        let addr = self.addr;
+        self.stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(|source| ClientError::Io { addr, source })?;
+        self.stream.write_all(&bytes).map_err(|source| ClientError::Io { addr, source })
+    }
+
+    /// Reads the next group message; a Refuse becomes [`ClientError::Refused`].
+    fn read_group(&mut self) -> Result<GroupMessage, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let frame = self.read_frame(deadline)?;
+        if frame.kind >= FIRST_APP_KIND {
+            return Err(self.protocol(format!("message kind {} during the handshake", frame.kind)));
+        }
+        match GroupMessage::decode(frame.kind, &frame.body) {
+            Ok(GroupMessage::Refuse { reason }) => {
+                Err(ClientError::Refused { addr: self.addr, reason })
+            }
+            Ok(message) => Ok(message),
+            Err(err) => Err(self.protocol(err.to_string())),
+        }
+    }
+
+    fn read_frame(&mut self, deadline: Instant) -> Result<Frame, ClientError> {
+        let addr = self.addr;
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(frame)) => return Ok(frame),
+                Ok(None) => {}
+                Err(err) => return Err(self.protocol(format!("bad frame: {err}"))),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout { addr, after: self.timeout });
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|source| ClientError::Io { addr, source })?;
+            match self.stream.read(self.decoder.read_buf()) {
+                Ok(0) => return Err(ClientError::Closed { addr }),
+                Ok(n) => self.decoder.advance(n),
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Timeout { addr, after: self.timeout });
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ClientError::Io { addr, source }),
+            }
+        }
+    }
+
+    /// Sends `request` and waits for its answer; an error reply becomes
+    /// [`ClientError::Server`].
+    pub fn call(&mut self, request: &Message) -> Result<Message, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.write_frame(&request.to_frame(request_id))?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let frame = self.read_frame(deadline)?;
+            if frame.kind < FIRST_APP_KIND {
+                match GroupMessage::decode(frame.kind, &frame.body) {
+                    Ok(GroupMessage::Ping { seq }) => {
+                        self.send_group(&GroupMessage::Pong { seq })?
+                    }
+                    Ok(GroupMessage::Refuse { reason }) => {
+                        return Err(ClientError::Refused { addr: self.addr, reason });
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if frame.request_id != request_id {
+                // An answer to an earlier request that timed out: not ours.
+                continue;
+            }
+            return match Message::decode(&frame) {
+                Ok(Message::Error { code, message }) => {
+                    Err(ClientError::Server { addr: self.addr, code, message })
+                }
+                Ok(message) => Ok(message),
+                Err(err) => Err(self.protocol(err.to_string())),
+            };
+        }
+    }
+}
+
+fn os_seed() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}

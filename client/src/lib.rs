@@ -1,0 +1,18 @@
+//! MeshFS client library and the `meshfs` command line.
+//!
+//! - [`connection`]: a blocking, authenticated connection to one server.
+//! - [`status`]: the cluster as every server sees it (`meshfs status`).
+//! - [`launcher`]: start and stop every server of a config (`meshfs up`).
+//! - [`error`]: the one error type, [`ClientError`].
+//!
+//! The client knows servers only through the wire protocol (`meshfs_core::wire`).
+
+#![deny(missing_docs, missing_debug_implementations)]
+
+pub mod connection;
+pub mod error;
+pub mod launcher;
+pub mod status;
+
+pub use connection::{Connection, Credentials};
+pub use error::{ClientError, Result};

@@ -1,0 +1,246 @@
+//! `meshfs status`: ask every server of the config how it sees the group.
+//!
+//! Servers are asked in parallel, each with its own timeout; one that cannot be reached is
+//! listed with `up: false` and the reason. The JSON shape (stable; fields may be added):
+//!
+//! ```json
+//! {"cluster":"meshfs-local","servers":[{"id":1,"role":"mserver","addr":"127.0.0.1:7101",
+//!   "up":true,"uptime_ms":5123,"peers":[{"id":2,"role":"mserver","up":true,"rtt_us":85,
+//!   "rtt_last_us":80,"rtt_max_us":140,"since_ms":5000}]}]}
+//! ```
+
+use std::fmt::Write as _;
+use std::thread;
+use std::time::Duration;
+
+use meshfs_core::wire::{Message, StatusReply};
+use meshfs_group::{Config, NodeId, Role};
+use serde::Serialize;
+
+use crate::connection::{Connection, Credentials};
+use crate::error::ClientError;
+
+/// One peer link as one server sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerView {
+    /// The peer's id.
+    pub id: u32,
+    /// The peer's role.
+    pub role: &'static str,
+    /// Whether the link is up.
+    pub up: bool,
+    /// Smoothed RTT in microseconds; `null` while down or before the first pong.
+    pub rtt_us: Option<u64>,
+    /// Last RTT sample in microseconds.
+    pub rtt_last_us: Option<u64>,
+    /// Largest RTT on the current link in microseconds.
+    pub rtt_max_us: Option<u64>,
+    /// Milliseconds in the current state.
+    pub since_ms: u64,
+}
+
+/// One server's answer, or why there was none.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServerView {
+    /// The server's id.
+    pub id: u32,
+    /// Its role.
+    pub role: &'static str,
+    /// Its configured address.
+    pub addr: String,
+    /// Whether it answered.
+    pub up: bool,
+    /// Why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds since it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// Its incarnation (changes on every restart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
+    /// How it sees every other server.
+    pub peers: Vec<PeerView>,
+}
+
+/// The whole cluster as its servers see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The cluster name.
+    pub cluster: String,
+    /// Every server of the config, in config order.
+    pub servers: Vec<ServerView>,
+}
+
+fn role_name(role: Role) -> &'static str {
+    role.name()
+}
+
+fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
+    let peers = reply
+        .peers
+        .iter()
+        .map(|p| {
+            let measured = p.up && p.rtt_samples > 0;
+            PeerView {
+                id: p.id.0,
+                role: role_name(p.role),
+                up: p.up,
+                rtt_us: measured.then_some(p.rtt_smoothed_us),
+                rtt_last_us: measured.then_some(p.rtt_last_us),
+                rtt_max_us: measured.then_some(p.rtt_max_us),
+                since_ms: p.since_ms,
+            }
+        })
+        .collect();
+    ServerView {
+        id: reply.id.0,
+        role: role_name(reply.role),
+        addr: configured_addr,
+        up: true,
+        error: None,
+        uptime_ms: Some(reply.uptime_ms),
+        incarnation: Some(reply.incarnation),
+        peers,
+    }
+}
+
+/// Asks one server for its status.
+pub fn server_status(
+    config: &Config,
+    id: NodeId,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<StatusReply, ClientError> {
+    let server = config.server(id).expect("asked for a server of this config");
+    let mut conn = Connection::open(server.addr, &config.cluster_name, credentials, timeout)?;
+    match conn.call(&Message::StatusRequest)? {
+        Message::StatusReply(reply) if reply.id == id => Ok(reply),
+        Message::StatusReply(reply) => Err(ClientError::Protocol {
+            addr: server.addr,
+            detail: format!("expected server {id} at this address, server {} answered", reply.id),
+        }),
+        other => Err(ClientError::Protocol {
+            addr: server.addr,
+            detail: format!("expected a status reply, got message kind {}", other.kind()),
+        }),
+    }
+}
+
+/// Asks every server of `config`, in parallel.
+pub fn cluster_status(
+    config: &Config,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> ClusterStatus {
+    let servers = thread::scope(|scope| {
+        let handles: Vec<_> = config
+            .servers
+            .iter()
+            .map(|server| {
+                scope
+                    .spawn(move || (server, server_status(config, server.id, credentials, timeout)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                let (server, result) = handle.join().expect("status threads do not panic");
+                match result {
+                    Ok(reply) => view(&reply, server.addr.to_string()),
+                    Err(err) => ServerView {
+                        id: server.id.0,
+                        role: role_name(server.role),
+                        addr: server.addr.to_string(),
+                        up: false,
+                        error: Some(err.to_string()),
+                        uptime_ms: None,
+                        incarnation: None,
+                        peers: Vec::new(),
+                    },
+                }
+            })
+            .collect()
+    });
+    ClusterStatus { cluster: config.cluster_name.clone(), servers }
+}
+
+impl ClusterStatus {
+    /// Every server answered and sees every other one up.
+    pub fn fully_connected(&self) -> bool {
+        let n = self.servers.len();
+        self.servers.iter().all(|s| s.up && s.peers.len() == n - 1 && s.peers.iter().all(|p| p.up))
+    }
+
+    /// Servers that answered.
+    pub fn servers_up(&self) -> usize {
+        self.servers.iter().filter(|s| s.up).count()
+    }
+
+    /// The server with `id`.
+    pub fn server(&self, id: u32) -> Option<&ServerView> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// As one JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("status serializes")
+    }
+
+    /// A table of servers, then the RTT matrix: row = the server that measured, column = the
+    /// peer, cell = smoothed RTT in microseconds (`down` if the link is down, `-` for itself,
+    /// `?` if the row's server did not answer).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cluster {}: {} of {} servers up",
+            self.cluster,
+            self.servers_up(),
+            self.servers.len()
+        );
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<8} {:<22} {:<5} {:>10}  note",
+            "id", "role", "address", "state", "uptime"
+        );
+        for s in &self.servers {
+            let uptime = s
+                .uptime_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+            let state = if s.up { "up" } else { "DOWN" };
+            let note = s.error.clone().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:>4}  {:<8} {:<22} {:<5} {:>10}  {note}",
+                s.id, s.role, s.addr, state, uptime
+            );
+        }
+        let _ = writeln!(out, "\nRTT in microseconds (row measured column):");
+        let _ = write!(out, "{:>6}", "");
+        for s in &self.servers {
+            let _ = write!(out, "{:>8}", s.id);
+        }
+        out.push('\n');
+        for row in &self.servers {
+            let _ = write!(out, "{:>6}", row.id);
+            for col in &self.servers {
+                let cell = if row.id == col.id {
+                    "-".to_string()
+                } else if !row.up {
+                    "?".to_string()
+                } else {
+                    match row.peers.iter().find(|p| p.id == col.id) {
+                        Some(PeerView { up: true, rtt_us: Some(rtt), .. }) => rtt.to_string(),
+                        Some(PeerView { up: true, rtt_us: None, .. }) => "up".to_string(),
+                        Some(_) => "down".to_string(),
+                        None => "?".to_string(),
+                    }
+                };
+                let _ = write!(out, "{cell:>8}");
+            }
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,207 @@
+//! A test cluster of real `mserver`/`dserver` processes on free loopback ports.
+//!
+//! Each cluster lives in its own temporary directory (config, data, logs). Dropping it kills
+//! every process it started, by PID, and removes the directory unless the test failed (then
+//! the logs stay and their path is printed).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use meshfs_client::Credentials;
+use meshfs_client::status::{ClusterStatus, cluster_status};
+use meshfs_group::{Config, NodeId};
+
+/// Generous: CI machines are slow and shared. Tests wait for events, never for this long.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+pub const PING_INTERVAL_MS: u64 = 100;
+pub const DOWN_TIMEOUT_MS: u64 = 1000;
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const CLIENT_KEY: &str = "integration-test-client-key-0123";
+
+/// Where cargo put the binaries: next to `meshfs`.
+pub fn bin_dir() -> PathBuf {
+    let meshfs = PathBuf::from(env!("CARGO_BIN_EXE_meshfs"));
+    let dir = meshfs.parent().expect("binary has a directory").to_path_buf();
+    for name in ["mserver", "dserver"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+            dir.join(name).display()
+        );
+    }
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Config text for `m` meta-servers and `d` data-servers on free ports.
+pub fn config_text(m: u32, d: u32, secret: &str) -> String {
+    let mut text = format!(
+        "[cluster]\nname = \"it\"\nsecret = \"{secret}\"\nreplication = 1\nblock_size = \"1MiB\"\n\
+         ping_interval_ms = {PING_INTERVAL_MS}\ndown_timeout_ms = {DOWN_TIMEOUT_MS}\n\
+         reconnect_min_ms = 50\nreconnect_max_ms = 500\n\n"
+    );
+    for id in 1..=m + d {
+        let role = if id <= m { "mserver" } else { "dserver" };
+        let port = free_port();
+        text += &format!(
+            "[[{role}]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"data/{role}-{id}\"\n"
+        );
+        if role == "dserver" {
+            text += "capacity = \"1GiB\"\n";
+        }
+        text += "\n";
+    }
+    text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\n");
+    text
+}
+
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub credentials: Credentials,
+    pub procs: BTreeMap<u32, Child>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestCluster {
+    /// Writes a config for `m` + `d` servers in a fresh directory; starts nothing.
+    pub fn new(name: &str, m: u32, d: u32) -> TestCluster {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("meshfs-it-{}-{n}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.conf");
+        fs::write(&config_path, config_text(m, d, SECRET)).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let credentials = Credentials::from_config(&config, None).unwrap();
+        TestCluster { dir, config_path, config, credentials, procs: BTreeMap::new() }
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        self.config.servers.iter().map(|s| s.id.0).collect()
+    }
+
+    /// Starts every server.
+    pub fn start_all(&mut self) {
+        for id in self.ids() {
+            self.start(id);
+        }
+    }
+
+    /// Starts server `id` with the cluster's config.
+    pub fn start(&mut self, id: u32) {
+        let config = self.config_path.clone();
+        self.start_with(id, &config);
+    }
+
+    /// Starts server `id` with the config at `config` (which may differ from the cluster's).
+    pub fn start_with(&mut self, id: u32, config: &Path) {
+        assert!(!self.procs.contains_key(&id), "server {id} already running");
+        let role = self.config.server(NodeId(id)).unwrap().role;
+        let log = fs::File::options().create(true).append(true).open(self.log_path(id)).unwrap();
+        let child = Command::new(bin_dir().join(role.name()))
+            .arg("--config")
+            .arg(config)
+            .arg("--id")
+            .arg(id.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.insert(id, child);
+    }
+
+    /// kill -9, by PID, and reap.
+    pub fn kill9(&mut self, id: u32) {
+        let mut child = self.procs.remove(&id).expect("server running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Whether server `id`'s process is still alive.
+    pub fn alive(&mut self, id: u32) -> bool {
+        matches!(self.procs.get_mut(&id).map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log_path(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("server-{id}.log"))
+    }
+
+    pub fn log(&self, id: u32) -> String {
+        fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        cluster_status(&self.config, &self.credentials, Duration::from_millis(1000))
+    }
+
+    /// Polls the cluster's status until `done` holds; panics with the last status at the
+    /// deadline.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        mut done: impl FnMut(&ClusterStatus) -> bool,
+    ) -> ClusterStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status:\n{}",
+                status.render()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running server sees every other one up with an RTT.
+    pub fn wait_full_mesh(&self) -> ClusterStatus {
+        self.wait_for("the full mesh", |s| s.fully_connected() && all_measured(s))
+    }
+
+    /// Polls `done` on the log of server `id`.
+    pub fn wait_log(&self, id: u32, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log(id).contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "server {id} never logged {what:?}; log:\n{}",
+                self.log(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn all_measured(status: &ClusterStatus) -> bool {
+    status.servers.iter().all(|s| s.peers.iter().all(|p| !p.up || p.rtt_us.is_some()))
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.procs) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("test cluster kept for inspection: {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Integration tests with real server processes on loopback. Each test makes its own cluster
+//! on free ports and kills what it started by PID; every wait polls for a status or a log
+//! line with a generous deadline.
+
+#![allow(clippy::unwrap_used)]
+
+mod cluster;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{CLIENT_KEY, DEADLINE, DOWN_TIMEOUT_MS, TestCluster, bin_dir};
+use meshfs_client::{ClientError, Connection, Credentials};
+use meshfs_group::ClientId;
+use meshfs_group::message::GroupMessage;
+use meshfs_net::frame::{self, Decoder};
+
+#[test]
+fn the_full_mesh_forms_and_status_shows_every_link_with_rtt() {
+    let mut cluster = TestCluster::new("mesh", 3, 3);
+    cluster.start_all();
+    let started = Instant::now();
+    let status = cluster.wait_full_mesh();
+    assert!(started.elapsed() < Duration::from_secs(10), "mesh took {:?}", started.elapsed());
+    assert_eq!(status.servers.len(), 6);
+
+    // The command line prints the same as JSON, in the documented shape.
+    let output = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .args(["status", "--json", "--config"])
+        .arg(&cluster.config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let servers = json["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 6);
+    for server in servers {
+        assert_eq!(server["up"], true);
+        assert!(server["id"].as_u64().is_some());
+        assert!(["mserver", "dserver"].contains(&server["role"].as_str().unwrap()));
+        assert!(server["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+        let peers = server["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 5);
+        for peer in peers {
+            assert_eq!(peer["up"], true);
+            let rtt = peer["rtt_us"].as_u64().expect("every link has an RTT");
+            assert!(rtt < 1_000_000, "loopback RTT of {rtt} us");
+        }
+    }
+
+    // And as tables with the RTT matrix.
+    let output = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("status")
+        .env("MESHFS_CONFIG", &cluster.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("6 of 6 servers up"), "{text}");
+    assert!(text.contains("RTT in microseconds"), "{text}");
+}
+
+#[test]
+fn a_killed_server_is_seen_down_by_all_and_comes_back_after_restart() {
+    let mut cluster = TestCluster::new("kill", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let victim = 5;
+    let killed = Instant::now();
+    cluster.kill9(victim);
+    let status = cluster.wait_for("everyone to see server 5 down", |s| {
+        s.servers
+            .iter()
+            .filter(|v| v.id != victim)
+            .all(|v| v.up && v.peers.iter().any(|p| p.id == victim && !p.up))
+    });
+    let took = killed.elapsed();
+    // Within the configured timeout (plus polling slack): the kernel resets the sockets of a
+    // killed process, so it is usually seen at once.
+    assert!(
+        took < Duration::from_millis(DOWN_TIMEOUT_MS) + Duration::from_secs(1),
+        "took {took:?}"
+    );
+    let victim_view = status.server(victim).unwrap();
+    assert!(!victim_view.up);
+    assert!(victim_view.error.as_ref().unwrap().contains("cannot connect"), "{victim_view:?}");
+    // The others still see each other.
+    for s in status.servers.iter().filter(|s| s.id != victim) {
+        assert!(s.peers.iter().filter(|p| p.id != victim).all(|p| p.up), "{s:?}");
+    }
+
+    let old_incarnation = cluster.status().server(1).unwrap().incarnation;
+    cluster.start(victim);
+    let status = cluster.wait_full_mesh();
+    assert!(
+        status.server(victim).unwrap().uptime_ms.unwrap()
+            < status.server(1).unwrap().uptime_ms.unwrap()
+    );
+    assert_eq!(status.server(1).unwrap().incarnation, old_incarnation, "server 1 did not restart");
+}
+
+#[test]
+fn a_server_with_the_wrong_secret_is_refused_and_the_group_stays_healthy() {
+    let mut cluster = TestCluster::new("secret", 2, 3);
+    let impostor = 5;
+    for id in 1..impostor {
+        cluster.start(id);
+    }
+    // Same ids, ports and client keys, another cluster secret.
+    let bad_config = cluster.dir.join("wrong-secret.conf");
+    let text = std::fs::read_to_string(&cluster.config_path).unwrap();
+    std::fs::write(&bad_config, text.replace(cluster::SECRET, "a-wrong-secret-for-the-test-999"))
+        .unwrap();
+    cluster.start_with(impostor, &bad_config);
+
+    // Both directions are refused with a reason in the logs.
+    cluster.wait_log(impostor, "failed to prove the cluster secret");
+    cluster.wait_log(1, "dserver 5 failed to prove the cluster secret");
+    cluster.wait_log(1, "dserver 5 refused the handshake");
+
+    let status = cluster.wait_for("servers 1-4 meshed", |s| {
+        s.servers
+            .iter()
+            .filter(|v| v.id != impostor)
+            .all(|v| v.up && v.peers.iter().all(|p| p.up == (p.id != impostor)))
+    });
+    // The impostor answers its own status (the client key is right) but sees nobody.
+    let impostor_view = status.server(impostor).unwrap();
+    assert!(impostor_view.up);
+    assert!(impostor_view.peers.iter().all(|p| !p.up), "{impostor_view:?}");
+    assert!(cluster.alive(impostor));
+    for id in 1..impostor {
+        assert!(!cluster.log(id).contains("peer dserver 5 up"), "server {id} let the impostor in");
+    }
+}
+
+#[test]
+fn random_bytes_close_only_that_connection() {
+    let mut cluster = TestCluster::new("garbage", 2, 1);
+    cluster.start_all();
+    let before = cluster.wait_full_mesh();
+    let addr = cluster.config.servers[0].addr;
+
+    // Bytes that are not a frame.
+    let garbage: Vec<u8> =
+        (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = stream.write_all(&garbage); // the server may close before it has read it all
+    let mut sink = Vec::new();
+    let closed = stream.read_to_end(&mut sink);
+    assert!(closed.is_ok() || closed.unwrap_err().kind() == std::io::ErrorKind::ConnectionReset);
+    cluster.wait_log(1, "bad frame");
+
+    // A well-formed frame that skips the handshake is refused with a reason.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut bytes = Vec::new();
+    frame::encode(40, 1, b"let me in", &mut bytes);
+    stream.write_all(&bytes).unwrap();
+    let mut decoder = Decoder::new(frame::DEFAULT_MAX_BODY_LEN);
+    let mut refusal = None;
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        decoder.extend_from_slice(&buf[..n]);
+        while let Ok(Some(frame)) = decoder.decode() {
+            refusal = Some(GroupMessage::decode(frame.kind, &frame.body).unwrap());
+        }
+    }
+    let Some(GroupMessage::Refuse { reason }) = refusal else { panic!("no refusal: {refusal:?}") };
+    assert!(reason.contains("before authentication"), "{reason}");
+
+    // The server lives on, unrestarted, and the group is intact.
+    assert!(cluster.alive(1));
+    let after = cluster.wait_full_mesh();
+    assert_eq!(after.server(1).unwrap().incarnation, before.server(1).unwrap().incarnation);
+}
+
+#[test]
+fn clients_with_a_wrong_key_or_unknown_id_are_refused_with_clear_errors() {
+    let mut cluster = TestCluster::new("clientauth", 1, 1);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let addr = cluster.config.servers[0].addr;
+    let timeout = Duration::from_secs(5);
+
+    let good = Credentials { id: ClientId(1), key: CLIENT_KEY.as_bytes().to_vec() };
+    let conn = Connection::open(addr, "it", &good, timeout).unwrap();
+    assert_eq!(conn.server().to_string(), "mserver 1");
+
+    let wrong_key = Credentials { id: ClientId(1), key: b"not-the-client-key-00000".to_vec() };
+    let err = Connection::open(addr, "it", &wrong_key, timeout).unwrap_err();
+    assert!(matches!(err, ClientError::ServerAuth { .. }), "{err}");
+    assert!(err.to_string().contains("wrong key"), "{err}");
+
+    let unknown = Credentials { id: ClientId(99), key: CLIENT_KEY.as_bytes().to_vec() };
+    let err = Connection::open(addr, "it", &unknown, timeout).unwrap_err();
+    assert!(err.to_string().contains("refused the connection: unknown client id 99"), "{err}");
+
+    let err = Connection::open(addr, "another-cluster", &good, timeout).unwrap_err();
+    assert!(err.to_string().contains("cluster name mismatch"), "{err}");
+    assert!(cluster.alive(1));
+}
+
+#[test]
+fn status_lists_an_unreachable_server_as_down_and_exits_non_zero() {
+    let mut cluster = TestCluster::new("partial", 1, 1);
+    cluster.start(1);
+    let output = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .args(["status", "--json", "--timeout-ms", "500"])
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .output()
+        .unwrap();
+    // Server 1 may still be starting; poll until it answers, then check the JSON.
+    let deadline = Instant::now() + DEADLINE;
+    let mut output = output;
+    loop {
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if json["servers"][0]["up"] == true {
+            assert_eq!(json["servers"][1]["up"], false);
+            assert!(json["servers"][1]["error"].as_str().unwrap().contains("cannot connect"));
+            assert_eq!(json["servers"][0]["peers"][0]["up"], false);
+            assert!(json["servers"][0]["peers"][0]["rtt_us"].is_null());
+            assert_eq!(output.status.code(), Some(1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "server 1 never answered");
+        std::thread::sleep(Duration::from_millis(50));
+        output = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .args(["status", "--json", "--timeout-ms", "500", "--config"])
+            .arg(&cluster.config_path)
+            .output()
+            .unwrap();
+    }
+}
+
+#[test]
+fn meshfs_up_starts_the_cluster_and_ctrl_c_stops_every_server() {
+    let cluster = TestCluster::new("up", 2, 2);
+    let mut up = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("up")
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = bin_dir(); // the launcher finds the servers next to meshfs
+    let up_pid = nix::unistd::Pid::from_raw(up.id() as i32);
+    let stdout = up.stdout.take().unwrap();
+    // Read lines on a thread so a silent launcher cannot hang the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut pids = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("meshfs up never reported the full mesh");
+        if let Some(rest) = line.split("(pid ").nth(1) {
+            pids.push(rest.split(')').next().unwrap().parse::<i32>().unwrap());
+        }
+        if line.contains("full mesh") {
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 4, "one pid per server");
+    assert!(cluster.status().fully_connected());
+
+    nix::sys::signal::kill(up_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "meshfs up did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "meshfs up exited with {status}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("stopped (4 cleanly)")), "{rest:?}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "server pid {pid} still exists"
+        );
+    }
+}
