@@ -20,7 +20,7 @@ use mio::net::{TcpListener, TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::frame::{self, DEFAULT_MAX_BODY_LEN, Decoder, Frame, FrameError};
+use crate::frame::{DEFAULT_MAX_BODY_LEN, Decoder, Frame, FrameError};
 use crate::outbound::{Outbound, Priority, SendError};
 use crate::timer::{TimerId, TimerQueue};
 
@@ -356,9 +356,7 @@ impl EventLoop {
         let max = self.config.max_body_len as usize;
         assert!(body.len() <= max, "sending a {}-byte body past the {max}-byte limit", body.len());
         let connection = self.conn_mut(conn).ok_or(SendError::Closed)?;
-        let mut bytes = Vec::with_capacity(frame::HEADER_LEN + body.len());
-        frame::encode(kind, request_id, body, &mut bytes);
-        connection.out.push(priority, bytes)?;
+        connection.out.push_frame(priority, kind, request_id, body)?;
         if !connection.dirty {
             connection.dirty = true;
             self.dirty.push(conn);
