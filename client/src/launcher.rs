@@ -218,7 +218,7 @@ pub fn up(
         }
         if !reported {
             let status = cluster_status(config, credentials, Duration::from_millis(500));
-            if status.fully_connected() {
+            if status.fully_connected() && status.rtts_measured() {
                 print!("{}", status.render());
                 println!(
                     "all {} servers up, full mesh in {:.1}s. Press Ctrl-C to stop.",

@@ -172,6 +172,11 @@ impl ClusterStatus {
         self.servers.iter().all(|s| s.up && s.peers.len() == n - 1 && s.peers.iter().all(|p| p.up))
     }
 
+    /// Every link that is up has an RTT (at least one pong came back).
+    pub fn rtts_measured(&self) -> bool {
+        self.servers.iter().all(|s| s.peers.iter().all(|p| !p.up || p.rtt_us.is_some()))
+    }
+
     /// Servers that answered.
     pub fn servers_up(&self) -> usize {
         self.servers.iter().filter(|s| s.up).count()

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use meshfs_group::driver::Node;
 use meshfs_group::{Group, PeerStatus};
 
 use crate::wire::{PeerLink, StatusReply};
@@ -46,4 +47,10 @@ pub fn status_reply(
         version: env!("CARGO_PKG_VERSION").to_string(),
         peers: group.status().iter().map(|p| peer_link(p, now)).collect(),
     }
+}
+
+/// The status report of a running server node, as of now.
+pub fn node_status(node: &Node) -> StatusReply {
+    let addr = node.local_addr().to_string();
+    status_reply(node.group(), &node.config().cluster_name, &addr, node.uptime(), Instant::now())
 }

@@ -382,6 +382,21 @@ pub fn start_server(
     Ok((config, data_dir, node))
 }
 
+/// A server process from start to finish: [`start_server`], then [`Node::run`] with
+/// `service` until SIGTERM or SIGINT.
+pub fn serve<S: Service>(
+    role: Role,
+    config_path: &Path,
+    id: NodeId,
+    service: &mut S,
+) -> Result<(), StartError> {
+    let (_config, data_dir, mut node) = start_server(role, config_path, id)?;
+    info!("data directory {}", data_dir.path().display());
+    node.run(service).map_err(NodeError::Loop)?;
+    info!("stopped");
+    Ok(())
+}
+
 /// 32 bytes from the OS for nonces and jitter.
 fn os_seed() -> io::Result<[u8; 32]> {
     use std::io::Read;

@@ -7,12 +7,11 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 use std::path::Path;
-use std::time::Instant;
 
-use log::{info, warn};
-use meshfs_core::status::status_reply;
-use meshfs_core::wire::{ErrorCode, Message};
-use meshfs_group::driver::{Node, Service, StartError, start_server};
+use log::warn;
+use meshfs_core::request::{common_reply, unsupported};
+use meshfs_core::status::node_status;
+use meshfs_group::driver::{Node, Service, StartError, serve};
 use meshfs_group::{GroupEvent, NodeId, Role};
 
 /// The server's state above the group.
@@ -29,32 +28,13 @@ impl Service for MetaServer {
                 warn!("ignoring message kind {} from peer {from}: not served yet", frame.kind);
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let reply = match Message::decode(&frame) {
-                    Ok(Message::StatusRequest) => {
-                        let addr = node.local_addr().to_string();
-                        let cluster = node.config().cluster_name.clone();
-                        let status = status_reply(
-                            node.group(),
-                            &cluster,
-                            &addr,
-                            node.uptime(),
-                            Instant::now(),
-                        );
-                        Message::StatusReply(status)
-                    }
-                    Ok(other) => Message::Error {
-                        code: ErrorCode::Unsupported,
-                        message: format!(
-                            "a {} does not serve message kind {}",
-                            node.role(),
-                            other.kind()
-                        ),
-                    },
-                    Err(err) => {
-                        warn!("bad request from client {client}: {err}");
-                        Message::Error { code: ErrorCode::BadRequest, message: err.to_string() }
-                    }
-                };
+                let reply = common_reply(&frame, || node_status(node)).unwrap_or_else(|request| {
+                    warn!(
+                        "client {client} sent message kind {}, which this server does not serve",
+                        request.kind()
+                    );
+                    unsupported(node.role(), &request)
+                });
                 node.reply(conn, reply.to_frame(frame.request_id));
             }
         }
@@ -63,11 +43,5 @@ impl Service for MetaServer {
 
 /// Runs server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), StartError> {
-    let (_config, data_dir, mut node) = start_server(Role::MServer, config_path, id)?;
-    info!("data directory {}", data_dir.path().display());
-    let mut server = MetaServer::default();
-    node.run(&mut server)
-        .map_err(|e| StartError::Node(meshfs_group::driver::NodeError::Loop(e)))?;
-    info!("stopped");
-    Ok(())
+    serve(Role::MServer, config_path, id, &mut MetaServer::default())
 }

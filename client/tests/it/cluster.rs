@@ -171,7 +171,7 @@ impl TestCluster {
 
     /// Waits until every running server sees every other one up with an RTT.
     pub fn wait_full_mesh(&self) -> ClusterStatus {
-        self.wait_for("the full mesh", |s| s.fully_connected() && all_measured(s))
+        self.wait_for("the full mesh", |s| s.fully_connected() && s.rtts_measured())
     }
 
     /// Polls `done` on the log of server `id`.
@@ -186,10 +186,6 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-pub fn all_measured(status: &ClusterStatus) -> bool {
-    status.servers.iter().all(|s| s.peers.iter().all(|p| !p.up || p.rtt_us.is_some()))
 }
 
 impl Drop for TestCluster {
