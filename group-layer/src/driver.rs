@@ -17,7 +17,7 @@ use meshfs_net::{
 };
 
 use crate::config::{Config, ConfigError, NodeId, Role};
-use crate::membership::{Action, Group, GroupError, GroupEvent};
+use crate::membership::{Action, Group, GroupError, GroupEvent, HANDSHAKE_MAX_BODY_LEN};
 
 /// A callback slower than this is logged: it held up every connection of the process.
 const SLOW_CALLBACK: Duration = Duration::from_millis(50);
@@ -202,6 +202,7 @@ impl Node {
         match event {
             NetEvent::Accepted { conn, peer, .. } => {
                 debug!("accepted {conn} from {peer}");
+                self.net.set_max_body_len(conn, HANDSHAKE_MAX_BODY_LEN);
                 self.group.handle_accepted(now, conn);
                 "accept"
             }
@@ -257,7 +258,10 @@ impl Node {
         let now = Instant::now();
         match action {
             Action::Connect { peer, addr } => match self.net.connect(addr) {
-                Ok(conn) => self.group.handle_dialed(now, peer, conn),
+                Ok(conn) => {
+                    self.net.set_max_body_len(conn, HANDSHAKE_MAX_BODY_LEN);
+                    self.group.handle_dialed(now, peer, conn);
+                }
                 Err(err) => self.group.handle_dial_failed(now, peer, &err.to_string()),
             },
             Action::Send { conn, priority, frame } => {
@@ -271,6 +275,7 @@ impl Node {
                     }
                 }
             }
+            Action::Trust { conn } => self.net.set_max_body_len(conn, u32::MAX),
             Action::Close { conn, reason } => self.net.close(conn, reason),
         }
     }

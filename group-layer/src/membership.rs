@@ -35,6 +35,11 @@ use crate::rtt::{RttStats, backoff};
 
 /// Pings kept awaiting their pong per link; older ones count as missed.
 const MAX_OUTSTANDING_PINGS: usize = 64;
+/// Largest frame body accepted before a connection has authenticated: handshake messages
+/// are under 200 bytes, and an unauthenticated stranger must not make a server buffer a
+/// megabyte per connection. The driver applies it to every new connection; [`Action::Trust`]
+/// lifts it.
+pub const HANDSHAKE_MAX_BODY_LEN: u32 = 4096;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,11 @@ pub enum Action {
         priority: Priority,
         /// The frame.
         frame: Frame,
+    },
+    /// `conn` is authenticated: lift the handshake limit on its frame size.
+    Trust {
+        /// The connection.
+        conn: ConnId,
     },
     /// Close `conn` (after flushing what is queued, e.g. a Refuse).
     Close {
@@ -620,6 +630,7 @@ impl Group {
                     return;
                 }
                 self.send_group(conn, &GroupMessage::Welcome);
+                self.actions.push_back(Action::Trust { conn });
                 match dialer {
                     Identity::Server { id, .. } => self.establish(now, conn, id, incarnation, id),
                     Identity::Client { id } => {
@@ -629,6 +640,7 @@ impl Group {
                 }
             }
             (Conn::AwaitWelcome { peer, incarnation, .. }, GroupMessage::Welcome) => {
+                self.actions.push_back(Action::Trust { conn });
                 self.establish(now, conn, peer, incarnation, self.me);
             }
             (state, GroupMessage::Refuse { reason }) if state.deadline().is_some() => {

@@ -331,6 +331,15 @@ impl EventLoop {
         }
     }
 
+    /// Sets the largest frame body `conn` accepts from now on, at most the loop's
+    /// `max_body_len`. Upper layers keep unauthenticated connections small this way.
+    pub fn set_max_body_len(&mut self, conn: ConnId, max_body_len: u32) {
+        let limit = max_body_len.min(self.config.max_body_len);
+        if let Some(connection) = self.conn_mut(conn) {
+            connection.decoder.set_max_body_len(limit);
+        }
+    }
+
     /// Bytes queued for `conn` and not yet written.
     pub fn queued_bytes(&self, conn: ConnId) -> Option<usize> {
         match self.sources.get(conn.index()) {

@@ -225,6 +225,12 @@ impl Decoder {
         self.max_body_len
     }
 
+    /// Changes the largest body accepted from the next frame on (e.g. raised once a peer has
+    /// authenticated). Bytes already buffered are checked against the new limit.
+    pub fn set_max_body_len(&mut self, max_body_len: u32) {
+        self.max_body_len = max_body_len;
+    }
+
     /// Bytes received and not yet decoded.
     pub fn buffered(&self) -> usize {
         self.end - self.start

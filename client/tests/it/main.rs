@@ -174,6 +174,16 @@ fn random_bytes_close_only_that_connection() {
     let Some(GroupMessage::Refuse { reason }) = refusal else { panic!("no refusal: {refusal:?}") };
     assert!(reason.contains("before authentication"), "{reason}");
 
+    // Before authentication a stranger cannot make the server buffer a large frame: the
+    // header alone gets the connection closed.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let header = frame::encode_header(1, 0, &vec![0u8; 100_000]);
+    stream.write_all(&header).unwrap();
+    let mut sink = Vec::new();
+    let _ = stream.read_to_end(&mut sink);
+    cluster.wait_log(1, "body length 100000 exceeds the maximum 4096");
+
     // The server lives on, unrestarted, and the group is intact.
     assert!(cluster.alive(1));
     let after = cluster.wait_full_mesh();

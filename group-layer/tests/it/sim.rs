@@ -2,12 +2,13 @@
 //! network with latency, isolation and dead nodes. Time jumps from event to event, so a
 //! minute of cluster life takes milliseconds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshfs_group::config::Config;
+use meshfs_group::membership::HANDSHAKE_MAX_BODY_LEN;
 use meshfs_group::{Action, Group, GroupEvent, NodeId};
 use meshfs_net::{ConnId, Frame};
 
@@ -53,6 +54,8 @@ pub struct Sim {
     addrs: HashMap<SocketAddr, NodeId>,
     /// Open connection ends, by their id (ids are unique across all nodes).
     ends: HashMap<ConnId, End>,
+    /// Connection ends their node has authenticated (lifted the handshake frame limit).
+    trusted: HashSet<ConnId>,
     /// In flight: (deliver at, sequence, to node, to conn, what). Sorted by time then sequence.
     in_flight: Vec<(Instant, u64, NodeId, ConnId, Delivery)>,
     next_conn: u64,
@@ -78,6 +81,7 @@ impl Sim {
             nodes: BTreeMap::new(),
             addrs: HashMap::new(),
             ends: HashMap::new(),
+            trusted: HashSet::new(),
             in_flight: Vec::new(),
             next_conn: 1,
             next_seq: 0,
@@ -173,6 +177,9 @@ impl Sim {
                 let at = self.now + self.latency;
                 self.push(at, other.node, end.other, Delivery::Frame(frame));
             }
+            Action::Trust { conn } => {
+                self.trusted.insert(conn);
+            }
             Action::Close { conn, reason } => {
                 self.closes.push((self.now, node, reason));
                 self.close_end(conn);
@@ -243,7 +250,12 @@ impl Sim {
                 let Some(group) = self.nodes.get_mut(&node) else { continue };
                 match what {
                     Delivery::Frame(frame) => {
-                        if self.ends.contains_key(&conn) {
+                        let too_large = frame.body.len() > HANDSHAKE_MAX_BODY_LEN as usize;
+                        if too_large && !self.trusted.contains(&conn) {
+                            // What the real decoder does before authentication.
+                            group.handle_closed(self.now, conn, "bad frame: too large");
+                            self.close_end(conn);
+                        } else if self.ends.contains_key(&conn) {
                             group.handle_frame(self.now, conn, frame);
                         }
                     }
@@ -272,7 +284,10 @@ impl Sim {
                 let Ok(conn) = ga.conn_of(b) else { return false };
                 let Some(end) = self.ends.get(&conn) else { return false };
                 let Ok(back) = self.nodes[&b].conn_of(a) else { return false };
-                if end.other != back {
+                if end.other != back
+                    || !self.trusted.contains(&conn)
+                    || !self.trusted.contains(&back)
+                {
                     return false;
                 }
             }
