@@ -163,6 +163,11 @@ struct Ping {
 enum Link {
     Down {
         since: Instant,
+        /// Whether the layers above know the peer is down. False only during a handover:
+        /// the link closed while our own dial to the peer was one message from done, which
+        /// is how a crossing resolves when the peer closes its side first. The down is
+        /// reported only if that dial fails.
+        reported: bool,
     },
     Up {
         conn: ConnId,
@@ -265,7 +270,7 @@ impl Group {
                 let peer = Peer {
                     role: s.role,
                     addr: s.addr,
-                    link: Link::Down { since: now },
+                    link: Link::Down { since: now, reported: true },
                     dial: Dial::Idle { retry_at: now, attempt: 0 },
                 };
                 (s.id, peer)
@@ -338,7 +343,7 @@ impl Group {
             .iter()
             .map(|(&id, peer)| {
                 let (up, since, rtt) = match &peer.link {
-                    Link::Down { since } => (false, *since, RttStats::default()),
+                    Link::Down { since, .. } => (false, *since, RttStats::default()),
                     Link::Up { since, rtt, .. } => (true, *since, *rtt),
                 };
                 PeerStatus { id, role: peer.role, addr: peer.addr, up, since, rtt }
@@ -773,12 +778,16 @@ impl Group {
             ping: Ping { next_at: now, seq: 0, outstanding: VecDeque::new(), last_heard: now },
         };
         match &p.link {
-            Link::Down { .. } => {
-                info!("peer {} {peer} up ({} by {dialed_by})", p.role, conn);
+            Link::Down { reported, .. } => {
                 let role = p.role;
+                if *reported {
+                    info!("peer {role} {peer} up ({conn} by {dialed_by})");
+                    self.events.push_back(GroupEvent::PeerUp { peer, role });
+                } else {
+                    debug!("link to {role} {peer} handed over to {conn}");
+                }
                 p.link = fresh_link(conn);
                 self.conns.insert(conn, Conn::Peer { peer });
-                self.events.push_back(GroupEvent::PeerUp { peer, role });
             }
             Link::Up { conn: old, incarnation: old_incarnation, dialed_by: old_dialer, .. } => {
                 let (old, old_incarnation, old_dialer) = (*old, *old_incarnation, *old_dialer);
@@ -857,11 +866,18 @@ impl Group {
         let Some(state) = self.conns.remove(&conn) else { return };
         match state {
             Conn::Peer { peer } => {
+                let handover = self.handover_dial(peer);
                 let Some(p) = self.peers.get_mut(&peer) else { return };
                 match p.link {
+                    Link::Up { conn: up, .. } if up == conn && handover => {
+                        debug!(
+                            "link {conn} to {peer} closed ({reason}); our own dial is completing"
+                        );
+                        p.link = Link::Down { since: now, reported: false };
+                    }
                     Link::Up { conn: up, .. } if up == conn => {
                         info!("peer {} {peer} down: {reason}", p.role);
-                        p.link = Link::Down { since: now };
+                        p.link = Link::Down { since: now, reported: true };
                         let role = p.role;
                         self.events.push_back(GroupEvent::PeerDown {
                             peer,
@@ -886,8 +902,29 @@ impl Group {
         }
     }
 
+    /// Whether our dial to `peer` has sent its proof and waits only for Welcome.
+    fn handover_dial(&self, peer: NodeId) -> bool {
+        match self.peers.get(&peer).map(|p| &p.dial) {
+            Some(Dial::InFlight { conn, .. }) => {
+                matches!(self.conns.get(conn), Some(Conn::AwaitWelcome { .. }))
+            }
+            _ => false,
+        }
+    }
+
     /// Our outbound attempt `conn` to `peer` ended without becoming the link.
     fn dial_ended(&mut self, now: Instant, peer: NodeId, conn: ConnId) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if let Link::Down { reported: reported @ false, .. } = &mut p.link
+            && matches!(p.dial, Dial::InFlight { conn: c, .. } if c == conn)
+        {
+            // The handover failed: now the peer is down.
+            *reported = true;
+            let role = p.role;
+            info!("peer {role} {peer} down: link closed and the replacement failed");
+            let reason = "link closed and the replacement connection failed".to_string();
+            self.events.push_back(GroupEvent::PeerDown { peer, role, reason });
+        }
         let Some(p) = self.peers.get(&peer) else { return };
         if matches!(p.dial, Dial::InFlight { conn: c, .. } if c == conn) {
             let up = matches!(p.link, Link::Up { .. });
@@ -908,6 +945,12 @@ impl Group {
                 assert!(
                     matches!(self.conns.get(&conn), Some(Conn::Peer { peer }) if *peer == id),
                     "peer {id}'s link {conn} is not an established connection to it"
+                );
+            }
+            if let Link::Down { reported: false, .. } = peer.link {
+                assert!(
+                    matches!(peer.dial, Dial::InFlight { .. }),
+                    "peer {id}'s down is unreported but no dial can complete the handover"
                 );
             }
             if let Dial::InFlight { conn, .. } = peer.dial {

@@ -23,6 +23,9 @@ fn the_full_mesh_forms_with_one_connection_per_pair() {
     for seed in SEEDS {
         let config = sim::config(3, 6, "sim-secret-0123456789");
         let mut sim = Sim::new(&config, seed);
+        // Connections deliver out of step with each other, as real sockets do: crossings
+        // then resolve in every order.
+        sim.jitter = ms(2);
         assert!(sim.run_until(Duration::from_secs(5), Sim::full_mesh), "seed {seed}: no full mesh");
         // Let crossing connections settle, then: exactly one connection per pair.
         sim.run_for(Duration::from_secs(2));
@@ -32,7 +35,10 @@ fn the_full_mesh_forms_with_one_connection_per_pair() {
         let ups =
             sim.events.iter().filter(|(_, _, e)| matches!(e, GroupEvent::PeerUp { .. })).count();
         assert_eq!(ups, 30, "seed {seed}");
-        assert!(sim.downs_of(NodeId(1)).is_empty());
+        // Nobody was ever reported down: resolving a crossing is not a failure.
+        let downs =
+            sim.events.iter().filter(|(_, _, e)| matches!(e, GroupEvent::PeerDown { .. })).count();
+        assert_eq!(downs, 0, "seed {seed}: spurious downs: {:?}", sim.events);
     }
 }
 

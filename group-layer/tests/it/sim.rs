@@ -61,6 +61,12 @@ pub struct Sim {
     next_conn: u64,
     next_seq: u64,
     pub latency: Duration,
+    /// Extra random delay per message, up to this; each connection stays FIFO, but two
+    /// connections no longer deliver in the order things were sent across them.
+    pub jitter: Duration,
+    rng: u64,
+    /// Latest delivery time scheduled per receiving connection end (FIFO per connection).
+    last_delivery: HashMap<ConnId, Instant>,
     /// Nodes whose traffic is silently dropped (a cut cable, not a closed socket).
     pub isolated: Vec<NodeId>,
     /// Nodes not running: connects to them are refused.
@@ -86,6 +92,9 @@ impl Sim {
             next_conn: 1,
             next_seq: 0,
             latency: Duration::from_micros(100),
+            jitter: Duration::ZERO,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            last_delivery: HashMap::new(),
             isolated: Vec::new(),
             dead: Vec::new(),
             events: Vec::new(),
@@ -130,6 +139,21 @@ impl Sim {
         self.isolated.contains(&a) || self.isolated.contains(&b)
     }
 
+    /// When a message sent now on a connection arrives: latency plus jitter, never before
+    /// the previous message on that connection.
+    fn arrival(&mut self, conn: ConnId) -> Instant {
+        // xorshift64: the sim's own seeded randomness.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let jitter_ns = u64::try_from(self.jitter.as_nanos()).unwrap();
+        let extra = if jitter_ns == 0 { 0 } else { self.rng % jitter_ns };
+        let at = self.now + self.latency + Duration::from_nanos(extra);
+        let at = self.last_delivery.get(&conn).map_or(at, |&last| at.max(last));
+        self.last_delivery.insert(conn, at);
+        at
+    }
+
     fn push(&mut self, at: Instant, node: NodeId, conn: ConnId, what: Delivery) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -142,7 +166,7 @@ impl Sim {
         if let Some(end) = self.ends.remove(&conn)
             && let Some(other) = self.ends.get(&end.other).copied()
         {
-            let at = self.now + self.latency;
+            let at = self.arrival(end.other);
             self.push(at, other.node, end.other, Delivery::Closed);
         }
     }
@@ -174,7 +198,7 @@ impl Sim {
                 if self.cut(end.node, other.node) {
                     return;
                 }
-                let at = self.now + self.latency;
+                let at = self.arrival(end.other);
                 self.push(at, other.node, end.other, Delivery::Frame(frame));
             }
             Action::Trust { conn } => {
