@@ -143,6 +143,11 @@ impl Node {
         self.group.send(peer, priority, frame)
     }
 
+    /// Sends an application frame to every peer whose link is up; returns how many.
+    pub fn broadcast(&mut self, priority: Priority, frame: &Frame) -> usize {
+        self.group.broadcast(priority, frame)
+    }
+
     /// Sends an application frame to a client connection (a reply).
     pub fn reply(&mut self, conn: ConnId, frame: Frame) {
         self.group.send_to_client(conn, Priority::Control, frame);

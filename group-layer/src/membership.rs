@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, info, warn};
 use meshfs_net::{ConnId, Frame, Priority};
@@ -981,15 +981,5 @@ impl Group {
     /// The timings in force.
     pub fn timing(&self) -> Timing {
         self.timing
-    }
-
-    /// Time since the link to `peer` was last heard from, if up.
-    pub fn silence(&self, now: Instant, peer: NodeId) -> Option<Duration> {
-        match self.peers.get(&peer) {
-            Some(Peer { link: Link::Up { ping, .. }, .. }) => {
-                Some(now.duration_since(ping.last_heard))
-            }
-            _ => None,
-        }
     }
 }
