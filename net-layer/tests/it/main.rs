@@ -319,3 +319,46 @@ fn timers_fire_in_order_and_the_waker_wakes() {
 fn conn_ids_print_index_and_generation() {
     assert_eq!(ConnId::from_raw((3 << 32) | 7).to_string(), "c7.3");
 }
+
+#[test]
+fn connections_past_the_limit_are_closed_and_the_rest_keep_working() {
+    let config = LoopConfig { max_connections: 2, ..LoopConfig::default() };
+    let mut net = EventLoop::new(config).unwrap();
+    let (_, addr) = net.listen(localhost()).unwrap();
+    let mut first = connect(addr);
+    let _second = connect(addr);
+    let mut events = Vec::new();
+    let mut accepted = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while accepted < 2 {
+        assert!(Instant::now() < deadline, "only {accepted} accepted");
+        net.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        accepted += events.drain(..).filter(|e| matches!(e, NetEvent::Accepted { .. })).count();
+    }
+    // The third is accepted by the kernel, then closed by the loop without an event.
+    let mut third = connect(addr);
+    let mut buf = [0u8; 16];
+    third.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        net.poll(&mut events, Some(Duration::from_millis(20))).unwrap();
+        assert!(events.iter().all(|e| !matches!(e, NetEvent::Accepted { .. })), "{events:?}");
+        events.clear();
+        match third.read(&mut buf) {
+            Ok(0) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            _ => assert!(Instant::now() < deadline, "the connection past the limit stayed open"),
+        }
+    }
+    assert_eq!(net.connection_count(), 2);
+    // The first connection still works.
+    let mut bytes = Vec::new();
+    frame::encode(1, 1, b"hi", &mut bytes);
+    first.write_all(&bytes).unwrap();
+    let NetEvent::Frame { frame, .. } =
+        poll_until(&mut net, |e| matches!(e, NetEvent::Frame { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(frame.body, b"hi");
+}
