@@ -6,10 +6,19 @@
 //! - [`status`]: building a server's status report from its group state.
 //! - [`request`]: client requests every server answers alike (status).
 //!
-//! Later: descriptors, the metadata state machine, locks and sessions, placement.
+//! - [`descriptor`]: file and block descriptors (32+32 and +16+16 bits), wrap-aware versions.
+//! - [`path`]: validated, normalised namespace paths.
+//! - [`namespace`]: the metadata state machine, its log entries, snapshots and invariants.
+//! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
+//!
+//! Later: locks and sessions.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod descriptor;
+pub mod namespace;
+pub mod path;
+pub mod placement;
 pub mod request;
 pub mod status;
 pub mod wire;

@@ -1,0 +1,1875 @@
+//! The metadata state machine: directories, files, block lists; changed only by [`Entry`]s.
+//!
+//! Every meta-server applies the same committed entries in the same order with
+//! [`Namespace::apply`] and so holds the same state, byte for byte ([`Namespace::snapshot`]
+//! proves it). Applying is pure: the time, the placement of new blocks and the request's
+//! identity all travel in the entry; nothing is read from a clock or the network here.
+//!
+//! Retries: every entry names the client session and request that made it. The namespace
+//! remembers each session's last request and its outcome, so a request committed twice
+//! (a client retrying across a leader change) is applied once and both answers agree: a
+//! retried create gets its own file back, not "already exists".
+//!
+//! Memory, for the 1,000,000-file goal (at most 200 resident bytes per file): inode ids are
+//! dense and never reused, so inodes live in an [`Inodes`] table of fixed pages indexed by id
+//! (no hashing, no rehash doubling, waste at most one page); a directory keeps its children
+//! as `BTreeMap<Box<str>, u32>`; a file keeps its blocks in a boxed slice. Measured with
+//! `cargo bench -p meshfs-core --bench namespace_memory` (see BENCHMARKS.md).
+
+use std::collections::{BTreeMap, HashMap};
+
+use meshfs_group::{ClientId, NodeId};
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
+use crate::descriptor::{
+    BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE,
+};
+use crate::path::{MeshPath, PathError};
+
+/// The root directory's id.
+pub const ROOT_ID: u32 = 1;
+/// Sessions idle longer than this (by entry time) are forgotten.
+pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Idle sessions are swept every this many applied entries.
+const SESSION_SWEEP_EVERY: u64 = 4096;
+/// Above this many inodes, debug builds check invariants every [`SESSION_SWEEP_EVERY`]
+/// entries instead of after every one (the check is O(n)).
+const INVARIANT_CHECK_EVERY_ENTRY_MAX: usize = 4096;
+
+/// A client session: the client id and a random number the client picked when it started,
+/// so that two processes using one client id never share request numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId {
+    /// The client.
+    pub client: ClientId,
+    /// The client process's random session number.
+    pub nonce: u64,
+}
+
+/// What went wrong applying or answering a request. Stable: carried on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NsError {
+    /// A path broke a rule.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Nothing at that path.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// Something already at that path.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A component that must be a directory is a file.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// A file was expected.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// A directory to remove is not empty.
+    #[error("{0}: directory not empty (use recursive remove)")]
+    NotEmpty(String),
+    /// A directory cannot move below itself.
+    #[error("cannot move {from} into itself ({to})")]
+    MoveIntoItself {
+        /// The directory.
+        from: String,
+        /// The target inside it.
+        to: String,
+    },
+    /// The root cannot be removed or renamed.
+    #[error("the root directory cannot be removed or renamed")]
+    Root,
+    /// A file may have at most 65,536 blocks.
+    #[error(
+        "{path}: {size} bytes would need {blocks} blocks of {block_size}; a file has at most {MAX_BLOCKS_PER_FILE}"
+    )]
+    FileTooLarge {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The file's block size.
+        block_size: u32,
+        /// Blocks that size needs.
+        blocks: u64,
+    },
+    /// Files only grow through `expand_file_size`.
+    #[error("{path}: cannot shrink from {size} to {requested} bytes")]
+    Shrink {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// The entry's placement does not fit the file (the leader's view was stale).
+    #[error(
+        "{path}: placement for {given} new blocks of {replication} copies, {needed} blocks needed"
+    )]
+    BadPlacement {
+        /// The file.
+        path: String,
+        /// Replica sets in the entry.
+        given: usize,
+        /// New blocks needed.
+        needed: u64,
+        /// Copies per block.
+        replication: u8,
+    },
+    /// Replication must be 1 to 16.
+    #[error("replication {0} is out of range (1 to 16)")]
+    BadReplication(u8),
+    /// The namespace ran out of ids (2^32 inodes made in the cluster's life).
+    #[error("out of file ids")]
+    OutOfIds,
+    /// An older request of a session arrived after a newer one: the client has moved on.
+    #[error("request {request_id} of this session was superseded by request {last}")]
+    Superseded {
+        /// The late request.
+        request_id: u64,
+        /// The session's latest request.
+        last: u64,
+    },
+}
+
+/// A change to the namespace, as proposed by the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Make a directory; with `parents`, make missing parents and accept an existing one.
+    Mkdir {
+        /// The directory.
+        path: MeshPath,
+        /// `mkdir -p`.
+        parents: bool,
+    },
+    /// `create_file_meta_data`: a new empty file; fails if the name exists.
+    CreateFile {
+        /// The file.
+        path: MeshPath,
+        /// Copies of each block.
+        replication: u8,
+        /// Block size in bytes.
+        block_size: u32,
+    },
+    /// `expand_file_size`: grow a file to `size`, adding blocks placed as the leader chose.
+    ExpandFile {
+        /// The file.
+        path: MeshPath,
+        /// The new size.
+        size: u64,
+        /// One replica set per new block, in index order.
+        placement: Vec<Vec<NodeId>>,
+    },
+    /// Move `from` to `to` atomically; `to` must not exist.
+    Rename {
+        /// The source.
+        from: MeshPath,
+        /// The destination.
+        to: MeshPath,
+    },
+    /// Remove a file, an empty directory, or with `recursive` a whole tree.
+    Remove {
+        /// The path.
+        path: MeshPath,
+        /// `rm -r`.
+        recursive: bool,
+    },
+}
+
+/// One log entry: who asked, when (the leader's clock), and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The client session.
+    pub session: SessionId,
+    /// The request's number in its session; increasing.
+    pub request_id: u64,
+    /// Milliseconds since the Unix epoch, by the leader's clock when it proposed.
+    pub time_ms: u64,
+    /// The change.
+    pub command: Command,
+}
+
+/// What applying an entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A directory was made (or, with parents, already was).
+    Mkdir,
+    /// A file was made.
+    Created(FileDescriptor),
+    /// A file grew; these blocks were added.
+    Expanded {
+        /// The file at its new version.
+        file: FileDescriptor,
+        /// The new blocks.
+        blocks: Vec<BlockDescriptor>,
+    },
+    /// Moved.
+    Renamed,
+    /// Removed this many files and directories.
+    Removed {
+        /// Files removed.
+        files: u64,
+        /// Directories removed.
+        dirs: u64,
+    },
+    /// Nothing changed, for this reason.
+    Failed(NsError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Block {
+    version: BlockVersion,
+    replicas: Box<[NodeId]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct File {
+    version: u32,
+    block_size: u32,
+    replication: u8,
+    size: u64,
+    ctime_ms: u64,
+    mtime_ms: u64,
+    /// Replaced whole when the file grows: growth is rare, and a boxed slice is 8 bytes
+    /// smaller than a Vec on every file.
+    blocks: Box<[Block]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dir {
+    children: BTreeMap<Box<str>, u32>,
+    mtime_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Dir(Dir),
+    File(File),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    parent: u32,
+    kind: Kind,
+}
+
+/// Inodes per page of [`Inodes`].
+const PAGE_SLOTS: usize = 1024;
+
+/// Inodes by id: a vector of pages of [`PAGE_SLOTS`] slots. Ids are dense and never reused,
+/// so lookups are two index operations and memory is the live pages only; a page is freed
+/// when its last inode goes. Iterates in id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Inodes {
+    pages: Vec<Option<Page>>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Page {
+    slots: Box<[Option<Node>]>,
+    live: usize,
+}
+
+impl Inodes {
+    fn locate(id: u32) -> (usize, usize) {
+        (id as usize / PAGE_SLOTS, id as usize % PAGE_SLOTS)
+    }
+
+    fn get(&self, id: &u32) -> Option<&Node> {
+        let (page, slot) = Inodes::locate(*id);
+        self.pages.get(page)?.as_ref()?.slots[slot].as_ref()
+    }
+
+    fn get_mut(&mut self, id: &u32) -> Option<&mut Node> {
+        let (page, slot) = Inodes::locate(*id);
+        self.pages.get_mut(page)?.as_mut()?.slots[slot].as_mut()
+    }
+
+    fn insert(&mut self, id: u32, node: Node) -> Option<Node> {
+        let (page, slot) = Inodes::locate(id);
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        let page = self.pages[page].get_or_insert_with(|| Page {
+            slots: (0..PAGE_SLOTS).map(|_| None).collect(),
+            live: 0,
+        });
+        let previous = page.slots[slot].replace(node);
+        if previous.is_none() {
+            page.live += 1;
+            self.len += 1;
+        }
+        previous
+    }
+
+    fn remove(&mut self, id: &u32) -> Option<Node> {
+        let (index, slot) = Inodes::locate(*id);
+        let page = self.pages.get_mut(index)?.as_mut()?;
+        let node = page.slots[slot].take()?;
+        page.live -= 1;
+        self.len -= 1;
+        if page.live == 0 {
+            self.pages[index] = None;
+        }
+        Some(node)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// (id, node) in increasing id order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &Node)> {
+        self.pages
+            .iter()
+            .enumerate()
+            .filter_map(|(p, page)| page.as_ref().map(|page| (p, page)))
+            .flat_map(|(p, page)| {
+                page.slots.iter().enumerate().filter_map(move |(s, node)| {
+                    node.as_ref().map(|node| ((p * PAGE_SLOTS + s) as u32, node))
+                })
+            })
+    }
+}
+
+impl std::ops::Index<&u32> for Inodes {
+    type Output = Node;
+
+    fn index(&self, id: &u32) -> &Node {
+        self.get(id).unwrap_or_else(|| panic!("inode {id} is not live"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    last_request: u64,
+    last_time_ms: u64,
+    outcome: Outcome,
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stat {
+    /// A directory.
+    Dir {
+        /// Its id.
+        id: u32,
+        /// Entries in it.
+        entries: usize,
+        /// Last change of its entries, ms since the epoch.
+        mtime_ms: u64,
+    },
+    /// A file.
+    File(FileMeta),
+}
+
+/// `get_file_meta_data`: a file's descriptor, size and blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Its descriptor.
+    pub descriptor: FileDescriptor,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Copies of each block.
+    pub replication: u8,
+    /// Created, ms since the epoch.
+    pub ctime_ms: u64,
+    /// Last metadata change, ms since the epoch.
+    pub mtime_ms: u64,
+    /// Every block.
+    pub blocks: Vec<BlockMeta>,
+}
+
+/// `get_block_metadata`: one block's descriptor and replica set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// Its descriptor.
+    pub descriptor: BlockDescriptor,
+    /// The data-servers assigned to hold it.
+    pub replicas: Vec<NodeId>,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Its name.
+    pub name: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Its id.
+    pub id: u32,
+    /// Its size (0 for directories).
+    pub size: u64,
+}
+
+/// The namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    nodes: Inodes,
+    next_id: u32,
+    sessions: HashMap<SessionId, Session>,
+    applied: u64,
+}
+
+impl Default for Namespace {
+    fn default() -> Namespace {
+        Namespace::new()
+    }
+}
+
+fn path_str(path: &MeshPath) -> String {
+    path.as_str().to_string()
+}
+
+impl Namespace {
+    /// An empty namespace: just `/`.
+    pub fn new() -> Namespace {
+        let mut nodes = Inodes::default();
+        nodes.insert(
+            ROOT_ID,
+            Node {
+                parent: ROOT_ID,
+                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }),
+            },
+        );
+        Namespace { nodes, next_id: ROOT_ID + 1, sessions: HashMap::new(), applied: 0 }
+    }
+
+    /// Entries applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Files and directories, the root included.
+    pub fn inode_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    // ---- lookups ----
+
+    fn lookup(&self, path: &MeshPath) -> Result<u32, NsError> {
+        let mut id = ROOT_ID;
+        let mut walked = String::new();
+        for component in path.components() {
+            walked.push('/');
+            walked.push_str(component);
+            match &self.nodes[&id].kind {
+                Kind::Dir(dir) => {
+                    id = *dir
+                        .children
+                        .get(component)
+                        .ok_or_else(|| NsError::NotFound(walked.clone()))?;
+                }
+                Kind::File(_) => return Err(NsError::NotADirectory(parent_text(&walked))),
+            }
+        }
+        Ok(id)
+    }
+
+    /// The directory `path`'s parent must be, and `path`'s last name.
+    fn parent_dir<'p>(&self, path: &'p MeshPath) -> Result<(u32, &'p str), NsError> {
+        let (parent, name) = path.split_last().ok_or(NsError::Root)?;
+        let id = self.lookup(&parent)?;
+        match self.nodes[&id].kind {
+            Kind::Dir(_) => Ok((id, name)),
+            Kind::File(_) => Err(NsError::NotADirectory(path_str(&parent))),
+        }
+    }
+
+    fn dir_mut(&mut self, id: u32) -> &mut Dir {
+        match &mut self.nodes.get_mut(&id).expect("directory id is live").kind {
+            Kind::Dir(dir) => dir,
+            Kind::File(_) => panic!("inode {id} is not a directory"),
+        }
+    }
+
+    fn file_meta(&self, id: u32) -> Option<FileMeta> {
+        let Kind::File(file) = &self.nodes.get(&id)?.kind else { return None };
+        let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        let blocks = file
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(index, b)| BlockMeta {
+                descriptor: BlockDescriptor {
+                    file: descriptor,
+                    index: index as u16,
+                    version: b.version,
+                },
+                replicas: b.replicas.to_vec(),
+            })
+            .collect();
+        Some(FileMeta {
+            descriptor,
+            size: file.size,
+            block_size: file.block_size,
+            replication: file.replication,
+            ctime_ms: file.ctime_ms,
+            mtime_ms: file.mtime_ms,
+            blocks,
+        })
+    }
+
+    /// `stat`.
+    pub fn stat(&self, path: &MeshPath) -> Result<Stat, NsError> {
+        let id = self.lookup(path)?;
+        match &self.nodes[&id].kind {
+            Kind::Dir(dir) => {
+                Ok(Stat::Dir { id, entries: dir.children.len(), mtime_ms: dir.mtime_ms })
+            }
+            Kind::File(_) => Ok(Stat::File(self.file_meta(id).expect("id is a file"))),
+        }
+    }
+
+    /// `get_file_meta_data`.
+    pub fn get_file_meta_data(&self, path: &MeshPath) -> Result<FileMeta, NsError> {
+        let id = self.lookup(path)?;
+        self.file_meta(id).ok_or_else(|| NsError::IsADirectory(path_str(path)))
+    }
+
+    /// `get_block_metadata`: block `index` of the file at `path`.
+    pub fn get_block_metadata(&self, path: &MeshPath, index: u16) -> Result<BlockMeta, NsError> {
+        let meta = self.get_file_meta_data(path)?;
+        meta.blocks.into_iter().nth(usize::from(index)).ok_or_else(|| {
+            NsError::NotFound(format!("{path} block {index} (the file has fewer blocks)"))
+        })
+    }
+
+    /// `list`: a directory's entries by name, or a file as its own single entry.
+    pub fn list(&self, path: &MeshPath) -> Result<Vec<DirEntry>, NsError> {
+        let id = self.lookup(path)?;
+        let entry = |name: &str, id: u32| {
+            let (is_dir, size) = match &self.nodes[&id].kind {
+                Kind::Dir(_) => (true, 0),
+                Kind::File(f) => (false, f.size),
+            };
+            DirEntry { name: name.to_string(), is_dir, id, size }
+        };
+        match &self.nodes[&id].kind {
+            Kind::Dir(dir) => {
+                Ok(dir.children.iter().map(|(name, &child)| entry(name, child)).collect())
+            }
+            Kind::File(_) => Ok(vec![entry(path.split_last().map_or("/", |(_, n)| n), id)]),
+        }
+    }
+
+    // ---- applying entries ----
+
+    /// Applies one committed entry. Deterministic: same state and entry, same result.
+    pub fn apply(&mut self, entry: &Entry) -> Outcome {
+        self.applied += 1;
+        let outcome = self.apply_once(entry);
+        if self.applied.is_multiple_of(SESSION_SWEEP_EVERY) {
+            self.sweep_sessions(entry.time_ms);
+        }
+        if cfg!(debug_assertions)
+            && (self.nodes.len() <= INVARIANT_CHECK_EVERY_ENTRY_MAX
+                || self.applied.is_multiple_of(SESSION_SWEEP_EVERY))
+        {
+            self.check_invariants();
+        }
+        outcome
+    }
+
+    fn apply_once(&mut self, entry: &Entry) -> Outcome {
+        if let Some(session) = self.sessions.get(&entry.session) {
+            if entry.request_id == session.last_request {
+                return session.outcome.clone();
+            }
+            if entry.request_id < session.last_request {
+                return Outcome::Failed(NsError::Superseded {
+                    request_id: entry.request_id,
+                    last: session.last_request,
+                });
+            }
+        }
+        let outcome = match self.execute(&entry.command, entry.time_ms) {
+            Ok(outcome) => outcome,
+            Err(err) => Outcome::Failed(err),
+        };
+        let session = Session {
+            last_request: entry.request_id,
+            last_time_ms: entry.time_ms,
+            outcome: outcome.clone(),
+        };
+        self.sessions.insert(entry.session, session);
+        outcome
+    }
+
+    fn sweep_sessions(&mut self, now_ms: u64) {
+        self.sessions.retain(|_, s| now_ms.saturating_sub(s.last_time_ms) <= SESSION_TTL_MS);
+    }
+
+    fn new_id(&mut self) -> Result<u32, NsError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).ok_or(NsError::OutOfIds)?;
+        Ok(id)
+    }
+
+    fn execute(&mut self, command: &Command, now: u64) -> Result<Outcome, NsError> {
+        match command {
+            Command::Mkdir { path, parents } => self.mkdir(path, *parents, now),
+            Command::CreateFile { path, replication, block_size } => {
+                self.create_file(path, *replication, *block_size, now)
+            }
+            Command::ExpandFile { path, size, placement } => {
+                self.expand(path, *size, placement, now)
+            }
+            Command::Rename { from, to } => self.rename(from, to, now),
+            Command::Remove { path, recursive } => self.remove(path, *recursive, now),
+        }
+    }
+
+    fn insert_child(&mut self, parent: u32, name: &str, id: u32, node: Node, now: u64) {
+        self.nodes.insert(id, node);
+        let dir = self.dir_mut(parent);
+        let previous = dir.children.insert(name.into(), id);
+        assert!(previous.is_none(), "inserting {name:?} over an existing entry");
+        dir.mtime_ms = now;
+    }
+
+    fn mkdir(&mut self, path: &MeshPath, parents: bool, now: u64) -> Result<Outcome, NsError> {
+        if path.is_root() {
+            return if parents {
+                Ok(Outcome::Mkdir)
+            } else {
+                Err(NsError::AlreadyExists("/".into()))
+            };
+        }
+        if !parents {
+            let (parent, name) = self.parent_dir(path)?;
+            if self.dir_child(parent, name).is_some() {
+                return Err(NsError::AlreadyExists(path_str(path)));
+            }
+            let id = self.new_id()?;
+            let node =
+                Node { parent, kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }) };
+            self.insert_child(parent, name, id, node, now);
+            return Ok(Outcome::Mkdir);
+        }
+        // Check the whole path before changing anything, so a failure leaves nothing behind.
+        let mut id = ROOT_ID;
+        let mut walked = String::new();
+        let mut missing_from = None;
+        for (depth, component) in path.components().enumerate() {
+            walked.push('/');
+            walked.push_str(component);
+            match self.dir_child(id, component) {
+                Some(child) => match self.nodes[&child].kind {
+                    Kind::Dir(_) => id = child,
+                    Kind::File(_) => return Err(NsError::NotADirectory(walked)),
+                },
+                None => {
+                    missing_from = Some(depth);
+                    break;
+                }
+            }
+        }
+        let Some(start) = missing_from else { return Ok(Outcome::Mkdir) };
+        let missing: Vec<&str> = path.components().skip(start).collect();
+        if self.next_id.checked_add(missing.len() as u32).is_none() {
+            return Err(NsError::OutOfIds);
+        }
+        for name in missing {
+            let child = self.new_id()?;
+            let node = Node {
+                parent: id,
+                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }),
+            };
+            self.insert_child(id, name, child, node, now);
+            id = child;
+        }
+        Ok(Outcome::Mkdir)
+    }
+
+    fn dir_child(&self, dir: u32, name: &str) -> Option<u32> {
+        match &self.nodes[&dir].kind {
+            Kind::Dir(d) => d.children.get(name).copied(),
+            Kind::File(_) => None,
+        }
+    }
+
+    fn create_file(
+        &mut self,
+        path: &MeshPath,
+        replication: u8,
+        block_size: u32,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        if !(1..=16).contains(&replication) {
+            return Err(NsError::BadReplication(replication));
+        }
+        assert!(block_size > 0, "block size 0 reached the state machine");
+        let (parent, name) = self.parent_dir(path)?;
+        if self.dir_child(parent, name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(path)));
+        }
+        let id = self.new_id()?;
+        let file = File {
+            version: 1,
+            size: 0,
+            block_size,
+            replication,
+            ctime_ms: now,
+            mtime_ms: now,
+            blocks: Box::new([]),
+        };
+        self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file) }, now);
+        Ok(Outcome::Created(FileDescriptor { id: FileId(id), version: 1 }))
+    }
+
+    fn expand(
+        &mut self,
+        path: &MeshPath,
+        size: u64,
+        placement: &[Vec<NodeId>],
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+            return Err(NsError::IsADirectory(path_str(path)));
+        };
+        if size < file.size {
+            return Err(NsError::Shrink { path: path_str(path), size: file.size, requested: size });
+        }
+        let blocks = blocks_for(size, file.block_size);
+        if blocks > u64::from(MAX_BLOCKS_PER_FILE) {
+            return Err(NsError::FileTooLarge {
+                path: path_str(path),
+                size,
+                block_size: file.block_size,
+                blocks,
+            });
+        }
+        let needed = blocks - file.blocks.len() as u64;
+        let well_formed = placement.len() as u64 == needed
+            && placement
+                .iter()
+                .all(|set| set.len() == usize::from(file.replication) && distinct(set));
+        if !well_formed {
+            return Err(NsError::BadPlacement {
+                path: path_str(path),
+                given: placement.len(),
+                needed,
+                replication: file.replication,
+            });
+        }
+        let old_version = file.version;
+        file.version = file.version.wrapping_add(1);
+        assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
+        file.size = size;
+        file.mtime_ms = now;
+        let first_new = file.blocks.len();
+        let mut blocks = std::mem::take(&mut file.blocks).into_vec();
+        blocks.extend(placement.iter().map(|set| Block {
+            version: BlockVersion(1),
+            replicas: set.clone().into_boxed_slice(),
+        }));
+        file.blocks = blocks.into_boxed_slice();
+        let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        let new_blocks = (first_new..file.blocks.len())
+            .map(|index| BlockDescriptor {
+                file: descriptor,
+                index: index as u16,
+                version: BlockVersion(1),
+            })
+            .collect();
+        Ok(Outcome::Expanded { file: descriptor, blocks: new_blocks })
+    }
+
+    fn rename(&mut self, from: &MeshPath, to: &MeshPath, now: u64) -> Result<Outcome, NsError> {
+        if from.is_root() || to.is_root() {
+            return Err(NsError::Root);
+        }
+        let id = self.lookup(from)?;
+        if from == to {
+            return Ok(Outcome::Renamed);
+        }
+        if matches!(self.nodes[&id].kind, Kind::Dir(_)) && to.starts_with(from) {
+            return Err(NsError::MoveIntoItself { from: path_str(from), to: path_str(to) });
+        }
+        let (new_parent, new_name) = self.parent_dir(to)?;
+        if self.dir_child(new_parent, new_name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(to)));
+        }
+        let (_, old_name) = from.split_last().expect("not root");
+        let old_parent = self.nodes[&id].parent;
+        let old_dir = self.dir_mut(old_parent);
+        old_dir.children.remove(old_name);
+        old_dir.mtime_ms = now;
+        let new_dir = self.dir_mut(new_parent);
+        new_dir.children.insert(new_name.into(), id);
+        new_dir.mtime_ms = now;
+        self.nodes.get_mut(&id).expect("live").parent = new_parent;
+        Ok(Outcome::Renamed)
+    }
+
+    fn remove(&mut self, path: &MeshPath, recursive: bool, now: u64) -> Result<Outcome, NsError> {
+        if path.is_root() {
+            return Err(NsError::Root);
+        }
+        let id = self.lookup(path)?;
+        if let Kind::Dir(dir) = &self.nodes[&id].kind
+            && !dir.children.is_empty()
+            && !recursive
+        {
+            return Err(NsError::NotEmpty(path_str(path)));
+        }
+        let (_, name) = path.split_last().expect("not root");
+        let parent = self.nodes[&id].parent;
+        let dir = self.dir_mut(parent);
+        dir.children.remove(name);
+        dir.mtime_ms = now;
+        let (mut files, mut dirs) = (0, 0);
+        let mut stack = vec![id];
+        while let Some(next) = stack.pop() {
+            match self.nodes.remove(&next).expect("tree nodes are live").kind {
+                Kind::Dir(dir) => {
+                    dirs += 1;
+                    stack.extend(dir.children.values());
+                }
+                Kind::File(_) => files += 1,
+            }
+        }
+        Ok(Outcome::Removed { files, dirs })
+    }
+
+    // ---- invariants ----
+
+    /// Panics if the books disagree (see [`Namespace::violation`]).
+    pub fn check_invariants(&self) {
+        if let Some(violation) = self.violation() {
+            panic!("namespace invariant broken: {violation}");
+        }
+    }
+
+    /// The first broken invariant, if any: every inode but the root is the child of exactly
+    /// one directory, which is its parent; no orphans; ids below `next_id`; file sizes agree
+    /// with block lists; replica sets are distinct and of the file's replication.
+    pub fn violation(&self) -> Option<String> {
+        let Some(root) = self.nodes.get(&ROOT_ID) else {
+            return Some("the root is missing".into());
+        };
+        if root.parent != ROOT_ID || !matches!(root.kind, Kind::Dir(_)) {
+            return Some("the root must be a directory that is its own parent".into());
+        }
+        let mut linked = 1usize;
+        for (id, node) in self.nodes.iter() {
+            if id >= self.next_id {
+                return Some(format!("inode {id} is not below next_id {}", self.next_id));
+            }
+            match &node.kind {
+                Kind::Dir(dir) => {
+                    for (name, child) in &dir.children {
+                        if name.is_empty()
+                            || name.contains('/')
+                            || name.len() > crate::path::MAX_COMPONENT_LEN
+                        {
+                            return Some(format!("bad name {name:?} in directory {id}"));
+                        }
+                        match self.nodes.get(child) {
+                            _ if *child == ROOT_ID => {
+                                return Some(format!("the root is listed in {id}"));
+                            }
+                            None => {
+                                return Some(format!("{id}/{name} names missing inode {child}"));
+                            }
+                            Some(c) if c.parent != id => {
+                                return Some(format!(
+                                    "{child}'s parent is {}, but {id} lists it",
+                                    c.parent
+                                ));
+                            }
+                            Some(_) => linked += 1,
+                        }
+                    }
+                }
+                Kind::File(file) => {
+                    if file.version == 0 || file.block_size == 0 {
+                        return Some(format!("file {id} has version or block size 0"));
+                    }
+                    if file.blocks.len() as u64 != blocks_for(file.size, file.block_size) {
+                        return Some(format!(
+                            "file {id}: {} blocks for {} bytes",
+                            file.blocks.len(),
+                            file.size
+                        ));
+                    }
+                    for block in &file.blocks {
+                        if block.replicas.len() != usize::from(file.replication)
+                            || !distinct(&block.replicas)
+                        {
+                            return Some(format!("file {id}: replica set {:?}", block.replicas));
+                        }
+                    }
+                }
+            }
+        }
+        if linked != self.nodes.len() {
+            return Some(format!("{} orphan inodes", self.nodes.len() - linked));
+        }
+        None
+    }
+
+    // ---- snapshots ----
+
+    /// The whole state as bytes: the same state gives the same bytes on every replica.
+    /// Layout (version 1): magic "MSNS", u16 format, u32 next_id, u64 applied, inodes by id,
+    /// sessions by id, u32 CRC-32 of everything before it.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = BodyWriter::new();
+        w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
+        // Names are written with each child, so restore rebuilds the tree from parent links.
+        let mut names: HashMap<u32, &str> = HashMap::with_capacity(self.nodes.len());
+        for (_, node) in self.nodes.iter() {
+            if let Kind::Dir(dir) = &node.kind {
+                for (name, &child) in &dir.children {
+                    names.insert(child, name);
+                }
+            }
+        }
+        w.u32(self.nodes.len() as u32);
+        for (id, node) in self.nodes.iter() {
+            w.u32(id).u32(node.parent).str(names.get(&id).copied().unwrap_or(""));
+            match &node.kind {
+                Kind::Dir(dir) => {
+                    w.u8(0).u64(dir.mtime_ms);
+                }
+                Kind::File(f) => {
+                    w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
+                    w.u64(f.ctime_ms).u64(f.mtime_ms).u32(f.blocks.len() as u32);
+                    for block in &f.blocks {
+                        w.u16(block.version.0).u8(block.replicas.len() as u8);
+                        for replica in block.replicas.iter() {
+                            w.u32(replica.0);
+                        }
+                    }
+                }
+            }
+        }
+        let mut sessions: Vec<(&SessionId, &Session)> = self.sessions.iter().collect();
+        sessions.sort_unstable_by_key(|(id, _)| **id);
+        w.u32(sessions.len() as u32);
+        for (id, session) in sessions {
+            w.u32(id.client.0).u64(id.nonce).u64(session.last_request).u64(session.last_time_ms);
+            write_outcome(&mut w, &session.outcome);
+        }
+        let mut bytes = w.finish();
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// Rebuilds a namespace from [`Namespace::snapshot`] bytes, checking everything.
+    pub fn restore(bytes: &[u8]) -> Result<Namespace, SnapshotError> {
+        if bytes.len() < 4 {
+            return Err(SnapshotError::Truncated);
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_be_bytes(crc.try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != stored {
+            return Err(SnapshotError::Checksum);
+        }
+        let mut r = BodyReader::new(body);
+        if &r.fixed::<4>("magic")? != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::Magic);
+        }
+        let format = r.u16("format")?;
+        if format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format(format));
+        }
+        let next_id = r.u32("next_id")?;
+        let applied = r.u64("applied")?;
+        let count = r.u32("inode count")?;
+        let mut nodes = Inodes::default();
+        let mut links = Vec::new();
+        for _ in 0..count {
+            let id = r.u32("inode id")?;
+            let parent = r.u32("parent")?;
+            let name = r.str("name")?;
+            let kind = match r.u8("kind")? {
+                0 => Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: r.u64("mtime")? }),
+                1 => {
+                    let version = r.u32("file version")?;
+                    let size = r.u64("size")?;
+                    let block_size = r.u32("block size")?;
+                    let replication = r.u8("replication")?;
+                    let ctime_ms = r.u64("ctime")?;
+                    let mtime_ms = r.u64("mtime")?;
+                    let block_count = r.u32("block count")?;
+                    if block_count > MAX_BLOCKS_PER_FILE || block_size == 0 {
+                        return Err(SnapshotError::Invalid(format!(
+                            "inode {id}: {block_count} blocks of {block_size}"
+                        )));
+                    }
+                    let mut blocks =
+                        Vec::with_capacity((block_count as usize).min(r.remaining() / 3));
+                    for _ in 0..block_count {
+                        let version = BlockVersion(r.u16("block version")?);
+                        let n = r.u8("replica count")?;
+                        let replicas = (0..n)
+                            .map(|_| r.u32("replica").map(NodeId))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        blocks.push(Block { version, replicas: replicas.into_boxed_slice() });
+                    }
+                    let blocks = blocks.into_boxed_slice();
+                    Kind::File(File {
+                        version,
+                        size,
+                        block_size,
+                        replication,
+                        ctime_ms,
+                        mtime_ms,
+                        blocks,
+                    })
+                }
+                other => {
+                    return Err(SnapshotError::Invalid(format!("inode {id} has kind {other}")));
+                }
+            };
+            if id != ROOT_ID {
+                links.push((parent, name.to_string(), id));
+            }
+            if id == 0 || id >= next_id {
+                return Err(SnapshotError::Invalid(format!(
+                    "inode {id} is not below next_id {next_id}"
+                )));
+            }
+            if nodes.insert(id, Node { parent, kind }).is_some() {
+                return Err(SnapshotError::Invalid(format!("inode {id} appears twice")));
+            }
+        }
+        for (parent, name, id) in links {
+            match nodes.get_mut(&parent).map(|n| &mut n.kind) {
+                Some(Kind::Dir(dir)) => {
+                    if dir.children.insert(name.clone().into(), id).is_some() {
+                        return Err(SnapshotError::Invalid(format!(
+                            "two entries named {name:?} in {parent}"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(SnapshotError::Invalid(format!(
+                        "inode {id}'s parent {parent} is not a directory"
+                    )));
+                }
+            }
+        }
+        let session_count = r.u32("session count")?;
+        let mut sessions = HashMap::with_capacity((session_count as usize).min(r.remaining() / 28));
+        for _ in 0..session_count {
+            let id = SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+            let last_request = r.u64("last request")?;
+            let last_time_ms = r.u64("last time")?;
+            let outcome = read_outcome(&mut r)?;
+            sessions.insert(id, Session { last_request, last_time_ms, outcome });
+        }
+        r.finish()?;
+        let ns = Namespace { nodes, next_id, sessions, applied };
+        // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
+        // refuse it rather than serve it.
+        match ns.violation() {
+            Some(violation) => Err(SnapshotError::Invalid(violation)),
+            None => Ok(ns),
+        }
+    }
+}
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
+const SNAPSHOT_FORMAT: u16 = 1;
+
+/// Why snapshot bytes could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Shorter than a checksum.
+    #[error("snapshot truncated")]
+    Truncated,
+    /// The checksum does not match.
+    #[error("snapshot checksum mismatch: the snapshot is damaged")]
+    Checksum,
+    /// Not a namespace snapshot.
+    #[error("not a namespace snapshot (bad magic)")]
+    Magic,
+    /// A format this build cannot read.
+    #[error("snapshot format {0} is not known to this build")]
+    Format(u16),
+    /// A field did not parse.
+    #[error("snapshot field: {0}")]
+    Body(#[from] BodyError),
+    /// The content is inconsistent.
+    #[error("snapshot content: {0}")]
+    Invalid(String),
+}
+
+fn blocks_for(size: u64, block_size: u32) -> u64 {
+    size.div_ceil(u64::from(block_size))
+}
+
+fn distinct(set: &[NodeId]) -> bool {
+    set.iter().enumerate().all(|(i, a)| set[i + 1..].iter().all(|b| a != b))
+}
+
+fn parent_text(walked: &str) -> String {
+    walked.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }).to_string()
+}
+
+// ---- encodings of entries and outcomes (log records and snapshots) ----
+
+fn write_path(w: &mut BodyWriter, path: &MeshPath) {
+    w.str(path.as_str());
+}
+
+fn read_path(r: &mut BodyReader<'_>) -> Result<MeshPath, BodyError> {
+    let text = r.str("path")?;
+    MeshPath::parse(text)
+        .map_err(|_| BodyError::Invalid { field: "path", value: text.len() as u64 })
+}
+
+impl Entry {
+    /// The entry as bytes (for the log). Layout: u8 format (1), u32 client, u64 nonce,
+    /// u64 request id, u64 time, u8 command, then the command's fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = BodyWriter::new();
+        w.u8(1)
+            .u32(self.session.client.0)
+            .u64(self.session.nonce)
+            .u64(self.request_id)
+            .u64(self.time_ms);
+        match &self.command {
+            Command::Mkdir { path, parents } => {
+                w.u8(1);
+                write_path(&mut w, path);
+                w.bool(*parents);
+            }
+            Command::CreateFile { path, replication, block_size } => {
+                w.u8(2);
+                write_path(&mut w, path);
+                w.u8(*replication).u32(*block_size);
+            }
+            Command::ExpandFile { path, size, placement } => {
+                w.u8(3);
+                write_path(&mut w, path);
+                w.u64(*size).u32(placement.len() as u32);
+                for set in placement {
+                    w.u8(set.len() as u8);
+                    for id in set {
+                        w.u32(id.0);
+                    }
+                }
+            }
+            Command::Rename { from, to } => {
+                w.u8(4);
+                write_path(&mut w, from);
+                write_path(&mut w, to);
+            }
+            Command::Remove { path, recursive } => {
+                w.u8(5);
+                write_path(&mut w, path);
+                w.bool(*recursive);
+            }
+        }
+        w.finish()
+    }
+
+    /// Reads what [`Entry::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, BodyError> {
+        let mut r = BodyReader::new(bytes);
+        let format = r.u8("entry format")?;
+        if format != 1 {
+            return Err(BodyError::Invalid { field: "entry format", value: u64::from(format) });
+        }
+        let session = SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+        let request_id = r.u64("request id")?;
+        let time_ms = r.u64("time")?;
+        let command = match r.u8("command")? {
+            1 => Command::Mkdir { path: read_path(&mut r)?, parents: r.bool("parents")? },
+            2 => Command::CreateFile {
+                path: read_path(&mut r)?,
+                replication: r.u8("replication")?,
+                block_size: match r.u32("block size")? {
+                    0 => return Err(BodyError::Invalid { field: "block size", value: 0 }),
+                    n => n,
+                },
+            },
+            3 => {
+                let path = read_path(&mut r)?;
+                let size = r.u64("size")?;
+                let count = r.u32("placement count")?;
+                if count > MAX_BLOCKS_PER_FILE {
+                    return Err(BodyError::Invalid {
+                        field: "placement count",
+                        value: u64::from(count),
+                    });
+                }
+                let mut placement = Vec::with_capacity((count as usize).min(r.remaining()));
+                for _ in 0..count {
+                    let n = r.u8("replica count")?;
+                    placement.push((0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<
+                        Vec<_>,
+                        _,
+                    >>(
+                    )?);
+                }
+                Command::ExpandFile { path, size, placement }
+            }
+            4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
+            5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
+            other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
+        };
+        r.finish()?;
+        Ok(Entry { session, request_id, time_ms, command })
+    }
+}
+
+fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
+    match outcome {
+        Outcome::Mkdir => {
+            w.u8(1);
+        }
+        Outcome::Created(fd) => {
+            w.u8(2);
+            fd.write(w);
+        }
+        Outcome::Expanded { file, blocks } => {
+            w.u8(3);
+            file.write(w);
+            w.u32(blocks.len() as u32);
+            for block in blocks {
+                block.write(w);
+            }
+        }
+        Outcome::Renamed => {
+            w.u8(4);
+        }
+        Outcome::Removed { files, dirs } => {
+            w.u8(5).u64(*files).u64(*dirs);
+        }
+        Outcome::Failed(err) => {
+            w.u8(6);
+            err.write(w);
+        }
+    }
+}
+
+fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
+    Ok(match r.u8("outcome")? {
+        1 => Outcome::Mkdir,
+        2 => Outcome::Created(FileDescriptor::read(r)?),
+        3 => {
+            let file = FileDescriptor::read(r)?;
+            let count = r.u32("block count")?;
+            if count > MAX_BLOCKS_PER_FILE {
+                return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
+            }
+            let blocks =
+                (0..count).map(|_| BlockDescriptor::read(r)).collect::<Result<Vec<_>, _>>()?;
+            Outcome::Expanded { file, blocks }
+        }
+        4 => Outcome::Renamed,
+        5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
+        6 => Outcome::Failed(NsError::read(r)?),
+        other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
+    })
+}
+
+impl NsError {
+    /// Writes the error: a u8 code, then its fields. Codes never change meaning.
+    pub fn write(&self, w: &mut BodyWriter) {
+        match self {
+            NsError::Path(p) => {
+                w.u8(1);
+                match p {
+                    PathError::NotAbsolute(t) => w.u8(1).str(t),
+                    PathError::Nul => w.u8(2),
+                    PathError::DotComponent(t) => w.u8(3).str(t),
+                    PathError::ComponentTooLong { len } => w.u8(4).u64(*len as u64),
+                    PathError::TooLong { len } => w.u8(5).u64(*len as u64),
+                };
+            }
+            NsError::NotFound(t) => {
+                w.u8(2).str(t);
+            }
+            NsError::AlreadyExists(t) => {
+                w.u8(3).str(t);
+            }
+            NsError::NotADirectory(t) => {
+                w.u8(4).str(t);
+            }
+            NsError::IsADirectory(t) => {
+                w.u8(5).str(t);
+            }
+            NsError::NotEmpty(t) => {
+                w.u8(6).str(t);
+            }
+            NsError::MoveIntoItself { from, to } => {
+                w.u8(7).str(from).str(to);
+            }
+            NsError::Root => {
+                w.u8(8);
+            }
+            NsError::FileTooLarge { path, size, block_size, blocks } => {
+                w.u8(9).str(path).u64(*size).u32(*block_size).u64(*blocks);
+            }
+            NsError::Shrink { path, size, requested } => {
+                w.u8(10).str(path).u64(*size).u64(*requested);
+            }
+            NsError::BadPlacement { path, given, needed, replication } => {
+                w.u8(11).str(path).u64(*given as u64).u64(*needed).u8(*replication);
+            }
+            NsError::BadReplication(r) => {
+                w.u8(12).u8(*r);
+            }
+            NsError::OutOfIds => {
+                w.u8(13);
+            }
+            NsError::Superseded { request_id, last } => {
+                w.u8(14).u64(*request_id).u64(*last);
+            }
+        }
+    }
+
+    /// Reads what [`NsError::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<NsError, BodyError> {
+        let text = |r: &mut BodyReader<'_>| r.str("error text").map(str::to_string);
+        let len = |r: &mut BodyReader<'_>| {
+            r.u64("length").map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        Ok(match r.u8("error code")? {
+            1 => NsError::Path(match r.u8("path error")? {
+                1 => PathError::NotAbsolute(text(r)?),
+                2 => PathError::Nul,
+                3 => PathError::DotComponent(text(r)?),
+                4 => PathError::ComponentTooLong { len: len(r)? },
+                5 => PathError::TooLong { len: len(r)? },
+                other => {
+                    return Err(BodyError::Invalid {
+                        field: "path error",
+                        value: u64::from(other),
+                    });
+                }
+            }),
+            2 => NsError::NotFound(text(r)?),
+            3 => NsError::AlreadyExists(text(r)?),
+            4 => NsError::NotADirectory(text(r)?),
+            5 => NsError::IsADirectory(text(r)?),
+            6 => NsError::NotEmpty(text(r)?),
+            7 => NsError::MoveIntoItself { from: text(r)?, to: text(r)? },
+            8 => NsError::Root,
+            9 => NsError::FileTooLarge {
+                path: text(r)?,
+                size: r.u64("size")?,
+                block_size: r.u32("block size")?,
+                blocks: r.u64("blocks")?,
+            },
+            10 => NsError::Shrink {
+                path: text(r)?,
+                size: r.u64("size")?,
+                requested: r.u64("requested")?,
+            },
+            11 => NsError::BadPlacement {
+                path: text(r)?,
+                given: len(r)?,
+                needed: r.u64("needed")?,
+                replication: r.u8("replication")?,
+            },
+            12 => NsError::BadReplication(r.u8("replication")?),
+            13 => NsError::OutOfIds,
+            14 => NsError::Superseded { request_id: r.u64("request id")?, last: r.u64("last")? },
+            other => {
+                return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap as Model;
+
+    const BS: u32 = 1024;
+
+    fn p(text: &str) -> MeshPath {
+        MeshPath::parse(text).unwrap()
+    }
+
+    /// Applies commands as one session with increasing request ids.
+    struct Driver {
+        ns: Namespace,
+        next_request: u64,
+        time: u64,
+    }
+
+    impl Driver {
+        fn new() -> Driver {
+            Driver { ns: Namespace::new(), next_request: 1, time: 1_000 }
+        }
+
+        fn entry(&mut self, command: Command) -> Entry {
+            let entry = Entry {
+                session: SessionId { client: ClientId(1), nonce: 42 },
+                request_id: self.next_request,
+                time_ms: self.time,
+                command,
+            };
+            self.next_request += 1;
+            self.time += 1;
+            entry
+        }
+
+        fn run(&mut self, command: Command) -> Outcome {
+            let entry = self.entry(command);
+            self.ns.apply(&entry)
+        }
+
+        fn mkdir(&mut self, path: &str, parents: bool) -> Outcome {
+            self.run(Command::Mkdir { path: p(path), parents })
+        }
+
+        fn create(&mut self, path: &str) -> Outcome {
+            self.run(Command::CreateFile { path: p(path), replication: 2, block_size: BS })
+        }
+
+        fn expand(&mut self, path: &str, size: u64, new_blocks: usize) -> Outcome {
+            let placement =
+                (0..new_blocks).map(|i| vec![NodeId(4 + (i as u32 % 3)), NodeId(7)]).collect();
+            self.run(Command::ExpandFile { path: p(path), size, placement })
+        }
+
+        fn rename(&mut self, from: &str, to: &str) -> Outcome {
+            self.run(Command::Rename { from: p(from), to: p(to) })
+        }
+
+        fn remove(&mut self, path: &str, recursive: bool) -> Outcome {
+            self.run(Command::Remove { path: p(path), recursive })
+        }
+    }
+
+    fn failed(outcome: Outcome) -> NsError {
+        match outcome {
+            Outcome::Failed(err) => err,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mkdir_with_and_without_parents() {
+        let mut d = Driver::new();
+        assert_eq!(d.mkdir("/a", false), Outcome::Mkdir);
+        assert_eq!(failed(d.mkdir("/a", false)), NsError::AlreadyExists("/a".into()));
+        assert_eq!(d.mkdir("/a", true), Outcome::Mkdir, "-p accepts an existing directory");
+        assert_eq!(failed(d.mkdir("/x/y", false)), NsError::NotFound("/x".into()));
+        assert_eq!(d.mkdir("/x/y/z", true), Outcome::Mkdir);
+        assert!(matches!(d.ns.stat(&p("/x/y/z")), Ok(Stat::Dir { entries: 0, .. })));
+        assert!(matches!(d.ns.stat(&p("/x")), Ok(Stat::Dir { entries: 1, .. })));
+        d.create("/a/f");
+        assert_eq!(failed(d.mkdir("/a/f/g", true)), NsError::NotADirectory("/a/f".into()));
+        assert_eq!(failed(d.mkdir("/a/f/g", false)), NsError::NotADirectory("/a/f".into()));
+        assert_eq!(failed(d.mkdir("/", false)), NsError::AlreadyExists("/".into()));
+        assert_eq!(d.mkdir("/", true), Outcome::Mkdir);
+    }
+
+    #[test]
+    fn create_file_meta_data_and_get_it_back() {
+        let mut d = Driver::new();
+        let Outcome::Created(fd) = d.create("/f") else { panic!() };
+        assert_eq!(fd.version, 1);
+        assert_eq!(failed(d.create("/f")), NsError::AlreadyExists("/f".into()));
+        assert_eq!(failed(d.create("/nodir/f")), NsError::NotFound("/nodir".into()));
+        assert_eq!(failed(d.create("/f/g")), NsError::NotADirectory("/f".into()));
+        assert_eq!(
+            failed(d.run(Command::CreateFile { path: p("/g"), replication: 0, block_size: BS })),
+            NsError::BadReplication(0)
+        );
+        let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+        assert_eq!(meta.descriptor, fd);
+        assert_eq!((meta.size, meta.block_size, meta.replication), (0, BS, 2));
+        assert!(meta.blocks.is_empty());
+        assert_eq!(
+            failed(Outcome::Failed(d.ns.get_file_meta_data(&p("/")).unwrap_err())),
+            NsError::IsADirectory("/".into())
+        );
+        assert_eq!(d.ns.get_file_meta_data(&p("/nope")), Err(NsError::NotFound("/nope".into())));
+    }
+
+    #[test]
+    fn expand_file_size_allocates_placed_blocks_and_bumps_the_version() {
+        let mut d = Driver::new();
+        d.create("/f");
+        let Outcome::Expanded { file, blocks } = d.expand("/f", 2500, 3) else { panic!() };
+        assert_eq!(file.version, 2);
+        assert_eq!(blocks.iter().map(|b| b.index).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(blocks.iter().all(|b| b.version == BlockVersion(1) && b.file == file));
+        // Growing inside the last block adds no block but still changes the metadata.
+        let Outcome::Expanded { file, blocks } = d.expand("/f", 3072, 0) else { panic!() };
+        assert_eq!((file.version, blocks.len()), (3, 0));
+        let block = d.ns.get_block_metadata(&p("/f"), 1).unwrap();
+        assert_eq!(block.replicas, [NodeId(5), NodeId(7)]);
+        assert_eq!(block.descriptor.file.version, 3);
+        assert!(matches!(d.ns.get_block_metadata(&p("/f"), 3), Err(NsError::NotFound(_))));
+
+        assert!(matches!(
+            failed(d.expand("/f", 100, 0)),
+            NsError::Shrink { size: 3072, requested: 100, .. }
+        ));
+        assert!(matches!(
+            failed(d.expand("/f", 5000, 1)),
+            NsError::BadPlacement { given: 1, needed: 2, .. }
+        ));
+        let twice = vec![vec![NodeId(4), NodeId(4)]];
+        let bad = d.run(Command::ExpandFile { path: p("/f"), size: 4000, placement: twice });
+        assert!(matches!(failed(bad), NsError::BadPlacement { .. }), "two replicas on one server");
+        d.mkdir("/dir", false);
+        assert_eq!(failed(d.expand("/dir", 1, 1)), NsError::IsADirectory("/dir".into()));
+        // Nothing changed by the failures.
+        assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version, 3);
+    }
+
+    #[test]
+    fn a_file_past_65536_blocks_is_a_clear_error() {
+        let mut d = Driver::new();
+        d.create("/big");
+        let max = u64::from(MAX_BLOCKS_PER_FILE) * u64::from(BS);
+        let err = failed(d.expand("/big", max + 1, 65_537));
+        assert!(matches!(err, NsError::FileTooLarge { blocks: 65_537, .. }), "{err}");
+        assert!(err.to_string().contains("at most 65536"), "{err}");
+        assert!(matches!(d.expand("/big", max, 65_536), Outcome::Expanded { .. }));
+        let last = d.ns.get_block_metadata(&p("/big"), u16::MAX).unwrap();
+        assert_eq!(last.descriptor.index, 65_535);
+    }
+
+    #[test]
+    fn rename_is_atomic_and_never_moves_a_directory_into_itself() {
+        let mut d = Driver::new();
+        d.mkdir("/a/b", true);
+        d.create("/a/b/f");
+        assert_eq!(d.rename("/a/b/f", "/g"), Outcome::Renamed);
+        assert!(d.ns.stat(&p("/g")).is_ok());
+        assert!(d.ns.stat(&p("/a/b/f")).is_err());
+        assert_eq!(d.rename("/a", "/z"), Outcome::Renamed);
+        assert!(d.ns.stat(&p("/z/b")).is_ok());
+        assert_eq!(
+            failed(d.rename("/z", "/z/b/c")),
+            NsError::MoveIntoItself { from: "/z".into(), to: "/z/b/c".into() }
+        );
+        assert_eq!(d.rename("/z", "/z"), Outcome::Renamed, "onto itself is a no-op, as in POSIX");
+        assert_eq!(d.rename("/g", "/g"), Outcome::Renamed);
+        assert_eq!(failed(d.rename("/g", "/z/b")), NsError::AlreadyExists("/z/b".into()));
+        assert_eq!(failed(d.rename("/none", "/x")), NsError::NotFound("/none".into()));
+        assert_eq!(failed(d.rename("/g", "/none/x")), NsError::NotFound("/none".into()));
+        assert_eq!(failed(d.rename("/", "/x")), NsError::Root);
+        // A sibling whose name merely starts the same is not "inside".
+        d.mkdir("/ab", false);
+        assert_eq!(d.rename("/z", "/ab/z"), Outcome::Renamed);
+    }
+
+    #[test]
+    fn remove_files_empty_dirs_and_trees() {
+        let mut d = Driver::new();
+        d.mkdir("/t/u/v", true);
+        d.create("/t/f1");
+        d.create("/t/u/f2");
+        d.create("/top");
+        assert_eq!(d.remove("/top", false), Outcome::Removed { files: 1, dirs: 0 });
+        assert_eq!(failed(d.remove("/t", false)), NsError::NotEmpty("/t".into()));
+        assert_eq!(d.remove("/t/u/v", false), Outcome::Removed { files: 0, dirs: 1 });
+        assert_eq!(d.remove("/t", true), Outcome::Removed { files: 2, dirs: 2 });
+        assert_eq!(d.ns.inode_count(), 1, "only the root is left");
+        assert_eq!(failed(d.remove("/", true)), NsError::Root);
+        assert_eq!(failed(d.remove("/t", true)), NsError::NotFound("/t".into()));
+    }
+
+    #[test]
+    fn list_and_stat() {
+        let mut d = Driver::new();
+        d.mkdir("/d/sub", true);
+        d.create("/d/b");
+        d.create("/d/a");
+        d.expand("/d/a", 10, 1);
+        let names: Vec<(String, bool, u64)> =
+            d.ns.list(&p("/d")).unwrap().into_iter().map(|e| (e.name, e.is_dir, e.size)).collect();
+        assert_eq!(
+            names,
+            [("a".into(), false, 10), ("b".into(), false, 0), ("sub".into(), true, 0)]
+        );
+        assert_eq!(d.ns.list(&p("/d/a")).unwrap()[0].name, "a");
+        assert_eq!(d.ns.list(&p("/x")), Err(NsError::NotFound("/x".into())));
+        assert_eq!(d.ns.list(&p("/d/a/x")), Err(NsError::NotADirectory("/d/a".into())));
+    }
+
+    #[test]
+    fn a_retried_request_gets_its_own_answer_not_already_exists() {
+        let mut d = Driver::new();
+        let entry =
+            d.entry(Command::CreateFile { path: p("/once"), replication: 1, block_size: BS });
+        let first = d.ns.apply(&entry);
+        assert!(matches!(first, Outcome::Created(_)));
+        // The same request committed again (a retry across a leader change).
+        assert_eq!(d.ns.apply(&entry), first);
+        assert_eq!(d.ns.list(&p("/")).unwrap().len(), 1);
+        // Another session asking for the name gets "already exists".
+        let other = Entry {
+            session: SessionId { client: ClientId(1), nonce: 7 },
+            request_id: 1,
+            ..entry.clone()
+        };
+        assert_eq!(failed(d.ns.apply(&other)), NsError::AlreadyExists("/once".into()));
+        // An older request of a session after a newer one is refused, not applied.
+        d.create("/next");
+        let stale = Entry {
+            request_id: entry.request_id,
+            ..d.entry(Command::Remove { path: p("/once"), recursive: false })
+        };
+        assert!(matches!(failed(d.ns.apply(&stale)), NsError::Superseded { .. }));
+        assert!(d.ns.stat(&p("/once")).is_ok());
+    }
+
+    #[test]
+    fn sessions_idle_past_the_ttl_are_forgotten() {
+        let mut d = Driver::new();
+        d.create("/x");
+        assert_eq!(d.ns.sessions.len(), 1);
+        d.time += SESSION_TTL_MS + 1;
+        let busy = SessionId { client: ClientId(2), nonce: 1 };
+        for i in 0..SESSION_SWEEP_EVERY {
+            let entry = Entry {
+                session: busy,
+                request_id: i + 1,
+                time_ms: d.time,
+                command: Command::Mkdir { path: p("/"), parents: true },
+            };
+            d.ns.apply(&entry);
+        }
+        assert_eq!(d.ns.sessions.len(), 1, "the idle session was swept");
+        assert!(d.ns.sessions.contains_key(&busy));
+    }
+
+    fn sample_entries() -> Vec<Entry> {
+        let mut d = Driver::new();
+        vec![
+            d.entry(Command::Mkdir { path: p("/a/b"), parents: true }),
+            d.entry(Command::CreateFile { path: p("/a/b/f"), replication: 2, block_size: BS }),
+            d.entry(Command::ExpandFile {
+                path: p("/a/b/f"),
+                size: 3000,
+                placement: vec![vec![NodeId(4), NodeId(5)]; 3],
+            }),
+            d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g") }),
+            d.entry(Command::CreateFile { path: p("/a/g"), replication: 2, block_size: BS }),
+            d.entry(Command::Remove { path: p("/a/b"), recursive: true }),
+            d.entry(Command::Mkdir { path: p("/a/g/h"), parents: false }),
+        ]
+    }
+
+    #[test]
+    fn entries_round_trip_and_bad_bytes_are_refused() {
+        for entry in sample_entries() {
+            let bytes = entry.encode();
+            assert_eq!(Entry::decode(&bytes).unwrap(), entry);
+            for cut in 0..bytes.len() {
+                assert!(Entry::decode(&bytes[..cut]).is_err());
+            }
+        }
+        let mut bad_path = sample_entries()[0].encode();
+        let end = bad_path.len() - 1; // the path "/a/b", then the parents flag
+        bad_path[end - 4..end].copy_from_slice(b"/./b");
+        assert!(Entry::decode(&bad_path).is_err(), "an invalid path never reaches apply");
+    }
+
+    #[test]
+    fn replicas_applying_one_log_agree_byte_for_byte_and_snapshots_restore() {
+        let mut a = Namespace::new();
+        let mut b = Namespace::new();
+        let mut outcomes = Vec::new();
+        for entry in sample_entries() {
+            outcomes.push(a.apply(&entry));
+            // b applies the encoded form, as a follower reading the log would.
+            b.apply(&Entry::decode(&entry.encode()).unwrap());
+        }
+        assert!(matches!(outcomes[4], Outcome::Failed(NsError::AlreadyExists(_))));
+        assert!(matches!(outcomes[6], Outcome::Failed(NsError::NotADirectory(_))));
+        assert_eq!(a.snapshot(), b.snapshot());
+        let restored = Namespace::restore(&a.snapshot()).unwrap();
+        assert_eq!(restored, a);
+        assert_eq!(restored.snapshot(), a.snapshot());
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused() {
+        let mut d = Driver::new();
+        for entry in sample_entries() {
+            d.ns.apply(&entry);
+        }
+        let good = d.ns.snapshot();
+        assert_eq!(Namespace::restore(&good[..good.len() - 1]), Err(SnapshotError::Checksum));
+        let mut flipped = good.clone();
+        flipped[10] ^= 1;
+        assert_eq!(Namespace::restore(&flipped), Err(SnapshotError::Checksum));
+        assert_eq!(Namespace::restore(&[]), Err(SnapshotError::Truncated));
+        // Well-formed and checksummed, but inconsistent: an orphan (parent that is a file).
+        let mut ns = Namespace::new();
+        ns.nodes.insert(
+            5,
+            Node { parent: 9, kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }) },
+        );
+        ns.next_id = 10;
+        assert!(matches!(Namespace::restore(&ns.snapshot()), Err(SnapshotError::Invalid(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_entry_or_snapshot_decoding(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Entry::decode(&bytes);
+            let _ = Namespace::restore(&bytes);
+            let mut with_crc = bytes.clone();
+            with_crc.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
+            let _ = Namespace::restore(&with_crc);
+        }
+    }
+
+    // ---- model test: random operations against a map of paths ----
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Mkdir(usize, bool),
+        Create(usize),
+        Rename(usize, usize),
+        Remove(usize, bool),
+        Snapshot,
+    }
+
+    const NAMES: [&str; 9] =
+        ["/a", "/b", "/a/c", "/a/d", "/b/c", "/a/c/e", "/b/c/e", "/a/d/f", "/e"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        let i = 0..NAMES.len();
+        prop_oneof![
+            (i.clone(), any::<bool>()).prop_map(|(a, b)| Op::Mkdir(a, b)),
+            i.clone().prop_map(Op::Create),
+            (i.clone(), i.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+            (i, any::<bool>()).prop_map(|(a, b)| Op::Remove(a, b)),
+            Just(Op::Snapshot),
+        ]
+    }
+
+    /// The model: path -> is_dir. Simple rules, written independently of the namespace.
+    fn model_apply(model: &mut Model<String, bool>, op: &Op) -> bool {
+        let parent =
+            |path: &str| path.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+        let is_dir =
+            |m: &Model<String, bool>, path: &str| path.is_empty() || m.get(path) == Some(&true);
+        match *op {
+            Op::Mkdir(i, parents) => {
+                let path = NAMES[i];
+                if parents {
+                    let mut prefix = String::new();
+                    let parts: Vec<&str> = path.split('/').skip(1).collect();
+                    for part in &parts {
+                        prefix = format!("{prefix}/{part}");
+                        if model.get(&prefix) == Some(&false) {
+                            return false;
+                        }
+                    }
+                    prefix.clear();
+                    for part in parts {
+                        prefix = format!("{prefix}/{part}");
+                        model.entry(prefix.clone()).or_insert(true);
+                    }
+                    true
+                } else if model.contains_key(path) || !is_dir(model, &parent(path)) {
+                    false
+                } else {
+                    model.insert(path.to_string(), true);
+                    true
+                }
+            }
+            Op::Create(i) => {
+                let path = NAMES[i];
+                if model.contains_key(path) || !is_dir(model, &parent(path)) {
+                    return false;
+                }
+                model.insert(path.to_string(), false);
+                true
+            }
+            Op::Rename(i, j) => {
+                let (from, to) = (NAMES[i], NAMES[j]);
+                let Some(&from_dir) = model.get(from) else { return false };
+                if from == to {
+                    return true;
+                }
+                let inside = to.starts_with(&format!("{from}/"));
+                if (from_dir && inside) || model.contains_key(to) || !is_dir(model, &parent(to)) {
+                    return false;
+                }
+                let moved: Vec<(String, bool)> = model
+                    .iter()
+                    .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                for (k, v) in moved {
+                    model.remove(&k);
+                    model.insert(format!("{to}{}", &k[from.len()..]), v);
+                }
+                true
+            }
+            Op::Remove(i, recursive) => {
+                let path = NAMES[i];
+                if !model.contains_key(path) {
+                    return false;
+                }
+                let below: Vec<String> =
+                    model.keys().filter(|k| k.starts_with(&format!("{path}/"))).cloned().collect();
+                if !below.is_empty() && !recursive {
+                    return false;
+                }
+                for k in below {
+                    model.remove(&k);
+                }
+                model.remove(path);
+                true
+            }
+            Op::Snapshot => true,
+        }
+    }
+
+    fn walk(ns: &Namespace, dir: &str, out: &mut Model<String, bool>) {
+        let path = if dir.is_empty() { MeshPath::root() } else { p(dir) };
+        for e in ns.list(&path).unwrap() {
+            let child = format!("{dir}/{}", e.name);
+            out.insert(child.clone(), e.is_dir);
+            if e.is_dir {
+                walk(ns, &child, out);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn the_namespace_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut d = Driver::new();
+            let mut model = Model::new();
+            for op in &ops {
+                let expect_ok = model_apply(&mut model, op);
+                let outcome = match *op {
+                    Op::Mkdir(i, parents) => d.mkdir(NAMES[i], parents),
+                    Op::Create(i) => d.create(NAMES[i]),
+                    Op::Rename(i, j) => d.rename(NAMES[i], NAMES[j]),
+                    Op::Remove(i, r) => d.remove(NAMES[i], r),
+                    Op::Snapshot => {
+                        d.ns = Namespace::restore(&d.ns.snapshot()).unwrap();
+                        Outcome::Mkdir
+                    }
+                };
+                prop_assert_eq!(!matches!(outcome, Outcome::Failed(_)), expect_ok, "{:?} gave {:?}", op, outcome);
+                let mut seen = Model::new();
+                walk(&d.ns, "", &mut seen);
+                prop_assert_eq!(&seen, &model, "after {:?}", op);
+            }
+        }
+    }
+}
