@@ -61,6 +61,21 @@ pub struct ServerView {
     pub incarnation: Option<u64>,
     /// How it sees every other server.
     pub peers: Vec<PeerView>,
+    /// Meta-servers: "leader", "follower", "candidate" or "pre-candidate".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft_role: Option<&'static str>,
+    /// Meta-servers: the Raft term.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// Meta-servers: the highest log index known committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_index: Option<u64>,
+    /// Meta-servers: the highest log index applied to the namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// Meta-servers: the leader this one follows, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u32>,
 }
 
 /// The whole cluster as its servers see it.
@@ -102,6 +117,11 @@ fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
         uptime_ms: Some(reply.uptime_ms),
         incarnation: Some(reply.incarnation),
         peers,
+        raft_role: reply.raft.map(|r| r.role_name()),
+        term: reply.raft.map(|r| r.term),
+        commit_index: reply.raft.map(|r| r.commit_index),
+        applied_index: reply.raft.map(|r| r.applied_index),
+        leader: reply.raft.and_then(|r| (r.leader != 0).then_some(r.leader)),
     }
 }
 
@@ -157,6 +177,11 @@ pub fn cluster_status(
                         uptime_ms: None,
                         incarnation: None,
                         peers: Vec::new(),
+                        raft_role: None,
+                        term: None,
+                        commit_index: None,
+                        applied_index: None,
+                        leader: None,
                     },
                 }
             })
@@ -175,6 +200,17 @@ impl ClusterStatus {
     /// Every link that is up has an RTT (at least one pong came back).
     pub fn rtts_measured(&self) -> bool {
         self.servers.iter().all(|s| s.peers.iter().all(|p| !p.up || p.rtt_us.is_some()))
+    }
+
+    /// The meta-server that answered as leader, if exactly one did and every answering
+    /// meta-server follows it.
+    pub fn agreed_leader(&self) -> Option<u32> {
+        let mservers: Vec<&ServerView> =
+            self.servers.iter().filter(|s| s.raft_role.is_some()).collect();
+        let leaders: Vec<u32> =
+            mservers.iter().filter(|s| s.raft_role == Some("leader")).map(|s| s.id).collect();
+        let [leader] = leaders[..] else { return None };
+        mservers.iter().all(|s| s.leader == Some(leader)).then_some(leader)
     }
 
     /// Servers that answered.
@@ -206,8 +242,8 @@ impl ClusterStatus {
         );
         let _ = writeln!(
             out,
-            "{:>4}  {:<8} {:<22} {:<5} {:>10}  note",
-            "id", "role", "address", "state", "uptime"
+            "{:>4}  {:<8} {:<22} {:<5} {:>10}  {:<10} {:>5} {:>8} {:>8}  note",
+            "id", "role", "address", "state", "uptime", "raft", "term", "commit", "applied"
         );
         for s in &self.servers {
             let uptime = s
@@ -215,10 +251,19 @@ impl ClusterStatus {
                 .map_or_else(|| "-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
             let state = if s.up { "up" } else { "DOWN" };
             let note = s.error.clone().unwrap_or_default();
+            let num = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "{:>4}  {:<8} {:<22} {:<5} {:>10}  {note}",
-                s.id, s.role, s.addr, state, uptime
+                "{:>4}  {:<8} {:<22} {:<5} {:>10}  {:<10} {:>5} {:>8} {:>8}  {note}",
+                s.id,
+                s.role,
+                s.addr,
+                state,
+                uptime,
+                s.raft_role.unwrap_or("-"),
+                num(s.term),
+                num(s.commit_index),
+                num(s.applied_index)
             );
         }
         let _ = writeln!(out, "\nRTT in microseconds (row measured column):");

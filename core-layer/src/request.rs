@@ -1,24 +1,33 @@
 //! Client requests every server answers alike, whatever its role.
 //!
 //! A server's service hands each client frame to [`common_reply`] first: status requests
-//! and undecodable bodies are answered here; anything else comes back as the decoded
-//! request, for the role's own code (or [`unsupported`]).
+//! and undecodable bodies are answered here ([`Handled::Answered`]); anything else comes back
+//! decoded ([`Handled::ForRole`]), for the role's own code (or [`unsupported`]).
 
 use meshfs_group::Role;
 use meshfs_net::Frame;
 
 use crate::wire::{ErrorCode, Message, StatusReply};
 
-/// The reply to `frame` if every server answers it alike; otherwise the decoded request,
-/// for the caller's role to answer. `status` builds this server's status when asked.
-pub fn common_reply(
-    frame: &Frame,
-    status: impl FnOnce() -> StatusReply,
-) -> Result<Message, Message> {
+/// What [`common_reply`] made of a client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The reply to send: every server answers this request alike.
+    Answered(Message),
+    /// The decoded request, for the role's own code to answer.
+    ForRole(Message),
+}
+
+/// Answers `frame` if every server answers it alike; otherwise hands back the decoded
+/// request. `status` builds this server's status when asked.
+pub fn common_reply(frame: &Frame, status: impl FnOnce() -> StatusReply) -> Handled {
     match Message::decode(frame) {
-        Ok(Message::StatusRequest) => Ok(Message::StatusReply(status())),
-        Ok(request) => Err(request),
-        Err(err) => Ok(Message::Error { code: ErrorCode::BadRequest, message: err.to_string() }),
+        Ok(Message::StatusRequest) => Handled::Answered(Message::StatusReply(status())),
+        Ok(request) => Handled::ForRole(request),
+        Err(err) => Handled::Answered(Message::Error {
+            code: ErrorCode::BadRequest,
+            message: err.to_string(),
+        }),
     }
 }
 
@@ -45,6 +54,7 @@ mod tests {
             uptime_ms: 0,
             version: "0".into(),
             peers: vec![],
+            raft: None,
         }
     }
 
@@ -52,24 +62,24 @@ mod tests {
     fn status_is_answered_here_and_bad_bodies_get_bad_request() {
         assert_eq!(
             common_reply(&Message::StatusRequest.to_frame(1), status),
-            Ok(Message::StatusReply(status()))
+            Handled::Answered(Message::StatusReply(status()))
         );
         let bad = Frame::new(crate::wire::KIND_STATUS_REPLY, 1, vec![1, 2]);
         assert!(matches!(
             common_reply(&bad, status),
-            Ok(Message::Error { code: ErrorCode::BadRequest, .. })
+            Handled::Answered(Message::Error { code: ErrorCode::BadRequest, .. })
         ));
         let unknown = Frame::new(999, 1, vec![]);
         assert!(matches!(
             common_reply(&unknown, status),
-            Ok(Message::Error { code: ErrorCode::BadRequest, .. })
+            Handled::Answered(Message::Error { code: ErrorCode::BadRequest, .. })
         ));
     }
 
     #[test]
     fn other_requests_go_back_to_the_role() {
         let reply = Message::StatusReply(status());
-        assert_eq!(common_reply(&reply.to_frame(3), status), Err(reply.clone()));
+        assert_eq!(common_reply(&reply.to_frame(3), status), Handled::ForRole(reply.clone()));
         let answer = unsupported(Role::DServer, &reply);
         assert!(
             matches!(answer, Message::Error { code: ErrorCode::Unsupported, ref message } if message.contains("dserver"))

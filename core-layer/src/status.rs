@@ -46,6 +46,7 @@ pub fn status_reply(
         uptime_ms: ms(uptime),
         version: env!("CARGO_PKG_VERSION").to_string(),
         peers: group.status().iter().map(|p| peer_link(p, now)).collect(),
+        raft: None,
     }
 }
 

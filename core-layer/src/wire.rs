@@ -10,6 +10,11 @@
 //! | 32 | [`Message::StatusRequest`] | client -> server | empty |
 //! | 33 | [`Message::StatusReply`] | server -> client | [`StatusReply`] |
 //! | 34 | [`Message::Error`] | server -> client | `u8 code, str message` |
+//! | 40 | [`Message::Raft`] | mserver -> mserver | an `eraftpb::Message` (protobuf) |
+//!
+//! A status reply ends with `bool has_raft` and, for meta-servers, [`RaftInfo`]:
+//! `u8 role (1 follower, 2 candidate, 3 leader, 4 pre-candidate), u64 term, u64 commit,
+//! u64 applied, u32 leader (0: unknown)`.
 //!
 //! Adding a message: a new kind constant, a variant, its layout in this table, a round-trip
 //! sample in the tests, and a golden-bytes test once its layout is final.
@@ -24,6 +29,8 @@ pub const KIND_STATUS_REQUEST: u16 = 32;
 pub const KIND_STATUS_REPLY: u16 = 33;
 /// Kind of [`Message::Error`].
 pub const KIND_ERROR: u16 = 34;
+/// Kind of [`Message::Raft`].
+pub const KIND_RAFT: u16 = 40;
 
 const _: () = assert!(KIND_STATUS_REQUEST >= meshfs_group::FIRST_APP_KIND);
 
@@ -74,6 +81,34 @@ pub struct PeerLink {
     pub rtt_max_us: u64,
 }
 
+/// A meta-server's Raft state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftInfo {
+    /// 1 follower, 2 candidate, 3 leader, 4 pre-candidate.
+    pub role: u8,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the namespace.
+    pub applied_index: u64,
+    /// The leader's id, 0 if unknown.
+    pub leader: u32,
+}
+
+impl RaftInfo {
+    /// The role's name: "follower", "candidate", "leader" or "pre-candidate".
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            1 => "follower",
+            2 => "candidate",
+            3 => "leader",
+            4 => "pre-candidate",
+            _ => "unknown",
+        }
+    }
+}
+
 /// A server's report of itself and its links.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReply {
@@ -93,6 +128,8 @@ pub struct StatusReply {
     pub version: String,
     /// Its links to every other server of the config.
     pub peers: Vec<PeerLink>,
+    /// Its Raft state (meta-servers only).
+    pub raft: Option<RaftInfo>,
 }
 
 /// An application message.
@@ -102,6 +139,8 @@ pub enum Message {
     StatusRequest,
     /// A server's status.
     StatusReply(StatusReply),
+    /// A Raft message between meta-servers.
+    Raft(Vec<u8>),
     /// A request failed.
     Error {
         /// What kind of failure.
@@ -149,6 +188,7 @@ impl Message {
             Message::StatusRequest => KIND_STATUS_REQUEST,
             Message::StatusReply(_) => KIND_STATUS_REPLY,
             Message::Error { .. } => KIND_ERROR,
+            Message::Raft(_) => KIND_RAFT,
         }
     }
 
@@ -173,9 +213,16 @@ impl Message {
                         .u64(p.rtt_smoothed_us)
                         .u64(p.rtt_max_us);
                 }
+                w.bool(s.raft.is_some());
+                if let Some(r) = &s.raft {
+                    w.u8(r.role).u64(r.term).u64(r.commit_index).u64(r.applied_index).u32(r.leader);
+                }
             }
             Message::Error { code, message } => {
                 w.u8(*code as u8).str(message);
+            }
+            Message::Raft(bytes) => {
+                w.fixed(bytes);
             }
         }
         w.finish()
@@ -193,6 +240,8 @@ impl Message {
                 let code = ErrorCode::from_u8(r.u8("error code").map_err(body)?).map_err(body)?;
                 Message::Error { code, message: r.str("message").map_err(body)?.to_string() }
             }
+            // Opaque here: raft-rs decodes (and checks) the protobuf.
+            KIND_RAFT => return Ok(Message::Raft(frame.body.clone())),
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish().map_err(body)?;
@@ -225,7 +274,18 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
             rtt_max_us: r.u64("rtt_max_us")?,
         });
     }
-    Ok(StatusReply { id, role, cluster, addr, incarnation, uptime_ms, version, peers })
+    let raft = if r.bool("has raft")? {
+        Some(RaftInfo {
+            role: r.u8("raft role")?,
+            term: r.u64("term")?,
+            commit_index: r.u64("commit index")?,
+            applied_index: r.u64("applied index")?,
+            leader: r.u32("leader")?,
+        })
+    } else {
+        None
+    };
+    Ok(StatusReply { id, role, cluster, addr, incarnation, uptime_ms, version, peers, raft })
 }
 
 #[cfg(test)]
@@ -266,7 +326,15 @@ mod tests {
                         rtt_max_us: 0,
                     },
                 ],
+                raft: Some(RaftInfo {
+                    role: 3,
+                    term: 7,
+                    commit_index: 99,
+                    applied_index: 98,
+                    leader: 1,
+                }),
             }),
+            Message::Raft(vec![8, 1, 16, 2]),
             Message::Error { code: ErrorCode::Unsupported, message: "no such request".into() },
         ]
     }
@@ -290,6 +358,9 @@ mod tests {
     #[test]
     fn cuts_extra_bytes_and_unknown_kinds_are_errors() {
         for message in samples() {
+            if matches!(message, Message::Raft(_)) {
+                continue; // opaque bytes: any length is a body; raft-rs checks them
+            }
             let frame = message.to_frame(1);
             for cut in 0..frame.body.len() {
                 let cut_frame = Frame::new(frame.kind, 1, frame.body[..cut].to_vec());
@@ -309,10 +380,11 @@ mod tests {
         // with zero peers and patching the count.
         let Message::StatusReply(mut s) = samples()[1].clone() else { unreachable!() };
         s.peers.clear();
+        s.raft = None;
         let short = Message::StatusReply(s).encode();
-        let count_at = short.len() - 4;
+        let count_at = short.len() - 5; // the count, then the has_raft byte
         frame.body = short;
-        frame.body[count_at..].copy_from_slice(&u32::MAX.to_be_bytes());
+        frame.body[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(
             Message::decode(&frame),
             Err(WireError::Body { source: BodyError::Invalid { field: "peer count", .. }, .. })

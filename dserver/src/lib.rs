@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use log::warn;
-use meshfs_core::request::{common_reply, unsupported};
+use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_group::driver::{Node, Service, StartError, serve};
 use meshfs_group::{GroupEvent, NodeId, Role};
@@ -28,13 +28,16 @@ impl Service for DataServer {
                 warn!("ignoring message kind {} from peer {from}: not served yet", frame.kind);
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let reply = common_reply(&frame, || node_status(node)).unwrap_or_else(|request| {
-                    warn!(
-                        "client {client} sent message kind {}, which this server does not serve",
-                        request.kind()
-                    );
-                    unsupported(node.role(), &request)
-                });
+                let reply = match common_reply(&frame, || node_status(node)) {
+                    Handled::Answered(reply) => reply,
+                    Handled::ForRole(request) => {
+                        warn!(
+                            "client {client} sent message kind {}, which this server does not serve",
+                            request.kind()
+                        );
+                        unsupported(node.role(), &request)
+                    }
+                };
                 node.reply(conn, reply.to_frame(frame.request_id));
             }
         }

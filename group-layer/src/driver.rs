@@ -28,6 +28,8 @@ const RTT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a server does with what the group tells it.
 pub trait Service {
+    /// Called once, before the loop starts: arm timers here.
+    fn start(&mut self, _node: &mut Node) {}
     /// A group event: peer up or down, a message from a peer or a client.
     fn handle_event(&mut self, node: &mut Node, event: GroupEvent);
     /// A worker thread called [`Notifier::notify`].
@@ -172,6 +174,7 @@ impl Node {
     /// peers see this node leave at once.
     pub fn run<S: Service>(&mut self, service: &mut S) -> io::Result<()> {
         let mut events = Vec::new();
+        service.start(self);
         while !self.stop {
             self.group.handle_tick(Instant::now());
             self.drain(service);

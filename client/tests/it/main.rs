@@ -306,3 +306,68 @@ fn meshfs_up_starts_the_cluster_and_ctrl_c_stops_every_server() {
         );
     }
 }
+
+// ---- Raft among the meta-servers ----
+
+fn term_of(status: &meshfs_client::status::ClusterStatus, id: u32) -> u64 {
+    status.server(id).and_then(|s| s.term).unwrap()
+}
+
+#[test]
+fn meta_servers_elect_one_leader_and_another_when_it_is_killed() {
+    let mut cluster = TestCluster::new("raft-elect", 3, 1);
+    cluster.start_all();
+    let status = cluster.wait_for("one agreed leader", |s| s.agreed_leader().is_some());
+    let leader = status.agreed_leader().unwrap();
+    let term = term_of(&status, leader);
+    for s in status.servers.iter().filter(|s| s.role == "mserver") {
+        assert_eq!(s.term, Some(term), "{s:?}");
+        let expected = if s.id == leader { "leader" } else { "follower" };
+        assert_eq!(s.raft_role, Some(expected));
+        assert!(s.commit_index.unwrap() >= 1, "the leader's first entry commits");
+    }
+    assert!(status.server(4).unwrap().raft_role.is_none(), "data-servers take no part in Raft");
+
+    let killed = Instant::now();
+    cluster.kill9(leader);
+    let status =
+        cluster.wait_for("a new leader", |s| s.agreed_leader().is_some_and(|l| l != leader));
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(10), "a new leader took {took:?}");
+    let new_leader = status.agreed_leader().unwrap();
+    assert!(term_of(&status, new_leader) > term, "a new leader has a new term");
+
+    // The old leader comes back as a follower of the new one.
+    cluster.start(leader);
+    let status = cluster.wait_for("the old leader to follow", |s| {
+        s.server(leader)
+            .is_some_and(|v| v.raft_role == Some("follower") && v.leader == Some(new_leader))
+    });
+    assert_eq!(status.agreed_leader(), Some(new_leader));
+}
+
+#[test]
+fn raft_state_survives_a_full_restart() {
+    let mut cluster = TestCluster::new("raft-restart", 3, 1);
+    cluster.start_all();
+    let before = cluster.wait_for("one agreed leader", |s| {
+        s.agreed_leader().is_some() && s.servers.iter().all(|v| v.applied_index == v.commit_index)
+    });
+    let leader = before.agreed_leader().unwrap();
+    let (term, commit) =
+        (term_of(&before, leader), before.server(leader).unwrap().commit_index.unwrap());
+    for id in 1..=3 {
+        cluster.kill9(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let after = cluster.wait_for("a leader after the restart", |s| {
+        s.agreed_leader().is_some_and(|l| s.server(l).unwrap().commit_index > Some(commit))
+    });
+    let leader = after.agreed_leader().unwrap();
+    assert!(term_of(&after, leader) > term, "terms are durable: they never go back");
+    for id in 1..=3 {
+        assert!(cluster.log(id).contains("raft log"), "server {id} replayed its log");
+    }
+}

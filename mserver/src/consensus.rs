@@ -1,0 +1,435 @@
+//! Raft among the meta-servers: a [`Replica`] drives raft-rs's `RawNode` over the durable
+//! [`LogStore`] and applies committed entries to the [`Namespace`].
+//!
+//! The event loop calls [`Replica::tick`] on a timer, [`Replica::step`] for each Raft message
+//! from a peer, [`Replica::propose`] for client changes, and [`Replica::poll_synced`] when the
+//! fsync worker wakes it. After each call it takes [`Replica::take_output`]: Raft messages to
+//! send and outcomes of applied entries to answer clients with.
+//!
+//! Durability (raft-rs's asynchronous ready): a ready's entries and hard state are written to
+//! the log file on the loop, the fsync is handed to the worker thread, and the ready's
+//! persisted messages (votes, append acknowledgements) are held until that fsync is done. The
+//! worker drains every request queued while it was busy and covers them with one fsync: group
+//! commit. Nothing is acknowledged before it is on disk.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+
+use log::{debug, error, info, warn};
+use meshfs_core::namespace::{Entry, Namespace, Outcome};
+use meshfs_net::Notifier;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry as RaftEntry, EntryType, Message as RaftMessage};
+use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
+
+use crate::log_store::{LogError, LogStore};
+
+/// Raft ticks per election timeout (randomised up to twice this by raft-rs).
+pub const ELECTION_TICKS: usize = 10;
+/// Raft ticks between leader heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+/// Compact the log into a snapshot once this many entries follow the last snapshot.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+
+/// What the loop must do after a call into the replica.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Raft messages to send: (peer id, encoded `eraftpb::Message`).
+    pub messages: Vec<(u64, Vec<u8>)>,
+    /// Entries applied, with what applying them did; the proposer answers its client.
+    pub applied: Vec<(Entry, Outcome)>,
+}
+
+/// Why a proposal was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This replica is not the leader; the leader is the one named, if known.
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    /// Raft refused it (e.g. a leader transfer in progress).
+    #[error("proposal dropped: {0}")]
+    Dropped(String),
+}
+
+/// Raft's view, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: StateRole,
+    /// Current term.
+    pub term: u64,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied to the namespace.
+    pub applied: u64,
+    /// The leader, if known.
+    pub leader: Option<u64>,
+}
+
+struct SyncRequest {
+    number: u64,
+    files: Vec<File>,
+}
+
+/// One meta-server's Raft replica and namespace.
+pub struct Replica {
+    raw: RawNode<LogStore>,
+    namespace: Namespace,
+    applied: u64,
+    /// Readies written but not yet fsynced: (number, messages to send once they are).
+    unsynced: VecDeque<(u64, Vec<RaftMessage>)>,
+    sync_tx: Sender<SyncRequest>,
+    synced_rx: Receiver<Result<u64, String>>,
+    output: Output,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("status", &self.status()).finish_non_exhaustive()
+    }
+}
+
+/// Why the replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The snapshot did not restore.
+    #[error("snapshot does not restore: {0}")]
+    Snapshot(String),
+    /// Raft refused its configuration.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+impl Replica {
+    /// Opens the log in `dir` and starts the replica `id` among `voters`; `notifier` wakes the
+    /// loop when the fsync worker finishes.
+    pub fn open(
+        dir: &Path,
+        id: u64,
+        voters: &[u64],
+        notifier: Notifier,
+    ) -> Result<Replica, ReplicaError> {
+        let store = LogStore::open(dir, voters)?;
+        let (namespace, applied) = match store.snapshot_data()? {
+            Some(snapshot) => {
+                let ns = Namespace::restore(&snapshot.data)
+                    .map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
+                (ns, snapshot.get_metadata().index)
+            }
+            None => (Namespace::new(), 0),
+        };
+        let config = raft::Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, &raft_logger(id))?;
+        let (sync_tx, synced_rx) = spawn_fsync_worker(notifier);
+        info!("raft replica {id} of {voters:?} starts at applied index {applied}");
+        Ok(Replica {
+            raw,
+            namespace,
+            applied,
+            unsynced: VecDeque::new(),
+            sync_tx,
+            synced_rx,
+            output: Output::default(),
+        })
+    }
+
+    /// The namespace as applied so far.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Raft's view now.
+    pub fn status(&self) -> RaftStatus {
+        let raft = &self.raw.raft;
+        RaftStatus {
+            role: raft.state,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+            leader: (raft.leader_id != raft::INVALID_ID).then_some(raft.leader_id),
+        }
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Advances Raft's clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.process_ready();
+    }
+
+    /// Hands Raft a message from a peer (an encoded `eraftpb::Message`).
+    pub fn step(&mut self, from: u64, bytes: &[u8]) {
+        let message = match RaftMessage::parse_from_bytes(bytes) {
+            Ok(message) => message,
+            Err(err) => {
+                warn!("dropping an undecodable raft message from {from}: {err}");
+                return;
+            }
+        };
+        if message.from != from {
+            warn!("dropping a raft message from {from} that claims to be from {}", message.from);
+            return;
+        }
+        if let Err(err) = self.raw.step(message) {
+            debug!("raft step from {from}: {err}");
+        }
+        self.process_ready();
+    }
+
+    /// A peer is unreachable: Raft stops pipelining to it.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// Proposes a change. Its outcome comes back in [`Output::applied`] once committed.
+    pub fn propose(&mut self, entry: &Entry) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader(self.status().leader));
+        }
+        self.raw
+            .propose(Vec::new(), entry.encode())
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        self.process_ready();
+        Ok(())
+    }
+
+    /// Takes what the loop must do now.
+    pub fn take_output(&mut self) -> Output {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Collects finished fsyncs (after the loop was woken) and continues Raft from them.
+    pub fn poll_synced(&mut self) {
+        let mut latest = None;
+        while let Ok(result) = self.synced_rx.try_recv() {
+            match result {
+                Ok(number) => latest = Some(number),
+                Err(err) => {
+                    // An fsync failed: nothing after it may be acknowledged. The only safe
+                    // answer is to stop (the log on disk is the truth on restart).
+                    error!("fsync of the raft log failed: {err}; stopping");
+                    std::process::exit(70);
+                }
+            }
+        }
+        let Some(number) = latest else { return };
+        self.raw.on_persist_ready(number);
+        while self.unsynced.front().is_some_and(|(n, _)| *n <= number) {
+            let (_, messages) = self.unsynced.pop_front().expect("checked");
+            self.queue_messages(messages);
+        }
+        self.process_ready();
+    }
+
+    fn queue_messages(&mut self, messages: Vec<RaftMessage>) {
+        for message in messages {
+            let to = message.to;
+            match message.write_to_bytes() {
+                Ok(bytes) => self.output.messages.push((to, bytes)),
+                Err(err) => error!("cannot encode a raft message to {to}: {err}"),
+            }
+        }
+    }
+
+    fn process_ready(&mut self) {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            let messages = ready.take_messages();
+            self.queue_messages(messages);
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot().clone();
+                if let Err(err) = self.install_snapshot(&snapshot) {
+                    error!("cannot install the leader's snapshot: {err}; stopping");
+                    std::process::exit(70);
+                }
+            }
+            let committed = ready.take_committed_entries();
+            self.apply(committed);
+            if let Err(err) = self.persist(&ready) {
+                error!("cannot write the raft log: {err}; stopping");
+                std::process::exit(70);
+            }
+            let persisted = ready.take_persisted_messages();
+            let number = ready.number();
+            self.raw.advance_append_async(ready);
+            self.request_sync(number, persisted);
+        }
+    }
+
+    fn persist(&mut self, ready: &raft::Ready) -> Result<(), LogError> {
+        let store = self.raw.mut_store();
+        if !ready.entries().is_empty() {
+            store.append(ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs)?;
+        }
+        Ok(())
+    }
+
+    fn request_sync(&mut self, number: u64, persisted: Vec<RaftMessage>) {
+        let files = match self.raw.mut_store().sync_handles() {
+            Ok(files) => files,
+            Err(err) => {
+                error!("cannot prepare the raft log fsync: {err}; stopping");
+                std::process::exit(70);
+            }
+        };
+        self.unsynced.push_back((number, persisted));
+        if self.sync_tx.send(SyncRequest { number, files }).is_err() {
+            error!("the fsync worker is gone; stopping");
+            std::process::exit(70);
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) -> Result<(), String> {
+        let namespace = Namespace::restore(&snapshot.data).map_err(|e| e.to_string())?;
+        self.raw.mut_store().apply_snapshot(snapshot).map_err(|e| e.to_string())?;
+        self.namespace = namespace;
+        self.applied = snapshot.get_metadata().index;
+        info!("installed the leader's snapshot at index {}", self.applied);
+        Ok(())
+    }
+
+    fn apply(&mut self, committed: Vec<RaftEntry>) {
+        let Some(last) = committed.last().map(|e| e.index) else { return };
+        for raft_entry in committed {
+            if raft_entry.get_entry_type() != EntryType::EntryNormal || raft_entry.data.is_empty() {
+                continue; // leader no-ops and (unused) conf changes
+            }
+            match Entry::decode(&raft_entry.data) {
+                Ok(entry) => {
+                    let outcome = self.namespace.apply(&entry);
+                    self.output.applied.push((entry, outcome));
+                }
+                Err(err) => {
+                    // Every replica sees the same bytes, so every replica skips it alike.
+                    error!("committed entry {} does not decode ({err}); skipped", raft_entry.index);
+                }
+            }
+        }
+        self.applied = last;
+        self.raw.advance_apply_to(last);
+        self.maybe_compact();
+    }
+
+    fn maybe_compact(&mut self) {
+        let store = self.raw.store();
+        let since = self.applied.saturating_sub(store.snapshot_index());
+        if since < SNAPSHOT_EVERY_ENTRIES {
+            return;
+        }
+        // The last entry's term must be known to the store: compact only to what it holds.
+        let Ok(last) = store.last_index() else { return };
+        let index = self.applied.min(last);
+        let data = self.namespace.snapshot();
+        let bytes = data.len();
+        match self.raw.mut_store().compact(index, data) {
+            Ok(()) => info!("snapshot at index {index} ({bytes} bytes); log compacted"),
+            Err(err) => warn!("snapshot at {index} failed: {err}; the log keeps growing"),
+        }
+    }
+}
+
+/// The fsync worker: takes requests, fsyncs each file once per batch, reports the highest
+/// ready number done, and wakes the loop.
+fn spawn_fsync_worker(notifier: Notifier) -> (Sender<SyncRequest>, Receiver<Result<u64, String>>) {
+    let (tx, rx) = mpsc::channel::<SyncRequest>();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("raft-fsync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let number = batch.last().map_or(0, |r| r.number);
+                // Closed segments of every request, and the current segment once: all later
+                // handles of the current segment name the same file.
+                let mut result = Ok(number);
+                let count = batch.len();
+                for (i, request) in batch.into_iter().enumerate() {
+                    let last_request = i + 1 == count;
+                    let n = request.files.len();
+                    for (j, file) in request.files.into_iter().enumerate() {
+                        let current = j + 1 == n;
+                        if (current && !last_request) || result.is_err() {
+                            continue;
+                        }
+                        if let Err(err) = file.sync_data() {
+                            result = Err(err.to_string());
+                        }
+                    }
+                }
+                if done_tx.send(result).is_err() || notifier.notify().is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("the fsync worker thread starts");
+    (tx, done_rx)
+}
+
+/// raft-rs logs through slog; this drain hands its records to `log` (target "raft").
+struct LogBridge;
+
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+impl slog::Drain for LogBridge {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let level = match record.level() {
+            slog::Level::Critical | slog::Level::Error => log::Level::Error,
+            slog::Level::Warning => log::Level::Warn,
+            slog::Level::Info => log::Level::Info,
+            slog::Level::Debug => log::Level::Debug,
+            slog::Level::Trace => log::Level::Trace,
+        };
+        if log::log_enabled!(target: "raft", level) {
+            let mut kv = KvText(String::new());
+            let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
+            let _ = slog::KV::serialize(values, record, &mut kv);
+            log::log!(target: "raft", level, "{}{}", record.msg(), kv.0);
+        }
+        Ok(())
+    }
+}
+
+fn raft_logger(id: u64) -> slog::Logger {
+    slog::Logger::root(slog::Drain::fuse(LogBridge), slog::o!("raft_id" => id))
+}
