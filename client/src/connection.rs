@@ -83,6 +83,11 @@ impl Connection {
         self.addr
     }
 
+    /// Sets how long each later read or write may wait.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// Who the server proved to be.
     pub fn server(&self) -> Identity {
         self.server

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use meshfs_core::namespace::NsError;
 use meshfs_core::wire::ErrorCode;
 use meshfs_group::{ClientId, ConfigError};
 
@@ -84,6 +85,17 @@ pub enum ClientError {
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The namespace refused the operation (exists, not found, not empty, bad path, ...).
+    #[error("{0}")]
+    Namespace(NsError),
+    /// No meta-server leader answered in time.
+    #[error("no meta-server leader answered within {} s (is a majority of the meta-servers up?); last: {last}", after.as_secs())]
+    NoLeader {
+        /// How long the call tried.
+        after: Duration,
+        /// The last problem seen.
+        last: String,
     },
     /// A server program could not be found or started.
     #[error("cannot start {program}: {reason}")]

@@ -1,6 +1,7 @@
 //! MeshFS client library and the `meshfs` command line.
 //!
 //! - [`connection`]: a blocking, authenticated connection to one server.
+//! - [`meta`]: namespace calls (mkdir, create, stat, list, rename, remove), leader-following.
 //! - [`status`]: the cluster as every server sees it (`meshfs status`).
 //! - [`launcher`]: start and stop every server of a config (`meshfs up`).
 //! - [`error`]: the one error type, [`ClientError`].
@@ -12,7 +13,9 @@
 pub mod connection;
 pub mod error;
 pub mod launcher;
+pub mod meta;
 pub mod status;
 
 pub use connection::{Connection, Credentials};
 pub use error::{ClientError, Result};
+pub use meta::MetaClient;

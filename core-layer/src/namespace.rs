@@ -556,6 +556,32 @@ impl Namespace {
         }
     }
 
+    /// A page of `list`: at most `limit` entries named after `after` (by byte order), and
+    /// whether more follow.
+    pub fn list_page(
+        &self,
+        path: &MeshPath,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool), NsError> {
+        let id = self.lookup(path)?;
+        let Kind::Dir(dir) = &self.nodes[&id].kind else {
+            return Ok((self.list(path)?, false));
+        };
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = if after.is_empty() { Unbounded } else { Excluded(after) };
+        let mut entries = Vec::new();
+        let mut names = dir.children.range::<str, _>((start, Unbounded));
+        for (name, &child) in names.by_ref().take(limit) {
+            let (is_dir, size) = match &self.nodes[&child].kind {
+                Kind::Dir(_) => (true, 0),
+                Kind::File(f) => (false, f.size),
+            };
+            entries.push(DirEntry { name: name.to_string(), is_dir, id: child, size });
+        }
+        Ok((entries, names.next().is_some()))
+    }
+
     // ---- applying entries ----
 
     /// Applies one committed entry. Deterministic: same state and entry, same result.
@@ -1599,6 +1625,23 @@ mod tests {
         assert_eq!(d.ns.list(&p("/d/a")).unwrap()[0].name, "a");
         assert_eq!(d.ns.list(&p("/x")), Err(NsError::NotFound("/x".into())));
         assert_eq!(d.ns.list(&p("/d/a/x")), Err(NsError::NotADirectory("/d/a".into())));
+    }
+
+    #[test]
+    fn listing_pages_by_name() {
+        let mut d = Driver::new();
+        for name in ["c", "a", "e", "b", "d"] {
+            d.create(&format!("/{name}"));
+        }
+        let names = |v: Vec<DirEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+        let (page, more) = d.ns.list_page(&p("/"), "", 2).unwrap();
+        assert_eq!((names(page), more), (vec!["a".to_string(), "b".into()], true));
+        let (page, more) = d.ns.list_page(&p("/"), "b", 2).unwrap();
+        assert_eq!((names(page), more), (vec!["c".to_string(), "d".into()], true));
+        let (page, more) = d.ns.list_page(&p("/"), "d", 2).unwrap();
+        assert_eq!((names(page), more), (vec!["e".to_string()], false));
+        let (page, more) = d.ns.list_page(&p("/"), "zzz", 2).unwrap();
+        assert!(page.is_empty() && !more);
     }
 
     #[test]

@@ -11,6 +11,18 @@
 //! | 33 | [`Message::StatusReply`] | server -> client | [`StatusReply`] |
 //! | 34 | [`Message::Error`] | server -> client | `u8 code, str message` |
 //! | 40 | [`Message::Raft`] | mserver -> mserver | an `eraftpb::Message` (protobuf) |
+//! | 48 | [`Message::MetaRequest`] | client -> mserver | [`MetaRequest`] |
+//! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] |
+//!
+//! A meta request is `u64 session, u64 request id, u8 op` and the op's fields: 1 mkdir
+//! (`str path, bool parents`), 2 create (`str path, u8 replication`, 0 for the cluster's),
+//! 3 rename (`str from, str to`), 4 remove (`str path, bool recursive`), 5 stat (`str path,
+//! u32 first block`), 6 list (`str path, str after, u32 limit`). A meta reply is a `u8` tag:
+//! 1 done, 2 created (file descriptor), 3 removed (`u64 files, u64 dirs`), 4 stat (a stat,
+//! `u32 total blocks, u32 first block`), 5 list (`u32 count`, entries, `bool more`), 6 not
+//! leader (`u32 leader`, 0 unknown), 7 failed (a namespace error), 8 unavailable (`str`).
+//! Listings and block lists come in pages ([`MAX_LIST_PAGE`], [`MAX_STAT_BLOCKS`]) so that
+//! no reply outgrows a frame.
 //!
 //! A status reply ends with `bool has_raft` and, for meta-servers, [`RaftInfo`]:
 //! `u8 role (1 follower, 2 candidate, 3 leader, 4 pre-candidate), u64 term, u64 commit,
@@ -20,6 +32,10 @@
 //! sample in the tests, and a golden-bytes test once its layout is final.
 
 use meshfs_group::{NodeId, Role};
+
+use crate::descriptor::{BlockDescriptor, FileDescriptor};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
+use crate::path::MeshPath;
 use meshfs_net::Frame;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
@@ -31,7 +47,130 @@ pub const KIND_STATUS_REPLY: u16 = 33;
 pub const KIND_ERROR: u16 = 34;
 /// Kind of [`Message::Raft`].
 pub const KIND_RAFT: u16 = 40;
+/// Kind of [`Message::MetaRequest`].
+pub const KIND_META_REQUEST: u16 = 48;
+/// Kind of [`Message::MetaReply`].
+pub const KIND_META_REPLY: u16 = 49;
+/// Most directory entries in one list reply (each at most about 270 bytes).
+pub const MAX_LIST_PAGE: u32 = 2048;
+/// Most blocks described in one stat reply (each at most 12 + 1 + 16 * 4 bytes).
+pub const MAX_STAT_BLOCKS: u32 = 8192;
 
+const _: () =
+    assert!((MAX_LIST_PAGE as usize) * 280 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
+const _: () = assert!(
+    (MAX_STAT_BLOCKS as usize) * 77 + 256 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize
+);
+
+/// A namespace request from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// The client process's random session number.
+    pub session: u64,
+    /// The request's number in the session; a retry reuses it.
+    pub request_id: u64,
+    /// What to do.
+    pub op: MetaOp,
+}
+
+/// A namespace operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// `mkdir [-p]`.
+    Mkdir {
+        /// The directory.
+        path: MeshPath,
+        /// Make parents; accept an existing directory.
+        parents: bool,
+    },
+    /// `create_file_meta_data`.
+    Create {
+        /// The file.
+        path: MeshPath,
+        /// Copies per block; 0 for the cluster's default.
+        replication: u8,
+    },
+    /// `rename`.
+    Rename {
+        /// The source.
+        from: MeshPath,
+        /// The destination (must not exist).
+        to: MeshPath,
+    },
+    /// `remove [-r]`.
+    Remove {
+        /// The path.
+        path: MeshPath,
+        /// Remove a whole tree.
+        recursive: bool,
+    },
+    /// `stat` / `get_file_meta_data`, blocks from `first_block` on.
+    Stat {
+        /// The path.
+        path: MeshPath,
+        /// First block to describe.
+        first_block: u32,
+    },
+    /// `list`: entries after `after` (by name), at most `limit`.
+    List {
+        /// The directory.
+        path: MeshPath,
+        /// List names after this one ("" for the start).
+        after: String,
+        /// Most entries wanted (capped at [`MAX_LIST_PAGE`]).
+        limit: u32,
+    },
+}
+
+impl MetaOp {
+    /// Whether the operation changes the namespace (goes through the log).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, MetaOp::Stat { .. } | MetaOp::List { .. })
+    }
+}
+
+/// The answer to a [`MetaRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaReply {
+    /// mkdir or rename done.
+    Done,
+    /// The file made.
+    Created(FileDescriptor),
+    /// What a remove removed.
+    Removed {
+        /// Files.
+        files: u64,
+        /// Directories.
+        dirs: u64,
+    },
+    /// A stat; for files, blocks from `first_block`, at most [`MAX_STAT_BLOCKS`].
+    Stat {
+        /// The stat.
+        stat: Stat,
+        /// Blocks the file has in all.
+        total_blocks: u32,
+        /// Index of the first block in `stat`.
+        first_block: u32,
+    },
+    /// A page of a listing.
+    List {
+        /// The entries, by name.
+        entries: Vec<DirEntry>,
+        /// More entries follow the last one.
+        more: bool,
+    },
+    /// Ask the leader instead (if known).
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The namespace refused it.
+    Failed(NsError),
+    /// The server could not take it now (e.g. an election); retry.
+    Unavailable(String),
+}
+
+/// A server's report of itself and its links.
 const _: () = assert!(KIND_STATUS_REQUEST >= meshfs_group::FIRST_APP_KIND);
 
 /// Most peers a status reply may list (the config allows at most this many servers).
@@ -141,6 +280,10 @@ pub enum Message {
     StatusReply(StatusReply),
     /// A Raft message between meta-servers.
     Raft(Vec<u8>),
+    /// A namespace request.
+    MetaRequest(MetaRequest),
+    /// A namespace reply.
+    MetaReply(MetaReply),
     /// A request failed.
     Error {
         /// What kind of failure.
@@ -189,6 +332,8 @@ impl Message {
             Message::StatusReply(_) => KIND_STATUS_REPLY,
             Message::Error { .. } => KIND_ERROR,
             Message::Raft(_) => KIND_RAFT,
+            Message::MetaRequest(_) => KIND_META_REQUEST,
+            Message::MetaReply(_) => KIND_META_REPLY,
         }
     }
 
@@ -224,6 +369,8 @@ impl Message {
             Message::Raft(bytes) => {
                 w.fixed(bytes);
             }
+            Message::MetaRequest(request) => write_meta_request(&mut w, request),
+            Message::MetaReply(reply) => write_meta_reply(&mut w, reply),
         }
         w.finish()
     }
@@ -242,11 +389,215 @@ impl Message {
             }
             // Opaque here: raft-rs decodes (and checks) the protobuf.
             KIND_RAFT => return Ok(Message::Raft(frame.body.clone())),
+            KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
+            KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish().map_err(body)?;
         Ok(message)
     }
+}
+
+fn write_path(w: &mut BodyWriter, path: &MeshPath) {
+    w.str(path.as_str());
+}
+
+fn read_path(r: &mut BodyReader<'_>) -> Result<MeshPath, BodyError> {
+    let text = r.str("path")?;
+    MeshPath::parse(text)
+        .map_err(|_| BodyError::Invalid { field: "path", value: text.len() as u64 })
+}
+
+fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
+    w.u64(request.session).u64(request.request_id);
+    match &request.op {
+        MetaOp::Mkdir { path, parents } => {
+            w.u8(1);
+            write_path(w, path);
+            w.bool(*parents);
+        }
+        MetaOp::Create { path, replication } => {
+            w.u8(2);
+            write_path(w, path);
+            w.u8(*replication);
+        }
+        MetaOp::Rename { from, to } => {
+            w.u8(3);
+            write_path(w, from);
+            write_path(w, to);
+        }
+        MetaOp::Remove { path, recursive } => {
+            w.u8(4);
+            write_path(w, path);
+            w.bool(*recursive);
+        }
+        MetaOp::Stat { path, first_block } => {
+            w.u8(5);
+            write_path(w, path);
+            w.u32(*first_block);
+        }
+        MetaOp::List { path, after, limit } => {
+            w.u8(6);
+            write_path(w, path);
+            w.str(after).u32(*limit);
+        }
+    }
+}
+
+fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
+    let session = r.u64("session")?;
+    let request_id = r.u64("request id")?;
+    let op = match r.u8("op")? {
+        1 => MetaOp::Mkdir { path: read_path(r)?, parents: r.bool("parents")? },
+        2 => MetaOp::Create { path: read_path(r)?, replication: r.u8("replication")? },
+        3 => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
+        4 => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
+        5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
+        6 => MetaOp::List {
+            path: read_path(r)?,
+            after: r.str("after")?.to_string(),
+            limit: r.u32("limit")?,
+        },
+        other => return Err(BodyError::Invalid { field: "op", value: u64::from(other) }),
+    };
+    Ok(MetaRequest { session, request_id, op })
+}
+
+fn write_stat(w: &mut BodyWriter, stat: &Stat) {
+    match stat {
+        Stat::Dir { id, entries, mtime_ms } => {
+            w.u8(0).u32(*id).u64(*entries as u64).u64(*mtime_ms);
+        }
+        Stat::File(meta) => {
+            w.u8(1);
+            meta.descriptor.write(w);
+            w.u64(meta.size)
+                .u32(meta.block_size)
+                .u8(meta.replication)
+                .u64(meta.ctime_ms)
+                .u64(meta.mtime_ms);
+            w.u32(meta.blocks.len() as u32);
+            for block in &meta.blocks {
+                block.descriptor.write(w);
+                w.u8(block.replicas.len() as u8);
+                for replica in &block.replicas {
+                    w.u32(replica.0);
+                }
+            }
+        }
+    }
+}
+
+fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
+    match r.u8("stat kind")? {
+        0 => Ok(Stat::Dir {
+            id: r.u32("id")?,
+            entries: usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX),
+            mtime_ms: r.u64("mtime")?,
+        }),
+        1 => {
+            let descriptor = FileDescriptor::read(r)?;
+            let size = r.u64("size")?;
+            let block_size = r.u32("block size")?;
+            let replication = r.u8("replication")?;
+            let ctime_ms = r.u64("ctime")?;
+            let mtime_ms = r.u64("mtime")?;
+            let count = r.u32("block count")?;
+            if count > MAX_STAT_BLOCKS {
+                return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
+            }
+            let mut blocks = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let descriptor = BlockDescriptor::read(r)?;
+                let n = r.u8("replica count")?;
+                let replicas =
+                    (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
+                blocks.push(BlockMeta { descriptor, replicas });
+            }
+            Ok(Stat::File(FileMeta {
+                descriptor,
+                size,
+                block_size,
+                replication,
+                ctime_ms,
+                mtime_ms,
+                blocks,
+            }))
+        }
+        other => Err(BodyError::Invalid { field: "stat kind", value: u64::from(other) }),
+    }
+}
+
+fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
+    match reply {
+        MetaReply::Done => {
+            w.u8(1);
+        }
+        MetaReply::Created(fd) => {
+            w.u8(2);
+            fd.write(w);
+        }
+        MetaReply::Removed { files, dirs } => {
+            w.u8(3).u64(*files).u64(*dirs);
+        }
+        MetaReply::Stat { stat, total_blocks, first_block } => {
+            w.u8(4);
+            write_stat(w, stat);
+            w.u32(*total_blocks).u32(*first_block);
+        }
+        MetaReply::List { entries, more } => {
+            w.u8(5).u32(entries.len() as u32);
+            for e in entries {
+                w.str(&e.name).bool(e.is_dir).u32(e.id).u64(e.size);
+            }
+            w.bool(*more);
+        }
+        MetaReply::NotLeader { leader } => {
+            w.u8(6).u32(leader.map_or(0, |l| l.0));
+        }
+        MetaReply::Failed(err) => {
+            w.u8(7);
+            err.write(w);
+        }
+        MetaReply::Unavailable(why) => {
+            w.u8(8).str(why);
+        }
+    }
+}
+
+fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
+    Ok(match r.u8("reply")? {
+        1 => MetaReply::Done,
+        2 => MetaReply::Created(FileDescriptor::read(r)?),
+        3 => MetaReply::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
+        4 => MetaReply::Stat {
+            stat: read_stat(r)?,
+            total_blocks: r.u32("total blocks")?,
+            first_block: r.u32("first block")?,
+        },
+        5 => {
+            let count = r.u32("entry count")?;
+            if count > MAX_LIST_PAGE {
+                return Err(BodyError::Invalid { field: "entry count", value: u64::from(count) });
+            }
+            let mut entries = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                entries.push(DirEntry {
+                    name: r.str("name")?.to_string(),
+                    is_dir: r.bool("is dir")?,
+                    id: r.u32("id")?,
+                    size: r.u64("size")?,
+                });
+            }
+            MetaReply::List { entries, more: r.bool("more")? }
+        }
+        6 => {
+            MetaReply::NotLeader { leader: Some(r.u32("leader")?).filter(|&l| l != 0).map(NodeId) }
+        }
+        7 => MetaReply::Failed(NsError::read(r)?),
+        8 => MetaReply::Unavailable(r.str("reason")?.to_string()),
+        other => return Err(BodyError::Invalid { field: "reply", value: u64::from(other) }),
+    })
 }
 
 fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
@@ -335,6 +686,63 @@ mod tests {
                 }),
             }),
             Message::Raft(vec![8, 1, 16, 2]),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 3,
+                op: MetaOp::Create { path: MeshPath::parse("/a/b").unwrap(), replication: 2 },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 4,
+                op: MetaOp::List { path: MeshPath::root(), after: "x".into(), limit: 10 },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 1,
+                request_id: 1,
+                op: MetaOp::Rename {
+                    from: MeshPath::parse("/a").unwrap(),
+                    to: MeshPath::parse("/b").unwrap(),
+                },
+            }),
+            Message::MetaReply(MetaReply::Created(FileDescriptor {
+                id: crate::descriptor::FileId(5),
+                version: 1,
+            })),
+            Message::MetaReply(MetaReply::NotLeader { leader: Some(NodeId(2)) }),
+            Message::MetaReply(MetaReply::NotLeader { leader: None }),
+            Message::MetaReply(MetaReply::Failed(NsError::AlreadyExists("/a".into()))),
+            Message::MetaReply(MetaReply::List {
+                entries: vec![DirEntry { name: "f".into(), is_dir: false, id: 7, size: 10 }],
+                more: true,
+            }),
+            Message::MetaReply(MetaReply::Stat {
+                stat: Stat::File(FileMeta {
+                    descriptor: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
+                    size: 10,
+                    block_size: 65536,
+                    replication: 2,
+                    ctime_ms: 1,
+                    mtime_ms: 2,
+                    blocks: vec![BlockMeta {
+                        descriptor: BlockDescriptor {
+                            file: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
+                            index: 0,
+                            version: crate::descriptor::BlockVersion(1),
+                        },
+                        replicas: vec![NodeId(4), NodeId(5)],
+                    }],
+                }),
+                total_blocks: 1,
+                first_block: 0,
+            }),
+            Message::MetaReply(MetaReply::Stat {
+                stat: Stat::Dir { id: 1, entries: 3, mtime_ms: 4 },
+                total_blocks: 0,
+                first_block: 0,
+            }),
+            Message::MetaReply(MetaReply::Removed { files: 1, dirs: 2 }),
+            Message::MetaReply(MetaReply::Unavailable("election".into())),
+            Message::MetaReply(MetaReply::Done),
             Message::Error { code: ErrorCode::Unsupported, message: "no such request".into() },
         ]
     }

@@ -42,6 +42,9 @@ pub struct Output {
     pub messages: Vec<(u64, Vec<u8>)>,
     /// Entries applied, with what applying them did; the proposer answers its client.
     pub applied: Vec<(Entry, Outcome)>,
+    /// Reads confirmed by ReadIndex: (the read's context, the index to have applied before
+    /// answering it).
+    pub reads: Vec<(u64, u64)>,
 }
 
 /// Why a proposal was not taken.
@@ -216,6 +219,17 @@ impl Replica {
         Ok(())
     }
 
+    /// Starts a linearizable read: its context comes back in [`Output::reads`] with the
+    /// index the namespace must have applied before the read is answered. Leader only.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader(self.status().leader));
+        }
+        self.raw.read_index(context.to_be_bytes().to_vec());
+        self.process_ready();
+        Ok(())
+    }
+
     /// Takes what the loop must do now.
     pub fn take_output(&mut self) -> Output {
         std::mem::take(&mut self.output)
@@ -259,6 +273,14 @@ impl Replica {
             let mut ready = self.raw.ready();
             let messages = ready.take_messages();
             self.queue_messages(messages);
+            for state in ready.take_read_states() {
+                match <[u8; 8]>::try_from(&state.request_ctx[..]) {
+                    Ok(ctx) => self.output.reads.push((u64::from_be_bytes(ctx), state.index)),
+                    Err(_) => {
+                        warn!("read state with a context of {} bytes", state.request_ctx.len())
+                    }
+                }
+            }
             if !ready.snapshot().is_empty() {
                 let snapshot = ready.snapshot().clone();
                 if let Err(err) = self.install_snapshot(&snapshot) {

@@ -5,26 +5,34 @@
 //!
 //! [`run`] starts the server from a config file and an id and serves until SIGTERM or
 //! SIGINT: it joins the group, runs Raft with the other meta-servers over it, and answers
-//! status requests (with its Raft role, term, commit and applied index).
+//! clients. Changes (mkdir, create, rename, remove) are proposed to Raft and answered once
+//! applied; reads (stat, list) are linearizable: the leader confirms its leadership with a
+//! ReadIndex round and answers once it has applied that far. A follower answers "not
+//! leader" with the leader it knows, and the client asks there.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod consensus;
 pub mod log_store;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId, Stat};
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
-use meshfs_core::wire::{KIND_RAFT, Message, RaftInfo, StatusReply};
+use meshfs_core::wire::{
+    KIND_RAFT, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply, MetaRequest, RaftInfo,
+    StatusReply,
+};
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{GroupEvent, NodeId, Role};
-use meshfs_net::Priority;
+use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
+use meshfs_net::{ConnId, Priority};
 use raft::StateRole;
 
-use crate::consensus::{RaftStatus, Replica, ReplicaError};
+use crate::consensus::{ProposeError, RaftStatus, Replica, ReplicaError};
 
 /// Time between Raft ticks: with [`consensus::ELECTION_TICKS`] an election starts after 1 to
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
@@ -42,10 +50,28 @@ pub enum MetaError {
     Replica(#[from] ReplicaError),
 }
 
-/// The meta-server above the group: its Raft replica.
+/// A client waiting for an answer: its connection and its frame's request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiter {
+    conn: ConnId,
+    frame_id: u64,
+}
+
+/// The meta-server above the group: its Raft replica and the clients waiting on it.
 #[derive(Debug)]
 pub struct MetaServer {
     replica: Replica,
+    /// Copies per block for creates that ask for the default.
+    default_replication: u8,
+    /// Block size of new files.
+    block_size: u32,
+    /// Proposed changes, by (session, request id): who waits for the outcome.
+    writes: HashMap<(SessionId, u64), Vec<Waiter>>,
+    /// Reads waiting for their ReadIndex round, by context.
+    reads: HashMap<u64, (Waiter, MetaOp)>,
+    next_read: u64,
+    /// Reads confirmed, waiting for the namespace to apply up to their index.
+    confirmed: Vec<(u64, Waiter, MetaOp)>,
 }
 
 fn raft_info(status: RaftStatus) -> RaftInfo {
@@ -65,21 +91,121 @@ fn raft_info(status: RaftStatus) -> RaftInfo {
 }
 
 impl MetaServer {
-    /// A meta-server around its replica.
-    pub fn new(replica: Replica) -> MetaServer {
-        MetaServer { replica }
+    /// A meta-server around its replica, creating files with these defaults.
+    pub fn new(replica: Replica, default_replication: u8, block_size: u32) -> MetaServer {
+        MetaServer {
+            replica,
+            default_replication,
+            block_size,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            next_read: 1,
+            confirmed: Vec::new(),
+        }
     }
 
-    /// Sends what the replica produced.
+    /// Sends what the replica produced and answers every client it settled.
     fn flush(&mut self, node: &mut Node) {
         let output = self.replica.take_output();
         for (to, bytes) in output.messages {
             let Ok(peer) = u32::try_from(to) else { continue };
-            if node.send(NodeId(peer), Priority::Control, Message::Raft(bytes).to_frame(0)).is_err()
-            {
+            let frame = Message::Raft(bytes).to_frame(0);
+            if node.send(NodeId(peer), Priority::Control, frame).is_err() {
                 // Down or unknown: Raft resends when it hears from the peer again.
                 self.replica.report_unreachable(to);
             }
+        }
+        for (entry, outcome) in output.applied {
+            if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
+                let reply = reply_of(outcome);
+                for waiter in waiters {
+                    answer(node, waiter, reply.clone());
+                }
+            }
+        }
+        for (context, index) in output.reads {
+            if let Some((waiter, op)) = self.reads.remove(&context) {
+                self.confirmed.push((index, waiter, op));
+            }
+        }
+        let applied = self.replica.status().applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed)
+            .into_iter()
+            .partition(|(index, _, _)| *index <= applied);
+        self.confirmed = waiting;
+        for (_, waiter, op) in ready {
+            answer(node, waiter, read(self.replica.namespace(), &op));
+        }
+        if !self.replica.is_leader() {
+            self.release_all(node);
+        }
+    }
+
+    /// No longer the leader: everyone waiting here asks the new one. A retried write keeps
+    /// its request id, so it is applied once however often it is proposed.
+    fn release_all(&mut self, node: &mut Node) {
+        if self.writes.is_empty() && self.reads.is_empty() && self.confirmed.is_empty() {
+            return;
+        }
+        let reply = MetaReply::NotLeader { leader: self.leader_id() };
+        let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
+        waiters.extend(self.reads.drain().map(|(_, (w, _))| w));
+        waiters.extend(self.confirmed.drain(..).map(|(_, w, _)| w));
+        for waiter in waiters {
+            answer(node, waiter, reply.clone());
+        }
+    }
+
+    fn leader_id(&self) -> Option<NodeId> {
+        self.replica.status().leader.and_then(|l| u32::try_from(l).ok()).map(NodeId)
+    }
+
+    fn handle_meta(
+        &mut self,
+        node: &mut Node,
+        waiter: Waiter,
+        client: ClientId,
+        request: MetaRequest,
+    ) {
+        let result = if request.op.is_write() {
+            let session = SessionId { client, nonce: request.session };
+            let entry = Entry {
+                session,
+                request_id: request.request_id,
+                time_ms: now_ms(),
+                command: self.command(request.op),
+            };
+            self.replica.propose(&entry).map(|()| {
+                self.writes.entry((session, request.request_id)).or_default().push(waiter);
+            })
+        } else {
+            let context = self.next_read;
+            self.next_read += 1;
+            self.replica.read_index(context).map(|()| {
+                self.reads.insert(context, (waiter, request.op));
+            })
+        };
+        match result {
+            Ok(()) => {}
+            Err(ProposeError::NotLeader(_)) => {
+                answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
+            }
+            Err(ProposeError::Dropped(why)) => answer(node, waiter, MetaReply::Unavailable(why)),
+        }
+        self.flush(node);
+    }
+
+    fn command(&self, op: MetaOp) -> Command {
+        match op {
+            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
+            MetaOp::Create { path, replication } => Command::CreateFile {
+                path,
+                replication: if replication == 0 { self.default_replication } else { replication },
+                block_size: self.block_size,
+            },
+            MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
+            MetaOp::Stat { .. } | MetaOp::List { .. } => unreachable!("reads are not commands"),
         }
     }
 
@@ -113,9 +239,15 @@ impl Service for MetaServer {
             GroupEvent::PeerDown { peer, role: Role::MServer, .. } => {
                 self.replica.report_unreachable(u64::from(peer.0));
             }
-            GroupEvent::PeerUp { .. }
-            | GroupEvent::PeerDown { .. }
-            | GroupEvent::ClientGone { .. } => {}
+            GroupEvent::ClientGone { conn, .. } => {
+                for waiters in self.writes.values_mut() {
+                    waiters.retain(|w| w.conn != conn);
+                }
+                self.writes.retain(|_, w| !w.is_empty());
+                self.reads.retain(|_, (w, _)| w.conn != conn);
+                self.confirmed.retain(|(_, w, _)| w.conn != conn);
+            }
+            GroupEvent::PeerUp { .. } | GroupEvent::PeerDown { .. } => {}
             GroupEvent::Message { from, frame } if frame.kind == KIND_RAFT => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
@@ -132,9 +264,14 @@ impl Service for MetaServer {
             GroupEvent::ClientMessage { conn, client, frame } => {
                 let reply = match common_reply(&frame, || self.status(node)) {
                     Handled::Answered(reply) => reply,
+                    Handled::ForRole(Message::MetaRequest(request)) => {
+                        let waiter = Waiter { conn, frame_id: frame.request_id };
+                        self.handle_meta(node, waiter, client, request);
+                        return;
+                    }
                     Handled::ForRole(request) => {
                         warn!(
-                            "client {client} sent message kind {}, which this server does not serve",
+                            "client {client} sent message kind {}, which a meta-server does not serve",
                             request.kind()
                         );
                         unsupported(node.role(), &request)
@@ -146,6 +283,56 @@ impl Service for MetaServer {
     }
 }
 
+fn answer(node: &mut Node, waiter: Waiter, reply: MetaReply) {
+    node.reply(waiter.conn, Message::MetaReply(reply).to_frame(waiter.frame_id));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The reply for an applied change.
+fn reply_of(outcome: Outcome) -> MetaReply {
+    match outcome {
+        Outcome::Mkdir | Outcome::Renamed | Outcome::Expanded { .. } => MetaReply::Done,
+        Outcome::Created(fd) => MetaReply::Created(fd),
+        Outcome::Removed { files, dirs } => MetaReply::Removed { files, dirs },
+        Outcome::Failed(err) => MetaReply::Failed(err),
+    }
+}
+
+/// Answers a read from the namespace as applied.
+fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
+    match op {
+        MetaOp::Stat { path, first_block } => match namespace.stat(path) {
+            Ok(Stat::File(mut meta)) => {
+                let total = meta.blocks.len() as u32;
+                let first = (*first_block).min(total);
+                meta.blocks.drain(..first as usize);
+                meta.blocks.truncate(MAX_STAT_BLOCKS as usize);
+                MetaReply::Stat { stat: Stat::File(meta), total_blocks: total, first_block: first }
+            }
+            Ok(dir) => MetaReply::Stat { stat: dir, total_blocks: 0, first_block: 0 },
+            Err(err) => MetaReply::Failed(err),
+        },
+        MetaOp::List { path, after, limit } => {
+            let limit = (*limit).clamp(1, MAX_LIST_PAGE) as usize;
+            match namespace.list_page(path, after, limit) {
+                Ok((entries, more)) => MetaReply::List { entries, more },
+                Err(err) => MetaReply::Failed(err),
+            }
+        }
+        MetaOp::Mkdir { .. }
+        | MetaOp::Create { .. }
+        | MetaOp::Rename { .. }
+        | MetaOp::Remove { .. } => {
+            unreachable!("writes go through the log, not read()")
+        }
+    }
+}
+
 /// Runs meta-server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
     let (config, data_dir, mut node) = start_server(Role::MServer, config_path, id)?;
@@ -153,7 +340,9 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
     let voters: Vec<u64> = config.servers_of(Role::MServer).map(|s| u64::from(s.id.0)).collect();
     let replica =
         Replica::open(&data_dir.path().join("raft"), u64::from(id.0), &voters, node.notifier())?;
-    let mut server = MetaServer::new(replica);
+    let block_size =
+        u32::try_from(config.block_size).expect("config validation caps block_size at 1 GiB");
+    let mut server = MetaServer::new(replica, config.replication, block_size);
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use meshfs_client::launcher::{self, UpOptions};
 use meshfs_client::status::cluster_status;
-use meshfs_client::{ClientError, Credentials};
+use meshfs_client::{ClientError, Credentials, MetaClient};
+use meshfs_core::namespace::Stat;
 use meshfs_group::{ClientId, Config};
 
 /// The MeshFS command line.
@@ -32,6 +33,52 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Make a directory.
+    Mkdir {
+        /// Make missing parents too, and accept an existing directory.
+        #[arg(short, long)]
+        parents: bool,
+        /// The directory, e.g. /data/run-1.
+        path: String,
+    },
+    /// Make an empty file; fails (exit status 1) if the name exists.
+    Create {
+        /// Copies of each block (default: the config's replication).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// The file.
+        path: String,
+    },
+    /// List a directory.
+    Ls {
+        /// Long format: kind, id, size, name.
+        #[arg(short, long)]
+        long: bool,
+        /// The directory (default /).
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show a file's descriptor, version, size and blocks with their data-servers, or a
+    /// directory's entry count.
+    Stat {
+        /// The path.
+        path: String,
+    },
+    /// Move FROM to TO atomically; TO must not exist.
+    Mv {
+        /// The source.
+        from: String,
+        /// The destination.
+        to: String,
+    },
+    /// Remove a file or an empty directory (with -r, a whole tree).
+    Rm {
+        /// Remove a directory and everything below it.
+        #[arg(short, long)]
+        recursive: bool,
+        /// The path.
+        path: String,
+    },
     /// Show every server, its links and the RTT matrix. Exit status 1 if any server is down.
     Status {
         /// Print one JSON object instead of tables.
@@ -43,6 +90,70 @@ enum Command {
     },
 }
 
+/// UTC date and time of `ms` milliseconds since the Unix epoch (civil-from-days).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn print_stat(path: &str, stat: &Stat) {
+    match stat {
+        Stat::Dir { id, entries, mtime_ms } => {
+            println!("{path}: directory {id}, {entries} entries, modified {}", utc(*mtime_ms));
+        }
+        Stat::File(meta) => {
+            let fd = meta.descriptor;
+            println!("{path}: file {} version {}", fd.id.0, fd.version);
+            println!("  size        {} bytes ({})", meta.size, human(meta.size));
+            println!(
+                "  block size  {} ({} bytes)",
+                human(u64::from(meta.block_size)),
+                meta.block_size
+            );
+            println!("  replication {}", meta.replication);
+            println!("  created     {}", utc(meta.ctime_ms));
+            println!("  modified    {}", utc(meta.mtime_ms));
+            println!("  blocks      {}", meta.blocks.len());
+            for block in &meta.blocks {
+                let replicas: Vec<String> = block.replicas.iter().map(|r| r.to_string()).collect();
+                println!(
+                    "    #{:<5} {}  version {}  on dservers {}",
+                    block.descriptor.index,
+                    block.descriptor,
+                    block.descriptor.version.0,
+                    replicas.join(", ")
+                );
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<u8, ClientError> {
     let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
@@ -52,6 +163,41 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 UpOptions { mesh_timeout: Duration::from_secs(timeout), ..UpOptions::default() };
             let code = launcher::up(&config, &credentials, &options)?;
             Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Mkdir { parents, path } => {
+            MetaClient::new(&config, credentials)?.mkdir(&path, parents)?;
+            Ok(0)
+        }
+        Command::Create { replication, path } => {
+            let fd = MetaClient::new(&config, credentials)?.create(&path, replication)?;
+            println!("created {path}: file {} version {}", fd.id.0, fd.version);
+            Ok(0)
+        }
+        Command::Ls { long, path } => {
+            for entry in MetaClient::new(&config, credentials)?.list(&path)? {
+                if long {
+                    let kind = if entry.is_dir { 'd' } else { '-' };
+                    println!("{kind} {:>10} {:>14} {}", entry.id, entry.size, entry.name);
+                } else if entry.is_dir {
+                    println!("{}/", entry.name);
+                } else {
+                    println!("{}", entry.name);
+                }
+            }
+            Ok(0)
+        }
+        Command::Stat { path } => {
+            let stat = MetaClient::new(&config, credentials)?.stat(&path)?;
+            print_stat(&path, &stat);
+            Ok(0)
+        }
+        Command::Mv { from, to } => {
+            MetaClient::new(&config, credentials)?.rename(&from, &to)?;
+            Ok(0)
+        }
+        Command::Rm { recursive, path } => {
+            MetaClient::new(&config, credentials)?.remove(&path, recursive)?;
+            Ok(0)
         }
         Command::Status { json, timeout_ms } => {
             let status = cluster_status(&config, &credentials, Duration::from_millis(timeout_ms));
@@ -72,7 +218,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("meshfs: {err}");
-            ExitCode::from(2)
+            // A refusal of the operation itself is 1, as for cp or mkdir; trouble reaching or
+            // configuring the cluster is 2.
+            ExitCode::from(if matches!(err, ClientError::Namespace(_)) { 1 } else { 2 })
         }
     }
 }

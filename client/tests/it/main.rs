@@ -371,3 +371,171 @@ fn raft_state_survives_a_full_restart() {
         assert!(cluster.log(id).contains("raft log"), "server {id} replayed its log");
     }
 }
+
+// ---- the replicated namespace ----
+
+fn meshfs(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .args(args)
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn namespace_commands_work_through_raft_with_clear_errors() {
+    let mut cluster = TestCluster::new("ns-cli", 3, 1);
+    cluster.start_all();
+    // No waiting for an election: the first command rides it out.
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok(meshfs(&cluster, &["mkdir", "-p", "/lab/run-1"]));
+    let created = ok(meshfs(&cluster, &["create", "/lab/run-1/a.dat"]));
+    assert!(created.contains("file") && created.contains("version 1"), "{created}");
+    ok(meshfs(&cluster, &["create", "/lab/run-1/b.dat"]));
+    let listing = ok(meshfs(&cluster, &["ls", "/lab/run-1"]));
+    assert_eq!(listing, "a.dat\nb.dat\n");
+    let stat = ok(meshfs(&cluster, &["stat", "/lab/run-1/a.dat"]));
+    assert!(stat.contains("replication 1") && stat.contains("blocks      0"), "{stat}");
+    ok(meshfs(&cluster, &["mv", "/lab/run-1", "/lab/run-2"]));
+    assert_eq!(ok(meshfs(&cluster, &["ls", "/lab"])), "run-2/\n");
+
+    let refused = |args: &[&str], message: &str| {
+        let out = meshfs(&cluster, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    };
+    refused(&["create", "/lab/run-2/a.dat"], "already exists");
+    refused(&["rm", "/lab"], "not empty");
+    refused(&["stat", "/nope"], "no such file or directory");
+    refused(&["mkdir", "relative"], "not absolute");
+    refused(&["mv", "/lab", "/lab/run-2/inside"], "into itself");
+    refused(&["create", "/lab/run-2/a.dat/x"], "not a directory");
+
+    ok(meshfs(&cluster, &["rm", "-r", "/lab"]));
+    assert_eq!(ok(meshfs(&cluster, &["ls", "/"])), "");
+}
+
+#[test]
+fn of_twenty_concurrent_creates_of_one_path_exactly_one_succeeds() {
+    let mut cluster = TestCluster::new("ns-race", 3, 1);
+    cluster.start_all();
+    cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_meshfs"))
+                .args(["create", "/contended", "--config"])
+                .arg(&cluster.config_path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let winners = outputs.iter().filter(|o| o.status.success()).count();
+    let losers = outputs
+        .iter()
+        .filter(|o| o.status.code() == Some(1) && text(&o.stderr).contains("already exists"))
+        .count();
+    assert_eq!(
+        (winners, losers),
+        (1, 19),
+        "{:?}",
+        outputs.iter().map(|o| text(&o.stderr)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn killing_the_leader_while_clients_create_loses_no_acknowledged_file() {
+    let mut cluster = TestCluster::new("ns-failover", 3, 1);
+    cluster.start_all();
+    let status = cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
+    let leader = status.agreed_leader().unwrap();
+    let config = cluster.config.clone();
+    let credentials = cluster.credentials.clone();
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (config, credentials, acked_tx, stop) =
+                (config.clone(), credentials.clone(), acked_tx.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut client = meshfs_client::MetaClient::new(&config, credentials).unwrap();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = format!("/w{w}-{i}");
+                    // Every create is acknowledged or the call fails; a failure is not a loss.
+                    if client.create(&path, 0).is_ok() {
+                        acked_tx.send(path).unwrap();
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 40 {
+        acked.push(acked_rx.recv_timeout(DEADLINE).expect("creates are acknowledged"));
+    }
+    let killed = Instant::now();
+    cluster.kill9(leader);
+    // Creates resume under a new leader within a few seconds.
+    let before = acked.len();
+    while acked.len() < before + 40 {
+        acked.push(acked_rx.recv_timeout(DEADLINE).expect("creates resume after the leader died"));
+    }
+    let resumed = killed.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    acked.extend(acked_rx.try_iter());
+    assert!(resumed < Duration::from_secs(10), "creates resumed after {resumed:?}");
+
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let listed: std::collections::HashSet<String> =
+        client.list("/").unwrap().into_iter().map(|e| format!("/{}", e.name)).collect();
+    for path in &acked {
+        assert!(listed.contains(path), "{path} was acknowledged and is gone");
+    }
+}
+
+#[test]
+fn the_namespace_survives_killing_and_restarting_every_meta_server() {
+    let mut cluster = TestCluster::new("ns-restart", 3, 1);
+    cluster.start_all();
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    client.mkdir("/keep/sub", true).unwrap();
+    let mut made = Vec::new();
+    for i in 0..50 {
+        let fd = client.create(&format!("/keep/sub/f{i:02}"), 0).unwrap();
+        made.push((format!("f{i:02}"), fd.id.0));
+    }
+    for id in 1..=3 {
+        cluster.kill9(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let listed: Vec<(String, u32)> =
+        client.list("/keep/sub").unwrap().into_iter().map(|e| (e.name, e.id)).collect();
+    assert_eq!(listed, made, "names and file ids survive");
+    // And the cluster goes on: a new file gets a new id.
+    let fd = client.create("/keep/after", 0).unwrap();
+    assert!(made.iter().all(|(_, id)| *id != fd.id.0));
+}

@@ -1,0 +1,257 @@
+//! Namespace calls: the client side of the meta-servers' protocol.
+//!
+//! A [`MetaClient`] finds the leader (any meta-server answers "not leader, try N"), follows
+//! it across elections, and retries a request until it is answered or its deadline passes.
+//! Every retry of one call carries the same session number (random per client) and request
+//! id, and the meta-servers remember each session's last outcome: a create retried after a
+//! leader change is applied once, and the retry gets the original answer (the file), not
+//! "already exists".
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use meshfs_core::descriptor::FileDescriptor;
+use meshfs_core::namespace::{DirEntry, Stat};
+use meshfs_core::path::MeshPath;
+use meshfs_core::wire::{MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
+use meshfs_group::{Config, NodeId, Role};
+
+use crate::connection::{Connection, Credentials};
+use crate::error::ClientError;
+
+/// How long one call may take, retries included, before it fails.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one attempt waits for an answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A namespace client. Not thread-safe: one per thread.
+#[derive(Debug)]
+pub struct MetaClient {
+    config: Config,
+    credentials: Credentials,
+    session: u64,
+    next_request: u64,
+    leader: Option<NodeId>,
+    conns: HashMap<NodeId, Connection>,
+    timeout: Duration,
+}
+
+impl MetaClient {
+    /// A client of the cluster in `config`, acting as `credentials`.
+    pub fn new(config: &Config, credentials: Credentials) -> Result<MetaClient, ClientError> {
+        let mut seed = [0u8; 8];
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(
+            |e| ClientError::Launch { program: "/dev/urandom".into(), reason: e.to_string() },
+        )?;
+        Ok(MetaClient {
+            config: config.clone(),
+            credentials,
+            session: u64::from_be_bytes(seed),
+            next_request: 1,
+            leader: None,
+            conns: HashMap::new(),
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Sets how long one call may take, retries included.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The leader last seen.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    fn mservers(&self) -> Vec<NodeId> {
+        self.config.servers_of(Role::MServer).map(|s| s.id).collect()
+    }
+
+    fn attempt(
+        &mut self,
+        target: NodeId,
+        request: &MetaRequest,
+        left: Duration,
+    ) -> Result<MetaReply, ClientError> {
+        let timeout = left.min(ATTEMPT_TIMEOUT);
+        if !self.conns.contains_key(&target) {
+            let server = self.config.server(target).expect("targets come from the config");
+            let conn = Connection::open(
+                server.addr,
+                &self.config.cluster_name,
+                &self.credentials,
+                timeout,
+            )?;
+            self.conns.insert(target, conn);
+        }
+        let conn = self.conns.get_mut(&target).expect("inserted above");
+        conn.set_timeout(timeout);
+        match conn.call(&Message::MetaRequest(request.clone()))? {
+            Message::MetaReply(reply) => Ok(reply),
+            other => Err(ClientError::Protocol {
+                addr: conn.addr(),
+                detail: format!("expected a namespace reply, got message kind {}", other.kind()),
+            }),
+        }
+    }
+
+    /// Sends `op` to the leader, following redirects and retrying until answered or the
+    /// call's timeout passes. Namespace refusals come back as [`MetaReply::Failed`].
+    pub fn call(&mut self, op: MetaOp) -> Result<MetaReply, ClientError> {
+        let request = MetaRequest { session: self.session, request_id: self.next_request, op };
+        self.next_request += 1;
+        let mservers = self.mservers();
+        let deadline = Instant::now() + self.timeout;
+        let mut target = self.leader.unwrap_or(mservers[0]);
+        let mut last_error = String::from("no answer");
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::NoLeader { after: self.timeout, last: last_error });
+            }
+            let next = || {
+                let at = mservers.iter().position(|&m| m == target).unwrap_or(0);
+                mservers[(at + 1) % mservers.len()]
+            };
+            match self.attempt(target, &request, left) {
+                Ok(MetaReply::NotLeader { leader: Some(leader) })
+                    if leader != target && mservers.contains(&leader) =>
+                {
+                    last_error = format!("{target} is not the leader");
+                    target = leader;
+                    continue;
+                }
+                Ok(MetaReply::NotLeader { .. }) => {
+                    last_error =
+                        format!("{target} is not the leader and knows none (an election?)");
+                    target = next();
+                }
+                Ok(MetaReply::Unavailable(why)) => {
+                    last_error = format!("{target}: {why}");
+                    target = next();
+                }
+                Ok(reply) => {
+                    self.leader = Some(target);
+                    return Ok(reply);
+                }
+                Err(err) => {
+                    last_error = err.to_string();
+                    self.conns.remove(&target);
+                    if self.leader == Some(target) {
+                        self.leader = None;
+                    }
+                    target = next();
+                }
+            }
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn path(text: &str) -> Result<MeshPath, ClientError> {
+        MeshPath::parse(text).map_err(|e| ClientError::Namespace(e.into()))
+    }
+
+    fn expect(reply: MetaReply) -> Result<MetaReply, ClientError> {
+        match reply {
+            MetaReply::Failed(err) => Err(ClientError::Namespace(err)),
+            other => Ok(other),
+        }
+    }
+
+    fn unexpected(reply: &MetaReply) -> ClientError {
+        ClientError::Protocol {
+            addr: "0.0.0.0:0".parse().expect("literal"),
+            detail: format!("unexpected reply {reply:?}"),
+        }
+    }
+
+    /// `mkdir` (with `parents`, `mkdir -p`).
+    pub fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        Self::expect(self.call(MetaOp::Mkdir { path, parents })?).map(|_| ())
+    }
+
+    /// `create_file_meta_data`: a new empty file; fails if the name exists. `replication`
+    /// 0 means the cluster's default.
+    pub fn create(&mut self, path: &str, replication: u8) -> Result<FileDescriptor, ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::Create { path, replication })?)? {
+            MetaReply::Created(fd) => Ok(fd),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// `rename`: `to` must not exist.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
+        let (from, to) = (Self::path(from)?, Self::path(to)?);
+        Self::expect(self.call(MetaOp::Rename { from, to })?).map(|_| ())
+    }
+
+    /// `remove` (with `recursive`, a whole tree); returns (files, directories) removed.
+    pub fn remove(&mut self, path: &str, recursive: bool) -> Result<(u64, u64), ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::Remove { path, recursive })?)? {
+            MetaReply::Removed { files, dirs } => Ok((files, dirs)),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// `stat` / `get_file_meta_data`, with every block of a file (fetched in pages).
+    pub fn stat(&mut self, path: &str) -> Result<Stat, ClientError> {
+        let path = Self::path(path)?;
+        let mut first_block = 0;
+        let mut whole: Option<Stat> = None;
+        loop {
+            let reply = Self::expect(self.call(MetaOp::Stat { path: path.clone(), first_block })?)?;
+            let MetaReply::Stat { stat, total_blocks, .. } = reply else {
+                return Err(Self::unexpected(&reply));
+            };
+            match (&mut whole, stat) {
+                (None, Stat::File(meta)) => {
+                    first_block = meta.blocks.len() as u32;
+                    whole = Some(Stat::File(meta));
+                }
+                (Some(Stat::File(all)), Stat::File(meta)) => {
+                    if meta.descriptor != all.descriptor {
+                        // The file changed between pages: start over for a consistent view.
+                        first_block = 0;
+                        whole = None;
+                        continue;
+                    }
+                    first_block += meta.blocks.len() as u32;
+                    all.blocks.extend(meta.blocks);
+                }
+                (_, dir) => return Ok(dir),
+            }
+            if first_block >= total_blocks {
+                return Ok(whole.expect("set above"));
+            }
+        }
+    }
+
+    /// `list`: every entry of a directory by name (fetched in pages), or a file's own entry.
+    pub fn list(&mut self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
+        let path = Self::path(path)?;
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let op =
+                MetaOp::List { path: path.clone(), after: after.clone(), limit: MAX_LIST_PAGE };
+            let reply = Self::expect(self.call(op)?)?;
+            let MetaReply::List { entries, more } = reply else {
+                return Err(Self::unexpected(&reply));
+            };
+            if let Some(last) = entries.last() {
+                after = last.name.clone();
+            }
+            all.extend(entries);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+}
