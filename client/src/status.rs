@@ -76,6 +76,9 @@ pub struct ServerView {
     /// Meta-servers: the leader this one follows, if known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader: Option<u32>,
+    /// Meta-servers: files and directories in the namespace as applied there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
 }
 
 /// The whole cluster as its servers see it.
@@ -122,6 +125,7 @@ fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
         commit_index: reply.raft.map(|r| r.commit_index),
         applied_index: reply.raft.map(|r| r.applied_index),
         leader: reply.raft.and_then(|r| (r.leader != 0).then_some(r.leader)),
+        inodes: reply.raft.map(|r| r.inodes),
     }
 }
 
@@ -182,6 +186,7 @@ pub fn cluster_status(
                         commit_index: None,
                         applied_index: None,
                         leader: None,
+                        inodes: None,
                     },
                 }
             })

@@ -26,7 +26,7 @@
 //!
 //! A status reply ends with `bool has_raft` and, for meta-servers, [`RaftInfo`]:
 //! `u8 role (1 follower, 2 candidate, 3 leader, 4 pre-candidate), u64 term, u64 commit,
-//! u64 applied, u32 leader (0: unknown)`.
+//! u64 applied, u32 leader (0: unknown), u64 inodes`.
 //!
 //! Adding a message: a new kind constant, a variant, its layout in this table, a round-trip
 //! sample in the tests, and a golden-bytes test once its layout is final.
@@ -233,6 +233,8 @@ pub struct RaftInfo {
     pub applied_index: u64,
     /// The leader's id, 0 if unknown.
     pub leader: u32,
+    /// Files and directories in its namespace as applied.
+    pub inodes: u64,
 }
 
 impl RaftInfo {
@@ -360,7 +362,12 @@ impl Message {
                 }
                 w.bool(s.raft.is_some());
                 if let Some(r) = &s.raft {
-                    w.u8(r.role).u64(r.term).u64(r.commit_index).u64(r.applied_index).u32(r.leader);
+                    w.u8(r.role)
+                        .u64(r.term)
+                        .u64(r.commit_index)
+                        .u64(r.applied_index)
+                        .u32(r.leader)
+                        .u64(r.inodes);
                 }
             }
             Message::Error { code, message } => {
@@ -632,6 +639,7 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
             commit_index: r.u64("commit index")?,
             applied_index: r.u64("applied index")?,
             leader: r.u32("leader")?,
+            inodes: r.u64("inodes")?,
         })
     } else {
         None
@@ -683,6 +691,7 @@ mod tests {
                     commit_index: 99,
                     applied_index: 98,
                     leader: 1,
+                    inodes: 5,
                 }),
             }),
             Message::Raft(vec![8, 1, 16, 2]),

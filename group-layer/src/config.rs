@@ -10,6 +10,7 @@
 //! down_timeout_ms = 2000         # a peer silent this long is down (= missed pongs x interval)
 //! reconnect_min_ms = 100         # first reconnect delay; doubles per failure, with jitter,
 //! reconnect_max_ms = 5000        # up to this cap
+//! snapshot_entries = 10000       # meta-servers compact their Raft log after this many entries
 //!
 //! [[mserver]]                    # one per meta-server
 //! id = 1
@@ -200,6 +201,8 @@ pub struct Config {
     pub replication: u8,
     /// Group protocol timings.
     pub timing: Timing,
+    /// Meta-servers snapshot the namespace and compact their Raft log after this many entries.
+    pub snapshot_entries: u64,
     /// Every server, meta-servers first, each group in file order.
     pub servers: Vec<ServerConfig>,
     /// Clients by id.
@@ -214,6 +217,7 @@ impl fmt::Debug for Config {
             .field("block_size", &self.block_size)
             .field("replication", &self.replication)
             .field("timing", &self.timing)
+            .field("snapshot_entries", &self.snapshot_entries)
             .field("servers", &self.servers)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
@@ -308,6 +312,7 @@ struct RawCluster {
     down_timeout_ms: Option<u64>,
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
+    snapshot_entries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,6 +426,14 @@ impl RawConfig {
             return Err(invalid(
                 "cluster.reconnect_min_ms",
                 "must be non-zero and at most reconnect_max_ms".into(),
+            ));
+        }
+
+        let snapshot_entries = c.snapshot_entries.unwrap_or(10_000);
+        if snapshot_entries < 16 {
+            return Err(invalid(
+                "cluster.snapshot_entries",
+                format!("{snapshot_entries}: must be at least 16"),
             ));
         }
 
@@ -544,6 +557,7 @@ impl RawConfig {
             block_size,
             replication,
             timing,
+            snapshot_entries,
             servers,
             clients,
         })
@@ -661,6 +675,11 @@ key = "client-key-0123456789"
                 "cluster.down_timeout_ms",
             ),
             ("key = \"client-key-0123456789\"", "key = \"k\"", "client[1].key: too short"),
+            (
+                "replication = 2",
+                "replication = 2\nsnapshot_entries = 3",
+                "cluster.snapshot_entries: 3",
+            ),
         ];
         for (from, to, expect) in cases {
             assert!(GOOD.contains(from), "case {from:?} does not apply");

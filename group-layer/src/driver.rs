@@ -275,6 +275,10 @@ impl Node {
             Action::Send { conn, priority, frame } => {
                 match self.net.send(conn, priority, frame.kind, frame.request_id, &frame.body) {
                     Ok(()) | Err(SendError::Closed) => {}
+                    Err(err @ SendError::TooLarge { .. }) => {
+                        // A caller bug (bulk data must be chunked): drop it, keep the link.
+                        log::error!("not sending message kind {} on {conn}: {err}", frame.kind);
+                    }
                     Err(err @ SendError::QueueFull { .. }) => {
                         // Control traffic is small; a full queue means the peer stopped
                         // reading. Bulk senders check capacity before sending (data path).

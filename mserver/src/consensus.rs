@@ -23,8 +23,8 @@ use log::{debug, error, info, warn};
 use meshfs_core::namespace::{Entry, Namespace, Outcome};
 use meshfs_net::Notifier;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry as RaftEntry, EntryType, Message as RaftMessage};
-use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
+use raft::eraftpb::{Entry as RaftEntry, EntryType, Message as RaftMessage, MessageType};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage};
 
 use crate::log_store::{LogError, LogStore};
 
@@ -32,8 +32,10 @@ use crate::log_store::{LogError, LogStore};
 pub const ELECTION_TICKS: usize = 10;
 /// Raft ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 2;
-/// Compact the log into a snapshot once this many entries follow the last snapshot.
-pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Largest encoded Raft message sent: what a peer's frame limit accepts.
+const MAX_MESSAGE_BYTES: usize = meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize;
+/// Bytes of entries per append message, well under [`MAX_MESSAGE_BYTES`].
+const MAX_APPEND_BYTES: u64 = 512 * 1024;
 
 /// What the loop must do after a call into the replica.
 #[derive(Debug, Default)]
@@ -88,6 +90,8 @@ pub struct Replica {
     sync_tx: Sender<SyncRequest>,
     synced_rx: Receiver<Result<u64, String>>,
     output: Output,
+    /// Compact the log into a snapshot once this many entries follow the last snapshot.
+    snapshot_every: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -113,10 +117,12 @@ pub enum ReplicaError {
 impl Replica {
     /// Opens the log in `dir` and starts the replica `id` among `voters`; `notifier` wakes the
     /// loop when the fsync worker finishes.
+    /// The log is compacted into a snapshot every `snapshot_every` applied entries.
     pub fn open(
         dir: &Path,
         id: u64,
         voters: &[u64],
+        snapshot_every: u64,
         notifier: Notifier,
     ) -> Result<Replica, ReplicaError> {
         let store = LogStore::open(dir, voters)?;
@@ -133,7 +139,7 @@ impl Replica {
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
             applied,
-            max_size_per_msg: 1024 * 1024,
+            max_size_per_msg: MAX_APPEND_BYTES,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -152,6 +158,7 @@ impl Replica {
             sync_tx,
             synced_rx,
             output: Output::default(),
+            snapshot_every,
         })
     }
 
@@ -261,7 +268,19 @@ impl Replica {
     fn queue_messages(&mut self, messages: Vec<RaftMessage>) {
         for message in messages {
             let to = message.to;
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             match message.write_to_bytes() {
+                Ok(bytes) if bytes.len() > MAX_MESSAGE_BYTES && is_snapshot => {
+                    // Snapshots travel in one message today; one past the frame limit would
+                    // be refused by the peer. Tell Raft, which retries later.
+                    error!(
+                        "snapshot for {to} is {} bytes, past the {MAX_MESSAGE_BYTES}-byte frame \
+                         limit: chunked snapshot transfer is not implemented; that peer cannot \
+                         catch up",
+                        bytes.len()
+                    );
+                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
                 Ok(bytes) => self.output.messages.push((to, bytes)),
                 Err(err) => error!("cannot encode a raft message to {to}: {err}"),
             }
@@ -361,7 +380,7 @@ impl Replica {
     fn maybe_compact(&mut self) {
         let store = self.raw.store();
         let since = self.applied.saturating_sub(store.snapshot_index());
-        if since < SNAPSHOT_EVERY_ENTRIES {
+        if since < self.snapshot_every {
             return;
         }
         // The last entry's term must be known to the store: compact only to what it holds.

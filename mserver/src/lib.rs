@@ -74,7 +74,7 @@ pub struct MetaServer {
     confirmed: Vec<(u64, Waiter, MetaOp)>,
 }
 
-fn raft_info(status: RaftStatus) -> RaftInfo {
+fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
     let role = match status.role {
         StateRole::Follower => 1,
         StateRole::Candidate => 2,
@@ -87,6 +87,7 @@ fn raft_info(status: RaftStatus) -> RaftInfo {
         commit_index: status.commit,
         applied_index: status.applied,
         leader: status.leader.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
+        inodes,
     }
 }
 
@@ -211,7 +212,8 @@ impl MetaServer {
 
     fn status(&self, node: &Node) -> StatusReply {
         let mut status = node_status(node);
-        status.raft = Some(raft_info(self.replica.status()));
+        let inodes = self.replica.namespace().inode_count() as u64;
+        status.raft = Some(raft_info(self.replica.status(), inodes));
         status
     }
 }
@@ -338,8 +340,14 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
     let (config, data_dir, mut node) = start_server(Role::MServer, config_path, id)?;
     info!("data directory {}", data_dir.path().display());
     let voters: Vec<u64> = config.servers_of(Role::MServer).map(|s| u64::from(s.id.0)).collect();
-    let replica =
-        Replica::open(&data_dir.path().join("raft"), u64::from(id.0), &voters, node.notifier())?;
+    let raft_dir = data_dir.path().join("raft");
+    let replica = Replica::open(
+        &raft_dir,
+        u64::from(id.0),
+        &voters,
+        config.snapshot_entries,
+        node.notifier(),
+    )?;
     let block_size =
         u32::try_from(config.block_size).expect("config validation caps block_size at 1 GiB");
     let mut server = MetaServer::new(replica, config.replication, block_size);

@@ -354,6 +354,7 @@ impl EventLoop {
     }
 
     /// Queues a frame for `conn`. It is written at the start of the next [`EventLoop::poll`].
+    /// A body longer than the loop's `max_body_len` is refused ([`SendError::TooLarge`]).
     pub fn send(
         &mut self,
         conn: ConnId,
@@ -363,7 +364,10 @@ impl EventLoop {
         body: &[u8],
     ) -> Result<(), SendError> {
         let max = self.config.max_body_len as usize;
-        assert!(body.len() <= max, "sending a {}-byte body past the {max}-byte limit", body.len());
+        if body.len() > max {
+            // The peer would close the connection on it: refuse here, with the sizes.
+            return Err(SendError::TooLarge { len: body.len(), max });
+        }
         let connection = self.conn_mut(conn).ok_or(SendError::Closed)?;
         connection.out.push_frame(priority, kind, request_id, body)?;
         if !connection.dirty {

@@ -37,6 +37,14 @@ pub enum SendError {
     /// The connection is gone (closed, or the id is stale).
     #[error("connection closed")]
     Closed,
+    /// The body is longer than any peer accepts: bulk data must be sent in chunks.
+    #[error("a {len}-byte body exceeds the {max}-byte frame limit")]
+    TooLarge {
+        /// The body's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// At most this many chunks go into one `writev`.

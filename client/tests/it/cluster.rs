@@ -41,12 +41,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Config text for `m` meta-servers and `d` data-servers on free ports.
-pub fn config_text(m: u32, d: u32, secret: &str) -> String {
+/// Config text for `m` meta-servers and `d` data-servers on free ports, with extra
+/// `[cluster]` lines.
+pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> String {
     let mut text = format!(
         "[cluster]\nname = \"it\"\nsecret = \"{secret}\"\nreplication = 1\nblock_size = \"1MiB\"\n\
          ping_interval_ms = {PING_INTERVAL_MS}\ndown_timeout_ms = {DOWN_TIMEOUT_MS}\n\
-         reconnect_min_ms = 50\nreconnect_max_ms = 500\n\n"
+         reconnect_min_ms = 50\nreconnect_max_ms = 500\n{cluster_extra}\n"
     );
     for id in 1..=m + d {
         let role = if id <= m { "mserver" } else { "dserver" };
@@ -76,12 +77,17 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 impl TestCluster {
     /// Writes a config for `m` + `d` servers in a fresh directory; starts nothing.
     pub fn new(name: &str, m: u32, d: u32) -> TestCluster {
+        TestCluster::new_with(name, m, d, "")
+    }
+
+    /// [`TestCluster::new`] with extra `[cluster]` lines in the config.
+    pub fn new_with(name: &str, m: u32, d: u32, cluster_extra: &str) -> TestCluster {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("meshfs-it-{}-{n}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.conf");
-        fs::write(&config_path, config_text(m, d, SECRET)).unwrap();
+        fs::write(&config_path, config_text_with(m, d, SECRET, cluster_extra)).unwrap();
         let config = Config::load(&config_path).unwrap();
         let credentials = Credentials::from_config(&config, None).unwrap();
         TestCluster { dir, config_path, config, credentials, procs: BTreeMap::new() }

@@ -539,3 +539,29 @@ fn the_namespace_survives_killing_and_restarting_every_meta_server() {
     let fd = client.create("/keep/after", 0).unwrap();
     assert!(made.iter().all(|(_, id)| *id != fd.id.0));
 }
+
+#[test]
+fn a_meta_server_that_missed_many_creates_catches_up_by_snapshot() {
+    // Compact after 50 entries, so the 400 creates it misses are gone from the leader's log.
+    let mut cluster = TestCluster::new_with("ns-catchup", 3, 1, "snapshot_entries = 50\n");
+    cluster.start_all();
+    let status = cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
+    let leader = status.agreed_leader().unwrap();
+    let lagging = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.kill9(lagging);
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    for i in 0..400 {
+        client.create(&format!("/c{i:03}"), 0).unwrap();
+    }
+    cluster.start(lagging);
+    let status = cluster.wait_for("the lagging server to catch up", |s| {
+        let inodes = |id| s.server(id).and_then(|v| v.inodes);
+        s.agreed_leader().is_some()
+            && inodes(lagging).is_some()
+            && inodes(lagging) == inodes(leader)
+    });
+    assert_eq!(status.server(lagging).unwrap().inodes, Some(401), "the root and 400 files");
+    cluster.wait_log(lagging, "installed the leader's snapshot");
+    assert!(cluster.log(leader).contains("log compacted"), "the leader compacted its log");
+}

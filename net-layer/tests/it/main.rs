@@ -255,6 +255,21 @@ fn connect_to_a_closed_port_reports_failure() {
 }
 
 #[test]
+fn a_body_past_the_frame_limit_is_refused_not_sent() {
+    let config = LoopConfig { max_body_len: 1000, ..LoopConfig::default() };
+    let mut server = EventLoop::new(config.clone()).unwrap();
+    let (_, addr) = server.listen(localhost()).unwrap();
+    let mut client = EventLoop::new(config).unwrap();
+    let conn = client.connect(addr).unwrap();
+    assert_eq!(
+        client.send(conn, Priority::Bulk, 1, 0, &[0u8; 1001]),
+        Err(SendError::TooLarge { len: 1001, max: 1000 })
+    );
+    assert_eq!(client.queued_bytes(conn), Some(0));
+    client.send(conn, Priority::Bulk, 1, 0, &[0u8; 1000]).unwrap();
+}
+
+#[test]
 fn two_loops_talk_and_stale_ids_are_refused() {
     let mut server = EventLoop::new(LoopConfig::default()).unwrap();
     let (_, addr) = server.listen(localhost()).unwrap();
