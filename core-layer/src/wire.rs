@@ -11,6 +11,7 @@
 //! | 33 | [`Message::StatusReply`] | server -> client | [`StatusReply`] |
 //! | 34 | [`Message::Error`] | server -> client | `u8 code, str message` |
 //! | 40 | [`Message::Raft`] | mserver -> mserver | an `eraftpb::Message` (protobuf) |
+//! | 41 | [`Message::SnapshotChunk`] | mserver -> mserver | [`SnapshotChunk`]: `u64 index, u64 term, u64 total, u64 offset, bytes data` |
 //! | 48 | [`Message::MetaRequest`] | client -> mserver | [`MetaRequest`] |
 //! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] |
 //!
@@ -47,6 +48,8 @@ pub const KIND_STATUS_REPLY: u16 = 33;
 pub const KIND_ERROR: u16 = 34;
 /// Kind of [`Message::Raft`].
 pub const KIND_RAFT: u16 = 40;
+/// Kind of [`Message::SnapshotChunk`].
+pub const KIND_SNAPSHOT_CHUNK: u16 = 41;
 /// Kind of [`Message::MetaRequest`].
 pub const KIND_META_REQUEST: u16 = 48;
 /// Kind of [`Message::MetaReply`].
@@ -61,6 +64,21 @@ const _: () =
 const _: () = assert!(
     (MAX_STAT_BLOCKS as usize) * 77 + 256 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize
 );
+
+/// A piece of a Raft snapshot's data, streamed before the (data-less) snapshot message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    /// The snapshot's index.
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    /// Bytes of data in all.
+    pub total: u64,
+    /// Where this piece starts.
+    pub offset: u64,
+    /// The piece.
+    pub data: Vec<u8>,
+}
 
 /// A namespace request from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +300,8 @@ pub enum Message {
     StatusReply(StatusReply),
     /// A Raft message between meta-servers.
     Raft(Vec<u8>),
+    /// A piece of a snapshot's data.
+    SnapshotChunk(SnapshotChunk),
     /// A namespace request.
     MetaRequest(MetaRequest),
     /// A namespace reply.
@@ -334,6 +354,7 @@ impl Message {
             Message::StatusReply(_) => KIND_STATUS_REPLY,
             Message::Error { .. } => KIND_ERROR,
             Message::Raft(_) => KIND_RAFT,
+            Message::SnapshotChunk(_) => KIND_SNAPSHOT_CHUNK,
             Message::MetaRequest(_) => KIND_META_REQUEST,
             Message::MetaReply(_) => KIND_META_REPLY,
         }
@@ -376,6 +397,9 @@ impl Message {
             Message::Raft(bytes) => {
                 w.fixed(bytes);
             }
+            Message::SnapshotChunk(c) => {
+                w.u64(c.index).u64(c.term).u64(c.total).u64(c.offset).bytes(&c.data);
+            }
             Message::MetaRequest(request) => write_meta_request(&mut w, request),
             Message::MetaReply(reply) => write_meta_reply(&mut w, reply),
         }
@@ -396,6 +420,13 @@ impl Message {
             }
             // Opaque here: raft-rs decodes (and checks) the protobuf.
             KIND_RAFT => return Ok(Message::Raft(frame.body.clone())),
+            KIND_SNAPSHOT_CHUNK => Message::SnapshotChunk(SnapshotChunk {
+                index: r.u64("index").map_err(body)?,
+                term: r.u64("term").map_err(body)?,
+                total: r.u64("total").map_err(body)?,
+                offset: r.u64("offset").map_err(body)?,
+                data: r.bytes("data").map_err(body)?.to_vec(),
+            }),
             KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
             KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
             other => return Err(WireError::UnknownKind(other)),
@@ -695,6 +726,13 @@ mod tests {
                 }),
             }),
             Message::Raft(vec![8, 1, 16, 2]),
+            Message::SnapshotChunk(SnapshotChunk {
+                index: 9,
+                term: 2,
+                total: 5,
+                offset: 2,
+                data: vec![1, 2, 3],
+            }),
             Message::MetaRequest(MetaRequest {
                 session: 9,
                 request_id: 3,

@@ -145,6 +145,13 @@ impl Node {
         self.group.send(peer, priority, frame)
     }
 
+    /// Bytes queued to `peer` and not yet written (None if the link is down). Bulk senders
+    /// pace themselves by it.
+    pub fn queued_bytes(&self, peer: NodeId) -> Option<usize> {
+        let conn = self.group.conn_of(peer).ok()?;
+        self.net.queued_bytes(conn)
+    }
+
     /// Sends an application frame to every peer whose link is up; returns how many.
     pub fn broadcast(&mut self, priority: Priority, frame: &Frame) -> usize {
         self.group.broadcast(priority, frame)

@@ -32,10 +32,10 @@ use crate::log_store::{LogError, LogStore};
 pub const ELECTION_TICKS: usize = 10;
 /// Raft ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 2;
-/// Largest encoded Raft message sent: what a peer's frame limit accepts.
-const MAX_MESSAGE_BYTES: usize = meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize;
-/// Bytes of entries per append message, well under [`MAX_MESSAGE_BYTES`].
+/// Bytes of entries per append message, well under the 1 MiB frame limit.
 const MAX_APPEND_BYTES: u64 = 512 * 1024;
+/// Largest snapshot accepted from a leader.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 /// What the loop must do after a call into the replica.
 #[derive(Debug, Default)]
@@ -47,6 +47,36 @@ pub struct Output {
     /// Reads confirmed by ReadIndex: (the read's context, the index to have applied before
     /// answering it).
     pub reads: Vec<(u64, u64)>,
+    /// Snapshots to stream to followers: their data goes in chunks, then the message.
+    pub snapshots: Vec<OutgoingSnapshot>,
+}
+
+/// A snapshot for one follower, split for streaming: the data goes first in
+/// [`SnapshotChunk`](meshfs_core::wire::SnapshotChunk)s, then `message` (the Raft snapshot
+/// message without its data), on one ordered queue. The sender reports the end with
+/// [`Replica::report_snapshot`].
+#[derive(Debug)]
+pub struct OutgoingSnapshot {
+    /// The follower.
+    pub to: u64,
+    /// The snapshot's index.
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    /// The state machine's data.
+    pub data: Vec<u8>,
+    /// The encoded `MsgSnapshot`, data left out.
+    pub message: Vec<u8>,
+}
+
+/// A snapshot being received in chunks.
+#[derive(Debug)]
+struct IncomingSnapshot {
+    from: u64,
+    index: u64,
+    term: u64,
+    total: u64,
+    data: Vec<u8>,
 }
 
 /// Why a proposal was not taken.
@@ -92,6 +122,8 @@ pub struct Replica {
     output: Output,
     /// Compact the log into a snapshot once this many entries follow the last snapshot.
     snapshot_every: u64,
+    /// The snapshot being streamed to us, if any.
+    incoming: Option<IncomingSnapshot>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -159,6 +191,7 @@ impl Replica {
             synced_rx,
             output: Output::default(),
             snapshot_every,
+            incoming: None,
         })
     }
 
@@ -199,8 +232,15 @@ impl Replica {
                 return;
             }
         };
+        let mut message = message;
         if message.from != from {
             warn!("dropping a raft message from {from} that claims to be from {}", message.from);
+            return;
+        }
+        if message.get_msg_type() == MessageType::MsgSnapshot
+            && message.get_snapshot().data.is_empty()
+            && !self.attach_snapshot(from, &mut message)
+        {
             return;
         }
         if let Err(err) = self.raw.step(message) {
@@ -266,23 +306,96 @@ impl Replica {
     }
 
     fn queue_messages(&mut self, messages: Vec<RaftMessage>) {
-        for message in messages {
+        for mut message in messages {
             let to = message.to;
-            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            match message.write_to_bytes() {
-                Ok(bytes) if bytes.len() > MAX_MESSAGE_BYTES && is_snapshot => {
-                    // Snapshots travel in one message today; one past the frame limit would
-                    // be refused by the peer. Tell Raft, which retries later.
-                    error!(
-                        "snapshot for {to} is {} bytes, past the {MAX_MESSAGE_BYTES}-byte frame \
-                         limit: chunked snapshot transfer is not implemented; that peer cannot \
-                         catch up",
-                        bytes.len()
-                    );
-                    self.raw.report_snapshot(to, SnapshotStatus::Failure);
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // Streamed apart: a snapshot outgrows any one frame.
+                let snapshot = message.mut_snapshot();
+                let data = std::mem::take(&mut snapshot.data).to_vec();
+                let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+                match message.write_to_bytes() {
+                    Ok(bytes) => {
+                        info!("streaming a {}-byte snapshot at index {index} to {to}", data.len());
+                        self.output.snapshots.push(OutgoingSnapshot {
+                            to,
+                            index,
+                            term,
+                            data,
+                            message: bytes,
+                        });
+                    }
+                    Err(err) => error!("cannot encode a snapshot message to {to}: {err}"),
                 }
+                continue;
+            }
+            match message.write_to_bytes() {
                 Ok(bytes) => self.output.messages.push((to, bytes)),
                 Err(err) => error!("cannot encode a raft message to {to}: {err}"),
+            }
+        }
+    }
+
+    /// The end of streaming a snapshot to `to`: delivered, or failed (Raft retries).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.raw.report_snapshot(to, status);
+        self.process_ready();
+    }
+
+    /// Takes a piece of the snapshot `from` is streaming to us. Pieces come in order on one
+    /// connection; anything else restarts the transfer (the leader resends).
+    pub fn receive_chunk(&mut self, from: u64, chunk: meshfs_core::wire::SnapshotChunk) {
+        if chunk.offset == 0 {
+            if chunk.total > MAX_SNAPSHOT_BYTES {
+                warn!(
+                    "refusing a {}-byte snapshot from {from} (limit {MAX_SNAPSHOT_BYTES})",
+                    chunk.total
+                );
+                self.incoming = None;
+                return;
+            }
+            self.incoming = Some(IncomingSnapshot {
+                from,
+                index: chunk.index,
+                term: chunk.term,
+                total: chunk.total,
+                data: Vec::new(),
+            });
+        }
+        let Some(incoming) = &mut self.incoming else { return };
+        let fits = incoming.from == from
+            && incoming.index == chunk.index
+            && incoming.term == chunk.term
+            && incoming.data.len() as u64 == chunk.offset
+            && chunk.offset + chunk.data.len() as u64 <= incoming.total;
+        if !fits {
+            warn!(
+                "snapshot piece from {from} at {} does not continue the transfer; dropped",
+                chunk.offset
+            );
+            self.incoming = None;
+            return;
+        }
+        incoming.data.extend_from_slice(&chunk.data);
+    }
+
+    /// Puts the streamed data back into a data-less snapshot message; false to drop it.
+    fn attach_snapshot(&mut self, from: u64, message: &mut RaftMessage) -> bool {
+        let meta = message.get_snapshot().get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        match self.incoming.take() {
+            Some(incoming)
+                if incoming.from == from
+                    && incoming.index == index
+                    && incoming.term == term
+                    && incoming.data.len() as u64 == incoming.total =>
+            {
+                message.mut_snapshot().data = incoming.data.into();
+                true
+            }
+            _ => {
+                warn!("snapshot message from {from} at index {index} without its data; dropped");
+                false
             }
         }
     }

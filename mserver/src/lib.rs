@@ -24,20 +24,25 @@ use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId, Stat
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::wire::{
-    KIND_RAFT, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply, MetaRequest, RaftInfo,
-    StatusReply,
+    KIND_RAFT, KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply,
+    MetaRequest, RaftInfo, SnapshotChunk, StatusReply,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
 use meshfs_net::{ConnId, Priority};
 use raft::StateRole;
 
-use crate::consensus::{ProposeError, RaftStatus, Replica, ReplicaError};
+use crate::consensus::{OutgoingSnapshot, ProposeError, RaftStatus, Replica, ReplicaError};
 
 /// Time between Raft ticks: with [`consensus::ELECTION_TICKS`] an election starts after 1 to
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 const TICK_TIMER: u64 = 1;
+/// Snapshot data travels in pieces of this size, on the bulk queue.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// The snapshot pump sends only while less than this is queued to the peer, and at most
+/// this much per call: the peer's bulk queue (8 MiB) never fills, heartbeats never wait.
+const SNAPSHOT_PUMP_BYTES: usize = 2 * 1024 * 1024;
 
 /// Why a meta-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +77,8 @@ pub struct MetaServer {
     next_read: u64,
     /// Reads confirmed, waiting for the namespace to apply up to their index.
     confirmed: Vec<(u64, Waiter, MetaOp)>,
+    /// Snapshots being streamed, by follower: the snapshot and how far it has gone.
+    sending: HashMap<u64, (OutgoingSnapshot, usize)>,
 }
 
 fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
@@ -102,12 +109,17 @@ impl MetaServer {
             reads: HashMap::new(),
             next_read: 1,
             confirmed: Vec::new(),
+            sending: HashMap::new(),
         }
     }
 
     /// Sends what the replica produced and answers every client it settled.
     fn flush(&mut self, node: &mut Node) {
+        self.pump_snapshots(node);
         let output = self.replica.take_output();
+        for snapshot in output.snapshots {
+            self.sending.insert(snapshot.to, (snapshot, 0));
+        }
         for (to, bytes) in output.messages {
             let Ok(peer) = u32::try_from(to) else { continue };
             let frame = Message::Raft(bytes).to_frame(0);
@@ -139,6 +151,54 @@ impl MetaServer {
         }
         if !self.replica.is_leader() {
             self.release_all(node);
+        }
+    }
+
+    /// Streams snapshot pieces to followers as their links drain; then the snapshot message
+    /// itself on the same (bulk) queue, so that it arrives after its data.
+    fn pump_snapshots(&mut self, node: &mut Node) {
+        let peers: Vec<u64> = self.sending.keys().copied().collect();
+        for peer in peers {
+            let Ok(id) = u32::try_from(peer).map(NodeId) else { continue };
+            let mut budget = SNAPSHOT_PUMP_BYTES;
+            let finished = loop {
+                let Some(queued) = node.queued_bytes(id) else { break Some(false) };
+                if queued >= SNAPSHOT_PUMP_BYTES || budget == 0 {
+                    break None;
+                }
+                let (snapshot, offset) = self.sending.get_mut(&peer).expect("listed above");
+                let total = snapshot.data.len();
+                if *offset < total {
+                    let end = (*offset + SNAPSHOT_CHUNK_BYTES).min(total);
+                    let chunk = SnapshotChunk {
+                        index: snapshot.index,
+                        term: snapshot.term,
+                        total: total as u64,
+                        offset: *offset as u64,
+                        data: snapshot.data[*offset..end].to_vec(),
+                    };
+                    if node
+                        .send(id, Priority::Bulk, Message::SnapshotChunk(chunk).to_frame(0))
+                        .is_err()
+                    {
+                        break Some(false);
+                    }
+                    budget = budget.saturating_sub(end - *offset);
+                    *offset = end;
+                } else {
+                    let message = Message::Raft(snapshot.message.clone()).to_frame(0);
+                    break Some(node.send(id, Priority::Bulk, message).is_ok());
+                }
+            };
+            if let Some(delivered) = finished {
+                self.sending.remove(&peer);
+                if delivered {
+                    info!("snapshot streamed to {peer}");
+                } else {
+                    warn!("snapshot to {peer} failed: the link went down; Raft will retry");
+                }
+                self.replica.report_snapshot(peer, delivered);
+            }
         }
     }
 
@@ -259,6 +319,19 @@ impl Service for MetaServer {
                 }
                 self.replica.step(u64::from(from.0), &frame.body);
                 self.flush(node);
+            }
+            GroupEvent::Message { from, frame } if frame.kind == KIND_SNAPSHOT_CHUNK => {
+                let from_mserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::MServer);
+                match Message::decode(&frame) {
+                    Ok(Message::SnapshotChunk(chunk)) if from_mserver => {
+                        self.replica.receive_chunk(u64::from(from.0), chunk);
+                    }
+                    Ok(_) => {
+                        warn!("ignoring a snapshot piece from {from}, which is not a meta-server")
+                    }
+                    Err(err) => warn!("bad snapshot piece from {from}: {err}"),
+                }
             }
             GroupEvent::Message { from, frame } => {
                 warn!("ignoring message kind {} from peer {from}: not served", frame.kind);

@@ -541,19 +541,29 @@ fn the_namespace_survives_killing_and_restarting_every_meta_server() {
 }
 
 #[test]
-fn a_meta_server_that_missed_many_creates_catches_up_by_snapshot() {
-    // Compact after 50 entries, so the 400 creates it misses are gone from the leader's log.
+fn a_meta_server_that_missed_many_creates_catches_up_by_a_streamed_snapshot() {
+    // Compact every 50 entries, so what the follower misses is gone from the leader's log and
+    // it must catch up from a snapshot; long names make that snapshot larger than a frame
+    // (1 MiB), so it has to travel in pieces.
     let mut cluster = TestCluster::new_with("ns-catchup", 3, 1, "snapshot_entries = 50\n");
     cluster.start_all();
     let status = cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
     let leader = status.agreed_leader().unwrap();
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
     cluster.kill9(lagging);
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
-    for i in 0..400 {
-        client.create(&format!("/c{i:03}"), 0).unwrap();
-    }
+    let (files, writers) = (4000, 8);
+    let long = "n".repeat(240);
+    std::thread::scope(|scope| {
+        for w in 0..writers {
+            let (config, credentials, long) = (&cluster.config, cluster.credentials.clone(), &long);
+            scope.spawn(move || {
+                let mut client = meshfs_client::MetaClient::new(config, credentials).unwrap();
+                for i in (w..files).step_by(writers) {
+                    client.create(&format!("/{long}{i:05}"), 0).unwrap();
+                }
+            });
+        }
+    });
     cluster.start(lagging);
     let status = cluster.wait_for("the lagging server to catch up", |s| {
         let inodes = |id| s.server(id).and_then(|v| v.inodes);
@@ -561,7 +571,12 @@ fn a_meta_server_that_missed_many_creates_catches_up_by_snapshot() {
             && inodes(lagging).is_some()
             && inodes(lagging) == inodes(leader)
     });
-    assert_eq!(status.server(lagging).unwrap().inodes, Some(401), "the root and 400 files");
+    assert_eq!(status.server(lagging).unwrap().inodes, Some(files as u64 + 1));
     cluster.wait_log(lagging, "installed the leader's snapshot");
-    assert!(cluster.log(leader).contains("log compacted"), "the leader compacted its log");
+    let log = cluster.log(status.agreed_leader().unwrap());
+    let streamed =
+        log.lines().find(|l| l.contains("streaming a")).expect("the leader streamed a snapshot");
+    let bytes: u64 =
+        streamed.split("streaming a ").nth(1).unwrap().split('-').next().unwrap().parse().unwrap();
+    assert!(bytes > 1024 * 1024, "the snapshot ({bytes} bytes) should outgrow one frame");
 }
