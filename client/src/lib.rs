@@ -1,5 +1,6 @@
 //! MeshFS client library and the `meshfs` command line.
 //!
+//! - [`bench`]: `meshfs bench` workloads (today: `meta`).
 //! - [`connection`]: a blocking, authenticated connection to one server.
 //! - [`meta`]: namespace calls (mkdir, create, stat, list, rename, remove), leader-following.
 //! - [`status`]: the cluster as every server sees it (`meshfs status`).
@@ -10,6 +11,7 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod bench;
 pub mod connection;
 pub mod error;
 pub mod launcher;

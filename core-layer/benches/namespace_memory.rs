@@ -43,6 +43,20 @@ fn main() {
     let elapsed = start.elapsed();
     let after = resident_bytes();
     assert_eq!(ns.inode_count() as u64, files + dirs + 2);
+    let start = Instant::now();
+    let snapshot = ns.snapshot();
+    let encode = start.elapsed();
+    let start = Instant::now();
+    let restored = Namespace::restore(&snapshot).unwrap();
+    let decode = start.elapsed();
+    assert_eq!(restored.inode_count(), ns.inode_count());
+    println!(
+        "snapshot: {} bytes ({:.1} per inode), encoded in {} ms, restored in {} ms",
+        snapshot.len(),
+        snapshot.len() as f64 / ns.inode_count() as f64,
+        encode.as_millis(),
+        decode.as_millis()
+    );
     println!(
         "{files} files: {:.1} bytes resident per file; {:.0} applies/s (single thread, no I/O)",
         (after - before) as f64 / files as f64,

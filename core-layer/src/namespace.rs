@@ -943,26 +943,22 @@ impl Namespace {
     // ---- snapshots ----
 
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (version 1): magic "MSNS", u16 format, u32 next_id, u64 applied, inodes by id,
-    /// sessions by id, u32 CRC-32 of everything before it.
+    /// Layout (version 1): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// depth first from the root (children by name), sessions by id, u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut w = BodyWriter::new();
+        let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
-        // Names are written with each child, so restore rebuilds the tree from parent links.
-        let mut names: HashMap<u32, &str> = HashMap::with_capacity(self.nodes.len());
-        for (_, node) in self.nodes.iter() {
-            if let Kind::Dir(dir) = &node.kind {
-                for (name, &child) in &dir.children {
-                    names.insert(child, name);
-                }
-            }
-        }
         w.u32(self.nodes.len() as u32);
-        for (id, node) in self.nodes.iter() {
-            w.u32(id).u32(node.parent).str(names.get(&id).copied().unwrap_or(""));
+        // Depth first from the root, so each inode is written with the name its parent
+        // lists; children come in name order, so the bytes are the same on every replica.
+        let mut stack: Vec<(u32, &str)> = vec![(ROOT_ID, "")];
+        while let Some((id, name)) = stack.pop() {
+            let node = &self.nodes[&id];
+            w.u32(id).u32(node.parent).str(name);
             match &node.kind {
                 Kind::Dir(dir) => {
                     w.u8(0).u64(dir.mtime_ms);
+                    stack.extend(dir.children.iter().rev().map(|(name, &child)| (child, &**name)));
                 }
                 Kind::File(f) => {
                     w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
@@ -1753,14 +1749,14 @@ mod tests {
         flipped[10] ^= 1;
         assert_eq!(Namespace::restore(&flipped), Err(SnapshotError::Checksum));
         assert_eq!(Namespace::restore(&[]), Err(SnapshotError::Truncated));
-        // Well-formed and checksummed, but inconsistent: an orphan (parent that is a file).
-        let mut ns = Namespace::new();
-        ns.nodes.insert(
-            5,
-            Node { parent: 9, kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }) },
-        );
-        ns.next_id = 10;
-        assert!(matches!(Namespace::restore(&ns.snapshot()), Err(SnapshotError::Invalid(_))));
+        // Well-formed and checksummed, but inconsistent: a file's size disagrees with its
+        // block list. Restore checks every invariant and refuses it.
+        let Stat::File(meta) = d.ns.stat(&p("/a/g")).unwrap() else { panic!("a file") };
+        if let Kind::File(file) = &mut d.ns.nodes.get_mut(&meta.descriptor.id.0).unwrap().kind {
+            file.size += 10 * u64::from(file.block_size);
+        }
+        let err = Namespace::restore(&d.ns.snapshot()).unwrap_err();
+        assert!(matches!(&err, SnapshotError::Invalid(why) if why.contains("blocks for")), "{err}");
     }
 
     proptest! {

@@ -26,7 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry as RaftEntry, EntryType, Message as RaftMessage, MessageType};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage};
 
-use crate::log_store::{LogError, LogStore};
+use crate::log_store::{LogError, LogStore, write_snapshot_file};
 
 /// Raft ticks per election timeout (randomised up to twice this by raft-rs).
 pub const ELECTION_TICKS: usize = 10;
@@ -34,6 +34,9 @@ pub const ELECTION_TICKS: usize = 10;
 pub const HEARTBEAT_TICKS: usize = 2;
 /// Bytes of entries per append message, well under the 1 MiB frame limit.
 const MAX_APPEND_BYTES: u64 = 512 * 1024;
+/// Entries the log may hold past the last snapshot before one is taken, however large the
+/// namespace (unless `snapshot_entries` in the config asks for more).
+pub const MAX_LOG_ENTRIES: u64 = 100_000;
 /// Largest snapshot accepted from a leader.
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
@@ -124,6 +127,10 @@ pub struct Replica {
     snapshot_every: u64,
     /// The snapshot being streamed to us, if any.
     incoming: Option<IncomingSnapshot>,
+    /// Our own snapshot being written by the snapshot worker: (index, term).
+    writing: Option<(u64, u64)>,
+    snapshot_tx: Sender<raft::eraftpb::Snapshot>,
+    snapshot_rx: Receiver<SnapshotWritten>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -149,7 +156,9 @@ pub enum ReplicaError {
 impl Replica {
     /// Opens the log in `dir` and starts the replica `id` among `voters`; `notifier` wakes the
     /// loop when the fsync worker finishes.
-    /// The log is compacted into a snapshot every `snapshot_every` applied entries.
+    /// The log is compacted into a snapshot after `snapshot_every` applied entries, or after
+    /// half as many entries as the namespace has inodes (at most [`MAX_LOG_ENTRIES`]),
+    /// whichever is more.
     pub fn open(
         dir: &Path,
         id: u64,
@@ -180,6 +189,7 @@ impl Replica {
         };
         config.validate()?;
         let raw = RawNode::new(&config, store, &raft_logger(id))?;
+        let (snapshot_tx, snapshot_rx) = spawn_snapshot_worker(dir.to_path_buf(), notifier.clone());
         let (sync_tx, synced_rx) = spawn_fsync_worker(notifier);
         info!("raft replica {id} of {voters:?} starts at applied index {applied}");
         Ok(Replica {
@@ -192,6 +202,9 @@ impl Replica {
             output: Output::default(),
             snapshot_every,
             incoming: None,
+            writing: None,
+            snapshot_tx,
+            snapshot_rx,
         })
     }
 
@@ -282,8 +295,12 @@ impl Replica {
         std::mem::take(&mut self.output)
     }
 
-    /// Collects finished fsyncs (after the loop was woken) and continues Raft from them.
+    /// Collects finished fsyncs and snapshot writes (after the loop was woken) and continues
+    /// Raft from them.
     pub fn poll_synced(&mut self) {
+        while let Ok(result) = self.snapshot_rx.try_recv() {
+            self.snapshot_done(result);
+        }
         let mut latest = None;
         while let Ok(result) = self.synced_rx.try_recv() {
             match result {
@@ -459,7 +476,24 @@ impl Replica {
         }
     }
 
+    fn snapshot_done(&mut self, result: SnapshotWritten) {
+        self.writing = None;
+        match result {
+            Ok((index, term)) => match self.raw.mut_store().snapshot_written(index, term) {
+                Ok(()) => info!("snapshot at index {index} written; log compacted"),
+                Err(err) => warn!("snapshot at {index} written, compaction failed: {err}"),
+            },
+            Err(err) => warn!("writing a snapshot failed: {err}; the log keeps growing"),
+        }
+    }
+
     fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) -> Result<(), String> {
+        // Our own snapshot write must not land after (and over) the leader's.
+        if self.writing.is_some()
+            && let Ok(result) = self.snapshot_rx.recv()
+        {
+            self.snapshot_done(result);
+        }
         let namespace = Namespace::restore(&snapshot.data).map_err(|e| e.to_string())?;
         self.raw.mut_store().apply_snapshot(snapshot).map_err(|e| e.to_string())?;
         self.namespace = namespace;
@@ -491,21 +525,66 @@ impl Replica {
     }
 
     fn maybe_compact(&mut self) {
+        if self.writing.is_some() {
+            return;
+        }
         let store = self.raw.store();
         let since = self.applied.saturating_sub(store.snapshot_index());
-        if since < self.snapshot_every {
+        // A snapshot costs time in proportion to the namespace, the log costs memory in
+        // proportion to its entries. Waiting until the log is half the namespace keeps the
+        // snapshot cost per entry constant; capping that wait at MAX_LOG_ENTRIES keeps the
+        // log's memory bounded (at 1,000,000 files: a snapshot every 100,000 entries).
+        let proportional = (self.namespace.inode_count() as u64 / 2).min(MAX_LOG_ENTRIES);
+        if since < self.snapshot_every.max(proportional) {
             return;
         }
         // The last entry's term must be known to the store: compact only to what it holds.
         let Ok(last) = store.last_index() else { return };
         let index = self.applied.min(last);
+        // Encoding is on the loop (the namespace must not change under it); writing and
+        // fsyncing the file is the snapshot worker's.
         let data = self.namespace.snapshot();
         let bytes = data.len();
-        match self.raw.mut_store().compact(index, data) {
-            Ok(()) => info!("snapshot at index {index} ({bytes} bytes); log compacted"),
+        match self.raw.store().prepare_snapshot(index, data) {
+            Ok(Some(snapshot)) => {
+                let term = snapshot.get_metadata().term;
+                if self.snapshot_tx.send(snapshot).is_ok() {
+                    info!("snapshot at index {index} ({bytes} bytes) handed to the writer");
+                    self.writing = Some((index, term));
+                }
+            }
+            Ok(None) => {}
             Err(err) => warn!("snapshot at {index} failed: {err}; the log keeps growing"),
         }
     }
+}
+
+/// What the snapshot worker reports: the (index, term) written, or why not.
+type SnapshotWritten = Result<(u64, u64), String>;
+
+/// The snapshot worker: writes each snapshot file (temporary file, fsync, rename, directory
+/// fsync) and reports (index, term) or the error, waking the loop.
+fn spawn_snapshot_worker(
+    dir: std::path::PathBuf,
+    notifier: Notifier,
+) -> (Sender<raft::eraftpb::Snapshot>, Receiver<SnapshotWritten>) {
+    let (tx, rx) = mpsc::channel::<raft::eraftpb::Snapshot>();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("raft-snapshot".into())
+        .spawn(move || {
+            while let Ok(snapshot) = rx.recv() {
+                let meta = snapshot.get_metadata();
+                let result = write_snapshot_file(&dir, &snapshot)
+                    .map(|()| (meta.index, meta.term))
+                    .map_err(|e| e.to_string());
+                if done_tx.send(result).is_err() || notifier.notify().is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("the snapshot worker thread starts");
+    (tx, done_rx)
 }
 
 /// The fsync worker: takes requests, fsyncs each file once per batch, reports the highest

@@ -280,25 +280,50 @@ impl LogStore {
         Ok(files)
     }
 
-    /// Writes a snapshot of the state machine at `index` (already applied here) and drops the
-    /// log up to it. The snapshot file is durable when this returns.
-    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), LogError> {
+    /// A snapshot of the state machine at `index` (already applied here), ready to be
+    /// written with [`write_snapshot_file`] (off the event loop) and then reported with
+    /// [`LogStore::snapshot_written`]. `None` if `index` is not past the current snapshot.
+    pub fn prepare_snapshot(
+        &self,
+        index: u64,
+        data: Vec<u8>,
+    ) -> Result<Option<Snapshot>, LogError> {
         if index <= self.snapshot_index {
-            return Ok(());
+            return Ok(None);
         }
         let term = self.term(index).map_err(|e| LogError::Corrupt {
             path: self.dir.clone(),
             offset: 0,
-            reason: format!("compacting to {index}: {e}"),
+            reason: format!("snapshot at {index}: {e}"),
         })?;
-        let snapshot = make_snapshot(index, term, self.conf_state.voters.clone(), data);
-        write_snapshot_file(&self.dir, &snapshot)?;
+        Ok(Some(make_snapshot(index, term, self.conf_state.voters.clone(), data)))
+    }
+
+    /// A snapshot at `index` of `term` is durable on disk: drop the log up to it.
+    pub fn snapshot_written(&mut self, index: u64, term: u64) -> Result<(), LogError> {
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
         self.snapshot_index = index;
         self.snapshot_term = term;
         while self.entries.front().is_some_and(|e| e.index <= index) {
             self.entries.pop_front();
         }
         self.drop_segments_through(index)
+    }
+
+    /// Writes a snapshot of the state machine at `index` and drops the log up to it, all
+    /// here and now (the replica does the write on a worker instead).
+    pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), LogError> {
+        let Some(snapshot) = self.prepare_snapshot(index, data)? else { return Ok(()) };
+        write_snapshot_file(&self.dir, &snapshot)?;
+        let meta = snapshot.get_metadata();
+        self.snapshot_written(meta.index, meta.term)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Installs a snapshot received from the leader: the log restarts after it.
@@ -541,7 +566,9 @@ fn apply_record(
     }
 }
 
-fn write_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
+/// Writes `snapshot` as the snapshot of the log in `dir`: to a temporary file, fsynced,
+/// renamed over the old one, and the directory fsynced.
+pub fn write_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
     let meta = snapshot.get_metadata();
     let mut bytes = Vec::with_capacity(snapshot.data.len() + 64);
     bytes.extend_from_slice(SNAPSHOT_MAGIC);

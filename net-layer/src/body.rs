@@ -53,6 +53,11 @@ impl BodyWriter {
         BodyWriter::default()
     }
 
+    /// An empty body with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> BodyWriter {
+        BodyWriter { buf: Vec::with_capacity(capacity) }
+    }
+
     /// The finished body.
     pub fn finish(self) -> Vec<u8> {
         self.buf

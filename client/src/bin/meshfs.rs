@@ -79,6 +79,11 @@ enum Command {
         /// The path.
         path: String,
     },
+    /// Measure the cluster of the config (it must be running).
+    Bench {
+        #[command(subcommand)]
+        workload: Workload,
+    },
     /// Show every server, its links and the RTT matrix. Exit status 1 if any server is down.
     Status {
         /// Print one JSON object instead of tables.
@@ -154,6 +159,28 @@ fn print_stat(path: &str, stat: &Stat) {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Namespace throughput: create, stat and list, with C concurrent clients.
+    Meta {
+        /// Client counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+        clients: Vec<usize>,
+        /// Files created per client count.
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Leave the files in place afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Phases after the creates, comma-separated: stat, list (empty for none).
+        #[arg(long, value_delimiter = ',', default_value = "stat,list")]
+        phases: Vec<String>,
+    },
+}
+
 fn run(cli: Cli) -> Result<u8, ClientError> {
     let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
@@ -197,6 +224,18 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
         }
         Command::Rm { recursive, path } => {
             MetaClient::new(&config, credentials)?.remove(&path, recursive)?;
+            Ok(0)
+        }
+        Command::Bench { workload: Workload::Meta { clients, files, json, keep, phases } } => {
+            let bench = meshfs_client::bench::MetaBench { clients, files, keep, phases };
+            let results = meshfs_client::bench::meta(&config, &credentials, &bench, |line| {
+                eprintln!("bench: {line}")
+            })?;
+            if json {
+                println!("{}", meshfs_client::bench::to_json(&bench, &results));
+            } else {
+                print!("{}", meshfs_client::bench::render(&results));
+            }
             Ok(0)
         }
         Command::Status { json, timeout_ms } => {

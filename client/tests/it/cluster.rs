@@ -37,8 +37,12 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `count` distinct free ports: all are held bound until all are chosen, so the kernel cannot
+/// hand out one port twice.
+fn free_ports(count: u32) -> Vec<u16> {
+    let held: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// Config text for `m` meta-servers and `d` data-servers on free ports, with extra
@@ -49,9 +53,10 @@ pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> St
          ping_interval_ms = {PING_INTERVAL_MS}\ndown_timeout_ms = {DOWN_TIMEOUT_MS}\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 500\n{cluster_extra}\n"
     );
+    let ports = free_ports(m + d);
     for id in 1..=m + d {
         let role = if id <= m { "mserver" } else { "dserver" };
-        let port = free_port();
+        let port = ports[(id - 1) as usize];
         text += &format!(
             "[[{role}]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"data/{role}-{id}\"\n"
         );

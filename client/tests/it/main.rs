@@ -551,7 +551,10 @@ fn a_meta_server_that_missed_many_creates_catches_up_by_a_streamed_snapshot() {
     let leader = status.agreed_leader().unwrap();
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
     cluster.kill9(lagging);
-    let (files, writers) = (4000, 8);
+    // A snapshot is taken once the log since the last one is half the namespace, so the
+    // last one covers at least half the files: 9,000 files of about 300 snapshot bytes each
+    // make it at least 1.3 MB.
+    let (files, writers) = (9000, 8);
     let long = "n".repeat(240);
     std::thread::scope(|scope| {
         for w in 0..writers {
