@@ -14,19 +14,17 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread;
 
 use log::{debug, error, info, warn};
 use meshfs_core::namespace::{Entry, Namespace, Outcome};
 use meshfs_net::Notifier;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry as RaftEntry, EntryType, Message as RaftMessage, MessageType};
-use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 
-use crate::log_store::{LogError, LogStore, write_snapshot_file};
+use crate::log_store::{LogError, LogStore};
+use crate::persist::{Completion, Persister, RaftLog, ThreadPersister};
 
 /// Raft ticks per election timeout (randomised up to twice this by raft-rs).
 pub const ELECTION_TICKS: usize = 10;
@@ -108,32 +106,43 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
 }
 
-struct SyncRequest {
-    number: u64,
-    files: Vec<File>,
+/// How a replica runs Raft.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// This replica's Raft id (its node id).
+    pub id: u64,
+    /// Compact after this many entries (or half the namespace, at most [`MAX_LOG_ENTRIES`]).
+    pub snapshot_every: u64,
+    /// Election timeout range in ticks, `[min, max)`; raft-rs draws from it with its own
+    /// random source, so a simulation pins it (`max = min + 1`) and varies tick timing itself.
+    pub election_ticks: (usize, usize),
 }
 
-/// One meta-server's Raft replica and namespace.
-pub struct Replica {
-    raw: RawNode<LogStore>,
+impl ReplicaOptions {
+    /// The server's options: elections after 10 to 20 ticks.
+    pub fn new(id: u64, snapshot_every: u64) -> ReplicaOptions {
+        ReplicaOptions { id, snapshot_every, election_ticks: (ELECTION_TICKS, 2 * ELECTION_TICKS) }
+    }
+}
+
+/// One meta-server's Raft replica and namespace, over a log `L` made durable by `P`.
+pub struct Replica<L: RaftLog = LogStore, P: Persister<L> = ThreadPersister> {
+    raw: RawNode<L>,
+    persister: P,
     namespace: Namespace,
     applied: u64,
     /// Readies written but not yet fsynced: (number, messages to send once they are).
     unsynced: VecDeque<(u64, Vec<RaftMessage>)>,
-    sync_tx: Sender<SyncRequest>,
-    synced_rx: Receiver<Result<u64, String>>,
     output: Output,
     /// Compact the log into a snapshot once this many entries follow the last snapshot.
     snapshot_every: u64,
     /// The snapshot being streamed to us, if any.
     incoming: Option<IncomingSnapshot>,
-    /// Our own snapshot being written by the snapshot worker: (index, term).
+    /// Our own snapshot being written by the persister: (index, term).
     writing: Option<(u64, u64)>,
-    snapshot_tx: Sender<raft::eraftpb::Snapshot>,
-    snapshot_rx: Receiver<SnapshotWritten>,
 }
 
-impl std::fmt::Debug for Replica {
+impl<L: RaftLog, P: Persister<L>> std::fmt::Debug for Replica<L, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica").field("status", &self.status()).finish_non_exhaustive()
     }
@@ -153,12 +162,10 @@ pub enum ReplicaError {
     Raft(#[from] raft::Error),
 }
 
-impl Replica {
-    /// Opens the log in `dir` and starts the replica `id` among `voters`; `notifier` wakes the
-    /// loop when the fsync worker finishes.
-    /// The log is compacted into a snapshot after `snapshot_every` applied entries, or after
-    /// half as many entries as the namespace has inodes (at most [`MAX_LOG_ENTRIES`]),
-    /// whichever is more.
+impl Replica<LogStore, ThreadPersister> {
+    /// Opens the log in `dir` and starts the replica `id` among `voters`, with worker threads
+    /// that wake the loop through `notifier`. The log is compacted after `snapshot_every`
+    /// entries, or half as many as the namespace has inodes (at most [`MAX_LOG_ENTRIES`]).
     pub fn open(
         dir: &Path,
         id: u64,
@@ -167,7 +174,20 @@ impl Replica {
         notifier: Notifier,
     ) -> Result<Replica, ReplicaError> {
         let store = LogStore::open(dir, voters)?;
-        let (namespace, applied) = match store.snapshot_data()? {
+        let persister = ThreadPersister::start(dir.to_path_buf(), notifier);
+        info!("raft replica {id} of {voters:?} opening {}", dir.display());
+        Replica::new(store, persister, ReplicaOptions::new(id, snapshot_every))
+    }
+}
+
+impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
+    /// A replica over `log` (restoring the namespace from its latest snapshot).
+    pub fn new(
+        log: L,
+        persister: P,
+        options: ReplicaOptions,
+    ) -> Result<Replica<L, P>, ReplicaError> {
+        let (namespace, applied) = match log.latest_snapshot()? {
             Some(snapshot) => {
                 let ns = Namespace::restore(&snapshot.data)
                     .map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
@@ -176,8 +196,10 @@ impl Replica {
             None => (Namespace::new(), 0),
         };
         let config = raft::Config {
-            id,
-            election_tick: ELECTION_TICKS,
+            id: options.id,
+            election_tick: options.election_ticks.0,
+            min_election_tick: options.election_ticks.0,
+            max_election_tick: options.election_ticks.1,
             heartbeat_tick: HEARTBEAT_TICKS,
             applied,
             max_size_per_msg: MAX_APPEND_BYTES,
@@ -188,23 +210,18 @@ impl Replica {
             ..Default::default()
         };
         config.validate()?;
-        let raw = RawNode::new(&config, store, &raft_logger(id))?;
-        let (snapshot_tx, snapshot_rx) = spawn_snapshot_worker(dir.to_path_buf(), notifier.clone());
-        let (sync_tx, synced_rx) = spawn_fsync_worker(notifier);
-        info!("raft replica {id} of {voters:?} starts at applied index {applied}");
+        let raw = RawNode::new(&config, log, &raft_logger(options.id))?;
+        info!("raft replica {} starts at applied index {applied}", options.id);
         Ok(Replica {
             raw,
+            persister,
             namespace,
             applied,
             unsynced: VecDeque::new(),
-            sync_tx,
-            synced_rx,
             output: Output::default(),
-            snapshot_every,
+            snapshot_every: options.snapshot_every,
             incoming: None,
             writing: None,
-            snapshot_tx,
-            snapshot_rx,
         })
     }
 
@@ -295,19 +312,17 @@ impl Replica {
         std::mem::take(&mut self.output)
     }
 
-    /// Collects finished fsyncs and snapshot writes (after the loop was woken) and continues
+    /// Collects finished syncs and snapshot writes (after the loop was woken) and continues
     /// Raft from them.
     pub fn poll_synced(&mut self) {
-        while let Ok(result) = self.snapshot_rx.try_recv() {
-            self.snapshot_done(result);
-        }
         let mut latest = None;
-        while let Ok(result) = self.synced_rx.try_recv() {
-            match result {
-                Ok(number) => latest = Some(number),
-                Err(err) => {
-                    // An fsync failed: nothing after it may be acknowledged. The only safe
-                    // answer is to stop (the log on disk is the truth on restart).
+        for completion in self.persister.poll(self.raw.mut_store()) {
+            match completion {
+                Completion::Synced(number) => latest = latest.max(Some(number)),
+                Completion::SnapshotWritten(result) => self.snapshot_done(result),
+                Completion::SyncFailed(err) => {
+                    // Nothing after the failed sync may be acknowledged. The only safe answer
+                    // is to stop (the log on disk is the truth on restart).
                     error!("fsync of the raft log failed: {err}; stopping");
                     std::process::exit(70);
                 }
@@ -462,21 +477,14 @@ impl Replica {
     }
 
     fn request_sync(&mut self, number: u64, persisted: Vec<RaftMessage>) {
-        let files = match self.raw.mut_store().sync_handles() {
-            Ok(files) => files,
-            Err(err) => {
-                error!("cannot prepare the raft log fsync: {err}; stopping");
-                std::process::exit(70);
-            }
-        };
         self.unsynced.push_back((number, persisted));
-        if self.sync_tx.send(SyncRequest { number, files }).is_err() {
-            error!("the fsync worker is gone; stopping");
+        if let Err(err) = self.persister.sync(self.raw.mut_store(), number) {
+            error!("cannot sync the raft log: {err}; stopping");
             std::process::exit(70);
         }
     }
 
-    fn snapshot_done(&mut self, result: SnapshotWritten) {
+    fn snapshot_done(&mut self, result: Result<(u64, u64), String>) {
         self.writing = None;
         match result {
             Ok((index, term)) => match self.raw.mut_store().snapshot_written(index, term) {
@@ -490,7 +498,8 @@ impl Replica {
     fn install_snapshot(&mut self, snapshot: &raft::eraftpb::Snapshot) -> Result<(), String> {
         // Our own snapshot write must not land after (and over) the leader's.
         if self.writing.is_some()
-            && let Ok(result) = self.snapshot_rx.recv()
+            && let Some(Completion::SnapshotWritten(result)) =
+                self.persister.wait_snapshot(self.raw.mut_store())
         {
             self.snapshot_done(result);
         }
@@ -548,81 +557,18 @@ impl Replica {
         match self.raw.store().prepare_snapshot(index, data) {
             Ok(Some(snapshot)) => {
                 let term = snapshot.get_metadata().term;
-                if self.snapshot_tx.send(snapshot).is_ok() {
-                    info!("snapshot at index {index} ({bytes} bytes) handed to the writer");
-                    self.writing = Some((index, term));
+                match self.persister.write_snapshot(self.raw.mut_store(), snapshot) {
+                    Ok(()) => {
+                        info!("snapshot at index {index} ({bytes} bytes) handed to the writer");
+                        self.writing = Some((index, term));
+                    }
+                    Err(err) => warn!("snapshot at {index} not written: {err}"),
                 }
             }
             Ok(None) => {}
             Err(err) => warn!("snapshot at {index} failed: {err}; the log keeps growing"),
         }
     }
-}
-
-/// What the snapshot worker reports: the (index, term) written, or why not.
-type SnapshotWritten = Result<(u64, u64), String>;
-
-/// The snapshot worker: writes each snapshot file (temporary file, fsync, rename, directory
-/// fsync) and reports (index, term) or the error, waking the loop.
-fn spawn_snapshot_worker(
-    dir: std::path::PathBuf,
-    notifier: Notifier,
-) -> (Sender<raft::eraftpb::Snapshot>, Receiver<SnapshotWritten>) {
-    let (tx, rx) = mpsc::channel::<raft::eraftpb::Snapshot>();
-    let (done_tx, done_rx) = mpsc::channel();
-    thread::Builder::new()
-        .name("raft-snapshot".into())
-        .spawn(move || {
-            while let Ok(snapshot) = rx.recv() {
-                let meta = snapshot.get_metadata();
-                let result = write_snapshot_file(&dir, &snapshot)
-                    .map(|()| (meta.index, meta.term))
-                    .map_err(|e| e.to_string());
-                if done_tx.send(result).is_err() || notifier.notify().is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("the snapshot worker thread starts");
-    (tx, done_rx)
-}
-
-/// The fsync worker: takes requests, fsyncs each file once per batch, reports the highest
-/// ready number done, and wakes the loop.
-fn spawn_fsync_worker(notifier: Notifier) -> (Sender<SyncRequest>, Receiver<Result<u64, String>>) {
-    let (tx, rx) = mpsc::channel::<SyncRequest>();
-    let (done_tx, done_rx) = mpsc::channel();
-    thread::Builder::new()
-        .name("raft-fsync".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                let number = batch.last().map_or(0, |r| r.number);
-                // Closed segments of every request, and the current segment once: all later
-                // handles of the current segment name the same file.
-                let mut result = Ok(number);
-                let count = batch.len();
-                for (i, request) in batch.into_iter().enumerate() {
-                    let last_request = i + 1 == count;
-                    let n = request.files.len();
-                    for (j, file) in request.files.into_iter().enumerate() {
-                        let current = j + 1 == n;
-                        if (current && !last_request) || result.is_err() {
-                            continue;
-                        }
-                        if let Err(err) = file.sync_data() {
-                            result = Err(err.to_string());
-                        }
-                    }
-                }
-                if done_tx.send(result).is_err() || notifier.notify().is_err() {
-                    return;
-                }
-            }
-        })
-        .expect("the fsync worker thread starts");
-    (tx, done_rx)
 }
 
 /// raft-rs logs through slog; this drain hands its records to `log` (target "raft").

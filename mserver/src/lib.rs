@@ -2,6 +2,8 @@
 //!
 //! - [`consensus`]: the Raft replica (raft-rs over the durable log) and the namespace.
 //! - [`log_store`]: the durable Raft log: segments, hard state, snapshots.
+//! - [`persist`]: the log and persister traits the replica runs on (disk + threads, or a
+//!   simulation).
 //!
 //! [`run`] starts the server from a config file and an id and serves until SIGTERM or
 //! SIGINT: it joins the group, runs Raft with the other meta-servers over it, and answers
@@ -14,6 +16,7 @@
 
 pub mod consensus;
 pub mod log_store;
+pub mod persist;
 
 use std::collections::HashMap;
 use std::path::Path;
