@@ -43,8 +43,9 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 pub struct Output {
     /// Raft messages to send: (peer id, encoded `eraftpb::Message`).
     pub messages: Vec<(u64, Vec<u8>)>,
-    /// Entries applied, with what applying them did; the proposer answers its client.
-    pub applied: Vec<(Entry, Outcome)>,
+    /// Entries applied (with their Raft index) and what applying them did; the proposer
+    /// answers its client.
+    pub applied: Vec<(u64, Entry, Outcome)>,
     /// Reads confirmed by ReadIndex: (the read's context, the index to have applied before
     /// answering it).
     pub reads: Vec<(u64, u64)>,
@@ -330,6 +331,9 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
         }
         let Some(number) = latest else { return };
         self.raw.on_persist_ready(number);
+        // A snapshot installed in a ready counts as applied only once raft-rs has seen that
+        // ready persisted.
+        self.report_applied();
         while self.unsynced.front().is_some_and(|(n, _)| *n <= number) {
             let (_, messages) = self.unsynced.pop_front().expect("checked");
             self.queue_messages(messages);
@@ -484,6 +488,19 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
         }
     }
 
+    /// Tells raft-rs how far the namespace has applied, but never past what raft-rs holds
+    /// committed and persisted (it asserts that). Called after applying entries, after
+    /// installing a snapshot and after a persist; without it, a follower that installed a
+    /// snapshot keeps an applied index below its log's first index, and raft-rs panics
+    /// reading "unapplied" entries the next time that node campaigns.
+    fn report_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let target = self.applied.min(log.committed).min(log.persisted);
+        if target > log.applied {
+            self.raw.advance_apply_to(target);
+        }
+    }
+
     fn snapshot_done(&mut self, result: Result<(u64, u64), String>) {
         self.writing = None;
         match result {
@@ -507,6 +524,7 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
         self.raw.mut_store().apply_snapshot(snapshot).map_err(|e| e.to_string())?;
         self.namespace = namespace;
         self.applied = snapshot.get_metadata().index;
+        self.report_applied();
         info!("installed the leader's snapshot at index {}", self.applied);
         Ok(())
     }
@@ -520,7 +538,7 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
             match Entry::decode(&raft_entry.data) {
                 Ok(entry) => {
                     let outcome = self.namespace.apply(&entry);
-                    self.output.applied.push((entry, outcome));
+                    self.output.applied.push((raft_entry.index, entry, outcome));
                 }
                 Err(err) => {
                     // Every replica sees the same bytes, so every replica skips it alike.
@@ -529,7 +547,7 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
             }
         }
         self.applied = last;
-        self.raw.advance_apply_to(last);
+        self.report_applied();
         self.maybe_compact();
     }
 

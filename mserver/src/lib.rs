@@ -131,7 +131,7 @@ impl MetaServer {
                 self.replica.report_unreachable(to);
             }
         }
-        for (entry, outcome) in output.applied {
+        for (_, entry, outcome) in output.applied {
             if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
                 let reply = reply_of(outcome);
                 for waiter in waiters {
