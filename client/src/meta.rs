@@ -200,6 +200,33 @@ impl MetaClient {
         }
     }
 
+    /// `expand_file_size`: grows a file to `size` bytes; the leader places its new blocks on
+    /// live data-servers. Returns the file at its new version and how many blocks it gained.
+    pub fn expand_file_size(
+        &mut self,
+        path: &str,
+        size: u64,
+    ) -> Result<(FileDescriptor, u32), ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::Expand { path, size })?)? {
+            MetaReply::Expanded { file, new_blocks } => Ok((file, new_blocks)),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// `get_file_meta_data`: a file's descriptor, size and every block with its replicas.
+    pub fn get_file_meta_data(
+        &mut self,
+        path: &str,
+    ) -> Result<meshfs_core::namespace::FileMeta, ClientError> {
+        match self.stat(path)? {
+            Stat::File(meta) => Ok(meta),
+            Stat::Dir { .. } => Err(ClientError::Namespace(
+                meshfs_core::namespace::NsError::IsADirectory(path.to_string()),
+            )),
+        }
+    }
+
     /// `stat` / `get_file_meta_data`, with every block of a file (fetched in pages).
     pub fn stat(&mut self, path: &str) -> Result<Stat, ClientError> {
         let path = Self::path(path)?;

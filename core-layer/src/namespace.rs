@@ -116,6 +116,9 @@ pub enum NsError {
         /// Copies per block.
         replication: u8,
     },
+    /// The leader could not place new blocks (too few live data-servers, or no room).
+    #[error("cannot place blocks: {0}")]
+    Placement(String),
     /// Replication must be 1 to 16.
     #[error("replication {0} is out of range (1 to 16)")]
     BadReplication(u8),
@@ -157,7 +160,10 @@ pub enum Command {
         path: MeshPath,
         /// The new size.
         size: u64,
-        /// One replica set per new block, in index order.
+        /// The block index the first replica set is for. Applying uses the sets for the
+        /// blocks the file lacks then, so two expands racing for one file both apply.
+        first_block: u32,
+        /// One replica set per block from `first_block`, in index order.
         placement: Vec<Vec<NodeId>>,
     },
     /// Move `from` to `to` atomically; `to` must not exist.
@@ -409,6 +415,9 @@ pub struct DirEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     nodes: Inodes,
+    /// Bytes of blocks assigned to each data-server (derived from the block lists; not in
+    /// snapshots, rebuilt on restore). The leader places new blocks by it.
+    allocated: BTreeMap<NodeId, u64>,
     next_id: u32,
     sessions: HashMap<SessionId, Session>,
     applied: u64,
@@ -435,7 +444,32 @@ impl Namespace {
                 kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }),
             },
         );
-        Namespace { nodes, next_id: ROOT_ID + 1, sessions: HashMap::new(), applied: 0 }
+        Namespace {
+            nodes,
+            allocated: BTreeMap::new(),
+            next_id: ROOT_ID + 1,
+            sessions: HashMap::new(),
+            applied: 0,
+        }
+    }
+
+    /// Bytes of blocks the namespace assigns to each data-server.
+    pub fn allocated(&self) -> &BTreeMap<NodeId, u64> {
+        &self.allocated
+    }
+
+    fn compute_allocated(&self) -> BTreeMap<NodeId, u64> {
+        let mut allocated = BTreeMap::new();
+        for (_, node) in self.nodes.iter() {
+            if let Kind::File(file) = &node.kind {
+                for block in file.blocks.iter() {
+                    for server in block.replicas.iter() {
+                        *allocated.entry(*server).or_default() += u64::from(file.block_size);
+                    }
+                }
+            }
+        }
+        allocated
     }
 
     /// Entries applied so far.
@@ -641,8 +675,8 @@ impl Namespace {
             Command::CreateFile { path, replication, block_size } => {
                 self.create_file(path, *replication, *block_size, now)
             }
-            Command::ExpandFile { path, size, placement } => {
-                self.expand(path, *size, placement, now)
+            Command::ExpandFile { path, size, first_block, placement } => {
+                self.expand(path, *size, *first_block, placement, now)
             }
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
@@ -751,6 +785,7 @@ impl Namespace {
         &mut self,
         path: &MeshPath,
         size: u64,
+        first_block: u32,
         placement: &[Vec<NodeId>],
         now: u64,
     ) -> Result<Outcome, NsError> {
@@ -770,11 +805,19 @@ impl Namespace {
                 blocks,
             });
         }
-        let needed = blocks - file.blocks.len() as u64;
-        let well_formed = placement.len() as u64 == needed
-            && placement
-                .iter()
-                .all(|set| set.len() == usize::from(file.replication) && distinct(set));
+        let have = file.blocks.len() as u64;
+        let first = u64::from(first_block);
+        let needed = blocks.saturating_sub(have);
+        // The sets for blocks have..blocks, out of those given from `first` on.
+        let fresh: &[Vec<NodeId>] = if needed == 0 {
+            &[]
+        } else if first <= have && first + placement.len() as u64 >= blocks {
+            &placement[(have - first) as usize..(blocks - first) as usize]
+        } else {
+            &placement[..0]
+        };
+        let well_formed = fresh.len() as u64 == needed
+            && fresh.iter().all(|set| set.len() == usize::from(file.replication) && distinct(set));
         if !well_formed {
             return Err(NsError::BadPlacement {
                 path: path_str(path),
@@ -783,6 +826,16 @@ impl Namespace {
                 replication: file.replication,
             });
         }
+        let placement = fresh;
+        let block_bytes = u64::from(file.block_size);
+        for set in placement {
+            for server in set {
+                *self.allocated.entry(*server).or_default() += block_bytes;
+            }
+        }
+        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+            unreachable!("checked above")
+        };
         let old_version = file.version;
         file.version = file.version.wrapping_add(1);
         assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
@@ -857,7 +910,19 @@ impl Namespace {
                     dirs += 1;
                     stack.extend(dir.children.values());
                 }
-                Kind::File(_) => files += 1,
+                Kind::File(file) => {
+                    files += 1;
+                    for block in file.blocks.iter() {
+                        for server in block.replicas.iter() {
+                            if let Some(bytes) = self.allocated.get_mut(server) {
+                                *bytes -= u64::from(file.block_size);
+                                if *bytes == 0 {
+                                    self.allocated.remove(server);
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(Outcome::Removed { files, dirs })
@@ -936,6 +1001,9 @@ impl Namespace {
         }
         if linked != self.nodes.len() {
             return Some(format!("{} orphan inodes", self.nodes.len() - linked));
+        }
+        if self.allocated != self.compute_allocated() {
+            return Some("per-data-server allocation disagrees with the block lists".into());
         }
         None
     }
@@ -1090,7 +1158,8 @@ impl Namespace {
             sessions.insert(id, Session { last_request, last_time_ms, outcome });
         }
         r.finish()?;
-        let ns = Namespace { nodes, next_id, sessions, applied };
+        let mut ns = Namespace { nodes, allocated: BTreeMap::new(), next_id, sessions, applied };
+        ns.allocated = ns.compute_allocated();
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
         match ns.violation() {
@@ -1171,10 +1240,10 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u8(*replication).u32(*block_size);
             }
-            Command::ExpandFile { path, size, placement } => {
+            Command::ExpandFile { path, size, first_block, placement } => {
                 w.u8(3);
                 write_path(&mut w, path);
-                w.u64(*size).u32(placement.len() as u32);
+                w.u64(*size).u32(*first_block).u32(placement.len() as u32);
                 for set in placement {
                     w.u8(set.len() as u8);
                     for id in set {
@@ -1219,6 +1288,7 @@ impl Entry {
             3 => {
                 let path = read_path(&mut r)?;
                 let size = r.u64("size")?;
+                let first_block = r.u32("first block")?;
                 let count = r.u32("placement count")?;
                 if count > MAX_BLOCKS_PER_FILE {
                     return Err(BodyError::Invalid {
@@ -1235,7 +1305,7 @@ impl Entry {
                     >>(
                     )?);
                 }
-                Command::ExpandFile { path, size, placement }
+                Command::ExpandFile { path, size, first_block, placement }
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
             5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
@@ -1350,6 +1420,9 @@ impl NsError {
             NsError::Superseded { request_id, last } => {
                 w.u8(14).u64(*request_id).u64(*last);
             }
+            NsError::Placement(why) => {
+                w.u8(15).str(why);
+            }
         }
     }
 
@@ -1400,6 +1473,7 @@ impl NsError {
             12 => NsError::BadReplication(r.u8("replication")?),
             13 => NsError::OutOfIds,
             14 => NsError::Superseded { request_id: r.u64("request id")?, last: r.u64("last")? },
+            15 => NsError::Placement(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -1459,7 +1533,9 @@ mod tests {
         fn expand(&mut self, path: &str, size: u64, new_blocks: usize) -> Outcome {
             let placement =
                 (0..new_blocks).map(|i| vec![NodeId(4 + (i as u32 % 3)), NodeId(7)]).collect();
-            self.run(Command::ExpandFile { path: p(path), size, placement })
+            let first_block =
+                self.ns.get_file_meta_data(&p(path)).map_or(0, |m| m.blocks.len() as u32);
+            self.run(Command::ExpandFile { path: p(path), size, first_block, placement })
         }
 
         fn rename(&mut self, from: &str, to: &str) -> Outcome {
@@ -1543,12 +1619,59 @@ mod tests {
             NsError::BadPlacement { given: 1, needed: 2, .. }
         ));
         let twice = vec![vec![NodeId(4), NodeId(4)]];
-        let bad = d.run(Command::ExpandFile { path: p("/f"), size: 4000, placement: twice });
+        let bad = d.run(Command::ExpandFile {
+            path: p("/f"),
+            size: 4000,
+            first_block: 3,
+            placement: twice,
+        });
         assert!(matches!(failed(bad), NsError::BadPlacement { .. }), "two replicas on one server");
         d.mkdir("/dir", false);
         assert_eq!(failed(d.expand("/dir", 1, 1)), NsError::IsADirectory("/dir".into()));
         // Nothing changed by the failures.
         assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version, 3);
+    }
+
+    #[test]
+    fn racing_expands_placed_from_one_view_both_apply() {
+        let mut d = Driver::new();
+        d.create("/f");
+        // Both were placed by the leader while the file had no blocks.
+        let sets = |n: usize| {
+            (0..n).map(|i| vec![NodeId(4 + i as u32 % 2), NodeId(9)]).collect::<Vec<_>>()
+        };
+        let first = d.run(Command::ExpandFile {
+            path: p("/f"),
+            size: 2048,
+            first_block: 0,
+            placement: sets(2),
+        });
+        assert!(matches!(first, Outcome::Expanded { ref blocks, .. } if blocks.len() == 2));
+        let second = d.run(Command::ExpandFile {
+            path: p("/f"),
+            size: 4096,
+            first_block: 0,
+            placement: sets(4),
+        });
+        let Outcome::Expanded { blocks, .. } = second else { panic!("{second:?}") };
+        assert_eq!(
+            blocks.iter().map(|b| b.index).collect::<Vec<_>>(),
+            [2, 3],
+            "only the missing blocks"
+        );
+        // A placement that starts after the blocks the file has cannot be used.
+        let gap = d.run(Command::ExpandFile {
+            path: p("/f"),
+            size: 8192,
+            first_block: 6,
+            placement: sets(2),
+        });
+        assert!(matches!(failed(gap), NsError::BadPlacement { .. }));
+        // Allocation per data-server follows the block lists, and removal gives it back.
+        assert_eq!(d.ns.allocated().get(&NodeId(9)), Some(&(4 * u64::from(BS))));
+        assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&(2 * u64::from(BS))));
+        d.remove("/f", false);
+        assert!(d.ns.allocated().is_empty());
     }
 
     #[test]
@@ -1695,6 +1818,7 @@ mod tests {
             d.entry(Command::ExpandFile {
                 path: p("/a/b/f"),
                 size: 3000,
+                first_block: 0,
                 placement: vec![vec![NodeId(4), NodeId(5)]; 3],
             }),
             d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g") }),

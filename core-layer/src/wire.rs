@@ -18,10 +18,12 @@
 //! A meta request is `u64 session, u64 request id, u8 op` and the op's fields: 1 mkdir
 //! (`str path, bool parents`), 2 create (`str path, u8 replication`, 0 for the cluster's),
 //! 3 rename (`str from, str to`), 4 remove (`str path, bool recursive`), 5 stat (`str path,
-//! u32 first block`), 6 list (`str path, str after, u32 limit`). A meta reply is a `u8` tag:
+//! u32 first block`), 6 list (`str path, str after, u32 limit`), 7 expand (`str path, u64
+//! size`). A meta reply is a `u8` tag:
 //! 1 done, 2 created (file descriptor), 3 removed (`u64 files, u64 dirs`), 4 stat (a stat,
 //! `u32 total blocks, u32 first block`), 5 list (`u32 count`, entries, `bool more`), 6 not
-//! leader (`u32 leader`, 0 unknown), 7 failed (a namespace error), 8 unavailable (`str`).
+//! leader (`u32 leader`, 0 unknown), 7 failed (a namespace error), 8 unavailable (`str`),
+//! 9 expanded (file descriptor, `u32 new blocks`).
 //! Listings and block lists come in pages ([`MAX_LIST_PAGE`], [`MAX_STAT_BLOCKS`]) so that
 //! no reply outgrows a frame.
 //!
@@ -129,6 +131,13 @@ pub enum MetaOp {
         /// First block to describe.
         first_block: u32,
     },
+    /// `expand_file_size`: grow a file to `size` bytes, placing its new blocks.
+    Expand {
+        /// The file.
+        path: MeshPath,
+        /// Its new size.
+        size: u64,
+    },
     /// `list`: entries after `after` (by name), at most `limit`.
     List {
         /// The directory.
@@ -152,6 +161,13 @@ impl MetaOp {
 pub enum MetaReply {
     /// mkdir or rename done.
     Done,
+    /// A file grew.
+    Expanded {
+        /// The file at its new version.
+        file: FileDescriptor,
+        /// Blocks added.
+        new_blocks: u32,
+    },
     /// The file made.
     Created(FileDescriptor),
     /// What a remove removed.
@@ -474,6 +490,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u32(*first_block);
         }
+        MetaOp::Expand { path, size } => {
+            w.u8(7);
+            write_path(w, path);
+            w.u64(*size);
+        }
         MetaOp::List { path, after, limit } => {
             w.u8(6);
             write_path(w, path);
@@ -491,6 +512,7 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         3 => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
         4 => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
+        7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
         6 => MetaOp::List {
             path: read_path(r)?,
             after: r.str("after")?.to_string(),
@@ -571,6 +593,11 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
         MetaReply::Done => {
             w.u8(1);
         }
+        MetaReply::Expanded { file, new_blocks } => {
+            w.u8(9);
+            file.write(w);
+            w.u32(*new_blocks);
+        }
         MetaReply::Created(fd) => {
             w.u8(2);
             fd.write(w);
@@ -634,6 +661,9 @@ fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
         }
         7 => MetaReply::Failed(NsError::read(r)?),
         8 => MetaReply::Unavailable(r.str("reason")?.to_string()),
+        9 => {
+            MetaReply::Expanded { file: FileDescriptor::read(r)?, new_blocks: r.u32("new blocks")? }
+        }
         other => return Err(BodyError::Invalid { field: "reply", value: u64::from(other) }),
     })
 }
@@ -790,6 +820,15 @@ mod tests {
             Message::MetaReply(MetaReply::Removed { files: 1, dirs: 2 }),
             Message::MetaReply(MetaReply::Unavailable("election".into())),
             Message::MetaReply(MetaReply::Done),
+            Message::MetaReply(MetaReply::Expanded {
+                file: FileDescriptor { id: crate::descriptor::FileId(3), version: 4 },
+                new_blocks: 2,
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 2,
+                request_id: 8,
+                op: MetaOp::Expand { path: MeshPath::parse("/f").unwrap(), size: 1 << 40 },
+            }),
             Message::Error { code: ErrorCode::Unsupported, message: "no such request".into() },
         ]
     }

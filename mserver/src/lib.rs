@@ -23,7 +23,10 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
-use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId, Stat};
+use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
+use meshfs_core::namespace::{Command, Entry, Namespace, NsError, Outcome, SessionId, Stat};
+use meshfs_core::path::MeshPath;
+use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::wire::{
@@ -231,24 +234,42 @@ impl MetaServer {
         client: ClientId,
         request: MetaRequest,
     ) {
-        let result = if request.op.is_write() {
-            let session = SessionId { client, nonce: request.session };
-            let entry = Entry {
-                session,
-                request_id: request.request_id,
-                time_ms: now_ms(),
-                command: self.command(request.op),
-            };
-            self.replica.propose(&entry).map(|()| {
-                self.writes.entry((session, request.request_id)).or_default().push(waiter);
-            })
-        } else {
-            let context = self.next_read;
-            self.next_read += 1;
-            self.replica.read_index(context).map(|()| {
-                self.reads.insert(context, (waiter, request.op));
-            })
+        if !self.replica.is_leader() {
+            answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
+            return;
+        }
+        let session = SessionId { client, nonce: request.session };
+        let command = match request.op {
+            MetaOp::Stat { .. } | MetaOp::List { .. } => {
+                let context = self.next_read;
+                self.next_read += 1;
+                let result = self.replica.read_index(context).map(|()| {
+                    self.reads.insert(context, (waiter, request.op));
+                });
+                return self.settle(node, waiter, result);
+            }
+            MetaOp::Expand { path, size } => match self.place(node, path, size) {
+                Ok(command) => command,
+                Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
+            },
+            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
+            MetaOp::Create { path, replication } => Command::CreateFile {
+                path,
+                replication: if replication == 0 { self.default_replication } else { replication },
+                block_size: self.block_size,
+            },
+            MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
         };
+        let entry = Entry { session, request_id: request.request_id, time_ms: now_ms(), command };
+        let result = self.replica.propose(&entry).map(|()| {
+            self.writes.entry((session, request.request_id)).or_default().push(waiter);
+        });
+        self.settle(node, waiter, result);
+    }
+
+    /// Answers a request Raft would not take; then sends what Raft produced.
+    fn settle(&mut self, node: &mut Node, waiter: Waiter, result: Result<(), ProposeError>) {
         match result {
             Ok(()) => {}
             Err(ProposeError::NotLeader(_)) => {
@@ -259,18 +280,34 @@ impl MetaServer {
         self.flush(node);
     }
 
-    fn command(&self, op: MetaOp) -> Command {
-        match op {
-            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
-            MetaOp::Create { path, replication } => Command::CreateFile {
-                path,
-                replication: if replication == 0 { self.default_replication } else { replication },
-                block_size: self.block_size,
-            },
-            MetaOp::Rename { from, to } => Command::Rename { from, to },
-            MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
-            MetaOp::Stat { .. } | MetaOp::List { .. } => unreachable!("reads are not commands"),
-        }
+    /// The leader's placement of the blocks `path` needs to hold `size` bytes: distinct
+    /// data-servers its group sees up, most free first, free being the configured capacity
+    /// less what the namespace assigns (until data-servers report their disks). The entry
+    /// carries it, so applying stays deterministic.
+    fn place(&self, node: &Node, path: MeshPath, size: u64) -> Result<Command, NsError> {
+        let namespace = self.replica.namespace();
+        let meta = namespace.get_file_meta_data(&path)?;
+        let have = meta.blocks.len() as u64;
+        let wanted = size.div_ceil(u64::from(meta.block_size));
+        let needed = wanted.saturating_sub(have) as usize;
+        let live: Vec<DataServerLoad> = node
+            .group()
+            .status()
+            .into_iter()
+            .filter(|p| p.role == Role::DServer && p.up)
+            .map(|p| {
+                let capacity = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
+                let used = namespace.allocated().get(&p.id).copied().unwrap_or(0);
+                DataServerLoad { id: p.id, free_bytes: capacity.saturating_sub(used) }
+            })
+            .collect();
+        let placement = if needed == 0 || wanted > u64::from(MAX_BLOCKS_PER_FILE) {
+            Vec::new() // nothing to place, or the state machine refuses the size itself
+        } else {
+            place(needed, meta.replication, u64::from(meta.block_size), &live)
+                .map_err(|e| NsError::Placement(e.to_string()))?
+        };
+        Ok(Command::ExpandFile { path, size, first_block: have as u32, placement })
     }
 
     fn status(&self, node: &Node) -> StatusReply {
@@ -374,7 +411,10 @@ fn now_ms() -> u64 {
 /// The reply for an applied change.
 fn reply_of(outcome: Outcome) -> MetaReply {
     match outcome {
-        Outcome::Mkdir | Outcome::Renamed | Outcome::Expanded { .. } => MetaReply::Done,
+        Outcome::Mkdir | Outcome::Renamed => MetaReply::Done,
+        Outcome::Expanded { file, blocks } => {
+            MetaReply::Expanded { file, new_blocks: blocks.len() as u32 }
+        }
         Outcome::Created(fd) => MetaReply::Created(fd),
         Outcome::Removed { files, dirs } => MetaReply::Removed { files, dirs },
         Outcome::Failed(err) => MetaReply::Failed(err),
@@ -405,7 +445,8 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         MetaOp::Mkdir { .. }
         | MetaOp::Create { .. }
         | MetaOp::Rename { .. }
-        | MetaOp::Remove { .. } => {
+        | MetaOp::Remove { .. }
+        | MetaOp::Expand { .. } => {
             unreachable!("writes go through the log, not read()")
         }
     }

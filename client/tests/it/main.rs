@@ -583,3 +583,60 @@ fn a_meta_server_that_missed_many_creates_catches_up_by_a_streamed_snapshot() {
         streamed.split("streaming a ").nth(1).unwrap().split('-').next().unwrap().parse().unwrap();
     assert!(bytes > 1024 * 1024, "the snapshot ({bytes} bytes) should outgrow one frame");
 }
+
+#[test]
+fn expand_file_size_places_blocks_on_distinct_live_data_servers() {
+    let mut cluster = TestCluster::new("ns-expand", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    client.create("/data.bin", 2).unwrap();
+    let mib = 1024 * 1024;
+    let (file, added) = client.expand_file_size("/data.bin", 2 * mib + mib / 2).unwrap();
+    assert_eq!((file.version, added), (2, 3));
+    let meta = client.get_file_meta_data("/data.bin").unwrap();
+    assert_eq!(meta.size, 2 * mib + mib / 2);
+    assert_eq!(meta.blocks.len(), 3);
+    let dservers = [4, 5, 6];
+    for block in &meta.blocks {
+        assert_eq!(block.replicas.len(), 2);
+        assert_ne!(block.replicas[0], block.replicas[1], "never two replicas on one server");
+        assert!(block.replicas.iter().all(|r| dservers.contains(&r.0)));
+        assert_eq!(block.descriptor.file, file);
+    }
+    // The CLI shows each block's data-servers.
+    let stat = text(&meshfs(&cluster, &["stat", "/data.bin"]).stdout);
+    assert!(stat.contains("blocks      3") && stat.contains("on dservers"), "{stat}");
+
+    // With one data-server left, two copies cannot be placed: a clear error, nothing changes.
+    cluster.kill9(5);
+    cluster.kill9(6);
+    cluster.wait_for("the meta-servers to see 5 and 6 down", |s| {
+        s.servers
+            .iter()
+            .filter(|v| v.role == "mserver")
+            .all(|v| v.peers.iter().filter(|p| p.id == 5 || p.id == 6).all(|p| !p.up))
+    });
+    let err = client.expand_file_size("/data.bin", 4 * mib).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot place blocks") && err.contains("2 live data-servers, 1 are up"),
+        "{err}"
+    );
+    assert_eq!(client.get_file_meta_data("/data.bin").unwrap().blocks.len(), 3);
+
+    // With 5 back, new blocks go to the live ones only.
+    cluster.start(5);
+    cluster.wait_for("data-server 5 back", |s| {
+        s.servers
+            .iter()
+            .filter(|v| v.role == "mserver")
+            .all(|v| v.peers.iter().any(|p| p.id == 5 && p.up))
+    });
+    let (_, added) = client.expand_file_size("/data.bin", 4 * mib).unwrap();
+    assert_eq!(added, 1);
+    let meta = client.get_file_meta_data("/data.bin").unwrap();
+    let mut last = meta.blocks[3].replicas.iter().map(|r| r.0).collect::<Vec<_>>();
+    last.sort();
+    assert_eq!(last, [4, 5]);
+}
