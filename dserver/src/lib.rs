@@ -6,6 +6,8 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod block_store;
+
 use std::path::Path;
 
 use log::warn;

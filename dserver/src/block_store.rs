@@ -1,0 +1,866 @@
+//! The data-server's block store: one file per block replica, CRC-32 per 64 KiB segment.
+//!
+//! Layout of `<data_dir>/blocks/<xx>/<file id>-<index>.blk` (`xx`: the file id's low byte,
+//! to spread files over 256 directories):
+//!
+//! ```text
+//! offset size
+//!      0    4 magic "MBLK"
+//!      4    2 format (1)
+//!      6    2 reserved
+//!      8   12 block descriptor: u32 file id, u32 file version, u16 index, u16 block version
+//!     20    4 block size
+//!     24    8 data length (valid bytes)
+//!     32    4 segments (block size / 64 KiB, rounded up)
+//!     36    4 CRC-32 of the segment table
+//!     40   20 reserved, zero
+//!     60    4 CRC-32 of bytes 0..60
+//!     64  4*n segment table: CRC-32 of each segment's valid bytes
+//!      -    - zero padding to the data offset (a multiple of 4 KiB)
+//!      -    - data
+//! ```
+//!
+//! Writes are copy-on-write: a [`BlockWrite`] fills a temporary file (seeded from the
+//! committed replica when the write only partly overwrites it), and [`BlockWrite::commit`]
+//! fsyncs it, renames it over the replica and fsyncs the directory. A reader sees the old
+//! version or the new one, never a mix; a crash leaves only a temporary file, which
+//! [`BlockStore::open`] finds and removes. Reads return whole segments with their stored
+//! checksums (so the client can verify end to end) after checking them here.
+//!
+//! The store is shared by worker threads: its index sits behind a mutex; file I/O happens
+//! outside it.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use log::{info, warn};
+use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
+
+/// Bytes per checksummed segment.
+pub const SEGMENT_BYTES: u64 = 64 * 1024;
+const HEADER_BYTES: u64 = 64;
+const MAGIC: &[u8; 4] = b"MBLK";
+const FORMAT: u16 = 1;
+const ALIGN: u64 = 4096;
+
+/// Why a block operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No room: the configured capacity or the disk itself is full.
+    #[error("no space for {needed} bytes: {free} free of {capacity}")]
+    Full {
+        /// Bytes the operation needed.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// The configured capacity.
+        capacity: u64,
+    },
+    /// This data-server holds no replica of that block.
+    #[error("no replica of block {0}")]
+    NotFound(BlockDescriptor),
+    /// The replica held here has another version than the one asked for.
+    #[error("block {asked}: this replica is at version {held}")]
+    WrongVersion {
+        /// What was asked for.
+        asked: BlockDescriptor,
+        /// The version held.
+        held: u16,
+    },
+    /// A segment's data does not match its stored checksum: the replica is damaged.
+    #[error("block {block}: segment {segment} is damaged (checksum mismatch)")]
+    Corrupt {
+        /// The block.
+        block: BlockDescriptor,
+        /// The damaged segment.
+        segment: u32,
+    },
+    /// The replica file's header or table is damaged.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A write or read outside the block.
+    #[error("block {block}: range {offset}+{len} is outside the block ({limit} bytes)")]
+    OutOfRange {
+        /// The block.
+        block: BlockDescriptor,
+        /// Where the range starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The limit it passes.
+        limit: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// What the store knows of one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// The block, at the version held.
+    pub descriptor: BlockDescriptor,
+    /// The block's size.
+    pub block_size: u32,
+    /// Valid bytes.
+    pub len: u64,
+    /// Bytes the replica file takes on disk.
+    pub file_bytes: u64,
+}
+
+/// Whole segments read from a replica, with their stored checksums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRead {
+    /// The replica's block descriptor.
+    pub descriptor: BlockDescriptor,
+    /// Valid bytes in the replica.
+    pub block_len: u64,
+    /// Index of the first segment returned.
+    pub first_segment: u32,
+    /// The segments' bytes (each [`SEGMENT_BYTES`] but the last, which may be shorter).
+    pub data: Vec<u8>,
+    /// The stored CRC-32 of each segment returned.
+    pub crcs: Vec<u32>,
+}
+
+impl SegmentRead {
+    /// Checks every segment against its checksum; the index of the first bad one.
+    pub fn verify(&self) -> Result<(), u32> {
+        for (i, crc) in self.crcs.iter().enumerate() {
+            let start = i * SEGMENT_BYTES as usize;
+            let end = (start + SEGMENT_BYTES as usize).min(self.data.len());
+            if crc32fast::hash(&self.data[start..end]) != *crc {
+                return Err(self.first_segment + i as u32);
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of `offset..offset + len` of the block (which this read covers).
+    pub fn slice(&self, offset: u64, len: u64) -> &[u8] {
+        let start = (offset - u64::from(self.first_segment) * SEGMENT_BYTES) as usize;
+        let end = (start as u64 + len).min(self.data.len() as u64) as usize;
+        &self.data[start.min(end)..end]
+    }
+}
+
+fn segments(block_size: u32) -> u64 {
+    u64::from(block_size).div_ceil(SEGMENT_BYTES)
+}
+
+fn data_offset(block_size: u32) -> u64 {
+    (HEADER_BYTES + 4 * segments(block_size)).div_ceil(ALIGN) * ALIGN
+}
+
+/// A replica's header and segment table, as read or about to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Header {
+    descriptor: BlockDescriptor,
+    block_size: u32,
+    len: u64,
+    crcs: Vec<u32>,
+}
+
+impl Header {
+    fn encode(&self) -> Vec<u8> {
+        let mut table = Vec::with_capacity(self.crcs.len() * 4);
+        for crc in &self.crcs {
+            table.extend_from_slice(&crc.to_be_bytes());
+        }
+        let mut head = Vec::with_capacity(HEADER_BYTES as usize + table.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&FORMAT.to_be_bytes());
+        head.extend_from_slice(&[0, 0]);
+        let d = &self.descriptor;
+        head.extend_from_slice(&d.file.id.0.to_be_bytes());
+        head.extend_from_slice(&d.file.version.to_be_bytes());
+        head.extend_from_slice(&d.index.to_be_bytes());
+        head.extend_from_slice(&d.version.0.to_be_bytes());
+        head.extend_from_slice(&self.block_size.to_be_bytes());
+        head.extend_from_slice(&self.len.to_be_bytes());
+        head.extend_from_slice(&(self.crcs.len() as u32).to_be_bytes());
+        head.extend_from_slice(&crc32fast::hash(&table).to_be_bytes());
+        head.resize(60, 0);
+        let crc = crc32fast::hash(&head);
+        head.extend_from_slice(&crc.to_be_bytes());
+        head.extend_from_slice(&table);
+        head
+    }
+
+    fn read(file: &File, path: &Path) -> Result<Header, StoreError> {
+        let bad = |reason: &str| StoreError::BadFile {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let mut head = [0u8; HEADER_BYTES as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => bad("shorter than a block header"),
+            _ => StoreError::Io { path: path.to_path_buf(), source: e },
+        })?;
+        let word = |at: usize| u32::from_be_bytes(head[at..at + 4].try_into().expect("4 bytes"));
+        if &head[0..4] != MAGIC {
+            return Err(bad("not a block replica (bad magic)"));
+        }
+        if crc32fast::hash(&head[..60]) != word(60) {
+            return Err(bad("block header checksum mismatch"));
+        }
+        if u16::from_be_bytes([head[4], head[5]]) != FORMAT {
+            return Err(bad("unknown block file format"));
+        }
+        let descriptor = BlockDescriptor {
+            file: FileDescriptor { id: FileId(word(8)), version: word(12) },
+            index: u16::from_be_bytes([head[16], head[17]]),
+            version: BlockVersion(u16::from_be_bytes([head[18], head[19]])),
+        };
+        let block_size = word(20);
+        let len = u64::from_be_bytes(head[24..32].try_into().expect("8 bytes"));
+        let count = word(32);
+        if block_size == 0
+            || u64::from(count) != segments(block_size)
+            || len > u64::from(block_size)
+        {
+            return Err(bad("block header fields disagree"));
+        }
+        let mut table = vec![0u8; count as usize * 4];
+        file.read_exact_at(&mut table, HEADER_BYTES).map_err(|_| bad("segment table cut short"))?;
+        if crc32fast::hash(&table) != word(36) {
+            return Err(bad("segment table checksum mismatch"));
+        }
+        let crcs =
+            table.chunks(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
+        Ok(Header { descriptor, block_size, len, crcs })
+    }
+}
+
+type BlockKey = (u32, u16);
+
+fn key(descriptor: &BlockDescriptor) -> BlockKey {
+    (descriptor.file.id.0, descriptor.index)
+}
+
+/// The block replicas on one data-server's disk.
+#[derive(Debug)]
+pub struct BlockStore {
+    dir: PathBuf,
+    capacity: u64,
+    index: Mutex<HashMap<BlockKey, BlockInfo>>,
+    /// Bytes taken by committed replicas and reserved by writes in progress.
+    used: AtomicU64,
+    next_tmp: AtomicU64,
+}
+
+impl BlockStore {
+    /// Opens the store under `data_dir`, scanning it: replica headers are checked, leftovers
+    /// of interrupted writes are removed, damaged replica files are set aside (renamed
+    /// `.bad`) and not served.
+    pub fn open(data_dir: &Path, capacity: u64) -> Result<BlockStore, StoreError> {
+        let dir = data_dir.join("blocks");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut index = HashMap::new();
+        let mut used = 0;
+        let (mut removed, mut bad) = (0, 0);
+        for shard in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let shard = shard.map_err(io_err(&dir))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for item in fs::read_dir(&shard).map_err(io_err(&shard))? {
+                let path = item.map_err(io_err(&shard))?.path();
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.ends_with(".tmp") {
+                    // A write that never committed: never served, now gone.
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    removed += 1;
+                    continue;
+                }
+                if !name.ends_with(".blk") {
+                    continue;
+                }
+                let file = File::open(&path).map_err(io_err(&path))?;
+                match Header::read(&file, &path) {
+                    Ok(header) => {
+                        let file_bytes = file.metadata().map_err(io_err(&path))?.len();
+                        let info = BlockInfo {
+                            descriptor: header.descriptor,
+                            block_size: header.block_size,
+                            len: header.len,
+                            file_bytes,
+                        };
+                        used += file_bytes;
+                        index.insert(key(&header.descriptor), info);
+                    }
+                    Err(err) => {
+                        warn!("setting aside a damaged replica: {err}");
+                        let aside = path.with_extension("bad");
+                        fs::rename(&path, &aside).map_err(io_err(&path))?;
+                        bad += 1;
+                    }
+                }
+            }
+        }
+        info!(
+            "block store {}: {} replicas, {used} bytes; removed {removed} unfinished writes, set aside {bad} damaged files",
+            dir.display(),
+            index.len()
+        );
+        Ok(BlockStore {
+            dir,
+            capacity,
+            index: Mutex::new(index),
+            used: AtomicU64::new(used),
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    fn path_of(&self, file: FileId, index: u16) -> PathBuf {
+        self.dir
+            .join(format!("{:02x}", file.0 & 0xff))
+            .join(format!("{:08x}-{index:04x}.blk", file.0))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, BlockInfo>> {
+        // A panic while holding the lock leaves the index as it was: keep using it.
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every replica held, for reports to the meta-servers.
+    pub fn list(&self) -> Vec<BlockInfo> {
+        let mut all: Vec<BlockInfo> = self.lock().values().copied().collect();
+        all.sort_by_key(|b| (b.descriptor.file.id.0, b.descriptor.index));
+        all
+    }
+
+    /// The replica of block `index` of `file`, if held.
+    pub fn get(&self, file: FileId, index: u16) -> Option<BlockInfo> {
+        self.lock().get(&(file.0, index)).copied()
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes taken (committed replicas and writes in progress).
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes free.
+    pub fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.used())
+    }
+
+    fn reserve(&self, bytes: u64) -> Result<(), StoreError> {
+        let mut current = self.used.load(Ordering::Relaxed);
+        loop {
+            if current + bytes > self.capacity {
+                return Err(StoreError::Full {
+                    needed: bytes,
+                    free: self.capacity.saturating_sub(current),
+                    capacity: self.capacity,
+                });
+            }
+            match self.used.compare_exchange(
+                current,
+                current + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Starts writing `descriptor` (the version the write lease granted). With
+    /// `keep_existing`, the committed replica's bytes (of any version) are the starting
+    /// point, for writes that overwrite part of a block; without, the block starts empty.
+    pub fn begin_write(
+        &self,
+        descriptor: BlockDescriptor,
+        block_size: u32,
+        keep_existing: bool,
+    ) -> Result<BlockWrite<'_>, StoreError> {
+        let final_path = self.path_of(descriptor.file.id, descriptor.index);
+        let shard = final_path.parent().expect("a shard directory").to_path_buf();
+        fs::create_dir_all(&shard).map_err(io_err(&shard))?;
+        let reserve = data_offset(block_size) + u64::from(block_size);
+        self.reserve(reserve)?;
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = final_path.with_extension(format!("v{}.{n}.tmp", descriptor.version.0));
+        let mut write = BlockWrite {
+            store: self,
+            descriptor,
+            block_size,
+            final_path,
+            tmp: tmp.clone(),
+            file: None,
+            len: 0,
+            crcs: vec![0; segments(block_size) as usize],
+            dirty: vec![false; segments(block_size) as usize],
+            reserved: reserve,
+            done: false,
+        };
+        let file = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        write.file = Some(file);
+        if keep_existing && let Some(existing) = self.get(descriptor.file.id, descriptor.index) {
+            write.seed_from(&existing)?;
+        }
+        Ok(write)
+    }
+
+    /// Reads the whole segments covering `offset..offset + len` of the replica of
+    /// `descriptor` (which must be the version held), checking every segment.
+    pub fn read(
+        &self,
+        descriptor: BlockDescriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<SegmentRead, StoreError> {
+        let info = self
+            .get(descriptor.file.id, descriptor.index)
+            .ok_or(StoreError::NotFound(descriptor))?;
+        if info.descriptor.version != descriptor.version {
+            return Err(StoreError::WrongVersion {
+                asked: descriptor,
+                held: info.descriptor.version.0,
+            });
+        }
+        if offset + len > info.len {
+            return Err(StoreError::OutOfRange { block: descriptor, offset, len, limit: info.len });
+        }
+        let path = self.path_of(descriptor.file.id, descriptor.index);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let header = Header::read(&file, &path)?;
+        let first = offset / SEGMENT_BYTES;
+        let last = if len == 0 { first } else { (offset + len - 1) / SEGMENT_BYTES };
+        let start = first * SEGMENT_BYTES;
+        let end = ((last + 1) * SEGMENT_BYTES).min(header.len);
+        let mut data = vec![0u8; end.saturating_sub(start) as usize];
+        file.read_exact_at(&mut data, data_offset(header.block_size) + start)
+            .map_err(io_err(&path))?;
+        let crcs =
+            header.crcs[first as usize..=(last as usize).min(header.crcs.len() - 1)].to_vec();
+        let read = SegmentRead {
+            descriptor: header.descriptor,
+            block_len: header.len,
+            first_segment: first as u32,
+            crcs,
+            data,
+        };
+        read.verify().map_err(|segment| StoreError::Corrupt { block: descriptor, segment })?;
+        Ok(read)
+    }
+
+    /// Re-reads a replica whole and checks every segment (the scrubber's step).
+    pub fn verify(&self, descriptor: BlockDescriptor) -> Result<(), StoreError> {
+        let info = self
+            .get(descriptor.file.id, descriptor.index)
+            .ok_or(StoreError::NotFound(descriptor))?;
+        self.read(descriptor, 0, info.len).map(|_| ())
+    }
+
+    /// Deletes the replica of block `index` of `file` (any version).
+    pub fn remove(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
+        let Some(info) = self.lock().remove(&(file.0, index)) else { return Ok(false) };
+        let path = self.path_of(file, index);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        }
+        self.release(info.file_bytes);
+        Ok(true)
+    }
+}
+
+/// A write in progress to a temporary copy of one block. Dropped without
+/// [`BlockWrite::commit`], it leaves nothing behind.
+#[derive(Debug)]
+pub struct BlockWrite<'a> {
+    store: &'a BlockStore,
+    descriptor: BlockDescriptor,
+    block_size: u32,
+    final_path: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+    len: u64,
+    crcs: Vec<u32>,
+    /// Segments written since their checksum was last computed.
+    dirty: Vec<bool>,
+    reserved: u64,
+    done: bool,
+}
+
+impl BlockWrite<'_> {
+    fn file(&self) -> &File {
+        self.file.as_ref().expect("open until commit or drop")
+    }
+
+    fn seed_from(&mut self, existing: &BlockInfo) -> Result<(), StoreError> {
+        let path = self.store.path_of(existing.descriptor.file.id, existing.descriptor.index);
+        let source = File::open(&path).map_err(io_err(&path))?;
+        let header = Header::read(&source, &path)?;
+        if header.block_size != self.block_size {
+            return Err(StoreError::BadFile {
+                path,
+                reason: "block size changed between versions".into(),
+            });
+        }
+        let mut buf = vec![0u8; SEGMENT_BYTES as usize];
+        let mut at = 0;
+        while at < header.len {
+            let n = (header.len - at).min(SEGMENT_BYTES) as usize;
+            source
+                .read_exact_at(&mut buf[..n], data_offset(header.block_size) + at)
+                .map_err(io_err(&path))?;
+            let segment = (at / SEGMENT_BYTES) as usize;
+            if crc32fast::hash(&buf[..n]) != header.crcs[segment] {
+                return Err(StoreError::Corrupt {
+                    block: header.descriptor,
+                    segment: segment as u32,
+                });
+            }
+            self.file()
+                .write_all_at(&buf[..n], data_offset(self.block_size) + at)
+                .map_err(io_err(&self.tmp))?;
+            at += n as u64;
+        }
+        self.len = header.len;
+        self.crcs = header.crcs;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of the block.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let end = offset + data.len() as u64;
+        if end > u64::from(self.block_size) {
+            return Err(StoreError::OutOfRange {
+                block: self.descriptor,
+                offset,
+                len: data.len() as u64,
+                limit: u64::from(self.block_size),
+            });
+        }
+        let at = data_offset(self.block_size) + offset;
+        self.file().write_all_at(data, at).map_err(|e| {
+            if e.raw_os_error() == Some(28) {
+                // ENOSPC: the disk itself is full, whatever the configured capacity says.
+                StoreError::Full {
+                    needed: data.len() as u64,
+                    free: 0,
+                    capacity: self.store.capacity,
+                }
+            } else {
+                StoreError::Io { path: self.tmp.clone(), source: e }
+            }
+        })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        for segment in offset / SEGMENT_BYTES..=(end - 1) / SEGMENT_BYTES {
+            self.dirty[segment as usize] = true;
+        }
+        // Bytes between the old end and `offset` (if any) read as zeros: their segments change too.
+        if offset > self.len {
+            for segment in self.len / SEGMENT_BYTES..=offset / SEGMENT_BYTES {
+                self.dirty[segment as usize] = true;
+            }
+        }
+        self.len = self.len.max(end);
+        Ok(())
+    }
+
+    /// Bytes written so far (the block's valid length).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the write durable and visible: checksums, fsync, rename over the replica,
+    /// directory fsync. Only then may the write be acknowledged.
+    pub fn commit(mut self) -> Result<BlockInfo, StoreError> {
+        let base = data_offset(self.block_size);
+        let mut buf = vec![0u8; SEGMENT_BYTES as usize];
+        for segment in 0..self.crcs.len() {
+            let start = segment as u64 * SEGMENT_BYTES;
+            if !self.dirty[segment] && start < self.len {
+                continue;
+            }
+            let n = self.len.saturating_sub(start).min(SEGMENT_BYTES) as usize;
+            if n == 0 {
+                self.crcs[segment] = 0;
+                continue;
+            }
+            self.file().read_exact_at(&mut buf[..n], base + start).map_err(io_err(&self.tmp))?;
+            self.crcs[segment] = crc32fast::hash(&buf[..n]);
+        }
+        let header = Header {
+            descriptor: self.descriptor,
+            block_size: self.block_size,
+            len: self.len,
+            crcs: self.crcs.clone(),
+        };
+        self.file().write_all_at(&header.encode(), 0).map_err(io_err(&self.tmp))?;
+        // The file's length covers the data even if its tail was never written.
+        self.file().set_len(base + self.len).map_err(io_err(&self.tmp))?;
+        self.file().sync_all().map_err(io_err(&self.tmp))?;
+        fs::rename(&self.tmp, &self.final_path).map_err(io_err(&self.final_path))?;
+        let shard = self.final_path.parent().expect("a shard directory");
+        File::open(shard).and_then(|d| d.sync_all()).map_err(io_err(shard))?;
+        self.done = true;
+        let file_bytes = base + self.len;
+        let info = BlockInfo {
+            descriptor: self.descriptor,
+            block_size: self.block_size,
+            len: self.len,
+            file_bytes,
+        };
+        let replaced = self.store.lock().insert(key(&self.descriptor), info);
+        // The reservation becomes the file's real size; the replaced file's bytes are free.
+        self.store.release(self.reserved);
+        self.store.used.fetch_add(file_bytes, Ordering::Relaxed);
+        if let Some(old) = replaced {
+            self.store.release(old.file_bytes);
+        }
+        Ok(info)
+    }
+}
+
+impl Drop for BlockWrite<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp);
+            self.store.release(self.reserved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("meshfs-blocks-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const BLOCK: u32 = 1024 * 1024;
+
+    fn desc(file: u32, index: u16, version: u16) -> BlockDescriptor {
+        BlockDescriptor {
+            file: FileDescriptor { id: FileId(file), version: 1 },
+            index,
+            version: BlockVersion(version),
+        }
+    }
+
+    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn write(store: &BlockStore, d: BlockDescriptor, data: &[u8]) -> BlockInfo {
+        let mut w = store.begin_write(d, BLOCK, false).unwrap();
+        // In odd pieces, as frames would arrive.
+        for (i, piece) in data.chunks(77_777).enumerate() {
+            w.write_at(i as u64 * 77_777, piece).unwrap();
+        }
+        w.commit().unwrap()
+    }
+
+    #[test]
+    fn a_block_round_trips_and_carries_its_checksums() {
+        let dir = TempDir::new("roundtrip");
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let data = bytes(300_000, 1);
+        let info = write(&store, desc(7, 3, 1), &data);
+        assert_eq!(info.len, 300_000);
+        let read = store.read(desc(7, 3, 1), 70_000, 100_000).unwrap();
+        assert_eq!(read.slice(70_000, 100_000), &data[70_000..170_000]);
+        assert_eq!(read.first_segment, 1);
+        assert_eq!(read.crcs.len(), 2, "segments 1 and 2 cover 70,000..170,000");
+        assert_eq!(read.verify(), Ok(()));
+        // The whole block, to its last (short) segment.
+        let all = store.read(desc(7, 3, 1), 0, 300_000).unwrap();
+        assert_eq!(all.data, data);
+        assert_eq!(all.crcs.len(), 5);
+        // It survives a reopen, and is reported.
+        drop(store);
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        assert_eq!(store.list(), vec![info]);
+        assert_eq!(store.read(desc(7, 3, 1), 0, 300_000).unwrap().data, data);
+        assert!(matches!(
+            store.read(desc(7, 3, 2), 0, 1),
+            Err(StoreError::WrongVersion { held: 1, .. })
+        ));
+        assert!(matches!(
+            store.read(desc(7, 3, 1), 299_999, 2),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        assert!(matches!(store.read(desc(7, 4, 1), 0, 1), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_flipped_byte_on_disk_is_detected_and_never_served() {
+        let dir = TempDir::new("flip");
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let data = bytes(200_000, 2);
+        write(&store, desc(9, 0, 1), &data);
+        let path = store.path_of(FileId(9), 0);
+        let file = File::options().write(true).open(&path).unwrap();
+        let at = data_offset(BLOCK) + 150_000; // in segment 2
+        file.write_all_at(&[data[150_000] ^ 0x20], at).unwrap();
+        drop(file);
+        match store.read(desc(9, 0, 1), 140_000, 20_000) {
+            Err(StoreError::Corrupt { segment: 2, .. }) => {}
+            other => panic!("a damaged segment was served: {other:?}"),
+        }
+        assert!(store.read(desc(9, 0, 1), 0, 100_000).is_ok(), "undamaged segments still read");
+        assert!(matches!(store.verify(desc(9, 0, 1)), Err(StoreError::Corrupt { segment: 2, .. })));
+        // A client checking the data it got catches the same damage (end to end).
+        let mut read = store.read(desc(9, 0, 1), 0, 100_000).unwrap();
+        read.data[5] ^= 1;
+        assert_eq!(read.verify(), Err(0));
+    }
+
+    #[test]
+    fn a_write_cut_by_a_crash_is_found_at_start_up_and_not_served() {
+        let dir = TempDir::new("torn");
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let old = bytes(100_000, 3);
+        write(&store, desc(4, 1, 1), &old);
+        // Version 2 is half written when the process dies (no commit, no cleanup).
+        let mut w = store.begin_write(desc(4, 1, 2), BLOCK, false).unwrap();
+        w.write_at(0, &bytes(500_000, 4)).unwrap();
+        std::mem::forget(w);
+        drop(store);
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        // The half-written copy is gone; the committed version is what is served.
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.get(FileId(4), 1).unwrap().descriptor.version, BlockVersion(1));
+        assert_eq!(store.read(desc(4, 1, 1), 0, 100_000).unwrap().data, old);
+        let leftovers = fs::read_dir(dir.0.join("blocks/04")).unwrap().count();
+        assert_eq!(leftovers, 1, "only the committed replica file remains");
+    }
+
+    #[test]
+    fn a_new_version_replaces_the_old_only_when_committed() {
+        let dir = TempDir::new("cow");
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let v1 = bytes(200_000, 5);
+        write(&store, desc(2, 0, 1), &v1);
+        // Overwrite 10,000 bytes in the middle under version 2, keeping the rest.
+        let mut w = store.begin_write(desc(2, 0, 2), BLOCK, true).unwrap();
+        let patch = bytes(10_000, 6);
+        w.write_at(100_000, &patch).unwrap();
+        // Until the commit, readers see version 1, whole and good.
+        assert_eq!(store.read(desc(2, 0, 1), 0, 200_000).unwrap().data, v1);
+        w.commit().unwrap();
+        let mut v2 = v1.clone();
+        v2[100_000..110_000].copy_from_slice(&patch);
+        assert_eq!(store.read(desc(2, 0, 2), 0, 200_000).unwrap().data, v2);
+        assert!(matches!(
+            store.read(desc(2, 0, 1), 0, 1),
+            Err(StoreError::WrongVersion { held: 2, .. })
+        ));
+        // Writing past the end leaves zeros in between, checksummed.
+        let mut w = store.begin_write(desc(2, 0, 3), BLOCK, true).unwrap();
+        w.write_at(400_000, b"tail").unwrap();
+        w.commit().unwrap();
+        let read = store.read(desc(2, 0, 3), 0, 400_004).unwrap();
+        assert!(read.data[200_000..400_000].iter().all(|&b| b == 0));
+        assert_eq!(&read.data[400_000..], b"tail");
+    }
+
+    #[test]
+    fn a_full_store_refuses_writes_with_a_clear_error_and_frees_space_on_remove() {
+        let dir = TempDir::new("full");
+        let per_block = data_offset(BLOCK) + u64::from(BLOCK);
+        let store = BlockStore::open(&dir.0, per_block + per_block / 2).unwrap();
+        // A full block: what a replica takes is its file's real size.
+        write(&store, desc(1, 0, 1), &bytes(BLOCK as usize, 7));
+        assert_eq!(store.used(), per_block);
+        let used = store.used();
+        let err = store.begin_write(desc(1, 1, 1), BLOCK, false).unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert!(err.to_string().contains("no space"), "{err}");
+        assert_eq!(store.used(), used, "a refused write reserves nothing");
+        assert!(store.remove(FileId(1), 0).unwrap());
+        assert_eq!(store.used(), 0);
+        let mut w = store.begin_write(desc(1, 1, 1), BLOCK, false).unwrap();
+        w.write_at(0, b"fits now").unwrap();
+        w.commit().unwrap();
+        assert!(!store.remove(FileId(1), 9).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_replica_file_is_set_aside_at_start_up() {
+        let dir = TempDir::new("badheader");
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        write(&store, desc(5, 0, 1), &bytes(1000, 8));
+        write(&store, desc(5, 1, 1), &bytes(1000, 9));
+        let path = store.path_of(FileId(5), 1);
+        drop(store);
+        let file = File::options().write(true).open(&path).unwrap();
+        file.write_all_at(&[0xff], 10).unwrap(); // inside the header
+        drop(file);
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        assert_eq!(store.list().len(), 1, "the damaged replica is not served");
+        assert!(path.with_extension("bad").exists(), "it is kept aside for inspection");
+    }
+}
