@@ -9,6 +9,7 @@
 //! - [`descriptor`]: file and block descriptors (32+32 and +16+16 bits), wrap-aware versions.
 //! - [`path`]: validated, normalised namespace paths.
 //! - [`namespace`]: the metadata state machine, its log entries, snapshots and invariants.
+//! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
 //! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
 //!
 //! Later: locks and sessions.
@@ -21,4 +22,5 @@ pub mod path;
 pub mod placement;
 pub mod request;
 pub mod status;
+pub mod token;
 pub mod wire;
