@@ -65,13 +65,14 @@ pub enum TokenError {
     WrongOp,
 }
 
+/// The MAC state over a token's fields, ready to finalize (sign) or compare (verify).
 fn mac(
     secret: &[u8],
     block: &BlockDescriptor,
     op: TokenOp,
     client: ClientId,
     expires_ms: u64,
-) -> [u8; 32] {
+) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(b"meshfs-v1 block token");
@@ -79,7 +80,7 @@ fn mac(
     block.write(&mut fields);
     fields.u8(op as u8).u32(client.0).u64(expires_ms);
     mac.update(&fields.finish());
-    mac.finalize().into_bytes().into()
+    mac
 }
 
 impl Token {
@@ -91,7 +92,8 @@ impl Token {
         client: ClientId,
         expires_ms: u64,
     ) -> Token {
-        Token { block, op, client, expires_ms, mac: mac(secret, &block, op, client, expires_ms) }
+        let mac = mac(secret, &block, op, client, expires_ms).finalize().into_bytes().into();
+        Token { block, op, client, expires_ms, mac }
     }
 
     /// Checks the token for `op` by `client` at `now_ms`.
@@ -102,14 +104,9 @@ impl Token {
         client: ClientId,
         now_ms: u64,
     ) -> Result<(), TokenError> {
-        let mut check =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
-        check.update(b"meshfs-v1 block token");
-        let mut fields = BodyWriter::new();
-        self.block.write(&mut fields);
-        fields.u8(self.op as u8).u32(self.client.0).u64(self.expires_ms);
-        check.update(&fields.finish());
-        check.verify_slice(&self.mac).map_err(|_| TokenError::Forged)?;
+        mac(secret, &self.block, self.op, self.client, self.expires_ms)
+            .verify_slice(&self.mac)
+            .map_err(|_| TokenError::Forged)?;
         if self.op != op {
             return Err(TokenError::WrongOp);
         }
