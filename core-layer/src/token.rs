@@ -2,16 +2,17 @@
 //! (at this version) until T".
 //!
 //! A token is HMAC-SHA256 with the cluster secret over a label, the block descriptor, the
-//! operation, the client id and the expiry. Data-servers know the secret (they are in the
+//! operation, the replica chain, the client id and the expiry. A data-server accepts it only
+//! if it is in the chain. Data-servers know the secret (they are in the
 //! cluster), clients do not, so a client can neither forge a token nor stretch one to
 //! another block, version, operation, client or time. Time is an argument: this module
 //! reads no clock.
 //!
-//! Layout on the wire (57 bytes): block descriptor (12), `u8 op`, `u32 client`,
-//! `u64 expires_ms`, then the 32-byte MAC (see [`Token::write`]).
+//! Layout on the wire: block descriptor (12), `u8 op`, `u8 n`, `n` replica ids (`u32`),
+//! `u32 client`, `u64 expires_ms`, then the 32-byte MAC (see [`Token::write`]).
 
 use hmac::{Hmac, KeyInit, Mac};
-use meshfs_group::ClientId;
+use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 use sha2::Sha256;
 
@@ -32,6 +33,8 @@ pub struct Token {
     pub block: BlockDescriptor,
     /// The operation.
     pub op: TokenOp,
+    /// The data-servers holding the block, in chain order (at most 16).
+    pub replicas: Vec<NodeId>,
     /// The client it was issued to.
     pub client: ClientId,
     /// Milliseconds since the Unix epoch after which it is void.
@@ -63,6 +66,9 @@ pub enum TokenError {
     /// For another operation.
     #[error("token does not allow this operation")]
     WrongOp,
+    /// This data-server is not in the token's chain.
+    #[error("data-server {0} is not assigned this block")]
+    NotAssigned(NodeId),
 }
 
 /// The MAC state over a token's fields, ready to finalize (sign) or compare (verify).
@@ -70,6 +76,7 @@ fn mac(
     secret: &[u8],
     block: &BlockDescriptor,
     op: TokenOp,
+    replicas: &[NodeId],
     client: ClientId,
     expires_ms: u64,
 ) -> Hmac<Sha256> {
@@ -78,9 +85,18 @@ fn mac(
     mac.update(b"meshfs-v1 block token");
     let mut fields = BodyWriter::new();
     block.write(&mut fields);
-    fields.u8(op as u8).u32(client.0).u64(expires_ms);
+    fields.u8(op as u8);
+    write_replicas(&mut fields, replicas);
+    fields.u32(client.0).u64(expires_ms);
     mac.update(&fields.finish());
     mac
+}
+
+fn write_replicas(w: &mut BodyWriter, replicas: &[NodeId]) {
+    w.u8(u8::try_from(replicas.len()).expect("at most 16 replicas"));
+    for id in replicas {
+        w.u32(id.0);
+    }
 }
 
 impl Token {
@@ -89,11 +105,13 @@ impl Token {
         secret: &[u8],
         block: BlockDescriptor,
         op: TokenOp,
+        replicas: Vec<NodeId>,
         client: ClientId,
         expires_ms: u64,
     ) -> Token {
-        let mac = mac(secret, &block, op, client, expires_ms).finalize().into_bytes().into();
-        Token { block, op, client, expires_ms, mac }
+        let mac =
+            mac(secret, &block, op, &replicas, client, expires_ms).finalize().into_bytes().into();
+        Token { block, op, replicas, client, expires_ms, mac }
     }
 
     /// Checks the token for `op` by `client` at `now_ms`.
@@ -104,7 +122,7 @@ impl Token {
         client: ClientId,
         now_ms: u64,
     ) -> Result<(), TokenError> {
-        mac(secret, &self.block, self.op, self.client, self.expires_ms)
+        mac(secret, &self.block, self.op, &self.replicas, self.client, self.expires_ms)
             .verify_slice(&self.mac)
             .map_err(|_| TokenError::Forged)?;
         if self.op != op {
@@ -119,10 +137,31 @@ impl Token {
         Ok(())
     }
 
+    /// [`Token::verify`], and that data-server `me` is in the chain.
+    pub fn verify_for(
+        &self,
+        secret: &[u8],
+        op: TokenOp,
+        client: ClientId,
+        now_ms: u64,
+        me: NodeId,
+    ) -> Result<(), TokenError> {
+        self.verify(secret, op, client, now_ms)?;
+        if self.replicas.contains(&me) { Ok(()) } else { Err(TokenError::NotAssigned(me)) }
+    }
+
+    /// The data-server after `me` in the chain, if any.
+    pub fn next_after(&self, me: NodeId) -> Option<NodeId> {
+        let at = self.replicas.iter().position(|&r| r == me)?;
+        self.replicas.get(at + 1).copied()
+    }
+
     /// Writes the token: block descriptor, `u8 op`, `u32 client`, `u64 expires_ms`, 32-byte MAC.
     pub fn write(&self, w: &mut BodyWriter) {
         self.block.write(w);
-        w.u8(self.op as u8).u32(self.client.0).u64(self.expires_ms).fixed(&self.mac);
+        w.u8(self.op as u8);
+        write_replicas(w, &self.replicas);
+        w.u32(self.client.0).u64(self.expires_ms).fixed(&self.mac);
     }
 
     /// Reads what [`Token::write`] wrote.
@@ -132,9 +171,16 @@ impl Token {
             1 => TokenOp::Write,
             other => return Err(BodyError::Invalid { field: "token op", value: u64::from(other) }),
         };
+        let count = r.u8("replica count")?;
+        if count > 16 {
+            return Err(BodyError::Invalid { field: "replica count", value: u64::from(count) });
+        }
+        let replicas =
+            (0..count).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
         Ok(Token {
             block,
             op,
+            replicas,
             client: ClientId(r.u32("token client")?),
             expires_ms: r.u64("expires")?,
             mac: r.fixed("token mac")?,
@@ -159,7 +205,14 @@ mod tests {
 
     #[test]
     fn a_token_is_good_for_exactly_what_it_says() {
-        let token = Token::sign(SECRET, block(4), TokenOp::Write, ClientId(1), 10_000);
+        let token = Token::sign(
+            SECRET,
+            block(4),
+            TokenOp::Write,
+            vec![NodeId(4), NodeId(6)],
+            ClientId(1),
+            10_000,
+        );
         assert_eq!(token.verify(SECRET, TokenOp::Write, ClientId(1), 9_999), Ok(()));
         assert_eq!(token.verify(SECRET, TokenOp::Write, ClientId(1), 10_000), Ok(()));
         assert_eq!(
@@ -178,11 +231,19 @@ mod tests {
 
     #[test]
     fn any_change_to_a_token_makes_it_a_forgery() {
-        let token = Token::sign(SECRET, block(4), TokenOp::Write, ClientId(1), 10_000);
+        let token = Token::sign(
+            SECRET,
+            block(4),
+            TokenOp::Write,
+            vec![NodeId(4), NodeId(6)],
+            ClientId(1),
+            10_000,
+        );
         let altered = [
             Token { block: block(5), ..token.clone() },
             Token { client: ClientId(9), ..token.clone() },
             Token { expires_ms: u64::MAX, ..token.clone() },
+            Token { replicas: vec![NodeId(4), NodeId(5)], ..token.clone() },
         ];
         for forged in altered {
             assert_eq!(
@@ -196,12 +257,31 @@ mod tests {
     }
 
     #[test]
+    fn only_data_servers_in_the_chain_accept_a_token() {
+        let token = Token::sign(
+            SECRET,
+            block(4),
+            TokenOp::Write,
+            vec![NodeId(4), NodeId(6)],
+            ClientId(1),
+            10,
+        );
+        assert_eq!(token.verify_for(SECRET, TokenOp::Write, ClientId(1), 0, NodeId(6)), Ok(()));
+        assert_eq!(
+            token.verify_for(SECRET, TokenOp::Write, ClientId(1), 0, NodeId(5)),
+            Err(TokenError::NotAssigned(NodeId(5)))
+        );
+        assert_eq!(token.next_after(NodeId(4)), Some(NodeId(6)));
+        assert_eq!(token.next_after(NodeId(6)), None);
+    }
+
+    #[test]
     fn tokens_round_trip_on_the_wire() {
-        let token = Token::sign(SECRET, block(1), TokenOp::Write, ClientId(3), 42);
+        let token = Token::sign(SECRET, block(1), TokenOp::Write, vec![NodeId(5)], ClientId(3), 42);
         let mut w = BodyWriter::new();
         token.write(&mut w);
         let bytes = w.finish();
-        assert_eq!(bytes.len(), 12 + 1 + 4 + 8 + 32);
+        assert_eq!(bytes.len(), 12 + 1 + 1 + 4 + 4 + 8 + 32);
         let mut r = BodyReader::new(&bytes);
         assert_eq!(Token::read(&mut r).unwrap(), token);
         r.finish().unwrap();
