@@ -214,6 +214,20 @@ impl MetaClient {
         }
     }
 
+    /// A write lease on block `index` of `path`: its version goes up (through Raft), and the
+    /// token names the block at the new version, its chain of data-servers, and the expiry.
+    pub fn write_lease(
+        &mut self,
+        path: &str,
+        index: u16,
+    ) -> Result<meshfs_core::token::Token, ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::WriteLease { path, index })?)? {
+            MetaReply::Lease(token) => Ok(token),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
     /// `get_file_meta_data`: a file's descriptor, size and every block with its replicas.
     pub fn get_file_meta_data(
         &mut self,

@@ -166,6 +166,14 @@ pub enum Command {
         /// One replica set per block from `first_block`, in index order.
         placement: Vec<Vec<NodeId>>,
     },
+    /// A write lease on block `index` of a file: its version (and the file's) goes up, so
+    /// replicas still at the old version are stale from here on.
+    WriteLease {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+    },
     /// Move `from` to `to` atomically; `to` must not exist.
     Rename {
         /// The source.
@@ -208,6 +216,13 @@ pub enum Outcome {
         file: FileDescriptor,
         /// The new blocks.
         blocks: Vec<BlockDescriptor>,
+    },
+    /// A write lease was granted: the block at its new version, and its chain.
+    Leased {
+        /// The block at the lease's version.
+        block: BlockDescriptor,
+        /// Its data-servers, in chain order.
+        replicas: Vec<NodeId>,
     },
     /// Moved.
     Renamed,
@@ -678,6 +693,7 @@ impl Namespace {
             Command::ExpandFile { path, size, first_block, placement } => {
                 self.expand(path, *size, *first_block, placement, now)
             }
+            Command::WriteLease { path, index } => self.lease(path, *index, now),
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
         }
@@ -857,6 +873,31 @@ impl Namespace {
             })
             .collect();
         Ok(Outcome::Expanded { file: descriptor, blocks: new_blocks })
+    }
+
+    fn lease(&mut self, path: &MeshPath, index: u16, now: u64) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+            return Err(NsError::IsADirectory(path_str(path)));
+        };
+        let Some(block) = file.blocks.get_mut(usize::from(index)) else {
+            return Err(NsError::NotFound(format!(
+                "{path} block {index} (the file has {} blocks)",
+                file.blocks.len()
+            )));
+        };
+        block.version = block.version.next();
+        let version = block.version;
+        let replicas = block.replicas.to_vec();
+        let old_version = file.version;
+        file.version = file.version.wrapping_add(1);
+        assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
+        file.mtime_ms = now;
+        let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        Ok(Outcome::Leased {
+            block: BlockDescriptor { file: descriptor, index, version },
+            replicas,
+        })
     }
 
     fn rename(&mut self, from: &MeshPath, to: &MeshPath, now: u64) -> Result<Outcome, NsError> {
@@ -1251,6 +1292,11 @@ impl Entry {
                     }
                 }
             }
+            Command::WriteLease { path, index } => {
+                w.u8(6);
+                write_path(&mut w, path);
+                w.u16(*index);
+            }
             Command::Rename { from, to } => {
                 w.u8(4);
                 write_path(&mut w, from);
@@ -1308,6 +1354,7 @@ impl Entry {
                 Command::ExpandFile { path, size, first_block, placement }
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
+            6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
             5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
@@ -1336,6 +1383,14 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         Outcome::Renamed => {
             w.u8(4);
         }
+        Outcome::Leased { block, replicas } => {
+            w.u8(7);
+            block.write(w);
+            w.u8(replicas.len() as u8);
+            for r in replicas {
+                w.u32(r.0);
+            }
+        }
         Outcome::Removed { files, dirs } => {
             w.u8(5).u64(*files).u64(*dirs);
         }
@@ -1361,6 +1416,13 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
             Outcome::Expanded { file, blocks }
         }
         4 => Outcome::Renamed,
+        7 => {
+            let block = BlockDescriptor::read(r)?;
+            let n = r.u8("replica count")?;
+            let replicas =
+                (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
+            Outcome::Leased { block, replicas }
+        }
         5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
         6 => Outcome::Failed(NsError::read(r)?),
         other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
@@ -1630,6 +1692,40 @@ mod tests {
         assert_eq!(failed(d.expand("/dir", 1, 1)), NsError::IsADirectory("/dir".into()));
         // Nothing changed by the failures.
         assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version, 3);
+    }
+
+    #[test]
+    fn a_write_lease_bumps_the_block_version_across_the_wrap() {
+        let mut d = Driver::new();
+        d.create("/f");
+        d.expand("/f", 3000, 3);
+        let Outcome::Leased { block, replicas } =
+            d.run(Command::WriteLease { path: p("/f"), index: 1 })
+        else {
+            panic!("a lease")
+        };
+        assert_eq!((block.index, block.version), (1, BlockVersion(2)));
+        assert_eq!(block.file.version, 3, "the file's metadata changed");
+        assert_eq!(replicas, [NodeId(5), NodeId(7)]);
+        let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+        assert_eq!(meta.blocks[1].descriptor.version, BlockVersion(2));
+        assert_eq!(meta.blocks[0].descriptor.version, BlockVersion(1), "other blocks keep theirs");
+        assert!(matches!(
+            failed(d.run(Command::WriteLease { path: p("/f"), index: 3 })),
+            NsError::NotFound(_)
+        ));
+        // 65,535 more leases wrap the 16-bit version, and it still compares as newer.
+        let mut last = BlockVersion(2);
+        for _ in 0..u16::MAX {
+            let Outcome::Leased { block, .. } =
+                d.run(Command::WriteLease { path: p("/f"), index: 1 })
+            else {
+                panic!()
+            };
+            assert!(block.version.is_newer_than(last));
+            last = block.version;
+        }
+        assert_eq!(last, BlockVersion(1), "wrapped around");
     }
 
     #[test]

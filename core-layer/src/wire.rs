@@ -19,11 +19,12 @@
 //! (`str path, bool parents`), 2 create (`str path, u8 replication`, 0 for the cluster's),
 //! 3 rename (`str from, str to`), 4 remove (`str path, bool recursive`), 5 stat (`str path,
 //! u32 first block`), 6 list (`str path, str after, u32 limit`), 7 expand (`str path, u64
-//! size`). A meta reply is a `u8` tag:
+//! size`), 8 write lease (`str path, u16 block index`). A meta reply is a `u8` tag:
 //! 1 done, 2 created (file descriptor), 3 removed (`u64 files, u64 dirs`), 4 stat (a stat,
 //! `u32 total blocks, u32 first block`), 5 list (`u32 count`, entries, `bool more`), 6 not
 //! leader (`u32 leader`, 0 unknown), 7 failed (a namespace error), 8 unavailable (`str`),
-//! 9 expanded (file descriptor, `u32 new blocks`).
+//! 9 expanded (file descriptor, `u32 new blocks`), 10 lease (a [`Token`]: the block at its new
+//! version, its chain, the client, the expiry and the MAC).
 //! Listings and block lists come in pages ([`MAX_LIST_PAGE`], [`MAX_STAT_BLOCKS`]) so that
 //! no reply outgrows a frame.
 //!
@@ -39,6 +40,7 @@ use meshfs_group::{NodeId, Role};
 use crate::descriptor::{BlockDescriptor, FileDescriptor};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
 use crate::path::MeshPath;
+use crate::token::Token;
 use meshfs_net::Frame;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
@@ -138,6 +140,13 @@ pub enum MetaOp {
         /// Its new size.
         size: u64,
     },
+    /// A write lease on one block: bumps its version, returns its chain and a token.
+    WriteLease {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+    },
     /// `list`: entries after `after` (by name), at most `limit`.
     List {
         /// The directory.
@@ -161,6 +170,8 @@ impl MetaOp {
 pub enum MetaReply {
     /// mkdir or rename done.
     Done,
+    /// A write lease: the token names the block at its new version and its chain.
+    Lease(Token),
     /// A file grew.
     Expanded {
         /// The file at its new version.
@@ -490,6 +501,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u32(*first_block);
         }
+        MetaOp::WriteLease { path, index } => {
+            w.u8(8);
+            write_path(w, path);
+            w.u16(*index);
+        }
         MetaOp::Expand { path, size } => {
             w.u8(7);
             write_path(w, path);
@@ -513,6 +529,7 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         4 => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
         7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
+        8 => MetaOp::WriteLease { path: read_path(r)?, index: r.u16("block index")? },
         6 => MetaOp::List {
             path: read_path(r)?,
             after: r.str("after")?.to_string(),
@@ -593,6 +610,10 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
         MetaReply::Done => {
             w.u8(1);
         }
+        MetaReply::Lease(token) => {
+            w.u8(10);
+            token.write(w);
+        }
         MetaReply::Expanded { file, new_blocks } => {
             w.u8(9);
             file.write(w);
@@ -664,6 +685,7 @@ fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
         9 => {
             MetaReply::Expanded { file: FileDescriptor::read(r)?, new_blocks: r.u32("new blocks")? }
         }
+        10 => MetaReply::Lease(Token::read(r)?),
         other => return Err(BodyError::Invalid { field: "reply", value: u64::from(other) }),
     })
 }
@@ -820,6 +842,23 @@ mod tests {
             Message::MetaReply(MetaReply::Removed { files: 1, dirs: 2 }),
             Message::MetaReply(MetaReply::Unavailable("election".into())),
             Message::MetaReply(MetaReply::Done),
+            Message::MetaReply(MetaReply::Lease(Token::sign(
+                b"secret-0123456789abcdef",
+                BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(3), version: 5 },
+                    index: 2,
+                    version: crate::descriptor::BlockVersion(9),
+                },
+                crate::token::TokenOp::Write,
+                vec![NodeId(4), NodeId(5)],
+                meshfs_group::ClientId(1),
+                77,
+            ))),
+            Message::MetaRequest(MetaRequest {
+                session: 2,
+                request_id: 9,
+                op: MetaOp::WriteLease { path: MeshPath::parse("/f").unwrap(), index: 7 },
+            }),
             Message::MetaReply(MetaReply::Expanded {
                 file: FileDescriptor { id: crate::descriptor::FileId(3), version: 4 },
                 new_blocks: 2,

@@ -29,6 +29,7 @@ use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
+use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
     KIND_RAFT, KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply,
     MetaRequest, RaftInfo, SnapshotChunk, StatusReply,
@@ -44,6 +45,8 @@ use crate::consensus::{OutgoingSnapshot, ProposeError, RaftStatus, Replica, Repl
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 const TICK_TIMER: u64 = 1;
+/// How long a write token is good for, in milliseconds.
+pub const LEASE_MS: u64 = 60_000;
 /// Snapshot data travels in pieces of this size, on the bulk queue.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The snapshot pump sends only while less than this is queued to the peer, and at most
@@ -76,6 +79,8 @@ pub struct MetaServer {
     default_replication: u8,
     /// Block size of new files.
     block_size: u32,
+    /// The cluster secret, to sign write tokens.
+    secret: Vec<u8>,
     /// Proposed changes, by (session, request id): who waits for the outcome.
     writes: HashMap<(SessionId, u64), Vec<Waiter>>,
     /// Reads waiting for their ReadIndex round, by context.
@@ -105,12 +110,19 @@ fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
 }
 
 impl MetaServer {
-    /// A meta-server around its replica, creating files with these defaults.
-    pub fn new(replica: Replica, default_replication: u8, block_size: u32) -> MetaServer {
+    /// A meta-server around its replica, creating files with these defaults and signing write
+    /// tokens with `secret`.
+    pub fn new(
+        replica: Replica,
+        default_replication: u8,
+        block_size: u32,
+        secret: Vec<u8>,
+    ) -> MetaServer {
         MetaServer {
             replica,
             default_replication,
             block_size,
+            secret,
             writes: HashMap::new(),
             reads: HashMap::new(),
             next_read: 1,
@@ -136,7 +148,7 @@ impl MetaServer {
         }
         for (_, entry, outcome) in output.applied {
             if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
-                let reply = reply_of(outcome);
+                let reply = reply_of(outcome, &self.secret, entry.session.client);
                 for waiter in waiters {
                     answer(node, waiter, reply.clone());
                 }
@@ -260,6 +272,7 @@ impl MetaServer {
             },
             MetaOp::Rename { from, to } => Command::Rename { from, to },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
+            MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
         };
         let entry = Entry { session, request_id: request.request_id, time_ms: now_ms(), command };
         let result = self.replica.propose(&entry).map(|()| {
@@ -409,9 +422,18 @@ fn now_ms() -> u64 {
 }
 
 /// The reply for an applied change.
-fn reply_of(outcome: Outcome) -> MetaReply {
+fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
     match outcome {
         Outcome::Mkdir | Outcome::Renamed => MetaReply::Done,
+        // Signed when answered, by whoever answers: a token lives on the wire only.
+        Outcome::Leased { block, replicas } => MetaReply::Lease(Token::sign(
+            secret,
+            block,
+            TokenOp::Write,
+            replicas,
+            client,
+            now_ms() + LEASE_MS,
+        )),
         Outcome::Expanded { file, blocks } => {
             MetaReply::Expanded { file, new_blocks: blocks.len() as u32 }
         }
@@ -446,7 +468,8 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::Create { .. }
         | MetaOp::Rename { .. }
         | MetaOp::Remove { .. }
-        | MetaOp::Expand { .. } => {
+        | MetaOp::Expand { .. }
+        | MetaOp::WriteLease { .. } => {
             unreachable!("writes go through the log, not read()")
         }
     }
@@ -467,7 +490,8 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
     )?;
     let block_size =
         u32::try_from(config.block_size).expect("config validation caps block_size at 1 GiB");
-    let mut server = MetaServer::new(replica, config.replication, block_size);
+    let mut server =
+        MetaServer::new(replica, config.replication, block_size, config.secret.clone());
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())

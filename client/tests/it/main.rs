@@ -640,3 +640,49 @@ fn expand_file_size_places_blocks_on_distinct_live_data_servers() {
     last.sort();
     assert_eq!(last, [4, 5]);
 }
+
+#[test]
+fn a_write_lease_bumps_the_block_version_and_signs_its_chain() {
+    use meshfs_core::token::{TokenError, TokenOp};
+    let mut cluster = TestCluster::new("lease", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut client =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    client.create("/f", 2).unwrap();
+    client.expand_file_size("/f", 1024 * 1024 + 1).unwrap();
+    let before = client.get_file_meta_data("/f").unwrap();
+    assert_eq!(before.blocks[1].descriptor.version.0, 1);
+
+    let token = client.write_lease("/f", 1).unwrap();
+    assert_eq!((token.block.index, token.block.version.0), (1, 2));
+    assert_eq!(token.replicas, before.blocks[1].replicas);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    assert!(token.expires_ms > now, "the token is still good");
+    let secret = &cluster.config.secret;
+    for replica in &token.replicas {
+        token.verify_for(secret, TokenOp::Write, ClientId(1), now, *replica).unwrap();
+    }
+    let outsider = [4, 5, 6]
+        .into_iter()
+        .map(meshfs_group::NodeId)
+        .find(|d| !token.replicas.contains(d))
+        .unwrap();
+    assert_eq!(
+        token.verify_for(secret, TokenOp::Write, ClientId(1), now, outsider),
+        Err(TokenError::NotAssigned(outsider))
+    );
+    assert_eq!(
+        token.verify(secret, TokenOp::Write, ClientId(2), now),
+        Err(TokenError::WrongClient { issued: ClientId(1), presented_by: ClientId(2) })
+    );
+
+    let after = client.get_file_meta_data("/f").unwrap();
+    assert_eq!(after.blocks[1].descriptor.version.0, 2, "the new version is committed");
+    assert_eq!(after.blocks[0].descriptor.version.0, 1);
+    assert!(after.descriptor.version > before.descriptor.version);
+    let err = client.write_lease("/f", 5).unwrap_err().to_string();
+    assert!(err.contains("block 5") && err.contains("2 blocks"), "{err}");
+}
