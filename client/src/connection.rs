@@ -196,6 +196,42 @@ impl Connection {
         }
     }
 
+    /// A fresh request id on this connection.
+    pub fn next_request_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    /// Sends `message` as request `request_id` without waiting (for streams).
+    pub fn send(&mut self, message: &Message, request_id: u64) -> Result<(), ClientError> {
+        self.write_frame(&message.to_frame(request_id))
+    }
+
+    /// The next application message, with its request id, by `deadline`; group messages
+    /// (a ping) are answered or skipped on the way.
+    pub fn recv(&mut self, deadline: Instant) -> Result<(u64, Message), ClientError> {
+        loop {
+            let frame = self.read_frame(deadline)?;
+            if frame.kind < FIRST_APP_KIND {
+                match GroupMessage::decode(frame.kind, &frame.body) {
+                    Ok(GroupMessage::Ping { seq }) => {
+                        self.send_group(&GroupMessage::Pong { seq })?
+                    }
+                    Ok(GroupMessage::Refuse { reason }) => {
+                        return Err(ClientError::Refused { addr: self.addr, reason });
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            return match Message::decode(&frame) {
+                Ok(message) => Ok((frame.request_id, message)),
+                Err(err) => Err(self.protocol(err.to_string())),
+            };
+        }
+    }
+
     /// Sends `request` and waits for its answer; an error reply becomes
     /// [`ClientError::Server`].
     pub fn call(&mut self, request: &Message) -> Result<Message, ClientError> {

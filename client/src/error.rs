@@ -97,6 +97,30 @@ pub enum ClientError {
         /// The last problem seen.
         last: String,
     },
+    /// A block write failed (the lease's chain could not take it).
+    #[error("writing block {block} failed: {reason}")]
+    DataWrite {
+        /// The block.
+        block: String,
+        /// Why.
+        reason: String,
+    },
+    /// No replica could give a block's data intact.
+    #[error("reading block {block} failed on every replica: {reason}")]
+    DataRead {
+        /// The block.
+        block: String,
+        /// What each replica said.
+        reason: String,
+    },
+    /// A local file or stream failed.
+    #[error("{what}: {source}")]
+    Local {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A server program could not be found or started.
     #[error("cannot start {program}: {reason}")]
     Launch {

@@ -5,6 +5,7 @@
 //! - [`meta`]: namespace calls (mkdir, create, stat, list, rename, remove), leader-following.
 //! - [`status`]: the cluster as every server sees it (`meshfs status`).
 //! - [`launcher`]: start and stop every server of a config (`meshfs up`).
+//! - [`data`]: block writes down a replica chain, verified reads, `put` and `get`.
 //! - [`error`]: the one error type, [`ClientError`].
 //!
 //! The client knows servers only through the wire protocol (`meshfs_core::wire`).
@@ -13,6 +14,7 @@
 
 pub mod bench;
 pub mod connection;
+pub mod data;
 pub mod error;
 pub mod launcher;
 pub mod meta;

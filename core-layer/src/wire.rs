@@ -12,6 +12,10 @@
 //! | 34 | [`Message::Error`] | server -> client | `u8 code, str message` |
 //! | 40 | [`Message::Raft`] | mserver -> mserver | an `eraftpb::Message` (protobuf) |
 //! | 41 | [`Message::SnapshotChunk`] | mserver -> mserver | [`SnapshotChunk`]: `u64 index, u64 term, u64 total, u64 offset, bytes data` |
+//! | 56 | [`Message::WriteChunk`] | client or dserver -> dserver | [`WriteChunk`] |
+//! | 57 | [`Message::WriteAck`] | dserver -> its upstream | [`WriteAck`] |
+//! | 58 | [`Message::ReadBlock`] | client -> dserver | [`ReadBlock`] |
+//! | 59 | [`Message::BlockData`] | dserver -> client | [`BlockData`] |
 //! | 48 | [`Message::MetaRequest`] | client -> mserver | [`MetaRequest`] |
 //! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] |
 //!
@@ -54,6 +58,18 @@ pub const KIND_ERROR: u16 = 34;
 pub const KIND_RAFT: u16 = 40;
 /// Kind of [`Message::SnapshotChunk`].
 pub const KIND_SNAPSHOT_CHUNK: u16 = 41;
+/// Kind of [`Message::WriteChunk`].
+pub const KIND_WRITE_CHUNK: u16 = 56;
+/// Kind of [`Message::WriteAck`].
+pub const KIND_WRITE_ACK: u16 = 57;
+/// Kind of [`Message::ReadBlock`].
+pub const KIND_READ_BLOCK: u16 = 58;
+/// Kind of [`Message::BlockData`].
+pub const KIND_BLOCK_DATA: u16 = 59;
+/// Most data bytes in one write chunk or read reply.
+pub const MAX_CHUNK_BYTES: u32 = 1024 * 1024;
+const _: () =
+    assert!(MAX_CHUNK_BYTES as usize + 4096 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
 /// Kind of [`Message::MetaRequest`].
 pub const KIND_META_REQUEST: u16 = 48;
 /// Kind of [`Message::MetaReply`].
@@ -82,6 +98,76 @@ pub struct SnapshotChunk {
     pub offset: u64,
     /// The piece.
     pub data: Vec<u8>,
+}
+
+/// A piece of a block write, self-contained (it carries the token). The frame's request id
+/// names the write; the first chunk opens it, the one with `last` commits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteChunk {
+    /// The write lease's token: block, version, chain, client, expiry.
+    pub token: Token,
+    /// The block's size (for a new replica file).
+    pub block_size: u32,
+    /// Start from the replica's current bytes (a partial overwrite) rather than empty.
+    pub keep_existing: bool,
+    /// Where in the block `data` goes.
+    pub offset: u64,
+    /// This chunk ends the write: commit (fsync) it.
+    pub last: bool,
+    /// The bytes, at most [`MAX_CHUNK_BYTES`].
+    pub data: Vec<u8>,
+}
+
+/// A data-server's answer to write chunks, sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAck {
+    /// Every chunk ending at or before `through` is on this replica and every one after it
+    /// in the chain; with `committed`, the whole write is durable on all of them.
+    Written {
+        /// Bytes of the block acknowledged, from the write's first offset.
+        through: u64,
+        /// The write is committed everywhere downstream.
+        committed: bool,
+    },
+    /// The write failed here or downstream; nothing of it will be committed.
+    Failed {
+        /// The data-server that failed.
+        at: NodeId,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A request for bytes of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBlock {
+    /// The block, at the version wanted.
+    pub block: BlockDescriptor,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes, at most [`MAX_CHUNK_BYTES`].
+    pub len: u32,
+}
+
+/// Whole segments of a block with their stored checksums, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockData {
+    /// The segments covering the range asked for.
+    Segments {
+        /// Index of the first segment.
+        first_segment: u32,
+        /// Valid bytes in the block.
+        block_len: u64,
+        /// Stored CRC-32 per segment.
+        crcs: Vec<u32>,
+        /// The segments' bytes.
+        data: Vec<u8>,
+    },
+    /// The read failed (no replica, wrong version, damaged segment, out of range).
+    Failed {
+        /// Why.
+        message: String,
+    },
 }
 
 /// A namespace request from a client.
@@ -329,6 +415,14 @@ pub enum Message {
     Raft(Vec<u8>),
     /// A piece of a snapshot's data.
     SnapshotChunk(SnapshotChunk),
+    /// A piece of a block write.
+    WriteChunk(WriteChunk),
+    /// A data-server's acknowledgement of write chunks.
+    WriteAck(WriteAck),
+    /// A read of a block.
+    ReadBlock(ReadBlock),
+    /// Bytes of a block.
+    BlockData(BlockData),
     /// A namespace request.
     MetaRequest(MetaRequest),
     /// A namespace reply.
@@ -382,6 +476,10 @@ impl Message {
             Message::Error { .. } => KIND_ERROR,
             Message::Raft(_) => KIND_RAFT,
             Message::SnapshotChunk(_) => KIND_SNAPSHOT_CHUNK,
+            Message::WriteChunk(_) => KIND_WRITE_CHUNK,
+            Message::WriteAck(_) => KIND_WRITE_ACK,
+            Message::ReadBlock(_) => KIND_READ_BLOCK,
+            Message::BlockData(_) => KIND_BLOCK_DATA,
             Message::MetaRequest(_) => KIND_META_REQUEST,
             Message::MetaReply(_) => KIND_META_REPLY,
         }
@@ -427,6 +525,30 @@ impl Message {
             Message::SnapshotChunk(c) => {
                 w.u64(c.index).u64(c.term).u64(c.total).u64(c.offset).bytes(&c.data);
             }
+            Message::WriteChunk(c) => {
+                c.token.write(&mut w);
+                w.u32(c.block_size).bool(c.keep_existing).u64(c.offset).bool(c.last).bytes(&c.data);
+            }
+            Message::WriteAck(WriteAck::Written { through, committed }) => {
+                w.u8(1).u64(*through).bool(*committed);
+            }
+            Message::WriteAck(WriteAck::Failed { at, message }) => {
+                w.u8(2).u32(at.0).str(message);
+            }
+            Message::ReadBlock(r) => {
+                r.block.write(&mut w);
+                w.u64(r.offset).u32(r.len);
+            }
+            Message::BlockData(BlockData::Segments { first_segment, block_len, crcs, data }) => {
+                w.u8(1).u32(*first_segment).u64(*block_len).u32(crcs.len() as u32);
+                for crc in crcs {
+                    w.u32(*crc);
+                }
+                w.bytes(data);
+            }
+            Message::BlockData(BlockData::Failed { message }) => {
+                w.u8(2).str(message);
+            }
             Message::MetaRequest(request) => write_meta_request(&mut w, request),
             Message::MetaReply(reply) => write_meta_reply(&mut w, reply),
         }
@@ -454,12 +576,62 @@ impl Message {
                 offset: r.u64("offset").map_err(body)?,
                 data: r.bytes("data").map_err(body)?.to_vec(),
             }),
+            KIND_WRITE_CHUNK => Message::WriteChunk(read_write_chunk(&mut r).map_err(body)?),
+            KIND_WRITE_ACK => Message::WriteAck(read_write_ack(&mut r).map_err(body)?),
+            KIND_READ_BLOCK => Message::ReadBlock(ReadBlock {
+                block: BlockDescriptor::read(&mut r).map_err(body)?,
+                offset: r.u64("offset").map_err(body)?,
+                len: r.u32("len").map_err(body)?,
+            }),
+            KIND_BLOCK_DATA => Message::BlockData(read_block_data(&mut r).map_err(body)?),
             KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
             KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish().map_err(body)?;
         Ok(message)
+    }
+}
+
+fn read_write_chunk(r: &mut BodyReader<'_>) -> Result<WriteChunk, BodyError> {
+    let token = Token::read(r)?;
+    let block_size = r.u32("block size")?;
+    let keep_existing = r.bool("keep existing")?;
+    let offset = r.u64("offset")?;
+    let last = r.bool("last")?;
+    let data = r.bytes("data")?;
+    if data.len() > MAX_CHUNK_BYTES as usize {
+        return Err(BodyError::Invalid { field: "chunk length", value: data.len() as u64 });
+    }
+    Ok(WriteChunk { token, block_size, keep_existing, offset, last, data: data.to_vec() })
+}
+
+fn read_write_ack(r: &mut BodyReader<'_>) -> Result<WriteAck, BodyError> {
+    match r.u8("ack")? {
+        1 => Ok(WriteAck::Written { through: r.u64("through")?, committed: r.bool("committed")? }),
+        2 => Ok(WriteAck::Failed {
+            at: NodeId(r.u32("at")?),
+            message: r.str("message")?.to_string(),
+        }),
+        other => Err(BodyError::Invalid { field: "ack", value: u64::from(other) }),
+    }
+}
+
+fn read_block_data(r: &mut BodyReader<'_>) -> Result<BlockData, BodyError> {
+    match r.u8("block data")? {
+        1 => {
+            let first_segment = r.u32("first segment")?;
+            let block_len = r.u64("block length")?;
+            let count = r.u32("crc count")?;
+            if count > MAX_CHUNK_BYTES / (64 * 1024) + 1 {
+                return Err(BodyError::Invalid { field: "crc count", value: u64::from(count) });
+            }
+            let crcs = (0..count).map(|_| r.u32("crc")).collect::<Result<_, _>>()?;
+            let data = r.bytes("data")?.to_vec();
+            Ok(BlockData::Segments { first_segment, block_len, crcs, data })
+        }
+        2 => Ok(BlockData::Failed { message: r.str("message")?.to_string() }),
+        other => Err(BodyError::Invalid { field: "block data", value: u64::from(other) }),
     }
 }
 
@@ -842,6 +1014,43 @@ mod tests {
             Message::MetaReply(MetaReply::Removed { files: 1, dirs: 2 }),
             Message::MetaReply(MetaReply::Unavailable("election".into())),
             Message::MetaReply(MetaReply::Done),
+            Message::WriteChunk(WriteChunk {
+                token: Token::sign(
+                    b"secret-0123456789abcdef",
+                    BlockDescriptor {
+                        file: FileDescriptor { id: crate::descriptor::FileId(3), version: 5 },
+                        index: 2,
+                        version: crate::descriptor::BlockVersion(9),
+                    },
+                    crate::token::TokenOp::Write,
+                    vec![NodeId(4)],
+                    meshfs_group::ClientId(1),
+                    77,
+                ),
+                block_size: 1 << 20,
+                keep_existing: false,
+                offset: 4096,
+                last: true,
+                data: vec![1, 2, 3],
+            }),
+            Message::WriteAck(WriteAck::Written { through: 99, committed: true }),
+            Message::WriteAck(WriteAck::Failed { at: NodeId(5), message: "disk full".into() }),
+            Message::ReadBlock(ReadBlock {
+                block: BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(3), version: 5 },
+                    index: 2,
+                    version: crate::descriptor::BlockVersion(9),
+                },
+                offset: 65536,
+                len: 100,
+            }),
+            Message::BlockData(BlockData::Segments {
+                first_segment: 1,
+                block_len: 70_000,
+                crcs: vec![7],
+                data: vec![0; 10],
+            }),
+            Message::BlockData(BlockData::Failed { message: "no replica".into() }),
             Message::MetaReply(MetaReply::Lease(Token::sign(
                 b"secret-0123456789abcdef",
                 BlockDescriptor {

@@ -35,8 +35,8 @@ use std::fs::{self, File};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
@@ -400,11 +400,11 @@ impl BlockStore {
     /// `keep_existing`, the committed replica's bytes (of any version) are the starting
     /// point, for writes that overwrite part of a block; without, the block starts empty.
     pub fn begin_write(
-        &self,
+        self: &Arc<Self>,
         descriptor: BlockDescriptor,
         block_size: u32,
         keep_existing: bool,
-    ) -> Result<BlockWrite<'_>, StoreError> {
+    ) -> Result<BlockWrite, StoreError> {
         let final_path = self.path_of(descriptor.file.id, descriptor.index);
         let shard = final_path.parent().expect("a shard directory").to_path_buf();
         fs::create_dir_all(&shard).map_err(io_err(&shard))?;
@@ -413,7 +413,7 @@ impl BlockStore {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = final_path.with_extension(format!("v{}.{n}.tmp", descriptor.version.0));
         let mut write = BlockWrite {
-            store: self,
+            store: Arc::clone(self),
             descriptor,
             block_size,
             final_path,
@@ -506,8 +506,8 @@ impl BlockStore {
 /// A write in progress to a temporary copy of one block. Dropped without
 /// [`BlockWrite::commit`], it leaves nothing behind.
 #[derive(Debug)]
-pub struct BlockWrite<'a> {
-    store: &'a BlockStore,
+pub struct BlockWrite {
+    store: Arc<BlockStore>,
     descriptor: BlockDescriptor,
     block_size: u32,
     final_path: PathBuf,
@@ -521,7 +521,7 @@ pub struct BlockWrite<'a> {
     done: bool,
 }
 
-impl BlockWrite<'_> {
+impl BlockWrite {
     fn file(&self) -> &File {
         self.file.as_ref().expect("open until commit or drop")
     }
@@ -660,7 +660,7 @@ impl BlockWrite<'_> {
     }
 }
 
-impl Drop for BlockWrite<'_> {
+impl Drop for BlockWrite {
     fn drop(&mut self) {
         if !self.done {
             self.file = None;
@@ -714,7 +714,7 @@ mod tests {
             .collect()
     }
 
-    fn write(store: &BlockStore, d: BlockDescriptor, data: &[u8]) -> BlockInfo {
+    fn write(store: &Arc<BlockStore>, d: BlockDescriptor, data: &[u8]) -> BlockInfo {
         let mut w = store.begin_write(d, BLOCK, false).unwrap();
         // In odd pieces, as frames would arrive.
         for (i, piece) in data.chunks(77_777).enumerate() {
@@ -726,7 +726,7 @@ mod tests {
     #[test]
     fn a_block_round_trips_and_carries_its_checksums() {
         let dir = TempDir::new("roundtrip");
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         let data = bytes(300_000, 1);
         let info = write(&store, desc(7, 3, 1), &data);
         assert_eq!(info.len, 300_000);
@@ -741,7 +741,7 @@ mod tests {
         assert_eq!(all.crcs.len(), 5);
         // It survives a reopen, and is reported.
         drop(store);
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         assert_eq!(store.list(), vec![info]);
         assert_eq!(store.read(desc(7, 3, 1), 0, 300_000).unwrap().data, data);
         assert!(matches!(
@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_on_disk_is_detected_and_never_served() {
         let dir = TempDir::new("flip");
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         let data = bytes(200_000, 2);
         write(&store, desc(9, 0, 1), &data);
         let path = store.path_of(FileId(9), 0);
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn a_write_cut_by_a_crash_is_found_at_start_up_and_not_served() {
         let dir = TempDir::new("torn");
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         let old = bytes(100_000, 3);
         write(&store, desc(4, 1, 1), &old);
         // Version 2 is half written when the process dies (no commit, no cleanup).
@@ -789,7 +789,7 @@ mod tests {
         w.write_at(0, &bytes(500_000, 4)).unwrap();
         std::mem::forget(w);
         drop(store);
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         // The half-written copy is gone; the committed version is what is served.
         assert_eq!(store.list().len(), 1);
         assert_eq!(store.get(FileId(4), 1).unwrap().descriptor.version, BlockVersion(1));
@@ -801,7 +801,7 @@ mod tests {
     #[test]
     fn a_new_version_replaces_the_old_only_when_committed() {
         let dir = TempDir::new("cow");
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         let v1 = bytes(200_000, 5);
         write(&store, desc(2, 0, 1), &v1);
         // Overwrite 10,000 bytes in the middle under version 2, keeping the rest.
@@ -831,7 +831,7 @@ mod tests {
     fn a_full_store_refuses_writes_with_a_clear_error_and_frees_space_on_remove() {
         let dir = TempDir::new("full");
         let per_block = data_offset(BLOCK) + u64::from(BLOCK);
-        let store = BlockStore::open(&dir.0, per_block + per_block / 2).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, per_block + per_block / 2).unwrap());
         // A full block: what a replica takes is its file's real size.
         write(&store, desc(1, 0, 1), &bytes(BLOCK as usize, 7));
         assert_eq!(store.used(), per_block);
@@ -851,7 +851,7 @@ mod tests {
     #[test]
     fn a_damaged_replica_file_is_set_aside_at_start_up() {
         let dir = TempDir::new("badheader");
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         write(&store, desc(5, 0, 1), &bytes(1000, 8));
         write(&store, desc(5, 1, 1), &bytes(1000, 9));
         let path = store.path_of(FileId(5), 1);
@@ -859,7 +859,7 @@ mod tests {
         let file = File::options().write(true).open(&path).unwrap();
         file.write_all_at(&[0xff], 10).unwrap(); // inside the header
         drop(file);
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         assert_eq!(store.list().len(), 1, "the damaged replica is not served");
         assert!(path.with_extension("bad").exists(), "it is kept aside for inspection");
     }

@@ -1,40 +1,436 @@
-//! The MeshFS data-server: keeps blocks (the block store arrives with the data-path work).
+//! The MeshFS data-server: keeps block replicas on its disk and serves them.
 //!
-//! [`run`] starts the server from a config file and an id and serves until SIGTERM or
-//! SIGINT. Today a server joins the group (full mesh, authentication, ping/pong, RTT) and
-//! answers status requests.
+//! - [`block_store`]: replica files with a CRC-32 per 64 KiB segment, copy-on-write.
+//! - [`disk`]: worker threads doing all disk work, off the event loop.
+//!
+//! Writes come down a chain. A client sends a write in chunks (each carrying the write
+//! token the meta-servers signed) to the first data-server of the block's chain; each
+//! data-server checks the token (signed with the cluster secret, for this block and version,
+//! naming it in the chain, not expired), forwards the chunk to the next one over the group
+//! mesh, writes it on a disk worker, and acknowledges a chunk upstream once it is written
+//! here and acknowledged downstream. The last chunk commits (fsync) the write; its
+//! acknowledgement means the block is durable on every replica after this one and here. A
+//! failure anywhere is reported upstream, and nothing of that write is committed there.
+//!
+//! Reads return whole segments with their stored checksums, which the client checks again.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod block_store;
+pub mod disk;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::warn;
+use log::{info, warn};
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
-use meshfs_group::driver::{Node, Service, StartError, serve};
-use meshfs_group::{GroupEvent, NodeId, Role};
+use meshfs_core::token::TokenOp;
+use meshfs_core::wire::{
+    BlockData, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck,
+    WriteChunk,
+};
+use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
+use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
+use meshfs_net::{ConnId, Priority};
 
-/// The server's state above the group.
-#[derive(Debug, Default)]
-pub struct DataServer {}
+use crate::block_store::{BlockStore, StoreError};
+use crate::disk::{DiskDone, DiskJob, DiskPool};
+
+/// A write idle this long (no chunk, no acknowledgement) is abandoned: its upstream died or
+/// gave up, and its temporary file is removed.
+pub const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const SWEEP_TIMER: u64 = 1;
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a data-server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// It could not start as a server.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Its block store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who sent a write: a client connection or the previous data-server of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Upstream {
+    Client(ConnId),
+    Peer(NodeId),
+}
+
+/// A write coming through this data-server.
+#[derive(Debug)]
+struct Inbound {
+    upstream: Upstream,
+    /// The request id the upstream uses for this write.
+    upstream_id: u64,
+    /// The token of the write's first chunk; later chunks must carry the same.
+    token: meshfs_core::token::Token,
+    /// The next data-server and the request id we use with it.
+    downstream: Option<(NodeId, u64)>,
+    /// Written here, up to this offset.
+    local_through: u64,
+    /// Acknowledged downstream, up to this offset.
+    down_through: u64,
+    local_committed: bool,
+    down_committed: bool,
+    /// The last chunk has been received (so a commit is coming).
+    last_seen: bool,
+    /// Last acknowledgement sent upstream: (through, committed).
+    acked: (u64, bool),
+    last_activity: Instant,
+}
+
+/// The data-server above the group: its block store and the writes under way.
+#[derive(Debug)]
+pub struct DataServer {
+    me: NodeId,
+    secret: Vec<u8>,
+    store: Arc<BlockStore>,
+    disk: DiskPool,
+    /// Writes under way, by our write number.
+    writes: HashMap<u64, Inbound>,
+    /// Our write number by (upstream, upstream request id).
+    by_upstream: HashMap<(Upstream, u64), u64>,
+    /// Our write number by the request id we use downstream.
+    by_downstream: HashMap<u64, u64>,
+    next_write: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl DataServer {
+    /// A data-server serving `store`, checking tokens with `secret`.
+    pub fn new(me: NodeId, secret: Vec<u8>, store: Arc<BlockStore>, disk: DiskPool) -> DataServer {
+        DataServer {
+            me,
+            secret,
+            store,
+            disk,
+            writes: HashMap::new(),
+            by_upstream: HashMap::new(),
+            by_downstream: HashMap::new(),
+            next_write: 1,
+        }
+    }
+
+    fn send_up(node: &mut Node, upstream: Upstream, upstream_id: u64, ack: WriteAck) {
+        let frame = Message::WriteAck(ack).to_frame(upstream_id);
+        match upstream {
+            Upstream::Client(conn) => node.reply(conn, frame),
+            Upstream::Peer(peer) => {
+                let _ = node.send(peer, Priority::Control, frame);
+            }
+        }
+    }
+
+    /// Refuses a chunk that opened nothing here.
+    fn refuse(&self, node: &mut Node, upstream: Upstream, upstream_id: u64, message: String) {
+        warn!("refusing a write: {message}");
+        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at: self.me, message });
+    }
+
+    fn handle_chunk(
+        &mut self,
+        node: &mut Node,
+        upstream: Upstream,
+        presenter: Option<ClientId>,
+        upstream_id: u64,
+        chunk: WriteChunk,
+    ) {
+        let token = &chunk.token;
+        // A client presents its own token; a data-server forwards the client's.
+        let client = presenter.unwrap_or(token.client);
+        if let Err(err) = token.verify_for(&self.secret, TokenOp::Write, client, now_ms(), self.me)
+        {
+            return self.refuse(node, upstream, upstream_id, err.to_string());
+        }
+        let end = chunk.offset + chunk.data.len() as u64;
+        if end > u64::from(chunk.block_size) || chunk.data.len() > MAX_CHUNK_BYTES as usize {
+            return self.refuse(
+                node,
+                upstream,
+                upstream_id,
+                format!("chunk {}+{} outside the block", chunk.offset, chunk.data.len()),
+            );
+        }
+        let write = match self.by_upstream.get(&(upstream, upstream_id)) {
+            Some(&write) => {
+                let inbound = self.writes.get(&write).expect("indexed writes exist");
+                if inbound.token != chunk.token {
+                    return self.refuse(
+                        node,
+                        upstream,
+                        upstream_id,
+                        "a chunk changed its token mid-write".into(),
+                    );
+                }
+                write
+            }
+            None => {
+                if let Some(held) = self.store.get(token.block.file.id, token.block.index)
+                    && held.descriptor.version.is_newer_than(token.block.version)
+                {
+                    let message = format!(
+                        "stale lease: this replica of {} is already at version {}",
+                        token.block, held.descriptor.version.0
+                    );
+                    return self.refuse(node, upstream, upstream_id, message);
+                }
+                let write = self.next_write;
+                self.next_write += 1;
+                let downstream = token.next_after(self.me).map(|next| (next, write));
+                self.writes.insert(
+                    write,
+                    Inbound {
+                        upstream,
+                        upstream_id,
+                        token: chunk.token.clone(),
+                        downstream,
+                        local_through: chunk.offset,
+                        down_through: chunk.offset,
+                        local_committed: false,
+                        down_committed: downstream.is_none(),
+                        last_seen: false,
+                        acked: (chunk.offset, false),
+                        last_activity: Instant::now(),
+                    },
+                );
+                self.by_upstream.insert((upstream, upstream_id), write);
+                if downstream.is_some() {
+                    self.by_downstream.insert(write, write);
+                }
+                self.disk.submit(DiskJob::Begin {
+                    write,
+                    block: chunk.token.block,
+                    block_size: chunk.block_size,
+                    keep_existing: chunk.keep_existing,
+                });
+                write
+            }
+        };
+        let inbound = self.writes.get_mut(&write).expect("just found or made");
+        inbound.last_activity = Instant::now();
+        inbound.last_seen |= chunk.last;
+        if inbound.down_committed && inbound.downstream.is_none() {
+            inbound.down_through = inbound.down_through.max(end);
+        }
+        // Downstream first, so the next replica works while this one writes.
+        if let Some((next, id)) = inbound.downstream {
+            let frame = Message::WriteChunk(chunk.clone()).to_frame(id);
+            if node.send(next, Priority::Bulk, frame).is_err() {
+                let message = format!("data-server {next} (next in the chain) is down");
+                return self.fail(node, write, message);
+            }
+        }
+        let last = chunk.last;
+        self.disk.submit(DiskJob::Chunk { write, offset: chunk.offset, data: chunk.data });
+        if last {
+            self.disk.submit(DiskJob::Commit { write });
+        }
+    }
+
+    /// Sends upstream what is now true of `write`, and forgets it once committed.
+    fn progress(&mut self, node: &mut Node, write: u64) {
+        let Some(inbound) = self.writes.get_mut(&write) else { return };
+        let through = if inbound.downstream.is_some() {
+            inbound.local_through.min(inbound.down_through)
+        } else {
+            inbound.local_through
+        };
+        let committed = inbound.local_committed && inbound.down_committed;
+        if (through, committed) == inbound.acked {
+            return;
+        }
+        inbound.acked = (through, committed);
+        let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
+        Self::send_up(node, upstream, upstream_id, WriteAck::Written { through, committed });
+        if committed {
+            self.forget(write);
+        }
+    }
+
+    /// Fails `write`: tells upstream, drops the local copy, forgets it.
+    fn fail(&mut self, node: &mut Node, write: u64, message: String) {
+        let Some(inbound) = self.writes.get(&write) else { return };
+        let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
+        warn!("write of {} failed: {message}", inbound.token.block);
+        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at: self.me, message });
+        self.disk.submit(DiskJob::Abort { write });
+        self.forget(write);
+    }
+
+    fn forget(&mut self, write: u64) {
+        if let Some(inbound) = self.writes.remove(&write) {
+            self.by_upstream.remove(&(inbound.upstream, inbound.upstream_id));
+            self.by_downstream.remove(&write);
+        }
+    }
+
+    fn handle_ack(&mut self, node: &mut Node, from: NodeId, id: u64, ack: WriteAck) {
+        let Some(&write) = self.by_downstream.get(&id) else { return };
+        let Some(inbound) = self.writes.get_mut(&write) else { return };
+        if inbound.downstream.map(|(n, _)| n) != Some(from) {
+            return;
+        }
+        inbound.last_activity = Instant::now();
+        match ack {
+            WriteAck::Written { through, committed } => {
+                inbound.down_through = inbound.down_through.max(through);
+                inbound.down_committed |= committed;
+                self.progress(node, write);
+            }
+            WriteAck::Failed { at, message } => {
+                self.fail(node, write, format!("data-server {at}: {message}"))
+            }
+        }
+    }
+
+    fn handle_disk(&mut self, node: &mut Node) {
+        for done in self.disk.poll() {
+            match done {
+                DiskDone::Written { write, end } => {
+                    if let Some(inbound) = self.writes.get_mut(&write) {
+                        inbound.local_through = inbound.local_through.max(end);
+                    }
+                    self.progress(node, write);
+                }
+                DiskDone::Committed { write } => {
+                    if let Some(inbound) = self.writes.get_mut(&write) {
+                        inbound.local_committed = true;
+                        info!("block {} committed here", inbound.token.block);
+                    }
+                    self.progress(node, write);
+                }
+                DiskDone::Failed { write, message } => self.fail(node, write, message),
+                DiskDone::Read { conn, request, reply } => {
+                    node.reply(conn, Message::BlockData(reply).to_frame(request));
+                }
+            }
+        }
+    }
+
+    fn handle_read(&mut self, conn: ConnId, request: u64, read: ReadBlock, node: &mut Node) {
+        if read.len > MAX_CHUNK_BYTES {
+            let message = format!("reads are at most {MAX_CHUNK_BYTES} bytes");
+            node.reply(conn, Message::BlockData(BlockData::Failed { message }).to_frame(request));
+            return;
+        }
+        self.disk.submit(DiskJob::Read {
+            conn,
+            request,
+            block: read.block,
+            offset: read.offset,
+            len: read.len,
+        });
+    }
+
+    /// Abandons writes whose upstream went quiet, and those tied to a gone connection or peer.
+    fn sweep(&mut self, node: &mut Node, gone: Option<Upstream>, down_peer: Option<NodeId>) {
+        let stale: Vec<(u64, bool)> = self
+            .writes
+            .iter()
+            .filter_map(|(&write, w)| {
+                let idle = w.last_activity.elapsed() > WRITE_IDLE_TIMEOUT;
+                let upstream_gone = gone == Some(w.upstream);
+                let downstream_gone =
+                    down_peer.is_some() && w.downstream.map(|(n, _)| n) == down_peer;
+                (idle || upstream_gone || downstream_gone).then_some((write, downstream_gone))
+            })
+            .collect();
+        for (write, downstream_gone) in stale {
+            if downstream_gone {
+                let peer = down_peer.map_or(0, |p| p.0);
+                self.fail(node, write, format!("data-server {peer} (next in the chain) went down"));
+            } else {
+                self.disk.submit(DiskJob::Abort { write });
+                self.forget(write);
+            }
+        }
+    }
+}
 
 impl Service for DataServer {
+    fn start(&mut self, node: &mut Node) {
+        node.set_timer(Instant::now() + SWEEP_EVERY, SWEEP_TIMER);
+    }
+
+    fn handle_timer(&mut self, node: &mut Node, token: u64) {
+        if token == SWEEP_TIMER {
+            self.sweep(node, None, None);
+            node.set_timer(Instant::now() + SWEEP_EVERY, SWEEP_TIMER);
+        }
+    }
+
+    fn handle_wake(&mut self, node: &mut Node) {
+        self.handle_disk(node);
+    }
+
     fn handle_event(&mut self, node: &mut Node, event: GroupEvent) {
         match event {
-            GroupEvent::PeerUp { .. }
-            | GroupEvent::PeerDown { .. }
-            | GroupEvent::ClientGone { .. } => {}
+            GroupEvent::PeerUp { .. } => {}
+            GroupEvent::PeerDown { peer, .. } => {
+                self.sweep(node, Some(Upstream::Peer(peer)), Some(peer))
+            }
+            GroupEvent::ClientGone { conn, .. } => {
+                self.sweep(node, Some(Upstream::Client(conn)), None)
+            }
+            GroupEvent::Message { from, frame }
+                if frame.kind == KIND_WRITE_CHUNK || frame.kind == KIND_WRITE_ACK =>
+            {
+                let from_dserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
+                match Message::decode(&frame) {
+                    Ok(Message::WriteChunk(chunk)) if from_dserver => {
+                        self.handle_chunk(
+                            node,
+                            Upstream::Peer(from),
+                            None,
+                            frame.request_id,
+                            chunk,
+                        );
+                    }
+                    Ok(Message::WriteAck(ack)) if from_dserver => {
+                        self.handle_ack(node, from, frame.request_id, ack)
+                    }
+                    Ok(_) => {
+                        warn!("ignoring a data message from {from}, which is not a data-server")
+                    }
+                    Err(err) => warn!("bad data message from {from}: {err}"),
+                }
+            }
             GroupEvent::Message { from, frame } => {
-                warn!("ignoring message kind {} from peer {from}: not served yet", frame.kind);
+                warn!("ignoring message kind {} from peer {from}: not served", frame.kind);
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
                 let reply = match common_reply(&frame, || node_status(node)) {
                     Handled::Answered(reply) => reply,
+                    Handled::ForRole(Message::WriteChunk(chunk)) => {
+                        self.handle_chunk(
+                            node,
+                            Upstream::Client(conn),
+                            Some(client),
+                            frame.request_id,
+                            chunk,
+                        );
+                        return;
+                    }
+                    Handled::ForRole(Message::ReadBlock(read)) => {
+                        self.handle_read(conn, frame.request_id, read, node);
+                        return;
+                    }
                     Handled::ForRole(request) => {
                         warn!(
-                            "client {client} sent message kind {}, which this server does not serve",
+                            "client {client} sent message kind {}, which a data-server does not serve",
                             request.kind()
                         );
                         unsupported(node.role(), &request)
@@ -46,7 +442,15 @@ impl Service for DataServer {
     }
 }
 
-/// Runs server `id` of the config at `config_path` until SIGTERM or SIGINT.
-pub fn run(config_path: &Path, id: NodeId) -> Result<(), StartError> {
-    serve(Role::DServer, config_path, id, &mut DataServer::default())
+/// Runs data-server `id` of the config at `config_path` until SIGTERM or SIGINT.
+pub fn run(config_path: &Path, id: NodeId) -> Result<(), DataError> {
+    let (config, data_dir, mut node) = start_server(Role::DServer, config_path, id)?;
+    info!("data directory {}", data_dir.path().display());
+    let capacity = config.server(id).and_then(|s| s.capacity).unwrap_or(0);
+    let store = Arc::new(BlockStore::open(data_dir.path(), capacity)?);
+    let disk = DiskPool::start(Arc::clone(&store), node.notifier());
+    let mut server = DataServer::new(id, config.secret.clone(), store, disk);
+    node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
+    info!("stopped");
+    Ok(())
 }

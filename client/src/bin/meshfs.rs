@@ -5,11 +5,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use meshfs_client::data::DataClient;
 use meshfs_client::launcher::{self, UpOptions};
 use meshfs_client::status::cluster_status;
 use meshfs_client::{ClientError, Credentials, MetaClient};
 use meshfs_core::namespace::Stat;
 use meshfs_group::{ClientId, Config};
+use std::io::IsTerminal;
+use std::time::Instant;
 
 /// The MeshFS command line.
 #[derive(Debug, Parser)]
@@ -78,6 +81,28 @@ enum Command {
         recursive: bool,
         /// The path.
         path: String,
+    },
+    /// Store a local file (or standard input, `-`) as REMOTE.
+    Put {
+        /// Copies of each block (default: the config's replication).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// The local file, or - for standard input.
+        local: String,
+        /// The path in MeshFS (must not exist).
+        remote: String,
+    },
+    /// Fetch REMOTE into a local file (or standard output, `-`), every byte verified.
+    Get {
+        /// The path in MeshFS.
+        remote: String,
+        /// The local file, or - for standard output.
+        local: String,
+    },
+    /// Write REMOTE to standard output.
+    Cat {
+        /// The path in MeshFS.
+        remote: String,
     },
     /// Measure the cluster of the config (it must be running).
     Bench {
@@ -181,6 +206,68 @@ enum Workload {
     },
 }
 
+/// A progress line on a terminal (bytes, rate, ETA), at most ten times a second.
+struct TermProgress {
+    started: Instant,
+    last: Instant,
+    enabled: bool,
+}
+
+impl TermProgress {
+    fn new() -> TermProgress {
+        let now = Instant::now();
+        TermProgress { started: now, last: now, enabled: std::io::stderr().is_terminal() }
+    }
+
+    fn summary(&self, what: &str, bytes: u64) {
+        if self.enabled {
+            eprint!("\r\x1b[K");
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "{what}: {bytes} bytes ({}) in {secs:.2} s, {:.1} MB/s",
+            human(bytes),
+            bytes as f64 / secs.max(1e-9) / 1e6
+        );
+    }
+}
+
+impl meshfs_client::data::Progress for TermProgress {
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        if !self.enabled || self.last.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = done as f64 / secs;
+        let eta = match total {
+            Some(t) if rate > 0.0 && t >= done => format!("ETA {:.0} s", (t - done) as f64 / rate),
+            _ => String::new(),
+        };
+        let of = total.map(|t| format!(" of {}", human(t))).unwrap_or_default();
+        eprint!("\r\x1b[K  {}{of}  {:.1} MB/s  {eta}", human(done), rate / 1e6);
+    }
+}
+
+fn open_input(local: &str) -> Result<(Box<dyn std::io::Read>, Option<u64>), ClientError> {
+    if local == "-" {
+        return Ok((Box::new(std::io::stdin().lock()), None));
+    }
+    let file = std::fs::File::open(local)
+        .map_err(|e| ClientError::Local { what: format!("opening {local}"), source: e })?;
+    let size = file.metadata().ok().map(|m| m.len());
+    Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, file)), size))
+}
+
+fn open_output(local: &str) -> Result<Box<dyn std::io::Write>, ClientError> {
+    if local == "-" {
+        return Ok(Box::new(std::io::stdout().lock()));
+    }
+    let file = std::fs::File::create(local)
+        .map_err(|e| ClientError::Local { what: format!("creating {local}"), source: e })?;
+    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, file)))
+}
+
 fn run(cli: Cli) -> Result<u8, ClientError> {
     let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
@@ -224,6 +311,45 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
         }
         Command::Rm { recursive, path } => {
             MetaClient::new(&config, credentials)?.remove(&path, recursive)?;
+            Ok(0)
+        }
+        Command::Put { replication, local, remote } => {
+            let (mut input, size) = open_input(&local)?;
+            let mut meta = MetaClient::new(&config, credentials.clone())?;
+            let mut data = DataClient::new(&config, credentials);
+            let mut progress = TermProgress::new();
+            let n = meshfs_client::data::put(
+                &mut meta,
+                &mut data,
+                &mut input,
+                &remote,
+                replication,
+                size,
+                &mut progress,
+            )?;
+            progress.summary(&format!("put {local} -> {remote}"), n);
+            Ok(0)
+        }
+        Command::Get { remote, local } => {
+            let mut output = open_output(&local)?;
+            let mut meta = MetaClient::new(&config, credentials.clone())?;
+            let mut data = DataClient::new(&config, credentials);
+            let mut progress = TermProgress::new();
+            let n = meshfs_client::data::get(
+                &mut meta,
+                &mut data,
+                &remote,
+                &mut output,
+                &mut progress,
+            )?;
+            progress.summary(&format!("get {remote} -> {local}"), n);
+            Ok(0)
+        }
+        Command::Cat { remote } => {
+            let mut output = open_output("-")?;
+            let mut meta = MetaClient::new(&config, credentials.clone())?;
+            let mut data = DataClient::new(&config, credentials);
+            meshfs_client::data::get(&mut meta, &mut data, &remote, &mut output, &mut ())?;
             Ok(0)
         }
         Command::Bench { workload: Workload::Meta { clients, files, json, keep, phases } } => {

@@ -686,3 +686,229 @@ fn a_write_lease_bumps_the_block_version_and_signs_its_chain() {
     let err = client.write_lease("/f", 5).unwrap_err().to_string();
     assert!(err.contains("block 5") && err.contains("2 blocks"), "{err}");
 }
+
+// ---- the data path ----
+
+/// `len` pseudo-random bytes (never zeros: some filesystems skip them).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn data_clients(
+    cluster: &TestCluster,
+) -> (meshfs_client::MetaClient, meshfs_client::data::DataClient) {
+    (
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap(),
+        meshfs_client::data::DataClient::new(&cluster.config, cluster.credentials.clone()),
+    )
+}
+
+fn put_bytes(
+    cluster: &TestCluster,
+    remote: &str,
+    bytes: &[u8],
+    replication: u8,
+) -> Result<u64, meshfs_client::ClientError> {
+    let (mut meta, mut data) = data_clients(cluster);
+    meshfs_client::data::put(
+        &mut meta,
+        &mut data,
+        &mut &bytes[..],
+        remote,
+        replication,
+        None,
+        &mut (),
+    )
+}
+
+fn get_bytes(cluster: &TestCluster, remote: &str) -> Result<Vec<u8>, meshfs_client::ClientError> {
+    let (mut meta, mut data) = data_clients(cluster);
+    let mut out = Vec::new();
+    meshfs_client::data::get(&mut meta, &mut data, remote, &mut out, &mut ())?;
+    Ok(out)
+}
+
+#[test]
+fn a_300_mb_file_round_trips_byte_identical_at_replication_1_2_and_3() {
+    let mut cluster = TestCluster::new("put-get", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let local = cluster.dir.join("random.bin");
+    std::fs::write(&local, random_bytes(300 * 1000 * 1000, 42)).unwrap();
+    for r in 1..=3u8 {
+        let remote = format!("/big-r{r}");
+        let out = meshfs(
+            &cluster,
+            &["put", "--replication", &r.to_string(), local.to_str().unwrap(), &remote],
+        );
+        assert!(out.status.success(), "put r{r}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("300000000 bytes"),
+            "summary line: {}",
+            text(&out.stderr)
+        );
+        let back = cluster.dir.join(format!("back-r{r}.bin"));
+        let out = meshfs(&cluster, &["get", &remote, back.to_str().unwrap()]);
+        assert!(out.status.success(), "get r{r}: {}", text(&out.stderr));
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(&local).unwrap(),
+            "r{r}: bytes differ"
+        );
+        std::fs::remove_file(&back).unwrap();
+        // Every block has r replicas on distinct data-servers.
+        let (mut meta, _) = data_clients(&cluster);
+        for block in meta.get_file_meta_data(&remote).unwrap().blocks {
+            let mut servers = block.replicas.clone();
+            servers.dedup();
+            assert_eq!(servers.len(), r as usize);
+        }
+    }
+}
+
+#[test]
+fn small_files_and_concurrent_writers_round_trip() {
+    let mut cluster = TestCluster::new("small", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    std::thread::scope(|scope| {
+        for w in 0..8u64 {
+            let cluster = &cluster;
+            scope.spawn(move || {
+                let (mut meta, mut data) = data_clients(cluster);
+                // Each writer: one larger file (several blocks) and many small ones.
+                let big = random_bytes(3 * 1024 * 1024 + 123, w);
+                let path = format!("/w{w}-big");
+                meshfs_client::data::put(
+                    &mut meta,
+                    &mut data,
+                    &mut &big[..],
+                    &path,
+                    2,
+                    None,
+                    &mut (),
+                )
+                .unwrap();
+                for i in 0..125u64 {
+                    let small = random_bytes(4096, w * 1000 + i);
+                    let path = format!("/w{w}-{i}");
+                    meshfs_client::data::put(
+                        &mut meta,
+                        &mut data,
+                        &mut &small[..],
+                        &path,
+                        2,
+                        None,
+                        &mut (),
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    for w in 0..8u64 {
+        assert_eq!(
+            get_bytes(&cluster, &format!("/w{w}-big")).unwrap(),
+            random_bytes(3 * 1024 * 1024 + 123, w)
+        );
+        for i in [0u64, 61, 124] {
+            assert_eq!(
+                get_bytes(&cluster, &format!("/w{w}-{i}")).unwrap(),
+                random_bytes(4096, w * 1000 + i)
+            );
+        }
+    }
+    let (mut meta, _) = data_clients(&cluster);
+    assert_eq!(meta.list("/").unwrap().len(), 8 * 126, "1,000 small files and 8 larger ones");
+}
+
+#[test]
+fn reads_survive_a_dead_data_server_and_a_damaged_replica() {
+    let mut cluster = TestCluster::new("read-faults", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let bytes = random_bytes(5 * 1024 * 1024, 7);
+    put_bytes(&cluster, "/f", &bytes, 2).unwrap();
+    let (mut meta, _) = data_clients(&cluster);
+    let file = meta.get_file_meta_data("/f").unwrap();
+
+    // Flip a byte inside one replica file of block 0 on disk: the read still returns the
+    // right bytes, from the other replica.
+    let victim = file.blocks[0].replicas[0];
+    let path = cluster.dir.join(format!(
+        "data/dserver-{}/blocks/{:02x}/{:08x}-0000.blk",
+        victim.0,
+        file.descriptor.id.0 & 0xff,
+        file.descriptor.id.0
+    ));
+    let mut disk = std::fs::read(&path).unwrap();
+    let at = disk.len() - 1000;
+    disk[at] ^= 0x5a;
+    std::fs::write(&path, disk).unwrap();
+    assert_eq!(get_bytes(&cluster, "/f").unwrap(), bytes, "the damaged replica is skipped");
+
+    // Kill a data-server holding replicas: every block is still readable from another.
+    let dead = file.blocks[1].replicas[0];
+    cluster.kill9(dead.0);
+    assert_eq!(get_bytes(&cluster, "/f").unwrap(), bytes, "reads go to the surviving replicas");
+}
+
+#[test]
+fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
+    use meshfs_core::token::{Token, TokenOp};
+    let mut cluster = TestCluster::new("tokens", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let (mut meta, mut data) = data_clients(&cluster);
+    meta.create("/t", 1).unwrap();
+    meta.expand_file_size("/t", 1000).unwrap();
+    let token = meta.write_lease("/t", 0).unwrap();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let forged = Token::sign(
+        b"a-guessed-secret-0000000",
+        token.block,
+        TokenOp::Write,
+        token.replicas.clone(),
+        ClientId(1),
+        now + 60_000,
+    );
+    let err = data.write_block(&forged, 1024 * 1024, 0, b"sneaky", false).unwrap_err().to_string();
+    assert!(err.contains("forged"), "{err}");
+    let expired = Token::sign(
+        &cluster.config.secret,
+        token.block,
+        TokenOp::Write,
+        token.replicas.clone(),
+        ClientId(1),
+        now - 1,
+    );
+    let err = data.write_block(&expired, 1024 * 1024, 0, b"late", false).unwrap_err().to_string();
+    assert!(err.contains("expired"), "{err}");
+    // The real token works, and nothing of the refused writes is there.
+    data.write_block(&token, 1024 * 1024, 0, &[7u8; 1000], false).unwrap();
+    assert_eq!(get_bytes(&cluster, "/t").unwrap(), vec![7u8; 1000]);
+
+    // Data-servers here hold 1 GiB each: a file of more than three of them at replication 3
+    // does not fit, and says so.
+    let err = put_bytes(&cluster, "/huge", &random_bytes(8 * 1024 * 1024, 1), 3);
+    assert!(err.is_ok(), "8 MiB fits");
+    let capacity = cluster.config.servers.iter().filter_map(|s| s.capacity).max().unwrap();
+    let blocks_that_fit = capacity / (1024 * 1024);
+    let (mut meta, _) = data_clients(&cluster);
+    meta.create("/too-big", 3).unwrap();
+    let err = meta
+        .expand_file_size("/too-big", (blocks_that_fit + 1) * 1024 * 1024)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot place blocks") && err.contains("no room"), "{err}");
+}

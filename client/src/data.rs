@@ -1,0 +1,361 @@
+//! Block data: writes down a replica chain, verified reads, and whole files on top.
+//!
+//! - [`DataClient::write_block`] streams a block to the first data-server of its chain in
+//!   1 MiB chunks, at most [`WRITE_WINDOW`] unacknowledged, and returns once the last
+//!   acknowledgement says the block is durable on every replica.
+//! - [`DataClient::read_block`] asks the replicas in order of measured latency, checks every
+//!   segment's CRC-32 itself, and on any failure (down, refused, damaged) goes to the next.
+//! - [`put`] and [`get`] move whole files (from any reader, to any writer) one block at a time:
+//!   never the whole file in memory.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use log::warn;
+use meshfs_core::descriptor::BlockDescriptor;
+use meshfs_core::token::Token;
+use meshfs_core::wire::{BlockData, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck, WriteChunk};
+use meshfs_group::{Config, NodeId};
+
+use crate::connection::{Connection, Credentials};
+use crate::error::ClientError;
+use crate::meta::MetaClient;
+
+/// Chunks a block write may have unacknowledged.
+pub const WRITE_WINDOW: usize = 4;
+/// Bytes per checksummed segment (as the data-servers store them).
+const SEGMENT: u64 = 64 * 1024;
+/// How long a data-server may take to acknowledge a chunk or answer a read.
+const DATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections to data-servers, opened on demand and kept.
+#[derive(Debug)]
+pub struct DataClient {
+    config: Config,
+    credentials: Credentials,
+    conns: HashMap<NodeId, Connection>,
+    /// How long connecting to each data-server took: the read order.
+    latency: HashMap<NodeId, Duration>,
+}
+
+impl DataClient {
+    /// A data client of the cluster in `config`.
+    pub fn new(config: &Config, credentials: Credentials) -> DataClient {
+        DataClient {
+            config: config.clone(),
+            credentials,
+            conns: HashMap::new(),
+            latency: HashMap::new(),
+        }
+    }
+
+    fn conn(&mut self, server: NodeId) -> Result<&mut Connection, ClientError> {
+        if !self.conns.contains_key(&server) {
+            let addr = self
+                .config
+                .server(server)
+                .ok_or_else(|| ClientError::Protocol {
+                    addr: "0.0.0.0:0".parse().expect("literal"),
+                    detail: format!("data-server {server} is not in the config"),
+                })?
+                .addr;
+            let started = Instant::now();
+            let conn =
+                Connection::open(addr, &self.config.cluster_name, &self.credentials, DATA_TIMEOUT)?;
+            self.latency.insert(server, started.elapsed());
+            self.conns.insert(server, conn);
+        }
+        Ok(self.conns.get_mut(&server).expect("inserted above"))
+    }
+
+    /// Writes `data` at `offset` of the block the `token` leases, down its chain; returns
+    /// when every replica has it durably.
+    pub fn write_block(
+        &mut self,
+        token: &Token,
+        block_size: u32,
+        offset: u64,
+        data: &[u8],
+        keep_existing: bool,
+    ) -> Result<(), ClientError> {
+        let first = *token.replicas.first().ok_or_else(|| ClientError::DataWrite {
+            block: token.block.to_string(),
+            reason: "the lease names no data-server".into(),
+        })?;
+        let result = self.write_to(first, token, block_size, offset, data, keep_existing);
+        if result.is_err() {
+            // The connection may be mid-stream: start clean next time.
+            self.conns.remove(&first);
+        }
+        result
+    }
+
+    fn write_to(
+        &mut self,
+        first: NodeId,
+        token: &Token,
+        block_size: u32,
+        offset: u64,
+        data: &[u8],
+        keep_existing: bool,
+    ) -> Result<(), ClientError> {
+        let block = token.block.to_string();
+        let conn = self.conn(first)?;
+        let id = conn.next_request_id();
+        let end = offset + data.len() as u64;
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            vec![&[][..]]
+        } else {
+            data.chunks(MAX_CHUNK_BYTES as usize).collect()
+        };
+        let count = pieces.len();
+        let mut sent = 0;
+        let mut acked_through = offset;
+        let mut at = offset;
+        loop {
+            // Keep the window full.
+            while sent < count
+                && (sent as u64)
+                    < (acked_through - offset) / u64::from(MAX_CHUNK_BYTES) + WRITE_WINDOW as u64
+            {
+                let piece = pieces[sent];
+                let chunk = WriteChunk {
+                    token: token.clone(),
+                    block_size,
+                    keep_existing,
+                    offset: at,
+                    last: sent + 1 == count,
+                    data: piece.to_vec(),
+                };
+                conn.send(&Message::WriteChunk(chunk), id)?;
+                at += piece.len() as u64;
+                sent += 1;
+            }
+            let (reply_id, message) = conn.recv(Instant::now() + DATA_TIMEOUT)?;
+            if reply_id != id {
+                continue;
+            }
+            match message {
+                Message::WriteAck(WriteAck::Written { through, committed }) => {
+                    acked_through = acked_through.max(through);
+                    if committed && acked_through >= end {
+                        return Ok(());
+                    }
+                }
+                Message::WriteAck(WriteAck::Failed { at, message }) => {
+                    return Err(ClientError::DataWrite {
+                        block,
+                        reason: format!("data-server {at}: {message}"),
+                    });
+                }
+                other => {
+                    return Err(ClientError::DataWrite {
+                        block,
+                        reason: format!("unexpected reply kind {}", other.kind()),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of `block` from one of `replicas` (lowest latency
+    /// first), checking every segment; a replica that fails or returns damaged data is
+    /// skipped (and named in the log) and the next one tried.
+    pub fn read_block(
+        &mut self,
+        block: BlockDescriptor,
+        replicas: &[NodeId],
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let mut order: Vec<NodeId> = replicas.to_vec();
+        order.sort_by_key(|r| self.latency.get(r).copied().unwrap_or(Duration::MAX));
+        let mut failures = Vec::new();
+        for replica in order {
+            let start = out.len();
+            match self.read_from(replica, block, offset, len, out) {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    warn!(
+                        "reading {block} from data-server {replica} failed: {err}; trying the next replica"
+                    );
+                    out.truncate(start);
+                    self.conns.remove(&replica);
+                    failures.push(format!("{replica}: {err}"));
+                }
+            }
+        }
+        Err(ClientError::DataRead { block: block.to_string(), reason: failures.join("; ") })
+    }
+
+    fn read_from(
+        &mut self,
+        replica: NodeId,
+        block: BlockDescriptor,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            // Whole segments, at most one chunk's worth.
+            let seg_start = at / SEGMENT * SEGMENT;
+            let span = (end - seg_start).min(u64::from(MAX_CHUNK_BYTES));
+            let conn = self.conn(replica)?;
+            let id = conn.next_request_id();
+            let read = ReadBlock { block, offset: seg_start, len: span as u32 };
+            conn.send(&Message::ReadBlock(read), id)?;
+            let message = loop {
+                let (reply_id, message) = conn.recv(Instant::now() + DATA_TIMEOUT)?;
+                if reply_id == id {
+                    break message;
+                }
+            };
+            match message {
+                Message::BlockData(BlockData::Segments { first_segment, crcs, data, .. }) => {
+                    if u64::from(first_segment) * SEGMENT != seg_start {
+                        return Err(ClientError::DataRead {
+                            block: block.to_string(),
+                            reason: "segments out of place".into(),
+                        });
+                    }
+                    for (i, crc) in crcs.iter().enumerate() {
+                        let s = i * SEGMENT as usize;
+                        let e = (s + SEGMENT as usize).min(data.len());
+                        if s > e || crc32fast::hash(&data[s..e]) != *crc {
+                            return Err(ClientError::DataRead {
+                                block: block.to_string(),
+                                reason: format!(
+                                    "segment {} failed its checksum (damaged replica)",
+                                    first_segment as usize + i
+                                ),
+                            });
+                        }
+                    }
+                    let from = (at - seg_start) as usize;
+                    let to = ((end - seg_start) as usize).min(data.len());
+                    if to <= from {
+                        return Err(ClientError::DataRead {
+                            block: block.to_string(),
+                            reason: "short read".into(),
+                        });
+                    }
+                    out.extend_from_slice(&data[from..to]);
+                    at = seg_start + to as u64;
+                }
+                Message::BlockData(BlockData::Failed { message }) => {
+                    return Err(ClientError::DataRead {
+                        block: block.to_string(),
+                        reason: message,
+                    });
+                }
+                other => {
+                    return Err(ClientError::DataRead {
+                        block: block.to_string(),
+                        reason: format!("unexpected reply kind {}", other.kind()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a transfer, for a progress display.
+pub trait Progress {
+    /// `done` bytes of `total` (if known) have moved.
+    fn update(&mut self, done: u64, total: Option<u64>);
+}
+
+impl Progress for () {
+    fn update(&mut self, _done: u64, _total: Option<u64>) {}
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Creates `remote` and writes everything `reader` gives into it, one block at a time:
+/// grow the file (the leader places the block), lease the block, stream it down its chain.
+/// Returns the bytes written. `replication` 0 is the cluster's default.
+pub fn put(
+    meta: &mut MetaClient,
+    data: &mut DataClient,
+    reader: &mut impl Read,
+    remote: &str,
+    replication: u8,
+    total: Option<u64>,
+    progress: &mut impl Progress,
+) -> Result<u64, ClientError> {
+    meta.create(remote, replication)?;
+    let block_size = meta.get_file_meta_data(remote)?.block_size;
+    let mut buf = vec![0u8; block_size as usize];
+    let mut written = 0u64;
+    let mut index: u16 = 0;
+    loop {
+        let n = fill(reader, &mut buf)
+            .map_err(|e| ClientError::Local { what: "reading the input".into(), source: e })?;
+        if n == 0 {
+            break;
+        }
+        meta.expand_file_size(remote, written + n as u64)?;
+        let token = meta.write_lease(remote, index)?;
+        data.write_block(&token, block_size, 0, &buf[..n], false)?;
+        written += n as u64;
+        progress.update(written, total);
+        if n < buf.len() {
+            break;
+        }
+        index = index.checked_add(1).ok_or_else(|| ClientError::DataWrite {
+            block: format!("{remote} block 65536"),
+            reason: "a file has at most 65,536 blocks".into(),
+        })?;
+    }
+    Ok(written)
+}
+
+/// Reads `remote` whole into `writer`, one piece at a time, every segment verified.
+pub fn get(
+    meta: &mut MetaClient,
+    data: &mut DataClient,
+    remote: &str,
+    writer: &mut impl Write,
+    progress: &mut impl Progress,
+) -> Result<u64, ClientError> {
+    let file = meta.get_file_meta_data(remote)?;
+    let mut done = 0u64;
+    let mut buf = Vec::with_capacity(MAX_CHUNK_BYTES as usize);
+    for block in &file.blocks {
+        let block_start = u64::from(block.descriptor.index) * u64::from(file.block_size);
+        let block_len = file.size.saturating_sub(block_start).min(u64::from(file.block_size));
+        let mut at = 0;
+        while at < block_len {
+            let n = (block_len - at).min(u64::from(MAX_CHUNK_BYTES));
+            buf.clear();
+            data.read_block(block.descriptor, &block.replicas, at, n, &mut buf)?;
+            writer
+                .write_all(&buf)
+                .map_err(|e| ClientError::Local { what: "writing the output".into(), source: e })?;
+            at += n;
+            done += n;
+            progress.update(done, Some(file.size));
+        }
+    }
+    writer
+        .flush()
+        .map_err(|e| ClientError::Local { what: "writing the output".into(), source: e })?;
+    Ok(done)
+}
