@@ -912,3 +912,63 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
         .to_string();
     assert!(err.contains("cannot place blocks") && err.contains("no room"), "{err}");
 }
+
+#[test]
+fn killing_a_data_server_mid_put_loses_no_acknowledged_block() {
+    let mut cluster = TestCluster::new("kill-mid-put", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let bytes = random_bytes(200 * 1024 * 1024, 11);
+    // Count the bytes acknowledged (durable on every replica) as the put goes.
+    struct Acked(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    impl meshfs_client::data::Progress for Acked {
+        fn update(&mut self, done: u64, _total: Option<u64>) {
+            self.0.store(done, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mut meta, mut data) = data_clients(&cluster);
+    let result = std::thread::scope(|scope| {
+        let (bytes, mut progress) = (&bytes, Acked(acked.clone()));
+        let writer = scope.spawn(move || {
+            meshfs_client::data::put(
+                &mut meta,
+                &mut data,
+                &mut &bytes[..],
+                "/big",
+                3,
+                None,
+                &mut progress,
+            )
+        });
+        // Kill a data-server once the put is well under way.
+        let deadline = Instant::now() + DEADLINE;
+        while acked.load(std::sync::atomic::Ordering::SeqCst) < 20 * 1024 * 1024 {
+            assert!(Instant::now() < deadline, "the put never got going");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cluster.kill9(5);
+        writer.join().unwrap()
+    });
+    let done = acked.load(std::sync::atomic::Ordering::SeqCst);
+    match &result {
+        Ok(n) => assert_eq!(*n, bytes.len() as u64, "a put that succeeded wrote everything"),
+        Err(err) => assert!(err.to_string().contains("data-server"), "a clear error: {err}"),
+    }
+    // Every acknowledged block reads back intact, from the replicas that are left.
+    let (mut meta, mut data) = data_clients(&cluster);
+    let file = meta.get_file_meta_data("/big").unwrap();
+    let block_size = u64::from(file.block_size);
+    let whole_blocks = done / block_size;
+    assert!(whole_blocks >= 20, "{whole_blocks} blocks were acknowledged");
+    for block in file.blocks.iter().take(whole_blocks as usize) {
+        let mut out = Vec::new();
+        data.read_block(block.descriptor, &block.replicas, 0, block_size, &mut out).unwrap();
+        let start = (u64::from(block.descriptor.index) * block_size) as usize;
+        assert!(
+            out == bytes[start..start + block_size as usize],
+            "block {} differs",
+            block.descriptor.index
+        );
+    }
+}
