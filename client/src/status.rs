@@ -79,6 +79,24 @@ pub struct ServerView {
     /// Meta-servers: files and directories in the namespace as applied there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inodes: Option<u64>,
+    /// Meta-servers: the data-servers as their reports describe them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_servers: Vec<DataServerView>,
+}
+
+/// A data-server as a meta-server knows it from its reports.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DataServerView {
+    /// The data-server's id.
+    pub id: u32,
+    /// Bytes it may store.
+    pub capacity: u64,
+    /// Bytes its replicas take.
+    pub used: u64,
+    /// Replicas it holds.
+    pub blocks: u64,
+    /// Its last full report is complete and its link is up.
+    pub complete: bool,
 }
 
 /// The whole cluster as its servers see it.
@@ -126,6 +144,17 @@ fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
         applied_index: reply.raft.map(|r| r.applied_index),
         leader: reply.raft.and_then(|r| (r.leader != 0).then_some(r.leader)),
         inodes: reply.raft.map(|r| r.inodes),
+        data_servers: reply
+            .data_servers
+            .iter()
+            .map(|d| DataServerView {
+                id: d.id.0,
+                capacity: d.capacity,
+                used: d.used,
+                blocks: d.blocks,
+                complete: d.complete,
+            })
+            .collect(),
     }
 }
 
@@ -187,6 +216,7 @@ pub fn cluster_status(
                         applied_index: None,
                         leader: None,
                         inodes: None,
+                        data_servers: Vec::new(),
                     },
                 }
             })

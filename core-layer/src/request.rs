@@ -55,6 +55,7 @@ mod tests {
             version: "0".into(),
             peers: vec![],
             raft: None,
+            data_servers: vec![],
         }
     }
 

@@ -47,6 +47,7 @@ pub fn status_reply(
         version: env!("CARGO_PKG_VERSION").to_string(),
         peers: group.status().iter().map(|p| peer_link(p, now)).collect(),
         raft: None,
+        data_servers: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! | 57 | [`Message::WriteAck`] | dserver -> its upstream | [`WriteAck`] |
 //! | 58 | [`Message::ReadBlock`] | client -> dserver | [`ReadBlock`] |
 //! | 59 | [`Message::BlockData`] | dserver -> client | [`BlockData`] |
+//! | 60 | [`Message::DataReport`] | dserver -> mserver | [`DataReport`] |
 //! | 48 | [`Message::MetaRequest`] | client -> mserver | [`MetaRequest`] |
 //! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] |
 //!
@@ -66,6 +67,10 @@ pub const KIND_WRITE_ACK: u16 = 57;
 pub const KIND_READ_BLOCK: u16 = 58;
 /// Kind of [`Message::BlockData`].
 pub const KIND_BLOCK_DATA: u16 = 59;
+/// Kind of [`Message::DataReport`].
+pub const KIND_DATA_REPORT: u16 = 60;
+/// Most blocks listed in one report message.
+pub const MAX_REPORT_BLOCKS: usize = 16_384;
 /// Most data bytes in one write chunk or read reply.
 pub const MAX_CHUNK_BYTES: u32 = 1024 * 1024;
 const _: () =
@@ -136,6 +141,25 @@ pub enum WriteAck {
         /// Why.
         message: String,
     },
+}
+
+/// What a data-server holds, told to the meta-servers: a full report (in pieces, the first
+/// with `full`, the last with `last`) when a link to a meta-server comes up, then one line
+/// per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataReport {
+    /// Bytes it may store.
+    pub capacity: u64,
+    /// Bytes its replicas take.
+    pub used: u64,
+    /// This starts a full report: forget what it said before.
+    pub full: bool,
+    /// This ends a report: what was said so far is all it holds.
+    pub last: bool,
+    /// Replicas held: the block at the version held, and its valid length.
+    pub blocks: Vec<(BlockDescriptor, u64)>,
+    /// Replicas no longer held (in a change report).
+    pub removed: Vec<(u32, u16)>,
 }
 
 /// A request for bytes of a block.
@@ -402,6 +426,23 @@ pub struct StatusReply {
     pub peers: Vec<PeerLink>,
     /// Its Raft state (meta-servers only).
     pub raft: Option<RaftInfo>,
+    /// Meta-servers: the data-servers as their reports describe them.
+    pub data_servers: Vec<ReportedDataServer>,
+}
+
+/// A data-server as a meta-server knows it from its reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedDataServer {
+    /// The data-server.
+    pub id: NodeId,
+    /// Bytes it may store.
+    pub capacity: u64,
+    /// Bytes its replicas take.
+    pub used: u64,
+    /// Replicas it holds.
+    pub blocks: u64,
+    /// Its last full report is complete.
+    pub complete: bool,
 }
 
 /// An application message.
@@ -421,6 +462,8 @@ pub enum Message {
     WriteAck(WriteAck),
     /// A read of a block.
     ReadBlock(ReadBlock),
+    /// What a data-server holds.
+    DataReport(DataReport),
     /// Bytes of a block.
     BlockData(BlockData),
     /// A namespace request.
@@ -479,6 +522,7 @@ impl Message {
             Message::WriteChunk(_) => KIND_WRITE_CHUNK,
             Message::WriteAck(_) => KIND_WRITE_ACK,
             Message::ReadBlock(_) => KIND_READ_BLOCK,
+            Message::DataReport(_) => KIND_DATA_REPORT,
             Message::BlockData(_) => KIND_BLOCK_DATA,
             Message::MetaRequest(_) => KIND_META_REQUEST,
             Message::MetaReply(_) => KIND_META_REPLY,
@@ -515,6 +559,10 @@ impl Message {
                         .u32(r.leader)
                         .u64(r.inodes);
                 }
+                w.u32(s.data_servers.len() as u32);
+                for d in &s.data_servers {
+                    w.u32(d.id.0).u64(d.capacity).u64(d.used).u64(d.blocks).bool(d.complete);
+                }
             }
             Message::Error { code, message } => {
                 w.u8(*code as u8).str(message);
@@ -534,6 +582,18 @@ impl Message {
             }
             Message::WriteAck(WriteAck::Failed { at, message }) => {
                 w.u8(2).u32(at.0).str(message);
+            }
+            Message::DataReport(report) => {
+                w.u64(report.capacity).u64(report.used).bool(report.full).bool(report.last);
+                w.u32(report.blocks.len() as u32);
+                for (block, len) in &report.blocks {
+                    block.write(&mut w);
+                    w.u64(*len);
+                }
+                w.u32(report.removed.len() as u32);
+                for (file, index) in &report.removed {
+                    w.u32(*file).u16(*index);
+                }
             }
             Message::ReadBlock(r) => {
                 r.block.write(&mut w);
@@ -583,6 +643,7 @@ impl Message {
                 offset: r.u64("offset").map_err(body)?,
                 len: r.u32("len").map_err(body)?,
             }),
+            KIND_DATA_REPORT => Message::DataReport(read_data_report(&mut r).map_err(body)?),
             KIND_BLOCK_DATA => Message::BlockData(read_block_data(&mut r).map_err(body)?),
             KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
             KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
@@ -615,6 +676,29 @@ fn read_write_ack(r: &mut BodyReader<'_>) -> Result<WriteAck, BodyError> {
         }),
         other => Err(BodyError::Invalid { field: "ack", value: u64::from(other) }),
     }
+}
+
+fn read_data_report(r: &mut BodyReader<'_>) -> Result<DataReport, BodyError> {
+    let capacity = r.u64("capacity")?;
+    let used = r.u64("used")?;
+    let full = r.bool("full")?;
+    let last = r.bool("last")?;
+    let count = r.u32("block count")? as usize;
+    if count > MAX_REPORT_BLOCKS {
+        return Err(BodyError::Invalid { field: "block count", value: count as u64 });
+    }
+    let mut blocks = Vec::with_capacity(count);
+    for _ in 0..count {
+        blocks.push((BlockDescriptor::read(r)?, r.u64("length")?));
+    }
+    let count = r.u32("removed count")? as usize;
+    if count > MAX_REPORT_BLOCKS {
+        return Err(BodyError::Invalid { field: "removed count", value: count as u64 });
+    }
+    let removed = (0..count)
+        .map(|_| Ok((r.u32("file")?, r.u16("index")?)))
+        .collect::<Result<_, BodyError>>()?;
+    Ok(DataReport { capacity, used, full, last, blocks, removed })
 }
 
 fn read_block_data(r: &mut BodyReader<'_>) -> Result<BlockData, BodyError> {
@@ -899,7 +983,32 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
     } else {
         None
     };
-    Ok(StatusReply { id, role, cluster, addr, incarnation, uptime_ms, version, peers, raft })
+    let count = r.u32("data-server count")?;
+    if count > MAX_STATUS_PEERS {
+        return Err(BodyError::Invalid { field: "data-server count", value: u64::from(count) });
+    }
+    let mut data_servers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        data_servers.push(ReportedDataServer {
+            id: NodeId(r.u32("data-server")?),
+            capacity: r.u64("capacity")?,
+            used: r.u64("used")?,
+            blocks: r.u64("blocks")?,
+            complete: r.bool("complete")?,
+        });
+    }
+    Ok(StatusReply {
+        id,
+        role,
+        cluster,
+        addr,
+        incarnation,
+        uptime_ms,
+        version,
+        peers,
+        raft,
+        data_servers,
+    })
 }
 
 #[cfg(test)]
@@ -948,6 +1057,13 @@ mod tests {
                     leader: 1,
                     inodes: 5,
                 }),
+                data_servers: vec![ReportedDataServer {
+                    id: NodeId(4),
+                    capacity: 10,
+                    used: 3,
+                    blocks: 1,
+                    complete: true,
+                }],
             }),
             Message::Raft(vec![8, 1, 16, 2]),
             Message::SnapshotChunk(SnapshotChunk {
@@ -1051,6 +1167,21 @@ mod tests {
                 data: vec![0; 10],
             }),
             Message::BlockData(BlockData::Failed { message: "no replica".into() }),
+            Message::DataReport(DataReport {
+                capacity: 1 << 30,
+                used: 12345,
+                full: true,
+                last: false,
+                blocks: vec![(
+                    BlockDescriptor {
+                        file: FileDescriptor { id: crate::descriptor::FileId(3), version: 5 },
+                        index: 2,
+                        version: crate::descriptor::BlockVersion(9),
+                    },
+                    4096,
+                )],
+                removed: vec![(7, 1)],
+            }),
             Message::MetaReply(MetaReply::Lease(Token::sign(
                 b"secret-0123456789abcdef",
                 BlockDescriptor {
@@ -1123,8 +1254,9 @@ mod tests {
         let Message::StatusReply(mut s) = samples()[1].clone() else { unreachable!() };
         s.peers.clear();
         s.raft = None;
+        s.data_servers.clear();
         let short = Message::StatusReply(s).encode();
-        let count_at = short.len() - 5; // the count, then the has_raft byte
+        let count_at = short.len() - 9; // the count, the has_raft byte, the data-server count
         frame.body = short;
         frame.body[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(

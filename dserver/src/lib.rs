@@ -25,12 +25,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use meshfs_core::descriptor::BlockDescriptor;
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::TokenOp;
 use meshfs_core::wire::{
-    BlockData, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck,
-    WriteChunk,
+    BlockData, DataReport, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES, MAX_REPORT_BLOCKS,
+    Message, ReadBlock, WriteAck, WriteChunk,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
@@ -307,7 +308,13 @@ impl DataServer {
                 DiskDone::Committed { write } => {
                     if let Some(inbound) = self.writes.get_mut(&write) {
                         inbound.local_committed = true;
-                        info!("block {} committed here", inbound.token.block);
+                        let block = inbound.token.block;
+                        info!("block {block} committed here");
+                        let held = self
+                            .store
+                            .get(block.file.id, block.index)
+                            .map(|b| (b.descriptor, b.len));
+                        self.report_change(node, held, None);
                     }
                     self.progress(node, write);
                 }
@@ -316,6 +323,52 @@ impl DataServer {
                     node.reply(conn, Message::BlockData(reply).to_frame(request));
                 }
             }
+        }
+    }
+
+    /// Tells meta-server `peer` everything this data-server holds, in pieces.
+    fn report_all(&self, node: &mut Node, peer: NodeId) {
+        let blocks: Vec<(BlockDescriptor, u64)> =
+            self.store.list().into_iter().map(|b| (b.descriptor, b.len)).collect();
+        let pieces: Vec<&[(BlockDescriptor, u64)]> =
+            if blocks.is_empty() { vec![&[]] } else { blocks.chunks(MAX_REPORT_BLOCKS).collect() };
+        let count = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let report = DataReport {
+                capacity: self.store.capacity(),
+                used: self.store.used(),
+                full: i == 0,
+                last: i + 1 == count,
+                blocks: piece.to_vec(),
+                removed: Vec::new(),
+            };
+            if node.send(peer, Priority::Control, Message::DataReport(report).to_frame(0)).is_err()
+            {
+                return; // the link fell again; it reports when it comes back
+            }
+        }
+        info!("reported {} replicas to meta-server {peer}", blocks.len());
+    }
+
+    /// Tells every meta-server about one changed replica.
+    fn report_change(
+        &self,
+        node: &mut Node,
+        block: Option<(BlockDescriptor, u64)>,
+        removed: Option<(u32, u16)>,
+    ) {
+        let report = DataReport {
+            capacity: self.store.capacity(),
+            used: self.store.used(),
+            full: false,
+            last: true,
+            blocks: block.into_iter().collect(),
+            removed: removed.into_iter().collect(),
+        };
+        let mservers: Vec<NodeId> = node.config().servers_of(Role::MServer).map(|s| s.id).collect();
+        for m in mservers {
+            let _ =
+                node.send(m, Priority::Control, Message::DataReport(report.clone()).to_frame(0));
         }
     }
 
@@ -377,6 +430,7 @@ impl Service for DataServer {
 
     fn handle_event(&mut self, node: &mut Node, event: GroupEvent) {
         match event {
+            GroupEvent::PeerUp { peer, role: Role::MServer } => self.report_all(node, peer),
             GroupEvent::PeerUp { .. } => {}
             GroupEvent::PeerDown { peer, .. } => {
                 self.sweep(node, Some(Upstream::Peer(peer)), Some(peer))

@@ -18,7 +18,7 @@ pub mod consensus;
 pub mod log_store;
 pub mod persist;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +31,9 @@ use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
-    KIND_RAFT, KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply,
-    MetaRequest, RaftInfo, SnapshotChunk, StatusReply,
+    DataReport, KIND_DATA_REPORT, KIND_RAFT, KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS,
+    Message, MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk,
+    StatusReply,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
@@ -71,6 +72,19 @@ struct Waiter {
     frame_id: u64,
 }
 
+/// A data-server as its reports describe it (soft state: rebuilt from reports, not logged).
+#[derive(Debug, Default)]
+struct Reported {
+    capacity: u64,
+    used: u64,
+    /// Replicas held: (file id, index) -> (version, valid length).
+    blocks: HashMap<(u32, u16), (u16, u64)>,
+    /// A full report in progress.
+    incoming: Option<HashMap<(u32, u16), (u16, u64)>>,
+    /// Its last full report is complete and its link is up.
+    complete: bool,
+}
+
 /// The meta-server above the group: its Raft replica and the clients waiting on it.
 #[derive(Debug)]
 pub struct MetaServer {
@@ -90,6 +104,8 @@ pub struct MetaServer {
     confirmed: Vec<(u64, Waiter, MetaOp)>,
     /// Snapshots being streamed, by follower: the snapshot and how far it has gone.
     sending: HashMap<u64, (OutgoingSnapshot, usize)>,
+    /// What each data-server reports holding.
+    reports: BTreeMap<NodeId, Reported>,
 }
 
 fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
@@ -128,6 +144,7 @@ impl MetaServer {
             next_read: 1,
             confirmed: Vec::new(),
             sending: HashMap::new(),
+            reports: BTreeMap::new(),
         }
     }
 
@@ -309,8 +326,14 @@ impl MetaServer {
             .into_iter()
             .filter(|p| p.role == Role::DServer && p.up)
             .map(|p| {
-                let capacity = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
-                let used = namespace.allocated().get(&p.id).copied().unwrap_or(0);
+                let configured = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
+                let assigned = namespace.allocated().get(&p.id).copied().unwrap_or(0);
+                // What the data-server reports using, or what the namespace has assigned it,
+                // whichever is more: blocks assigned are not all written yet.
+                let (capacity, used) = match self.reports.get(&p.id) {
+                    Some(r) if r.complete => (r.capacity, r.used.max(assigned)),
+                    _ => (configured, assigned),
+                };
                 DataServerLoad { id: p.id, free_bytes: capacity.saturating_sub(used) }
             })
             .collect();
@@ -323,8 +346,56 @@ impl MetaServer {
         Ok(Command::ExpandFile { path, size, first_block: have as u32, placement })
     }
 
+    fn handle_report(&mut self, from: NodeId, report: DataReport) {
+        let entry = self.reports.entry(from).or_default();
+        entry.capacity = report.capacity;
+        entry.used = report.used;
+        let held = |(b, len): &(meshfs_core::descriptor::BlockDescriptor, u64)| {
+            ((b.file.id.0, b.index), (b.version.0, *len))
+        };
+        if report.full {
+            entry.incoming = Some(HashMap::new());
+            entry.complete = false;
+        }
+        match &mut entry.incoming {
+            Some(incoming) => {
+                incoming.extend(report.blocks.iter().map(held));
+                for key in &report.removed {
+                    incoming.remove(key);
+                }
+                if report.last {
+                    entry.blocks = entry.incoming.take().unwrap_or_default();
+                    entry.complete = true;
+                    info!(
+                        "data-server {from} reports {} replicas, {} of {} bytes used",
+                        entry.blocks.len(),
+                        entry.used,
+                        entry.capacity
+                    );
+                }
+            }
+            None => {
+                entry.blocks.extend(report.blocks.iter().map(held));
+                for key in &report.removed {
+                    entry.blocks.remove(key);
+                }
+            }
+        }
+    }
+
     fn status(&self, node: &Node) -> StatusReply {
         let mut status = node_status(node);
+        status.data_servers = self
+            .reports
+            .iter()
+            .map(|(&id, r)| ReportedDataServer {
+                id,
+                capacity: r.capacity,
+                used: r.used,
+                blocks: r.blocks.len() as u64,
+                complete: r.complete,
+            })
+            .collect();
         let inodes = self.replica.namespace().inode_count() as u64;
         status.raft = Some(raft_info(self.replica.status(), inodes));
         status
@@ -354,6 +425,12 @@ impl Service for MetaServer {
             GroupEvent::PeerDown { peer, role: Role::MServer, .. } => {
                 self.replica.report_unreachable(u64::from(peer.0));
             }
+            GroupEvent::PeerDown { peer, role: Role::DServer, .. } => {
+                // Until it reports again, what it said may be out of date.
+                if let Some(r) = self.reports.get_mut(&peer) {
+                    r.complete = false;
+                }
+            }
             GroupEvent::ClientGone { conn, .. } => {
                 for waiters in self.writes.values_mut() {
                     waiters.retain(|w| w.conn != conn);
@@ -362,7 +439,7 @@ impl Service for MetaServer {
                 self.reads.retain(|_, (w, _)| w.conn != conn);
                 self.confirmed.retain(|(_, w, _)| w.conn != conn);
             }
-            GroupEvent::PeerUp { .. } | GroupEvent::PeerDown { .. } => {}
+            GroupEvent::PeerUp { .. } => {}
             GroupEvent::Message { from, frame } if frame.kind == KIND_RAFT => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
@@ -372,6 +449,19 @@ impl Service for MetaServer {
                 }
                 self.replica.step(u64::from(from.0), &frame.body);
                 self.flush(node);
+            }
+            GroupEvent::Message { from, frame } if frame.kind == KIND_DATA_REPORT => {
+                let from_dserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
+                match Message::decode(&frame) {
+                    Ok(Message::DataReport(report)) if from_dserver => {
+                        self.handle_report(from, report)
+                    }
+                    Ok(_) => {
+                        warn!("ignoring a data report from {from}, which is not a data-server")
+                    }
+                    Err(err) => warn!("bad data report from {from}: {err}"),
+                }
             }
             GroupEvent::Message { from, frame } if frame.kind == KIND_SNAPSHOT_CHUNK => {
                 let from_mserver =

@@ -972,3 +972,38 @@ fn killing_a_data_server_mid_put_loses_no_acknowledged_block() {
         );
     }
 }
+
+#[test]
+fn data_servers_report_their_replicas_to_every_meta_server() {
+    let mut cluster = TestCluster::new("reports", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    put_bytes(&cluster, "/f", &random_bytes(6 * 1024 * 1024, 3), 2).unwrap();
+    let reported = |s: &meshfs_client::status::ClusterStatus,
+                    mserver: u32|
+     -> Option<(u64, bool)> {
+        let view = s.server(mserver)?;
+        let blocks = view.data_servers.iter().map(|d| d.blocks).sum();
+        let complete = view.data_servers.len() == 3 && view.data_servers.iter().all(|d| d.complete);
+        Some((blocks, complete))
+    };
+    let status = cluster.wait_for("every meta-server to hear of 12 replicas", |s| {
+        (1..=3).all(|m| reported(s, m) == Some((12, true)))
+    });
+    let view = status.server(1).unwrap();
+    assert!(view.data_servers.iter().all(|d| d.capacity == 1 << 30 && d.used > 0 || d.blocks == 0));
+
+    // A data-server that restarts reports what it holds again, in full.
+    let before: u64 =
+        status.server(1).unwrap().data_servers.iter().find(|d| d.id == 4).unwrap().blocks;
+    cluster.kill9(4);
+    cluster.wait_for("its report to be marked stale", |s| {
+        s.server(1).is_some_and(|v| v.data_servers.iter().any(|d| d.id == 4 && !d.complete))
+    });
+    cluster.start(4);
+    cluster.wait_for("a fresh full report", |s| {
+        s.server(1).is_some_and(|v| {
+            v.data_servers.iter().any(|d| d.id == 4 && d.complete && d.blocks == before)
+        })
+    });
+}
