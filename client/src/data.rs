@@ -37,6 +37,8 @@ pub struct DataClient {
     conns: HashMap<NodeId, Connection>,
     /// How long connecting to each data-server took: the read order.
     latency: HashMap<NodeId, Duration>,
+    /// Replicas found down or damaged, to report to the meta-servers.
+    bad: Vec<(BlockDescriptor, NodeId, String)>,
 }
 
 impl DataClient {
@@ -47,6 +49,7 @@ impl DataClient {
             credentials,
             conns: HashMap::new(),
             latency: HashMap::new(),
+            bad: Vec::new(),
         }
     }
 
@@ -159,6 +162,11 @@ impl DataClient {
         }
     }
 
+    /// Takes the replicas found down or damaged since the last call.
+    pub fn take_bad_replicas(&mut self) -> Vec<(BlockDescriptor, NodeId, String)> {
+        std::mem::take(&mut self.bad)
+    }
+
     /// Reads `len` bytes at `offset` of `block` from one of `replicas` (lowest latency
     /// first), checking every segment; a replica that fails or returns damaged data is
     /// skipped (and named in the log) and the next one tried.
@@ -184,6 +192,7 @@ impl DataClient {
                     out.truncate(start);
                     self.conns.remove(&replica);
                     failures.push(format!("{replica}: {err}"));
+                    self.bad.push((block, replica, err.to_string()));
                 }
             }
         }
@@ -345,7 +354,14 @@ pub fn get(
         while at < block_len {
             let n = (block_len - at).min(u64::from(MAX_CHUNK_BYTES));
             buf.clear();
-            data.read_block(block.descriptor, &block.replicas, at, n, &mut buf)?;
+            let read = data.read_block(block.descriptor, &block.replicas, at, n, &mut buf);
+            // Tell the meta-servers about replicas that failed, whether or not another served.
+            for (block, server, reason) in data.take_bad_replicas() {
+                if let Err(err) = meta.report_bad_replica(block, server, &reason) {
+                    warn!("could not report data-server {server} for block {block}: {err}");
+                }
+            }
+            read?;
             writer
                 .write_all(&buf)
                 .map_err(|e| ClientError::Local { what: "writing the output".into(), source: e })?;

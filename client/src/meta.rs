@@ -228,6 +228,21 @@ impl MetaClient {
         }
     }
 
+    /// Tells the meta-servers a replica was down or damaged when read.
+    pub fn report_bad_replica(
+        &mut self,
+        block: meshfs_core::descriptor::BlockDescriptor,
+        server: meshfs_group::NodeId,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        Self::expect(self.call(MetaOp::ReportBadReplica {
+            block,
+            server,
+            reason: reason.to_string(),
+        })?)
+        .map(|_| ())
+    }
+
     /// `get_file_meta_data`: a file's descriptor, size and every block with its replicas.
     pub fn get_file_meta_data(
         &mut self,

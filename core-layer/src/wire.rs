@@ -24,7 +24,8 @@
 //! (`str path, bool parents`), 2 create (`str path, u8 replication`, 0 for the cluster's),
 //! 3 rename (`str from, str to`), 4 remove (`str path, bool recursive`), 5 stat (`str path,
 //! u32 first block`), 6 list (`str path, str after, u32 limit`), 7 expand (`str path, u64
-//! size`), 8 write lease (`str path, u16 block index`). A meta reply is a `u8` tag:
+//! size`), 8 write lease (`str path, u16 block index`), 9 bad replica (block descriptor,
+//! `u32 data-server, str reason`). A meta reply is a `u8` tag:
 //! 1 done, 2 created (file descriptor), 3 removed (`u64 files, u64 dirs`), 4 stat (a stat,
 //! `u32 total blocks, u32 first block`), 5 list (`u32 count`, entries, `bool more`), 6 not
 //! leader (`u32 leader`, 0 unknown), 7 failed (a namespace error), 8 unavailable (`str`),
@@ -257,6 +258,15 @@ pub enum MetaOp {
         /// The block.
         index: u16,
     },
+    /// A client found a replica down or damaged (a read failed there).
+    ReportBadReplica {
+        /// The block, at the version read.
+        block: BlockDescriptor,
+        /// The data-server that failed.
+        server: NodeId,
+        /// What went wrong.
+        reason: String,
+    },
     /// `list`: entries after `after` (by name), at most `limit`.
     List {
         /// The directory.
@@ -271,7 +281,7 @@ pub enum MetaOp {
 impl MetaOp {
     /// Whether the operation changes the namespace (goes through the log).
     pub fn is_write(&self) -> bool {
-        !matches!(self, MetaOp::Stat { .. } | MetaOp::List { .. })
+        !matches!(self, MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::ReportBadReplica { .. })
     }
 }
 
@@ -762,6 +772,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u16(*index);
         }
+        MetaOp::ReportBadReplica { block, server, reason } => {
+            w.u8(9);
+            block.write(w);
+            w.u32(server.0).str(reason);
+        }
         MetaOp::Expand { path, size } => {
             w.u8(7);
             write_path(w, path);
@@ -786,6 +801,11 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
         7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
         8 => MetaOp::WriteLease { path: read_path(r)?, index: r.u16("block index")? },
+        9 => MetaOp::ReportBadReplica {
+            block: BlockDescriptor::read(r)?,
+            server: NodeId(r.u32("data-server")?),
+            reason: r.str("reason")?.to_string(),
+        },
         6 => MetaOp::List {
             path: read_path(r)?,
             after: r.str("after")?.to_string(),
@@ -1167,6 +1187,19 @@ mod tests {
                 data: vec![0; 10],
             }),
             Message::BlockData(BlockData::Failed { message: "no replica".into() }),
+            Message::MetaRequest(MetaRequest {
+                session: 3,
+                request_id: 1,
+                op: MetaOp::ReportBadReplica {
+                    block: BlockDescriptor {
+                        file: FileDescriptor { id: crate::descriptor::FileId(3), version: 5 },
+                        index: 2,
+                        version: crate::descriptor::BlockVersion(9),
+                    },
+                    server: NodeId(5),
+                    reason: "segment 3 failed its checksum".into(),
+                },
+            }),
             Message::DataReport(DataReport {
                 capacity: 1 << 30,
                 used: 12345,

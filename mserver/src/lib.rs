@@ -106,6 +106,8 @@ pub struct MetaServer {
     sending: HashMap<u64, (OutgoingSnapshot, usize)>,
     /// What each data-server reports holding.
     reports: BTreeMap<NodeId, Reported>,
+    /// Replicas clients found down or damaged: (file id, index, data-server) -> why.
+    bad_replicas: BTreeMap<(u32, u16, NodeId), String>,
 }
 
 fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
@@ -145,6 +147,7 @@ impl MetaServer {
             confirmed: Vec::new(),
             sending: HashMap::new(),
             reports: BTreeMap::new(),
+            bad_replicas: BTreeMap::new(),
         }
     }
 
@@ -269,6 +272,14 @@ impl MetaServer {
         }
         let session = SessionId { client, nonce: request.session };
         let command = match request.op {
+            MetaOp::ReportBadReplica { block, server, reason } => {
+                // Soft state for the repair work (issue 6): which replica of which block failed.
+                warn!(
+                    "client {client} reports data-server {server} failed block {block}: {reason}"
+                );
+                self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
+                return answer(node, waiter, MetaReply::Done);
+            }
             MetaOp::Stat { .. } | MetaOp::List { .. } => {
                 let context = self.next_read;
                 self.next_read += 1;
@@ -559,7 +570,8 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::Rename { .. }
         | MetaOp::Remove { .. }
         | MetaOp::Expand { .. }
-        | MetaOp::WriteLease { .. } => {
+        | MetaOp::WriteLease { .. }
+        | MetaOp::ReportBadReplica { .. } => {
             unreachable!("writes go through the log, not read()")
         }
     }

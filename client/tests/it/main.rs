@@ -854,6 +854,11 @@ fn reads_survive_a_dead_data_server_and_a_damaged_replica() {
     disk[at] ^= 0x5a;
     std::fs::write(&path, disk).unwrap();
     assert_eq!(get_bytes(&cluster, "/f").unwrap(), bytes, "the damaged replica is skipped");
+    // ... and reported to the meta-servers.
+    let leader =
+        cluster.wait_for("a leader", |s| s.agreed_leader().is_some()).agreed_leader().unwrap();
+    cluster.wait_log(leader, &format!("reports data-server {} failed block", victim.0));
+    assert!(cluster.log(leader).contains("checksum"), "the report says what was wrong");
 
     // Kill a data-server holding replicas: every block is still readable from another.
     let dead = file.blocks[1].replicas[0];
