@@ -178,6 +178,11 @@ impl DataClient {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), ClientError> {
+        if block.version == meshfs_core::descriptor::BlockVersion::UNWRITTEN {
+            // Allocated, never written: a hole.
+            out.resize(out.len() + len as usize, 0);
+            return Ok(());
+        }
         let mut order: Vec<NodeId> = replicas.to_vec();
         order.sort_by_key(|r| self.latency.get(r).copied().unwrap_or(Duration::MAX));
         let mut failures = Vec::new();
@@ -297,9 +302,11 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Creates `remote` and writes everything `reader` gives into it, one block at a time:
-/// grow the file (the leader places the block), lease the block, stream it down its chain.
-/// Returns the bytes written. `replication` 0 is the cluster's default.
+/// Creates `remote` and writes everything `reader` gives into it, block by block: grow the
+/// file (the leader places the block), lease the block, stream it down its chain. While one
+/// block streams, the next is read and leased, so two blocks are in flight (at most three in
+/// memory). Returns the bytes written, all durable on every replica. `replication` 0 is the
+/// cluster's default.
 pub fn put(
     meta: &mut MetaClient,
     data: &mut DataClient,
@@ -311,29 +318,90 @@ pub fn put(
 ) -> Result<u64, ClientError> {
     meta.create(remote, replication)?;
     let block_size = meta.get_file_meta_data(remote)?.block_size;
-    let mut buf = vec![0u8; block_size as usize];
-    let mut written = 0u64;
-    let mut index: u16 = 0;
-    loop {
-        let n = fill(reader, &mut buf)
-            .map_err(|e| ClientError::Local { what: "reading the input".into(), source: e })?;
-        if n == 0 {
-            break;
+    std::thread::scope(|scope| {
+        let (blocks, queue) = std::sync::mpsc::sync_channel::<(Token, Vec<u8>)>(1);
+        let (done_tx, done) = std::sync::mpsc::channel::<Result<u64, ClientError>>();
+        let writer = scope.spawn(move || {
+            for (token, bytes) in queue {
+                let result = data
+                    .write_block(&token, block_size, 0, &bytes, false)
+                    .map(|()| bytes.len() as u64);
+                let failed = result.is_err();
+                if done_tx.send(result).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut written = 0u64;
+        let mut offered = 0u64;
+        let mut index: u16 = 0;
+        let mut outcome = Ok(());
+        let mut settle = |result: Result<u64, ClientError>, written: &mut u64| match result {
+            Ok(n) => {
+                *written += n;
+                progress.update(*written, total);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        };
+        loop {
+            let mut buf = vec![0u8; block_size as usize];
+            let n = match fill(reader, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    outcome =
+                        Err(ClientError::Local { what: "reading the input".into(), source: e });
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            let leased = meta
+                .expand_file_size(remote, offered + n as u64)
+                .and_then(|_| meta.write_lease(remote, index));
+            let token = match leased {
+                Ok(token) => token,
+                Err(err) => {
+                    outcome = Err(err);
+                    break;
+                }
+            };
+            offered += n as u64;
+            if blocks.send((token, buf)).is_err() {
+                break; // the writer stopped on an error, reported below
+            }
+            while let Ok(result) = done.try_recv() {
+                if let Err(err) = settle(result, &mut written) {
+                    outcome = Err(err);
+                }
+            }
+            if outcome.is_err() || (n as u64) < u64::from(block_size) {
+                break;
+            }
+            index = match index.checked_add(1) {
+                Some(i) => i,
+                None => {
+                    outcome = Err(ClientError::DataWrite {
+                        block: format!("{remote} block 65536"),
+                        reason: "a file has at most 65,536 blocks".into(),
+                    });
+                    break;
+                }
+            };
         }
-        meta.expand_file_size(remote, written + n as u64)?;
-        let token = meta.write_lease(remote, index)?;
-        data.write_block(&token, block_size, 0, &buf[..n], false)?;
-        written += n as u64;
-        progress.update(written, total);
-        if n < buf.len() {
-            break;
+        drop(blocks);
+        writer.join().expect("the block writer does not panic");
+        for result in done.try_iter() {
+            if let Err(err) = settle(result, &mut written)
+                && outcome.is_ok()
+            {
+                outcome = Err(err);
+            }
         }
-        index = index.checked_add(1).ok_or_else(|| ClientError::DataWrite {
-            block: format!("{remote} block 65536"),
-            reason: "a file has at most 65,536 blocks".into(),
-        })?;
-    }
-    Ok(written)
+        outcome.map(|()| written)
+    })
 }
 
 /// Reads `remote` whole into `writer`, one piece at a time, every segment verified.

@@ -6,6 +6,7 @@
 //! - [`status`]: the cluster as every server sees it (`meshfs status`).
 //! - [`launcher`]: start and stop every server of a config (`meshfs up`).
 //! - [`data`]: block writes down a replica chain, verified reads, `put` and `get`.
+//! - [`file`]: remote files (open, read_at, write_at, close) and the block calls.
 //! - [`error`]: the one error type, [`ClientError`].
 //!
 //! The client knows servers only through the wire protocol (`meshfs_core::wire`).
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod connection;
 pub mod data;
 pub mod error;
+pub mod file;
 pub mod launcher;
 pub mod meta;
 pub mod status;

@@ -37,6 +37,10 @@ pub struct FileDescriptor {
 pub struct BlockVersion(pub u16);
 
 impl BlockVersion {
+    /// The version of a block that was allocated but never written: it holds zeros, and no
+    /// data-server need be asked. Write leases never grant it.
+    pub const UNWRITTEN: BlockVersion = BlockVersion(1);
+
     /// The version after this one (wrapping).
     pub fn next(self) -> BlockVersion {
         BlockVersion(self.0.wrapping_add(1))

@@ -886,7 +886,12 @@ impl Namespace {
                 file.blocks.len()
             )));
         };
+        // Version 1 means "never written" (readers return zeros for it without asking a
+        // data-server), so a lease never lands on it, even when the version wraps.
         block.version = block.version.next();
+        if block.version == BlockVersion::UNWRITTEN {
+            block.version = block.version.next();
+        }
         let version = block.version;
         let replicas = block.replicas.to_vec();
         let old_version = file.version;
@@ -1714,7 +1719,8 @@ mod tests {
             failed(d.run(Command::WriteLease { path: p("/f"), index: 3 })),
             NsError::NotFound(_)
         ));
-        // 65,535 more leases wrap the 16-bit version, and it still compares as newer.
+        // 65,535 more leases wrap the 16-bit version (65,535 values: 1 is skipped), and each
+        // still compares as newer than the last.
         let mut last = BlockVersion(2);
         for _ in 0..u16::MAX {
             let Outcome::Leased { block, .. } =
@@ -1725,7 +1731,7 @@ mod tests {
             assert!(block.version.is_newer_than(last));
             last = block.version;
         }
-        assert_eq!(last, BlockVersion(1), "wrapped around");
+        assert_eq!(last, BlockVersion(2), "wrapped around, skipping version 1 (unwritten)");
     }
 
     #[test]

@@ -1012,3 +1012,62 @@ fn data_servers_report_their_replicas_to_every_meta_server() {
         })
     });
 }
+
+#[test]
+fn random_reads_and_writes_agree_with_a_local_model() {
+    use meshfs_client::file::RemoteFile;
+    let mut cluster = TestCluster::new("file-model", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mib = 1024 * 1024u64;
+    let mut file =
+        RemoteFile::create(&cluster.config, cluster.credentials.clone(), "/model", 2).unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n.max(1)
+    };
+    for step in 0..30 {
+        // Writes may start past the end (a hole), cross blocks, or overwrite part of one.
+        let offset = next(6 * mib);
+        let len = 1 + next(2 * mib + mib / 2);
+        let bytes = random_bytes(len as usize, step);
+        file.write_at(offset, &bytes).unwrap();
+        let end = (offset + len) as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[offset as usize..end].copy_from_slice(&bytes);
+        assert_eq!(file.len(), model.len() as u64, "step {step}");
+        // A read anywhere, possibly past the end.
+        let at = next(model.len() as u64 + mib);
+        let mut buf = vec![0xAAu8; 1 + next(3 * mib) as usize];
+        let n = file.read_at(at, &mut buf).unwrap();
+        let expect =
+            &model[(at as usize).min(model.len())..(at as usize + buf.len()).min(model.len())];
+        assert_eq!(&buf[..n], expect, "step {step}: read {at}+{}", buf.len());
+    }
+    // The whole file, through a fresh handle and through the CLI.
+    let mut fresh =
+        RemoteFile::open(&cluster.config, cluster.credentials.clone(), "/model").unwrap();
+    let mut all = vec![0u8; model.len()];
+    assert_eq!(fresh.read_at(0, &mut all).unwrap(), model.len());
+    assert!(all == model);
+    assert!(get_bytes(&cluster, "/model").unwrap() == model);
+    fresh.close();
+
+    // The block calls: several blocks in flight at once.
+    let blocks: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(mib as usize, 100 + i)).collect();
+    let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
+    let mut arr =
+        RemoteFile::create(&cluster.config, cluster.credentials.clone(), "/blocks", 3).unwrap();
+    arr.write_blocks(0, &refs).unwrap();
+    assert_eq!(arr.read_blocks(0, 6).unwrap(), blocks);
+    assert_eq!(arr.read_block_array(&[5, 1]).unwrap(), vec![blocks[5].clone(), blocks[1].clone()]);
+    arr.write_block_array(&[(2, &blocks[0]), (4, &blocks[0])]).unwrap();
+    assert_eq!(arr.read_block(4).unwrap(), blocks[0]);
+    assert_eq!(arr.read_block(3).unwrap(), blocks[3]);
+}

@@ -1,0 +1,242 @@
+//! Files as a program uses them: open, `read_at`, `write_at`, close; and the original
+//! design's block calls on top of the same machinery.
+//!
+//! A [`RemoteFile`] keeps the file's metadata (descriptor, size, blocks and their chains)
+//! and refreshes it after each change. `write_at` grows the file when it writes past the end,
+//! then takes a write lease per block it touches and writes the touched range only: a
+//! partial block starts from the replica's current bytes (copy-on-write on the data-server),
+//! so the rest of the block is kept. Reads check every segment's checksum and fall back to
+//! the next replica. The block-array calls move up to [`BLOCKS_IN_FLIGHT`] blocks at once,
+//! each on its own connections, so different data-servers work in parallel.
+
+use meshfs_core::namespace::FileMeta;
+use meshfs_group::Config;
+
+use crate::connection::Credentials;
+use crate::data::DataClient;
+use crate::error::ClientError;
+use crate::meta::MetaClient;
+
+/// Blocks transferred at once by the array calls.
+pub const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// An open remote file.
+#[derive(Debug)]
+pub struct RemoteFile {
+    config: Config,
+    credentials: Credentials,
+    meta: MetaClient,
+    data: DataClient,
+    path: String,
+    file: FileMeta,
+}
+
+impl RemoteFile {
+    /// Opens an existing file.
+    pub fn open(
+        config: &Config,
+        credentials: Credentials,
+        path: &str,
+    ) -> Result<RemoteFile, ClientError> {
+        let mut meta = MetaClient::new(config, credentials.clone())?;
+        let file = meta.get_file_meta_data(path)?;
+        let data = DataClient::new(config, credentials.clone());
+        Ok(RemoteFile {
+            config: config.clone(),
+            credentials,
+            meta,
+            data,
+            path: path.to_string(),
+            file,
+        })
+    }
+
+    /// Creates a new, empty file (`replication` 0: the cluster's default) and opens it.
+    pub fn create(
+        config: &Config,
+        credentials: Credentials,
+        path: &str,
+        replication: u8,
+    ) -> Result<RemoteFile, ClientError> {
+        MetaClient::new(config, credentials.clone())?.create(path, replication)?;
+        RemoteFile::open(config, credentials, path)
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.file.size
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.file.size == 0
+    }
+
+    /// The file's block size.
+    pub fn block_size(&self) -> u64 {
+        u64::from(self.file.block_size)
+    }
+
+    /// The metadata as last seen.
+    pub fn metadata(&self) -> &FileMeta {
+        &self.file
+    }
+
+    fn refresh(&mut self) -> Result<(), ClientError> {
+        self.file = self.meta.get_file_meta_data(&self.path)?;
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let end = (offset + buf.len() as u64).min(self.file.size);
+        let mut at = offset;
+        let mut out = Vec::with_capacity(buf.len());
+        while at < end {
+            let index = at / self.block_size();
+            let within = at % self.block_size();
+            let n = (self.block_size() - within).min(end - at);
+            let block = &self.file.blocks[index as usize];
+            let (descriptor, replicas) = (block.descriptor, block.replicas.clone());
+            self.data.read_block(descriptor, &replicas, within, n, &mut out)?;
+            for (block, server, reason) in self.data.take_bad_replicas() {
+                let _ = self.meta.report_bad_replica(block, server, &reason);
+            }
+            at += n;
+        }
+        buf[..out.len()].copy_from_slice(&out);
+        Ok(out.len())
+    }
+
+    /// Writes `bytes` at `offset`, growing the file if it writes past the end. Returns when
+    /// every replica of every block touched has the bytes durably.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        let end = offset + bytes.len() as u64;
+        if end > self.file.size {
+            self.meta.expand_file_size(&self.path, end)?;
+        }
+        let mut at = offset;
+        while at < end {
+            let index =
+                u16::try_from(at / self.block_size()).map_err(|_| ClientError::DataWrite {
+                    block: format!("{} block {}", self.path, at / self.block_size()),
+                    reason: "a file has at most 65,536 blocks".into(),
+                })?;
+            let within = at % self.block_size();
+            let n = (self.block_size() - within).min(end - at);
+            let token = self.meta.write_lease(&self.path, index)?;
+            let piece = &bytes[(at - offset) as usize..(at - offset + n) as usize];
+            // Keep the rest of the block unless this write covers all of what it holds.
+            let whole = within == 0 && n == self.block_size();
+            self.data.write_block(&token, self.file.block_size, within, piece, !whole)?;
+            at += n;
+        }
+        self.refresh()
+    }
+
+    /// `write_block`: writes a whole block (`bytes` up to the block size; the file grows to
+    /// cover it).
+    pub fn write_block(&mut self, index: u16, bytes: &[u8]) -> Result<(), ClientError> {
+        self.write_at(u64::from(index) * self.block_size(), bytes)
+    }
+
+    /// `read_block`: a whole block (shorter for the last one).
+    pub fn read_block(&mut self, index: u16) -> Result<Vec<u8>, ClientError> {
+        let start = u64::from(index) * self.block_size();
+        let len = self.file.size.saturating_sub(start).min(self.block_size());
+        let mut buf = vec![0; len as usize];
+        let n = self.read_at(start, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// `read_blocks`: `count` whole blocks from `first`.
+    pub fn read_blocks(&mut self, first: u16, count: u16) -> Result<Vec<Vec<u8>>, ClientError> {
+        let indexes: Vec<u16> = (first..first.saturating_add(count)).collect();
+        self.read_block_array(&indexes)
+    }
+
+    /// `write_blocks`: whole blocks from `first`, in order.
+    pub fn write_blocks(&mut self, first: u16, blocks: &[&[u8]]) -> Result<(), ClientError> {
+        let items: Vec<(u16, &[u8])> =
+            blocks.iter().enumerate().map(|(i, b)| (first + i as u16, *b)).collect();
+        self.write_block_array(&items)
+    }
+
+    /// `read_block_array`: the given blocks, up to [`BLOCKS_IN_FLIGHT`] at once.
+    pub fn read_block_array(&mut self, indexes: &[u16]) -> Result<Vec<Vec<u8>>, ClientError> {
+        let bs = self.block_size();
+        let jobs: Vec<_> = indexes
+            .iter()
+            .map(|&i| {
+                let block = self.file.blocks.get(usize::from(i)).cloned();
+                let len = self.file.size.saturating_sub(u64::from(i) * bs).min(bs);
+                (i, block, len)
+            })
+            .collect();
+        let mut results: Vec<Option<Result<Vec<u8>, ClientError>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        for batch in jobs.chunks(BLOCKS_IN_FLIGHT).zip(results.chunks_mut(BLOCKS_IN_FLIGHT)) {
+            std::thread::scope(|scope| {
+                for ((index, block, len), slot) in batch.0.iter().zip(batch.1.iter_mut()) {
+                    let (config, credentials) = (&self.config, self.credentials.clone());
+                    scope.spawn(move || {
+                        *slot = Some(match block {
+                            None => Err(ClientError::Namespace(
+                                meshfs_core::namespace::NsError::NotFound(format!("block {index}")),
+                            )),
+                            Some(block) => {
+                                let mut data = DataClient::new(config, credentials);
+                                let mut out = Vec::with_capacity(*len as usize);
+                                data.read_block(
+                                    block.descriptor,
+                                    &block.replicas,
+                                    0,
+                                    *len,
+                                    &mut out,
+                                )
+                                .map(|()| out)
+                            }
+                        });
+                    });
+                }
+            });
+        }
+        results.into_iter().map(|r| r.expect("every job ran")).collect()
+    }
+
+    /// `write_block_array`: the given whole blocks, up to [`BLOCKS_IN_FLIGHT`] at once (the
+    /// leases are taken first, one by one; the data then moves in parallel).
+    pub fn write_block_array(&mut self, items: &[(u16, &[u8])]) -> Result<(), ClientError> {
+        let bs = self.block_size();
+        let end = items.iter().map(|(i, b)| u64::from(*i) * bs + b.len() as u64).max().unwrap_or(0);
+        if end > self.file.size {
+            self.meta.expand_file_size(&self.path, end)?;
+        }
+        let mut leased = Vec::with_capacity(items.len());
+        for (index, bytes) in items {
+            leased.push((self.meta.write_lease(&self.path, *index)?, *bytes));
+        }
+        let block_size = self.file.block_size;
+        for batch in leased.chunks(BLOCKS_IN_FLIGHT) {
+            let outcomes: Vec<Result<(), ClientError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|(token, bytes)| {
+                        let (config, credentials) = (&self.config, self.credentials.clone());
+                        scope.spawn(move || {
+                            DataClient::new(config, credentials)
+                                .write_block(token, block_size, 0, bytes, false)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("block writers do not panic")).collect()
+            });
+            outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+        }
+        self.refresh()
+    }
+
+    /// Closes the file. Every write was durable when it returned; this only lets go.
+    pub fn close(self) {}
+}
