@@ -1071,3 +1071,29 @@ fn random_reads_and_writes_agree_with_a_local_model() {
     assert_eq!(arr.read_block(4).unwrap(), blocks[0]);
     assert_eq!(arr.read_block(3).unwrap(), blocks[3]);
 }
+
+#[test]
+fn a_full_data_server_gives_the_client_a_clear_error() {
+    let mut cluster = TestCluster::new("full", 3, 3);
+    // Data-servers of 2 MiB: the meta-servers place two 1 MiB blocks on each, but a replica
+    // file also holds its header and checksums, so the second does not fit on the disk.
+    let text = std::fs::read_to_string(&cluster.config_path)
+        .unwrap()
+        .replace("capacity = \"1GiB\"", "capacity = \"2MiB\"");
+    std::fs::write(&cluster.config_path, text).unwrap();
+    cluster.config = meshfs_group::Config::load(&cluster.config_path).unwrap();
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    put_bytes(&cluster, "/small", b"acknowledged before the disks filled", 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err =
+        put_bytes(&cluster, "/f", &random_bytes(5 * 1024 * 1024, 9), 1).unwrap_err().to_string();
+    assert!(
+        err.contains("no space") || err.contains("no room"),
+        "the client is told the cluster is out of space: {err}"
+    );
+    // Nothing else is harmed: what was acknowledged reads back, and the namespace still works.
+    assert_eq!(get_bytes(&cluster, "/small").unwrap(), b"acknowledged before the disks filled");
+    put_bytes(&cluster, "/empty", b"", 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get_bytes(&cluster, "/empty").unwrap(), b"");
+}
