@@ -303,10 +303,10 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Creates `remote` and writes everything `reader` gives into it, block by block: grow the
-/// file (the leader places the block), lease the block, stream it down its chain. While one
-/// block streams, the next is read and leased, so two blocks are in flight (at most three in
-/// memory). Returns the bytes written, all durable on every replica. `replication` 0 is the
-/// cluster's default.
+/// file (the leader places the block), lease the block, stream it down its chain, commit it.
+/// While one block streams, the next is read and leased, so two blocks are in flight (at most
+/// three in memory). Returns the bytes written, all durable on every replica and committed.
+/// `replication` 0 is the cluster's default.
 pub fn put(
     meta: &mut MetaClient,
     data: &mut DataClient,
@@ -320,12 +320,13 @@ pub fn put(
     let block_size = meta.get_file_meta_data(remote)?.block_size;
     std::thread::scope(|scope| {
         let (blocks, queue) = std::sync::mpsc::sync_channel::<(Token, Vec<u8>)>(1);
-        let (done_tx, done) = std::sync::mpsc::channel::<Result<u64, ClientError>>();
+        type Written = Result<(Token, u64), ClientError>;
+        let (done_tx, done) = std::sync::mpsc::channel::<Written>();
         let writer = scope.spawn(move || {
             for (token, bytes) in queue {
                 let result = data
                     .write_block(&token, block_size, 0, &bytes, false)
-                    .map(|()| bytes.len() as u64);
+                    .map(|()| (token, bytes.len() as u64));
                 let failed = result.is_err();
                 if done_tx.send(result).is_err() || failed {
                     return;
@@ -336,13 +337,13 @@ pub fn put(
         let mut offered = 0u64;
         let mut index: u16 = 0;
         let mut outcome = Ok(());
-        let mut settle = |result: Result<u64, ClientError>, written: &mut u64| match result {
-            Ok(n) => {
-                *written += n;
-                progress.update(*written, total);
-                Ok(())
-            }
-            Err(err) => Err(err),
+        // A block counts once its write is committed: durable everywhere, and visible.
+        let mut settle = |meta: &mut MetaClient, result: Written, written: &mut u64| {
+            let (token, n) = result?;
+            meta.commit_write(remote, &token)?;
+            *written += n;
+            progress.update(*written, total);
+            Ok::<(), ClientError>(())
         };
         loop {
             let mut buf = vec![0u8; block_size as usize];
@@ -373,7 +374,7 @@ pub fn put(
                 break; // the writer stopped on an error, reported below
             }
             while let Ok(result) = done.try_recv() {
-                if let Err(err) = settle(result, &mut written) {
+                if let Err(err) = settle(meta, result, &mut written) {
                     outcome = Err(err);
                 }
             }
@@ -394,7 +395,7 @@ pub fn put(
         drop(blocks);
         writer.join().expect("the block writer does not panic");
         for result in done.try_iter() {
-            if let Err(err) = settle(result, &mut written)
+            if let Err(err) = settle(meta, result, &mut written)
                 && outcome.is_ok()
             {
                 outcome = Err(err);

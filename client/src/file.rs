@@ -129,6 +129,7 @@ impl RemoteFile {
             // Keep the rest of the block unless this write covers all of what it holds.
             let whole = within == 0 && n == self.block_size();
             self.data.write_block(&token, self.file.block_size, within, piece, !whole)?;
+            self.meta.commit_write(&self.path, &token)?;
             at += n;
         }
         self.refresh()
@@ -233,6 +234,9 @@ impl RemoteFile {
                 handles.into_iter().map(|h| h.join().expect("block writers do not panic")).collect()
             });
             outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+            for (token, _) in batch {
+                self.meta.commit_write(&self.path, token)?;
+            }
         }
         self.refresh()
     }

@@ -214,8 +214,9 @@ impl MetaClient {
         }
     }
 
-    /// A write lease on block `index` of `path`: its version goes up (through Raft), and the
-    /// token names the block at the new version, its chain of data-servers, and the expiry.
+    /// A write lease on block `index` of `path` (through Raft): the token names the block at
+    /// a new version, the committed version it starts from, its chain of data-servers and the
+    /// expiry. Readers see the new version once [`MetaClient::commit_write`] is done.
     pub fn write_lease(
         &mut self,
         path: &str,
@@ -224,6 +225,21 @@ impl MetaClient {
         let path = Self::path(path)?;
         match Self::expect(self.call(MetaOp::WriteLease { path, index })?)? {
             MetaReply::Lease(token) => Ok(token),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// Commits the write made under `token` (acknowledged by every replica): its version
+    /// becomes the block's, and readers see the new bytes from here on.
+    pub fn commit_write(
+        &mut self,
+        path: &str,
+        token: &meshfs_core::token::Token,
+    ) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        let (index, version) = (token.block.index, token.block.version);
+        match Self::expect(self.call(MetaOp::CommitWrite { path, index, version })?)? {
+            MetaReply::Done => Ok(()),
             other => Err(Self::unexpected(&other)),
         }
     }

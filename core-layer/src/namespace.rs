@@ -32,6 +32,9 @@ pub const ROOT_ID: u32 = 1;
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 /// Idle sessions are swept every this many applied entries.
 const SESSION_SWEEP_EVERY: u64 = 4096;
+/// How long a write lease lasts, by the leader's clock in its entry. Its token expires at the
+/// same moment; until then no other session gets a lease on the block.
+pub const LEASE_MS: u64 = 60_000;
 /// Above this many inodes, debug builds check invariants every [`SESSION_SWEEP_EVERY`]
 /// entries instead of after every one (the check is O(n)).
 const INVARIANT_CHECK_EVERY_ENTRY_MAX: usize = 4096;
@@ -133,6 +136,33 @@ pub enum NsError {
         /// The session's latest request.
         last: u64,
     },
+    /// Another client is writing the block.
+    #[error(
+        "{path} block {index} is being written by client {client}; its lease ends in {ms_left} ms"
+    )]
+    LeaseHeld {
+        /// The file.
+        path: String,
+        /// The block.
+        index: u16,
+        /// The client holding the lease.
+        client: u32,
+        /// Milliseconds until the lease runs out.
+        ms_left: u64,
+    },
+    /// A write finished after its lease was replaced: it does not take effect.
+    #[error(
+        "{path} block {index}: the lease for version {version} was lost (it ran out and another \
+         writer took the block); the write did not take effect"
+    )]
+    LeaseLost {
+        /// The file.
+        path: String,
+        /// The block.
+        index: u16,
+        /// The version the write was for.
+        version: u16,
+    },
 }
 
 /// A change to the namespace, as proposed by the leader.
@@ -166,13 +196,24 @@ pub enum Command {
         /// One replica set per block from `first_block`, in index order.
         placement: Vec<Vec<NodeId>>,
     },
-    /// A write lease on block `index` of a file: its version (and the file's) goes up, so
-    /// replicas still at the old version are stale from here on.
+    /// A write lease on block `index` of a file for the entry's session: a new version to
+    /// write, starting from the committed one. Readers keep reading the committed version
+    /// until the writer commits.
     WriteLease {
         /// The file.
         path: MeshPath,
         /// The block.
         index: u16,
+    },
+    /// The write under the session's lease is durable on every replica: `version` becomes
+    /// the block's committed version (and the file's version goes up).
+    CommitWrite {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The leased version written.
+        version: BlockVersion,
     },
     /// Move `from` to `to` atomically; `to` must not exist.
     Rename {
@@ -221,7 +262,18 @@ pub enum Outcome {
     Leased {
         /// The block at the lease's version.
         block: BlockDescriptor,
+        /// The committed version the write starts from.
+        base: BlockVersion,
         /// Its data-servers, in chain order.
+        replicas: Vec<NodeId>,
+        /// When the lease ends (the leader's clock, ms since the epoch).
+        expires_ms: u64,
+    },
+    /// A leased write was committed: the block at its new committed version.
+    Committed {
+        /// The block.
+        block: BlockDescriptor,
+        /// Its data-servers.
         replicas: Vec<NodeId>,
     },
     /// Moved.
@@ -435,7 +487,18 @@ pub struct Namespace {
     allocated: BTreeMap<NodeId, u64>,
     next_id: u32,
     sessions: HashMap<SessionId, Session>,
+    /// Write leases in force (or run out but not yet replaced), by (file id, block index).
+    leases: BTreeMap<(u32, u16), Lease>,
     applied: u64,
+}
+
+/// A write lease on one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    holder: SessionId,
+    /// The version the holder writes.
+    version: BlockVersion,
+    expires_ms: u64,
 }
 
 impl Default for Namespace {
@@ -464,6 +527,7 @@ impl Namespace {
             allocated: BTreeMap::new(),
             next_id: ROOT_ID + 1,
             sessions: HashMap::new(),
+            leases: BTreeMap::new(),
             applied: 0,
         }
     }
@@ -661,7 +725,7 @@ impl Namespace {
                 });
             }
         }
-        let outcome = match self.execute(&entry.command, entry.time_ms) {
+        let outcome = match self.execute(&entry.command, entry.session, entry.time_ms) {
             Ok(outcome) => outcome,
             Err(err) => Outcome::Failed(err),
         };
@@ -684,7 +748,12 @@ impl Namespace {
         Ok(id)
     }
 
-    fn execute(&mut self, command: &Command, now: u64) -> Result<Outcome, NsError> {
+    fn execute(
+        &mut self,
+        command: &Command,
+        session: SessionId,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
         match command {
             Command::Mkdir { path, parents } => self.mkdir(path, *parents, now),
             Command::CreateFile { path, replication, block_size } => {
@@ -693,7 +762,10 @@ impl Namespace {
             Command::ExpandFile { path, size, first_block, placement } => {
                 self.expand(path, *size, *first_block, placement, now)
             }
-            Command::WriteLease { path, index } => self.lease(path, *index, now),
+            Command::WriteLease { path, index } => self.lease(path, *index, session, now),
+            Command::CommitWrite { path, index, version } => {
+                self.commit_write(path, *index, *version, session, now)
+            }
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
         }
@@ -875,31 +947,92 @@ impl Namespace {
         Ok(Outcome::Expanded { file: descriptor, blocks: new_blocks })
     }
 
-    fn lease(&mut self, path: &MeshPath, index: u16, now: u64) -> Result<Outcome, NsError> {
+    fn lease(
+        &mut self,
+        path: &MeshPath,
+        index: u16,
+        session: SessionId,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
         let id = self.lookup(path)?;
-        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+        let Kind::File(file) = &self.nodes[&id].kind else {
             return Err(NsError::IsADirectory(path_str(path)));
         };
-        let Some(block) = file.blocks.get_mut(usize::from(index)) else {
+        let Some(block) = file.blocks.get(usize::from(index)) else {
             return Err(NsError::NotFound(format!(
                 "{path} block {index} (the file has {} blocks)",
                 file.blocks.len()
             )));
         };
+        let base = block.version;
+        let mut last = base;
+        if let Some(lease) = self.leases.get(&(id, index)) {
+            if lease.holder != session && now < lease.expires_ms {
+                return Err(NsError::LeaseHeld {
+                    path: path_str(path),
+                    index,
+                    client: lease.holder.client.0,
+                    ms_left: lease.expires_ms - now,
+                });
+            }
+            // A version once leased is never leased again: its bytes may be on a replica.
+            if lease.version.is_newer_than(last) {
+                last = lease.version;
+            }
+        }
         // Version 1 means "never written" (readers return zeros for it without asking a
         // data-server), so a lease never lands on it, even when the version wraps.
-        block.version = block.version.next();
-        if block.version == BlockVersion::UNWRITTEN {
-            block.version = block.version.next();
+        let mut version = last.next();
+        if version == BlockVersion::UNWRITTEN {
+            version = version.next();
         }
-        let version = block.version;
+        let expires_ms = now + LEASE_MS;
+        let replicas = block.replicas.to_vec();
+        let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        self.leases.insert((id, index), Lease { holder: session, version, expires_ms });
+        Ok(Outcome::Leased {
+            block: BlockDescriptor { file: descriptor, index, version },
+            base,
+            replicas,
+            expires_ms,
+        })
+    }
+
+    fn commit_write(
+        &mut self,
+        path: &MeshPath,
+        index: u16,
+        version: BlockVersion,
+        session: SessionId,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+            return Err(NsError::IsADirectory(path_str(path)));
+        };
+        let blocks = file.blocks.len();
+        let Some(block) = file.blocks.get_mut(usize::from(index)) else {
+            return Err(NsError::NotFound(format!(
+                "{path} block {index} (the file has {blocks} blocks)"
+            )));
+        };
+        match self.leases.get(&(id, index)) {
+            // Even past its end: nobody else has leased the block since, so nothing newer
+            // than this write can be on its replicas.
+            Some(lease) if lease.holder == session && lease.version == version => {}
+            _ => {
+                return Err(NsError::LeaseLost { path: path_str(path), index, version: version.0 });
+            }
+        }
+        self.leases.remove(&(id, index));
+        block.version = version;
         let replicas = block.replicas.to_vec();
         let old_version = file.version;
         file.version = file.version.wrapping_add(1);
         assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
         file.mtime_ms = now;
         let descriptor = FileDescriptor { id: FileId(id), version: file.version };
-        Ok(Outcome::Leased {
+        Ok(Outcome::Committed {
             block: BlockDescriptor { file: descriptor, index, version },
             replicas,
         })
@@ -958,6 +1091,9 @@ impl Namespace {
                 }
                 Kind::File(file) => {
                     files += 1;
+                    if !self.leases.is_empty() {
+                        self.leases.retain(|&(file_id, _), _| file_id != next);
+                    }
                     for block in file.blocks.iter() {
                         for server in block.replicas.iter() {
                             if let Some(bytes) = self.allocated.get_mut(server) {
@@ -1048,6 +1184,16 @@ impl Namespace {
         if linked != self.nodes.len() {
             return Some(format!("{} orphan inodes", self.nodes.len() - linked));
         }
+        for (&(id, index), lease) in &self.leases {
+            match self.nodes.get(&id).map(|n| &n.kind) {
+                Some(Kind::File(file)) if usize::from(index) < file.blocks.len() => {
+                    if lease.version == BlockVersion::UNWRITTEN {
+                        return Some(format!("lease on {id}/{index} at the unwritten version"));
+                    }
+                }
+                _ => return Some(format!("lease on {id}/{index}, which is not a block")),
+            }
+        }
         if self.allocated != self.compute_allocated() {
             return Some("per-data-server allocation disagrees with the block lists".into());
         }
@@ -1057,8 +1203,9 @@ impl Namespace {
     // ---- snapshots ----
 
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (version 1): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
-    /// depth first from the root (children by name), sessions by id, u32 CRC-32 of all before.
+    /// Layout (format 2): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// depth first from the root (children by name), sessions by id, write leases by block
+    /// (format 1 has none), u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -1093,6 +1240,11 @@ impl Namespace {
             w.u32(id.client.0).u64(id.nonce).u64(session.last_request).u64(session.last_time_ms);
             write_outcome(&mut w, &session.outcome);
         }
+        w.u32(self.leases.len() as u32);
+        for (&(id, index), lease) in &self.leases {
+            w.u32(id).u16(index).u32(lease.holder.client.0).u64(lease.holder.nonce);
+            w.u16(lease.version.0).u64(lease.expires_ms);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -1114,7 +1266,7 @@ impl Namespace {
             return Err(SnapshotError::Magic);
         }
         let format = r.u16("format")?;
-        if format != SNAPSHOT_FORMAT {
+        if !(1..=SNAPSHOT_FORMAT).contains(&format) {
             return Err(SnapshotError::Format(format));
         }
         let next_id = r.u32("next_id")?;
@@ -1203,8 +1355,20 @@ impl Namespace {
             let outcome = read_outcome(&mut r)?;
             sessions.insert(id, Session { last_request, last_time_ms, outcome });
         }
+        let mut leases = BTreeMap::new();
+        if format >= 2 {
+            for _ in 0..r.u32("lease count")? {
+                let key = (r.u32("lease file")?, r.u16("lease block")?);
+                let holder =
+                    SessionId { client: ClientId(r.u32("lease client")?), nonce: r.u64("nonce")? };
+                let version = BlockVersion(r.u16("lease version")?);
+                let expires_ms = r.u64("lease expiry")?;
+                leases.insert(key, Lease { holder, version, expires_ms });
+            }
+        }
         r.finish()?;
-        let mut ns = Namespace { nodes, allocated: BTreeMap::new(), next_id, sessions, applied };
+        let mut ns =
+            Namespace { nodes, allocated: BTreeMap::new(), next_id, sessions, leases, applied };
         ns.allocated = ns.compute_allocated();
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
@@ -1216,7 +1380,7 @@ impl Namespace {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const SNAPSHOT_FORMAT: u16 = 1;
+const SNAPSHOT_FORMAT: u16 = 2;
 
 /// Why snapshot bytes could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1302,6 +1466,11 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u16(*index);
             }
+            Command::CommitWrite { path, index, version } => {
+                w.u8(7);
+                write_path(&mut w, path);
+                w.u16(*index).u16(version.0);
+            }
             Command::Rename { from, to } => {
                 w.u8(4);
                 write_path(&mut w, from);
@@ -1360,12 +1529,29 @@ impl Entry {
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
+            7 => Command::CommitWrite {
+                path: read_path(&mut r)?,
+                index: r.u16("block index")?,
+                version: BlockVersion(r.u16("block version")?),
+            },
             5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;
         Ok(Entry { session, request_id, time_ms, command })
     }
+}
+
+fn write_replica_set(w: &mut BodyWriter, replicas: &[NodeId]) {
+    w.u8(replicas.len() as u8);
+    for r in replicas {
+        w.u32(r.0);
+    }
+}
+
+fn read_replica_set(r: &mut BodyReader<'_>) -> Result<Vec<NodeId>, BodyError> {
+    let n = r.u8("replica count")?;
+    (0..n).map(|_| r.u32("replica").map(NodeId)).collect()
 }
 
 fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
@@ -1388,13 +1574,16 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         Outcome::Renamed => {
             w.u8(4);
         }
-        Outcome::Leased { block, replicas } => {
-            w.u8(7);
+        Outcome::Leased { block, base, replicas, expires_ms } => {
+            w.u8(8);
             block.write(w);
-            w.u8(replicas.len() as u8);
-            for r in replicas {
-                w.u32(r.0);
-            }
+            w.u16(base.0).u64(*expires_ms);
+            write_replica_set(w, replicas);
+        }
+        Outcome::Committed { block, replicas } => {
+            w.u8(9);
+            block.write(w);
+            write_replica_set(w, replicas);
         }
         Outcome::Removed { files, dirs } => {
             w.u8(5).u64(*files).u64(*dirs);
@@ -1421,12 +1610,22 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
             Outcome::Expanded { file, blocks }
         }
         4 => Outcome::Renamed,
+        // A lease as snapshot format 1 wrote it: no base or expiry (a retry of it gets a
+        // token that has run out, and asks again).
         7 => {
             let block = BlockDescriptor::read(r)?;
-            let n = r.u8("replica count")?;
-            let replicas =
-                (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
-            Outcome::Leased { block, replicas }
+            let replicas = read_replica_set(r)?;
+            let base = BlockVersion(block.version.0.wrapping_sub(1));
+            Outcome::Leased { block, base, replicas, expires_ms: 0 }
+        }
+        8 => {
+            let block = BlockDescriptor::read(r)?;
+            let base = BlockVersion(r.u16("base version")?);
+            let expires_ms = r.u64("lease expiry")?;
+            Outcome::Leased { block, base, replicas: read_replica_set(r)?, expires_ms }
+        }
+        9 => {
+            Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replica_set(r)? }
         }
         5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
         6 => Outcome::Failed(NsError::read(r)?),
@@ -1490,6 +1689,12 @@ impl NsError {
             NsError::Placement(why) => {
                 w.u8(15).str(why);
             }
+            NsError::LeaseHeld { path, index, client, ms_left } => {
+                w.u8(16).str(path).u16(*index).u32(*client).u64(*ms_left);
+            }
+            NsError::LeaseLost { path, index, version } => {
+                w.u8(17).str(path).u16(*index).u16(*version);
+            }
         }
     }
 
@@ -1541,6 +1746,17 @@ impl NsError {
             13 => NsError::OutOfIds,
             14 => NsError::Superseded { request_id: r.u64("request id")?, last: r.u64("last")? },
             15 => NsError::Placement(text(r)?),
+            16 => NsError::LeaseHeld {
+                path: text(r)?,
+                index: r.u16("block index")?,
+                client: r.u32("client")?,
+                ms_left: r.u64("ms left")?,
+            },
+            17 => NsError::LeaseLost {
+                path: text(r)?,
+                index: r.u16("block index")?,
+                version: r.u16("version")?,
+            },
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -1563,18 +1779,24 @@ mod tests {
     /// Applies commands as one session with increasing request ids.
     struct Driver {
         ns: Namespace,
+        session: SessionId,
         next_request: u64,
         time: u64,
     }
 
     impl Driver {
         fn new() -> Driver {
-            Driver { ns: Namespace::new(), next_request: 1, time: 1_000 }
+            Driver {
+                ns: Namespace::new(),
+                session: SessionId { client: ClientId(1), nonce: 42 },
+                next_request: 1,
+                time: 1_000,
+            }
         }
 
         fn entry(&mut self, command: Command) -> Entry {
             let entry = Entry {
-                session: SessionId { client: ClientId(1), nonce: 42 },
+                session: self.session,
                 request_id: self.next_request,
                 time_ms: self.time,
                 command,
@@ -1699,22 +1921,45 @@ mod tests {
         assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version, 3);
     }
 
+    fn lease(d: &mut Driver, index: u16) -> (BlockDescriptor, BlockVersion) {
+        match d.run(Command::WriteLease { path: p("/f"), index }) {
+            Outcome::Leased { block, base, .. } => (block, base),
+            other => panic!("no lease: {other:?}"),
+        }
+    }
+
+    fn commit(d: &mut Driver, index: u16, version: BlockVersion) -> Outcome {
+        d.run(Command::CommitWrite { path: p("/f"), index, version })
+    }
+
     #[test]
-    fn a_write_lease_bumps_the_block_version_across_the_wrap() {
+    fn a_leased_version_becomes_the_block_version_only_when_committed() {
         let mut d = Driver::new();
         d.create("/f");
         d.expand("/f", 3000, 3);
-        let Outcome::Leased { block, replicas } =
+        let now = d.time;
+        let Outcome::Leased { block, base, replicas, expires_ms } =
             d.run(Command::WriteLease { path: p("/f"), index: 1 })
         else {
             panic!("a lease")
         };
-        assert_eq!((block.index, block.version), (1, BlockVersion(2)));
-        assert_eq!(block.file.version, 3, "the file's metadata changed");
+        assert_eq!((block.index, block.version, base), (1, BlockVersion(2), BlockVersion(1)));
+        assert_eq!(expires_ms, now + LEASE_MS);
         assert_eq!(replicas, [NodeId(5), NodeId(7)]);
+        // Readers still see the committed version: the write may never happen.
+        let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+        assert_eq!(meta.blocks[1].descriptor.version, BlockVersion::UNWRITTEN);
+        assert_eq!(meta.descriptor.version, 2);
+        let Outcome::Committed { block: done, .. } = commit(&mut d, 1, block.version) else {
+            panic!("committed")
+        };
+        assert_eq!(done.version, BlockVersion(2));
         let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
         assert_eq!(meta.blocks[1].descriptor.version, BlockVersion(2));
         assert_eq!(meta.blocks[0].descriptor.version, BlockVersion(1), "other blocks keep theirs");
+        assert_eq!(meta.descriptor.version, 3, "the file's metadata changed");
+        // A second commit of the same lease (a new request) finds no lease.
+        assert!(matches!(failed(commit(&mut d, 1, block.version)), NsError::LeaseLost { .. }));
         assert!(matches!(
             failed(d.run(Command::WriteLease { path: p("/f"), index: 3 })),
             NsError::NotFound(_)
@@ -1723,15 +1968,57 @@ mod tests {
         // still compares as newer than the last.
         let mut last = BlockVersion(2);
         for _ in 0..u16::MAX {
-            let Outcome::Leased { block, .. } =
-                d.run(Command::WriteLease { path: p("/f"), index: 1 })
-            else {
-                panic!()
-            };
+            let (block, base) = lease(&mut d, 1);
+            assert_eq!(base, last);
             assert!(block.version.is_newer_than(last));
+            assert!(matches!(commit(&mut d, 1, block.version), Outcome::Committed { .. }));
             last = block.version;
         }
         assert_eq!(last, BlockVersion(2), "wrapped around, skipping version 1 (unwritten)");
+    }
+
+    #[test]
+    fn a_lease_is_exclusive_until_it_runs_out_and_a_lost_lease_cannot_commit() {
+        let mut d = Driver::new();
+        d.create("/f");
+        d.expand("/f", 3000, 3);
+        let first = d.session;
+        let other = SessionId { client: ClientId(2), nonce: 7 };
+        let (a, _) = lease(&mut d, 0);
+        // The holder may ask again (a retry after a failed chain): a newer version, same base.
+        let (a2, base) = lease(&mut d, 0);
+        assert!(a2.version.is_newer_than(a.version));
+        assert_eq!(base, BlockVersion::UNWRITTEN);
+        d.session = other;
+        let held = failed(d.run(Command::WriteLease { path: p("/f"), index: 0 }));
+        assert!(matches!(held, NsError::LeaseHeld { client: 1, index: 0, .. }), "{held:?}");
+        assert!(held.to_string().contains("being written by client 1"), "{held}");
+        // Another block of the file is free, and the lease survives a snapshot.
+        lease(&mut d, 2);
+        let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+        assert_eq!(restored.snapshot(), d.ns.snapshot());
+        d.ns = restored;
+        assert!(matches!(
+            failed(d.run(Command::WriteLease { path: p("/f"), index: 0 })),
+            NsError::LeaseHeld { .. }
+        ));
+        // Past its end, another writer takes the block, with a version never leased before;
+        // the first writer's late commit is refused.
+        d.time += LEASE_MS;
+        let (b, base) = lease(&mut d, 0);
+        assert!(b.version.is_newer_than(a2.version));
+        assert_eq!(base, BlockVersion::UNWRITTEN);
+        d.session = first;
+        assert!(matches!(failed(commit(&mut d, 0, a2.version)), NsError::LeaseLost { .. }));
+        d.session = other;
+        assert!(matches!(commit(&mut d, 0, b.version), Outcome::Committed { .. }));
+        assert_eq!(
+            d.ns.get_file_meta_data(&p("/f")).unwrap().blocks[0].descriptor.version,
+            b.version
+        );
+        // Removing the file drops its leases (the invariant check would catch one left).
+        d.run(Command::Remove { path: p("/f"), recursive: false });
+        assert!(d.ns.leases.is_empty());
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! (at this version) until T".
 //!
 //! A token is HMAC-SHA256 with the cluster secret over a label, the block descriptor, the
-//! operation, the replica chain, the client id and the expiry. A data-server accepts it only
+//! base version (the committed version a partial write starts from), the operation, the replica chain, the client id and the expiry. A data-server accepts it only
 //! if it is in the chain. Data-servers know the secret (they are in the
 //! cluster), clients do not, so a client can neither forge a token nor stretch one to
 //! another block, version, operation, client or time. Time is an argument: this module
 //! reads no clock.
 //!
-//! Layout on the wire: block descriptor (12), `u8 op`, `u8 n`, `n` replica ids (`u32`),
+//! Layout on the wire: block descriptor (12), `u16 base`, `u8 op`, `u8 n`, `n` replica ids (`u32`),
 //! `u32 client`, `u64 expires_ms`, then the 32-byte MAC (see [`Token::write`]).
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -16,7 +16,7 @@ use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 use sha2::Sha256;
 
-use crate::descriptor::BlockDescriptor;
+use crate::descriptor::{BlockDescriptor, BlockVersion};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub enum TokenOp {
 pub struct Token {
     /// The block, at the version the lease granted.
     pub block: BlockDescriptor,
+    /// The block's committed version when the lease was granted: a write that keeps the
+    /// replica's other bytes must start from exactly this version.
+    pub base: BlockVersion,
     /// The operation.
     pub op: TokenOp,
     /// The data-servers holding the block, in chain order (at most 16).
@@ -75,6 +78,7 @@ pub enum TokenError {
 fn mac(
     secret: &[u8],
     block: &BlockDescriptor,
+    base: BlockVersion,
     op: TokenOp,
     replicas: &[NodeId],
     client: ClientId,
@@ -85,7 +89,7 @@ fn mac(
     mac.update(b"meshfs-v1 block token");
     let mut fields = BodyWriter::new();
     block.write(&mut fields);
-    fields.u8(op as u8);
+    fields.u16(base.0).u8(op as u8);
     write_replicas(&mut fields, replicas);
     fields.u32(client.0).u64(expires_ms);
     mac.update(&fields.finish());
@@ -100,18 +104,22 @@ fn write_replicas(w: &mut BodyWriter, replicas: &[NodeId]) {
 }
 
 impl Token {
-    /// A token for `client` to do `op` on `block` until `expires_ms`, signed with `secret`.
+    /// A token for `client` to do `op` on `block` (starting from version `base`) until
+    /// `expires_ms`, signed with `secret`.
     pub fn sign(
         secret: &[u8],
         block: BlockDescriptor,
+        base: BlockVersion,
         op: TokenOp,
         replicas: Vec<NodeId>,
         client: ClientId,
         expires_ms: u64,
     ) -> Token {
-        let mac =
-            mac(secret, &block, op, &replicas, client, expires_ms).finalize().into_bytes().into();
-        Token { block, op, replicas, client, expires_ms, mac }
+        let mac = mac(secret, &block, base, op, &replicas, client, expires_ms)
+            .finalize()
+            .into_bytes()
+            .into();
+        Token { block, base, op, replicas, client, expires_ms, mac }
     }
 
     /// Checks the token for `op` by `client` at `now_ms`.
@@ -122,7 +130,7 @@ impl Token {
         client: ClientId,
         now_ms: u64,
     ) -> Result<(), TokenError> {
-        mac(secret, &self.block, self.op, &self.replicas, self.client, self.expires_ms)
+        mac(secret, &self.block, self.base, self.op, &self.replicas, self.client, self.expires_ms)
             .verify_slice(&self.mac)
             .map_err(|_| TokenError::Forged)?;
         if self.op != op {
@@ -156,10 +164,11 @@ impl Token {
         self.replicas.get(at + 1).copied()
     }
 
-    /// Writes the token: block descriptor, `u8 op`, `u32 client`, `u64 expires_ms`, 32-byte MAC.
+    /// Writes the token: block descriptor, `u16 base`, `u8 op`, replicas, `u32 client`,
+    /// `u64 expires_ms`, 32-byte MAC.
     pub fn write(&self, w: &mut BodyWriter) {
         self.block.write(w);
-        w.u8(self.op as u8);
+        w.u16(self.base.0).u8(self.op as u8);
         write_replicas(w, &self.replicas);
         w.u32(self.client.0).u64(self.expires_ms).fixed(&self.mac);
     }
@@ -167,6 +176,7 @@ impl Token {
     /// Reads what [`Token::write`] wrote.
     pub fn read(r: &mut BodyReader<'_>) -> Result<Token, BodyError> {
         let block = BlockDescriptor::read(r)?;
+        let base = BlockVersion(r.u16("token base version")?);
         let op = match r.u8("token op")? {
             1 => TokenOp::Write,
             other => return Err(BodyError::Invalid { field: "token op", value: u64::from(other) }),
@@ -179,6 +189,7 @@ impl Token {
             (0..count).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
         Ok(Token {
             block,
+            base,
             op,
             replicas,
             client: ClientId(r.u32("token client")?),
@@ -208,6 +219,7 @@ mod tests {
         let token = Token::sign(
             SECRET,
             block(4),
+            BlockVersion(3),
             TokenOp::Write,
             vec![NodeId(4), NodeId(6)],
             ClientId(1),
@@ -234,6 +246,7 @@ mod tests {
         let token = Token::sign(
             SECRET,
             block(4),
+            BlockVersion(3),
             TokenOp::Write,
             vec![NodeId(4), NodeId(6)],
             ClientId(1),
@@ -241,6 +254,7 @@ mod tests {
         );
         let altered = [
             Token { block: block(5), ..token.clone() },
+            Token { base: BlockVersion(2), ..token.clone() },
             Token { client: ClientId(9), ..token.clone() },
             Token { expires_ms: u64::MAX, ..token.clone() },
             Token { replicas: vec![NodeId(4), NodeId(5)], ..token.clone() },
@@ -261,6 +275,7 @@ mod tests {
         let token = Token::sign(
             SECRET,
             block(4),
+            BlockVersion(3),
             TokenOp::Write,
             vec![NodeId(4), NodeId(6)],
             ClientId(1),
@@ -277,11 +292,19 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_on_the_wire() {
-        let token = Token::sign(SECRET, block(1), TokenOp::Write, vec![NodeId(5)], ClientId(3), 42);
+        let token = Token::sign(
+            SECRET,
+            block(2),
+            BlockVersion::UNWRITTEN,
+            TokenOp::Write,
+            vec![NodeId(5)],
+            ClientId(3),
+            42,
+        );
         let mut w = BodyWriter::new();
         token.write(&mut w);
         let bytes = w.finish();
-        assert_eq!(bytes.len(), 12 + 1 + 1 + 4 + 4 + 8 + 32);
+        assert_eq!(bytes.len(), 12 + 2 + 1 + 1 + 4 + 4 + 8 + 32);
         let mut r = BodyReader::new(&bytes);
         assert_eq!(Token::read(&mut r).unwrap(), token);
         r.finish().unwrap();

@@ -17,6 +17,7 @@
 //! | 58 | [`Message::ReadBlock`] | client -> dserver | [`ReadBlock`] |
 //! | 59 | [`Message::BlockData`] | dserver -> client | [`BlockData`] |
 //! | 60 | [`Message::DataReport`] | dserver -> mserver | [`DataReport`] |
+//! | 61 | [`Message::BlockCommitted`] | leader mserver -> dserver | block descriptor |
 //! | 48 | [`Message::MetaRequest`] | client -> mserver | [`MetaRequest`] |
 //! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] |
 //!
@@ -43,7 +44,7 @@
 
 use meshfs_group::{NodeId, Role};
 
-use crate::descriptor::{BlockDescriptor, FileDescriptor};
+use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
 use crate::path::MeshPath;
 use crate::token::Token;
@@ -70,6 +71,8 @@ pub const KIND_READ_BLOCK: u16 = 58;
 pub const KIND_BLOCK_DATA: u16 = 59;
 /// Kind of [`Message::DataReport`].
 pub const KIND_DATA_REPORT: u16 = 60;
+/// Kind of [`Message::BlockCommitted`].
+pub const KIND_BLOCK_COMMITTED: u16 = 61;
 /// Most blocks listed in one report message.
 pub const MAX_REPORT_BLOCKS: usize = 16_384;
 /// Most data bytes in one write chunk or read reply.
@@ -251,12 +254,21 @@ pub enum MetaOp {
         /// Its new size.
         size: u64,
     },
-    /// A write lease on one block: bumps its version, returns its chain and a token.
+    /// A write lease on one block: a new version to write, its chain and a token.
     WriteLease {
         /// The file.
         path: MeshPath,
         /// The block.
         index: u16,
+    },
+    /// The leased write is durable on every replica: make its version the block's.
+    CommitWrite {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The version the lease granted.
+        version: BlockVersion,
     },
     /// A client found a replica down or damaged (a read failed there).
     ReportBadReplica {
@@ -474,6 +486,9 @@ pub enum Message {
     ReadBlock(ReadBlock),
     /// What a data-server holds.
     DataReport(DataReport),
+    /// The leader committed a write of this block at this version: a replica may drop the
+    /// version the write started from.
+    BlockCommitted(BlockDescriptor),
     /// Bytes of a block.
     BlockData(BlockData),
     /// A namespace request.
@@ -533,6 +548,7 @@ impl Message {
             Message::WriteAck(_) => KIND_WRITE_ACK,
             Message::ReadBlock(_) => KIND_READ_BLOCK,
             Message::DataReport(_) => KIND_DATA_REPORT,
+            Message::BlockCommitted(_) => KIND_BLOCK_COMMITTED,
             Message::BlockData(_) => KIND_BLOCK_DATA,
             Message::MetaRequest(_) => KIND_META_REQUEST,
             Message::MetaReply(_) => KIND_META_REPLY,
@@ -593,6 +609,7 @@ impl Message {
             Message::WriteAck(WriteAck::Failed { at, message }) => {
                 w.u8(2).u32(at.0).str(message);
             }
+            Message::BlockCommitted(block) => block.write(&mut w),
             Message::DataReport(report) => {
                 w.u64(report.capacity).u64(report.used).bool(report.full).bool(report.last);
                 w.u32(report.blocks.len() as u32);
@@ -654,6 +671,9 @@ impl Message {
                 len: r.u32("len").map_err(body)?,
             }),
             KIND_DATA_REPORT => Message::DataReport(read_data_report(&mut r).map_err(body)?),
+            KIND_BLOCK_COMMITTED => {
+                Message::BlockCommitted(BlockDescriptor::read(&mut r).map_err(body)?)
+            }
             KIND_BLOCK_DATA => Message::BlockData(read_block_data(&mut r).map_err(body)?),
             KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
             KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
@@ -772,6 +792,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u16(*index);
         }
+        MetaOp::CommitWrite { path, index, version } => {
+            w.u8(10);
+            write_path(w, path);
+            w.u16(*index).u16(version.0);
+        }
         MetaOp::ReportBadReplica { block, server, reason } => {
             w.u8(9);
             block.write(w);
@@ -801,6 +826,11 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
         7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
         8 => MetaOp::WriteLease { path: read_path(r)?, index: r.u16("block index")? },
+        10 => MetaOp::CommitWrite {
+            path: read_path(r)?,
+            index: r.u16("block index")?,
+            version: BlockVersion(r.u16("block version")?),
+        },
         9 => MetaOp::ReportBadReplica {
             block: BlockDescriptor::read(r)?,
             server: NodeId(r.u32("data-server")?),
@@ -1158,6 +1188,7 @@ mod tests {
                         index: 2,
                         version: crate::descriptor::BlockVersion(9),
                     },
+                    crate::descriptor::BlockVersion(8),
                     crate::token::TokenOp::Write,
                     vec![NodeId(4)],
                     meshfs_group::ClientId(1),
@@ -1200,6 +1231,11 @@ mod tests {
                     reason: "segment 3 failed its checksum".into(),
                 },
             }),
+            Message::BlockCommitted(BlockDescriptor {
+                file: FileDescriptor { id: crate::descriptor::FileId(3), version: 6 },
+                index: 2,
+                version: BlockVersion(10),
+            }),
             Message::DataReport(DataReport {
                 capacity: 1 << 30,
                 used: 12345,
@@ -1222,6 +1258,7 @@ mod tests {
                     index: 2,
                     version: crate::descriptor::BlockVersion(9),
                 },
+                crate::descriptor::BlockVersion(8),
                 crate::token::TokenOp::Write,
                 vec![NodeId(4), NodeId(5)],
                 meshfs_group::ClientId(1),
@@ -1231,6 +1268,15 @@ mod tests {
                 session: 2,
                 request_id: 9,
                 op: MetaOp::WriteLease { path: MeshPath::parse("/f").unwrap(), index: 7 },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 2,
+                request_id: 10,
+                op: MetaOp::CommitWrite {
+                    path: MeshPath::parse("/f").unwrap(),
+                    index: 7,
+                    version: BlockVersion(12),
+                },
             }),
             Message::MetaReply(MetaReply::Expanded {
                 file: FileDescriptor { id: crate::descriptor::FileId(3), version: 4 },

@@ -21,11 +21,17 @@
 //! ```
 //!
 //! Writes are copy-on-write: a [`BlockWrite`] fills a temporary file (seeded from the
-//! committed replica when the write only partly overwrites it), and [`BlockWrite::commit`]
-//! fsyncs it, renames it over the replica and fsyncs the directory. A reader sees the old
-//! version or the new one, never a mix; a crash leaves only a temporary file, which
-//! [`BlockStore::open`] finds and removes. Reads return whole segments with their stored
-//! checksums (so the client can verify end to end) after checking them here.
+//! replica at the write's base version when the write only partly overwrites it), and
+//! [`BlockWrite::commit`] fsyncs it, renames it into place and fsyncs the directory. A
+//! reader sees the old version or the new one, never a mix; a crash leaves only a temporary
+//! file, which [`BlockStore::open`] finds and removes. Reads return whole segments with their
+//! stored checksums (so the client can verify end to end) after checking them here.
+//!
+//! A write's version becomes the block's only when the meta-servers commit it (after every
+//! replica acknowledged). Until then readers ask for the base version, so a commit keeps the
+//! base copy beside the new one (`<file id>-<index>.prev`), and drops it when the leader says
+//! the new version is committed ([`BlockStore::committed`]) or the next write lands. A block
+//! therefore has at most two copies here: the newest written, and the one it started from.
 //!
 //! The store is shared by worker threads: its index sits behind a mutex; file I/O happens
 //! outside it.
@@ -95,6 +101,28 @@ pub enum StoreError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// A partial write must start from the block's committed version, which this replica
+    /// lacks: it missed a write, and needs repair from another replica.
+    #[error(
+        "block {block}: the write starts from version {base}, but this replica holds {held}; \
+         it is stale and needs repair"
+    )]
+    NoBase {
+        /// The block, at the write's version.
+        block: BlockDescriptor,
+        /// The version the write starts from.
+        base: u16,
+        /// What is held instead.
+        held: String,
+    },
+    /// A newer version was committed here while this write was in progress.
+    #[error("block {block}: version {held} was committed here first; this write is stale")]
+    Overtaken {
+        /// The block, at the write's version.
+        block: BlockDescriptor,
+        /// The version committed first.
+        held: u16,
     },
     /// A write or read outside the block.
     #[error("block {block}: range {offset}+{len} is outside the block ({limit} bytes)")]
@@ -253,6 +281,21 @@ impl Header {
 
 type BlockKey = (u32, u16);
 
+/// The copies of one block held here.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The newest version written (what the data-server reports).
+    current: BlockInfo,
+    /// The version `current` was written from, kept until `current` is known committed.
+    older: Option<BlockInfo>,
+}
+
+impl Held {
+    fn bytes(&self) -> u64 {
+        self.current.file_bytes + self.older.map_or(0, |o| o.file_bytes)
+    }
+}
+
 fn key(descriptor: &BlockDescriptor) -> BlockKey {
     (descriptor.file.id.0, descriptor.index)
 }
@@ -262,7 +305,7 @@ fn key(descriptor: &BlockDescriptor) -> BlockKey {
 pub struct BlockStore {
     dir: PathBuf,
     capacity: u64,
-    index: Mutex<HashMap<BlockKey, BlockInfo>>,
+    index: Mutex<HashMap<BlockKey, Held>>,
     /// Bytes taken by committed replicas and reserved by writes in progress.
     used: AtomicU64,
     next_tmp: AtomicU64,
@@ -275,7 +318,8 @@ impl BlockStore {
     pub fn open(data_dir: &Path, capacity: u64) -> Result<BlockStore, StoreError> {
         let dir = data_dir.join("blocks");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let mut index = HashMap::new();
+        let mut current = HashMap::new();
+        let mut older = Vec::new();
         let mut used = 0;
         let (mut removed, mut bad) = (0, 0);
         for shard in fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -293,7 +337,8 @@ impl BlockStore {
                     removed += 1;
                     continue;
                 }
-                if !name.ends_with(".blk") {
+                let is_older = name.ends_with(".prev");
+                if !name.ends_with(".blk") && !is_older {
                     continue;
                 }
                 let file = File::open(&path).map_err(io_err(&path))?;
@@ -307,7 +352,11 @@ impl BlockStore {
                             file_bytes,
                         };
                         used += file_bytes;
-                        index.insert(key(&header.descriptor), info);
+                        if is_older {
+                            older.push((info, path));
+                        } else {
+                            current.insert(key(&header.descriptor), info);
+                        }
                     }
                     Err(err) => {
                         warn!("setting aside a damaged replica: {err}");
@@ -315,6 +364,27 @@ impl BlockStore {
                         fs::rename(&path, &aside).map_err(io_err(&path))?;
                         bad += 1;
                     }
+                }
+            }
+        }
+        let mut index: HashMap<BlockKey, Held> =
+            current.into_iter().map(|(k, info)| (k, Held { current: info, older: None })).collect();
+        for (info, path) in older {
+            match index.get_mut(&key(&info.descriptor)) {
+                Some(held) if held.current.descriptor.version != info.descriptor.version => {
+                    held.older = Some(info);
+                }
+                Some(_) => {
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    used -= info.file_bytes;
+                }
+                None => {
+                    // A crash between moving the base copy aside and moving the new one in:
+                    // the base copy is the block.
+                    let blk = path.with_extension("blk");
+                    fs::rename(&path, &blk).map_err(io_err(&path))?;
+                    info!("restored {} (a commit was interrupted)", blk.display());
+                    index.insert(key(&info.descriptor), Held { current: info, older: None });
                 }
             }
         }
@@ -338,21 +408,73 @@ impl BlockStore {
             .join(format!("{:08x}-{index:04x}.blk", file.0))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, BlockInfo>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, Held>> {
         // A panic while holding the lock leaves the index as it was: keep using it.
         self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every replica held, for reports to the meta-servers.
     pub fn list(&self) -> Vec<BlockInfo> {
-        let mut all: Vec<BlockInfo> = self.lock().values().copied().collect();
+        let mut all: Vec<BlockInfo> = self.lock().values().map(|h| h.current).collect();
         all.sort_by_key(|b| (b.descriptor.file.id.0, b.descriptor.index));
         all
     }
 
-    /// The replica of block `index` of `file`, if held.
+    /// The newest replica of block `index` of `file`, if held.
     pub fn get(&self, file: FileId, index: u16) -> Option<BlockInfo> {
-        self.lock().get(&(file.0, index)).copied()
+        self.lock().get(&(file.0, index)).map(|h| h.current)
+    }
+
+    /// The copy of block `index` of `file` at `version`, if held, and its path.
+    fn copy_at(
+        &self,
+        file: FileId,
+        index: u16,
+        version: BlockVersion,
+    ) -> Option<(BlockInfo, PathBuf)> {
+        let held = *self.lock().get(&(file.0, index))?;
+        let path = self.path_of(file, index);
+        if held.current.descriptor.version == version {
+            Some((held.current, path))
+        } else {
+            held.older
+                .filter(|o| o.descriptor.version == version)
+                .map(|o| (o, path.with_extension("prev")))
+        }
+    }
+
+    /// The versions held of block `index` of `file`, for messages.
+    fn versions_held(&self, file: FileId, index: u16) -> String {
+        match self.lock().get(&(file.0, index)) {
+            None => "no copy".into(),
+            Some(Held { current, older: None }) => {
+                format!("version {}", current.descriptor.version.0)
+            }
+            Some(Held { current, older: Some(o) }) => {
+                format!("versions {} and {}", current.descriptor.version.0, o.descriptor.version.0)
+            }
+        }
+    }
+
+    /// The meta-servers committed `block` (at its version): the copy it was written from is
+    /// no longer needed. Whether a copy was dropped.
+    pub fn committed(&self, block: BlockDescriptor) -> Result<bool, StoreError> {
+        let dropped = {
+            let mut index = self.lock();
+            match index.get_mut(&key(&block)) {
+                Some(held) if held.current.descriptor.version == block.version => held.older.take(),
+                _ => None,
+            }
+        };
+        let Some(older) = dropped else { return Ok(false) };
+        let path = self.path_of(block.file.id, block.index).with_extension("prev");
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        }
+        self.release(older.file_bytes);
+        Ok(true)
     }
 
     /// The configured capacity.
@@ -396,15 +518,33 @@ impl BlockStore {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    /// Starts writing `descriptor` (the version the write lease granted). With
-    /// `keep_existing`, the committed replica's bytes (of any version) are the starting
-    /// point, for writes that overwrite part of a block; without, the block starts empty.
+    /// Starts writing `descriptor` (the version the write lease granted) from version
+    /// `base` (the block's committed version then). With `keep_existing`, the copy at `base`
+    /// is the starting point, for writes that overwrite part of a block, and a replica
+    /// without it refuses; without, the block starts empty.
     pub fn begin_write(
         self: &Arc<Self>,
         descriptor: BlockDescriptor,
+        base: BlockVersion,
         block_size: u32,
         keep_existing: bool,
     ) -> Result<BlockWrite, StoreError> {
+        let seed = if keep_existing {
+            match self.copy_at(descriptor.file.id, descriptor.index, base) {
+                Some(copy) => Some(copy),
+                // Never written: the block is zeros, nothing to start from.
+                None if base == BlockVersion::UNWRITTEN => None,
+                None => {
+                    return Err(StoreError::NoBase {
+                        block: descriptor,
+                        base: base.0,
+                        held: self.versions_held(descriptor.file.id, descriptor.index),
+                    });
+                }
+            }
+        } else {
+            None
+        };
         let final_path = self.path_of(descriptor.file.id, descriptor.index);
         let shard = final_path.parent().expect("a shard directory").to_path_buf();
         fs::create_dir_all(&shard).map_err(io_err(&shard))?;
@@ -415,6 +555,7 @@ impl BlockStore {
         let mut write = BlockWrite {
             store: Arc::clone(self),
             descriptor,
+            base,
             block_size,
             final_path,
             tmp: tmp.clone(),
@@ -432,8 +573,8 @@ impl BlockStore {
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         write.file = Some(file);
-        if keep_existing && let Some(existing) = self.get(descriptor.file.id, descriptor.index) {
-            write.seed_from(&existing)?;
+        if let Some((_, path)) = seed {
+            write.seed_from(&path)?;
         }
         Ok(write)
     }
@@ -446,21 +587,47 @@ impl BlockStore {
         offset: u64,
         len: u64,
     ) -> Result<SegmentRead, StoreError> {
-        let info = self
-            .get(descriptor.file.id, descriptor.index)
-            .ok_or(StoreError::NotFound(descriptor))?;
-        if info.descriptor.version != descriptor.version {
-            return Err(StoreError::WrongVersion {
-                asked: descriptor,
-                held: info.descriptor.version.0,
+        // A commit may move the copy between the lookup and the open: look again then.
+        let mut attempts = 0;
+        let (file, path, header) = loop {
+            attempts += 1;
+            let Some((info, path)) =
+                self.copy_at(descriptor.file.id, descriptor.index, descriptor.version)
+            else {
+                return Err(match self.get(descriptor.file.id, descriptor.index) {
+                    None => StoreError::NotFound(descriptor),
+                    Some(held) => StoreError::WrongVersion {
+                        asked: descriptor,
+                        held: held.descriptor.version.0,
+                    },
+                });
+            };
+            if offset + len > info.len {
+                return Err(StoreError::OutOfRange {
+                    block: descriptor,
+                    offset,
+                    len,
+                    limit: info.len,
+                });
+            }
+            let opened = File::open(&path).map_err(io_err(&path)).and_then(|file| {
+                let header = Header::read(&file, &path)?;
+                Ok((file, header))
             });
-        }
-        if offset + len > info.len {
-            return Err(StoreError::OutOfRange { block: descriptor, offset, len, limit: info.len });
-        }
-        let path = self.path_of(descriptor.file.id, descriptor.index);
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let header = Header::read(&file, &path)?;
+            match opened {
+                Ok((file, header)) if header.descriptor.version == descriptor.version => {
+                    break (file, path, header);
+                }
+                Ok(_) | Err(StoreError::Io { .. }) if attempts < 3 => continue,
+                Ok((_, header)) => {
+                    return Err(StoreError::WrongVersion {
+                        asked: descriptor,
+                        held: header.descriptor.version.0,
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        };
         let first = offset / SEGMENT_BYTES;
         let last = if len == 0 { first } else { (offset + len - 1) / SEGMENT_BYTES };
         let start = first * SEGMENT_BYTES;
@@ -483,22 +650,24 @@ impl BlockStore {
 
     /// Re-reads a replica whole and checks every segment (the scrubber's step).
     pub fn verify(&self, descriptor: BlockDescriptor) -> Result<(), StoreError> {
-        let info = self
-            .get(descriptor.file.id, descriptor.index)
+        let (info, _) = self
+            .copy_at(descriptor.file.id, descriptor.index, descriptor.version)
             .ok_or(StoreError::NotFound(descriptor))?;
         self.read(descriptor, 0, info.len).map(|_| ())
     }
 
     /// Deletes the replica of block `index` of `file` (any version).
     pub fn remove(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
-        let Some(info) = self.lock().remove(&(file.0, index)) else { return Ok(false) };
+        let Some(held) = self.lock().remove(&(file.0, index)) else { return Ok(false) };
         let path = self.path_of(file, index);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io { path, source: e }),
+        for path in [path.with_extension("prev"), path] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path, source: e }),
+            }
         }
-        self.release(info.file_bytes);
+        self.release(held.bytes());
         Ok(true)
     }
 }
@@ -509,6 +678,8 @@ impl BlockStore {
 pub struct BlockWrite {
     store: Arc<BlockStore>,
     descriptor: BlockDescriptor,
+    /// The committed version the write started from.
+    base: BlockVersion,
     block_size: u32,
     final_path: PathBuf,
     tmp: PathBuf,
@@ -526,10 +697,17 @@ impl BlockWrite {
         self.file.as_ref().expect("open until commit or drop")
     }
 
-    fn seed_from(&mut self, existing: &BlockInfo) -> Result<(), StoreError> {
-        let path = self.store.path_of(existing.descriptor.file.id, existing.descriptor.index);
+    fn seed_from(&mut self, path: &Path) -> Result<(), StoreError> {
+        let path = path.to_path_buf();
         let source = File::open(&path).map_err(io_err(&path))?;
         let header = Header::read(&source, &path)?;
+        if header.descriptor.version != self.base {
+            // Moved by a concurrent commit between the lookup and the open.
+            return Err(StoreError::Overtaken {
+                block: self.descriptor,
+                held: header.descriptor.version.0,
+            });
+        }
         if header.block_size != self.block_size {
             return Err(StoreError::BadFile {
                 path,
@@ -638,10 +816,6 @@ impl BlockWrite {
         // The file's length covers the data even if its tail was never written.
         self.file().set_len(base + self.len).map_err(io_err(&self.tmp))?;
         self.file().sync_all().map_err(io_err(&self.tmp))?;
-        fs::rename(&self.tmp, &self.final_path).map_err(io_err(&self.final_path))?;
-        let shard = self.final_path.parent().expect("a shard directory");
-        File::open(shard).and_then(|d| d.sync_all()).map_err(io_err(shard))?;
-        self.done = true;
         let file_bytes = base + self.len;
         let info = BlockInfo {
             descriptor: self.descriptor,
@@ -649,13 +823,54 @@ impl BlockWrite {
             len: self.len,
             file_bytes,
         };
-        let replaced = self.store.lock().insert(key(&self.descriptor), info);
-        // The reservation becomes the file's real size; the replaced file's bytes are free.
+        let older_path = self.final_path.with_extension("prev");
+        let freed = {
+            // The index stays locked while the files move, so that commits of one block
+            // (and readers' lookups) see the copies and the index agree.
+            let mut index = self.store.lock();
+            let before = index.get(&key(&self.descriptor)).copied();
+            let mut freed = 0;
+            let older = match before {
+                None => None,
+                Some(held) => {
+                    let version = held.current.descriptor.version;
+                    if version != self.base && version.is_newer_than(self.descriptor.version) {
+                        return Err(StoreError::Overtaken {
+                            block: self.descriptor,
+                            held: version.0,
+                        });
+                    }
+                    if version == self.base {
+                        // The base copy stays readable until the new version is committed.
+                        fs::rename(&self.final_path, &older_path).map_err(io_err(&older_path))?;
+                        freed += held.older.map_or(0, |o| o.file_bytes);
+                        Some(held.current)
+                    } else if held.older.is_some_and(|o| o.descriptor.version == self.base) {
+                        // `current` was written but never committed: replaced below.
+                        freed += held.current.file_bytes;
+                        held.older
+                    } else {
+                        // Neither copy is the base (a whole-block write): both go.
+                        if let Some(o) = held.older {
+                            fs::remove_file(&older_path).map_err(io_err(&older_path))?;
+                            freed += o.file_bytes;
+                        }
+                        freed += held.current.file_bytes;
+                        None
+                    }
+                }
+            };
+            fs::rename(&self.tmp, &self.final_path).map_err(io_err(&self.final_path))?;
+            self.done = true;
+            index.insert(key(&self.descriptor), Held { current: info, older });
+            freed
+        };
+        // The reservation becomes the file's real size; replaced copies' bytes are free.
         self.store.release(self.reserved);
         self.store.used.fetch_add(file_bytes, Ordering::Relaxed);
-        if let Some(old) = replaced {
-            self.store.release(old.file_bytes);
-        }
+        self.store.release(freed);
+        let shard = self.final_path.parent().expect("a shard directory");
+        File::open(shard).and_then(|d| d.sync_all()).map_err(io_err(shard))?;
         Ok(info)
     }
 }
@@ -715,7 +930,7 @@ mod tests {
     }
 
     fn write(store: &Arc<BlockStore>, d: BlockDescriptor, data: &[u8]) -> BlockInfo {
-        let mut w = store.begin_write(d, BLOCK, false).unwrap();
+        let mut w = store.begin_write(d, BlockVersion::UNWRITTEN, BLOCK, false).unwrap();
         // In odd pieces, as frames would arrive.
         for (i, piece) in data.chunks(77_777).enumerate() {
             w.write_at(i as u64 * 77_777, piece).unwrap();
@@ -785,7 +1000,7 @@ mod tests {
         let old = bytes(100_000, 3);
         write(&store, desc(4, 1, 1), &old);
         // Version 2 is half written when the process dies (no commit, no cleanup).
-        let mut w = store.begin_write(desc(4, 1, 2), BLOCK, false).unwrap();
+        let mut w = store.begin_write(desc(4, 1, 2), BlockVersion(1), BLOCK, false).unwrap();
         w.write_at(0, &bytes(500_000, 4)).unwrap();
         std::mem::forget(w);
         drop(store);
@@ -802,29 +1017,81 @@ mod tests {
     fn a_new_version_replaces_the_old_only_when_committed() {
         let dir = TempDir::new("cow");
         let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
-        let v1 = bytes(200_000, 5);
-        write(&store, desc(2, 0, 1), &v1);
-        // Overwrite 10,000 bytes in the middle under version 2, keeping the rest.
-        let mut w = store.begin_write(desc(2, 0, 2), BLOCK, true).unwrap();
+        let v2 = bytes(200_000, 5);
+        write(&store, desc(2, 0, 2), &v2);
+        // Overwrite 10,000 bytes in the middle under version 3, keeping the rest.
+        let mut w = store.begin_write(desc(2, 0, 3), BlockVersion(2), BLOCK, true).unwrap();
         let patch = bytes(10_000, 6);
         w.write_at(100_000, &patch).unwrap();
-        // Until the commit, readers see version 1, whole and good.
-        assert_eq!(store.read(desc(2, 0, 1), 0, 200_000).unwrap().data, v1);
-        w.commit().unwrap();
-        let mut v2 = v1.clone();
-        v2[100_000..110_000].copy_from_slice(&patch);
+        // Until the commit, readers see version 2, whole and good.
         assert_eq!(store.read(desc(2, 0, 2), 0, 200_000).unwrap().data, v2);
+        w.commit().unwrap();
+        let mut v3 = v2.clone();
+        v3[100_000..110_000].copy_from_slice(&patch);
+        assert_eq!(store.read(desc(2, 0, 3), 0, 200_000).unwrap().data, v3);
+        // Until the meta-servers commit version 3, version 2 stays readable too.
+        assert_eq!(store.read(desc(2, 0, 2), 0, 200_000).unwrap().data, v2);
+        assert_eq!(store.list().len(), 1, "reports name the newest copy only");
+        assert!(store.committed(desc(2, 0, 3)).unwrap());
         assert!(matches!(
-            store.read(desc(2, 0, 1), 0, 1),
-            Err(StoreError::WrongVersion { held: 2, .. })
+            store.read(desc(2, 0, 2), 0, 1),
+            Err(StoreError::WrongVersion { held: 3, .. })
         ));
+        assert!(!store.committed(desc(2, 0, 3)).unwrap(), "nothing left to drop");
         // Writing past the end leaves zeros in between, checksummed.
-        let mut w = store.begin_write(desc(2, 0, 3), BLOCK, true).unwrap();
+        let mut w = store.begin_write(desc(2, 0, 4), BlockVersion(3), BLOCK, true).unwrap();
         w.write_at(400_000, b"tail").unwrap();
         w.commit().unwrap();
-        let read = store.read(desc(2, 0, 3), 0, 400_004).unwrap();
+        let read = store.read(desc(2, 0, 4), 0, 400_004).unwrap();
         assert!(read.data[200_000..400_000].iter().all(|&b| b == 0));
         assert_eq!(&read.data[400_000..], b"tail");
+    }
+
+    #[test]
+    fn a_partial_write_starts_from_the_committed_version_or_is_refused() {
+        let dir = TempDir::new("base");
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let v2 = bytes(100_000, 10);
+        write(&store, desc(6, 0, 2), &v2);
+        // A replica that missed version 3 cannot make version 4 from it.
+        let err = store.begin_write(desc(6, 0, 4), BlockVersion(3), BLOCK, true).unwrap_err();
+        assert!(matches!(err, StoreError::NoBase { base: 3, .. }), "{err}");
+        assert!(err.to_string().contains("holds version 2"), "{err}");
+        assert!(err.to_string().contains("needs repair"), "{err}");
+        // Version 3 lands here but is never committed by the meta-servers (a replica after
+        // this one failed); the writer's next lease, version 4, starts again from 2.
+        let mut w = store.begin_write(desc(6, 0, 3), BlockVersion(2), BLOCK, true).unwrap();
+        w.write_at(0, b"abandoned").unwrap();
+        w.commit().unwrap();
+        let mut w = store.begin_write(desc(6, 0, 4), BlockVersion(2), BLOCK, true).unwrap();
+        w.write_at(10, b"retried").unwrap();
+        w.commit().unwrap();
+        let mut v4 = v2.clone();
+        v4[10..17].copy_from_slice(b"retried");
+        assert_eq!(store.read(desc(6, 0, 4), 0, 100_000).unwrap().data, v4);
+        assert_eq!(store.read(desc(6, 0, 2), 0, 100_000).unwrap().data, v2);
+        assert!(matches!(store.read(desc(6, 0, 3), 0, 1), Err(StoreError::WrongVersion { .. })));
+        // Both copies survive a restart; so does a commit cut between its two renames.
+        drop(store);
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        assert_eq!(store.read(desc(6, 0, 2), 0, 100_000).unwrap().data, v2);
+        assert_eq!(store.read(desc(6, 0, 4), 0, 100_000).unwrap().data, v4);
+        let used = store.used();
+        let path = store.path_of(FileId(6), 0);
+        drop(store);
+        // As if the process died after moving version 2 aside, before moving version 4 in.
+        fs::remove_file(&path).unwrap();
+        assert!(path.with_extension("prev").exists());
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        assert_eq!(store.get(FileId(6), 0).unwrap().descriptor.version, BlockVersion(2));
+        assert_eq!(store.read(desc(6, 0, 2), 0, 100_000).unwrap().data, v2);
+        assert!(store.used() < used, "the lost copy's bytes are not counted");
+        assert!(path.exists() && !path.with_extension("prev").exists());
+        // A whole-block write needs no base.
+        let mut w = store.begin_write(desc(6, 0, 5), BlockVersion(4), BLOCK, false).unwrap();
+        w.write_at(0, b"whole").unwrap();
+        w.commit().unwrap();
+        assert_eq!(store.read(desc(6, 0, 5), 0, 5).unwrap().data, b"whole");
     }
 
     #[test]
@@ -836,13 +1103,15 @@ mod tests {
         write(&store, desc(1, 0, 1), &bytes(BLOCK as usize, 7));
         assert_eq!(store.used(), per_block);
         let used = store.used();
-        let err = store.begin_write(desc(1, 1, 1), BLOCK, false).unwrap_err();
+        let err =
+            store.begin_write(desc(1, 1, 2), BlockVersion::UNWRITTEN, BLOCK, false).unwrap_err();
         assert!(matches!(err, StoreError::Full { .. }), "{err}");
         assert!(err.to_string().contains("no space"), "{err}");
         assert_eq!(store.used(), used, "a refused write reserves nothing");
         assert!(store.remove(FileId(1), 0).unwrap());
         assert_eq!(store.used(), 0);
-        let mut w = store.begin_write(desc(1, 1, 1), BLOCK, false).unwrap();
+        let mut w =
+            store.begin_write(desc(1, 1, 2), BlockVersion::UNWRITTEN, BLOCK, false).unwrap();
         w.write_at(0, b"fits now").unwrap();
         w.commit().unwrap();
         assert!(!store.remove(FileId(1), 9).unwrap());

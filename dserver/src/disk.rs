@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
-use meshfs_core::descriptor::BlockDescriptor;
+use log::{debug, warn};
+use meshfs_core::descriptor::{BlockDescriptor, BlockVersion};
 use meshfs_core::wire::BlockData;
 use meshfs_net::{ConnId, Notifier};
 
@@ -27,6 +28,8 @@ pub enum DiskJob {
         write: u64,
         /// The block at the lease's version.
         block: BlockDescriptor,
+        /// The committed version the write starts from.
+        base: BlockVersion,
         /// The block size.
         block_size: u32,
         /// Start from the replica's current bytes.
@@ -50,6 +53,11 @@ pub enum DiskJob {
     Abort {
         /// The write.
         write: u64,
+    },
+    /// The meta-servers committed `block` at its version: drop the copy it started from.
+    Settle {
+        /// The block at its committed version.
+        block: BlockDescriptor,
     },
     /// Read for a client.
     Read {
@@ -133,7 +141,7 @@ impl DiskPool {
             | DiskJob::Chunk { write, .. }
             | DiskJob::Commit { write }
             | DiskJob::Abort { write } => (*write % DISK_WORKERS as u64) as usize,
-            DiskJob::Read { .. } => {
+            DiskJob::Read { .. } | DiskJob::Settle { .. } => {
                 self.next_reader = (self.next_reader + 1) % DISK_WORKERS;
                 self.next_reader
             }
@@ -157,8 +165,8 @@ fn worker(
     let mut open: HashMap<u64, BlockWrite> = HashMap::new();
     while let Ok(job) = jobs.recv() {
         let result = match job {
-            DiskJob::Begin { write, block, block_size, keep_existing } => {
-                match store.begin_write(block, block_size, keep_existing) {
+            DiskJob::Begin { write, block, base, block_size, keep_existing } => {
+                match store.begin_write(block, base, block_size, keep_existing) {
                     Ok(w) => {
                         open.insert(write, w);
                         None
@@ -186,6 +194,14 @@ fn worker(
             },
             DiskJob::Abort { write } => {
                 open.remove(&write);
+                None
+            }
+            DiskJob::Settle { block } => {
+                match store.committed(block) {
+                    Ok(true) => debug!("{block} committed: dropped the copy it was written from"),
+                    Ok(false) => {}
+                    Err(err) => warn!("dropping the older copy of {block}: {err}"),
+                }
                 None
             }
             DiskJob::Read { conn, request, block, offset, len } => {

@@ -12,6 +12,13 @@
 //! acknowledgement means the block is durable on every replica after this one and here. A
 //! failure anywhere is reported upstream, and nothing of that write is committed there.
 //!
+//! A write's token also names its base: the block's committed version when the lease was
+//! granted. A write that keeps the block's other bytes starts from the copy at that version,
+//! and a replica without it refuses (it missed a write and needs repair). The new version
+//! becomes the block's when the client commits it at the meta-servers; until then readers ask
+//! for the base, which the block store keeps beside the new copy. The leader's
+//! [`Message::BlockCommitted`] notice lets the base copy go.
+//!
 //! Reads return whole segments with their stored checksums, which the client checks again.
 
 #![deny(missing_docs, missing_debug_implementations)]
@@ -30,8 +37,8 @@ use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::TokenOp;
 use meshfs_core::wire::{
-    BlockData, DataReport, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES, MAX_REPORT_BLOCKS,
-    Message, ReadBlock, WriteAck, WriteChunk,
+    BlockData, DataReport, KIND_BLOCK_COMMITTED, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES,
+    MAX_REPORT_BLOCKS, Message, ReadBlock, WriteAck, WriteChunk,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
@@ -213,6 +220,7 @@ impl DataServer {
                 self.disk.submit(DiskJob::Begin {
                     write,
                     block: chunk.token.block,
+                    base: chunk.token.base,
                     block_size: chunk.block_size,
                     keep_existing: chunk.keep_existing,
                 });
@@ -460,6 +468,17 @@ impl Service for DataServer {
                         warn!("ignoring a data message from {from}, which is not a data-server")
                     }
                     Err(err) => warn!("bad data message from {from}: {err}"),
+                }
+            }
+            GroupEvent::Message { from, frame } if frame.kind == KIND_BLOCK_COMMITTED => {
+                let from_mserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::MServer);
+                match Message::decode(&frame) {
+                    Ok(Message::BlockCommitted(block)) if from_mserver => {
+                        self.disk.submit(DiskJob::Settle { block });
+                    }
+                    Ok(_) => warn!("ignoring a commit notice from {from}, not a meta-server"),
+                    Err(err) => warn!("bad commit notice from {from}: {err}"),
                 }
             }
             GroupEvent::Message { from, frame } => {

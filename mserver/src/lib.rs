@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
 use meshfs_core::namespace::{Command, Entry, Namespace, NsError, Outcome, SessionId, Stat};
 use meshfs_core::path::MeshPath;
@@ -46,8 +46,6 @@ use crate::consensus::{OutgoingSnapshot, ProposeError, RaftStatus, Replica, Repl
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 const TICK_TIMER: u64 = 1;
-/// How long a write token is good for, in milliseconds.
-pub const LEASE_MS: u64 = 60_000;
 /// Snapshot data travels in pieces of this size, on the bulk queue.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The snapshot pump sends only while less than this is queued to the peer, and at most
@@ -166,7 +164,18 @@ impl MetaServer {
                 self.replica.report_unreachable(to);
             }
         }
+        let leader = self.replica.is_leader();
         for (_, entry, outcome) in output.applied {
+            if let (true, Outcome::Committed { block, replicas }) = (leader, &outcome) {
+                // The replicas may now drop the version the write started from. A notice
+                // lost here only leaves that older copy on disk until the block's next write.
+                for &replica in replicas {
+                    let frame = Message::BlockCommitted(*block).to_frame(0);
+                    if node.send(replica, Priority::Control, frame).is_err() {
+                        debug!("data-server {replica} is down; it keeps {block}'s older copy");
+                    }
+                }
+            }
             if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
                 let reply = reply_of(outcome, &self.secret, entry.session.client);
                 for waiter in waiters {
@@ -301,6 +310,9 @@ impl MetaServer {
             MetaOp::Rename { from, to } => Command::Rename { from, to },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
+            MetaOp::CommitWrite { path, index, version } => {
+                Command::CommitWrite { path, index, version }
+            }
         };
         let entry = Entry { session, request_id: request.request_id, time_ms: now_ms(), command };
         let result = self.replica.propose(&entry).map(|()| {
@@ -525,15 +537,17 @@ fn now_ms() -> u64 {
 /// The reply for an applied change.
 fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
     match outcome {
-        Outcome::Mkdir | Outcome::Renamed => MetaReply::Done,
+        Outcome::Mkdir | Outcome::Renamed | Outcome::Committed { .. } => MetaReply::Done,
         // Signed when answered, by whoever answers: a token lives on the wire only.
-        Outcome::Leased { block, replicas } => MetaReply::Lease(Token::sign(
+        // The token ends when the lease does (the entry's time, by the leader's clock).
+        Outcome::Leased { block, base, replicas, expires_ms } => MetaReply::Lease(Token::sign(
             secret,
             block,
+            base,
             TokenOp::Write,
             replicas,
             client,
-            now_ms() + LEASE_MS,
+            expires_ms,
         )),
         Outcome::Expanded { file, blocks } => {
             MetaReply::Expanded { file, new_blocks: blocks.len() as u32 }
@@ -571,6 +585,7 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::Remove { .. }
         | MetaOp::Expand { .. }
         | MetaOp::WriteLease { .. }
+        | MetaOp::CommitWrite { .. }
         | MetaOp::ReportBadReplica { .. } => {
             unreachable!("writes go through the log, not read()")
         }

@@ -642,7 +642,7 @@ fn expand_file_size_places_blocks_on_distinct_live_data_servers() {
 }
 
 #[test]
-fn a_write_lease_bumps_the_block_version_and_signs_its_chain() {
+fn a_write_lease_is_exclusive_signs_its_chain_and_takes_effect_on_commit() {
     use meshfs_core::token::{TokenError, TokenOp};
     let mut cluster = TestCluster::new("lease", 3, 3);
     cluster.start_all();
@@ -655,7 +655,7 @@ fn a_write_lease_bumps_the_block_version_and_signs_its_chain() {
     assert_eq!(before.blocks[1].descriptor.version.0, 1);
 
     let token = client.write_lease("/f", 1).unwrap();
-    assert_eq!((token.block.index, token.block.version.0), (1, 2));
+    assert_eq!((token.block.index, token.block.version.0, token.base.0), (1, 2, 1));
     assert_eq!(token.replicas, before.blocks[1].replicas);
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
@@ -679,6 +679,13 @@ fn a_write_lease_bumps_the_block_version_and_signs_its_chain() {
         Err(TokenError::WrongClient { issued: ClientId(1), presented_by: ClientId(2) })
     );
 
+    // Another writer waits for the lease; readers keep the committed version meanwhile.
+    let mut other =
+        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let err = other.write_lease("/f", 1).unwrap_err().to_string();
+    assert!(err.contains("being written by client 1"), "{err}");
+    assert_eq!(other.get_file_meta_data("/f").unwrap().blocks[1].descriptor.version.0, 1);
+    client.commit_write("/f", &token).unwrap();
     let after = client.get_file_meta_data("/f").unwrap();
     assert_eq!(after.blocks[1].descriptor.version.0, 2, "the new version is committed");
     assert_eq!(after.blocks[0].descriptor.version.0, 1);
@@ -882,6 +889,7 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
     let forged = Token::sign(
         b"a-guessed-secret-0000000",
         token.block,
+        token.base,
         TokenOp::Write,
         token.replicas.clone(),
         ClientId(1),
@@ -892,6 +900,7 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
     let expired = Token::sign(
         &cluster.config.secret,
         token.block,
+        token.base,
         TokenOp::Write,
         token.replicas.clone(),
         ClientId(1),
@@ -901,6 +910,9 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
     assert!(err.contains("expired"), "{err}");
     // The real token works, and nothing of the refused writes is there.
     data.write_block(&token, 1024 * 1024, 0, &[7u8; 1000], false).unwrap();
+    // Durable on the replicas, but readers see the new bytes only once the write commits.
+    assert_eq!(get_bytes(&cluster, "/t").unwrap(), vec![0u8; 1000]);
+    meta.commit_write("/t", &token).unwrap();
     assert_eq!(get_bytes(&cluster, "/t").unwrap(), vec![7u8; 1000]);
 
     // Data-servers here hold 1 GiB each: a file of more than three of them at replication 3
@@ -1096,4 +1108,52 @@ fn a_full_data_server_gives_the_client_a_clear_error() {
     assert_eq!(get_bytes(&cluster, "/small").unwrap(), b"acknowledged before the disks filled");
     put_bytes(&cluster, "/empty", b"", 1).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(get_bytes(&cluster, "/empty").unwrap(), b"");
+}
+
+#[test]
+fn a_write_that_is_never_committed_is_never_read_and_the_retry_starts_from_the_committed_bytes() {
+    let mut cluster = TestCluster::new("uncommitted", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let original = random_bytes(1024 * 1024 + 5000, 21);
+    put_bytes(&cluster, "/f", &original, 2).unwrap();
+    let (mut meta, mut data) = data_clients(&cluster);
+    let block_size = 1024 * 1024;
+    // A writer streams a patch to both replicas of block 0, durably, and dies before it
+    // commits: the replicas hold that version, but nobody reads it.
+    let lost = meta.write_lease("/f", 0).unwrap();
+    data.write_block(&lost, block_size, 0, b"NEVER-COMMITTED", true).unwrap();
+    assert_eq!(get_bytes(&cluster, "/f").unwrap(), original, "readers see the committed bytes");
+    // Its retry (a new lease, a newer version) starts again from the committed bytes.
+    let retry = meta.write_lease("/f", 0).unwrap();
+    assert!(retry.block.version.is_newer_than(lost.block.version));
+    assert_eq!(retry.base, lost.base);
+    data.write_block(&retry, block_size, 100, b"patched", true).unwrap();
+    meta.commit_write("/f", &retry).unwrap();
+    let mut expected = original.clone();
+    expected[100..107].copy_from_slice(b"patched");
+    assert_eq!(get_bytes(&cluster, "/f").unwrap(), expected, "no byte of the lost write");
+    // The lost lease cannot commit any more.
+    let err = meta.commit_write("/f", &lost).unwrap_err().to_string();
+    assert!(err.contains("lease") && err.contains("lost"), "{err}");
+    // The leader tells the replicas the new version is committed; they drop the copy it was
+    // written from.
+    let id = lost.block.file.id.0;
+    let older: Vec<_> = retry
+        .replicas
+        .iter()
+        .map(|r| {
+            cluster.dir.join(format!(
+                "data/dserver-{}/blocks/{:02x}/{id:08x}-0000.prev",
+                r.0,
+                id & 0xff
+            ))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while older.iter().any(|p| p.exists()) {
+        assert!(Instant::now() < deadline, "older copies left: {older:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get_bytes(&cluster, "/f").unwrap(), expected);
 }
