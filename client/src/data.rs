@@ -85,13 +85,23 @@ impl DataClient {
         let first = *token.replicas.first().ok_or_else(|| ClientError::DataWrite {
             block: token.block.to_string(),
             reason: "the lease names no data-server".into(),
+            failed: None,
         })?;
         let result = self.write_to(first, token, block_size, offset, data, keep_existing);
         if result.is_err() {
             // The connection may be mid-stream: start clean next time.
             self.conns.remove(&first);
         }
-        result
+        result.map_err(|err| match err {
+            err @ ClientError::DataWrite { .. } => err,
+            // Could not reach the first replica, or it stopped answering: a failure of
+            // the data-server itself (one after it in the chain is reported by it).
+            other => ClientError::DataWrite {
+                block: token.block.to_string(),
+                reason: format!("data-server {first}: {other}"),
+                failed: Some(first),
+            },
+        })
     }
 
     fn write_to(
@@ -150,12 +160,14 @@ impl DataClient {
                     return Err(ClientError::DataWrite {
                         block,
                         reason: format!("data-server {at}: {message}"),
+                        failed: Some(at),
                     });
                 }
                 other => {
                     return Err(ClientError::DataWrite {
                         block,
                         reason: format!("unexpected reply kind {}", other.kind()),
+                        failed: None,
                     });
                 }
             }
@@ -302,11 +314,25 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Times a block of a put is tried again, each time without the data-server that failed.
+const PUT_RETRIES: u8 = 2;
+
+/// One block of a put on its way to the data-servers.
+struct PutBlock {
+    token: Token,
+    /// The block's bytes; the buffer is reused for a later block once this one is done
+    /// (fresh 64 MiB buffers cost a page fault and a zeroed page per 4 KiB).
+    bytes: Vec<u8>,
+    tries: u8,
+}
+
 /// Creates `remote` and writes everything `reader` gives into it, block by block: grow the
 /// file (the leader places the block), lease the block, stream it down its chain, commit it.
 /// While one block streams, the next is read and leased, so two blocks are in flight (at most
-/// three in memory). Returns the bytes written, all durable on every replica and committed.
-/// `replication` 0 is the cluster's default.
+/// three in memory). When a data-server of a chain fails, the leader puts another in its
+/// place and the block is sent again (at most [`PUT_RETRIES`] times). Returns the bytes
+/// written, all durable on every replica and committed. `replication` 0 is the cluster's
+/// default.
 pub fn put(
     meta: &mut MetaClient,
     data: &mut DataClient,
@@ -319,39 +345,67 @@ pub fn put(
     meta.create(remote, replication)?;
     let block_size = meta.get_file_meta_data(remote)?.block_size;
     std::thread::scope(|scope| {
-        let (blocks, queue) = std::sync::mpsc::sync_channel::<(Token, Vec<u8>)>(1);
-        // The block's buffer comes back with the result, for the next block: fresh 64 MiB
-        // buffers cost a page fault and a zeroed page per 4 KiB.
-        type Written = Result<(Token, u64, Vec<u8>), ClientError>;
-        let (done_tx, done) = std::sync::mpsc::channel::<Written>();
+        let (blocks, queue) = std::sync::mpsc::sync_channel::<PutBlock>(1);
+        let (done_tx, done) = std::sync::mpsc::channel::<(PutBlock, Result<(), ClientError>)>();
         let writer = scope.spawn(move || {
-            for (token, bytes) in queue {
-                let result = data
-                    .write_block(&token, block_size, 0, &bytes, false)
-                    .map(|()| (token, bytes.len() as u64, bytes));
-                let failed = result.is_err();
-                if done_tx.send(result).is_err() || failed {
+            for block in queue {
+                let result = data.write_block(&block.token, block_size, 0, &block.bytes, false);
+                if done_tx.send((block, result)).is_err() {
                     return;
                 }
             }
         });
         let mut written = 0u64;
+        let mut in_flight = 0usize;
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        // A block counts once its write is committed: durable everywhere, and visible. A
+        // block whose chain failed goes again without the failed data-server.
+        let mut finish = |meta: &mut MetaClient,
+                          (block, result): (PutBlock, Result<(), ClientError>),
+                          in_flight: &mut usize,
+                          spare: &mut Vec<Vec<u8>>|
+         -> Result<(), ClientError> {
+            *in_flight -= 1;
+            match result {
+                Ok(()) => {
+                    meta.commit_write(remote, &block.token)?;
+                    written += block.bytes.len() as u64;
+                    progress.update(written, total);
+                    spare.push(block.bytes);
+                    Ok(())
+                }
+                Err(ClientError::DataWrite { block: name, reason, failed: Some(bad) })
+                    if block.tries < PUT_RETRIES
+                        && block.token.base == meshfs_core::descriptor::BlockVersion::UNWRITTEN =>
+                {
+                    let index = block.token.block.index;
+                    warn!(
+                        "writing {name} failed ({reason}); trying again without data-server {bad}"
+                    );
+                    let again = meta
+                        .swap_replica(remote, index, bad)
+                        .and_then(|()| meta.write_lease(remote, index))
+                        .map_err(|err| ClientError::DataWrite {
+                            block: name.clone(),
+                            reason: format!("{reason}; and no retry: {err}"),
+                            failed: Some(bad),
+                        })?;
+                    let retry =
+                        PutBlock { token: again, bytes: block.bytes, tries: block.tries + 1 };
+                    blocks.send(retry).map_err(|_| ClientError::DataWrite {
+                        block: name,
+                        reason: format!("{reason}; the block writer stopped"),
+                        failed: Some(bad),
+                    })?;
+                    *in_flight += 1;
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            }
+        };
         let mut offered = 0u64;
         let mut index: u16 = 0;
         let mut outcome = Ok(());
-        // A block counts once its write is committed: durable everywhere, and visible.
-        let mut spare: Vec<Vec<u8>> = Vec::new();
-        let mut settle = |meta: &mut MetaClient,
-                          result: Written,
-                          written: &mut u64,
-                          spare: &mut Vec<Vec<u8>>| {
-            let (token, n, buf) = result?;
-            spare.push(buf);
-            meta.commit_write(remote, &token)?;
-            *written += n;
-            progress.update(*written, total);
-            Ok::<(), ClientError>(())
-        };
         loop {
             let mut buf = spare.pop().unwrap_or_default();
             buf.resize(block_size as usize, 0);
@@ -378,11 +432,12 @@ pub fn put(
                 }
             };
             offered += n as u64;
-            if blocks.send((token, buf)).is_err() {
-                break; // the writer stopped on an error, reported below
+            if blocks.send(PutBlock { token, bytes: buf, tries: 0 }).is_err() {
+                break; // the writer stopped; what it finished is settled below
             }
-            while let Ok(result) = done.try_recv() {
-                if let Err(err) = settle(meta, result, &mut written, &mut spare) {
+            in_flight += 1;
+            while let Ok(finished) = done.try_recv() {
+                if let Err(err) = finish(meta, finished, &mut in_flight, &mut spare) {
                     outcome = Err(err);
                 }
             }
@@ -395,20 +450,23 @@ pub fn put(
                     outcome = Err(ClientError::DataWrite {
                         block: format!("{remote} block 65536"),
                         reason: "a file has at most 65,536 blocks".into(),
+                        failed: None,
                     });
                     break;
                 }
             };
         }
-        drop(blocks);
-        writer.join().expect("the block writer does not panic");
-        for result in done.try_iter() {
-            if let Err(err) = settle(meta, result, &mut written, &mut spare)
+        // Settle every block still on its way (retries included).
+        while in_flight > 0 {
+            let Ok(finished) = done.recv() else { break };
+            if let Err(err) = finish(meta, finished, &mut in_flight, &mut spare)
                 && outcome.is_ok()
             {
                 outcome = Err(err);
             }
         }
+        drop(blocks);
+        writer.join().expect("the block writer does not panic");
         outcome.map(|()| written)
     })
 }

@@ -104,6 +104,8 @@ pub enum ClientError {
         block: String,
         /// Why.
         reason: String,
+        /// The data-server that failed, when known: a retry can leave it out.
+        failed: Option<meshfs_group::NodeId>,
     },
     /// No replica could give a block's data intact.
     #[error("reading block {block} failed on every replica: {reason}")]

@@ -121,6 +121,7 @@ impl RemoteFile {
                 u16::try_from(at / self.block_size()).map_err(|_| ClientError::DataWrite {
                     block: format!("{} block {}", self.path, at / self.block_size()),
                     reason: "a file has at most 65,536 blocks".into(),
+                    failed: None,
                 })?;
             let within = at % self.block_size();
             let n = (self.block_size() - within).min(end - at);

@@ -244,6 +244,22 @@ impl MetaClient {
         }
     }
 
+    /// Asks the leader to put another data-server in place of `failed` in the chain of
+    /// block `index` of `path`: only for the holder of the block's lease, and only while
+    /// the block was never written. Lease again for the new chain.
+    pub fn swap_replica(
+        &mut self,
+        path: &str,
+        index: u16,
+        failed: meshfs_group::NodeId,
+    ) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::SwapReplica { path, index, failed })?)? {
+            MetaReply::Done => Ok(()),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
     /// Tells the meta-servers a replica was down or damaged when read.
     pub fn report_bad_replica(
         &mut self,

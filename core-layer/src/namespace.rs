@@ -215,6 +215,19 @@ pub enum Command {
         /// The leased version written.
         version: BlockVersion,
     },
+    /// The lease holder's chain failed at data-server `failed` before the block was ever
+    /// written: `replacement` (the leader's choice) takes its place. The holder leases again
+    /// for the new chain.
+    SwapReplica {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The data-server that failed.
+        failed: NodeId,
+        /// The one taking its place.
+        replacement: NodeId,
+    },
     /// Move `from` to `to` atomically; `to` must not exist.
     Rename {
         /// The source.
@@ -268,6 +281,11 @@ pub enum Outcome {
         replicas: Vec<NodeId>,
         /// When the lease ends (the leader's clock, ms since the epoch).
         expires_ms: u64,
+    },
+    /// A block's replica was swapped: its new chain.
+    Swapped {
+        /// The block's data-servers now.
+        replicas: Vec<NodeId>,
     },
     /// A leased write was committed: the block at its new committed version.
     Committed {
@@ -766,6 +784,9 @@ impl Namespace {
             Command::CommitWrite { path, index, version } => {
                 self.commit_write(path, *index, *version, session, now)
             }
+            Command::SwapReplica { path, index, failed, replacement } => {
+                self.swap_replica(path, *index, *failed, *replacement, session, now)
+            }
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
         }
@@ -1036,6 +1057,56 @@ impl Namespace {
             block: BlockDescriptor { file: descriptor, index, version },
             replicas,
         })
+    }
+
+    fn swap_replica(
+        &mut self,
+        path: &MeshPath,
+        index: u16,
+        failed: NodeId,
+        replacement: NodeId,
+        session: SessionId,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let holds_lease = self
+            .leases
+            .get(&(id, index))
+            .is_some_and(|l| l.holder == session && now < l.expires_ms);
+        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+            return Err(NsError::IsADirectory(path_str(path)));
+        };
+        let blocks = file.blocks.len();
+        let Some(block) = file.blocks.get_mut(usize::from(index)) else {
+            return Err(NsError::NotFound(format!(
+                "{path} block {index} (the file has {blocks} blocks)"
+            )));
+        };
+        let refuse = |why: String| Err(NsError::Placement(format!("{path} block {index}: {why}")));
+        if !holds_lease {
+            return refuse("only the writer holding its lease may change its replicas".into());
+        }
+        if block.version != BlockVersion::UNWRITTEN {
+            // Its bytes live on the replicas: a new one must be copied first (repair).
+            return refuse("it holds written data; its replicas change only by repair".into());
+        }
+        let Some(slot) = block.replicas.iter().position(|&r| r == failed) else {
+            return refuse(format!("data-server {failed} is not one of its replicas"));
+        };
+        if block.replicas.contains(&replacement) {
+            return refuse(format!("data-server {replacement} already holds it"));
+        }
+        block.replicas[slot] = replacement;
+        let replicas = block.replicas.to_vec();
+        let bytes = u64::from(file.block_size);
+        if let Some(assigned) = self.allocated.get_mut(&failed) {
+            *assigned -= bytes;
+            if *assigned == 0 {
+                self.allocated.remove(&failed);
+            }
+        }
+        *self.allocated.entry(replacement).or_default() += bytes;
+        Ok(Outcome::Swapped { replicas })
     }
 
     fn rename(&mut self, from: &MeshPath, to: &MeshPath, now: u64) -> Result<Outcome, NsError> {
@@ -1471,6 +1542,11 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u16(*index).u16(version.0);
             }
+            Command::SwapReplica { path, index, failed, replacement } => {
+                w.u8(8);
+                write_path(&mut w, path);
+                w.u16(*index).u32(failed.0).u32(replacement.0);
+            }
             Command::Rename { from, to } => {
                 w.u8(4);
                 write_path(&mut w, from);
@@ -1529,6 +1605,12 @@ impl Entry {
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
+            8 => Command::SwapReplica {
+                path: read_path(&mut r)?,
+                index: r.u16("block index")?,
+                failed: NodeId(r.u32("failed")?),
+                replacement: NodeId(r.u32("replacement")?),
+            },
             7 => Command::CommitWrite {
                 path: read_path(&mut r)?,
                 index: r.u16("block index")?,
@@ -1580,6 +1662,10 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
             w.u16(base.0).u64(*expires_ms);
             write_replica_set(w, replicas);
         }
+        Outcome::Swapped { replicas } => {
+            w.u8(10);
+            write_replica_set(w, replicas);
+        }
         Outcome::Committed { block, replicas } => {
             w.u8(9);
             block.write(w);
@@ -1624,6 +1710,7 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
             let expires_ms = r.u64("lease expiry")?;
             Outcome::Leased { block, base, replicas: read_replica_set(r)?, expires_ms }
         }
+        10 => Outcome::Swapped { replicas: read_replica_set(r)? },
         9 => {
             Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replica_set(r)? }
         }
@@ -2019,6 +2106,40 @@ mod tests {
         // Removing the file drops its leases (the invariant check would catch one left).
         d.run(Command::Remove { path: p("/f"), recursive: false });
         assert!(d.ns.leases.is_empty());
+    }
+
+    #[test]
+    fn the_lease_holder_may_swap_a_failed_replica_of_a_block_never_written() {
+        let mut d = Driver::new();
+        d.create("/f");
+        d.expand("/f", 3000, 3);
+        let swap = |d: &mut Driver, failed: u32, replacement: u32| {
+            d.run(Command::SwapReplica {
+                path: p("/f"),
+                index: 0,
+                failed: NodeId(failed),
+                replacement: NodeId(replacement),
+            })
+        };
+        let err = failed(swap(&mut d, 4, 6)).to_string();
+        assert!(err.contains("only the writer holding its lease"), "{err}");
+        lease(&mut d, 0);
+        assert_eq!(swap(&mut d, 4, 6), Outcome::Swapped { replicas: vec![NodeId(6), NodeId(7)] });
+        assert_eq!(d.ns.allocated().get(&NodeId(4)), None);
+        assert_eq!(d.ns.allocated().get(&NodeId(6)), Some(&(2 * u64::from(BS))));
+        assert!(failed(swap(&mut d, 9, 5)).to_string().contains("not one of its replicas"));
+        assert!(failed(swap(&mut d, 6, 7)).to_string().contains("already holds it"));
+        // The new lease names the new chain.
+        let Outcome::Leased { block, replicas, .. } =
+            d.run(Command::WriteLease { path: p("/f"), index: 0 })
+        else {
+            panic!("a lease")
+        };
+        assert_eq!(replicas, [NodeId(6), NodeId(7)]);
+        commit(&mut d, 0, block.version);
+        lease(&mut d, 0);
+        let err = failed(swap(&mut d, 6, 4)).to_string();
+        assert!(err.contains("holds written data"), "{err}");
     }
 
     #[test]

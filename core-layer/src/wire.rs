@@ -261,6 +261,16 @@ pub enum MetaOp {
         /// The block.
         index: u16,
     },
+    /// The lease holder's chain failed at `failed`, and the block was never written: put
+    /// another live data-server in its place (then lease again).
+    SwapReplica {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The data-server that failed.
+        failed: NodeId,
+    },
     /// The leased write is durable on every replica: make its version the block's.
     CommitWrite {
         /// The file.
@@ -792,6 +802,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u16(*index);
         }
+        MetaOp::SwapReplica { path, index, failed } => {
+            w.u8(11);
+            write_path(w, path);
+            w.u16(*index).u32(failed.0);
+        }
         MetaOp::CommitWrite { path, index, version } => {
             w.u8(10);
             write_path(w, path);
@@ -826,6 +841,11 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
         7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
         8 => MetaOp::WriteLease { path: read_path(r)?, index: r.u16("block index")? },
+        11 => MetaOp::SwapReplica {
+            path: read_path(r)?,
+            index: r.u16("block index")?,
+            failed: NodeId(r.u32("failed")?),
+        },
         10 => MetaOp::CommitWrite {
             path: read_path(r)?,
             index: r.u16("block index")?,
@@ -1268,6 +1288,15 @@ mod tests {
                 session: 2,
                 request_id: 9,
                 op: MetaOp::WriteLease { path: MeshPath::parse("/f").unwrap(), index: 7 },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 2,
+                request_id: 11,
+                op: MetaOp::SwapReplica {
+                    path: MeshPath::parse("/f").unwrap(),
+                    index: 7,
+                    failed: NodeId(5),
+                },
             }),
             Message::MetaRequest(MetaRequest {
                 session: 2,

@@ -238,7 +238,7 @@ impl DataServer {
             let frame = Message::WriteChunk(chunk.clone()).to_frame(id);
             if node.send(next, Priority::Bulk, frame).is_err() {
                 let message = format!("data-server {next} (next in the chain) is down");
-                return self.fail(node, write, message);
+                return self.fail(node, write, next, message);
             }
         }
         let last = chunk.last;
@@ -268,12 +268,13 @@ impl DataServer {
         }
     }
 
-    /// Fails `write`: tells upstream, drops the local copy, forgets it.
-    fn fail(&mut self, node: &mut Node, write: u64, message: String) {
+    /// Fails `write` because of data-server `at` (this one, or one after it in the chain):
+    /// tells upstream, drops the local copy, forgets it.
+    fn fail(&mut self, node: &mut Node, write: u64, at: NodeId, message: String) {
         let Some(inbound) = self.writes.get(&write) else { return };
         let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
-        warn!("write of {} failed: {message}", inbound.token.block);
-        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at: self.me, message });
+        warn!("write of {} failed at data-server {at}: {message}", inbound.token.block);
+        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at, message });
         self.disk.submit(DiskJob::Abort { write });
         self.forget(write);
     }
@@ -298,9 +299,7 @@ impl DataServer {
                 inbound.down_committed |= committed;
                 self.progress(node, write);
             }
-            WriteAck::Failed { at, message } => {
-                self.fail(node, write, format!("data-server {at}: {message}"))
-            }
+            WriteAck::Failed { at, message } => self.fail(node, write, at, message),
         }
     }
 
@@ -326,7 +325,7 @@ impl DataServer {
                     }
                     self.progress(node, write);
                 }
-                DiskDone::Failed { write, message } => self.fail(node, write, message),
+                DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
                 DiskDone::Read { conn, request, reply } => {
                     node.reply(conn, Message::BlockData(reply).to_frame(request));
                 }
@@ -410,8 +409,9 @@ impl DataServer {
             .collect();
         for (write, downstream_gone) in stale {
             if downstream_gone {
-                let peer = down_peer.map_or(0, |p| p.0);
-                self.fail(node, write, format!("data-server {peer} (next in the chain) went down"));
+                let peer = down_peer.unwrap_or(self.me);
+                let message = format!("data-server {peer} (next in the chain) went down");
+                self.fail(node, write, peer, message);
             } else {
                 self.disk.submit(DiskJob::Abort { write });
                 self.forget(write);

@@ -176,6 +176,14 @@ impl MetaServer {
                     }
                 }
             }
+            if let (true, Command::SwapReplica { path, index, failed, replacement }) =
+                (leader, &entry.command)
+                && matches!(outcome, Outcome::Swapped { .. })
+            {
+                info!(
+                    "{path} block {index}: data-server {replacement} replaces {failed}, where the writer's chain failed"
+                );
+            }
             if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
                 let reply = reply_of(outcome, &self.secret, entry.session.client);
                 for waiter in waiters {
@@ -313,6 +321,12 @@ impl MetaServer {
             MetaOp::CommitWrite { path, index, version } => {
                 Command::CommitWrite { path, index, version }
             }
+            MetaOp::SwapReplica { path, index, failed } => {
+                match self.replacement(node, &path, index, failed) {
+                    Ok(replacement) => Command::SwapReplica { path, index, failed, replacement },
+                    Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
+                }
+            }
         };
         let entry = Entry { session, request_id: request.request_id, time_ms: now_ms(), command };
         let result = self.replica.propose(&entry).map(|()| {
@@ -337,14 +351,37 @@ impl MetaServer {
     /// data-servers its group sees up, most free first, free being the configured capacity
     /// less what the namespace assigns (until data-servers report their disks). The entry
     /// carries it, so applying stays deterministic.
-    fn place(&self, node: &Node, path: MeshPath, size: u64) -> Result<Command, NsError> {
+    /// A live data-server, not already holding block `index` of `path`, to take `failed`'s
+    /// place (the applying checks the rest).
+    fn replacement(
+        &self,
+        node: &Node,
+        path: &MeshPath,
+        index: u16,
+        failed: NodeId,
+    ) -> Result<NodeId, NsError> {
+        let meta = self.replica.namespace().get_file_meta_data(path)?;
+        let Some(block) = meta.blocks.get(usize::from(index)) else {
+            return Err(NsError::NotFound(format!("{path} block {index}")));
+        };
+        let live: Vec<DataServerLoad> = self
+            .loads(node)
+            .into_iter()
+            .filter(|l| l.id != failed && !block.replicas.contains(&l.id))
+            .collect();
+        let chosen = place(1, 1, u64::from(meta.block_size), &live)
+            .map_err(|e| NsError::Placement(format!("no data-server to replace {failed}: {e}")))?;
+        chosen
+            .first()
+            .and_then(|set| set.first())
+            .copied()
+            .ok_or_else(|| NsError::Placement(format!("no data-server to replace {failed}")))
+    }
+
+    /// Every live data-server with its free space as the leader sees it.
+    fn loads(&self, node: &Node) -> Vec<DataServerLoad> {
         let namespace = self.replica.namespace();
-        let meta = namespace.get_file_meta_data(&path)?;
-        let have = meta.blocks.len() as u64;
-        let wanted = size.div_ceil(u64::from(meta.block_size));
-        let needed = wanted.saturating_sub(have) as usize;
-        let live: Vec<DataServerLoad> = node
-            .group()
+        node.group()
             .status()
             .into_iter()
             .filter(|p| p.role == Role::DServer && p.up)
@@ -359,7 +396,16 @@ impl MetaServer {
                 };
                 DataServerLoad { id: p.id, free_bytes: capacity.saturating_sub(used) }
             })
-            .collect();
+            .collect()
+    }
+
+    fn place(&self, node: &Node, path: MeshPath, size: u64) -> Result<Command, NsError> {
+        let namespace = self.replica.namespace();
+        let meta = namespace.get_file_meta_data(&path)?;
+        let have = meta.blocks.len() as u64;
+        let wanted = size.div_ceil(u64::from(meta.block_size));
+        let needed = wanted.saturating_sub(have) as usize;
+        let live = self.loads(node);
         let placement = if needed == 0 || wanted > u64::from(MAX_BLOCKS_PER_FILE) {
             Vec::new() // nothing to place, or the state machine refuses the size itself
         } else {
@@ -537,7 +583,9 @@ fn now_ms() -> u64 {
 /// The reply for an applied change.
 fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
     match outcome {
-        Outcome::Mkdir | Outcome::Renamed | Outcome::Committed { .. } => MetaReply::Done,
+        Outcome::Mkdir | Outcome::Renamed | Outcome::Committed { .. } | Outcome::Swapped { .. } => {
+            MetaReply::Done
+        }
         // Signed when answered, by whoever answers: a token lives on the wire only.
         // The token ends when the lease does (the entry's time, by the leader's clock).
         Outcome::Leased { block, base, replicas, expires_ms } => MetaReply::Lease(Token::sign(
@@ -586,6 +634,7 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::Expand { .. }
         | MetaOp::WriteLease { .. }
         | MetaOp::CommitWrite { .. }
+        | MetaOp::SwapReplica { .. }
         | MetaOp::ReportBadReplica { .. } => {
             unreachable!("writes go through the log, not read()")
         }

@@ -1157,3 +1157,51 @@ fn a_write_that_is_never_committed_is_never_read_and_the_retry_starts_from_the_c
     }
     assert_eq!(get_bytes(&cluster, "/f").unwrap(), expected);
 }
+
+#[test]
+fn a_put_goes_on_when_a_data_server_of_its_chain_dies() {
+    // Four data-servers at replication 2: when one dies mid-put, the leader puts another in
+    // its place for the blocks on their way, and the put completes.
+    let mut cluster = TestCluster::new("swap-mid-put", 3, 4);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let bytes = random_bytes(120 * 1024 * 1024, 12);
+    struct Acked(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    impl meshfs_client::data::Progress for Acked {
+        fn update(&mut self, done: u64, _total: Option<u64>) {
+            self.0.store(done, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mut meta, mut data) = data_clients(&cluster);
+    let result = std::thread::scope(|scope| {
+        let (bytes, mut progress) = (&bytes, Acked(acked.clone()));
+        let writer = scope.spawn(move || {
+            meshfs_client::data::put(
+                &mut meta,
+                &mut data,
+                &mut &bytes[..],
+                "/big",
+                2,
+                None,
+                &mut progress,
+            )
+        });
+        let deadline = Instant::now() + DEADLINE;
+        while acked.load(std::sync::atomic::Ordering::SeqCst) < 10 * 1024 * 1024 {
+            assert!(Instant::now() < deadline, "the put never got going");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cluster.kill9(5);
+        writer.join().unwrap()
+    });
+    assert_eq!(result.unwrap_or_else(|e| panic!("{e}")), bytes.len() as u64);
+    assert_eq!(get_bytes(&cluster, "/big").unwrap(), bytes, "every block reads back");
+    // Blocks placed after the death avoid the dead data-server.
+    let (mut meta, _) = data_clients(&cluster);
+    let file = meta.get_file_meta_data("/big").unwrap();
+    let last = file.blocks.last().unwrap();
+    assert!(!last.replicas.contains(&meshfs_group::NodeId(5)), "{:?}", last.replicas);
+    let swapped = (1..=3).any(|m| cluster.log(m).contains("replaces 5, where the writer's chain"));
+    assert!(swapped, "the leader swapped the dead data-server out of a chain");
+}
