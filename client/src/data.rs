@@ -314,8 +314,33 @@ fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Times a block of a put is tried again, each time without the data-server that failed.
-const PUT_RETRIES: u8 = 2;
+/// Times a block write is tried again, each time without the data-server that failed.
+pub const WRITE_RETRIES: u8 = 2;
+
+/// After `err` from writing under `token`: if a known data-server failed and the block was
+/// never written, has the leader put another in its place and returns a new lease for the
+/// new chain. Otherwise (or if that fails) an error saying why there is no retry.
+pub fn lease_without_failed(
+    meta: &mut MetaClient,
+    path: &str,
+    token: &Token,
+    err: ClientError,
+) -> Result<Token, ClientError> {
+    let ClientError::DataWrite { block, reason, failed: Some(bad) } = err else { return Err(err) };
+    if token.base != meshfs_core::descriptor::BlockVersion::UNWRITTEN {
+        // Its bytes are on the replicas: a new one needs a repair copy first (issue 6).
+        return Err(ClientError::DataWrite { block, reason, failed: Some(bad) });
+    }
+    let index = token.block.index;
+    warn!("writing {block} failed ({reason}); trying again without data-server {bad}");
+    meta.swap_replica(path, index, bad).and_then(|()| meta.write_lease(path, index)).map_err(
+        |again| ClientError::DataWrite {
+            block,
+            reason: format!("{reason}; and no retry: {again}"),
+            failed: Some(bad),
+        },
+    )
+}
 
 /// One block of a put on its way to the data-servers.
 struct PutBlock {
@@ -330,7 +355,7 @@ struct PutBlock {
 /// file (the leader places the block), lease the block, stream it down its chain, commit it.
 /// While one block streams, the next is read and leased, so two blocks are in flight (at most
 /// three in memory). When a data-server of a chain fails, the leader puts another in its
-/// place and the block is sent again (at most [`PUT_RETRIES`] times). Returns the bytes
+/// place and the block is sent again (at most [`WRITE_RETRIES`] times). Returns the bytes
 /// written, all durable on every replica and committed. `replication` 0 is the cluster's
 /// default.
 pub fn put(
@@ -374,28 +399,14 @@ pub fn put(
                     spare.push(block.bytes);
                     Ok(())
                 }
-                Err(ClientError::DataWrite { block: name, reason, failed: Some(bad) })
-                    if block.tries < PUT_RETRIES
-                        && block.token.base == meshfs_core::descriptor::BlockVersion::UNWRITTEN =>
-                {
-                    let index = block.token.block.index;
-                    warn!(
-                        "writing {name} failed ({reason}); trying again without data-server {bad}"
-                    );
-                    let again = meta
-                        .swap_replica(remote, index, bad)
-                        .and_then(|()| meta.write_lease(remote, index))
-                        .map_err(|err| ClientError::DataWrite {
-                            block: name.clone(),
-                            reason: format!("{reason}; and no retry: {err}"),
-                            failed: Some(bad),
-                        })?;
+                Err(err) if block.tries < WRITE_RETRIES => {
+                    let again = lease_without_failed(meta, remote, &block.token, err)?;
                     let retry =
                         PutBlock { token: again, bytes: block.bytes, tries: block.tries + 1 };
                     blocks.send(retry).map_err(|_| ClientError::DataWrite {
-                        block: name,
-                        reason: format!("{reason}; the block writer stopped"),
-                        failed: Some(bad),
+                        block: block.token.block.to_string(),
+                        reason: "the block writer stopped".into(),
+                        failed: None,
                     })?;
                     *in_flight += 1;
                     Ok(())

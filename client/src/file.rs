@@ -13,7 +13,7 @@ use meshfs_core::namespace::FileMeta;
 use meshfs_group::Config;
 
 use crate::connection::Credentials;
-use crate::data::DataClient;
+use crate::data::{DataClient, WRITE_RETRIES, lease_without_failed};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
 
@@ -125,11 +125,20 @@ impl RemoteFile {
                 })?;
             let within = at % self.block_size();
             let n = (self.block_size() - within).min(end - at);
-            let token = self.meta.write_lease(&self.path, index)?;
+            let mut token = self.meta.write_lease(&self.path, index)?;
             let piece = &bytes[(at - offset) as usize..(at - offset + n) as usize];
             // Keep the rest of the block unless this write covers all of what it holds.
             let whole = within == 0 && n == self.block_size();
-            self.data.write_block(&token, self.file.block_size, within, piece, !whole)?;
+            let mut tries = 0;
+            while let Err(err) =
+                self.data.write_block(&token, self.file.block_size, within, piece, !whole)
+            {
+                if tries == WRITE_RETRIES {
+                    return Err(err);
+                }
+                token = lease_without_failed(&mut self.meta, &self.path, &token, err)?;
+                tries += 1;
+            }
             self.meta.commit_write(&self.path, &token)?;
             at += n;
         }
@@ -234,9 +243,20 @@ impl RemoteFile {
                     .collect();
                 handles.into_iter().map(|h| h.join().expect("block writers do not panic")).collect()
             });
-            outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
-            for (token, _) in batch {
-                self.meta.commit_write(&self.path, token)?;
+            for ((token, bytes), outcome) in batch.iter().zip(outcomes) {
+                // A failed block goes again, alone, without the data-server that failed.
+                let mut token = token.clone();
+                let mut outcome = outcome;
+                let mut tries = 0;
+                while let Err(err) = outcome {
+                    if tries == WRITE_RETRIES {
+                        return Err(err);
+                    }
+                    token = lease_without_failed(&mut self.meta, &self.path, &token, err)?;
+                    tries += 1;
+                    outcome = self.data.write_block(&token, block_size, 0, bytes, false);
+                }
+                self.meta.commit_write(&self.path, &token)?;
             }
         }
         self.refresh()
