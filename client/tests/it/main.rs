@@ -1205,3 +1205,22 @@ fn a_put_goes_on_when_a_data_server_of_its_chain_dies() {
     let swapped = (1..=3).any(|m| cluster.log(m).contains("replaces 5, where the writer's chain"));
     assert!(swapped, "the leader swapped the dead data-server out of a chain");
 }
+
+#[test]
+fn many_chains_over_one_link_all_complete() {
+    // Two data-servers at replication 2: every chain crosses the one link between them.
+    let mut cluster = TestCluster::new("one-link", 3, 2);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    std::thread::scope(|scope| {
+        for w in 0..8u64 {
+            let cluster = &cluster;
+            scope.spawn(move || {
+                let bytes = random_bytes(24 * 1024 * 1024, 100 + w);
+                let path = format!("/c{w}");
+                put_bytes(cluster, &path, &bytes, 2).unwrap_or_else(|e| panic!("{path}: {e}"));
+                assert!(get_bytes(cluster, &path).unwrap() == bytes, "{path} differs");
+            });
+        }
+    });
+}
