@@ -19,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod file;
 pub mod launcher;
+pub mod limits;
 pub mod meta;
 pub mod status;
 

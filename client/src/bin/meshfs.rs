@@ -204,6 +204,24 @@ enum Workload {
         #[arg(long, value_delimiter = ',', default_value = "stat,list")]
         phases: Vec<String>,
     },
+    /// This machine's limits: loopback TCP, disk write with fsync, cold read, 4 KiB
+    /// append + fdatasync. Needs no cluster.
+    Limits {
+        /// Directory for the disk figures (default: where the first data-server of the
+        /// config keeps its data, i.e. the disk the data path uses).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Bytes written and read back for the disk figures (e.g. 1GiB, 256MiB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_size_arg)]
+        size: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    meshfs_group::config::parse_size(text)
 }
 
 /// A progress line on a terminal (bytes, rate, ETA), at most ten times a second.
@@ -361,6 +379,27 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 println!("{}", meshfs_client::bench::to_json(&bench, &results));
             } else {
                 print!("{}", meshfs_client::bench::render(&results));
+            }
+            Ok(0)
+        }
+        Command::Bench { workload: Workload::Limits { dir, size, json } } => {
+            let dir = dir.unwrap_or_else(|| {
+                config
+                    .servers_of(meshfs_group::Role::DServer)
+                    .next()
+                    .and_then(|s| s.data_dir.parent().map(|p| p.to_path_buf()))
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+            let limits = meshfs_client::limits::measure(
+                &dir,
+                size,
+                meshfs_client::limits::TIME_BOUND,
+                |step| eprintln!("bench: measuring {step}"),
+            )?;
+            if json {
+                println!("{}", meshfs_client::limits::to_json(&limits));
+            } else {
+                print!("{}", meshfs_client::limits::render(&limits));
             }
             Ok(0)
         }
