@@ -21,6 +21,7 @@ pub mod file;
 pub mod launcher;
 pub mod limits;
 pub mod meta;
+pub mod seq_bench;
 pub mod status;
 
 pub use connection::{Connection, Credentials};

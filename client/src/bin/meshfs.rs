@@ -204,6 +204,16 @@ enum Workload {
         #[arg(long, value_delimiter = ',', default_value = "stat,list")]
         phases: Vec<String>,
     },
+    /// Sequential write: N files of SIZE written at once through the client library.
+    Seqwrite {
+        #[command(flatten)]
+        seq: SeqArgs,
+    },
+    /// Sequential read: N files of SIZE written, then read back at once (the read is timed).
+    Seqread {
+        #[command(flatten)]
+        seq: SeqArgs,
+    },
     /// This machine's limits: loopback TCP, disk write with fsync, cold read, 4 KiB
     /// append + fdatasync. Needs no cluster.
     Limits {
@@ -218,6 +228,90 @@ enum Workload {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Options of the sequential workloads.
+#[derive(Debug, clap::Args)]
+struct SeqArgs {
+    /// Bytes per file (e.g. 1GiB, 256MiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size_arg)]
+    size: u64,
+    /// Files at once, one client each.
+    #[arg(long, default_value_t = 1)]
+    files: usize,
+    /// Copies of each block (default: the config's).
+    #[arg(long, default_value_t = 0)]
+    replication: u8,
+    /// Measure the machine's limits first and give each result as a fraction of its limit.
+    #[arg(long)]
+    with_limits: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Leave the files in place afterwards.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Where the disk limits are measured by default: the first data-server's disk.
+fn limits_dir(config: &Config) -> PathBuf {
+    config
+        .servers_of(meshfs_group::Role::DServer)
+        .next()
+        .and_then(|s| s.data_dir.parent().map(|p| p.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn seq_bench(
+    config: &Config,
+    credentials: &Credentials,
+    seq: SeqArgs,
+    read: bool,
+) -> Result<u8, ClientError> {
+    let limits = if seq.with_limits {
+        let limits = meshfs_client::limits::measure(
+            &limits_dir(config),
+            seq.size.min(1 << 30),
+            meshfs_client::limits::TIME_BOUND,
+            |step| eprintln!("bench: measuring {step}"),
+        )?;
+        if !seq.json {
+            print!("{}", meshfs_client::limits::render(&limits));
+        }
+        Some(limits)
+    } else {
+        None
+    };
+    let bench = meshfs_client::seq_bench::SeqBench {
+        size: seq.size,
+        files: seq.files.max(1),
+        replication: seq.replication,
+        read,
+        keep: seq.keep,
+    };
+    let results = meshfs_client::seq_bench::run(config, credentials, &bench, |line| {
+        eprintln!("bench: {line}")
+    })?;
+    // seqread writes its files first; it reports the read.
+    let shown: Vec<_> = results.into_iter().filter(|r| (r.workload == "seqread") == read).collect();
+    if seq.json {
+        for result in &shown {
+            println!("{}", meshfs_client::seq_bench::to_json(&bench, result, limits.as_ref()));
+        }
+    } else {
+        print!("{}", meshfs_client::seq_bench::render(&shown));
+        if let Some(limits) = &limits {
+            for r in &shown {
+                let (limit, name) = if r.workload == "seqwrite" {
+                    (limits.disk_write_fsync_mb_s, "disk write + fsync")
+                } else {
+                    (limits.disk_read_cold_mb_s, "disk cold read")
+                };
+                println!("{}: {:.2} of the {name} limit", r.workload, r.mb_s / limit);
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -383,13 +477,7 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             Ok(0)
         }
         Command::Bench { workload: Workload::Limits { dir, size, json } } => {
-            let dir = dir.unwrap_or_else(|| {
-                config
-                    .servers_of(meshfs_group::Role::DServer)
-                    .next()
-                    .and_then(|s| s.data_dir.parent().map(|p| p.to_path_buf()))
-                    .unwrap_or_else(|| PathBuf::from("."))
-            });
+            let dir = dir.unwrap_or_else(|| limits_dir(&config));
             let limits = meshfs_client::limits::measure(
                 &dir,
                 size,
@@ -402,6 +490,12 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 print!("{}", meshfs_client::limits::render(&limits));
             }
             Ok(0)
+        }
+        Command::Bench { workload: Workload::Seqwrite { seq } } => {
+            seq_bench(&config, &credentials, seq, false)
+        }
+        Command::Bench { workload: Workload::Seqread { seq } } => {
+            seq_bench(&config, &credentials, seq, true)
         }
         Command::Status { json, timeout_ms } => {
             let status = cluster_status(&config, &credentials, Duration::from_millis(timeout_ms));

@@ -1224,3 +1224,38 @@ fn many_chains_over_one_link_all_complete() {
         }
     });
 }
+
+#[test]
+fn bench_seqread_and_seqwrite_report_json_with_limits_and_clean_up() {
+    let mut cluster = TestCluster::new("bench-seq", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    for workload in ["seqwrite", "seqread"] {
+        let out = meshfs(
+            &cluster,
+            &["bench", workload, "--size", "3MiB", "--files", "2", "--replication", "2", "--json"],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["workload"], workload);
+        assert_eq!(json["params"]["files"], 2);
+        assert!(json["results"]["mb_s"].as_f64().unwrap() > 0.0, "{json}");
+        assert!(
+            json["results"]["p99_us"].as_u64().unwrap()
+                >= json["results"]["p50_us"].as_u64().unwrap()
+        );
+        assert!(json.get("ratios").is_none(), "no limits were measured");
+    }
+    // With the limits measured beside it: the ratio is the result over its limit.
+    let out = meshfs(&cluster, &["bench", "seqwrite", "--size", "2MiB", "--with-limits", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ratio = json["ratios"]["mb_s"].as_f64().unwrap();
+    let expected = json["results"]["mb_s"].as_f64().unwrap()
+        / json["limits"]["disk_write_fsync_mb_s"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 0.01, "{json}");
+    // Every run removed its files.
+    let (mut meta, _) = data_clients(&cluster);
+    let left = meta.list("/").unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -1,0 +1,280 @@
+//! `meshfs bench seqwrite` / `seqread`: N files of a given size written (then read) in
+//! parallel through the client library, one client (its own connections and session) per
+//! file; MB/s over the wall time of the phase, and latency percentiles from a histogram:
+//! for writes, the time between one block's commit and the next (each block is durable on
+//! every replica and committed); for reads, each 1 MiB read request, verified.
+//!
+//! The data is pseudo-random (never zeros, which some systems skip); it is generated, not
+//! read from a local file, so the local disk is not part of the measurement. Files live in
+//! a fresh directory, removed afterwards unless asked to keep them.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::connection::Credentials;
+use crate::data::{self, DataClient, Progress};
+use crate::error::ClientError;
+use crate::meta::MetaClient;
+use meshfs_group::Config;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SeqBench {
+    /// Bytes per file.
+    pub size: u64,
+    /// Files written (and read) at once.
+    pub files: usize,
+    /// Copies of each block (0: the config's default).
+    pub replication: u8,
+    /// Also read the files back.
+    pub read: bool,
+    /// Leave the files in place.
+    pub keep: bool,
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeqResult {
+    /// "seqwrite" or "seqread".
+    pub workload: &'static str,
+    /// Bytes moved by all files together.
+    pub bytes: u64,
+    /// Wall time of the phase, seconds.
+    pub seconds: f64,
+    /// Throughput, MB/s (10^6 bytes).
+    pub mb_s: f64,
+    /// Median latency, microseconds (per block for writes, per 1 MiB request for reads).
+    pub p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: u64,
+    /// Slowest, microseconds.
+    pub max_us: u64,
+}
+
+/// Pseudo-random bytes, `left` of them.
+struct Generated {
+    state: u64,
+    left: u64,
+}
+
+impl Read for Generated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Discards what it is given.
+struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records the time between progress steps, and reports the bytes moved so far.
+struct Steps<'a> {
+    last: Instant,
+    latencies: Histogram<u64>,
+    done: &'a std::sync::atomic::AtomicU64,
+    reported: u64,
+}
+
+impl Progress for Steps<'_> {
+    fn update(&mut self, done: u64, _total: Option<u64>) {
+        let now = Instant::now();
+        let us = u64::try_from((now - self.last).as_micros()).unwrap_or(u64::MAX).max(1);
+        self.latencies.saturating_record(us);
+        self.last = now;
+        self.done.fetch_add(done - self.reported, std::sync::atomic::Ordering::Relaxed);
+        self.reported = done;
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `one(i, steps)` for every file at once; the phase's result.
+fn phase(
+    workload: &'static str,
+    files: usize,
+    mut report: impl FnMut(&str),
+    one: impl Fn(usize, &mut Steps<'_>) -> Result<u64, ClientError> + Sync,
+) -> Result<SeqResult, ClientError> {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    let outcomes: Vec<Result<(u64, Histogram<u64>), ClientError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..files)
+            .map(|i| {
+                let (one, done) = (&one, &done);
+                scope.spawn(move || {
+                    let mut steps =
+                        Steps { last: Instant::now(), latencies: histogram(), done, reported: 0 };
+                    one(i, &mut steps).map(|bytes| (bytes, steps.latencies))
+                })
+            })
+            .collect();
+        // Progress once a second while the files move.
+        let mut next = Instant::now() + Duration::from_secs(1);
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() >= next {
+                let moved = done.load(std::sync::atomic::Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                report(&format!(
+                    "{workload}: {} MB in {secs:.1} s, {:.0} MB/s",
+                    moved / 1_000_000,
+                    moved as f64 / secs / 1e6
+                ));
+                next += Duration::from_secs(1);
+            }
+        }
+        handles.into_iter().map(|h| h.join().expect("bench threads do not panic")).collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut latencies = histogram();
+    let mut bytes = 0;
+    for outcome in outcomes {
+        let (moved, h) = outcome?;
+        bytes += moved;
+        latencies.add(&h).expect("same bounds");
+    }
+    Ok(SeqResult {
+        workload,
+        bytes,
+        seconds,
+        mb_s: bytes as f64 / seconds.max(1e-9) / 1e6,
+        p50_us: latencies.value_at_quantile(0.50),
+        p99_us: latencies.value_at_quantile(0.99),
+        p999_us: latencies.value_at_quantile(0.999),
+        max_us: latencies.max(),
+    })
+}
+
+/// Writes the files (and with `read`, reads them back); one result per phase.
+pub fn run(
+    config: &Config,
+    credentials: &Credentials,
+    bench: &SeqBench,
+    mut report: impl FnMut(&str),
+) -> Result<Vec<SeqResult>, ClientError> {
+    let dir = format!("/bench-seq-{}-{}", std::process::id(), now_ms());
+    let mut meta = MetaClient::new(config, credentials.clone())?;
+    meta.mkdir(&dir, true)?;
+    let path = |i: usize| format!("{dir}/f{i}");
+    let clients = || -> Result<(MetaClient, DataClient), ClientError> {
+        Ok((
+            MetaClient::new(config, credentials.clone())?,
+            DataClient::new(config, credentials.clone()),
+        ))
+    };
+    let mut results = Vec::new();
+    let written = phase("seqwrite", bench.files, &mut report, |i, steps| {
+        let (mut meta, mut data) = clients()?;
+        let mut input =
+            Generated { state: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1), left: bench.size };
+        data::put(
+            &mut meta,
+            &mut data,
+            &mut input,
+            &path(i),
+            bench.replication,
+            Some(bench.size),
+            steps,
+        )
+    });
+    let outcome = written.and_then(|w| {
+        results.push(w);
+        if bench.read {
+            results.push(phase("seqread", bench.files, &mut report, |i, steps| {
+                let (mut meta, mut data) = clients()?;
+                data::get(&mut meta, &mut data, &path(i), &mut Sink, steps)
+            })?);
+        }
+        Ok(())
+    });
+    if !bench.keep
+        && let Err(err) = meta.remove(&dir, true)
+    {
+        report(&format!("could not remove {dir}: {err}"));
+    }
+    outcome.map(|()| results)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+/// The results as a table.
+pub fn render(results: &[SeqResult]) -> String {
+    let mut out = String::from(
+        "workload        MB   seconds     MB/s   p50 us   p99 us  p99.9 us   max us\n",
+    );
+    for r in results {
+        out += &format!(
+            "{:<9} {:>8} {:>9.2} {:>8.1} {:>8} {:>8} {:>9} {:>8}\n",
+            r.workload,
+            r.bytes / 1_000_000,
+            r.seconds,
+            r.mb_s,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us
+        );
+    }
+    out
+}
+
+/// One phase as the bench JSON object; with `limits`, also each result as a fraction of
+/// the matching limit (writes against disk write + fsync, reads against the cold read).
+pub fn to_json(
+    bench: &SeqBench,
+    result: &SeqResult,
+    limits: Option<&crate::limits::Limits>,
+) -> String {
+    let mut json = serde_json::json!({
+        "workload": result.workload,
+        "params": { "size": bench.size, "files": bench.files, "replication": bench.replication },
+        "results": {
+            "mb_s": (result.mb_s * 10.0).round() / 10.0,
+            "p50_us": result.p50_us,
+            "p99_us": result.p99_us,
+            "p999_us": result.p999_us,
+            "max_us": result.max_us,
+        },
+    });
+    if let Some(limits) = limits {
+        let limit = if result.workload == "seqwrite" {
+            limits.disk_write_fsync_mb_s
+        } else {
+            limits.disk_read_cold_mb_s
+        };
+        json["limits"] = serde_json::json!({
+            "disk_write_fsync_mb_s": limits.disk_write_fsync_mb_s,
+            "disk_read_cold_mb_s": limits.disk_read_cold_mb_s,
+            "loopback_mb_s": limits.loopback_mb_s,
+        });
+        json["ratios"] =
+            serde_json::json!({ "mb_s": (result.mb_s / limit * 1000.0).round() / 1000.0 });
+    }
+    json.to_string()
+}
