@@ -300,20 +300,6 @@ impl Progress for () {
     fn update(&mut self, _done: u64, _total: Option<u64>) {}
 }
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Times a block write is tried again, each time without the data-server that failed.
 pub const WRITE_RETRIES: u8 = 2;
 
@@ -418,9 +404,11 @@ pub fn put(
         let mut index: u16 = 0;
         let mut outcome = Ok(());
         loop {
+            // Read up to a block; the buffer grows with what arrives (a 4 KiB file must not
+            // cost a zeroed 64 MiB buffer), and a reused one already has the room.
             let mut buf = spare.pop().unwrap_or_default();
-            buf.resize(block_size as usize, 0);
-            let n = match fill(reader, &mut buf) {
+            buf.clear();
+            let n = match reader.by_ref().take(u64::from(block_size)).read_to_end(&mut buf) {
                 Ok(n) => n,
                 Err(e) => {
                     outcome =

@@ -22,6 +22,7 @@ pub mod launcher;
 pub mod limits;
 pub mod meta;
 pub mod seq_bench;
+pub mod small_bench;
 pub mod status;
 
 pub use connection::{Connection, Credentials};

@@ -89,11 +89,13 @@ impl Write for Sink {
     }
 }
 
-/// Records the time between progress steps, and reports the bytes moved so far.
-struct Steps<'a> {
+/// Records the time between progress steps, and reports the amount moved so far.
+pub(crate) struct Steps<'a> {
     last: Instant,
-    latencies: Histogram<u64>,
-    done: &'a std::sync::atomic::AtomicU64,
+    /// Latencies recorded, microseconds.
+    pub(crate) latencies: Histogram<u64>,
+    /// Amount moved by every worker together (bytes, files...).
+    pub(crate) done: &'a std::sync::atomic::AtomicU64,
     reported: u64,
 }
 
@@ -108,41 +110,53 @@ impl Progress for Steps<'_> {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs `one(i, steps)` for every file at once; the phase's result.
-fn phase(
-    workload: &'static str,
-    files: usize,
+/// What a phase moved, in how long, and its latencies.
+pub(crate) struct Phase {
+    /// Amount moved (in the phase's unit).
+    pub(crate) amount: u64,
+    /// Wall time, seconds.
+    pub(crate) seconds: f64,
+    /// Every worker's latencies together, microseconds.
+    pub(crate) latencies: Histogram<u64>,
+}
+
+/// Runs `one(i, steps)` for `workers` workers at once, reporting progress once a second in
+/// `unit` (its name, and how many of the amount make one).
+pub(crate) fn phase(
+    workload: &str,
+    workers: usize,
+    unit: (&str, f64),
     mut report: impl FnMut(&str),
     one: impl Fn(usize, &mut Steps<'_>) -> Result<u64, ClientError> + Sync,
-) -> Result<SeqResult, ClientError> {
+) -> Result<Phase, ClientError> {
     let done = std::sync::atomic::AtomicU64::new(0);
     let started = Instant::now();
     let outcomes: Vec<Result<(u64, Histogram<u64>), ClientError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..files)
+        let handles: Vec<_> = (0..workers)
             .map(|i| {
                 let (one, done) = (&one, &done);
                 scope.spawn(move || {
                     let mut steps =
                         Steps { last: Instant::now(), latencies: histogram(), done, reported: 0 };
-                    one(i, &mut steps).map(|bytes| (bytes, steps.latencies))
+                    one(i, &mut steps).map(|amount| (amount, steps.latencies))
                 })
             })
             .collect();
-        // Progress once a second while the files move.
         let mut next = Instant::now() + Duration::from_secs(1);
         while handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
             if Instant::now() >= next {
-                let moved = done.load(std::sync::atomic::Ordering::Relaxed);
+                let moved = done.load(std::sync::atomic::Ordering::Relaxed) as f64 / unit.1;
                 let secs = started.elapsed().as_secs_f64();
                 report(&format!(
-                    "{workload}: {} MB in {secs:.1} s, {:.0} MB/s",
-                    moved / 1_000_000,
-                    moved as f64 / secs / 1e6
+                    "{workload}: {moved:.0} {} in {secs:.1} s, {:.0} {}/s",
+                    unit.0,
+                    moved / secs,
+                    unit.0
                 ));
                 next += Duration::from_secs(1);
             }
@@ -151,22 +165,27 @@ fn phase(
     });
     let seconds = started.elapsed().as_secs_f64();
     let mut latencies = histogram();
-    let mut bytes = 0;
+    let mut amount = 0;
     for outcome in outcomes {
         let (moved, h) = outcome?;
-        bytes += moved;
+        amount += moved;
         latencies.add(&h).expect("same bounds");
     }
-    Ok(SeqResult {
+    Ok(Phase { amount, seconds, latencies })
+}
+
+fn seq_result(workload: &'static str, phase: Phase) -> SeqResult {
+    let l = &phase.latencies;
+    SeqResult {
         workload,
-        bytes,
-        seconds,
-        mb_s: bytes as f64 / seconds.max(1e-9) / 1e6,
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
-    })
+        bytes: phase.amount,
+        seconds: phase.seconds,
+        mb_s: phase.amount as f64 / phase.seconds.max(1e-9) / 1e6,
+        p50_us: l.value_at_quantile(0.50),
+        p99_us: l.value_at_quantile(0.99),
+        p999_us: l.value_at_quantile(0.999),
+        max_us: l.max(),
+    }
 }
 
 /// Writes the files (and with `read`, reads them back); one result per phase.
@@ -187,7 +206,7 @@ pub fn run(
         ))
     };
     let mut results = Vec::new();
-    let written = phase("seqwrite", bench.files, &mut report, |i, steps| {
+    let written = phase("seqwrite", bench.files, ("MB", 1e6), &mut report, |i, steps| {
         let (mut meta, mut data) = clients()?;
         let mut input =
             Generated { state: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1), left: bench.size };
@@ -202,12 +221,13 @@ pub fn run(
         )
     });
     let outcome = written.and_then(|w| {
-        results.push(w);
+        results.push(seq_result("seqwrite", w));
         if bench.read {
-            results.push(phase("seqread", bench.files, &mut report, |i, steps| {
+            let read = phase("seqread", bench.files, ("MB", 1e6), &mut report, |i, steps| {
                 let (mut meta, mut data) = clients()?;
                 data::get(&mut meta, &mut data, &path(i), &mut Sink, steps)
-            })?);
+            })?;
+            results.push(seq_result("seqread", read));
         }
         Ok(())
     });

@@ -559,9 +559,10 @@ impl Namespace {
         let mut allocated = BTreeMap::new();
         for (_, node) in self.nodes.iter() {
             if let Kind::File(file) = &node.kind {
-                for block in file.blocks.iter() {
+                for (i, block) in file.blocks.iter().enumerate() {
+                    let bytes = block_span(file.size, file.block_size, i as u64);
                     for server in block.replicas.iter() {
-                        *allocated.entry(*server).or_default() += u64::from(file.block_size);
+                        *allocated.entry(*server).or_default() += bytes;
                     }
                 }
             }
@@ -936,10 +937,20 @@ impl Namespace {
             });
         }
         let placement = fresh;
-        let block_bytes = u64::from(file.block_size);
-        for set in placement {
+        // Each block counts the bytes of the file it covers: the old last block grows with
+        // the file, and new blocks count what they hold (a small file takes little room).
+        if let Some(last) = file.blocks.last() {
+            let i = have - 1;
+            let grow =
+                block_span(size, file.block_size, i) - block_span(file.size, file.block_size, i);
+            for server in last.replicas.iter().filter(|_| grow > 0) {
+                *self.allocated.entry(*server).or_default() += grow;
+            }
+        }
+        for (k, set) in placement.iter().enumerate() {
+            let bytes = block_span(size, file.block_size, have + k as u64);
             for server in set {
-                *self.allocated.entry(*server).or_default() += block_bytes;
+                *self.allocated.entry(*server).or_default() += bytes;
             }
         }
         let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
@@ -1098,7 +1109,7 @@ impl Namespace {
         }
         block.replicas[slot] = replacement;
         let replicas = block.replicas.to_vec();
-        let bytes = u64::from(file.block_size);
+        let bytes = block_span(file.size, file.block_size, u64::from(index));
         if let Some(assigned) = self.allocated.get_mut(&failed) {
             *assigned -= bytes;
             if *assigned == 0 {
@@ -1165,10 +1176,11 @@ impl Namespace {
                     if !self.leases.is_empty() {
                         self.leases.retain(|&(file_id, _), _| file_id != next);
                     }
-                    for block in file.blocks.iter() {
+                    for (i, block) in file.blocks.iter().enumerate() {
+                        let span = block_span(file.size, file.block_size, i as u64);
                         for server in block.replicas.iter() {
                             if let Some(bytes) = self.allocated.get_mut(server) {
-                                *bytes -= u64::from(file.block_size);
+                                *bytes -= span;
                                 if *bytes == 0 {
                                     self.allocated.remove(server);
                                 }
@@ -1474,6 +1486,12 @@ pub enum SnapshotError {
     /// The content is inconsistent.
     #[error("snapshot content: {0}")]
     Invalid(String),
+}
+
+/// Bytes of a file of `size` that block `index` covers.
+fn block_span(size: u64, block_size: u32, index: u64) -> u64 {
+    let block_size = u64::from(block_size);
+    block_size.min(size.saturating_sub(index * block_size))
 }
 
 fn blocks_for(size: u64, block_size: u32) -> u64 {
@@ -2126,7 +2144,9 @@ mod tests {
         lease(&mut d, 0);
         assert_eq!(swap(&mut d, 4, 6), Outcome::Swapped { replicas: vec![NodeId(6), NodeId(7)] });
         assert_eq!(d.ns.allocated().get(&NodeId(4)), None);
-        assert_eq!(d.ns.allocated().get(&NodeId(6)), Some(&(2 * u64::from(BS))));
+        // Block 0 (1,024 bytes) and the last block, which holds the file's last 952 bytes:
+        // a block counts the bytes of the file it covers.
+        assert_eq!(d.ns.allocated().get(&NodeId(6)), Some(&(1024 + 952)));
         assert!(failed(swap(&mut d, 9, 5)).to_string().contains("not one of its replicas"));
         assert!(failed(swap(&mut d, 6, 7)).to_string().contains("already holds it"));
         // The new lease names the new chain.

@@ -409,7 +409,10 @@ impl MetaServer {
         let placement = if needed == 0 || wanted > u64::from(MAX_BLOCKS_PER_FILE) {
             Vec::new() // nothing to place, or the state machine refuses the size itself
         } else {
-            place(needed, meta.replication, u64::from(meta.block_size), &live)
+            // Room for the largest new block: the first (a small file's only block is small).
+            let bs = u64::from(meta.block_size);
+            let largest = bs.min(size.saturating_sub(have * bs));
+            place(needed, meta.replication, largest, &live)
                 .map_err(|e| NsError::Placement(e.to_string()))?
         };
         Ok(Command::ExpandFile { path, size, first_block: have as u32, placement })

@@ -214,6 +214,31 @@ enum Workload {
         #[command(flatten)]
         seq: SeqArgs,
     },
+    /// Small files: N files of SIZE created and written by C clients at once, then read
+    /// back and checked; files/s both ways.
+    Smallfile {
+        /// Files in all.
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        /// Bytes per file (e.g. 4KiB).
+        #[arg(long, default_value = "4KiB", value_parser = parse_size_arg)]
+        size: u64,
+        /// Clients at once.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Copies of each block (default: the config's).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// Measure the machine's limits first; writes/s as a fraction of appends/s.
+        #[arg(long)]
+        with_limits: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Leave the files in place afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// This machine's limits: loopback TCP, disk write with fsync, cold read, 4 KiB
     /// append + fdatasync. Needs no cluster.
     Limits {
@@ -262,26 +287,35 @@ fn limits_dir(config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The limits, measured now, when asked for (printed unless the output is JSON).
+fn limits_if(
+    config: &Config,
+    wanted: bool,
+    disk_bytes: u64,
+    json: bool,
+) -> Result<Option<meshfs_client::limits::Limits>, ClientError> {
+    if !wanted {
+        return Ok(None);
+    }
+    let limits = meshfs_client::limits::measure(
+        &limits_dir(config),
+        disk_bytes,
+        meshfs_client::limits::TIME_BOUND,
+        |step| eprintln!("bench: measuring {step}"),
+    )?;
+    if !json {
+        print!("{}", meshfs_client::limits::render(&limits));
+    }
+    Ok(Some(limits))
+}
+
 fn seq_bench(
     config: &Config,
     credentials: &Credentials,
     seq: SeqArgs,
     read: bool,
 ) -> Result<u8, ClientError> {
-    let limits = if seq.with_limits {
-        let limits = meshfs_client::limits::measure(
-            &limits_dir(config),
-            seq.size.min(1 << 30),
-            meshfs_client::limits::TIME_BOUND,
-            |step| eprintln!("bench: measuring {step}"),
-        )?;
-        if !seq.json {
-            print!("{}", meshfs_client::limits::render(&limits));
-        }
-        Some(limits)
-    } else {
-        None
-    };
+    let limits = limits_if(config, seq.with_limits, seq.size.min(1 << 30), seq.json)?;
     let bench = meshfs_client::seq_bench::SeqBench {
         size: seq.size,
         files: seq.files.max(1),
@@ -496,6 +530,27 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
         }
         Command::Bench { workload: Workload::Seqread { seq } } => {
             seq_bench(&config, &credentials, seq, true)
+        }
+        Command::Bench {
+            workload:
+                Workload::Smallfile { files, size, clients, replication, with_limits, json, keep },
+        } => {
+            let limits = limits_if(&config, with_limits, 256 << 20, json)?;
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            let bench =
+                meshfs_client::small_bench::SmallBench { files, size, clients, replication, keep };
+            let results = meshfs_client::small_bench::run(&config, &credentials, &bench, |l| {
+                eprintln!("bench: {l}")
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    meshfs_client::small_bench::to_json(&bench, &results, limits.as_ref())
+                );
+            } else {
+                print!("{}", meshfs_client::small_bench::render(&results));
+            }
+            Ok(0)
         }
         Command::Status { json, timeout_ms } => {
             let status = cluster_status(&config, &credentials, Duration::from_millis(timeout_ms));

@@ -1259,3 +1259,29 @@ fn bench_seqread_and_seqwrite_report_json_with_limits_and_clean_up() {
     let left = meta.list("/").unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn bench_smallfile_writes_reads_and_checks_every_file() {
+    let mut cluster = TestCluster::new("bench-small", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let out = meshfs(
+        &cluster,
+        &["bench", "smallfile", "--files", "60", "--size", "4KiB", "--clients", "4", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["workload"], "smallfile");
+    assert_eq!(json["params"]["files"], 60);
+    for op in ["write", "read"] {
+        let rate = json["results"][format!("{op}_files_per_s")].as_f64().unwrap();
+        assert!(rate > 0.0, "{json}");
+        let (p50, max) = (
+            json["results"][format!("{op}_p50_us")].as_u64().unwrap(),
+            json["results"][format!("{op}_max_us")].as_u64().unwrap(),
+        );
+        assert!(p50 > 0 && p50 <= max, "{json}");
+    }
+    let (mut meta, _) = data_clients(&cluster);
+    assert!(meta.list("/").unwrap().is_empty(), "the run removed its files");
+}
