@@ -21,6 +21,7 @@ pub mod file;
 pub mod launcher;
 pub mod limits;
 pub mod meta;
+pub mod rand_bench;
 pub mod seq_bench;
 pub mod small_bench;
 pub mod status;

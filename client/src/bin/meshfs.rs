@@ -239,6 +239,24 @@ enum Workload {
         #[arg(long)]
         keep: bool,
     },
+    /// Random reads: 4 KiB at random offsets of one file, at each queue depth; IOPS.
+    Randread {
+        /// Size of the file read (written first, removed afterwards).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size_arg)]
+        size: u64,
+        /// Reads per queue depth.
+        #[arg(long, default_value_t = 20_000)]
+        reads: usize,
+        /// Queue depths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        depth: Vec<usize>,
+        /// Copies of each block (default: the config's).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// This machine's limits: loopback TCP, disk write with fsync, cold read, 4 KiB
     /// append + fdatasync. Needs no cluster.
     Limits {
@@ -549,6 +567,21 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 );
             } else {
                 print!("{}", meshfs_client::small_bench::render(&results));
+            }
+            Ok(0)
+        }
+        Command::Bench {
+            workload: Workload::Randread { size, reads, depth, replication, json },
+        } => {
+            let bench =
+                meshfs_client::rand_bench::RandBench { size, reads, depths: depth, replication };
+            let results = meshfs_client::rand_bench::run(&config, &credentials, &bench, |l| {
+                eprintln!("bench: {l}")
+            })?;
+            if json {
+                println!("{}", meshfs_client::rand_bench::to_json(&bench, &results));
+            } else {
+                print!("{}", meshfs_client::rand_bench::render(&results));
             }
             Ok(0)
         }

@@ -1285,3 +1285,24 @@ fn bench_smallfile_writes_reads_and_checks_every_file() {
     let (mut meta, _) = data_clients(&cluster);
     assert!(meta.list("/").unwrap().is_empty(), "the run removed its files");
 }
+
+#[test]
+fn bench_randread_reports_iops_per_queue_depth() {
+    let mut cluster = TestCluster::new("bench-rand", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let out = meshfs(
+        &cluster,
+        &["bench", "randread", "--size", "3MiB", "--reads", "200", "--depth", "1,4", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["workload"], "randread");
+    for qd in ["qd1", "qd4"] {
+        assert!(json["results"][format!("{qd}_iops")].as_f64().unwrap() > 0.0, "{json}");
+        let p50 = json["results"][format!("{qd}_p50_us")].as_u64().unwrap();
+        assert!(p50 <= json["results"][format!("{qd}_max_us")].as_u64().unwrap(), "{json}");
+    }
+    let (mut meta, _) = data_clients(&cluster);
+    assert!(meta.list("/").unwrap().is_empty(), "the run removed its file");
+}

@@ -1,0 +1,169 @@
+//! `meshfs bench randread`: 4 KiB reads at random offsets of one large file, at queue depth
+//! 1 (one reader, one read at a time) and 16 (sixteen readers at once); IOPS and latency
+//! percentiles per read. Every read is verified end to end: a data-server returns whole
+//! 64 KiB segments with their checksums, which the client checks before taking its 4 KiB.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::connection::Credentials;
+use crate::data::{self, DataClient};
+use crate::error::ClientError;
+use crate::meta::MetaClient;
+use crate::seq_bench::phase;
+use meshfs_group::Config;
+
+/// Bytes per read.
+pub const READ_BYTES: u64 = 4096;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RandBench {
+    /// Size of the file read.
+    pub size: u64,
+    /// Reads per queue depth.
+    pub reads: usize,
+    /// Queue depths to run, one after the other.
+    pub depths: Vec<usize>,
+    /// Copies of each block (0: the config's default).
+    pub replication: u8,
+}
+
+/// One queue depth's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RandResult {
+    /// Reads in flight at once.
+    pub depth: usize,
+    /// Reads done.
+    pub reads: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Reads per second.
+    pub iops: f64,
+    /// Median latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: u64,
+    /// Slowest, microseconds.
+    pub max_us: u64,
+}
+
+/// Writes the file, then runs each queue depth; the file is removed afterwards.
+pub fn run(
+    config: &Config,
+    credentials: &Credentials,
+    bench: &RandBench,
+    mut report: impl FnMut(&str),
+) -> Result<Vec<RandResult>, ClientError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = format!("/bench-randread-{}-{millis}", std::process::id());
+    let mut meta = MetaClient::new(config, credentials.clone())?;
+    let mut data = DataClient::new(config, credentials.clone());
+    report(&format!("writing {path} ({} MB)", bench.size / 1_000_000));
+    let mut input = std::io::Read::take(std::io::repeat(0x5a), bench.size);
+    let outcome = data::put(
+        &mut meta,
+        &mut data,
+        &mut input,
+        &path,
+        bench.replication,
+        Some(bench.size),
+        &mut (),
+    )
+    .and_then(|_| meta.get_file_meta_data(&path))
+    .and_then(|file| {
+        let block_size = u64::from(file.block_size);
+        let slots = (file.size / READ_BYTES).max(1);
+        let mut results = Vec::new();
+        for &depth in &bench.depths {
+            let depth = depth.max(1);
+            let per_reader = bench.reads.div_ceil(depth);
+            let name = format!("randread qd{depth}");
+            let done = phase(&name, depth, ("reads", 1.0), &mut report, |r, steps| {
+                let mut data = DataClient::new(config, credentials.clone());
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ ((r as u64 + 1) << 32) ^ depth as u64;
+                let mut out = Vec::with_capacity(READ_BYTES as usize);
+                for _ in 0..per_reader {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let offset = (x % slots) * READ_BYTES;
+                    let block = &file.blocks[(offset / block_size) as usize];
+                    let within = offset % block_size;
+                    out.clear();
+                    let started = Instant::now();
+                    data.read_block(
+                        block.descriptor,
+                        &block.replicas,
+                        within,
+                        READ_BYTES.min(file.size - offset),
+                        &mut out,
+                    )?;
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    steps.latencies.saturating_record(us.max(1));
+                    steps.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(per_reader as u64)
+            })?;
+            let l = &done.latencies;
+            results.push(RandResult {
+                depth,
+                reads: done.amount,
+                seconds: done.seconds,
+                iops: done.amount as f64 / done.seconds.max(1e-9),
+                p50_us: l.value_at_quantile(0.50),
+                p99_us: l.value_at_quantile(0.99),
+                p999_us: l.value_at_quantile(0.999),
+                max_us: l.max(),
+            });
+        }
+        Ok(results)
+    });
+    if let Err(err) = meta.remove(&path, false) {
+        report(&format!("could not remove {path}: {err}"));
+    }
+    outcome
+}
+
+/// The results as a table.
+pub fn render(results: &[RandResult]) -> String {
+    let mut out =
+        String::from("depth    reads   seconds       IOPS   p50 us   p99 us  p99.9 us   max us\n");
+    for r in results {
+        out += &format!(
+            "{:>5} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>9} {:>8}\n",
+            r.depth, r.reads, r.seconds, r.iops, r.p50_us, r.p99_us, r.p999_us, r.max_us
+        );
+    }
+    out
+}
+
+/// The run as the bench JSON object (metrics named `qd<depth>_<metric>`).
+pub fn to_json(bench: &RandBench, results: &[RandResult]) -> String {
+    let mut metrics = serde_json::Map::new();
+    for r in results {
+        let key = |m: &str| format!("qd{}_{m}", r.depth);
+        metrics.insert(key("iops"), serde_json::json!(r.iops.round()));
+        metrics.insert(key("p50_us"), r.p50_us.into());
+        metrics.insert(key("p99_us"), r.p99_us.into());
+        metrics.insert(key("p999_us"), r.p999_us.into());
+        metrics.insert(key("max_us"), r.max_us.into());
+    }
+    serde_json::json!({
+        "workload": "randread",
+        "params": {
+            "size": bench.size,
+            "reads": bench.reads,
+            "depths": bench.depths,
+            "replication": bench.replication,
+            "read_bytes": READ_BYTES,
+        },
+        "results": metrics,
+    })
+    .to_string()
+}
