@@ -20,6 +20,7 @@ pub mod error;
 pub mod file;
 pub mod launcher;
 pub mod limits;
+pub mod local;
 pub mod meta;
 pub mod rand_bench;
 pub mod seq_bench;

@@ -106,6 +106,10 @@ enum Command {
     },
     /// Measure the cluster of the config (it must be running).
     Bench {
+        /// Run against a throw-away local cluster of the config's servers (free ports,
+        /// temporary data directories), stopped and removed afterwards.
+        #[arg(long, global = true)]
+        local: bool,
         #[command(subcommand)]
         workload: Workload,
     },
@@ -435,6 +439,18 @@ fn open_output(local: &str) -> Result<Box<dyn std::io::Write>, ClientError> {
 fn run(cli: Cli) -> Result<u8, ClientError> {
     let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
+    // `bench --local`: the workload runs against a cluster of its own, gone when this returns.
+    let local_cluster;
+    let config = match &cli.command {
+        Command::Bench { local: true, .. } => {
+            local_cluster =
+                meshfs_client::local::LocalCluster::start(&config.path, &credentials, |line| {
+                    eprintln!("bench: {line}")
+                })?;
+            local_cluster.config.clone()
+        }
+        _ => config,
+    };
     match cli.command {
         Command::Up { timeout } => {
             let options =
@@ -516,7 +532,9 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             meshfs_client::data::get(&mut meta, &mut data, &remote, &mut output, &mut ())?;
             Ok(0)
         }
-        Command::Bench { workload: Workload::Meta { clients, files, json, keep, phases } } => {
+        Command::Bench {
+            workload: Workload::Meta { clients, files, json, keep, phases }, ..
+        } => {
             let bench = meshfs_client::bench::MetaBench { clients, files, keep, phases };
             let results = meshfs_client::bench::meta(&config, &credentials, &bench, |line| {
                 eprintln!("bench: {line}")
@@ -528,7 +546,7 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
-        Command::Bench { workload: Workload::Limits { dir, size, json } } => {
+        Command::Bench { workload: Workload::Limits { dir, size, json }, .. } => {
             let dir = dir.unwrap_or_else(|| limits_dir(&config));
             let limits = meshfs_client::limits::measure(
                 &dir,
@@ -543,15 +561,16 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
-        Command::Bench { workload: Workload::Seqwrite { seq } } => {
+        Command::Bench { workload: Workload::Seqwrite { seq }, .. } => {
             seq_bench(&config, &credentials, seq, false)
         }
-        Command::Bench { workload: Workload::Seqread { seq } } => {
+        Command::Bench { workload: Workload::Seqread { seq }, .. } => {
             seq_bench(&config, &credentials, seq, true)
         }
         Command::Bench {
             workload:
                 Workload::Smallfile { files, size, clients, replication, with_limits, json, keep },
+            ..
         } => {
             let limits = limits_if(&config, with_limits, 256 << 20, json)?;
             let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -572,6 +591,7 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
         }
         Command::Bench {
             workload: Workload::Randread { size, reads, depth, replication, json },
+            ..
         } => {
             let bench =
                 meshfs_client::rand_bench::RandBench { size, reads, depths: depth, replication };

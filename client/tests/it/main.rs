@@ -1306,3 +1306,26 @@ fn bench_randread_reports_iops_per_queue_depth() {
     let (mut meta, _) = data_clients(&cluster);
     assert!(meta.list("/").unwrap().is_empty(), "the run removed its file");
 }
+
+#[test]
+fn bench_local_runs_against_a_throw_away_cluster_and_removes_it() {
+    // The config's servers are never started here: --local starts its own on free ports.
+    let cluster = TestCluster::new("bench-local", 3, 3);
+    let out = meshfs(
+        &cluster,
+        &[
+            "bench", "--local", "randread", "--size", "1MiB", "--reads", "50", "--depth", "1",
+            "--json",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["results"]["qd1_iops"].as_f64().unwrap() > 0.0, "{json}");
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bench: starting a local cluster in "))
+        .unwrap_or_else(|| panic!("no start line in {stderr}"));
+    assert!(!std::path::Path::new(dir).exists(), "{dir} was removed");
+    assert!(!cluster.dir.join("data").exists(), "the configured data dirs were not touched");
+}

@@ -1,0 +1,124 @@
+//! A throw-away local cluster for `meshfs bench --local`: the servers of a config, started
+//! as processes on 127.0.0.1 with ports picked free and data directories in a fresh
+//! temporary directory; stopped (by PID) and removed when dropped.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use meshfs_group::Config;
+
+use crate::connection::Credentials;
+use crate::error::ClientError;
+use crate::launcher::{ServerProcess, UpOptions, start_all, stop_all};
+use crate::status::cluster_status;
+
+/// How long the servers get to form their full mesh.
+const MESH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running throw-away cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// Its config (in the temporary directory).
+    pub config: Config,
+    dir: PathBuf,
+    processes: Vec<ServerProcess>,
+}
+
+fn launch_error(reason: String) -> ClientError {
+    ClientError::Launch { program: "meshfs bench --local".into(), reason }
+}
+
+/// The config at `source` with every server on a free loopback port and its data directory
+/// under `dir`, as TOML text.
+fn local_config(source: &Path, dir: &Path) -> Result<String, ClientError> {
+    let text = fs::read_to_string(source)
+        .map_err(|e| launch_error(format!("cannot read {}: {e}", source.display())))?;
+    let mut doc: toml::Table =
+        text.parse().map_err(|e| launch_error(format!("{} is not TOML: {e}", source.display())))?;
+    // Hold every listener until all ports are chosen, so no two servers get the same one.
+    let mut held = Vec::new();
+    for role in ["mserver", "dserver"] {
+        let Some(toml::Value::Array(servers)) = doc.get_mut(role) else { continue };
+        for server in servers.iter_mut() {
+            let Some(table) = server.as_table_mut() else { continue };
+            let id = table.get("id").and_then(toml::Value::as_integer).unwrap_or(0);
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| launch_error(format!("no free port: {e}")))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| launch_error(format!("no free port: {e}")))?
+                .port();
+            held.push(listener);
+            table.insert("addr".into(), format!("127.0.0.1:{port}").into());
+            let data = dir.join(format!("data/{role}-{id}"));
+            table.insert("data_dir".into(), data.to_string_lossy().into_owned().into());
+        }
+    }
+    drop(held);
+    Ok(doc.to_string())
+}
+
+impl LocalCluster {
+    /// Starts the servers of the config at `source` in a fresh temporary directory and
+    /// waits for their full mesh. `report` is told what happens.
+    pub fn start(
+        source: &Path,
+        credentials: &Credentials,
+        mut report: impl FnMut(&str),
+    ) -> Result<LocalCluster, ClientError> {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let dir =
+            std::env::temp_dir().join(format!("meshfs-local-{}-{millis}", std::process::id()));
+        fs::create_dir_all(&dir)
+            .map_err(|e| launch_error(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("config.conf");
+        let config = local_config(source, &dir)
+            .and_then(|text| {
+                fs::write(&path, text)
+                    .map_err(|e| launch_error(format!("cannot write {}: {e}", path.display())))
+            })
+            .and_then(|()| Config::load(&path).map_err(|e| launch_error(e.to_string())));
+        let config = match config {
+            Ok(config) => config,
+            Err(err) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        };
+        // From here on, dropping the cluster stops its servers and removes the directory.
+        let mut cluster = LocalCluster { config, dir, processes: Vec::new() };
+        report(&format!("starting a local cluster in {}", cluster.dir.display()));
+        cluster.processes = start_all(&cluster.config, &UpOptions::default())?;
+        let started = Instant::now();
+        loop {
+            let status = cluster_status(&cluster.config, credentials, Duration::from_millis(500));
+            if status.fully_connected() && status.rtts_measured() {
+                report(&format!(
+                    "local cluster of {} servers up in {:.1} s",
+                    cluster.processes.len(),
+                    started.elapsed().as_secs_f64()
+                ));
+                return Ok(cluster);
+            }
+            if started.elapsed() > MESH_TIMEOUT {
+                return Err(launch_error(format!(
+                    "the local cluster did not connect in {} s; logs in {}",
+                    MESH_TIMEOUT.as_secs(),
+                    cluster.dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        stop_all(&mut self.processes, UpOptions::default().stop_timeout);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
