@@ -6,6 +6,8 @@
 //!   `fsync`, timed together (what a block write costs on a data-server);
 //! - disk cold read: the same file read back after `posix_fadvise(DONTNEED)` dropped it from
 //!   the page cache (no root needed);
+//! - 4 KiB random reads of that file with O_DIRECT, one at a time (IOPS), where the
+//!   filesystem allows O_DIRECT;
 //! - 4 KiB append + `fdatasync` per second (what a log record costs).
 //!
 //! Each measurement is bounded in time and bytes, and the files are removed afterwards.
@@ -40,6 +42,9 @@ pub struct Limits {
     pub disk_write_fsync_mb_s: f64,
     /// Sequential read from disk (not from the page cache), MB/s.
     pub disk_read_cold_mb_s: f64,
+    /// 4 KiB random reads with O_DIRECT at queue depth 1, per second (None where the
+    /// filesystem refuses O_DIRECT, as tmpfs does).
+    pub random_read_4k_iops: Option<f64>,
     /// 4 KiB appends, each followed by fdatasync, per second.
     pub append_fdatasync_per_s: f64,
     /// Mean time of one append + fdatasync, microseconds.
@@ -131,6 +136,9 @@ pub fn measure(
     }
     let disk_read_cold_mb_s = mb_s(read, started.elapsed());
 
+    progress("4 KiB random reads, O_DIRECT");
+    let random_read_4k_iops = random_reads(&data, written, time_bound)?;
+
     progress("4 KiB append + fdatasync");
     let mut file = File::create(&log).map_err(local(format!("creating {}", log.display())))?;
     let started = Instant::now();
@@ -147,9 +155,47 @@ pub fn measure(
         loopback_mb_s,
         disk_write_fsync_mb_s,
         disk_read_cold_mb_s,
+        random_read_4k_iops,
         append_fdatasync_per_s: appends as f64 / elapsed.as_secs_f64().max(1e-9),
         append_fdatasync_mean_us: elapsed.as_secs_f64() * 1e6 / appends.max(1) as f64,
     })
+}
+
+/// 4 KiB reads at random aligned offsets of the first `len` bytes of `path`, with O_DIRECT
+/// (no page cache), one at a time for `time_bound`; reads per second, or None if the
+/// filesystem does not allow O_DIRECT.
+fn random_reads(path: &Path, len: u64, time_bound: Duration) -> Result<Option<f64>, ClientError> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4096;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(local(format!("opening {} with O_DIRECT", path.display()))(e)),
+    };
+    // O_DIRECT wants a buffer aligned to the block: take the aligned 4 KiB inside 8 KiB.
+    let mut space = vec![0u8; 2 * BLOCK];
+    let skew = space.as_ptr().align_offset(BLOCK);
+    let buf = &mut space[skew..skew + BLOCK];
+    let slots = (len / BLOCK as u64).max(1);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let started = Instant::now();
+    let mut reads = 0u64;
+    while started.elapsed() < time_bound && reads < MAX_APPENDS {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = (x % slots) * BLOCK as u64;
+        match file.read_at(buf, offset) {
+            Ok(_) => reads += 1,
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(local(format!("reading {} with O_DIRECT", path.display()))(e)),
+        }
+    }
+    Ok(Some(reads as f64 / started.elapsed().as_secs_f64().max(1e-9)))
 }
 
 /// One TCP stream over 127.0.0.1: 1 MiB writes for at most `time_bound` (and 8 GiB), to a
@@ -193,12 +239,14 @@ pub fn render(limits: &Limits) -> String {
          \x20 loopback TCP, one stream       {:>9.0} MB/s\n\
          \x20 disk sequential write + fsync  {:>9.0} MB/s\n\
          \x20 disk cold read                 {:>9.0} MB/s\n\
+         \x20 4 KiB random read, O_DIRECT    {:>9} /s\n\
          \x20 4 KiB append + fdatasync       {:>9.0} /s (mean {:.0} us)\n",
         limits.dir.display(),
         limits.disk_bytes / 1_000_000,
         limits.loopback_mb_s,
         limits.disk_write_fsync_mb_s,
         limits.disk_read_cold_mb_s,
+        limits.random_read_4k_iops.map_or("n/a".to_string(), |iops| format!("{iops:.0}")),
         limits.append_fdatasync_per_s,
         limits.append_fdatasync_mean_us,
     )
@@ -211,6 +259,7 @@ pub fn to_json(limits: &Limits) -> String {
         "loopback_mb_s": limits.loopback_mb_s,
         "disk_write_fsync_mb_s": limits.disk_write_fsync_mb_s,
         "disk_read_cold_mb_s": limits.disk_read_cold_mb_s,
+        "random_read_4k_iops": limits.random_read_4k_iops,
         "append_fdatasync_per_s": limits.append_fdatasync_per_s,
     });
     serde_json::json!({
@@ -232,7 +281,7 @@ mod tests {
         let mut steps = Vec::new();
         let bound = Duration::from_millis(200);
         let limits = measure(&dir, 8 * 1024 * 1024, bound, |s| steps.push(s.to_string())).unwrap();
-        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_eq!(steps.len(), 5, "{steps:?}");
         assert_eq!(limits.disk_bytes, 8 * 1024 * 1024);
         for (name, value) in [
             ("loopback", limits.loopback_mb_s),
@@ -241,6 +290,9 @@ mod tests {
             ("append", limits.append_fdatasync_per_s),
         ] {
             assert!(value.is_finite() && value > 0.0, "{name}: {value}");
+        }
+        if let Some(iops) = limits.random_read_4k_iops {
+            assert!(iops > 0.0, "random reads: {iops}");
         }
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "the scratch files are gone");
         let json: serde_json::Value = serde_json::from_str(&to_json(&limits)).unwrap();

@@ -143,8 +143,13 @@ pub fn render(results: &[RandResult]) -> String {
     out
 }
 
-/// The run as the bench JSON object (metrics named `qd<depth>_<metric>`).
-pub fn to_json(bench: &RandBench, results: &[RandResult]) -> String {
+/// The run as the bench JSON object (metrics named `qd<depth>_<metric>`); with `limits`,
+/// each depth's IOPS also as a fraction of the disk's O_DIRECT 4 KiB reads at depth 1.
+pub fn to_json(
+    bench: &RandBench,
+    results: &[RandResult],
+    limits: Option<&crate::limits::Limits>,
+) -> String {
     let mut metrics = serde_json::Map::new();
     for r in results {
         let key = |m: &str| format!("qd{}_{m}", r.depth);
@@ -154,7 +159,7 @@ pub fn to_json(bench: &RandBench, results: &[RandResult]) -> String {
         metrics.insert(key("p999_us"), r.p999_us.into());
         metrics.insert(key("max_us"), r.max_us.into());
     }
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "workload": "randread",
         "params": {
             "size": bench.size,
@@ -164,6 +169,17 @@ pub fn to_json(bench: &RandBench, results: &[RandResult]) -> String {
             "read_bytes": READ_BYTES,
         },
         "results": metrics,
-    })
-    .to_string()
+    });
+    if let Some(limit) = limits.and_then(|l| l.random_read_4k_iops) {
+        json["limits"] = serde_json::json!({ "random_read_4k_iops": limit });
+        let ratios: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let ratio = (r.iops / limit * 1000.0).round() / 1000.0;
+                (format!("qd{}_iops", r.depth), serde_json::json!(ratio))
+            })
+            .collect();
+        json["ratios"] = ratios.into();
+    }
+    json.to_string()
 }

@@ -257,6 +257,9 @@ enum Workload {
         /// Copies of each block (default: the config's).
         #[arg(long, default_value_t = 0)]
         replication: u8,
+        /// Measure the machine's limits first; IOPS as a fraction of the disk's own.
+        #[arg(long)]
+        with_limits: bool,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -590,18 +593,31 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             Ok(0)
         }
         Command::Bench {
-            workload: Workload::Randread { size, reads, depth, replication, json },
+            workload: Workload::Randread { size, reads, depth, replication, with_limits, json },
             ..
         } => {
+            let limits = limits_if(&config, with_limits, size.min(1 << 30), json)?;
             let bench =
                 meshfs_client::rand_bench::RandBench { size, reads, depths: depth, replication };
             let results = meshfs_client::rand_bench::run(&config, &credentials, &bench, |l| {
                 eprintln!("bench: {l}")
             })?;
             if json {
-                println!("{}", meshfs_client::rand_bench::to_json(&bench, &results));
+                println!(
+                    "{}",
+                    meshfs_client::rand_bench::to_json(&bench, &results, limits.as_ref())
+                );
             } else {
                 print!("{}", meshfs_client::rand_bench::render(&results));
+                if let Some(limit) = limits.as_ref().and_then(|l| l.random_read_4k_iops) {
+                    for r in &results {
+                        println!(
+                            "qd{}: {:.2} of the disk's 4 KiB O_DIRECT reads",
+                            r.depth,
+                            r.iops / limit
+                        );
+                    }
+                }
             }
             Ok(0)
         }
