@@ -214,7 +214,15 @@ pub fn render(results: &[OpResult]) -> String {
 
 /// The results as one JSON object: `workload`, `params`, `results` (metric name to number,
 /// e.g. `create_c8_ops_per_s`, `stat_c1_p99_us`).
-pub fn to_json(bench: &MetaBench, results: &[OpResult]) -> String {
+///
+/// With `limits`, each client count's creates/s is also given as a fraction of the disk's
+/// 4 KiB appends with fdatasync per second: a create is one durable log append on a majority,
+/// so one client's creates cannot beat that rate; group commit is how many clients pass it.
+pub fn to_json(
+    bench: &MetaBench,
+    results: &[OpResult],
+    limits: Option<&crate::limits::Limits>,
+) -> String {
     let mut metrics = serde_json::Map::new();
     for r in results {
         let key = |m: &str| format!("{}_c{}_{m}", r.op, r.clients);
@@ -224,10 +232,23 @@ pub fn to_json(bench: &MetaBench, results: &[OpResult]) -> String {
         metrics.insert(key("p999_us"), r.p999_us.into());
         metrics.insert(key("max_us"), r.max_us.into());
     }
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "workload": "meta",
         "params": { "clients": bench.clients, "files": bench.files },
         "results": metrics,
-    })
-    .to_string()
+    });
+    if let Some(limits) = limits {
+        let limit = limits.append_fdatasync_per_s;
+        json["limits"] = serde_json::json!({ "append_fdatasync_per_s": limit });
+        let ratios: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .filter(|r| r.op == "create")
+            .map(|r| {
+                let ratio = (r.ops_per_s / limit * 1000.0).round() / 1000.0;
+                (format!("create_c{}_ops_per_s", r.clients), serde_json::json!(ratio))
+            })
+            .collect();
+        json["ratios"] = ratios.into();
+    }
+    json.to_string()
 }

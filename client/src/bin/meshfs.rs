@@ -207,6 +207,9 @@ enum Workload {
         /// Phases after the creates, comma-separated: stat, list (empty for none).
         #[arg(long, value_delimiter = ',', default_value = "stat,list")]
         phases: Vec<String>,
+        /// Measure the machine's limits first; creates/s as a fraction of appends/s.
+        #[arg(long)]
+        with_limits: bool,
     },
     /// Sequential write: N files of SIZE written at once through the client library.
     Seqwrite {
@@ -536,16 +539,27 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             Ok(0)
         }
         Command::Bench {
-            workload: Workload::Meta { clients, files, json, keep, phases }, ..
+            workload: Workload::Meta { clients, files, json, keep, phases, with_limits },
+            ..
         } => {
+            let limits = limits_if(&config, with_limits, 256 << 20, json)?;
             let bench = meshfs_client::bench::MetaBench { clients, files, keep, phases };
             let results = meshfs_client::bench::meta(&config, &credentials, &bench, |line| {
                 eprintln!("bench: {line}")
             })?;
             if json {
-                println!("{}", meshfs_client::bench::to_json(&bench, &results));
+                println!("{}", meshfs_client::bench::to_json(&bench, &results, limits.as_ref()));
             } else {
                 print!("{}", meshfs_client::bench::render(&results));
+                if let Some(limits) = &limits {
+                    for r in results.iter().filter(|r| r.op == "create") {
+                        println!(
+                            "create, {} clients: {:.2} of the disk's 4 KiB appends + fdatasync",
+                            r.clients,
+                            r.ops_per_s / limits.append_fdatasync_per_s
+                        );
+                    }
+                }
             }
             Ok(0)
         }

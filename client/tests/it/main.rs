@@ -1328,4 +1328,27 @@ fn bench_local_runs_against_a_throw_away_cluster_and_removes_it() {
         .unwrap_or_else(|| panic!("no start line in {stderr}"));
     assert!(!std::path::Path::new(dir).exists(), "{dir} was removed");
     assert!(!cluster.dir.join("data").exists(), "the configured data dirs were not touched");
+    // meta with its limits: creates/s over appends+fdatasync/s.
+    let out = meshfs(
+        &cluster,
+        &[
+            "bench",
+            "--local",
+            "meta",
+            "--clients",
+            "2",
+            "--files",
+            "20",
+            "--phases",
+            "",
+            "--with-limits",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ratio = json["ratios"]["create_c2_ops_per_s"].as_f64().unwrap();
+    let expected = json["results"]["create_c2_ops_per_s"].as_f64().unwrap()
+        / json["limits"]["append_fdatasync_per_s"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 0.01, "{json}");
 }
