@@ -317,7 +317,15 @@ fn term_of(status: &meshfs_client::status::ClusterStatus, id: u32) -> u64 {
 fn meta_servers_elect_one_leader_and_another_when_it_is_killed() {
     let mut cluster = TestCluster::new("raft-elect", 3, 1);
     cluster.start_all();
-    let status = cluster.wait_for("one agreed leader", |s| s.agreed_leader().is_some());
+    // The leader's first entry reaches every follower's commit index a heartbeat after the
+    // election: wait for both rather than catch a follower in between.
+    let status = cluster.wait_for("one agreed leader, its first entry committed everywhere", |s| {
+        s.agreed_leader().is_some()
+            && s.servers
+                .iter()
+                .filter(|s| s.role == "mserver")
+                .all(|s| s.commit_index.is_some_and(|c| c >= 1))
+    });
     let leader = status.agreed_leader().unwrap();
     let term = term_of(&status, leader);
     for s in status.servers.iter().filter(|s| s.role == "mserver") {
