@@ -938,44 +938,61 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
     assert!(err.contains("cannot place blocks") && err.contains("no room"), "{err}");
 }
 
+/// Puts `bytes` as `/big` at `replication` and kill -9s server `victim` once `after` bytes
+/// are acknowledged (durable on every replica and committed). Returns the put's result and
+/// the bytes acknowledged in all.
+fn put_killing(
+    cluster: &mut TestCluster,
+    bytes: &[u8],
+    replication: u8,
+    after: u64,
+    victim: u32,
+) -> (Result<u64, meshfs_client::ClientError>, u64) {
+    /// Keeps the bytes acknowledged; says once when they pass `after`.
+    struct Acked {
+        done: u64,
+        after: u64,
+        passed: Option<std::sync::mpsc::Sender<()>>,
+    }
+    impl meshfs_client::data::Progress for Acked {
+        fn update(&mut self, done: u64, _total: Option<u64>) {
+            self.done = done;
+            if done >= self.after
+                && let Some(tx) = self.passed.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (tx, passed) = std::sync::mpsc::channel();
+    let (mut meta, mut data) = data_clients(cluster);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || {
+            let mut progress = Acked { done: 0, after, passed: Some(tx) };
+            let result = meshfs_client::data::put(
+                &mut meta,
+                &mut data,
+                &mut &bytes[..],
+                "/big",
+                replication,
+                None,
+                &mut progress,
+            );
+            (result, progress.done)
+        });
+        passed.recv_timeout(DEADLINE).expect("the put got going");
+        cluster.kill9(victim);
+        writer.join().unwrap()
+    })
+}
+
 #[test]
 fn killing_a_data_server_mid_put_loses_no_acknowledged_block() {
     let mut cluster = TestCluster::new("kill-mid-put", 3, 3);
     cluster.start_all();
     cluster.wait_full_mesh();
     let bytes = random_bytes(200 * 1024 * 1024, 11);
-    // Count the bytes acknowledged (durable on every replica) as the put goes.
-    struct Acked(std::sync::Arc<std::sync::atomic::AtomicU64>);
-    impl meshfs_client::data::Progress for Acked {
-        fn update(&mut self, done: u64, _total: Option<u64>) {
-            self.0.store(done, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (mut meta, mut data) = data_clients(&cluster);
-    let result = std::thread::scope(|scope| {
-        let (bytes, mut progress) = (&bytes, Acked(acked.clone()));
-        let writer = scope.spawn(move || {
-            meshfs_client::data::put(
-                &mut meta,
-                &mut data,
-                &mut &bytes[..],
-                "/big",
-                3,
-                None,
-                &mut progress,
-            )
-        });
-        // Kill a data-server once the put is well under way.
-        let deadline = Instant::now() + DEADLINE;
-        while acked.load(std::sync::atomic::Ordering::SeqCst) < 20 * 1024 * 1024 {
-            assert!(Instant::now() < deadline, "the put never got going");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        cluster.kill9(5);
-        writer.join().unwrap()
-    });
-    let done = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let (result, done) = put_killing(&mut cluster, &bytes, 3, 20 * 1024 * 1024, 5);
     match &result {
         Ok(n) => assert_eq!(*n, bytes.len() as u64, "a put that succeeded wrote everything"),
         Err(err) => assert!(err.to_string().contains("data-server"), "a clear error: {err}"),
@@ -1174,35 +1191,7 @@ fn a_put_goes_on_when_a_data_server_of_its_chain_dies() {
     cluster.start_all();
     cluster.wait_full_mesh();
     let bytes = random_bytes(120 * 1024 * 1024, 12);
-    struct Acked(std::sync::Arc<std::sync::atomic::AtomicU64>);
-    impl meshfs_client::data::Progress for Acked {
-        fn update(&mut self, done: u64, _total: Option<u64>) {
-            self.0.store(done, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (mut meta, mut data) = data_clients(&cluster);
-    let result = std::thread::scope(|scope| {
-        let (bytes, mut progress) = (&bytes, Acked(acked.clone()));
-        let writer = scope.spawn(move || {
-            meshfs_client::data::put(
-                &mut meta,
-                &mut data,
-                &mut &bytes[..],
-                "/big",
-                2,
-                None,
-                &mut progress,
-            )
-        });
-        let deadline = Instant::now() + DEADLINE;
-        while acked.load(std::sync::atomic::Ordering::SeqCst) < 10 * 1024 * 1024 {
-            assert!(Instant::now() < deadline, "the put never got going");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        cluster.kill9(5);
-        writer.join().unwrap()
-    });
+    let (result, _) = put_killing(&mut cluster, &bytes, 2, 10 * 1024 * 1024, 5);
     assert_eq!(result.unwrap_or_else(|e| panic!("{e}")), bytes.len() as u64);
     assert_eq!(get_bytes(&cluster, "/big").unwrap(), bytes, "every block reads back");
     // Blocks placed after the death avoid the dead data-server.
