@@ -60,19 +60,6 @@ fn mb_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
-/// A piece of non-repeating, non-zero bytes (some filesystems and disks skip zeros).
-fn random_piece() -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(PIECE);
-    while out.len() < PIECE {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
-
 /// Removes the measurement files however the measurement ends.
 struct Scratch(Vec<PathBuf>);
 
@@ -98,7 +85,8 @@ pub fn measure(
     let data = dir.join(format!(".meshfs-limits-{tag}.data"));
     let log = dir.join(format!(".meshfs-limits-{tag}.log"));
     let _scratch = Scratch(vec![data.clone(), log.clone()]);
-    let piece = random_piece();
+    // Non-repeating, non-zero bytes: some filesystems and disks skip zeros.
+    let piece = crate::rng::XorShift::new(0x9E37_79B9_7F4A_7C15).bytes(PIECE);
 
     progress("loopback TCP, one stream");
     let loopback_mb_s = loopback(&piece, time_bound)?;
@@ -181,14 +169,11 @@ fn random_reads(path: &Path, len: u64, time_bound: Duration) -> Result<Option<f6
     let skew = space.as_ptr().align_offset(BLOCK);
     let buf = &mut space[skew..skew + BLOCK];
     let slots = (len / BLOCK as u64).max(1);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rng = crate::rng::XorShift::new(0x2545_F491_4F6C_DD1D);
     let started = Instant::now();
     let mut reads = 0u64;
     while started.elapsed() < time_bound && reads < MAX_APPENDS {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let offset = (x % slots) * BLOCK as u64;
+        let offset = (rng.next_u64() % slots) * BLOCK as u64;
         match file.read_at(buf, offset) {
             Ok(_) => reads += 1,
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => return Ok(None),

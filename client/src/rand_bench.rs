@@ -86,13 +86,10 @@ pub fn run(
             let name = format!("randread qd{depth}");
             let done = phase(&name, depth, ("reads", 1.0), &mut report, |r, steps| {
                 let mut data = DataClient::new(config, credentials.clone());
-                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ ((r as u64 + 1) << 32) ^ depth as u64;
+                let mut rng = crate::rng::XorShift::new(((r as u64 + 1) << 32) ^ depth as u64);
                 let mut out = Vec::with_capacity(READ_BYTES as usize);
                 for _ in 0..per_reader {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let offset = (x % slots) * READ_BYTES;
+                    let offset = (rng.next_u64() % slots) * READ_BYTES;
                     let block = &file.blocks[(offset / block_size) as usize];
                     let within = offset % block_size;
                     out.clear();

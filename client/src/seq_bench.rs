@@ -18,6 +18,7 @@ use crate::connection::Credentials;
 use crate::data::{self, DataClient, Progress};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
+use crate::rng::XorShift;
 use meshfs_group::Config;
 
 /// What to run.
@@ -58,19 +59,14 @@ pub struct SeqResult {
 
 /// Pseudo-random bytes, `left` of them.
 struct Generated {
-    state: u64,
+    rng: XorShift,
     left: u64,
 }
 
 impl Read for Generated {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len() as u64).min(self.left) as usize;
-        for chunk in buf[..n].chunks_mut(8) {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
-        }
+        self.rng.fill(&mut buf[..n]);
         self.left -= n as u64;
         Ok(n)
     }
@@ -208,8 +204,10 @@ pub fn run(
     let mut results = Vec::new();
     let written = phase("seqwrite", bench.files, ("MB", 1e6), &mut report, |i, steps| {
         let (mut meta, mut data) = clients()?;
-        let mut input =
-            Generated { state: 0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1), left: bench.size };
+        let mut input = Generated {
+            rng: XorShift::new(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1)),
+            left: bench.size,
+        };
         data::put(
             &mut meta,
             &mut data,

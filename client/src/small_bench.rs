@@ -67,16 +67,7 @@ fn small_result(op: &'static str, phase: Phase) -> SmallResult {
 
 /// The bytes of file `n`: pseudo-random, never all zeros.
 fn content(n: u64, size: usize) -> Vec<u8> {
-    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(size + 8);
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(size);
-    out
+    crate::rng::XorShift::new(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).bytes(size)
 }
 
 /// Writes every file, then reads every one back and checks its bytes.
