@@ -30,6 +30,15 @@ use crate::persist::{Completion, Persister, RaftLog, ThreadPersister};
 pub const ELECTION_TICKS: usize = 10;
 /// Raft ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 2;
+/// A ready written to the log and waiting to be durable.
+#[derive(Debug)]
+struct Unsynced {
+    number: u64,
+    /// Messages (votes, append acknowledgements) to send once it is.
+    messages: Vec<RaftMessage>,
+    needs_sync: bool,
+}
+
 /// Bytes of entries per append message, well under the 1 MiB frame limit.
 const MAX_APPEND_BYTES: u64 = 512 * 1024;
 /// Entries the log may hold past the last snapshot before one is taken, however large the
@@ -132,8 +141,10 @@ pub struct Replica<L: RaftLog = LogStore, P: Persister<L> = ThreadPersister> {
     persister: P,
     namespace: Namespace,
     applied: u64,
-    /// Readies written but not yet fsynced: (number, messages to send once they are).
-    unsynced: VecDeque<(u64, Vec<RaftMessage>)>,
+    /// Readies written but not yet durable: (number, messages to send once they are, whether
+    /// the ready needs an fsync of its own). A ready that changes only the commit index needs
+    /// none (as etcd's `MustSync`): it is durable once every ready before it is.
+    unsynced: VecDeque<Unsynced>,
     output: Output,
     /// Compact the log into a snapshot once this many entries follow the last snapshot.
     snapshot_every: u64,
@@ -330,15 +341,27 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
             }
         }
         let Some(number) = latest else { return };
-        self.raw.on_persist_ready(number);
+        self.persisted_through(number);
+        self.process_ready();
+    }
+
+    /// Every ready up to `number` is durable, and so is every ready after it that needed no
+    /// fsync of its own: tells raft-rs and sends what waited for it.
+    fn persisted_through(&mut self, number: u64) {
+        let mut through = None;
+        while let Some(front) = self.unsynced.front() {
+            if front.number > number && front.needs_sync {
+                break;
+            }
+            let done = self.unsynced.pop_front().expect("checked");
+            through = through.max(Some(done.number));
+            self.queue_messages(done.messages);
+        }
+        let Some(through) = through.map(|t| t.max(number)) else { return };
+        self.raw.on_persist_ready(through);
         // A snapshot installed in a ready counts as applied only once raft-rs has seen that
         // ready persisted.
         self.report_applied();
-        while self.unsynced.front().is_some_and(|(n, _)| *n <= number) {
-            let (_, messages) = self.unsynced.pop_front().expect("checked");
-            self.queue_messages(messages);
-        }
-        self.process_ready();
     }
 
     fn queue_messages(&mut self, messages: Vec<RaftMessage>) {
@@ -462,10 +485,17 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
                 error!("cannot write the raft log: {err}; stopping");
                 std::process::exit(70);
             }
-            let persisted = ready.take_persisted_messages();
+            let messages = ready.take_persisted_messages();
             let number = ready.number();
+            let needs_sync = ready.must_sync();
             self.raw.advance_append_async(ready);
-            self.request_sync(number, persisted);
+            self.unsynced.push_back(Unsynced { number, messages, needs_sync });
+            if needs_sync {
+                self.request_sync(number);
+            } else if self.unsynced.len() == 1 {
+                // Nothing before it is waiting for a sync: durable already.
+                self.persisted_through(number);
+            }
         }
     }
 
@@ -480,8 +510,7 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
         Ok(())
     }
 
-    fn request_sync(&mut self, number: u64, persisted: Vec<RaftMessage>) {
-        self.unsynced.push_back((number, persisted));
+    fn request_sync(&mut self, number: u64) {
         if let Err(err) = self.persister.sync(self.raw.mut_store(), number) {
             error!("cannot sync the raft log: {err}; stopping");
             std::process::exit(70);
