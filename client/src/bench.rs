@@ -3,8 +3,8 @@
 //!
 //! Today: the `meta` workload (as HDFS's NNThroughputBenchmark): C concurrent clients, each
 //! with its own connections and session, create F/C files in a directory of their own, then
-//! stat each, then list their directory; every change is durable on a majority of the
-//! meta-servers (fsynced) before it is answered. Each client count runs in a fresh
+//! stat each, list their directory, rename each file and remove each; every change is durable
+//! on a majority of the meta-servers (fsynced) before it is answered. Each client count runs in a fresh
 //! directory, removed afterwards.
 
 use std::sync::Barrier;
@@ -27,14 +27,14 @@ pub struct MetaBench {
     pub files: usize,
     /// Leave the files in place (to measure the meta-servers holding them).
     pub keep: bool,
-    /// Which phases run after the creates: "stat", "list".
+    /// Which phases run after the creates: "stat", "list", "rename", "remove".
     pub phases: Vec<String>,
 }
 
 /// One operation at one client count.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpResult {
-    /// "create", "stat" or "list".
+    /// "create", "stat", "list", "rename" or "remove".
     pub op: &'static str,
     /// Concurrent clients.
     pub clients: usize,
@@ -181,6 +181,25 @@ pub fn meta(
             })?;
             results.push(result("list", count, wall, &latencies));
         }
+
+        if wants("rename") {
+            progress(&format!("{count} clients: rename of each file"));
+            let (latencies, wall) = phase(&mut clients, &names, |client, (_, files)| {
+                timed(files, |path| client.rename(path, &renamed(path)))
+            })?;
+            results.push(result("rename", count, wall, &latencies));
+            for (_, files) in &mut names {
+                files.iter_mut().for_each(|f| *f = renamed(f));
+            }
+        }
+
+        if wants("remove") && !bench.keep {
+            progress(&format!("{count} clients: remove of each file"));
+            let (latencies, wall) = phase(&mut clients, &names, |client, (_, files)| {
+                timed(files, |path| client.remove(path, false).map(|_| ()))
+            })?;
+            results.push(result("remove", count, wall, &latencies));
+        }
         if !bench.keep {
             setup.remove(&base, true)?;
         }
@@ -191,6 +210,14 @@ pub fn meta(
         let _ = setup.remove(&root, true);
     }
     Ok(results)
+}
+
+/// The name a file is renamed to: `.../fNNN` becomes `.../rNNN`, in the same directory.
+fn renamed(path: &str) -> String {
+    match path.rsplit_once("/f") {
+        Some((dir, number)) => format!("{dir}/r{number}"),
+        None => format!("{path}.r"),
+    }
 }
 
 /// The results as a table.
@@ -226,6 +253,7 @@ pub fn to_json(
     let mut metrics = serde_json::Map::new();
     for r in results {
         let key = |m: &str| format!("{}_c{}_{m}", r.op, r.clients);
+        metrics.insert(key("ops"), r.ops.into());
         metrics.insert(key("ops_per_s"), serde_json::json!((r.ops_per_s * 10.0).round() / 10.0));
         metrics.insert(key("p50_us"), r.p50_us.into());
         metrics.insert(key("p99_us"), r.p99_us.into());

@@ -190,7 +190,7 @@ fn print_stat(path: &str, stat: &Stat) {
 
 #[derive(Debug, Subcommand)]
 enum Workload {
-    /// Namespace throughput: create, stat and list, with C concurrent clients.
+    /// Namespace throughput: create, stat, list, rename and remove, with C concurrent clients.
     Meta {
         /// Client counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
@@ -204,8 +204,14 @@ enum Workload {
         /// Leave the files in place afterwards.
         #[arg(long)]
         keep: bool,
-        /// Phases after the creates, comma-separated: stat, list (empty for none).
-        #[arg(long, value_delimiter = ',', default_value = "stat,list")]
+        /// Phases after the creates, comma-separated: stat, list, rename, remove (empty for
+        /// none; remove is skipped with --keep).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "stat,list,rename,remove",
+            value_parser = meta_phase
+        )]
         phases: Vec<String>,
         /// Measure the machine's limits first; creates/s as a fraction of appends/s.
         #[arg(long)]
@@ -658,5 +664,13 @@ fn main() -> ExitCode {
             // configuring the cluster is 2.
             ExitCode::from(if matches!(err, ClientError::Namespace(_)) { 1 } else { 2 })
         }
+    }
+}
+
+/// One phase of `bench meta` (or "" for none).
+fn meta_phase(phase: &str) -> Result<String, String> {
+    match phase {
+        "" | "stat" | "list" | "rename" | "remove" => Ok(phase.to_string()),
+        other => Err(format!("unknown phase {other:?}: expected stat, list, rename or remove")),
     }
 }

@@ -1284,6 +1284,42 @@ fn bench_smallfile_writes_reads_and_checks_every_file() {
 }
 
 #[test]
+fn bench_meta_times_every_namespace_operation_and_renames_for_real() {
+    let mut cluster = TestCluster::new("bench-meta", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let out = meshfs(&cluster, &["bench", "meta", "--clients", "1,2", "--files", "10", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["workload"], "meta");
+    for c in [1, 2] {
+        for op in ["create", "stat", "rename", "remove"] {
+            assert_eq!(json["results"][format!("{op}_c{c}_ops")], 10, "{op}, {c}: {json}");
+            assert!(json["results"][format!("{op}_c{c}_ops_per_s")].as_f64().unwrap() > 0.0);
+        }
+        assert!(json["results"][format!("list_c{c}_ops")].as_u64().unwrap() > 0, "{json}");
+    }
+    let (mut meta, _) = data_clients(&cluster);
+    assert!(meta.list("/").unwrap().is_empty(), "the run removed its files");
+
+    // Kept files show the rename took effect: every name is the renamed one.
+    let out = meshfs(
+        &cluster,
+        &["bench", "meta", "--clients", "1", "--files", "5", "--phases", "rename", "--keep"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let root = meta.list("/").unwrap();
+    assert_eq!(root.len(), 1, "{root:?}");
+    let dir = format!("/{}/c1/w0", root[0].name);
+    let names: Vec<String> = meta.list(&dir).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["r0000000", "r0000001", "r0000002", "r0000003", "r0000004"]);
+
+    let out = meshfs(&cluster, &["bench", "meta", "--phases", "stat,chmod"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown phase \"chmod\""), "{}", text(&out.stderr));
+}
+
+#[test]
 fn bench_randread_reports_iops_per_queue_depth() {
     let mut cluster = TestCluster::new("bench-rand", 3, 3);
     cluster.start_all();
