@@ -185,6 +185,27 @@ impl MetaClient {
         }
     }
 
+    /// A new file of `size` bytes (1 byte to one block) with a write lease on its only
+    /// block, in one consensus round: the small file's create, expand and lease at once.
+    /// Write the block under the token, then [`MetaClient::commit_write`] it.
+    pub fn create_write(
+        &mut self,
+        path: &str,
+        replication: u8,
+        size: u64,
+    ) -> Result<meshfs_core::token::Token, ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::CreateWrite { path, replication, size })?)? {
+            MetaReply::Lease(token) => Ok(token),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// The cluster's block size, from the config.
+    pub fn block_size(&self) -> u64 {
+        self.config.block_size
+    }
+
     /// `rename`: `to` must not exist.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
         let (from, to) = (Self::path(from)?, Self::path(to)?);

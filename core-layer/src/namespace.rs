@@ -105,6 +105,16 @@ pub enum NsError {
         /// The size asked for.
         requested: u64,
     },
+    /// A one-block create-and-write must be 1 byte to one block long.
+    #[error("{path}: a {size}-byte create-and-write does not fit one block of {block_size} bytes")]
+    BadSize {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The file's block size.
+        block_size: u32,
+    },
     /// The entry's placement does not fit the file (the leader's view was stale).
     #[error(
         "{path}: placement for {given} new blocks of {replication} copies, {needed} blocks needed"
@@ -183,6 +193,21 @@ pub enum Command {
         replication: u8,
         /// Block size in bytes.
         block_size: u32,
+    },
+    /// A new file of `size` bytes (1 byte to one block) whose block is placed on
+    /// `placement` and leased to the entry's session: create, expand and lease in one
+    /// entry. All or nothing: if any step fails, the file is not left behind.
+    CreateWrite {
+        /// The file.
+        path: MeshPath,
+        /// Copies of its block.
+        replication: u8,
+        /// Block size in bytes.
+        block_size: u32,
+        /// Its size.
+        size: u64,
+        /// The block's replica set, as the leader chose.
+        placement: Vec<NodeId>,
     },
     /// `expand_file_size`: grow a file to `size`, adding blocks placed as the leader chose.
     ExpandFile {
@@ -780,6 +805,25 @@ impl Namespace {
             }
             Command::ExpandFile { path, size, first_block, placement } => {
                 self.expand(path, *size, *first_block, placement, now)
+            }
+            Command::CreateWrite { path, replication, block_size, size, placement } => {
+                if *size == 0 || *size > u64::from(*block_size) {
+                    return Err(NsError::BadSize {
+                        path: path_str(path),
+                        size: *size,
+                        block_size: *block_size,
+                    });
+                }
+                self.create_file(path, *replication, *block_size, now)?;
+                let placement = std::slice::from_ref(placement);
+                let leased = self
+                    .expand(path, *size, 0, placement, now)
+                    .and_then(|_| self.lease(path, 0, session, now));
+                if leased.is_err() {
+                    // Deterministic on every replica: the new file goes again.
+                    self.remove(path, false, now).expect("the file was just made");
+                }
+                leased
             }
             Command::WriteLease { path, index } => self.lease(path, *index, session, now),
             Command::CommitWrite { path, index, version } => {
@@ -1555,6 +1599,14 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u16(*index);
             }
+            Command::CreateWrite { path, replication, block_size, size, placement } => {
+                w.u8(9);
+                write_path(&mut w, path);
+                w.u8(*replication).u32(*block_size).u64(*size).u8(placement.len() as u8);
+                for id in placement {
+                    w.u32(id.0);
+                }
+            }
             Command::CommitWrite { path, index, version } => {
                 w.u8(7);
                 write_path(&mut w, path);
@@ -1623,6 +1675,19 @@ impl Entry {
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
+            9 => {
+                let path = read_path(&mut r)?;
+                let replication = r.u8("replication")?;
+                let block_size = match r.u32("block size")? {
+                    0 => return Err(BodyError::Invalid { field: "block size", value: 0 }),
+                    n => n,
+                };
+                let size = r.u64("size")?;
+                let n = r.u8("replica count")?;
+                let placement =
+                    (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<Vec<_>, _>>()?;
+                Command::CreateWrite { path, replication, block_size, size, placement }
+            }
             8 => Command::SwapReplica {
                 path: read_path(&mut r)?,
                 index: r.u16("block index")?,
@@ -1800,6 +1865,9 @@ impl NsError {
             NsError::LeaseLost { path, index, version } => {
                 w.u8(17).str(path).u16(*index).u16(*version);
             }
+            NsError::BadSize { path, size, block_size } => {
+                w.u8(18).str(path).u64(*size).u32(*block_size);
+            }
         }
     }
 
@@ -1861,6 +1929,11 @@ impl NsError {
                 path: text(r)?,
                 index: r.u16("block index")?,
                 version: r.u16("version")?,
+            },
+            18 => NsError::BadSize {
+                path: text(r)?,
+                size: r.u64("size")?,
+                block_size: r.u32("block size")?,
             },
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
@@ -2163,6 +2236,47 @@ mod tests {
     }
 
     #[test]
+    fn a_create_write_makes_leases_and_commits_a_small_file_in_one_entry_or_nothing() {
+        let mut d = Driver::new();
+        let create_write = |d: &mut Driver, path: &str, size: u64, placement: Vec<NodeId>| {
+            d.run(Command::CreateWrite {
+                path: p(path),
+                replication: 2,
+                block_size: BS,
+                size,
+                placement,
+            })
+        };
+        let Outcome::Leased { block, base, replicas, .. } =
+            create_write(&mut d, "/f", 100, vec![NodeId(4), NodeId(5)])
+        else {
+            panic!("a lease")
+        };
+        assert_eq!(block.index, 0);
+        assert_eq!(base, BlockVersion(1), "the write starts from the empty first version");
+        assert_eq!(replicas, [NodeId(4), NodeId(5)]);
+        assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&100), "a small file takes little");
+        // Readers see it only once committed, as any leased write.
+        let Ok(Stat::File(meta)) = d.ns.stat(&p("/f")) else { panic!("a file") };
+        assert_eq!((meta.size, meta.blocks[0].descriptor.version), (100, BlockVersion(1)));
+        commit(&mut d, 0, block.version);
+        let Ok(Stat::File(meta)) = d.ns.stat(&p("/f")) else { panic!("a file") };
+        assert_eq!(meta.blocks[0].descriptor.version, block.version);
+
+        // Every failure leaves nothing behind.
+        let before = d.ns.list(&p("/")).unwrap();
+        let exists = failed(create_write(&mut d, "/f", 10, vec![NodeId(4), NodeId(5)]));
+        assert!(matches!(exists, NsError::AlreadyExists(_)), "{exists}");
+        let bad = failed(create_write(&mut d, "/g", 10, vec![NodeId(4), NodeId(4)]));
+        assert!(matches!(bad, NsError::BadPlacement { .. }), "{bad}");
+        let big = failed(create_write(&mut d, "/g", u64::from(BS) + 1, vec![NodeId(4)]));
+        assert!(big.to_string().contains("does not fit one block"), "{big}");
+        assert!(matches!(failed(create_write(&mut d, "/g", 0, vec![])), NsError::BadSize { .. }));
+        assert_eq!(d.ns.list(&p("/")).unwrap(), before);
+        assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&100));
+    }
+
+    #[test]
     fn racing_expands_placed_from_one_view_both_apply() {
         let mut d = Driver::new();
         d.create("/f");
@@ -2355,6 +2469,13 @@ mod tests {
             d.entry(Command::CreateFile { path: p("/a/g"), replication: 2, block_size: BS }),
             d.entry(Command::Remove { path: p("/a/b"), recursive: true }),
             d.entry(Command::Mkdir { path: p("/a/g/h"), parents: false }),
+            d.entry(Command::CreateWrite {
+                path: p("/a/s"),
+                replication: 2,
+                block_size: BS,
+                size: 100,
+                placement: vec![NodeId(4), NodeId(5)],
+            }),
         ]
     }
 

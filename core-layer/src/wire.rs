@@ -233,6 +233,16 @@ pub enum MetaOp {
         /// The destination (must not exist).
         to: MeshPath,
     },
+    /// A new file of `size` bytes (at most one block) with a write lease on its block, in
+    /// one consensus round: what a small file's create, expand and lease would do.
+    CreateWrite {
+        /// The file.
+        path: MeshPath,
+        /// Copies per block; 0 for the cluster's default.
+        replication: u8,
+        /// Its size, 1 byte to one block.
+        size: u64,
+    },
     /// `remove [-r]`.
     Remove {
         /// The path.
@@ -787,6 +797,11 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, from);
             write_path(w, to);
         }
+        MetaOp::CreateWrite { path, replication, size } => {
+            w.u8(12);
+            write_path(w, path);
+            w.u8(*replication).u64(*size);
+        }
         MetaOp::Remove { path, recursive } => {
             w.u8(4);
             write_path(w, path);
@@ -837,6 +852,11 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         1 => MetaOp::Mkdir { path: read_path(r)?, parents: r.bool("parents")? },
         2 => MetaOp::Create { path: read_path(r)?, replication: r.u8("replication")? },
         3 => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
+        12 => MetaOp::CreateWrite {
+            path: read_path(r)?,
+            replication: r.u8("replication")?,
+            size: r.u64("size")?,
+        },
         4 => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
         5 => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
         7 => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
@@ -1147,6 +1167,15 @@ mod tests {
                 session: 9,
                 request_id: 3,
                 op: MetaOp::Create { path: MeshPath::parse("/a/b").unwrap(), replication: 2 },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 5,
+                op: MetaOp::CreateWrite {
+                    path: MeshPath::parse("/a/c").unwrap(),
+                    replication: 0,
+                    size: 4096,
+                },
             }),
             Message::MetaRequest(MetaRequest {
                 session: 9,

@@ -315,6 +315,25 @@ impl MetaServer {
                 replication: if replication == 0 { self.default_replication } else { replication },
                 block_size: self.block_size,
             },
+            MetaOp::CreateWrite { path, replication, size } => {
+                let replication =
+                    if replication == 0 { self.default_replication } else { replication };
+                // One block at most (the state machine refuses more); room for what it holds.
+                let largest = size.min(u64::from(self.block_size));
+                match place(1, replication, largest, &self.loads(node)) {
+                    Ok(mut sets) => Command::CreateWrite {
+                        path,
+                        replication,
+                        block_size: self.block_size,
+                        size,
+                        placement: sets.pop().unwrap_or_default(),
+                    },
+                    Err(e) => {
+                        let err = NsError::Placement(e.to_string());
+                        return answer(node, waiter, MetaReply::Failed(err));
+                    }
+                }
+            }
             MetaOp::Rename { from, to } => Command::Rename { from, to },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
@@ -632,6 +651,7 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         }
         MetaOp::Mkdir { .. }
         | MetaOp::Create { .. }
+        | MetaOp::CreateWrite { .. }
         | MetaOp::Rename { .. }
         | MetaOp::Remove { .. }
         | MetaOp::Expand { .. }
