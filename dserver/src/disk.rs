@@ -11,8 +11,8 @@ use std::thread;
 
 use log::{debug, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion};
-use meshfs_core::wire::BlockData;
-use meshfs_net::{ConnId, Notifier};
+use meshfs_core::wire::{BlockData, Message};
+use meshfs_net::{ConnId, Frame, Notifier};
 
 use crate::block_store::{BlockStore, BlockWrite};
 
@@ -100,10 +100,8 @@ pub enum DiskDone {
     Read {
         /// The client's connection.
         conn: ConnId,
-        /// The client's request id.
-        request: u64,
-        /// The answer.
-        reply: BlockData,
+        /// The answer (a [`Message::BlockData`]), encoded and checksummed.
+        frame: Frame,
     },
 }
 
@@ -214,7 +212,10 @@ fn worker(
                     },
                     Err(err) => BlockData::Failed { message: err.to_string() },
                 };
-                Some(DiskDone::Read { conn, request, reply })
+                // Encoded and checksummed here, so the event loop only queues the bytes.
+                let message = Message::BlockData(reply);
+                let frame = Frame::checksummed(message.kind(), request, message.encode());
+                Some(DiskDone::Read { conn, frame })
             }
         };
         if let Some(result) = result

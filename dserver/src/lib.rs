@@ -326,9 +326,7 @@ impl DataServer {
                     self.progress(node, write);
                 }
                 DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
-                DiskDone::Read { conn, request, reply } => {
-                    node.reply(conn, Message::BlockData(reply).to_frame(request));
-                }
+                DiskDone::Read { conn, frame } => node.reply(conn, frame),
             }
         }
     }

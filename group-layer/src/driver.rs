@@ -280,11 +280,12 @@ impl Node {
                 Err(err) => self.group.handle_dial_failed(now, peer, &err.to_string()),
             },
             Action::Send { conn, priority, frame } => {
-                match self.net.send(conn, priority, frame.kind, frame.request_id, &frame.body) {
+                let kind = frame.kind;
+                match self.net.send_frame(conn, priority, frame) {
                     Ok(()) | Err(SendError::Closed) => {}
                     Err(err @ SendError::TooLarge { .. }) => {
                         // A caller bug (bulk data must be chunked): drop it, keep the link.
-                        log::error!("not sending message kind {} on {conn}: {err}", frame.kind);
+                        log::error!("not sending message kind {kind} on {conn}: {err}");
                     }
                     Err(err @ SendError::QueueFull { .. }) => {
                         // Control traffic is small; a full queue means the peer stopped

@@ -377,6 +377,28 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Queues `frame` for `conn` as [`EventLoop::send`] does, taking it: a large body is
+    /// queued without a copy, and a body checksum computed ahead
+    /// ([`Frame::checksummed`]) is used as it is.
+    pub fn send_frame(
+        &mut self,
+        conn: ConnId,
+        priority: Priority,
+        frame: Frame,
+    ) -> Result<(), SendError> {
+        let max = self.config.max_body_len as usize;
+        if frame.body.len() > max {
+            return Err(SendError::TooLarge { len: frame.body.len(), max });
+        }
+        let connection = self.conn_mut(conn).ok_or(SendError::Closed)?;
+        connection.out.push_owned(priority, frame)?;
+        if !connection.dirty {
+            connection.dirty = true;
+            self.dirty.push(conn);
+        }
+        Ok(())
+    }
+
     /// Closes `conn` after one attempt to write what is queued (so a refusal message sent just
     /// before reaches the peer). [`NetEvent::Closed`] with [`CloseReason::Local`] follows from
     /// the next `poll`. Closing a dead id does nothing.

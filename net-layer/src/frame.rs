@@ -86,7 +86,7 @@ pub enum FrameError {
 }
 
 /// A decoded frame: kind, request id and body. The checksums were verified on the way in.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Frame {
     /// Message kind, never 0. The net layer does not interpret it.
     pub kind: u16,
@@ -94,7 +94,18 @@ pub struct Frame {
     pub request_id: u64,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// The body's CRC-32, if computed ahead ([`Frame::checksummed`]); it must match `body`.
+    body_crc: Option<u32>,
 }
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        // The cached checksum is a cache: equal frames are equal on the wire.
+        (self.kind, self.request_id, &self.body) == (other.kind, other.request_id, &other.body)
+    }
+}
+
+impl Eq for Frame {}
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,7 +121,23 @@ impl std::fmt::Debug for Frame {
 impl Frame {
     /// A frame of `kind` answering or starting `request_id`, carrying `body`.
     pub fn new(kind: u16, request_id: u64, body: Vec<u8>) -> Frame {
-        Frame { kind, request_id, body }
+        Frame { kind, request_id, body, body_crc: None }
+    }
+
+    /// A frame whose body checksum is computed now, on the calling thread (a worker), so
+    /// that the event loop that sends it does not spend the time. Sending a large body then
+    /// moves it to the socket's queue without a copy.
+    pub fn checksummed(kind: u16, request_id: u64, body: Vec<u8>) -> Frame {
+        let body_crc = Some(crc32fast::hash(&body));
+        Frame { kind, request_id, body, body_crc }
+    }
+
+    /// The 28 header bytes of this frame (the body checksum computed unless cached).
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        match self.body_crc {
+            Some(crc) => header_with_crc(self.kind, self.request_id, self.body.len(), crc),
+            None => encode_header(self.kind, self.request_id, &self.body),
+        }
     }
 
     /// Bytes this frame takes on the wire.
@@ -129,8 +156,13 @@ impl Frame {
 /// Panics if `kind` is 0 or the body is longer than `u32::MAX`: both are caller bugs, since
 /// kinds are constants and bodies are built by code that bounds them.
 pub fn encode_header(kind: u16, request_id: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+    header_with_crc(kind, request_id, body.len(), crc32fast::hash(body))
+}
+
+/// The header for a body of `len` bytes whose CRC-32 is `body_crc`.
+fn header_with_crc(kind: u16, request_id: u64, len: usize, body_crc: u32) -> [u8; HEADER_LEN] {
     assert!(kind != 0, "frame kind 0 is reserved");
-    let body_len = u32::try_from(body.len()).expect("frame body longer than u32::MAX");
+    let body_len = u32::try_from(len).expect("frame body longer than u32::MAX");
     let mut header = [0u8; HEADER_LEN];
     BigEndian::write_u32(&mut header[0..4], MAGIC);
     header[4] = PROTOCOL_VERSION;
@@ -138,7 +170,7 @@ pub fn encode_header(kind: u16, request_id: u64, body: &[u8]) -> [u8; HEADER_LEN
     BigEndian::write_u16(&mut header[6..8], kind);
     BigEndian::write_u64(&mut header[8..16], request_id);
     BigEndian::write_u32(&mut header[16..20], body_len);
-    BigEndian::write_u32(&mut header[20..24], crc32fast::hash(body));
+    BigEndian::write_u32(&mut header[20..24], body_crc);
     let header_crc = crc32fast::hash(&header[0..24]);
     BigEndian::write_u32(&mut header[24..28], header_crc);
     header

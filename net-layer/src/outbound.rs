@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use crate::frame;
+use crate::frame::{self, Frame};
 
 /// Which queue a frame goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +53,9 @@ const MAX_IOVECS: usize = 64;
 /// size, so a burst of small frames costs one allocation and one iovec per 64 KiB, not one
 /// per frame. (Measured with `cargo bench -p meshfs-net --bench loopback`; see BENCHMARKS.md.)
 const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Bodies this large are queued as they are, not copied ([`Outbound::push_owned`]).
+const OWN_CHUNK_BYTES: usize = 16 * 1024;
 
 /// Encoded frames waiting to be written, in chunks: a chunk holds one or more whole frames.
 #[derive(Debug, Default)]
@@ -123,7 +126,8 @@ impl Outbound {
         let queue = self.queue_mut(priority);
         queue.bytes += len;
         match queue.frames.back_mut() {
-            Some(tail) if tail.len() + len <= COALESCE_BYTES => {
+            // Only into a chunk with the room already (an owned body must not be copied).
+            Some(tail) if tail.len() + len <= COALESCE_BYTES.min(tail.capacity()) => {
                 frame::encode(kind, request_id, body, tail)
             }
             _ => {
@@ -133,6 +137,28 @@ impl Outbound {
                 queue.frames.push_back(chunk);
             }
         }
+        Ok(())
+    }
+
+    /// Queues `frame`, taking its body: a body of [`OWN_CHUNK_BYTES`] or more becomes a
+    /// chunk of its own without a copy (its header goes before it); a smaller frame is
+    /// encoded as [`Outbound::push_frame`] does.
+    pub(crate) fn push_owned(&mut self, priority: Priority, frame: Frame) -> Result<(), SendError> {
+        if frame.body.len() < OWN_CHUNK_BYTES {
+            return self.push_frame(priority, frame.kind, frame.request_id, &frame.body);
+        }
+        let header = frame.header();
+        let len = frame::HEADER_LEN + frame.body.len();
+        self.admit(priority, len)?;
+        let queue = self.queue_mut(priority);
+        queue.bytes += len;
+        match queue.frames.back_mut() {
+            Some(tail) if tail.len() + header.len() <= COALESCE_BYTES.min(tail.capacity()) => {
+                tail.extend_from_slice(&header)
+            }
+            _ => queue.frames.push_back(header.to_vec()),
+        }
+        queue.frames.push_back(frame.body);
         Ok(())
     }
 
@@ -324,6 +350,29 @@ mod tests {
         }
         assert_eq!(decoder.decode().unwrap().unwrap().kind, 8);
         assert_eq!(decoder.decode().unwrap().unwrap().body, b"after");
+    }
+
+    #[test]
+    fn owned_bodies_are_queued_without_a_copy_and_decode_as_encoded_ones() {
+        let mut out = Outbound::new(1 << 20);
+        out.push_frame(Priority::Bulk, 5, 1, b"before").unwrap();
+        let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let body = big.clone();
+        let at = body.as_ptr();
+        out.push_owned(Priority::Bulk, Frame::checksummed(6, 2, body)).unwrap();
+        assert_eq!(out.bulk.frames.back().unwrap().as_ptr(), at, "the body itself is queued");
+        out.push_owned(Priority::Bulk, Frame::new(7, 3, b"after".to_vec())).unwrap();
+        assert_eq!(out.bulk.frames.len(), 3, "a small frame never lands in an owned body");
+        out.push_owned(Priority::Bulk, Frame::new(8, 4, big.clone())).unwrap();
+        assert_eq!(out.queued_bytes(), 4 * frame::HEADER_LEN + 6 + 5 + 2 * big.len());
+        let mut w = Trickle { budget: 7000, calls: 0, block_after: usize::MAX, out: Vec::new() };
+        assert!(out.flush(&mut w).unwrap());
+        let mut expected = Vec::new();
+        frame::encode(5, 1, b"before", &mut expected);
+        frame::encode(6, 2, &big, &mut expected);
+        frame::encode(7, 3, b"after", &mut expected);
+        frame::encode(8, 4, &big, &mut expected);
+        assert_eq!(w.out, expected, "a checksum computed ahead gives the same bytes");
     }
 
     #[test]
