@@ -232,8 +232,13 @@ fn check_header(bytes: &[u8], max_body_len: u32) -> Result<Header, FrameError> {
 /// extra copy, with [`Decoder::read_buf`] followed by [`Decoder::advance`]; then call
 /// [`Decoder::decode`] until it returns `Ok(None)`.
 ///
+/// A body of [`DIRECT_BODY`] bytes or more is read straight into the `Vec` the frame will
+/// own, once its header is validated: [`Decoder::read_buf`] hands out the rest of that body,
+/// so the bytes are not copied out of a shared buffer afterwards.
+///
 /// Memory bound: the buffer grows past [`READ_CHUNK`] only to hold a frame whose header has
-/// been validated, so it never exceeds `HEADER_LEN + max_body_len + READ_CHUNK` bytes.
+/// been validated, so it never exceeds `HEADER_LEN + max_body_len + READ_CHUNK` bytes; a
+/// direct body is at most `max_body_len` beside a buffer of at most two chunks.
 #[derive(Debug)]
 pub struct Decoder {
     /// Backing storage; bytes `start..end` are received and not yet decoded. Its length is
@@ -244,12 +249,35 @@ pub struct Decoder {
     max_body_len: u32,
     /// Set after the first error: a stream is not resynchronised after a bad frame.
     failed: Option<FrameError>,
+    /// A large frame whose body is being read in place.
+    direct: Option<Direct>,
+    /// Whether the last [`Decoder::read_buf`] handed out the direct body.
+    reading_direct: bool,
+}
+
+/// Bodies this large are read in place ([`Decoder`]).
+pub const DIRECT_BODY: usize = 32 * 1024;
+
+/// A large frame being received into its own body.
+#[derive(Debug)]
+struct Direct {
+    header: Header,
+    body: Vec<u8>,
+    filled: usize,
 }
 
 impl Decoder {
     /// A decoder accepting bodies up to `max_body_len` bytes.
     pub fn new(max_body_len: u32) -> Decoder {
-        Decoder { buf: Vec::new(), start: 0, end: 0, max_body_len, failed: None }
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_body_len,
+            failed: None,
+            direct: None,
+            reading_direct: false,
+        }
     }
 
     /// The largest body this decoder accepts.
@@ -265,17 +293,18 @@ impl Decoder {
 
     /// Bytes received and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.end - self.start
+        let direct = self.direct.as_ref().map_or(0, |d| HEADER_LEN + d.filled);
+        direct + self.end - self.start
     }
 
-    /// Bytes of memory the buffer holds (for tests of the memory bound).
+    /// Bytes of memory the buffers hold (for tests of the memory bound).
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.buf.capacity() + self.direct.as_ref().map_or(0, |d| d.body.capacity())
     }
 
     /// The most memory this decoder may ever hold.
     pub fn capacity_bound(&self) -> usize {
-        HEADER_LEN + self.max_body_len as usize + READ_CHUNK
+        HEADER_LEN + self.max_body_len as usize + 2 * READ_CHUNK
     }
 
     /// Total bytes (header + body) of the frame at the front, as far as known now.
@@ -292,6 +321,11 @@ impl Decoder {
     /// Space to read into. Write received bytes at its start, then call [`Decoder::advance`].
     /// Never empty.
     pub fn read_buf(&mut self) -> &mut [u8] {
+        self.reading_direct = self.direct.as_ref().is_some_and(|d| d.filled < d.body.len());
+        if self.reading_direct {
+            let direct = self.direct.as_mut().expect("checked");
+            return &mut direct.body[direct.filled..];
+        }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -320,6 +354,13 @@ impl Decoder {
 
     /// Records that `n` bytes were written at the start of the last [`Decoder::read_buf`].
     pub fn advance(&mut self, n: usize) {
+        if self.reading_direct
+            && let Some(direct) = &mut self.direct
+        {
+            assert!(direct.filled + n <= direct.body.len(), "advance past the read buffer");
+            direct.filled += n;
+            return;
+        }
         assert!(self.end + n <= self.buf.len(), "advance past the read buffer");
         self.end += n;
     }
@@ -341,6 +382,13 @@ impl Decoder {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
+        if let Some(direct) = &self.direct {
+            if direct.filled < direct.body.len() {
+                return Ok(None);
+            }
+            let Direct { header, body, .. } = self.direct.take().expect("checked");
+            return self.checked(header, body).map(Some);
+        }
         let have = &self.buf[self.start..self.end];
         if have.len() < HEADER_LEN {
             return Ok(None);
@@ -351,16 +399,29 @@ impl Decoder {
         };
         let total = HEADER_LEN + header.body_len as usize;
         if have.len() < total {
+            if header.body_len as usize >= DIRECT_BODY {
+                // The rest of this body is read in place: move what came so far into it.
+                let mut body = vec![0u8; header.body_len as usize];
+                let filled = have.len() - HEADER_LEN;
+                body[..filled].copy_from_slice(&have[HEADER_LEN..]);
+                self.direct = Some(Direct { header, body, filled });
+                self.start = 0;
+                self.end = 0;
+            }
             return Ok(None);
         }
-        let body = &have[HEADER_LEN..total];
-        let computed = crc32fast::hash(body);
+        let body = have[HEADER_LEN..total].to_vec();
+        self.start += total;
+        self.checked(header, body).map(Some)
+    }
+
+    /// The frame of `header` with `body`, once the body checksum matches.
+    fn checked(&mut self, header: Header, body: Vec<u8>) -> Result<Frame, FrameError> {
+        let computed = crc32fast::hash(&body);
         if computed != header.body_crc {
             return Err(self.fail(FrameError::BodyChecksum { computed, stored: header.body_crc }));
         }
-        let frame = Frame::new(header.kind, header.request_id, body.to_vec());
-        self.start += total;
-        Ok(Some(frame))
+        Ok(Frame::new(header.kind, header.request_id, body))
     }
 
     fn fail(&mut self, err: FrameError) -> FrameError {
@@ -547,7 +608,55 @@ mod tests {
         assert_eq!(frames, 3);
     }
 
+    #[test]
+    fn a_damaged_large_body_read_in_place_is_refused() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut bytes = Vec::new();
+        encode(3, 5, &body, &mut bytes);
+        bytes[HEADER_LEN + 70_000] ^= 4;
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.extend_from_slice(&bytes[..1000]);
+        assert_eq!(decoder.decode(), Ok(None), "the body is now read in place");
+        decoder.extend_from_slice(&bytes[1000..]);
+        assert!(matches!(decoder.decode(), Err(FrameError::BodyChecksum { .. })));
+    }
+
     proptest! {
+        #[test]
+        fn small_and_large_frames_decode_in_order_from_any_read_sizes(
+            sizes in proptest::collection::vec(
+                prop_oneof![0usize..200, DIRECT_BODY - 1..DIRECT_BODY + 1, 40_000usize..140_000],
+                1..6,
+            ),
+            reads in proptest::collection::vec(1usize..90_000, 1..40),
+        ) {
+            let frames: Vec<Frame> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Frame::new(7, i as u64, (0..n).map(|b| (b * 31 + i) as u8).collect()))
+                .collect();
+            let mut bytes = Vec::new();
+            for frame in &frames {
+                frame.encode(&mut bytes);
+            }
+            let mut decoder = Decoder::new(1 << 20);
+            let (mut input, mut out, mut k) = (&bytes[..], Vec::new(), 0);
+            while !input.is_empty() {
+                let space = decoder.read_buf();
+                let n = space.len().min(input.len()).min(reads[k % reads.len()]);
+                k += 1;
+                space[..n].copy_from_slice(&input[..n]);
+                decoder.advance(n);
+                input = &input[n..];
+                while let Some(frame) = decoder.decode().unwrap() {
+                    out.push(frame);
+                }
+                prop_assert!(decoder.capacity() <= decoder.capacity_bound());
+            }
+            prop_assert_eq!(out, frames);
+            prop_assert_eq!(decoder.buffered(), 0);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic_or_overallocate(
             bytes in proptest::collection::vec(any::<u8>(), 0..4096),
