@@ -24,8 +24,6 @@ use crate::meta::MetaClient;
 
 /// Chunks a block write may have unacknowledged.
 pub const WRITE_WINDOW: usize = 4;
-/// Bytes per checksummed segment (as the data-servers store them).
-const SEGMENT: u64 = 64 * 1024;
 /// How long a data-server may take to acknowledge a chunk or answer a read.
 const DATA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -227,12 +225,11 @@ impl DataClient {
         let end = offset + len;
         let mut at = offset;
         while at < end {
-            // Whole segments, at most one chunk's worth.
-            let seg_start = at / SEGMENT * SEGMENT;
-            let span = (end - seg_start).min(u64::from(MAX_CHUNK_BYTES));
+            // At most one chunk's worth; the reply checks it against its segments' checksums.
+            let span = (end - at).min(u64::from(MAX_CHUNK_BYTES));
             let conn = self.conn(replica)?;
             let id = conn.next_request_id();
-            let read = ReadBlock { block, offset: seg_start, len: span as u32 };
+            let read = ReadBlock { block, offset: at, len: span as u32 };
             conn.send(&Message::ReadBlock(read), id)?;
             let message = loop {
                 let (reply_id, message) = conn.recv(Instant::now() + DATA_TIMEOUT)?;
@@ -241,36 +238,23 @@ impl DataClient {
                 }
             };
             match message {
-                Message::BlockData(BlockData::Segments { first_segment, crcs, data, .. }) => {
-                    if u64::from(first_segment) * SEGMENT != seg_start {
-                        return Err(ClientError::DataRead {
-                            block: block.to_string(),
-                            reason: "segments out of place".into(),
-                        });
+                Message::BlockData(BlockData::Range(range)) => {
+                    let failed =
+                        |reason: String| ClientError::DataRead { block: block.to_string(), reason };
+                    range.verify().map_err(|e| failed(e.to_string()))?;
+                    let asked = end - at;
+                    if range.offset != at
+                        || range.data.is_empty()
+                        || range.data.len() as u64 > asked
+                    {
+                        return Err(failed(format!(
+                            "{} bytes at {} in reply to a read at {at}",
+                            range.data.len(),
+                            range.offset
+                        )));
                     }
-                    for (i, crc) in crcs.iter().enumerate() {
-                        let s = i * SEGMENT as usize;
-                        let e = (s + SEGMENT as usize).min(data.len());
-                        if s > e || crc32fast::hash(&data[s..e]) != *crc {
-                            return Err(ClientError::DataRead {
-                                block: block.to_string(),
-                                reason: format!(
-                                    "segment {} failed its checksum (damaged replica)",
-                                    first_segment as usize + i
-                                ),
-                            });
-                        }
-                    }
-                    let from = (at - seg_start) as usize;
-                    let to = ((end - seg_start) as usize).min(data.len());
-                    if to <= from {
-                        return Err(ClientError::DataRead {
-                            block: block.to_string(),
-                            reason: "short read".into(),
-                        });
-                    }
-                    out.extend_from_slice(&data[from..to]);
-                    at = seg_start + to as u64;
+                    out.extend_from_slice(&range.data);
+                    at += range.data.len() as u64;
                 }
                 Message::BlockData(BlockData::Failed { message }) => {
                     return Err(ClientError::DataRead {

@@ -77,6 +77,8 @@ pub const KIND_BLOCK_COMMITTED: u16 = 61;
 pub const MAX_REPORT_BLOCKS: usize = 16_384;
 /// Most data bytes in one write chunk or read reply.
 pub const MAX_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Bytes per checksummed segment of a stored block.
+pub const SEGMENT_BYTES: u64 = 64 * 1024;
 const _: () =
     assert!(MAX_CHUNK_BYTES as usize + 4096 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
 /// Kind of [`Message::MetaRequest`].
@@ -177,25 +179,123 @@ pub struct ReadBlock {
     pub len: u32,
 }
 
-/// Whole segments of a block with their stored checksums, or why not.
+/// The bytes of a block asked for, with their segments' stored checksums, or why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockData {
-    /// The segments covering the range asked for.
-    Segments {
-        /// Index of the first segment.
-        first_segment: u32,
-        /// Valid bytes in the block.
-        block_len: u64,
-        /// Stored CRC-32 per segment.
-        crcs: Vec<u32>,
-        /// The segments' bytes.
-        data: Vec<u8>,
-    },
+    /// The range asked for.
+    Range(RangeRead),
     /// The read failed (no replica, wrong version, damaged segment, out of range).
     Failed {
         /// Why.
         message: String,
     },
+}
+
+/// A range of a block with what checks it, end to end, against the CRC-32 the data-server
+/// stored for each 64 KiB segment when the block was written.
+///
+/// Only the bytes asked for travel. The parts of the first and last segments outside them
+/// come as their CRC-32s (`head_crc`, `tail_crc`), so the reader recomputes each segment's
+/// checksum from its own bytes by CRC combination (`crc(a || b)` from `crc(a)`, `crc(b)`
+/// and `len(b)`) and compares it with the stored one: a byte changed anywhere in a
+/// segment, on disk, in memory or on the wire, fails the check just as if the whole
+/// segment had been sent. A 4 KiB read moves 4 KiB, not 64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeRead {
+    /// Index of the first segment the range touches.
+    pub first_segment: u32,
+    /// Valid bytes in the block.
+    pub block_len: u64,
+    /// Block offset of `data[0]`.
+    pub offset: u64,
+    /// Stored CRC-32 of each segment the range touches, from `first_segment` on.
+    pub crcs: Vec<u32>,
+    /// CRC-32 of the first segment's bytes before `offset`.
+    pub head_crc: u32,
+    /// CRC-32 of the last segment's bytes after the range.
+    pub tail_crc: u32,
+    /// The bytes asked for.
+    pub data: Vec<u8>,
+}
+
+/// Why a [`RangeRead`] does not check out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// A segment's bytes do not match its stored checksum: the replica is damaged.
+    #[error("segment {0} failed its checksum (damaged replica)")]
+    Damaged(u32),
+    /// The reply does not describe a range of the block.
+    #[error("malformed range: {0}")]
+    Malformed(&'static str),
+}
+
+impl RangeRead {
+    /// Cuts the range `offset..offset + len` (clamped to the block) out of whole segments
+    /// read from disk, starting with segment `first_segment`, whose stored checksums are
+    /// `crcs`. The data-server's side.
+    pub fn from_segments(
+        first_segment: u32,
+        block_len: u64,
+        crcs: Vec<u32>,
+        mut segments: Vec<u8>,
+        offset: u64,
+        len: u64,
+    ) -> RangeRead {
+        let start = u64::from(first_segment) * SEGMENT_BYTES;
+        let head = (offset.saturating_sub(start) as usize).min(segments.len());
+        let end = ((offset + len).min(block_len).saturating_sub(start) as usize)
+            .clamp(head, segments.len());
+        let head_crc = crc32fast::hash(&segments[..head]);
+        let tail_crc = crc32fast::hash(&segments[end..]);
+        segments.truncate(end);
+        segments.drain(..head);
+        RangeRead {
+            first_segment,
+            block_len,
+            offset: start + head as u64,
+            crcs,
+            head_crc,
+            tail_crc,
+            data: segments,
+        }
+    }
+
+    /// Recomputes every segment's checksum from the data and the head and tail checksums,
+    /// and compares it with the stored one. The reader's side.
+    pub fn verify(&self) -> Result<(), RangeError> {
+        let start = u64::from(self.first_segment) * SEGMENT_BYTES;
+        let end = self.offset + self.data.len() as u64;
+        if self.offset < start || self.offset - start >= SEGMENT_BYTES || end > self.block_len {
+            return Err(RangeError::Malformed("the data is not where its segments are"));
+        }
+        let last = if self.data.is_empty() { start } else { end - 1 } / SEGMENT_BYTES;
+        let count = last + 1 - u64::from(self.first_segment);
+        if self.crcs.len() as u64 != count {
+            return Err(RangeError::Malformed("one stored checksum per segment expected"));
+        }
+        for (i, stored) in self.crcs.iter().enumerate() {
+            let s = start + i as u64 * SEGMENT_BYTES;
+            let e = (s + SEGMENT_BYTES).min(self.block_len);
+            let mut crc = if i == 0 {
+                crc32fast::Hasher::new_with_initial_len(self.head_crc, self.offset - s)
+            } else {
+                crc32fast::Hasher::new()
+            };
+            let from = (s.max(self.offset) - self.offset) as usize;
+            let to = (e.min(end) - self.offset) as usize;
+            let mut mid = crc32fast::Hasher::new();
+            mid.update(&self.data[from..to.max(from)]);
+            crc.combine(&mid);
+            if i + 1 == self.crcs.len() {
+                let tail = e.saturating_sub(end);
+                crc.combine(&crc32fast::Hasher::new_with_initial_len(self.tail_crc, tail));
+            }
+            if crc.finalize() != *stored {
+                return Err(RangeError::Damaged(self.first_segment + i as u32));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A namespace request from a client.
@@ -646,12 +746,13 @@ impl Message {
                 r.block.write(&mut w);
                 w.u64(r.offset).u32(r.len);
             }
-            Message::BlockData(BlockData::Segments { first_segment, block_len, crcs, data }) => {
-                w.u8(1).u32(*first_segment).u64(*block_len).u32(crcs.len() as u32);
-                for crc in crcs {
+            Message::BlockData(BlockData::Range(r)) => {
+                w.u8(3).u32(r.first_segment).u64(r.block_len).u64(r.offset);
+                w.u32(r.head_crc).u32(r.tail_crc).u32(r.crcs.len() as u32);
+                for crc in &r.crcs {
                     w.u32(*crc);
                 }
-                w.bytes(data);
+                w.bytes(&r.data);
             }
             Message::BlockData(BlockData::Failed { message }) => {
                 w.u8(2).str(message);
@@ -753,16 +854,27 @@ fn read_data_report(r: &mut BodyReader<'_>) -> Result<DataReport, BodyError> {
 
 fn read_block_data(r: &mut BodyReader<'_>) -> Result<BlockData, BodyError> {
     match r.u8("block data")? {
-        1 => {
+        3 => {
             let first_segment = r.u32("first segment")?;
             let block_len = r.u64("block length")?;
+            let offset = r.u64("offset")?;
+            let head_crc = r.u32("head crc")?;
+            let tail_crc = r.u32("tail crc")?;
             let count = r.u32("crc count")?;
-            if count > MAX_CHUNK_BYTES / (64 * 1024) + 1 {
+            if u64::from(count) > u64::from(MAX_CHUNK_BYTES) / SEGMENT_BYTES + 1 {
                 return Err(BodyError::Invalid { field: "crc count", value: u64::from(count) });
             }
             let crcs = (0..count).map(|_| r.u32("crc")).collect::<Result<_, _>>()?;
             let data = r.bytes("data")?.to_vec();
-            Ok(BlockData::Segments { first_segment, block_len, crcs, data })
+            Ok(BlockData::Range(RangeRead {
+                first_segment,
+                block_len,
+                offset,
+                crcs,
+                head_crc,
+                tail_crc,
+                data,
+            }))
         }
         2 => Ok(BlockData::Failed { message: r.str("message")?.to_string() }),
         other => Err(BodyError::Invalid { field: "block data", value: u64::from(other) }),
@@ -1260,12 +1372,15 @@ mod tests {
                 offset: 65536,
                 len: 100,
             }),
-            Message::BlockData(BlockData::Segments {
+            Message::BlockData(BlockData::Range(RangeRead {
                 first_segment: 1,
                 block_len: 70_000,
+                offset: 65_600,
                 crcs: vec![7],
+                head_crc: 8,
+                tail_crc: 9,
                 data: vec![0; 10],
-            }),
+            })),
             Message::BlockData(BlockData::Failed { message: "no replica".into() }),
             Message::MetaRequest(MetaRequest {
                 session: 3,
@@ -1402,7 +1517,79 @@ mod tests {
         ));
     }
 
+    /// The range `offset..offset + len` of `block` as a data-server cuts it from whole
+    /// segments with their stored checksums.
+    fn range_of(block: &[u8], offset: u64, len: u64) -> RangeRead {
+        let seg = SEGMENT_BYTES as usize;
+        let crcs: Vec<u32> = block.chunks(seg).map(crc32fast::hash).collect();
+        let first = offset as usize / seg;
+        let end = (offset + len).min(block.len() as u64) as usize;
+        let last = if end <= offset as usize { first } else { (end - 1) / seg };
+        let bytes = block[first * seg..((last + 1) * seg).min(block.len())].to_vec();
+        RangeRead::from_segments(
+            first as u32,
+            block.len() as u64,
+            crcs[first..=last].to_vec(),
+            bytes,
+            offset,
+            len,
+        )
+    }
+
+    #[test]
+    fn a_range_checks_its_segments_without_carrying_them() {
+        let block: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let read = range_of(&block, 70_000, 4096);
+        assert_eq!(read.data, &block[70_000..74_096]);
+        assert_eq!(read.verify(), Ok(()));
+        let mut bad = read.clone();
+        bad.data[100] ^= 1;
+        assert_eq!(bad.verify(), Err(RangeError::Damaged(1)));
+        let mut bad = read.clone();
+        bad.head_crc ^= 1;
+        assert_eq!(bad.verify(), Err(RangeError::Damaged(1)), "a damaged head");
+        let mut bad = read.clone();
+        bad.tail_crc ^= 1;
+        assert_eq!(bad.verify(), Err(RangeError::Damaged(1)), "a damaged tail");
+        let mut bad = read.clone();
+        bad.offset += 1;
+        assert_eq!(bad.verify(), Err(RangeError::Damaged(1)), "bytes claimed at the wrong place");
+        let mut bad = read;
+        bad.offset = 0;
+        assert!(matches!(bad.verify(), Err(RangeError::Malformed(_))));
+        // Across three segments to the block's end (the last segment is short).
+        let read = range_of(&block, 100_000, 200_000);
+        assert_eq!(read.data, &block[100_000..]);
+        assert_eq!(read.crcs.len(), 3);
+        assert_eq!(read.verify(), Ok(()));
+        let mut bad = read;
+        bad.data[200_000 - 100_000 - 1] ^= 0x80;
+        assert_eq!(bad.verify(), Err(RangeError::Damaged(3)));
+    }
+
     proptest! {
+        #[test]
+        fn any_range_of_any_block_verifies_and_any_flipped_bit_is_caught(
+            len in 1usize..300_000,
+            at in any::<prop::sample::Index>(),
+            want in 0u64..200_000,
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let block: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
+            let offset = at.index(len) as u64;
+            let read = range_of(&block, offset, want);
+            let end = (offset + want).min(len as u64) as usize;
+            prop_assert_eq!(&read.data[..], &block[offset as usize..end]);
+            prop_assert_eq!(read.verify(), Ok(()));
+            if !read.data.is_empty() {
+                let mut bad = read.clone();
+                let bit = flip.index(bad.data.len() * 8);
+                bad.data[bit / 8] ^= 1 << (bit % 8);
+                let segment = (offset as usize + bit / 8) / SEGMENT_BYTES as usize;
+                prop_assert_eq!(bad.verify(), Err(RangeError::Damaged(segment as u32)));
+            }
+        }
+
         #[test]
         fn arbitrary_bodies_never_panic(kind in 32u16..40, body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Message::decode(&Frame::new(kind, 0, body));

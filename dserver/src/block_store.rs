@@ -48,7 +48,7 @@ use log::{info, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
 
 /// Bytes per checksummed segment.
-pub const SEGMENT_BYTES: u64 = 64 * 1024;
+pub const SEGMENT_BYTES: u64 = meshfs_core::wire::SEGMENT_BYTES;
 const HEADER_BYTES: u64 = 64;
 const MAGIC: &[u8; 4] = b"MBLK";
 const FORMAT: u16 = 1;

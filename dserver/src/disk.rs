@@ -11,7 +11,7 @@ use std::thread;
 
 use log::{debug, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion};
-use meshfs_core::wire::{BlockData, Message};
+use meshfs_core::wire::{BlockData, Message, RangeRead};
 use meshfs_net::{ConnId, Frame, Notifier};
 
 use crate::block_store::{BlockStore, BlockWrite};
@@ -204,12 +204,15 @@ fn worker(
             }
             DiskJob::Read { conn, request, block, offset, len } => {
                 let reply = match store.read(block, offset, u64::from(len)) {
-                    Ok(read) => BlockData::Segments {
-                        first_segment: read.first_segment,
-                        block_len: read.block_len,
-                        crcs: read.crcs,
-                        data: read.data,
-                    },
+                    // Only the bytes asked for go back, with what checks their segments.
+                    Ok(read) => BlockData::Range(RangeRead::from_segments(
+                        read.first_segment,
+                        read.block_len,
+                        read.crcs,
+                        read.data,
+                        offset,
+                        u64::from(len),
+                    )),
                     Err(err) => BlockData::Failed { message: err.to_string() },
                 };
                 // Encoded and checksummed here, so the event loop only queues the bytes.
