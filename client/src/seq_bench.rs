@@ -221,6 +221,13 @@ pub fn run(
     let outcome = written.and_then(|w| {
         results.push(seq_result("seqwrite", w));
         if bench.read {
+            // A cold read, where the data-servers' disks are on this machine (a local
+            // cluster): their block files are dropped from the page cache first.
+            match drop_cached(config) {
+                Ok(0) => report("data-servers' disks not on this machine: the read may be warm"),
+                Ok(n) => report(&format!("dropped {n} block files from the page cache")),
+                Err(err) => report(&format!("could not drop the page cache: {err}")),
+            }
             let read = phase("seqread", bench.files, ("MB", 1e6), &mut report, |i, steps| {
                 let (mut meta, mut data) = clients()?;
                 data::get(&mut meta, &mut data, &path(i), &mut Sink, steps)
@@ -235,6 +242,39 @@ pub fn run(
         report(&format!("could not remove {dir}: {err}"));
     }
     outcome.map(|()| results)
+}
+
+/// Drops every file under the data directories of the config's data-servers that exist on
+/// this machine from the page cache (their pages are clean: every block was fsynced).
+/// Returns how many files were dropped.
+pub fn drop_cached(config: &Config) -> std::io::Result<usize> {
+    fn walk(dir: &std::path::Path, dropped: &mut usize) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(&entry.path(), dropped)?;
+            } else if kind.is_file() {
+                let file = std::fs::File::open(entry.path())?;
+                nix::fcntl::posix_fadvise(
+                    &file,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                )
+                .map_err(std::io::Error::from)?;
+                *dropped += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut dropped = 0;
+    for server in config.servers_of(meshfs_group::Role::DServer) {
+        if server.data_dir.is_dir() {
+            walk(&server.data_dir, &mut dropped)?;
+        }
+    }
+    Ok(dropped)
 }
 
 fn now_ms() -> u128 {

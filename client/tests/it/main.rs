@@ -1242,6 +1242,17 @@ fn bench_seqread_and_seqwrite_report_json_with_limits_and_clean_up() {
                 >= json["results"]["p50_us"].as_u64().unwrap()
         );
         assert!(json.get("ratios").is_none(), "no limits were measured");
+        if workload == "seqread" {
+            // The data-servers' disks are here: the read is cold, every replica dropped.
+            let stderr = text(&out.stderr);
+            let dropped: usize = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("bench: dropped "))
+                .and_then(|l| l.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no cache drop reported in {stderr}"));
+            assert!(dropped >= 4, "2 files of one block at R=2 are 4 replicas: {stderr}");
+        }
     }
     // With the limits measured beside it: the ratio is the result over its limit.
     let out = meshfs(&cluster, &["bench", "seqwrite", "--size", "2MiB", "--with-limits", "--json"]);
