@@ -55,6 +55,8 @@ pub struct SeqResult {
     pub p999_us: u64,
     /// Slowest, microseconds.
     pub max_us: u64,
+    /// For a read: whether the data-servers' files were dropped from the page cache first.
+    pub cold: Option<bool>,
 }
 
 /// Pseudo-random bytes, `left` of them.
@@ -181,6 +183,7 @@ fn seq_result(workload: &'static str, phase: Phase) -> SeqResult {
         p99_us: l.value_at_quantile(0.99),
         p999_us: l.value_at_quantile(0.999),
         max_us: l.max(),
+        cold: None,
     }
 }
 
@@ -223,16 +226,25 @@ pub fn run(
         if bench.read {
             // A cold read, where the data-servers' disks are on this machine (a local
             // cluster): their block files are dropped from the page cache first.
-            match drop_cached(config) {
-                Ok(0) => report("data-servers' disks not on this machine: the read may be warm"),
-                Ok(n) => report(&format!("dropped {n} block files from the page cache")),
-                Err(err) => report(&format!("could not drop the page cache: {err}")),
-            }
+            let cold = match drop_cached(config) {
+                Ok(0) => {
+                    report("data-servers' disks not on this machine: the read may be warm");
+                    false
+                }
+                Ok(n) => {
+                    report(&format!("dropped {n} block files from the page cache"));
+                    true
+                }
+                Err(err) => {
+                    report(&format!("could not drop the page cache: {err}"));
+                    false
+                }
+            };
             let read = phase("seqread", bench.files, ("MB", 1e6), &mut report, |i, steps| {
                 let (mut meta, mut data) = clients()?;
                 data::get(&mut meta, &mut data, &path(i), &mut Sink, steps)
             })?;
-            results.push(seq_result("seqread", read));
+            results.push(SeqResult { cold: Some(cold), ..seq_result("seqread", read) });
         }
         Ok(())
     });
@@ -311,7 +323,11 @@ pub fn to_json(
 ) -> String {
     let mut json = serde_json::json!({
         "workload": result.workload,
-        "params": { "size": bench.size, "files": bench.files, "replication": bench.replication },
+        "params": {
+            "size": bench.size,
+            "files": bench.files,
+            "replication": bench.replication,
+        },
         "results": {
             "mb_s": (result.mb_s * 10.0).round() / 10.0,
             "p50_us": result.p50_us,
@@ -320,6 +336,9 @@ pub fn to_json(
             "max_us": result.max_us,
         },
     });
+    if let Some(cold) = result.cold {
+        json["params"]["cold"] = cold.into();
+    }
     if let Some(limits) = limits {
         let limit = if result.workload == "seqwrite" {
             limits.disk_write_fsync_mb_s

@@ -1252,6 +1252,7 @@ fn bench_seqread_and_seqwrite_report_json_with_limits_and_clean_up() {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("no cache drop reported in {stderr}"));
             assert!(dropped >= 4, "2 files of one block at R=2 are 4 replicas: {stderr}");
+            assert_eq!(json["params"]["cold"], true, "{json}");
         }
     }
     // With the limits measured beside it: the ratio is the result over its limit.
