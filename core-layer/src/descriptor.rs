@@ -14,10 +14,33 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use meshfs_group::NodeId;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 /// Most blocks in one file: block indexes are 16 bits.
 pub const MAX_BLOCKS_PER_FILE: u32 = 1 << 16;
+
+/// Most copies of a block: replication is 1 to 16.
+pub const MAX_REPLICAS: u8 = 16;
+
+/// Writes a replica set (a block's data-servers, in chain order): a count, then each id.
+/// The one encoding of a replica set, in messages, log entries, snapshots and tokens.
+pub fn write_replicas(w: &mut BodyWriter, replicas: &[NodeId]) {
+    let count = u8::try_from(replicas.len()).ok().filter(|&n| n <= MAX_REPLICAS);
+    w.u8(count.expect("a replica set has at most 16 data-servers"));
+    for id in replicas {
+        w.u32(id.0);
+    }
+}
+
+/// Reads what [`write_replicas`] wrote; a count over [`MAX_REPLICAS`] is refused.
+pub fn read_replicas(r: &mut BodyReader<'_>) -> Result<Vec<NodeId>, BodyError> {
+    let count = r.u8("replica count")?;
+    if count > MAX_REPLICAS {
+        return Err(BodyError::Invalid { field: "replica count", value: u64::from(count) });
+    }
+    (0..count).map(|_| r.u32("replica").map(NodeId)).collect()
+}
 
 /// A file's id: unique in the namespace for as long as the cluster lives (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +143,20 @@ impl BlockDescriptor {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn replica_sets_round_trip_and_more_than_sixteen_are_refused() {
+        let set: Vec<NodeId> = (1..=16).map(NodeId).collect();
+        let mut w = BodyWriter::new();
+        write_replicas(&mut w, &set);
+        let bytes = w.finish();
+        assert_eq!(read_replicas(&mut BodyReader::new(&bytes)).unwrap(), set);
+        let mut too_many = bytes;
+        too_many[0] = 17;
+        too_many.extend_from_slice(&17u32.to_be_bytes());
+        let err = read_replicas(&mut BodyReader::new(&too_many)).unwrap_err();
+        assert!(matches!(err, BodyError::Invalid { field: "replica count", value: 17 }), "{err}");
+    }
 
     #[test]
     fn versions_compare_across_the_wrap() {

@@ -22,7 +22,8 @@ use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use crate::descriptor::{
-    BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE,
+    BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE, MAX_REPLICAS,
+    read_replicas, write_replicas,
 };
 use crate::path::{MeshPath, PathError};
 
@@ -913,7 +914,7 @@ impl Namespace {
         block_size: u32,
         now: u64,
     ) -> Result<Outcome, NsError> {
-        if !(1..=16).contains(&replication) {
+        if !(1..=MAX_REPLICAS).contains(&replication) {
             return Err(NsError::BadReplication(replication));
         }
         assert!(block_size > 0, "block size 0 reached the state machine");
@@ -1352,10 +1353,8 @@ impl Namespace {
                     w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
                     w.u64(f.ctime_ms).u64(f.mtime_ms).u32(f.blocks.len() as u32);
                     for block in &f.blocks {
-                        w.u16(block.version.0).u8(block.replicas.len() as u8);
-                        for replica in block.replicas.iter() {
-                            w.u32(replica.0);
-                        }
+                        w.u16(block.version.0);
+                        write_replicas(&mut w, &block.replicas);
                     }
                 }
             }
@@ -1424,10 +1423,7 @@ impl Namespace {
                         Vec::with_capacity((block_count as usize).min(r.remaining() / 3));
                     for _ in 0..block_count {
                         let version = BlockVersion(r.u16("block version")?);
-                        let n = r.u8("replica count")?;
-                        let replicas = (0..n)
-                            .map(|_| r.u32("replica").map(NodeId))
-                            .collect::<Result<Vec<_>, _>>()?;
+                        let replicas = read_replicas(&mut r)?;
                         blocks.push(Block { version, replicas: replicas.into_boxed_slice() });
                     }
                     let blocks = blocks.into_boxed_slice();
@@ -1588,10 +1584,7 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u64(*size).u32(*first_block).u32(placement.len() as u32);
                 for set in placement {
-                    w.u8(set.len() as u8);
-                    for id in set {
-                        w.u32(id.0);
-                    }
+                    write_replicas(&mut w, set);
                 }
             }
             Command::WriteLease { path, index } => {
@@ -1602,10 +1595,8 @@ impl Entry {
             Command::CreateWrite { path, replication, block_size, size, placement } => {
                 w.u8(9);
                 write_path(&mut w, path);
-                w.u8(*replication).u32(*block_size).u64(*size).u8(placement.len() as u8);
-                for id in placement {
-                    w.u32(id.0);
-                }
+                w.u8(*replication).u32(*block_size).u64(*size);
+                write_replicas(&mut w, placement);
             }
             Command::CommitWrite { path, index, version } => {
                 w.u8(7);
@@ -1664,12 +1655,7 @@ impl Entry {
                 }
                 let mut placement = Vec::with_capacity((count as usize).min(r.remaining()));
                 for _ in 0..count {
-                    let n = r.u8("replica count")?;
-                    placement.push((0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<
-                        Vec<_>,
-                        _,
-                    >>(
-                    )?);
+                    placement.push(read_replicas(&mut r)?);
                 }
                 Command::ExpandFile { path, size, first_block, placement }
             }
@@ -1683,9 +1669,7 @@ impl Entry {
                     n => n,
                 };
                 let size = r.u64("size")?;
-                let n = r.u8("replica count")?;
-                let placement =
-                    (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<Vec<_>, _>>()?;
+                let placement = read_replicas(&mut r)?;
                 Command::CreateWrite { path, replication, block_size, size, placement }
             }
             8 => Command::SwapReplica {
@@ -1705,18 +1689,6 @@ impl Entry {
         r.finish()?;
         Ok(Entry { session, request_id, time_ms, command })
     }
-}
-
-fn write_replica_set(w: &mut BodyWriter, replicas: &[NodeId]) {
-    w.u8(replicas.len() as u8);
-    for r in replicas {
-        w.u32(r.0);
-    }
-}
-
-fn read_replica_set(r: &mut BodyReader<'_>) -> Result<Vec<NodeId>, BodyError> {
-    let n = r.u8("replica count")?;
-    (0..n).map(|_| r.u32("replica").map(NodeId)).collect()
 }
 
 fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
@@ -1743,16 +1715,16 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
             w.u8(8);
             block.write(w);
             w.u16(base.0).u64(*expires_ms);
-            write_replica_set(w, replicas);
+            write_replicas(w, replicas);
         }
         Outcome::Swapped { replicas } => {
             w.u8(10);
-            write_replica_set(w, replicas);
+            write_replicas(w, replicas);
         }
         Outcome::Committed { block, replicas } => {
             w.u8(9);
             block.write(w);
-            write_replica_set(w, replicas);
+            write_replicas(w, replicas);
         }
         Outcome::Removed { files, dirs } => {
             w.u8(5).u64(*files).u64(*dirs);
@@ -1783,7 +1755,7 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
         // token that has run out, and asks again).
         7 => {
             let block = BlockDescriptor::read(r)?;
-            let replicas = read_replica_set(r)?;
+            let replicas = read_replicas(r)?;
             let base = BlockVersion(block.version.0.wrapping_sub(1));
             Outcome::Leased { block, base, replicas, expires_ms: 0 }
         }
@@ -1791,12 +1763,10 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
             let block = BlockDescriptor::read(r)?;
             let base = BlockVersion(r.u16("base version")?);
             let expires_ms = r.u64("lease expiry")?;
-            Outcome::Leased { block, base, replicas: read_replica_set(r)?, expires_ms }
+            Outcome::Leased { block, base, replicas: read_replicas(r)?, expires_ms }
         }
-        10 => Outcome::Swapped { replicas: read_replica_set(r)? },
-        9 => {
-            Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replica_set(r)? }
-        }
+        10 => Outcome::Swapped { replicas: read_replicas(r)? },
+        9 => Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replicas(r)? },
         5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
         6 => Outcome::Failed(NsError::read(r)?),
         other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),

@@ -16,7 +16,7 @@ use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 use sha2::Sha256;
 
-use crate::descriptor::{BlockDescriptor, BlockVersion};
+use crate::descriptor::{BlockDescriptor, BlockVersion, read_replicas, write_replicas};
 
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,13 +94,6 @@ fn mac(
     fields.u32(client.0).u64(expires_ms);
     mac.update(&fields.finish());
     mac
-}
-
-fn write_replicas(w: &mut BodyWriter, replicas: &[NodeId]) {
-    w.u8(u8::try_from(replicas.len()).expect("at most 16 replicas"));
-    for id in replicas {
-        w.u32(id.0);
-    }
 }
 
 impl Token {
@@ -181,12 +174,7 @@ impl Token {
             1 => TokenOp::Write,
             other => return Err(BodyError::Invalid { field: "token op", value: u64::from(other) }),
         };
-        let count = r.u8("replica count")?;
-        if count > 16 {
-            return Err(BodyError::Invalid { field: "replica count", value: u64::from(count) });
-        }
-        let replicas =
-            (0..count).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
+        let replicas = read_replicas(r)?;
         Ok(Token {
             block,
             base,

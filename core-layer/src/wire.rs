@@ -44,7 +44,9 @@
 
 use meshfs_group::{NodeId, Role};
 
-use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor};
+use crate::descriptor::{
+    BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
+};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
 use crate::path::MeshPath;
 use crate::token::Token;
@@ -1014,10 +1016,7 @@ fn write_stat(w: &mut BodyWriter, stat: &Stat) {
             w.u32(meta.blocks.len() as u32);
             for block in &meta.blocks {
                 block.descriptor.write(w);
-                w.u8(block.replicas.len() as u8);
-                for replica in &block.replicas {
-                    w.u32(replica.0);
-                }
+                write_replicas(w, &block.replicas);
             }
         }
     }
@@ -1044,9 +1043,7 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
             let mut blocks = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let descriptor = BlockDescriptor::read(r)?;
-                let n = r.u8("replica count")?;
-                let replicas =
-                    (0..n).map(|_| r.u32("replica").map(NodeId)).collect::<Result<_, _>>()?;
+                let replicas = read_replicas(r)?;
                 blocks.push(BlockMeta { descriptor, replicas });
             }
             Ok(Stat::File(FileMeta {
