@@ -240,30 +240,14 @@ impl Connection {
         self.write_frame(&request.to_frame(request_id))?;
         let deadline = Instant::now() + self.timeout;
         loop {
-            let frame = self.read_frame(deadline)?;
-            if frame.kind < FIRST_APP_KIND {
-                match GroupMessage::decode(frame.kind, &frame.body) {
-                    Ok(GroupMessage::Ping { seq }) => {
-                        self.send_group(&GroupMessage::Pong { seq })?
-                    }
-                    Ok(GroupMessage::Refuse { reason }) => {
-                        return Err(ClientError::Refused { addr: self.addr, reason });
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if frame.request_id != request_id {
+            match self.recv(deadline)? {
                 // An answer to an earlier request that timed out: not ours.
-                continue;
-            }
-            return match Message::decode(&frame) {
-                Ok(Message::Error { code, message }) => {
-                    Err(ClientError::Server { addr: self.addr, code, message })
+                (id, _) if id != request_id => {}
+                (_, Message::Error { code, message }) => {
+                    return Err(ClientError::Server { addr: self.addr, code, message });
                 }
-                Ok(message) => Ok(message),
-                Err(err) => Err(self.protocol(err.to_string())),
-            };
+                (_, message) => return Ok(message),
+            }
         }
     }
 }
