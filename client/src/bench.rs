@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
+use crate::seq_bench::{Latency, histogram};
 use meshfs_group::Config;
 
 /// What the `meta` workload does.
@@ -44,19 +45,9 @@ pub struct OpResult {
     pub seconds: f64,
     /// Operations per second.
     pub ops_per_s: f64,
-    /// Median latency, microseconds.
-    pub p50_us: u64,
-    /// 99th percentile, microseconds.
-    pub p99_us: u64,
-    /// 99.9th percentile, microseconds.
-    pub p999_us: u64,
-    /// Slowest, microseconds.
-    pub max_us: u64,
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 us to 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+    /// Latency percentiles.
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 /// Runs `op` for each of a client's items, timing each; returns the latencies.
@@ -88,10 +79,7 @@ fn result(
         ops,
         seconds,
         ops_per_s: ops as f64 / seconds.max(1e-9),
-        p50_us: latencies.value_at_quantile(0.50),
-        p99_us: latencies.value_at_quantile(0.99),
-        p999_us: latencies.value_at_quantile(0.999),
-        max_us: latencies.max(),
+        latency: Latency::of(latencies),
     }
 }
 
@@ -233,7 +221,14 @@ pub fn render(results: &[OpResult]) -> String {
         let _ = writeln!(
             out,
             "{:>7}  {:<6} {:>8} {:>10.0} {:>9} {:>9} {:>9} {:>9}",
-            r.clients, r.op, r.ops, r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.max_us
+            r.clients,
+            r.op,
+            r.ops,
+            r.ops_per_s,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.latency.max_us
         );
     }
     out
@@ -255,10 +250,7 @@ pub fn to_json(
         let key = |m: &str| format!("{}_c{}_{m}", r.op, r.clients);
         metrics.insert(key("ops"), r.ops.into());
         metrics.insert(key("ops_per_s"), serde_json::json!((r.ops_per_s * 10.0).round() / 10.0));
-        metrics.insert(key("p50_us"), r.p50_us.into());
-        metrics.insert(key("p99_us"), r.p99_us.into());
-        metrics.insert(key("p999_us"), r.p999_us.into());
-        metrics.insert(key("max_us"), r.max_us.into());
+        r.latency.insert(&mut metrics, key);
     }
     let mut json = serde_json::json!({
         "workload": "meta",

@@ -11,7 +11,7 @@ use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use crate::seq_bench::phase;
+use crate::seq_bench::{Latency, phase};
 use meshfs_group::Config;
 
 /// Bytes per read.
@@ -41,14 +41,9 @@ pub struct RandResult {
     pub seconds: f64,
     /// Reads per second.
     pub iops: f64,
-    /// Median latency, microseconds.
-    pub p50_us: u64,
-    /// 99th percentile, microseconds.
-    pub p99_us: u64,
-    /// 99.9th percentile, microseconds.
-    pub p999_us: u64,
-    /// Slowest, microseconds.
-    pub max_us: u64,
+    /// Latency percentiles.
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 /// Writes the file, then runs each queue depth; the file is removed afterwards.
@@ -113,10 +108,7 @@ pub fn run(
                 reads: done.amount,
                 seconds: done.seconds,
                 iops: done.amount as f64 / done.seconds.max(1e-9),
-                p50_us: l.value_at_quantile(0.50),
-                p99_us: l.value_at_quantile(0.99),
-                p999_us: l.value_at_quantile(0.999),
-                max_us: l.max(),
+                latency: Latency::of(l),
             });
         }
         Ok(results)
@@ -134,7 +126,14 @@ pub fn render(results: &[RandResult]) -> String {
     for r in results {
         out += &format!(
             "{:>5} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>9} {:>8}\n",
-            r.depth, r.reads, r.seconds, r.iops, r.p50_us, r.p99_us, r.p999_us, r.max_us
+            r.depth,
+            r.reads,
+            r.seconds,
+            r.iops,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.latency.max_us
         );
     }
     out
@@ -151,10 +150,7 @@ pub fn to_json(
     for r in results {
         let key = |m: &str| format!("qd{}_{m}", r.depth);
         metrics.insert(key("iops"), serde_json::json!(r.iops.round()));
-        metrics.insert(key("p50_us"), r.p50_us.into());
-        metrics.insert(key("p99_us"), r.p99_us.into());
-        metrics.insert(key("p999_us"), r.p999_us.into());
-        metrics.insert(key("max_us"), r.max_us.into());
+        r.latency.insert(&mut metrics, key);
     }
     let mut json = serde_json::json!({
         "workload": "randread",

@@ -47,14 +47,9 @@ pub struct SeqResult {
     pub seconds: f64,
     /// Throughput, MB/s (10^6 bytes).
     pub mb_s: f64,
-    /// Median latency, microseconds (per block for writes, per 1 MiB request for reads).
-    pub p50_us: u64,
-    /// 99th percentile, microseconds.
-    pub p99_us: u64,
-    /// 99.9th percentile, microseconds.
-    pub p999_us: u64,
-    /// Slowest, microseconds.
-    pub max_us: u64,
+    /// Latency percentiles.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// For a read: whether the data-servers' files were dropped from the page cache first.
     pub cold: Option<bool>,
 }
@@ -108,6 +103,44 @@ impl Progress for Steps<'_> {
     }
 }
 
+/// Latency percentiles of a phase, in microseconds, from its histogram.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+}
+
+impl Latency {
+    /// The percentiles of `latencies`.
+    pub(crate) fn of(latencies: &Histogram<u64>) -> Latency {
+        Latency {
+            p50_us: latencies.value_at_quantile(0.50),
+            p99_us: latencies.value_at_quantile(0.99),
+            p999_us: latencies.value_at_quantile(0.999),
+            max_us: latencies.max(),
+        }
+    }
+
+    /// Adds them to a bench JSON `results` map, each named by `key` ("p50_us", ...).
+    pub(crate) fn insert(
+        &self,
+        metrics: &mut serde_json::Map<String, serde_json::Value>,
+        key: impl Fn(&str) -> String,
+    ) {
+        metrics.insert(key("p50_us"), self.p50_us.into());
+        metrics.insert(key("p99_us"), self.p99_us.into());
+        metrics.insert(key("p999_us"), self.p999_us.into());
+        metrics.insert(key("max_us"), self.max_us.into());
+    }
+}
+
+/// A latency histogram: 1 us to 600 s at 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
@@ -179,10 +212,7 @@ fn seq_result(workload: &'static str, phase: Phase) -> SeqResult {
         bytes: phase.amount,
         seconds: phase.seconds,
         mb_s: phase.amount as f64 / phase.seconds.max(1e-9) / 1e6,
-        p50_us: l.value_at_quantile(0.50),
-        p99_us: l.value_at_quantile(0.99),
-        p999_us: l.value_at_quantile(0.999),
-        max_us: l.max(),
+        latency: Latency::of(l),
         cold: None,
     }
 }
@@ -305,10 +335,10 @@ pub fn render(results: &[SeqResult]) -> String {
             r.bytes / 1_000_000,
             r.seconds,
             r.mb_s,
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.max_us
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.latency.max_us
         );
     }
     out
@@ -328,14 +358,11 @@ pub fn to_json(
             "files": bench.files,
             "replication": bench.replication,
         },
-        "results": {
-            "mb_s": (result.mb_s * 10.0).round() / 10.0,
-            "p50_us": result.p50_us,
-            "p99_us": result.p99_us,
-            "p999_us": result.p999_us,
-            "max_us": result.max_us,
-        },
+        "results": { "mb_s": (result.mb_s * 10.0).round() / 10.0 },
     });
+    if let Some(metrics) = json["results"].as_object_mut() {
+        result.latency.insert(metrics, |m| m.to_string());
+    }
     if let Some(cold) = result.cold {
         json["params"]["cold"] = cold.into();
     }

@@ -12,7 +12,7 @@ use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use crate::seq_bench::{Phase, phase};
+use crate::seq_bench::{Latency, Phase, phase};
 use meshfs_group::Config;
 
 /// What to run.
@@ -41,14 +41,9 @@ pub struct SmallResult {
     pub seconds: f64,
     /// Files per second.
     pub files_per_s: f64,
-    /// Median per-file latency, microseconds.
-    pub p50_us: u64,
-    /// 99th percentile, microseconds.
-    pub p99_us: u64,
-    /// 99.9th percentile, microseconds.
-    pub p999_us: u64,
-    /// Slowest, microseconds.
-    pub max_us: u64,
+    /// Latency percentiles.
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 fn small_result(op: &'static str, phase: Phase) -> SmallResult {
@@ -58,10 +53,7 @@ fn small_result(op: &'static str, phase: Phase) -> SmallResult {
         files: phase.amount,
         seconds: phase.seconds,
         files_per_s: phase.amount as f64 / phase.seconds.max(1e-9),
-        p50_us: l.value_at_quantile(0.50),
-        p99_us: l.value_at_quantile(0.99),
-        p999_us: l.value_at_quantile(0.999),
-        max_us: l.max(),
+        latency: Latency::of(l),
     }
 }
 
@@ -154,7 +146,14 @@ pub fn render(results: &[SmallResult]) -> String {
     for r in results {
         out += &format!(
             "{:<6} {:>8} {:>9.2} {:>10.1} {:>8} {:>8} {:>9} {:>8}\n",
-            r.op, r.files, r.seconds, r.files_per_s, r.p50_us, r.p99_us, r.p999_us, r.max_us
+            r.op,
+            r.files,
+            r.seconds,
+            r.files_per_s,
+            r.latency.p50_us,
+            r.latency.p99_us,
+            r.latency.p999_us,
+            r.latency.max_us
         );
     }
     out
@@ -172,10 +171,7 @@ pub fn to_json(
         let key = |m: &str| format!("{}_{m}", r.op);
         metrics
             .insert(key("files_per_s"), serde_json::json!((r.files_per_s * 10.0).round() / 10.0));
-        metrics.insert(key("p50_us"), r.p50_us.into());
-        metrics.insert(key("p99_us"), r.p99_us.into());
-        metrics.insert(key("p999_us"), r.p999_us.into());
-        metrics.insert(key("max_us"), r.max_us.into());
+        r.latency.insert(&mut metrics, key);
     }
     let mut json = serde_json::json!({
         "workload": "smallfile",
