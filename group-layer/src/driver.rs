@@ -429,3 +429,38 @@ fn os_seed() -> io::Result<[u8; 32]> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
     Ok(seed)
 }
+
+/// The command line both server programs take.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct ServerArgs {
+    /// The cluster config (default: $MESHFS_CONFIG, else ./config.conf).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// This server's id in the config.
+    #[arg(long, value_name = "N")]
+    id: u32,
+}
+
+/// The `main` of a server program (`mserver`, `dserver`): parses `--config FILE --id N`,
+/// sets up logging (`RUST_LOG`, default info), and runs `run` until it returns; an error is
+/// logged, printed and turned into a failing exit status.
+pub fn server_main<E: std::fmt::Display>(
+    role: Role,
+    about: &'static str,
+    run: impl FnOnce(&Path, NodeId) -> Result<(), E>,
+) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ServerArgs::command().name(role.name()).about(about).get_matches();
+    let args = ServerArgs::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = crate::config::resolve_path(args.config);
+    match run(&config, NodeId(args.id)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{role} {}: {err}", args.id);
+            eprintln!("{role}: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
