@@ -312,6 +312,29 @@ pub fn lease_without_failed(
     )
 }
 
+/// Settles a block write: `outcome` is how the write under `token` went; while it failed
+/// at a data-server, the leader swaps that server out ([`lease_without_failed`]) and `write`
+/// goes again under the new lease, at most [`WRITE_RETRIES`] times. Returns the token the
+/// write succeeded under, to commit.
+pub fn retry_write(
+    meta: &mut MetaClient,
+    path: &str,
+    mut token: Token,
+    mut outcome: Result<(), ClientError>,
+    mut write: impl FnMut(&Token) -> Result<(), ClientError>,
+) -> Result<Token, ClientError> {
+    let mut tries = 0;
+    while let Err(err) = outcome {
+        if tries == WRITE_RETRIES {
+            return Err(err);
+        }
+        token = lease_without_failed(meta, path, &token, err)?;
+        tries += 1;
+        outcome = write(&token);
+    }
+    Ok(token)
+}
+
 /// Inputs up to this size are put with [`MetaClient::create_write`].
 const SMALL_PUT_BYTES: u64 = 1 << 20;
 
@@ -326,20 +349,12 @@ fn put_small(
     bytes: &[u8],
 ) -> Result<u64, ClientError> {
     let len = bytes.len() as u64;
-    let mut token = meta.create_write(remote, replication, len)?;
+    let token = meta.create_write(remote, replication, len)?;
     // The block is the file's first and only one: any bound at or above its length holds.
     let bound = u32::try_from(meta.block_size()).unwrap_or(u32::MAX);
-    let mut tries = 0;
-    loop {
-        match data.write_block(&token, bound, 0, bytes, false) {
-            Ok(()) => break,
-            Err(err) if tries < WRITE_RETRIES => {
-                token = lease_without_failed(meta, remote, &token, err)?;
-                tries += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    let mut write = |token: &Token| data.write_block(token, bound, 0, bytes, false);
+    let first = write(&token);
+    let token = retry_write(meta, remote, token, first, write)?;
     meta.commit_write(remote, &token)?;
     Ok(len)
 }

@@ -10,10 +10,11 @@
 //! each on its own connections, so different data-servers work in parallel.
 
 use meshfs_core::namespace::FileMeta;
+use meshfs_core::token::Token;
 use meshfs_group::Config;
 
 use crate::connection::Credentials;
-use crate::data::{DataClient, WRITE_RETRIES, lease_without_failed};
+use crate::data::{DataClient, retry_write};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
 
@@ -125,20 +126,15 @@ impl RemoteFile {
                 })?;
             let within = at % self.block_size();
             let n = (self.block_size() - within).min(end - at);
-            let mut token = self.meta.write_lease(&self.path, index)?;
+            let token = self.meta.write_lease(&self.path, index)?;
             let piece = &bytes[(at - offset) as usize..(at - offset + n) as usize];
             // Keep the rest of the block unless this write covers all of what it holds.
             let whole = within == 0 && n == self.block_size();
-            let mut tries = 0;
-            while let Err(err) =
-                self.data.write_block(&token, self.file.block_size, within, piece, !whole)
-            {
-                if tries == WRITE_RETRIES {
-                    return Err(err);
-                }
-                token = lease_without_failed(&mut self.meta, &self.path, &token, err)?;
-                tries += 1;
-            }
+            let (data, block_size) = (&mut self.data, self.file.block_size);
+            let mut write =
+                |token: &Token| data.write_block(token, block_size, within, piece, !whole);
+            let first = write(&token);
+            let token = retry_write(&mut self.meta, &self.path, token, first, write)?;
             self.meta.commit_write(&self.path, &token)?;
             at += n;
         }
@@ -245,17 +241,9 @@ impl RemoteFile {
             });
             for ((token, bytes), outcome) in batch.iter().zip(outcomes) {
                 // A failed block goes again, alone, without the data-server that failed.
-                let mut token = token.clone();
-                let mut outcome = outcome;
-                let mut tries = 0;
-                while let Err(err) = outcome {
-                    if tries == WRITE_RETRIES {
-                        return Err(err);
-                    }
-                    token = lease_without_failed(&mut self.meta, &self.path, &token, err)?;
-                    tries += 1;
-                    outcome = self.data.write_block(&token, block_size, 0, bytes, false);
-                }
+                let data = &mut self.data;
+                let write = |token: &Token| data.write_block(token, block_size, 0, bytes, false);
+                let token = retry_write(&mut self.meta, &self.path, token.clone(), outcome, write)?;
                 self.meta.commit_write(&self.path, &token)?;
             }
         }
