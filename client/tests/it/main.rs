@@ -790,6 +790,27 @@ fn a_300_mb_file_round_trips_byte_identical_at_replication_1_2_and_3() {
 }
 
 #[test]
+fn puts_on_either_side_of_the_one_round_small_file_path_round_trip() {
+    // Block size 1 MiB here: inputs under one block take CreateWrite, the rest the
+    // block-by-block path, which must still see the bytes read to decide.
+    let mut cluster = TestCluster::new("put-sizes", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mib = 1024 * 1024;
+    for (i, (len, blocks)) in
+        [(0, 0), (1, 1), (mib - 1, 1), (mib, 1), (mib + 1, 2)].into_iter().enumerate()
+    {
+        let bytes = random_bytes(len, 40 + i as u64);
+        let path = format!("/size-{len}");
+        assert_eq!(put_bytes(&cluster, &path, &bytes, 2).unwrap(), len as u64);
+        assert_eq!(get_bytes(&cluster, &path).unwrap(), bytes, "{len} bytes");
+        let (mut meta, _) = data_clients(&cluster);
+        let file = meta.get_file_meta_data(&path).unwrap();
+        assert_eq!((file.size, file.blocks.len()), (len as u64, blocks), "{len} bytes");
+    }
+}
+
+#[test]
 fn small_files_and_concurrent_writers_round_trip() {
     let mut cluster = TestCluster::new("small", 3, 3);
     cluster.start_all();
