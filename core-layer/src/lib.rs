@@ -11,12 +11,14 @@
 //! - [`namespace`]: the metadata state machine, its log entries, snapshots and invariants.
 //! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
 //! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
+//! - [`heal`]: the repair planner: re-replication, deletes, drain and rebalancing.
 //!
 //! Later: locks and sessions.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod descriptor;
+pub mod heal;
 pub mod namespace;
 pub mod path;
 pub mod placement;

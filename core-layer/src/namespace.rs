@@ -16,7 +16,7 @@
 //! as `BTreeMap<Box<str>, u32>`; a file keeps its blocks in a boxed slice. Measured with
 //! `cargo bench -p meshfs-core --bench namespace_memory` (see BENCHMARKS.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -254,6 +254,29 @@ pub enum Command {
         /// The one taking its place.
         replacement: NodeId,
     },
+    /// Repair (the leader's): data-server `add` now holds a verified copy of block `index`
+    /// of file `file` at `version` and takes `remove`'s place in its replica set. Refused if
+    /// the block moved on (another version, a lease in force) or the set changed meanwhile.
+    ReplaceReplica {
+        /// The file's id (repair works by id: a rename meanwhile changes nothing).
+        file: u32,
+        /// The block.
+        index: u16,
+        /// The block version that was copied.
+        version: BlockVersion,
+        /// The data-server leaving the set.
+        remove: NodeId,
+        /// The data-server joining it.
+        add: NodeId,
+    },
+    /// Mark a data-server draining (its blocks move off it and it gets no new ones), or
+    /// take the mark off.
+    SetDraining {
+        /// The data-server.
+        server: NodeId,
+        /// Draining or not.
+        draining: bool,
+    },
     /// Move `from` to `to` atomically; `to` must not exist.
     Rename {
         /// The source.
@@ -322,6 +345,13 @@ pub enum Outcome {
     },
     /// Moved.
     Renamed,
+    /// A data-server's draining mark was set or cleared.
+    Draining {
+        /// The data-server.
+        server: NodeId,
+        /// Draining now or not.
+        draining: bool,
+    },
     /// Removed this many files and directories.
     Removed {
         /// Files removed.
@@ -509,6 +539,39 @@ pub struct BlockMeta {
     pub replicas: Vec<NodeId>,
 }
 
+/// One block as repair sees it, borrowed from the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockView<'a> {
+    /// The block at its committed version (and its file at its version).
+    pub descriptor: BlockDescriptor,
+    /// The data-servers assigned to hold it.
+    pub replicas: &'a [NodeId],
+    /// Copies the file wants.
+    pub replication: u8,
+    /// The file's block size.
+    pub block_size: u32,
+}
+
+impl<'a> BlockView<'a> {
+    fn of(id: u32, file: &File, index: u16, block: &'a Block) -> BlockView<'a> {
+        BlockView {
+            descriptor: BlockDescriptor {
+                file: FileDescriptor { id: FileId(id), version: file.version },
+                index,
+                version: block.version,
+            },
+            replicas: &block.replicas,
+            replication: file.replication,
+            block_size: file.block_size,
+        }
+    }
+
+    /// Whether it was ever written (an unwritten block is zeros, held nowhere).
+    pub fn written(&self) -> bool {
+        self.descriptor.version != BlockVersion::UNWRITTEN
+    }
+}
+
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -533,6 +596,8 @@ pub struct Namespace {
     sessions: HashMap<SessionId, Session>,
     /// Write leases in force (or run out but not yet replaced), by (file id, block index).
     leases: BTreeMap<(u32, u16), Lease>,
+    /// Data-servers being drained: blocks move off them, none are placed on them.
+    draining: BTreeSet<NodeId>,
     applied: u64,
 }
 
@@ -572,6 +637,7 @@ impl Namespace {
             next_id: ROOT_ID + 1,
             sessions: HashMap::new(),
             leases: BTreeMap::new(),
+            draining: BTreeSet::new(),
             applied: 0,
         }
     }
@@ -579,6 +645,54 @@ impl Namespace {
     /// Bytes of blocks the namespace assigns to each data-server.
     pub fn allocated(&self) -> &BTreeMap<NodeId, u64> {
         &self.allocated
+    }
+
+    /// Data-servers marked draining.
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
+    }
+
+    /// Whether block `index` of file `file` has a write lease in force at `now_ms`.
+    pub fn leased(&self, file: u32, index: u16, now_ms: u64) -> bool {
+        self.leases.get(&(file, index)).is_some_and(|l| now_ms < l.expires_ms)
+    }
+
+    /// Block `index` of the file with id `file`, if both exist.
+    pub fn block(&self, file: u32, index: u16) -> Option<BlockView<'_>> {
+        let Kind::File(f) = &self.nodes.get(&file)?.kind else { return None };
+        let block = f.blocks.get(usize::from(index))?;
+        Some(BlockView::of(file, f, index, block))
+    }
+
+    /// Every block of every file, by file id and index.
+    pub fn blocks(&self) -> impl Iterator<Item = BlockView<'_>> {
+        self.nodes.iter().flat_map(|(id, node)| {
+            let blocks: &[Block] = match &node.kind {
+                Kind::File(f) => &f.blocks,
+                Kind::Dir(_) => &[],
+            };
+            blocks.iter().enumerate().map(move |(i, block)| {
+                let Kind::File(f) = &node.kind else { unreachable!("only files have blocks") };
+                BlockView::of(id, f, i as u16, block)
+            })
+        })
+    }
+
+    /// Every file at or under `path`, with its full path and id, in name order.
+    pub fn files_under(&self, path: &MeshPath) -> Result<Vec<(String, u32)>, NsError> {
+        let id = self.lookup(path)?;
+        let mut files = Vec::new();
+        let start = if path.is_root() { String::new() } else { path_str(path) };
+        let mut stack = vec![(id, start)];
+        while let Some((id, name)) = stack.pop() {
+            match &self.nodes[&id].kind {
+                Kind::File(_) => files.push((if name.is_empty() { "/".into() } else { name }, id)),
+                Kind::Dir(dir) => stack.extend(
+                    dir.children.iter().rev().map(|(child, &cid)| (cid, format!("{name}/{child}"))),
+                ),
+            }
+        }
+        Ok(files)
     }
 
     fn compute_allocated(&self) -> BTreeMap<NodeId, u64> {
@@ -832,6 +946,17 @@ impl Namespace {
             }
             Command::SwapReplica { path, index, failed, replacement } => {
                 self.swap_replica(path, *index, *failed, *replacement, session, now)
+            }
+            Command::ReplaceReplica { file, index, version, remove, add } => {
+                self.replace_replica(*file, *index, *version, *remove, *add, now)
+            }
+            Command::SetDraining { server, draining } => {
+                if *draining {
+                    self.draining.insert(*server);
+                } else {
+                    self.draining.remove(server);
+                }
+                Ok(Outcome::Draining { server: *server, draining: *draining })
             }
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
@@ -1155,13 +1280,55 @@ impl Namespace {
         block.replicas[slot] = replacement;
         let replicas = block.replicas.to_vec();
         let bytes = block_span(file.size, file.block_size, u64::from(index));
-        if let Some(assigned) = self.allocated.get_mut(&failed) {
+        self.move_allocation(failed, replacement, bytes);
+        Ok(Outcome::Swapped { replicas })
+    }
+
+    /// `bytes` of assigned blocks move from data-server `from` to `to`.
+    fn move_allocation(&mut self, from: NodeId, to: NodeId, bytes: u64) {
+        if let Some(assigned) = self.allocated.get_mut(&from) {
             *assigned -= bytes;
             if *assigned == 0 {
-                self.allocated.remove(&failed);
+                self.allocated.remove(&from);
             }
         }
-        *self.allocated.entry(replacement).or_default() += bytes;
+        *self.allocated.entry(to).or_default() += bytes;
+    }
+
+    fn replace_replica(
+        &mut self,
+        file: u32,
+        index: u16,
+        version: BlockVersion,
+        remove: NodeId,
+        add: NodeId,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let leased = self.leased(file, index, now);
+        let refuse =
+            |why: String| Err(NsError::Placement(format!("file {file} block {index}: {why}")));
+        let Some(Kind::File(f)) = self.nodes.get_mut(&file).map(|n| &mut n.kind) else {
+            return Err(NsError::NotFound(format!("file {file}")));
+        };
+        let Some(block) = f.blocks.get_mut(usize::from(index)) else {
+            return Err(NsError::NotFound(format!("file {file} block {index}")));
+        };
+        if block.version != version {
+            return refuse(format!("it is at version {} now, not {}", block.version.0, version.0));
+        }
+        if leased {
+            return refuse("a write lease is in force".into());
+        }
+        let Some(slot) = block.replicas.iter().position(|&r| r == remove) else {
+            return refuse(format!("data-server {remove} is not one of its replicas"));
+        };
+        if block.replicas.contains(&add) {
+            return refuse(format!("data-server {add} already holds it"));
+        }
+        block.replicas[slot] = add;
+        let replicas = block.replicas.to_vec();
+        let bytes = block_span(f.size, f.block_size, u64::from(index));
+        self.move_allocation(remove, add, bytes);
         Ok(Outcome::Swapped { replicas })
     }
 
@@ -1331,9 +1498,10 @@ impl Namespace {
     // ---- snapshots ----
 
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 2): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 3): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
-    /// (format 1 has none), u32 CRC-32 of all before.
+    /// (format 1 has none), draining data-servers (formats 1 and 2 have none), u32 CRC-32 of
+    /// all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -1370,6 +1538,10 @@ impl Namespace {
         for (&(id, index), lease) in &self.leases {
             w.u32(id).u16(index).u32(lease.holder.client.0).u64(lease.holder.nonce);
             w.u16(lease.version.0).u64(lease.expires_ms);
+        }
+        w.u32(self.draining.len() as u32);
+        for server in &self.draining {
+            w.u32(server.0);
         }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
@@ -1489,9 +1661,22 @@ impl Namespace {
                 leases.insert(key, Lease { holder, version, expires_ms });
             }
         }
+        let mut draining = BTreeSet::new();
+        if format >= 3 {
+            for _ in 0..r.u32("draining count")? {
+                draining.insert(NodeId(r.u32("draining server")?));
+            }
+        }
         r.finish()?;
-        let mut ns =
-            Namespace { nodes, allocated: BTreeMap::new(), next_id, sessions, leases, applied };
+        let mut ns = Namespace {
+            nodes,
+            allocated: BTreeMap::new(),
+            next_id,
+            sessions,
+            leases,
+            draining,
+            applied,
+        };
         ns.allocated = ns.compute_allocated();
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
@@ -1503,7 +1688,7 @@ impl Namespace {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const SNAPSHOT_FORMAT: u16 = 2;
+const SNAPSHOT_FORMAT: u16 = 3;
 
 /// Why snapshot bytes could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1608,6 +1793,12 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u16(*index).u32(failed.0).u32(replacement.0);
             }
+            Command::ReplaceReplica { file, index, version, remove, add } => {
+                w.u8(10).u32(*file).u16(*index).u16(version.0).u32(remove.0).u32(add.0);
+            }
+            Command::SetDraining { server, draining } => {
+                w.u8(11).u32(server.0).bool(*draining);
+            }
             Command::Rename { from, to } => {
                 w.u8(4);
                 write_path(&mut w, from);
@@ -1684,6 +1875,17 @@ impl Entry {
                 version: BlockVersion(r.u16("block version")?),
             },
             5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
+            10 => Command::ReplaceReplica {
+                file: r.u32("file id")?,
+                index: r.u16("block index")?,
+                version: BlockVersion(r.u16("block version")?),
+                remove: NodeId(r.u32("removed server")?),
+                add: NodeId(r.u32("added server")?),
+            },
+            11 => Command::SetDraining {
+                server: NodeId(r.u32("server")?),
+                draining: r.bool("draining")?,
+            },
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;
@@ -1729,6 +1931,9 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         Outcome::Removed { files, dirs } => {
             w.u8(5).u64(*files).u64(*dirs);
         }
+        Outcome::Draining { server, draining } => {
+            w.u8(11).u32(server.0).bool(*draining);
+        }
         Outcome::Failed(err) => {
             w.u8(6);
             err.write(w);
@@ -1768,6 +1973,7 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
         10 => Outcome::Swapped { replicas: read_replicas(r)? },
         9 => Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replicas(r)? },
         5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
+        11 => Outcome::Draining { server: NodeId(r.u32("server")?), draining: r.bool("draining")? },
         6 => Outcome::Failed(NsError::read(r)?),
         other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
     })
@@ -2206,6 +2412,52 @@ mod tests {
     }
 
     #[test]
+    fn repair_replaces_a_replica_only_at_the_version_copied_and_never_under_a_lease() {
+        let mut d = Driver::new();
+        d.create("/f");
+        d.expand("/f", 3000, 3);
+        let (block, _) = lease(&mut d, 0);
+        let id = block.file.id.0;
+        let replace = |d: &mut Driver, version: BlockVersion, remove: u32, add: u32| {
+            d.run(Command::ReplaceReplica {
+                file: id,
+                index: 0,
+                version,
+                remove: NodeId(remove),
+                add: NodeId(add),
+            })
+        };
+        let err = failed(replace(&mut d, BlockVersion(1), 4, 6)).to_string();
+        assert!(err.contains("write lease is in force"), "{err}");
+        commit(&mut d, 0, block.version);
+        let err = failed(replace(&mut d, BlockVersion(1), 4, 6)).to_string();
+        assert!(err.contains("at version 2 now, not 1"), "{err}");
+        assert!(failed(replace(&mut d, block.version, 9, 6)).to_string().contains("not one of"));
+        assert!(failed(replace(&mut d, block.version, 4, 7)).to_string().contains("already"));
+        assert_eq!(
+            replace(&mut d, block.version, 4, 6),
+            Outcome::Swapped { replicas: vec![NodeId(6), NodeId(7)] }
+        );
+        let view = d.ns.block(id, 0).unwrap();
+        assert_eq!(
+            (view.replicas, view.descriptor.version),
+            (&[NodeId(6), NodeId(7)][..], block.version)
+        );
+        assert_eq!(d.ns.allocated().get(&NodeId(4)), None, "block 0 was all node 4 held");
+        assert_eq!(d.ns.blocks().count(), 3);
+        assert_eq!(d.ns.files_under(&p("/")).unwrap(), vec![("/f".to_string(), id)]);
+        assert_eq!(
+            d.run(Command::SetDraining { server: NodeId(6), draining: true }),
+            Outcome::Draining { server: NodeId(6), draining: true }
+        );
+        assert!(d.ns.draining().contains(&NodeId(6)));
+        let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+        assert_eq!(restored, d.ns, "draining marks survive a snapshot");
+        d.run(Command::SetDraining { server: NodeId(6), draining: false });
+        assert!(d.ns.draining().is_empty());
+    }
+
+    #[test]
     fn a_create_write_makes_leases_and_commits_a_small_file_in_one_entry_or_nothing() {
         let mut d = Driver::new();
         let create_write = |d: &mut Driver, path: &str, size: u64, placement: Vec<NodeId>| {
@@ -2446,6 +2698,14 @@ mod tests {
                 size: 100,
                 placement: vec![NodeId(4), NodeId(5)],
             }),
+            d.entry(Command::ReplaceReplica {
+                file: 4,
+                index: 1,
+                version: BlockVersion::UNWRITTEN,
+                remove: NodeId(5),
+                add: NodeId(6),
+            }),
+            d.entry(Command::SetDraining { server: NodeId(4), draining: true }),
         ]
     }
 

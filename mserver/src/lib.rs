@@ -605,9 +605,11 @@ fn now_ms() -> u64 {
 /// The reply for an applied change.
 fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
     match outcome {
-        Outcome::Mkdir | Outcome::Renamed | Outcome::Committed { .. } | Outcome::Swapped { .. } => {
-            MetaReply::Done
-        }
+        Outcome::Mkdir
+        | Outcome::Renamed
+        | Outcome::Committed { .. }
+        | Outcome::Swapped { .. }
+        | Outcome::Draining { .. } => MetaReply::Done,
         // Signed when answered, by whoever answers: a token lives on the wire only.
         // The token ends when the lease does (the entry's time, by the leader's clock).
         Outcome::Leased { block, base, replicas, expires_ms } => MetaReply::Lease(Token::sign(
