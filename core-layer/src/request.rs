@@ -56,6 +56,7 @@ mod tests {
             peers: vec![],
             raft: None,
             data_servers: vec![],
+            health: None,
         }
     }
 

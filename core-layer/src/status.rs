@@ -48,6 +48,7 @@ pub fn status_reply(
         peers: group.status().iter().map(|p| peer_link(p, now)).collect(),
         raft: None,
         data_servers: Vec::new(),
+        health: None,
     }
 }
 

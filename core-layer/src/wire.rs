@@ -75,6 +75,15 @@ pub const KIND_BLOCK_DATA: u16 = 59;
 pub const KIND_DATA_REPORT: u16 = 60;
 /// Kind of [`Message::BlockCommitted`].
 pub const KIND_BLOCK_COMMITTED: u16 = 61;
+/// Leader to data-server: copy a block from another data-server ([`Message::Repair`]).
+pub const KIND_REPAIR: u16 = 62;
+/// Data-server to leader: a repair copy finished or failed ([`Message::RepairDone`]).
+pub const KIND_REPAIR_DONE: u16 = 63;
+/// Leader to data-server: delete a replica ([`Message::DeleteReplica`]).
+pub const KIND_DELETE_REPLICA: u16 = 64;
+/// Data-server to meta-servers: the scrubber found a replica damaged and set it aside
+/// ([`Message::ReplicaDamaged`]).
+pub const KIND_REPLICA_DAMAGED: u16 = 65;
 /// Most blocks listed in one report message.
 pub const MAX_REPORT_BLOCKS: usize = 16_384;
 /// Most data bytes in one write chunk or read reply.
@@ -401,6 +410,18 @@ pub enum MetaOp {
         /// What went wrong.
         reason: String,
     },
+    /// Mark a data-server draining (its blocks move off it) or clear the mark.
+    Drain {
+        /// The data-server.
+        server: NodeId,
+        /// Draining or not.
+        draining: bool,
+    },
+    /// Check every block of the files at or under `path` against the data-servers' reports.
+    Fsck {
+        /// Where to start.
+        path: MeshPath,
+    },
     /// `list`: entries after `after` (by name), at most `limit`.
     List {
         /// The directory.
@@ -415,7 +436,13 @@ pub enum MetaOp {
 impl MetaOp {
     /// Whether the operation changes the namespace (goes through the log).
     pub fn is_write(&self) -> bool {
-        !matches!(self, MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::ReportBadReplica { .. })
+        !matches!(
+            self,
+            MetaOp::Stat { .. }
+                | MetaOp::List { .. }
+                | MetaOp::ReportBadReplica { .. }
+                | MetaOp::Fsck { .. }
+        )
     }
 }
 
@@ -467,6 +494,66 @@ pub enum MetaReply {
     Failed(NsError),
     /// The server could not take it now (e.g. an election); retry.
     Unavailable(String),
+    /// What fsck found.
+    Fsck(FsckReport),
+}
+
+/// Most problems one fsck reply lists (the counts cover them all).
+pub const MAX_FSCK_PROBLEMS: u32 = 500;
+
+/// Blocks by health (the cluster's in a status reply, a subtree's in an fsck report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCounts {
+    /// Blocks with as many good replicas as wanted.
+    pub healthy: u64,
+    /// Blocks with fewer good replicas than wanted, at least one.
+    pub under_replicated: u64,
+    /// Blocks with no good replica.
+    pub missing: u64,
+    /// Blocks with a repair copy under way.
+    pub repairing: u64,
+}
+
+/// One block fsck found short of replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckProblem {
+    /// The file's path.
+    pub path: String,
+    /// The block, at its committed version.
+    pub block: BlockDescriptor,
+    /// Copies wanted.
+    pub wanted: u8,
+    /// Its replica set.
+    pub replicas: Vec<NodeId>,
+    /// Members of the set holding a good copy.
+    pub good: Vec<NodeId>,
+    /// A repair copy of it is under way.
+    pub repairing: bool,
+}
+
+impl FsckProblem {
+    /// Whether no good replica is left.
+    pub fn missing(&self) -> bool {
+        self.good.is_empty()
+    }
+}
+
+/// What fsck found under a path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    /// Files checked.
+    pub files: u64,
+    /// Blocks checked (written or not).
+    pub blocks: u64,
+    /// The blocks by health.
+    pub health: HealthCounts,
+    /// The blocks with problems, at most [`MAX_FSCK_PROBLEMS`], by path and index.
+    pub problems: Vec<FsckProblem>,
+    /// Whether more problems were found than listed.
+    pub more: bool,
+    /// Data-servers whose reports are not complete (down, or not yet reported): their
+    /// replicas are not counted as good.
+    pub unknown_servers: Vec<NodeId>,
 }
 
 /// A server's report of itself and its links.
@@ -572,6 +659,8 @@ pub struct StatusReply {
     pub raft: Option<RaftInfo>,
     /// Meta-servers: the data-servers as their reports describe them.
     pub data_servers: Vec<ReportedDataServer>,
+    /// The leader: the cluster's blocks by health, as of its last repair scan.
+    pub health: Option<HealthCounts>,
 }
 
 /// A data-server as a meta-server knows it from its reports.
@@ -587,6 +676,10 @@ pub struct ReportedDataServer {
     pub blocks: u64,
     /// Its last full report is complete.
     pub complete: bool,
+    /// Its link to this meta-server is up.
+    pub up: bool,
+    /// Marked draining.
+    pub draining: bool,
 }
 
 /// An application message.
@@ -613,6 +706,26 @@ pub enum Message {
     BlockCommitted(BlockDescriptor),
     /// Bytes of a block.
     BlockData(BlockData),
+    /// Copy a block from another data-server.
+    Repair(RepairTask),
+    /// A repair copy finished (`error` empty) or failed.
+    RepairDone {
+        /// The leader's task number.
+        task: u64,
+        /// The block copied.
+        block: BlockDescriptor,
+        /// Why it failed; empty when it succeeded.
+        error: String,
+    },
+    /// Delete the replica of this block if it is held at exactly this version.
+    DeleteReplica(BlockDescriptor),
+    /// The scrubber found this replica damaged and set it aside.
+    ReplicaDamaged {
+        /// The block at the version that was damaged.
+        block: BlockDescriptor,
+        /// What was wrong.
+        reason: String,
+    },
     /// A namespace request.
     MetaRequest(MetaRequest),
     /// A namespace reply.
@@ -624,6 +737,22 @@ pub enum Message {
         /// What happened, for people.
         message: String,
     },
+}
+
+/// A repair copy the leader asks of a data-server: read `block` from `source` over the
+/// mesh, check every segment's checksum, and store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairTask {
+    /// The leader's task number, echoed in [`Message::RepairDone`].
+    pub task: u64,
+    /// The block at the version to copy.
+    pub block: BlockDescriptor,
+    /// Its block size.
+    pub block_size: u32,
+    /// Its valid bytes.
+    pub len: u64,
+    /// The data-server to copy from.
+    pub source: NodeId,
 }
 
 /// A body that is not a valid message.
@@ -672,6 +801,10 @@ impl Message {
             Message::DataReport(_) => KIND_DATA_REPORT,
             Message::BlockCommitted(_) => KIND_BLOCK_COMMITTED,
             Message::BlockData(_) => KIND_BLOCK_DATA,
+            Message::Repair(_) => KIND_REPAIR,
+            Message::RepairDone { .. } => KIND_REPAIR_DONE,
+            Message::DeleteReplica(_) => KIND_DELETE_REPLICA,
+            Message::ReplicaDamaged { .. } => KIND_REPLICA_DAMAGED,
             Message::MetaRequest(_) => KIND_META_REQUEST,
             Message::MetaReply(_) => KIND_META_REPLY,
         }
@@ -710,6 +843,11 @@ impl Message {
                 w.u32(s.data_servers.len() as u32);
                 for d in &s.data_servers {
                     w.u32(d.id.0).u64(d.capacity).u64(d.used).u64(d.blocks).bool(d.complete);
+                    w.bool(d.up).bool(d.draining);
+                }
+                w.bool(s.health.is_some());
+                if let Some(h) = &s.health {
+                    write_health(&mut w, h);
                 }
             }
             Message::Error { code, message } => {
@@ -761,6 +899,21 @@ impl Message {
             }
             Message::MetaRequest(request) => write_meta_request(&mut w, request),
             Message::MetaReply(reply) => write_meta_reply(&mut w, reply),
+            Message::Repair(t) => {
+                w.u64(t.task);
+                t.block.write(&mut w);
+                w.u32(t.block_size).u64(t.len).u32(t.source.0);
+            }
+            Message::RepairDone { task, block, error } => {
+                w.u64(*task);
+                block.write(&mut w);
+                w.str(error);
+            }
+            Message::DeleteReplica(block) => block.write(&mut w),
+            Message::ReplicaDamaged { block, reason } => {
+                block.write(&mut w);
+                w.str(reason);
+            }
         }
         w.finish()
     }
@@ -800,6 +953,25 @@ impl Message {
             KIND_BLOCK_DATA => Message::BlockData(read_block_data(&mut r).map_err(body)?),
             KIND_META_REQUEST => Message::MetaRequest(read_meta_request(&mut r).map_err(body)?),
             KIND_META_REPLY => Message::MetaReply(read_meta_reply(&mut r).map_err(body)?),
+            KIND_REPAIR => Message::Repair(RepairTask {
+                task: r.u64("task").map_err(body)?,
+                block: BlockDescriptor::read(&mut r).map_err(body)?,
+                block_size: r.u32("block size").map_err(body)?,
+                len: r.u64("len").map_err(body)?,
+                source: NodeId(r.u32("source").map_err(body)?),
+            }),
+            KIND_REPAIR_DONE => Message::RepairDone {
+                task: r.u64("task").map_err(body)?,
+                block: BlockDescriptor::read(&mut r).map_err(body)?,
+                error: r.str("error").map_err(body)?.to_string(),
+            },
+            KIND_DELETE_REPLICA => {
+                Message::DeleteReplica(BlockDescriptor::read(&mut r).map_err(body)?)
+            }
+            KIND_REPLICA_DAMAGED => Message::ReplicaDamaged {
+                block: BlockDescriptor::read(&mut r).map_err(body)?,
+                reason: r.str("reason").map_err(body)?.to_string(),
+            },
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish().map_err(body)?;
@@ -956,6 +1128,13 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.str(after).u32(*limit);
         }
+        MetaOp::Drain { server, draining } => {
+            w.u8(13).u32(server.0).bool(*draining);
+        }
+        MetaOp::Fsck { path } => {
+            w.u8(14);
+            write_path(w, path);
+        }
     }
 }
 
@@ -995,6 +1174,8 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
             after: r.str("after")?.to_string(),
             limit: r.u32("limit")?,
         },
+        13 => MetaOp::Drain { server: NodeId(r.u32("server")?), draining: r.bool("draining")? },
+        14 => MetaOp::Fsck { path: read_path(r)? },
         other => return Err(BodyError::Invalid { field: "op", value: u64::from(other) }),
     };
     Ok(MetaRequest { session, request_id, op })
@@ -1103,7 +1284,59 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
         MetaReply::Unavailable(why) => {
             w.u8(8).str(why);
         }
+        MetaReply::Fsck(report) => {
+            w.u8(11).u64(report.files).u64(report.blocks);
+            write_health(w, &report.health);
+            w.u32(report.problems.len() as u32);
+            for p in &report.problems {
+                w.str(&p.path);
+                p.block.write(w);
+                w.u8(p.wanted);
+                write_replicas(w, &p.replicas);
+                write_replicas(w, &p.good);
+                w.bool(p.repairing);
+            }
+            w.bool(report.more);
+            write_replicas(w, &report.unknown_servers);
+        }
     }
+}
+
+fn write_health(w: &mut BodyWriter, h: &HealthCounts) {
+    w.u64(h.healthy).u64(h.under_replicated).u64(h.missing).u64(h.repairing);
+}
+
+fn read_health(r: &mut BodyReader<'_>) -> Result<HealthCounts, BodyError> {
+    Ok(HealthCounts {
+        healthy: r.u64("healthy")?,
+        under_replicated: r.u64("under-replicated")?,
+        missing: r.u64("missing")?,
+        repairing: r.u64("repairing")?,
+    })
+}
+
+fn read_fsck(r: &mut BodyReader<'_>) -> Result<FsckReport, BodyError> {
+    let files = r.u64("files")?;
+    let blocks = r.u64("blocks")?;
+    let health = read_health(r)?;
+    let count = r.u32("problem count")?;
+    if count > MAX_FSCK_PROBLEMS {
+        return Err(BodyError::Invalid { field: "problem count", value: u64::from(count) });
+    }
+    let mut problems = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        problems.push(FsckProblem {
+            path: r.str("path")?.to_string(),
+            block: BlockDescriptor::read(r)?,
+            wanted: r.u8("wanted")?,
+            replicas: read_replicas(r)?,
+            good: read_replicas(r)?,
+            repairing: r.bool("repairing")?,
+        });
+    }
+    let more = r.bool("more")?;
+    let unknown_servers = read_replicas(r)?;
+    Ok(FsckReport { files, blocks, health, problems, more, unknown_servers })
 }
 
 fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
@@ -1141,6 +1374,7 @@ fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
             MetaReply::Expanded { file: FileDescriptor::read(r)?, new_blocks: r.u32("new blocks")? }
         }
         10 => MetaReply::Lease(Token::read(r)?),
+        11 => MetaReply::Fsck(read_fsck(r)?),
         other => return Err(BodyError::Invalid { field: "reply", value: u64::from(other) }),
     })
 }
@@ -1194,8 +1428,11 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
             used: r.u64("used")?,
             blocks: r.u64("blocks")?,
             complete: r.bool("complete")?,
+            up: r.bool("up")?,
+            draining: r.bool("draining")?,
         });
     }
+    let health = if r.bool("has health")? { Some(read_health(r)?) } else { None };
     Ok(StatusReply {
         id,
         role,
@@ -1207,6 +1444,7 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
         peers,
         raft,
         data_servers,
+        health,
     })
 }
 
@@ -1262,8 +1500,78 @@ mod tests {
                     used: 3,
                     blocks: 1,
                     complete: true,
+                    up: true,
+                    draining: true,
                 }],
+                health: Some(HealthCounts {
+                    healthy: 9,
+                    under_replicated: 2,
+                    missing: 1,
+                    repairing: 2,
+                }),
             }),
+            Message::Repair(RepairTask {
+                task: 7,
+                block: BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
+                    index: 1,
+                    version: crate::descriptor::BlockVersion(3),
+                },
+                block_size: 1 << 20,
+                len: 1000,
+                source: NodeId(4),
+            }),
+            Message::RepairDone {
+                task: 7,
+                block: BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
+                    index: 1,
+                    version: crate::descriptor::BlockVersion(3),
+                },
+                error: "source down".into(),
+            },
+            Message::DeleteReplica(BlockDescriptor {
+                file: FileDescriptor { id: crate::descriptor::FileId(5), version: 0 },
+                index: 1,
+                version: crate::descriptor::BlockVersion(3),
+            }),
+            Message::ReplicaDamaged {
+                block: BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(5), version: 0 },
+                    index: 1,
+                    version: crate::descriptor::BlockVersion(3),
+                },
+                reason: "segment 2 checksum".into(),
+            },
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 8,
+                op: MetaOp::Drain { server: NodeId(4), draining: true },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 9,
+                op: MetaOp::Fsck { path: MeshPath::parse("/a").unwrap() },
+            }),
+            Message::MetaReply(MetaReply::Fsck(FsckReport {
+                files: 3,
+                blocks: 4,
+                health: HealthCounts { healthy: 2, under_replicated: 1, missing: 1, repairing: 1 },
+                problems: vec![FsckProblem {
+                    path: "/a/f".into(),
+                    block: BlockDescriptor {
+                        file: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
+                        index: 0,
+                        version: crate::descriptor::BlockVersion(2),
+                    },
+                    wanted: 2,
+                    replicas: vec![NodeId(4), NodeId(5)],
+                    good: vec![NodeId(5)],
+                    repairing: true,
+                }],
+                more: false,
+                unknown_servers: vec![NodeId(4)],
+            })),
             Message::Raft(vec![8, 1, 16, 2]),
             Message::SnapshotChunk(SnapshotChunk {
                 index: 9,

@@ -12,6 +12,14 @@
 //! reconnect_max_ms = 5000        # up to this cap
 //! snapshot_entries = 10000       # meta-servers compact their Raft log after this many entries
 //!
+//! [heal]                         # self-healing; every key optional (defaults shown)
+//! grace_secs = 300               # a data-server down this long has its blocks re-replicated
+//! repair_mbps = 100              # repair copy traffic into one data-server, MB/s
+//! repair_streams = 2             # copies a data-server takes part in at once
+//! scrub_mbps = 8                 # each data-server re-reads its replicas at this rate; 0: off
+//! orphan_delay_secs = 300        # replicas of deleted blocks are removed after this long
+//! balance_margin_percent = 10    # rebalance when used fractions differ by more than this
+//!
 //! [[mserver]]                    # one per meta-server
 //! id = 1
 //! addr = "127.0.0.1:7101"
@@ -186,6 +194,40 @@ impl Timing {
     }
 }
 
+/// Self-healing settings: the `[heal]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heal {
+    /// A data-server down this long has its replicas replaced elsewhere.
+    pub grace: Duration,
+    /// Repair copy traffic into one data-server, bytes per second.
+    pub repair_bytes_per_sec: u64,
+    /// Copies one data-server takes part in at once, as source or target.
+    pub repair_streams: usize,
+    /// Each data-server re-reads its replicas at this rate (bytes per second); 0: never.
+    pub scrub_bytes_per_sec: u64,
+    /// Replicas of blocks that no longer exist are deleted after this long.
+    pub orphan_delay: Duration,
+    /// Rebalance when two data-servers' used fractions differ by more than this many
+    /// percentage points.
+    pub balance_margin_percent: u32,
+}
+
+impl Default for Heal {
+    fn default() -> Heal {
+        Heal {
+            grace: Duration::from_secs(300),
+            repair_bytes_per_sec: 100 * MB,
+            repair_streams: 2,
+            scrub_bytes_per_sec: 8 * MB,
+            orphan_delay: Duration::from_secs(300),
+            balance_margin_percent: 10,
+        }
+    }
+}
+
+/// A megabyte, as in MB/s.
+const MB: u64 = 1_000_000;
+
 /// A validated cluster description.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
@@ -203,6 +245,8 @@ pub struct Config {
     pub timing: Timing,
     /// Meta-servers snapshot the namespace and compact their Raft log after this many entries.
     pub snapshot_entries: u64,
+    /// Self-healing settings.
+    pub heal: Heal,
     /// Every server, meta-servers first, each group in file order.
     pub servers: Vec<ServerConfig>,
     /// Clients by id.
@@ -218,6 +262,7 @@ impl fmt::Debug for Config {
             .field("replication", &self.replication)
             .field("timing", &self.timing)
             .field("snapshot_entries", &self.snapshot_entries)
+            .field("heal", &self.heal)
             .field("servers", &self.servers)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
@@ -315,6 +360,17 @@ struct RawCluster {
     snapshot_entries: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeal {
+    grace_secs: Option<u64>,
+    repair_mbps: Option<u64>,
+    repair_streams: Option<u64>,
+    scrub_mbps: Option<u64>,
+    orphan_delay_secs: Option<u64>,
+    balance_margin_percent: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -336,6 +392,8 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     cluster: RawCluster,
+    #[serde(default)]
+    heal: RawHeal,
     #[serde(default)]
     mserver: Vec<RawServer>,
     #[serde(default)]
@@ -436,6 +494,8 @@ impl RawConfig {
                 format!("{snapshot_entries}: must be at least 16"),
             ));
         }
+
+        let heal = self.heal.validate(&invalid)?;
 
         let mut servers = Vec::new();
         let mut ids = HashSet::new();
@@ -558,8 +618,58 @@ impl RawConfig {
             replication,
             timing,
             snapshot_entries,
+            heal,
             servers,
             clients,
+        })
+    }
+}
+
+impl RawHeal {
+    fn validate(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<Heal, ConfigError> {
+        let default = Heal::default();
+        let secs = |field: &str, value: Option<u64>, default: Duration| match value {
+            None => Ok(default),
+            Some(s) if s > 30 * 24 * 3600 => {
+                Err(invalid(field, format!("{s}: at most 30 days (2592000)")))
+            }
+            Some(s) => Ok(Duration::from_secs(s)),
+        };
+        let grace = secs("heal.grace_secs", self.grace_secs, default.grace)?;
+        let orphan_delay =
+            secs("heal.orphan_delay_secs", self.orphan_delay_secs, default.orphan_delay)?;
+        let rate = |field: &str, value: Option<u64>, default: u64, zero_ok: bool| match value {
+            None => Ok(default),
+            Some(0) if !zero_ok => Err(invalid(field, "must be at least 1".into())),
+            Some(n) if n > 100_000 => Err(invalid(field, format!("{n}: at most 100000 MB/s"))),
+            Some(n) => Ok(n * MB),
+        };
+        let repair_bytes_per_sec =
+            rate("heal.repair_mbps", self.repair_mbps, default.repair_bytes_per_sec, false)?;
+        let scrub_bytes_per_sec =
+            rate("heal.scrub_mbps", self.scrub_mbps, default.scrub_bytes_per_sec, true)?;
+        let repair_streams = match self.repair_streams {
+            None => default.repair_streams,
+            Some(n @ 1..=64) => n as usize,
+            Some(n) => return Err(invalid("heal.repair_streams", format!("{n}: must be 1 to 64"))),
+        };
+        let balance_margin_percent = match self.balance_margin_percent {
+            None => default.balance_margin_percent,
+            Some(n @ 1..=100) => n as u32,
+            Some(n) => {
+                return Err(invalid(
+                    "heal.balance_margin_percent",
+                    format!("{n}: must be 1 to 100"),
+                ));
+            }
+        };
+        Ok(Heal {
+            grace,
+            repair_bytes_per_sec,
+            repair_streams,
+            scrub_bytes_per_sec,
+            orphan_delay,
+            balance_margin_percent,
         })
     }
 }
@@ -687,6 +797,24 @@ key = "client-key-0123456789"
             assert!(message.contains(expect), "for {to:?}: {message:?} lacks {expect:?}");
             assert!(message.contains("/etc/meshfs/config.conf"), "{message:?} lacks the file");
         }
+    }
+
+    #[test]
+    fn the_heal_table_is_optional_and_checked() {
+        assert_eq!(parse(GOOD).unwrap().heal, Heal::default());
+        let text = GOOD.replacen(
+            "[[mserver]]",
+            "[heal]\ngrace_secs = 5\nrepair_mbps = 40\nscrub_mbps = 0\nbalance_margin_percent = 3\n\n[[mserver]]",
+            1,
+        );
+        let heal = parse(&text).unwrap().heal;
+        assert_eq!(heal.grace, Duration::from_secs(5));
+        assert_eq!((heal.repair_bytes_per_sec, heal.scrub_bytes_per_sec), (40_000_000, 0));
+        assert_eq!((heal.balance_margin_percent, heal.repair_streams), (3, 2));
+        let bad = GOOD.replacen("[[mserver]]", "[heal]\nrepair_mbps = 0\n\n[[mserver]]", 1);
+        assert!(error(&bad).contains("heal.repair_mbps: must be at least 1"), "{}", error(&bad));
+        let bad = GOOD.replacen("[[mserver]]", "[heal]\ngrace = 5\n\n[[mserver]]", 1);
+        assert!(error(&bad).contains("unknown field `grace`"), "{}", error(&bad));
     }
 
     #[test]
