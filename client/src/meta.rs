@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use meshfs_core::descriptor::FileDescriptor;
 use meshfs_core::namespace::{DirEntry, Stat};
 use meshfs_core::path::MeshPath;
-use meshfs_core::wire::{MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
+use meshfs_core::wire::{FsckReport, MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
 use meshfs_group::{Config, NodeId, Role};
 
 use crate::connection::{Connection, Credentials};
@@ -217,6 +217,25 @@ impl MetaClient {
         let path = Self::path(path)?;
         match Self::expect(self.call(MetaOp::Remove { path, recursive })?)? {
             MetaReply::Removed { files, dirs } => Ok((files, dirs)),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// `fsck`: every block of the files at or under `path`, checked against the
+    /// data-servers' reports by the leader.
+    pub fn fsck(&mut self, path: &str) -> Result<FsckReport, ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::Fsck { path })?)? {
+            MetaReply::Fsck(report) => Ok(report),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// Marks data-server `server` draining (its blocks move to the others), or clears it.
+    pub fn drain(&mut self, server: u32, draining: bool) -> Result<(), ClientError> {
+        let op = MetaOp::Drain { server: NodeId(server), draining };
+        match Self::expect(self.call(op)?)? {
+            MetaReply::Done => Ok(()),
             other => Err(Self::unexpected(&other)),
         }
     }

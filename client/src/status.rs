@@ -82,6 +82,22 @@ pub struct ServerView {
     /// Meta-servers: the data-servers as their reports describe them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub data_servers: Vec<DataServerView>,
+    /// The leader: the cluster's blocks by health.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthView>,
+}
+
+/// Blocks by health, as the leader counted them in its last repair scan.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HealthView {
+    /// As many good replicas as wanted.
+    pub healthy: u64,
+    /// Fewer good replicas than wanted, at least one.
+    pub under_replicated: u64,
+    /// No good replica.
+    pub missing: u64,
+    /// A repair copy under way.
+    pub repairing: u64,
 }
 
 /// A data-server as a meta-server knows it from its reports.
@@ -89,6 +105,8 @@ pub struct ServerView {
 pub struct DataServerView {
     /// The data-server's id.
     pub id: u32,
+    /// "up", "down", "up, draining" or "down, draining".
+    pub state: String,
     /// Bytes it may store.
     pub capacity: u64,
     /// Bytes its replicas take.
@@ -106,6 +124,11 @@ pub struct ClusterStatus {
     pub cluster: String,
     /// Every server of the config, in config order.
     pub servers: Vec<ServerView>,
+    /// The data-servers as the leader sees them (or any meta-server, if none leads).
+    pub data_servers: Vec<DataServerView>,
+    /// The leader's count of blocks by health.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthView>,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -149,12 +172,23 @@ fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
             .iter()
             .map(|d| DataServerView {
                 id: d.id.0,
+                state: format!(
+                    "{}{}",
+                    if d.up { "up" } else { "down" },
+                    if d.draining { ", draining" } else { "" }
+                ),
                 capacity: d.capacity,
                 used: d.used,
                 blocks: d.blocks,
                 complete: d.complete,
             })
             .collect(),
+        health: reply.health.map(|h| HealthView {
+            healthy: h.healthy,
+            under_replicated: h.under_replicated,
+            missing: h.missing,
+            repairing: h.repairing,
+        }),
     }
 }
 
@@ -217,12 +251,19 @@ pub fn cluster_status(
                         leader: None,
                         inodes: None,
                         data_servers: Vec::new(),
+                        health: None,
                     },
                 }
             })
             .collect()
     });
-    ClusterStatus { cluster: config.cluster_name.clone(), servers }
+    let servers: Vec<ServerView> = servers;
+    // The leader's view of the data-servers; any meta-server's if none leads.
+    let leader = servers.iter().find(|s| s.raft_role == Some("leader"));
+    let source = leader.or_else(|| servers.iter().find(|s| !s.data_servers.is_empty()));
+    let data_servers = source.map(|s| s.data_servers.clone()).unwrap_or_default();
+    let health = leader.and_then(|s| s.health);
+    ClusterStatus { cluster: config.cluster_name.clone(), servers, data_servers, health }
 }
 
 impl ClusterStatus {
@@ -326,6 +367,52 @@ impl ClusterStatus {
             }
             out.push('\n');
         }
+        if !self.data_servers.is_empty() {
+            let _ = writeln!(out, "\ndata-servers (as the leader sees them):");
+            let _ = writeln!(
+                out,
+                "{:>4}  {:<15} {:>10} {:>10} {:>6} {:>8}",
+                "id", "state", "capacity", "used", "used%", "blocks"
+            );
+            for d in &self.data_servers {
+                let percent =
+                    if d.capacity == 0 { 0.0 } else { 100.0 * d.used as f64 / d.capacity as f64 };
+                let _ = writeln!(
+                    out,
+                    "{:>4}  {:<15} {:>10} {:>10} {:>5.1}% {:>8}",
+                    d.id,
+                    d.state,
+                    human_bytes(d.capacity),
+                    human_bytes(d.used),
+                    percent,
+                    d.blocks
+                );
+            }
+        }
+        match &self.health {
+            Some(h) => {
+                let _ = writeln!(
+                    out,
+                    "\nblocks: {} healthy, {} under-replicated, {} missing, {} being repaired",
+                    h.healthy, h.under_replicated, h.missing, h.repairing
+                );
+            }
+            None => {
+                let _ = writeln!(out, "\nblocks: no leader to count them");
+            }
+        }
         out
     }
+}
+
+/// Bytes in binary units, e.g. "1.5GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes}B") } else { format!("{value:.1}{}", UNITS[unit]) }
 }

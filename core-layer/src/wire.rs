@@ -527,15 +527,10 @@ pub struct FsckProblem {
     pub replicas: Vec<NodeId>,
     /// Members of the set holding a good copy.
     pub good: Vec<NodeId>,
+    /// No good copy is known anywhere: its data is unavailable.
+    pub missing: bool,
     /// A repair copy of it is under way.
     pub repairing: bool,
-}
-
-impl FsckProblem {
-    /// Whether no good replica is left.
-    pub fn missing(&self) -> bool {
-        self.good.is_empty()
-    }
 }
 
 /// What fsck found under a path.
@@ -1294,7 +1289,7 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
                 w.u8(p.wanted);
                 write_replicas(w, &p.replicas);
                 write_replicas(w, &p.good);
-                w.bool(p.repairing);
+                w.bool(p.missing).bool(p.repairing);
             }
             w.bool(report.more);
             write_replicas(w, &report.unknown_servers);
@@ -1331,6 +1326,7 @@ fn read_fsck(r: &mut BodyReader<'_>) -> Result<FsckReport, BodyError> {
             wanted: r.u8("wanted")?,
             replicas: read_replicas(r)?,
             good: read_replicas(r)?,
+            missing: r.bool("missing")?,
             repairing: r.bool("repairing")?,
         });
     }
@@ -1567,6 +1563,7 @@ mod tests {
                     wanted: 2,
                     replicas: vec![NodeId(4), NodeId(5)],
                     good: vec![NodeId(5)],
+                    missing: false,
                     repairing: true,
                 }],
                 more: false,
@@ -1812,8 +1809,10 @@ mod tests {
         s.peers.clear();
         s.raft = None;
         s.data_servers.clear();
+        s.health = None;
         let short = Message::StatusReply(s).encode();
-        let count_at = short.len() - 9; // the count, the has_raft byte, the data-server count
+        // The count, the has_raft byte, the data-server count, the has_health byte.
+        let count_at = short.len() - 10;
         frame.body = short;
         frame.body[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(

@@ -656,6 +656,66 @@ impl BlockStore {
         self.read(descriptor, 0, info.len).map(|_| ())
     }
 
+    /// Deletes the replica of `block` if its newest copy is at exactly that version (and
+    /// the copy it was written from with it): the leader's garbage collection, which must not
+    /// take a copy that arrived after it decided. Whether anything was deleted.
+    pub fn remove_version(&self, block: BlockDescriptor) -> Result<bool, StoreError> {
+        let held = {
+            let mut index = self.lock();
+            match index.get(&key(&block)) {
+                Some(h) if h.current.descriptor.version == block.version => {
+                    index.remove(&key(&block))
+                }
+                _ => None,
+            }
+        };
+        let Some(held) = held else { return Ok(false) };
+        let path = self.path_of(block.file.id, block.index);
+        for path in [path.with_extension("prev"), path] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path, source: e }),
+            }
+        }
+        self.release(held.bytes());
+        Ok(true)
+    }
+
+    /// Sets the copy of `block` at its version aside as damaged (renamed `.bad`, never
+    /// served again). If that was the newest copy and an older one is kept beside it, the
+    /// older one becomes the replica. Whether a copy was set aside.
+    pub fn set_aside(&self, block: BlockDescriptor) -> Result<bool, StoreError> {
+        let path = self.path_of(block.file.id, block.index);
+        let older_path = path.with_extension("prev");
+        let aside = path.with_extension("bad");
+        let mut index = self.lock();
+        let Some(held) = index.get_mut(&key(&block)) else { return Ok(false) };
+        let freed = if held.current.descriptor.version == block.version {
+            fs::rename(&path, &aside).map_err(io_err(&path))?;
+            let freed = held.current.file_bytes;
+            match held.older.take() {
+                Some(older) => {
+                    fs::rename(&older_path, &path).map_err(io_err(&older_path))?;
+                    held.current = older;
+                }
+                None => {
+                    index.remove(&key(&block));
+                }
+            }
+            freed
+        } else if let Some(older) = held.older.filter(|o| o.descriptor.version == block.version) {
+            fs::rename(&older_path, &aside).map_err(io_err(&older_path))?;
+            held.older = None;
+            older.file_bytes
+        } else {
+            return Ok(false);
+        };
+        drop(index);
+        self.release(freed);
+        Ok(true)
+    }
+
     /// Deletes the replica of block `index` of `file` (any version).
     pub fn remove(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
         let Some(held) = self.lock().remove(&(file.0, index)) else { return Ok(false) };
@@ -927,6 +987,34 @@ mod tests {
                 x as u8
             })
             .collect()
+    }
+
+    #[test]
+    fn removal_by_version_and_setting_aside_never_take_the_wrong_copy() {
+        let dir = TempDir::new("remove-version");
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        write(&store, desc(7, 0, 2), &bytes(5000, 1));
+        assert!(!store.remove_version(desc(7, 0, 1)).unwrap(), "another version stays");
+        assert!(store.get(FileId(7), 0).is_some());
+        assert!(store.remove_version(desc(7, 0, 2)).unwrap());
+        assert!(store.get(FileId(7), 0).is_none());
+        assert_eq!(store.used(), 0);
+        // Damaged newest copy with an older one beside it: the older one is the replica now.
+        write(&store, desc(8, 0, 2), &bytes(5000, 2));
+        let mut w = store.begin_write(desc(8, 0, 3), BlockVersion(2), BLOCK, true).unwrap();
+        w.write_at(0, &bytes(10, 3)).unwrap();
+        w.commit().unwrap();
+        assert!(store.set_aside(desc(8, 0, 3)).unwrap());
+        assert_eq!(store.get(FileId(8), 0).unwrap().descriptor.version, BlockVersion(2));
+        assert_eq!(store.read(desc(8, 0, 2), 0, 5000).unwrap().data, bytes(5000, 2));
+        assert!(store.set_aside(desc(8, 0, 2)).unwrap());
+        assert!(store.get(FileId(8), 0).is_none());
+        assert!(!store.set_aside(desc(8, 0, 2)).unwrap());
+        let bad = store.path_of(FileId(8), 0).with_extension("bad");
+        assert!(bad.is_file(), "set aside, not deleted");
+        drop(store);
+        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        assert!(store.get(FileId(8), 0).is_none(), "a set-aside copy is never served again");
     }
 
     fn write(store: &Arc<BlockStore>, d: BlockDescriptor, data: &[u8]) -> BlockInfo {

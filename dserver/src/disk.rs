@@ -3,18 +3,33 @@
 //! Each write is pinned to one worker (by its number), so its chunks are written in the order
 //! they arrived and its [`BlockWrite`] never leaves that thread. Reads go to any worker.
 //! Results come back through a channel, and the worker wakes the loop with its [`Notifier`].
+//!
+//! The scrubber is one more thread: it re-reads every replica at a configured rate, checks
+//! every segment, and sets aside the damaged ones ([`DiskDone::Damaged`]). A read for a client
+//! or a peer that finds a damaged segment does the same.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Weak};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion};
 use meshfs_core::wire::{BlockData, Message, RangeRead};
+use meshfs_group::NodeId;
 use meshfs_net::{ConnId, Frame, Notifier};
 
-use crate::block_store::{BlockStore, BlockWrite};
+use crate::block_store::{BlockStore, BlockWrite, StoreError};
+
+/// Where a read's answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// A client's connection.
+    Client(ConnId),
+    /// Another data-server (a repair copy), over the mesh.
+    Peer(NodeId),
+}
 
 /// Worker threads per data-server.
 pub const DISK_WORKERS: usize = 4;
@@ -59,11 +74,16 @@ pub enum DiskJob {
         /// The block at its committed version.
         block: BlockDescriptor,
     },
-    /// Read for a client.
+    /// Delete the replica of `block` if held at exactly its version.
+    Delete {
+        /// The block at the version to delete.
+        block: BlockDescriptor,
+    },
+    /// Read for a client or a peer.
     Read {
-        /// The client's connection.
-        conn: ConnId,
-        /// The client's request id.
+        /// Who asked.
+        to: ReplyTo,
+        /// The asker's request id.
         request: u64,
         /// The block.
         block: BlockDescriptor,
@@ -96,10 +116,24 @@ pub enum DiskDone {
         /// Why.
         message: String,
     },
+    /// A replica was deleted (or was not held at that version).
+    Deleted {
+        /// The block at the version asked.
+        block: BlockDescriptor,
+        /// Whether it was there and is gone.
+        removed: bool,
+    },
+    /// A replica was found damaged and set aside.
+    Damaged {
+        /// The block at the damaged version.
+        block: BlockDescriptor,
+        /// What was wrong.
+        reason: String,
+    },
     /// A read's answer.
     Read {
-        /// The client's connection.
-        conn: ConnId,
+        /// Who asked.
+        to: ReplyTo,
         /// The answer (a [`Message::BlockData`]), encoded and checksummed.
         frame: Frame,
     },
@@ -110,6 +144,9 @@ pub enum DiskDone {
 pub struct DiskPool {
     workers: Vec<Sender<DiskJob>>,
     done: Receiver<DiskDone>,
+    done_tx: Sender<DiskDone>,
+    notifier: Notifier,
+    store: Arc<BlockStore>,
     next_reader: usize,
 }
 
@@ -129,7 +166,22 @@ impl DiskPool {
                 tx
             })
             .collect();
-        DiskPool { workers, done, next_reader: 0 }
+        DiskPool { workers, done, done_tx, notifier, store, next_reader: 0 }
+    }
+
+    /// Starts the scrubber: it re-reads every replica at `bytes_per_sec`, over and over,
+    /// until the store is dropped. Nothing is started for a rate of 0.
+    pub fn start_scrubber(&self, bytes_per_sec: u64) {
+        if bytes_per_sec == 0 {
+            info!("scrubber off (heal.scrub_mbps = 0)");
+            return;
+        }
+        let (store, done, notifier) =
+            (Arc::downgrade(&self.store), self.done_tx.clone(), self.notifier.clone());
+        thread::Builder::new()
+            .name("scrubber".into())
+            .spawn(move || scrub(store, bytes_per_sec, done, notifier))
+            .expect("the scrubber starts");
     }
 
     /// Queues a job.
@@ -139,7 +191,7 @@ impl DiskPool {
             | DiskJob::Chunk { write, .. }
             | DiskJob::Commit { write }
             | DiskJob::Abort { write } => (*write % DISK_WORKERS as u64) as usize,
-            DiskJob::Read { .. } | DiskJob::Settle { .. } => {
+            DiskJob::Read { .. } | DiskJob::Settle { .. } | DiskJob::Delete { .. } => {
                 self.next_reader = (self.next_reader + 1) % DISK_WORKERS;
                 self.next_reader
             }
@@ -162,6 +214,7 @@ fn worker(
 ) {
     let mut open: HashMap<u64, BlockWrite> = HashMap::new();
     while let Ok(job) = jobs.recv() {
+        let mut damaged = None;
         let result = match job {
             DiskJob::Begin { write, block, base, block_size, keep_existing } => {
                 match store.begin_write(block, base, block_size, keep_existing) {
@@ -202,8 +255,19 @@ fn worker(
                 }
                 None
             }
-            DiskJob::Read { conn, request, block, offset, len } => {
-                let reply = match store.read(block, offset, u64::from(len)) {
+            DiskJob::Delete { block } => match store.remove_version(block) {
+                Ok(removed) => Some(DiskDone::Deleted { block, removed }),
+                Err(err) => {
+                    warn!("deleting {block}: {err}");
+                    None
+                }
+            },
+            DiskJob::Read { to, request, block, offset, len } => {
+                let read = store.read(block, offset, u64::from(len));
+                if let Err(err) = &read {
+                    damaged = set_aside_if_damaged(&store, block, err);
+                }
+                let reply = match read {
                     // Only the bytes asked for go back, with what checks their segments.
                     Ok(read) => BlockData::Range(RangeRead::from_segments(
                         read.first_segment,
@@ -218,13 +282,84 @@ fn worker(
                 // Encoded and checksummed here, so the event loop only queues the bytes.
                 let message = Message::BlockData(reply);
                 let frame = Frame::checksummed(message.kind(), request, message.encode());
-                Some(DiskDone::Read { conn, frame })
+                Some(DiskDone::Read { to, frame })
             }
         };
-        if let Some(result) = result
-            && (done.send(result).is_err() || notifier.notify().is_err())
-        {
-            return;
+        for result in result.into_iter().chain(damaged) {
+            if done.send(result).is_err() || notifier.notify().is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// If `err` says the replica of `block` is damaged, sets it aside and says so.
+fn set_aside_if_damaged(
+    store: &BlockStore,
+    block: BlockDescriptor,
+    err: &StoreError,
+) -> Option<DiskDone> {
+    if !matches!(err, StoreError::Corrupt { .. } | StoreError::BadFile { .. }) {
+        return None;
+    }
+    match store.set_aside(block) {
+        Ok(true) => Some(DiskDone::Damaged { block, reason: err.to_string() }),
+        Ok(false) => None,
+        Err(aside) => {
+            warn!("setting aside damaged {block}: {aside}");
+            None
+        }
+    }
+}
+
+/// Bytes the scrubber reads at once.
+const SCRUB_PIECE: u64 = 1024 * 1024;
+
+/// The scrubber's loop: passes over every replica, each read checked segment by segment,
+/// paced to `bytes_per_sec`; ends when the store is gone.
+fn scrub(store: Weak<BlockStore>, bytes_per_sec: u64, done: Sender<DiskDone>, notifier: Notifier) {
+    let mut pass = 0u64;
+    loop {
+        let Some(blocks) = store.upgrade().map(|s| s.list()) else { return };
+        let started = Instant::now();
+        let (mut bytes, mut bad) = (0u64, 0u64);
+        for info in &blocks {
+            let mut offset = 0;
+            while offset < info.len {
+                let len = (info.len - offset).min(SCRUB_PIECE);
+                let Some(strong) = store.upgrade() else { return };
+                let read = strong.read(info.descriptor, offset, len);
+                let damaged = read
+                    .as_ref()
+                    .err()
+                    .and_then(|err| set_aside_if_damaged(&strong, info.descriptor, err));
+                drop(strong);
+                bytes += len;
+                if let Some(damaged) = damaged {
+                    if let DiskDone::Damaged { reason, .. } = &damaged {
+                        warn!("scrubber: {reason}; set aside, to be repaired from a good copy");
+                    }
+                    bad += 1;
+                    if done.send(damaged).is_err() || notifier.notify().is_err() {
+                        return;
+                    }
+                }
+                if read.is_err() {
+                    break; // damaged, or replaced or deleted meanwhile
+                }
+                offset += len;
+                // Paced over the pass: a slow read is made up for, never with a burst.
+                let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
+        }
+        pass += 1;
+        if bytes == 0 {
+            thread::sleep(Duration::from_secs(1)); // nothing to read: look again in a while
+        } else {
+            debug!("scrub pass {pass}: {} replicas, {bytes} bytes, {bad} damaged", blocks.len());
         }
     }
 }

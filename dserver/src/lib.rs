@@ -19,7 +19,16 @@
 //! for the base, which the block store keeps beside the new copy. The leader's
 //! [`Message::BlockCommitted`] notice lets the base copy go.
 //!
-//! Reads return whole segments with their stored checksums, which the client checks again.
+//! Reads return the bytes asked for with what checks their segments against the stored
+//! checksums, which the client checks again.
+//!
+//! Self-healing, on the leader meta-server's word: a [`Message::Repair`] makes this
+//! data-server copy a block from another one over the mesh (reads paced to the configured
+//! repair rate, every segment checked against the source's stored checksums, then written
+//! and committed like any write) and answer [`Message::RepairDone`]; a
+//! [`Message::DeleteReplica`] deletes a replica if it is still at the version the leader saw.
+//! The scrubber re-reads every replica in the background; a damaged one is set aside and
+//! reported, and the leader has it copied back from a good replica.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
@@ -31,27 +40,33 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use meshfs_core::descriptor::BlockDescriptor;
 use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::TokenOp;
 use meshfs_core::wire::{
-    BlockData, DataReport, KIND_BLOCK_COMMITTED, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES,
-    MAX_REPORT_BLOCKS, Message, ReadBlock, WriteAck, WriteChunk,
+    BlockData, DataReport, KIND_BLOCK_COMMITTED, KIND_BLOCK_DATA, KIND_DELETE_REPLICA,
+    KIND_READ_BLOCK, KIND_REPAIR, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES,
+    MAX_REPORT_BLOCKS, Message, ReadBlock, RepairTask, WriteAck, WriteChunk,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
 use meshfs_net::{ConnId, Priority};
 
 use crate::block_store::{BlockStore, StoreError};
-use crate::disk::{DiskDone, DiskJob, DiskPool};
+use crate::disk::{DiskDone, DiskJob, DiskPool, ReplyTo};
 
 /// A write idle this long (no chunk, no acknowledgement) is abandoned: its upstream died or
 /// gave up, and its temporary file is removed.
 pub const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const SWEEP_TIMER: u64 = 1;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const PACE_TIMER: u64 = 2;
+/// While a repair copy waits for its rate allowance, it looks again this often.
+const PACE_EVERY: Duration = Duration::from_millis(10);
+/// Reads one repair copy keeps outstanding at its source.
+const COPY_READS: usize = 4;
 
 /// Why a data-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +109,53 @@ struct Inbound {
     last_activity: Instant,
 }
 
+/// A repair copy coming into this data-server.
+#[derive(Debug)]
+struct Copy {
+    /// The leader that asked, and what.
+    leader: NodeId,
+    task: RepairTask,
+    /// Bytes asked of the source so far.
+    requested: u64,
+    /// Reads asked and not yet answered.
+    reads: usize,
+    /// Pieces to write in all, and written so far.
+    pieces: u64,
+    written: u64,
+    last_activity: Instant,
+}
+
+/// A token bucket: repair reads into this data-server stay under the configured rate.
+#[derive(Debug)]
+struct Pacer {
+    bytes_per_sec: u64,
+    allowance: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    fn new(bytes_per_sec: u64) -> Pacer {
+        Pacer { bytes_per_sec, allowance: 0.0, last: Instant::now() }
+    }
+
+    /// Takes `bytes` of allowance if there is that much.
+    fn take(&mut self, bytes: u64) -> bool {
+        let now = Instant::now();
+        let rate = self.bytes_per_sec as f64;
+        // At most a tenth of a second's worth (and at least one piece) saved up.
+        let burst = (rate / 10.0).max(f64::from(MAX_CHUNK_BYTES));
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.allowance = (self.allowance + elapsed * rate).min(burst);
+        self.last = now;
+        if self.allowance >= bytes as f64 {
+            self.allowance -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The data-server above the group: its block store and the writes under way.
 #[derive(Debug)]
 pub struct DataServer {
@@ -108,6 +170,13 @@ pub struct DataServer {
     /// Our write number by the request id we use downstream.
     by_downstream: HashMap<u64, u64>,
     next_write: u64,
+    /// Repair copies coming in, by their write number.
+    copies: HashMap<u64, Copy>,
+    /// Reads asked of copy sources, by request id: (write number, offset, length).
+    copy_reads: HashMap<u64, (u64, u64, u32)>,
+    next_copy_read: u64,
+    pacer: Pacer,
+    pace_timer_set: bool,
 }
 
 fn now_ms() -> u64 {
@@ -117,8 +186,15 @@ fn now_ms() -> u64 {
 }
 
 impl DataServer {
-    /// A data-server serving `store`, checking tokens with `secret`.
-    pub fn new(me: NodeId, secret: Vec<u8>, store: Arc<BlockStore>, disk: DiskPool) -> DataServer {
+    /// A data-server serving `store`, checking tokens with `secret`, taking repair copies at
+    /// up to `repair_bytes_per_sec`.
+    pub fn new(
+        me: NodeId,
+        secret: Vec<u8>,
+        store: Arc<BlockStore>,
+        disk: DiskPool,
+        repair_bytes_per_sec: u64,
+    ) -> DataServer {
         DataServer {
             me,
             secret,
@@ -128,7 +204,181 @@ impl DataServer {
             by_upstream: HashMap::new(),
             by_downstream: HashMap::new(),
             next_write: 1,
+            copies: HashMap::new(),
+            copy_reads: HashMap::new(),
+            next_copy_read: 1,
+            pacer: Pacer::new(repair_bytes_per_sec),
+            pace_timer_set: false,
         }
+    }
+
+    // ---- repair copies ----
+
+    /// Starts the copy the leader asked for.
+    fn start_copy(&mut self, node: &mut Node, leader: NodeId, task: RepairTask) {
+        let block = task.block;
+        if let Some(held) = self.store.get(block.file.id, block.index)
+            && held.descriptor.version == block.version
+        {
+            // Already here (an earlier copy, or the task was sent twice): done.
+            return Self::copy_answer(node, leader, &task, String::new());
+        }
+        let busy = self
+            .copies
+            .values()
+            .any(|c| (c.task.block.file.id, c.task.block.index) == (block.file.id, block.index));
+        if busy || task.len > u64::from(task.block_size) || task.source == self.me {
+            let why = if busy { "a copy of it is already under way here" } else { "bad task" };
+            return Self::copy_answer(node, leader, &task, why.into());
+        }
+        let write = self.next_write;
+        self.next_write += 1;
+        info!("repair: copying {block} ({} bytes) from data-server {}", task.len, task.source);
+        self.disk.submit(DiskJob::Begin {
+            write,
+            block,
+            base: block.version,
+            block_size: task.block_size,
+            keep_existing: false,
+        });
+        let pieces = task.len.div_ceil(u64::from(MAX_CHUNK_BYTES));
+        self.copies.insert(
+            write,
+            Copy {
+                leader,
+                task,
+                requested: 0,
+                reads: 0,
+                pieces,
+                written: 0,
+                last_activity: Instant::now(),
+            },
+        );
+        if pieces == 0 {
+            self.disk.submit(DiskJob::Commit { write });
+        }
+        self.pump_copies(node);
+    }
+
+    fn copy_answer(node: &mut Node, leader: NodeId, task: &RepairTask, error: String) {
+        let done = Message::RepairDone { task: task.task, block: task.block, error };
+        if node.send(leader, Priority::Control, done.to_frame(0)).is_err() {
+            debug!("meta-server {leader} is down: it will time the repair task out");
+        }
+    }
+
+    /// Asks the sources for more, as far as the rate and the read window allow.
+    fn pump_copies(&mut self, node: &mut Node) {
+        let mut writes: Vec<u64> = self.copies.keys().copied().collect();
+        writes.sort_unstable();
+        let mut failed = Vec::new();
+        'copies: for write in writes {
+            loop {
+                let Some(copy) = self.copies.get_mut(&write) else { continue 'copies };
+                if copy.reads >= COPY_READS || copy.requested >= copy.task.len {
+                    continue 'copies;
+                }
+                let len = (copy.task.len - copy.requested).min(u64::from(MAX_CHUNK_BYTES));
+                if !self.pacer.take(len) {
+                    if !self.pace_timer_set {
+                        node.set_timer(Instant::now() + PACE_EVERY, PACE_TIMER);
+                        self.pace_timer_set = true;
+                    }
+                    break 'copies;
+                }
+                let id = self.next_copy_read;
+                self.next_copy_read += 1;
+                let read =
+                    ReadBlock { block: copy.task.block, offset: copy.requested, len: len as u32 };
+                let frame = Message::ReadBlock(read).to_frame(id);
+                if node.send(copy.task.source, Priority::Bulk, frame).is_err() {
+                    failed
+                        .push((write, format!("source data-server {} is down", copy.task.source)));
+                    continue 'copies;
+                }
+                self.copy_reads.insert(id, (write, copy.requested, len as u32));
+                copy.requested += len;
+                copy.reads += 1;
+            }
+        }
+        for (write, why) in failed {
+            self.fail_copy(node, write, why);
+        }
+    }
+
+    fn fail_copy(&mut self, node: &mut Node, write: u64, why: String) {
+        let Some(copy) = self.copies.remove(&write) else { return };
+        warn!(
+            "repair copy of {} from data-server {} failed: {why}",
+            copy.task.block, copy.task.source
+        );
+        self.copy_reads.retain(|_, (w, _, _)| *w != write);
+        self.disk.submit(DiskJob::Abort { write });
+        Self::copy_answer(node, copy.leader, &copy.task, why);
+    }
+
+    /// A piece of a copy arrived from its source.
+    fn copy_data(&mut self, node: &mut Node, from: NodeId, id: u64, data: BlockData) {
+        let Some((write, offset, len)) = self.copy_reads.remove(&id) else { return };
+        let Some(copy) = self.copies.get_mut(&write) else { return };
+        if copy.task.source != from {
+            return self.fail_copy(node, write, format!("a reply came from {from}"));
+        }
+        copy.reads -= 1;
+        copy.last_activity = Instant::now();
+        let range = match data {
+            BlockData::Failed { message } => {
+                return self.fail_copy(node, write, format!("the source refused: {message}"));
+            }
+            BlockData::Range(range) => range,
+        };
+        let checked = range.verify().map_err(|e| e.to_string()).and_then(|()| {
+            let fits = range.offset == offset
+                && range.data.len() == len as usize
+                && range.block_len == copy.task.len;
+            if fits { Ok(()) } else { Err("the source sent another range or length".into()) }
+        });
+        if let Err(why) = checked {
+            return self.fail_copy(node, write, format!("bad data from the source: {why}"));
+        }
+        self.disk.submit(DiskJob::Chunk { write, offset, data: range.data });
+        self.pump_copies(node);
+    }
+
+    /// A disk result for a repair copy; false if `write` is not one.
+    fn copy_disk(&mut self, node: &mut Node, done: &DiskDone) -> bool {
+        let (DiskDone::Written { write, .. }
+        | DiskDone::Committed { write }
+        | DiskDone::Failed { write, .. }) = done
+        else {
+            return false;
+        };
+        let write = *write;
+        let Some(copy) = self.copies.get_mut(&write) else { return false };
+        copy.last_activity = Instant::now();
+        match done {
+            DiskDone::Written { .. } => {
+                copy.written += 1;
+                if copy.written == copy.pieces {
+                    self.disk.submit(DiskJob::Commit { write });
+                }
+            }
+            DiskDone::Committed { .. } => {
+                let copy = self.copies.remove(&write).expect("found above");
+                let block = copy.task.block;
+                info!("repair: {block} copied from data-server {} and committed", copy.task.source);
+                let held =
+                    self.store.get(block.file.id, block.index).map(|b| (b.descriptor, b.len));
+                self.report_change(node, held, None);
+                Self::copy_answer(node, copy.leader, &copy.task, String::new());
+            }
+            DiskDone::Failed { message, .. } => {
+                let why = format!("writing here: {message}");
+                self.fail_copy(node, write, why);
+            }
+            _ => {}
+        }
+        true
     }
 
     fn send_up(node: &mut Node, upstream: Upstream, upstream_id: u64, ack: WriteAck) {
@@ -305,6 +555,9 @@ impl DataServer {
 
     fn handle_disk(&mut self, node: &mut Node) {
         for done in self.disk.poll() {
+            if self.copy_disk(node, &done) {
+                continue;
+            }
             match done {
                 DiskDone::Written { write, end } => {
                     if let Some(inbound) = self.writes.get_mut(&write) {
@@ -326,7 +579,32 @@ impl DataServer {
                     self.progress(node, write);
                 }
                 DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
-                DiskDone::Read { conn, frame } => node.reply(conn, frame),
+                DiskDone::Read { to: ReplyTo::Client(conn), frame } => node.reply(conn, frame),
+                DiskDone::Read { to: ReplyTo::Peer(peer), frame } => {
+                    if node.send(peer, Priority::Bulk, frame).is_err() {
+                        debug!("data-server {peer} went down before its read was answered");
+                    }
+                }
+                DiskDone::Deleted { block, removed } => {
+                    if removed {
+                        info!("deleted replica {block}, as the leader asked");
+                        let key = (block.file.id.0, block.index);
+                        self.report_change(node, None, Some(key));
+                    }
+                }
+                DiskDone::Damaged { block, reason } => {
+                    warn!("replica {block} is damaged ({reason}): set aside, reporting it");
+                    let held =
+                        self.store.get(block.file.id, block.index).map(|b| (b.descriptor, b.len));
+                    let removed = held.is_none().then_some((block.file.id.0, block.index));
+                    self.report_change(node, held, removed);
+                    let message = Message::ReplicaDamaged { block, reason };
+                    let mservers: Vec<NodeId> =
+                        node.config().servers_of(Role::MServer).map(|s| s.id).collect();
+                    for m in mservers {
+                        let _ = node.send(m, Priority::Control, message.to_frame(0));
+                    }
+                }
             }
         }
     }
@@ -377,14 +655,20 @@ impl DataServer {
         }
     }
 
-    fn handle_read(&mut self, conn: ConnId, request: u64, read: ReadBlock, node: &mut Node) {
+    fn handle_read(&mut self, to: ReplyTo, request: u64, read: ReadBlock, node: &mut Node) {
         if read.len > MAX_CHUNK_BYTES {
             let message = format!("reads are at most {MAX_CHUNK_BYTES} bytes");
-            node.reply(conn, Message::BlockData(BlockData::Failed { message }).to_frame(request));
+            let frame = Message::BlockData(BlockData::Failed { message }).to_frame(request);
+            match to {
+                ReplyTo::Client(conn) => node.reply(conn, frame),
+                ReplyTo::Peer(peer) => {
+                    let _ = node.send(peer, Priority::Bulk, frame);
+                }
+            }
             return;
         }
         self.disk.submit(DiskJob::Read {
-            conn,
+            to,
             request,
             block: read.block,
             offset: read.offset,
@@ -405,6 +689,22 @@ impl DataServer {
                 (idle || upstream_gone || downstream_gone).then_some((write, downstream_gone))
             })
             .collect();
+        let stale_copies: Vec<(u64, String)> = self
+            .copies
+            .iter()
+            .filter_map(|(&write, c)| {
+                if down_peer == Some(c.task.source) {
+                    Some((write, format!("source data-server {} went down", c.task.source)))
+                } else if c.last_activity.elapsed() > WRITE_IDLE_TIMEOUT {
+                    Some((write, "no progress for 30 s".into()))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (write, why) in stale_copies {
+            self.fail_copy(node, write, why);
+        }
         for (write, downstream_gone) in stale {
             if downstream_gone {
                 let peer = down_peer.unwrap_or(self.me);
@@ -427,6 +727,9 @@ impl Service for DataServer {
         if token == SWEEP_TIMER {
             self.sweep(node, None, None);
             node.set_timer(Instant::now() + SWEEP_EVERY, SWEEP_TIMER);
+        } else if token == PACE_TIMER {
+            self.pace_timer_set = false;
+            self.pump_copies(node);
         }
     }
 
@@ -468,6 +771,36 @@ impl Service for DataServer {
                     Err(err) => warn!("bad data message from {from}: {err}"),
                 }
             }
+            GroupEvent::Message { from, frame }
+                if frame.kind == KIND_READ_BLOCK || frame.kind == KIND_BLOCK_DATA =>
+            {
+                let from_dserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
+                match Message::decode(&frame) {
+                    Ok(Message::ReadBlock(read)) if from_dserver => {
+                        self.handle_read(ReplyTo::Peer(from), frame.request_id, read, node);
+                    }
+                    Ok(Message::BlockData(data)) if from_dserver => {
+                        self.copy_data(node, from, frame.request_id, data);
+                    }
+                    Ok(_) => warn!("ignoring a block read from {from}, which is not a data-server"),
+                    Err(err) => warn!("bad block read message from {from}: {err}"),
+                }
+            }
+            GroupEvent::Message { from, frame }
+                if frame.kind == KIND_REPAIR || frame.kind == KIND_DELETE_REPLICA =>
+            {
+                let from_mserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::MServer);
+                match Message::decode(&frame) {
+                    Ok(Message::Repair(task)) if from_mserver => self.start_copy(node, from, task),
+                    Ok(Message::DeleteReplica(block)) if from_mserver => {
+                        self.disk.submit(DiskJob::Delete { block });
+                    }
+                    Ok(_) => warn!("ignoring a repair order from {from}, not a meta-server"),
+                    Err(err) => warn!("bad repair order from {from}: {err}"),
+                }
+            }
             GroupEvent::Message { from, frame } if frame.kind == KIND_BLOCK_COMMITTED => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
@@ -496,7 +829,7 @@ impl Service for DataServer {
                         return;
                     }
                     Handled::ForRole(Message::ReadBlock(read)) => {
-                        self.handle_read(conn, frame.request_id, read, node);
+                        self.handle_read(ReplyTo::Client(conn), frame.request_id, read, node);
                         return;
                     }
                     Handled::ForRole(request) => {
@@ -520,7 +853,9 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), DataError> {
     let capacity = config.server(id).and_then(|s| s.capacity).unwrap_or(0);
     let store = Arc::new(BlockStore::open(data_dir.path(), capacity)?);
     let disk = DiskPool::start(Arc::clone(&store), node.notifier());
-    let mut server = DataServer::new(id, config.secret.clone(), store, disk);
+    disk.start_scrubber(config.heal.scrub_bytes_per_sec);
+    let rate = config.heal.repair_bytes_per_sec;
+    let mut server = DataServer::new(id, config.secret.clone(), store, disk, rate);
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())

@@ -11,10 +11,14 @@
 //! applied; reads (stat, list) are linearizable: the leader confirms its leadership with a
 //! ReadIndex round and answers once it has applied that far. A follower answers "not
 //! leader" with the leader it knows, and the client asks there.
+//!
+//! The leader also heals the cluster ([`heal`]): it re-replicates blocks of lost data-servers,
+//! refills stale and damaged replicas, deletes copies nobody needs, drains and rebalances.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod consensus;
+pub mod heal;
 pub mod log_store;
 pub mod persist;
 
@@ -31,21 +35,26 @@ use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
-    DataReport, KIND_DATA_REPORT, KIND_RAFT, KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS,
-    Message, MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk,
-    StatusReply,
+    DataReport, KIND_DATA_REPORT, KIND_RAFT, KIND_REPAIR_DONE, KIND_REPLICA_DAMAGED,
+    KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply, MetaRequest,
+    RaftInfo, ReportedDataServer, SnapshotChunk, StatusReply,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
+use meshfs_group::{ClientId, GroupEvent, Heal, NodeId, Role};
 use meshfs_net::{ConnId, Priority};
 use raft::StateRole;
 
 use crate::consensus::{OutgoingSnapshot, ProposeError, RaftStatus, Replica, ReplicaError};
+use crate::heal::{Healer, Reported};
 
 /// Time between Raft ticks: with [`consensus::ELECTION_TICKS`] an election starts after 1 to
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 const TICK_TIMER: u64 = 1;
+const HEAL_TIMER: u64 = 2;
+const EARLY_HEAL_TIMER: u64 = 3;
+/// The leader plans repair work this often.
+pub const HEAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Snapshot data travels in pieces of this size, on the bulk queue.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The snapshot pump sends only while less than this is queued to the peer, and at most
@@ -68,19 +77,6 @@ pub enum MetaError {
 struct Waiter {
     conn: ConnId,
     frame_id: u64,
-}
-
-/// A data-server as its reports describe it (soft state: rebuilt from reports, not logged).
-#[derive(Debug, Default)]
-struct Reported {
-    capacity: u64,
-    used: u64,
-    /// Replicas held: (file id, index) -> (version, valid length).
-    blocks: HashMap<(u32, u16), (u16, u64)>,
-    /// A full report in progress.
-    incoming: Option<HashMap<(u32, u16), (u16, u64)>>,
-    /// Its last full report is complete and its link is up.
-    complete: bool,
 }
 
 /// The meta-server above the group: its Raft replica and the clients waiting on it.
@@ -106,6 +102,8 @@ pub struct MetaServer {
     reports: BTreeMap<NodeId, Reported>,
     /// Replicas clients found down or damaged: (file id, index, data-server) -> why.
     bad_replicas: BTreeMap<(u32, u16, NodeId), String>,
+    /// Repair work (the leader's).
+    healer: Healer,
 }
 
 fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
@@ -126,13 +124,15 @@ fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
 }
 
 impl MetaServer {
-    /// A meta-server around its replica, creating files with these defaults and signing write
-    /// tokens with `secret`.
+    /// A meta-server around its replica, creating files with these defaults, signing write
+    /// tokens with `secret`, healing with `heal` (its own entries in session `nonce`).
     pub fn new(
         replica: Replica,
         default_replication: u8,
         block_size: u32,
         secret: Vec<u8>,
+        heal: Heal,
+        nonce: u64,
     ) -> MetaServer {
         MetaServer {
             replica,
@@ -146,6 +146,7 @@ impl MetaServer {
             sending: HashMap::new(),
             reports: BTreeMap::new(),
             bad_replicas: BTreeMap::new(),
+            healer: Healer::new(heal, nonce),
         }
     }
 
@@ -166,6 +167,13 @@ impl MetaServer {
         }
         let leader = self.replica.is_leader();
         for (_, entry, outcome) in output.applied {
+            if self.healer.owns(entry.session) {
+                self.healer.applied(&entry.command, &outcome);
+                if let (true, Some(delay)) = (leader, self.healer.early_scan()) {
+                    node.set_timer(Instant::now() + delay, EARLY_HEAL_TIMER);
+                }
+                continue;
+            }
             if let (true, Outcome::Committed { block, replicas }) = (leader, &outcome) {
                 // The replicas may now drop the version the write started from. A notice
                 // lost here only leaves that older copy on disk until the block's next write.
@@ -206,6 +214,7 @@ impl MetaServer {
         }
         if !self.replica.is_leader() {
             self.release_all(node);
+            self.healer.stand_down();
         }
     }
 
@@ -296,6 +305,22 @@ impl MetaServer {
                 );
                 self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
                 return answer(node, waiter, MetaReply::Done);
+            }
+            MetaOp::Fsck { path } => {
+                let namespace = self.replica.namespace();
+                let reply = match heal::fsck(node, namespace, &self.reports, &self.healer, &path) {
+                    Ok(report) => MetaReply::Fsck(report),
+                    Err(err) => MetaReply::Failed(err),
+                };
+                return answer(node, waiter, reply);
+            }
+            MetaOp::Drain { server, draining } => {
+                if node.config().server(server).is_none_or(|s| s.role != Role::DServer) {
+                    let err =
+                        NsError::NotFound(format!("data-server {server} (not in the config)"));
+                    return answer(node, waiter, MetaReply::Failed(err));
+                }
+                Command::SetDraining { server, draining }
             }
             MetaOp::Stat { .. } | MetaOp::List { .. } => {
                 let context = self.next_read;
@@ -403,7 +428,7 @@ impl MetaServer {
         node.group()
             .status()
             .into_iter()
-            .filter(|p| p.role == Role::DServer && p.up)
+            .filter(|p| p.role == Role::DServer && p.up && !namespace.draining().contains(&p.id))
             .map(|p| {
                 let configured = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
                 let assigned = namespace.allocated().get(&p.id).copied().unwrap_or(0);
@@ -476,17 +501,26 @@ impl MetaServer {
 
     fn status(&self, node: &Node) -> StatusReply {
         let mut status = node_status(node);
-        status.data_servers = self
-            .reports
-            .iter()
-            .map(|(&id, r)| ReportedDataServer {
-                id,
-                capacity: r.capacity,
-                used: r.used,
-                blocks: r.blocks.len() as u64,
-                complete: r.complete,
+        let links: BTreeMap<NodeId, bool> =
+            node.group().status().into_iter().map(|p| (p.id, p.up)).collect();
+        let draining = self.replica.namespace().draining();
+        status.data_servers = node
+            .config()
+            .servers_of(Role::DServer)
+            .map(|s| {
+                let r = self.reports.get(&s.id);
+                ReportedDataServer {
+                    id: s.id,
+                    capacity: r.map_or(s.capacity.unwrap_or(0), |r| r.capacity),
+                    used: r.map_or(0, |r| r.used),
+                    blocks: r.map_or(0, |r| r.blocks.len() as u64),
+                    complete: r.is_some_and(|r| r.complete),
+                    up: links.get(&s.id).copied().unwrap_or(false),
+                    draining: draining.contains(&s.id),
+                }
             })
             .collect();
+        status.health = self.healer.health().filter(|_| self.replica.is_leader());
         let inodes = self.replica.namespace().inode_count() as u64;
         status.raft = Some(raft_info(self.replica.status(), inodes));
         status
@@ -496,6 +530,7 @@ impl MetaServer {
 impl Service for MetaServer {
     fn start(&mut self, node: &mut Node) {
         node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
+        node.set_timer(Instant::now() + HEAL_INTERVAL, HEAL_TIMER);
     }
 
     fn handle_timer(&mut self, node: &mut Node, token: u64) {
@@ -503,6 +538,14 @@ impl Service for MetaServer {
             self.replica.tick();
             node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
             self.flush(node);
+        } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
+            if token == HEAL_TIMER {
+                node.set_timer(Instant::now() + HEAL_INTERVAL, HEAL_TIMER);
+            }
+            if self.replica.is_leader() {
+                self.healer.scan(node, &mut self.replica, &self.reports, now_ms());
+                self.flush(node);
+            }
         }
     }
 
@@ -552,6 +595,29 @@ impl Service for MetaServer {
                         warn!("ignoring a data report from {from}, which is not a data-server")
                     }
                     Err(err) => warn!("bad data report from {from}: {err}"),
+                }
+            }
+            GroupEvent::Message { from, frame }
+                if frame.kind == KIND_REPAIR_DONE || frame.kind == KIND_REPLICA_DAMAGED =>
+            {
+                let from_dserver =
+                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
+                match Message::decode(&frame) {
+                    Ok(Message::RepairDone { task, error, .. }) if from_dserver => {
+                        self.healer.copied(&mut self.replica, from, task, &error, now_ms());
+                        self.flush(node);
+                        // A stream is free: start the next copies without waiting a second.
+                        if let Some(delay) = self.healer.early_scan() {
+                            node.set_timer(Instant::now() + delay, EARLY_HEAL_TIMER);
+                        }
+                    }
+                    Ok(Message::ReplicaDamaged { block, reason }) if from_dserver => {
+                        warn!(
+                            "data-server {from} set aside its damaged replica of {block}: {reason}"
+                        );
+                    }
+                    Ok(_) => warn!("ignoring a repair message from {from}, not a data-server"),
+                    Err(err) => warn!("bad repair message from {from}: {err}"),
                 }
             }
             GroupEvent::Message { from, frame } if frame.kind == KIND_SNAPSHOT_CHUNK => {
@@ -660,6 +726,8 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::WriteLease { .. }
         | MetaOp::CommitWrite { .. }
         | MetaOp::SwapReplica { .. }
+        | MetaOp::Drain { .. }
+        | MetaOp::Fsck { .. }
         | MetaOp::ReportBadReplica { .. } => {
             unreachable!("writes go through the log, not read()")
         }
@@ -681,8 +749,15 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
     )?;
     let block_size =
         u32::try_from(config.block_size).expect("config validation caps block_size at 1 GiB");
-    let mut server =
-        MetaServer::new(replica, config.replication, block_size, config.secret.clone());
+    let nonce = node.group().incarnation();
+    let mut server = MetaServer::new(
+        replica,
+        config.replication,
+        block_size,
+        config.secret.clone(),
+        config.heal,
+        nonce,
+    );
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())

@@ -10,6 +10,7 @@ use meshfs_client::launcher::{self, UpOptions};
 use meshfs_client::status::cluster_status;
 use meshfs_client::{ClientError, Credentials, MetaClient};
 use meshfs_core::namespace::Stat;
+use meshfs_core::wire::FsckReport;
 use meshfs_group::{ClientId, Config};
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -113,7 +114,24 @@ enum Command {
         #[command(subcommand)]
         workload: Workload,
     },
-    /// Show every server, its links and the RTT matrix. Exit status 1 if any server is down.
+    /// Check every block of the files under PATH against the data-servers' reports: prints a
+    /// summary and each block short of replicas. Exit status 1 if any block is missing (no
+    /// good replica anywhere).
+    Fsck {
+        /// Where to start (default /).
+        #[arg(default_value = "/")]
+        path: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operate on data-servers.
+    Dserver {
+        #[command(subcommand)]
+        action: DserverAction,
+    },
+    /// Show every server, its links and the RTT matrix, each data-server's capacity, use,
+    /// blocks and state, and the blocks' health. Exit status 1 if any server is down.
     Status {
         /// Print one JSON object instead of tables.
         #[arg(long)]
@@ -121,6 +139,21 @@ enum Command {
         /// Milliseconds to wait for each server.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DserverAction {
+    /// Move every block off data-server ID so it can be retired; `meshfs status` shows the
+    /// progress (its block count falls to 0). Files stay readable throughout.
+    Drain {
+        /// The data-server's id.
+        id: u32,
+    },
+    /// Take the draining mark off data-server ID: it takes new blocks again.
+    Undrain {
+        /// The data-server's id.
+        id: u32,
     },
 }
 
@@ -641,6 +674,30 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             }
             Ok(0)
         }
+        Command::Fsck { path, json } => {
+            let report = MetaClient::new(&config, credentials)?.fsck(&path)?;
+            if json {
+                println!("{}", fsck_json(&path, &report));
+            } else {
+                print!("{}", fsck_text(&path, &report));
+            }
+            Ok(u8::from(report.health.missing > 0))
+        }
+        Command::Dserver { action } => {
+            let (id, draining) = match action {
+                DserverAction::Drain { id } => (id, true),
+                DserverAction::Undrain { id } => (id, false),
+            };
+            MetaClient::new(&config, credentials)?.drain(id, draining)?;
+            if draining {
+                println!(
+                    "data-server {id} is draining: its blocks move to the others; watch `meshfs status`"
+                );
+            } else {
+                println!("data-server {id} takes new blocks again");
+            }
+            Ok(0)
+        }
         Command::Status { json, timeout_ms } => {
             let status = cluster_status(&config, &credentials, Duration::from_millis(timeout_ms));
             if json {
@@ -665,6 +722,85 @@ fn main() -> ExitCode {
             ExitCode::from(if matches!(err, ClientError::Namespace(_)) { 1 } else { 2 })
         }
     }
+}
+
+fn servers(ids: &[meshfs_group::NodeId]) -> String {
+    ids.iter().map(|id| id.0.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `fsck`'s text: a summary, then each problem.
+fn fsck_text(path: &str, report: &FsckReport) -> String {
+    let h = &report.health;
+    let mut out = format!(
+        "fsck {path}: {} files, {} blocks\n  {} healthy, {} under-replicated, {} missing, {} being repaired\n",
+        report.files, report.blocks, h.healthy, h.under_replicated, h.missing, h.repairing
+    );
+    if !report.unknown_servers.is_empty() {
+        out += &format!(
+            "  data-servers not reporting (their replicas are not counted): {}\n",
+            servers(&report.unknown_servers)
+        );
+    }
+    for p in &report.problems {
+        let state = if p.missing {
+            "MISSING: no good replica".to_string()
+        } else {
+            format!("{} of {} good replicas (on {})", p.good.len(), p.wanted, servers(&p.good))
+        };
+        out += &format!(
+            "  {} block {} v{}: {state}; replica set {}{}\n",
+            p.path,
+            p.block.index,
+            p.block.version.0,
+            servers(&p.replicas),
+            if p.repairing { "; being repaired" } else { "" }
+        );
+    }
+    if report.more {
+        out += "  (more problems than listed)\n";
+    }
+    out += if h.missing > 0 {
+        "status: MISSING DATA\n"
+    } else if h.under_replicated > 0 {
+        "status: DEGRADED (repair under way or waiting for data-servers)\n"
+    } else {
+        "status: HEALTHY\n"
+    };
+    out
+}
+
+/// `fsck --json`.
+fn fsck_json(path: &str, report: &FsckReport) -> String {
+    let h = &report.health;
+    let problems: Vec<serde_json::Value> = report
+        .problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "path": p.path,
+                "block": p.block.index,
+                "version": p.block.version.0,
+                "wanted": p.wanted,
+                "replicas": p.replicas.iter().map(|id| id.0).collect::<Vec<_>>(),
+                "good": p.good.iter().map(|id| id.0).collect::<Vec<_>>(),
+                "missing": p.missing,
+                "repairing": p.repairing,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "path": path,
+        "files": report.files,
+        "blocks": report.blocks,
+        "healthy": h.healthy,
+        "under_replicated": h.under_replicated,
+        "missing": h.missing,
+        "repairing": h.repairing,
+        "unknown_servers": report.unknown_servers.iter().map(|id| id.0).collect::<Vec<_>>(),
+        "problems": problems,
+        "more": report.more,
+    })
+    .to_string()
 }
 
 /// One phase of `bench meta` (or "" for none).

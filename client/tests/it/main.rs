@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod heal;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,446 @@
+//! Self-healing on the leader: every scan, [`meshfs_core::heal::plan`] decides from the
+//! namespace and the data-servers' reports what to copy and delete, and the [`Healer`]
+//! carries it out.
+//!
+//! - A copy is asked of its target data-server ([`Message::Repair`]); the target reads from
+//!   the source over the mesh, checks every segment and commits, then answers
+//!   [`Message::RepairDone`]. A copy that replaces a member of the replica set then becomes a
+//!   [`Command::ReplaceReplica`] entry: the set changes only once the new copy is durable, and
+//!   only if the block is still at the version copied.
+//! - Copies outside their block's set go as soon as the set is whole; copies of blocks that no
+//!   longer exist go after `orphan_delay` (a leader just elected may not have applied the
+//!   newest files yet). Deletes name the version seen, so a newer copy is never deleted.
+//! - All of this is soft state: a new leader starts from the reports and the namespace, and
+//!   a copy in flight when the leader changed ends as an extra copy, deleted later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use meshfs_core::heal::{
+    CopyTask, Holdings, InFlight, Limits, Plan, ServerState, ServerView, block_health, plan,
+};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId};
+use meshfs_core::path::MeshPath;
+use meshfs_core::wire::{
+    FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
+};
+use meshfs_group::driver::Node;
+use meshfs_group::{ClientId, Heal, NodeId, Role};
+use meshfs_net::Priority;
+
+use crate::consensus::Replica;
+
+/// A data-server's replicas as its reports describe them (soft state: rebuilt from reports,
+/// not logged).
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// Bytes it may store.
+    pub capacity: u64,
+    /// Bytes it uses.
+    pub used: u64,
+    /// Replicas held.
+    pub blocks: Holdings,
+    /// A full report in progress.
+    pub incoming: Option<Holdings>,
+    /// Its last full report is complete and its link is up.
+    pub complete: bool,
+}
+
+/// Deletes are sent again after this long if the replica is still reported.
+const DELETE_RESEND: Duration = Duration::from_secs(30);
+/// A copy gets this long, plus twice its bytes at the repair rate, before it is forgotten.
+const COPY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+enum Stage {
+    /// The target is copying.
+    Copying,
+    /// The copy is durable; the set change is proposed.
+    Proposing,
+}
+
+#[derive(Debug)]
+struct Task {
+    copy: CopyTask,
+    stage: Stage,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// The leader's repair work under way.
+#[derive(Debug)]
+pub struct Healer {
+    settings: Heal,
+    tasks: HashMap<u64, Task>,
+    next_task: u64,
+    /// The session the leader proposes its own entries in, and the next request number.
+    session: SessionId,
+    next_request: u64,
+    /// When each orphan (server, file, index, version) was first seen.
+    orphans: HashMap<(NodeId, u32, u16, u16), Instant>,
+    /// When each delete was last sent.
+    deletes_sent: HashMap<(NodeId, u32, u16, u16), Instant>,
+    /// The last scan's counts.
+    health: Option<HealthCounts>,
+    /// Bytes copied by finished repair tasks since this meta-server started.
+    copied_bytes: u64,
+    /// How long the last scan took, and whether an early one is asked for.
+    last_scan_took: Duration,
+    early_scan: bool,
+}
+
+fn delete_key(d: &meshfs_core::heal::Delete) -> (NodeId, u32, u16, u16) {
+    (d.server, d.block.file.id.0, d.block.index, d.block.version.0)
+}
+
+impl Healer {
+    /// A healer with these settings, proposing in a session of its own numbered `nonce`.
+    pub fn new(settings: Heal, nonce: u64) -> Healer {
+        Healer {
+            settings,
+            tasks: HashMap::new(),
+            next_task: 1,
+            session: SessionId { client: ClientId(0), nonce },
+            next_request: 1,
+            orphans: HashMap::new(),
+            deletes_sent: HashMap::new(),
+            health: None,
+            copied_bytes: 0,
+            last_scan_took: Duration::ZERO,
+            early_scan: false,
+        }
+    }
+
+    /// When a task ended and more work may wait: how soon to scan again. Scans stay under a
+    /// tenth of the leader's time (a scan of a million blocks takes tens of milliseconds),
+    /// and at most one early scan is pending.
+    pub fn early_scan(&mut self) -> Option<Duration> {
+        if self.early_scan {
+            return None;
+        }
+        self.early_scan = true;
+        Some((self.last_scan_took * 10).max(Duration::from_millis(20)))
+    }
+
+    /// The last scan's counts (the leader only).
+    pub fn health(&self) -> Option<HealthCounts> {
+        self.health
+    }
+
+    /// Whether `session` is the healer's own.
+    pub fn owns(&self, session: SessionId) -> bool {
+        session == self.session
+    }
+
+    /// Forgets everything under way: this meta-server is no longer the leader.
+    pub fn stand_down(&mut self) {
+        if !self.tasks.is_empty() {
+            info!("no longer the leader: dropping {} repair tasks", self.tasks.len());
+        }
+        self.tasks.clear();
+        self.orphans.clear();
+        self.deletes_sent.clear();
+        self.health = None;
+    }
+
+    /// One scan: plan and carry out.
+    pub fn scan(
+        &mut self,
+        node: &mut Node,
+        replica: &mut Replica,
+        reports: &BTreeMap<NodeId, Reported>,
+        now_ms: u64,
+    ) {
+        let now = Instant::now();
+        self.early_scan = false;
+        self.expire(now);
+        let empty = Holdings::new();
+        let servers = server_views(node, replica.namespace(), reports, &self.settings, &empty);
+        let in_flight: Vec<InFlight> = self.tasks.values().map(|t| t.copy.in_flight()).collect();
+        let limits = Limits {
+            tasks_per_server: self.settings.repair_streams,
+            balance_margin: f64::from(self.settings.balance_margin_percent) / 100.0,
+        };
+        let started = Instant::now();
+        let Plan { copies, deletes, orphans, health } =
+            plan(replica.namespace(), now_ms, &servers, &in_flight, limits);
+        let took = started.elapsed();
+        self.last_scan_took = took;
+        if took > Duration::from_millis(100) {
+            warn!("repair scan took {} ms", took.as_millis());
+        }
+        self.health = Some(HealthCounts {
+            healthy: health.healthy,
+            under_replicated: health.under_replicated,
+            missing: health.missing,
+            repairing: health.repairing,
+        });
+        for copy in copies {
+            self.start(node, replica, copy, now, now_ms);
+        }
+        for delete in &deletes {
+            self.delete(node, delete, now, "it is outside the block's replica set");
+        }
+        let current: Vec<_> = orphans.iter().map(delete_key).collect();
+        self.orphans.retain(|key, _| current.contains(key));
+        for orphan in &orphans {
+            let seen = *self.orphans.entry(delete_key(orphan)).or_insert(now);
+            if now.duration_since(seen) >= self.settings.orphan_delay {
+                self.delete(node, orphan, now, "its block no longer exists");
+            }
+        }
+        let listed: Vec<_> = deletes.iter().chain(&orphans).map(delete_key).collect();
+        self.deletes_sent.retain(|key, _| listed.contains(key));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        self.tasks.retain(|id, task| {
+            let keep = now < task.deadline;
+            if !keep {
+                warn!(
+                    "repair task {id} ({} to data-server {}) timed out after {} s",
+                    task.copy.block,
+                    task.copy.target,
+                    now.duration_since(task.started).as_secs()
+                );
+            }
+            keep
+        });
+    }
+
+    fn start(
+        &mut self,
+        node: &mut Node,
+        replica: &mut Replica,
+        copy: CopyTask,
+        now: Instant,
+        now_ms: u64,
+    ) {
+        let id = self.next_task;
+        self.next_task += 1;
+        let rate = self.settings.repair_bytes_per_sec.max(1);
+        let deadline = now + COPY_TIMEOUT + Duration::from_secs(2 * copy.len / rate);
+        let Some(source) = copy.source else {
+            // Never written: nothing to copy, only the set changes.
+            let task = Task { copy, stage: Stage::Proposing, started: now, deadline };
+            self.tasks.insert(id, task);
+            self.propose_replace(replica, id, now_ms);
+            return;
+        };
+        let message = Message::Repair(RepairTask {
+            task: id,
+            block: copy.block,
+            block_size: copy.block_size,
+            len: copy.len,
+            source,
+        });
+        if node.send(copy.target, Priority::Control, message.to_frame(0)).is_err() {
+            return;
+        }
+        debug!(
+            "repair task {id}: {} from {source} to {} ({:?}{})",
+            copy.block,
+            copy.target,
+            copy.reason,
+            copy.replaces.map(|r| format!(", replacing {r}")).unwrap_or_default()
+        );
+        self.tasks.insert(id, Task { copy, stage: Stage::Copying, started: now, deadline });
+    }
+
+    fn delete(
+        &mut self,
+        node: &mut Node,
+        delete: &meshfs_core::heal::Delete,
+        now: Instant,
+        why: &str,
+    ) {
+        let key = delete_key(delete);
+        if self.deletes_sent.get(&key).is_some_and(|sent| now.duration_since(*sent) < DELETE_RESEND)
+        {
+            return;
+        }
+        let message = Message::DeleteReplica(delete.block);
+        if node.send(delete.server, Priority::Control, message.to_frame(0)).is_ok() {
+            info!("deleting {} on data-server {}: {why}", delete.block, delete.server);
+            self.deletes_sent.insert(key, now);
+        }
+    }
+
+    fn propose_replace(&mut self, replica: &mut Replica, id: u64, now_ms: u64) {
+        let Some(task) = self.tasks.get(&id) else { return };
+        let (copy, Some(remove)) = (task.copy, task.copy.replaces) else { return };
+        let entry = Entry {
+            session: self.session,
+            request_id: self.next_request,
+            time_ms: now_ms,
+            command: Command::ReplaceReplica {
+                file: copy.block.file.id.0,
+                index: copy.block.index,
+                version: copy.block.version,
+                remove,
+                add: copy.target,
+            },
+        };
+        self.next_request += 1;
+        if let Err(err) = replica.propose(&entry) {
+            warn!("repair task {id}: could not propose the replica change: {err:?}");
+            self.tasks.remove(&id);
+        }
+    }
+
+    /// A target data-server finished (or failed) a copy.
+    pub fn copied(
+        &mut self,
+        replica: &mut Replica,
+        from: NodeId,
+        id: u64,
+        error: &str,
+        now_ms: u64,
+    ) {
+        let Some(task) = self.tasks.get_mut(&id) else { return };
+        if task.copy.target != from || !matches!(task.stage, Stage::Copying) {
+            return;
+        }
+        if !error.is_empty() {
+            warn!("repair task {id}: copying {} to {from} failed: {error}", task.copy.block);
+            self.tasks.remove(&id);
+            return;
+        }
+        self.copied_bytes += task.copy.len;
+        match task.copy.replaces {
+            None => {
+                info!("repair: {} is whole again on data-server {from}", task.copy.block);
+                self.tasks.remove(&id);
+            }
+            Some(_) => {
+                task.stage = Stage::Proposing;
+                self.propose_replace(replica, id, now_ms);
+            }
+        }
+    }
+
+    /// An entry of the healer's own session was applied.
+    pub fn applied(&mut self, command: &Command, outcome: &Outcome) {
+        let Command::ReplaceReplica { file, index, version, remove, add } = command else {
+            return;
+        };
+        let task = self.tasks.iter().find(|(_, t)| {
+            let b = t.copy.block;
+            (b.file.id.0, b.index, t.copy.target) == (*file, *index, *add)
+        });
+        if let Some((&id, _)) = task {
+            self.tasks.remove(&id);
+        }
+        match outcome {
+            Outcome::Swapped { replicas } => info!(
+                "repair: file {file} block {index} v{}: data-server {add} replaces {remove}; replicas now {replicas:?}",
+                version.0
+            ),
+            Outcome::Failed(err) => warn!("repair: replica change refused: {err}"),
+            other => warn!("repair: unexpected outcome {other:?}"),
+        }
+    }
+
+    /// Bytes copied by finished repair tasks.
+    pub fn copied_bytes(&self) -> u64 {
+        self.copied_bytes
+    }
+
+    /// Blocks with copies under way.
+    fn repairing(&self) -> Vec<(u32, u16)> {
+        self.tasks.values().map(|t| (t.copy.block.file.id.0, t.copy.block.index)).collect()
+    }
+}
+
+/// Every configured data-server as the planner sees it.
+pub fn server_views<'a>(
+    node: &Node,
+    namespace: &Namespace,
+    reports: &'a BTreeMap<NodeId, Reported>,
+    settings: &Heal,
+    empty: &'a Holdings,
+) -> BTreeMap<NodeId, ServerView<'a>> {
+    let links: HashMap<NodeId, (bool, Instant)> =
+        node.group().status().into_iter().map(|p| (p.id, (p.up, p.since))).collect();
+    node.config()
+        .servers_of(Role::DServer)
+        .map(|s| {
+            let report = reports.get(&s.id);
+            let (up, since) = links.get(&s.id).copied().unwrap_or((false, Instant::now()));
+            let complete = up && report.is_some_and(|r| r.complete);
+            let state = if complete {
+                ServerState::Up
+            } else if !up && since.elapsed() > settings.grace {
+                ServerState::Lost
+            } else {
+                ServerState::Down
+            };
+            let view = ServerView {
+                id: s.id,
+                state,
+                draining: namespace.draining().contains(&s.id),
+                capacity: report
+                    .filter(|_| complete)
+                    .map_or(s.capacity.unwrap_or(0), |r| r.capacity),
+                used: report.map_or(0, |r| r.used),
+                holds: report.map_or(empty, |r| &r.blocks),
+            };
+            (s.id, view)
+        })
+        .collect()
+}
+
+/// `fsck`: every block of the files at or under `path` against the reports.
+pub fn fsck(
+    node: &Node,
+    namespace: &Namespace,
+    reports: &BTreeMap<NodeId, Reported>,
+    healer: &Healer,
+    path: &MeshPath,
+) -> Result<FsckReport, meshfs_core::namespace::NsError> {
+    let files = namespace.files_under(path)?;
+    let empty = Holdings::new();
+    let servers = server_views(node, namespace, reports, &healer.settings, &empty);
+    let repairing = healer.repairing();
+    let mut report = FsckReport {
+        files: files.len() as u64,
+        unknown_servers: servers
+            .values()
+            .filter(|s| s.state != ServerState::Up)
+            .map(|s| s.id)
+            .collect(),
+        ..FsckReport::default()
+    };
+    for (path, id) in files {
+        for index in 0..=u16::MAX {
+            let Some(block) = namespace.block(id, index) else { break };
+            report.blocks += 1;
+            let health = block_health(&block, &servers);
+            let in_repair = repairing.contains(&(id, index));
+            report.health.repairing += u64::from(in_repair);
+            if health.missing() {
+                report.health.missing += 1;
+            } else if health.under_replicated() {
+                report.health.under_replicated += 1;
+            } else {
+                report.health.healthy += 1;
+                continue;
+            }
+            if report.problems.len() < MAX_FSCK_PROBLEMS as usize {
+                report.problems.push(FsckProblem {
+                    path: path.clone(),
+                    block: block.descriptor,
+                    wanted: block.replication,
+                    replicas: block.replicas.to_vec(),
+                    good: health.good.clone(),
+                    missing: health.missing(),
+                    repairing: in_repair,
+                });
+            } else {
+                report.more = true;
+            }
+        }
+    }
+    Ok(report)
+}
