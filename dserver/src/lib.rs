@@ -67,6 +67,97 @@ const PACE_TIMER: u64 = 2;
 const PACE_EVERY: Duration = Duration::from_millis(10);
 /// Reads one repair copy keeps outstanding at its source.
 const COPY_READS: usize = 4;
+const FORWARD_TIMER: u64 = 3;
+/// Bulk frames to another data-server wait here while more than this is queued on the link,
+/// so that many chains through one link never overflow its queue (which would close it).
+const FORWARD_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// While frames wait, the link's queue is looked at this often.
+const FORWARD_EVERY: Duration = Duration::from_millis(1);
+
+/// Bulk frames (chain chunks, read replies) waiting for room on the link to a data-server.
+/// What waits is bounded by what upstreams may send unacknowledged: clients keep a window per
+/// write, and copies a few reads each.
+#[derive(Debug, Default)]
+struct Forwarder {
+    /// Per peer, in order: the write the frame belongs to (to drop it if the write fails).
+    held: HashMap<NodeId, std::collections::VecDeque<(Option<u64>, meshfs_net::Frame)>>,
+    /// Bytes sent to each peer since the last pump: a send is queued on the link only after
+    /// the handler returns, so the link's count lags behind what was just sent.
+    sent: HashMap<NodeId, usize>,
+    timer_set: bool,
+}
+
+impl Forwarder {
+    /// Sends `frame` to `peer` now or as soon as its link has room; an error if the link is
+    /// down.
+    fn send(
+        &mut self,
+        node: &mut Node,
+        peer: NodeId,
+        write: Option<u64>,
+        frame: meshfs_net::Frame,
+    ) -> Result<(), ()> {
+        let queued = node.queued_bytes(peer).ok_or(())?;
+        let waiting = self.held.get(&peer).is_some_and(|q| !q.is_empty());
+        let sent = self.sent.entry(peer).or_default();
+        if !waiting && queued + *sent < FORWARD_QUEUE_BYTES {
+            *sent += frame.body.len();
+            return node.send(peer, Priority::Bulk, frame).map_err(drop);
+        }
+        self.held.entry(peer).or_default().push_back((write, frame));
+        if !self.timer_set {
+            node.set_timer(Instant::now() + FORWARD_EVERY, FORWARD_TIMER);
+            self.timer_set = true;
+        }
+        Ok(())
+    }
+
+    /// Sends what the links have room for; the writes whose peer went down meanwhile.
+    fn pump(&mut self, node: &mut Node) -> Vec<(u64, NodeId)> {
+        self.timer_set = false;
+        // Everything sent before this timer fired is on the links' queues by now.
+        self.sent.clear();
+        let mut failed = Vec::new();
+        for (&peer, queue) in self.held.iter_mut() {
+            let mut sent = 0;
+            while let Some((write, _)) = queue.front() {
+                let write = *write;
+                match node.queued_bytes(peer) {
+                    None => {
+                        failed.extend(queue.drain(..).filter_map(|(w, _)| w).map(|w| (w, peer)));
+                        break;
+                    }
+                    Some(queued) if queued + sent >= FORWARD_QUEUE_BYTES => break,
+                    Some(_) => {
+                        let (_, frame) = queue.pop_front().expect("front exists");
+                        sent += frame.body.len();
+                        if node.send(peer, Priority::Bulk, frame).is_err() {
+                            failed.extend(write.map(|w| (w, peer)));
+                        }
+                    }
+                }
+            }
+            if sent > 0 {
+                self.sent.insert(peer, sent);
+            }
+        }
+        self.held.retain(|_, q| !q.is_empty());
+        if !self.held.is_empty() || !self.sent.is_empty() {
+            node.set_timer(Instant::now() + FORWARD_EVERY, FORWARD_TIMER);
+            self.timer_set = true;
+        }
+        failed.sort_unstable();
+        failed.dedup();
+        failed
+    }
+
+    /// Drops the frames of `write` (it failed or ended).
+    fn drop_write(&mut self, write: u64) {
+        for queue in self.held.values_mut() {
+            queue.retain(|(w, _)| *w != Some(write));
+        }
+    }
+}
 
 /// Why a data-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +268,7 @@ pub struct DataServer {
     next_copy_read: u64,
     pacer: Pacer,
     pace_timer_set: bool,
+    forwarder: Forwarder,
 }
 
 fn now_ms() -> u64 {
@@ -209,6 +301,7 @@ impl DataServer {
             next_copy_read: 1,
             pacer: Pacer::new(repair_bytes_per_sec),
             pace_timer_set: false,
+            forwarder: Forwarder::default(),
         }
     }
 
@@ -486,7 +579,7 @@ impl DataServer {
         // Downstream first, so the next replica works while this one writes.
         if let Some((next, id)) = inbound.downstream {
             let frame = Message::WriteChunk(chunk.clone()).to_frame(id);
-            if node.send(next, Priority::Bulk, frame).is_err() {
+            if self.forwarder.send(node, next, Some(write), frame).is_err() {
                 let message = format!("data-server {next} (next in the chain) is down");
                 return self.fail(node, write, next, message);
             }
@@ -530,6 +623,7 @@ impl DataServer {
     }
 
     fn forget(&mut self, write: u64) {
+        self.forwarder.drop_write(write);
         if let Some(inbound) = self.writes.remove(&write) {
             self.by_upstream.remove(&(inbound.upstream, inbound.upstream_id));
             self.by_downstream.remove(&write);
@@ -581,7 +675,7 @@ impl DataServer {
                 DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
                 DiskDone::Read { to: ReplyTo::Client(conn), frame } => node.reply(conn, frame),
                 DiskDone::Read { to: ReplyTo::Peer(peer), frame } => {
-                    if node.send(peer, Priority::Bulk, frame).is_err() {
+                    if self.forwarder.send(node, peer, None, frame).is_err() {
                         debug!("data-server {peer} went down before its read was answered");
                     }
                 }
@@ -730,6 +824,11 @@ impl Service for DataServer {
         } else if token == PACE_TIMER {
             self.pace_timer_set = false;
             self.pump_copies(node);
+        } else if token == FORWARD_TIMER {
+            for (write, peer) in self.forwarder.pump(node) {
+                let message = format!("data-server {peer} (next in the chain) went down");
+                self.fail(node, write, peer, message);
+            }
         }
     }
 
