@@ -59,6 +59,13 @@ impl ServerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills it with SIGKILL (no chance to clean up, as a crash) and reaps it.
+    pub fn kill9(&mut self) -> std::io::Result<()> {
+        self.child.kill()?;
+        self.exited = Some(self.child.wait()?);
+        Ok(())
+    }
 }
 
 /// Finds the program for `role`: in `bin_dir`, else next to the running executable, else on

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod local;
 pub mod meta;
 pub mod rand_bench;
+pub mod repair_bench;
 mod rng;
 pub mod seq_bench;
 pub mod small_bench;

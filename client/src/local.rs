@@ -31,12 +31,20 @@ fn launch_error(reason: String) -> ClientError {
 }
 
 /// The config at `source` with every server on a free loopback port and its data directory
-/// under `dir`, as TOML text.
-fn local_config(source: &Path, dir: &Path) -> Result<String, ClientError> {
+/// under `dir`, and the `[heal]` keys of `heal` set, as TOML text.
+fn local_config(source: &Path, dir: &Path, heal: &[(&str, i64)]) -> Result<String, ClientError> {
     let text = fs::read_to_string(source)
         .map_err(|e| launch_error(format!("cannot read {}: {e}", source.display())))?;
     let mut doc: toml::Table =
         text.parse().map_err(|e| launch_error(format!("{} is not TOML: {e}", source.display())))?;
+    if !heal.is_empty() {
+        let table = doc.entry("heal").or_insert_with(|| toml::Table::new().into());
+        if let Some(table) = table.as_table_mut() {
+            for (key, value) in heal {
+                table.insert((*key).into(), (*value).into());
+            }
+        }
+    }
     // Hold every listener until all ports are chosen, so no two servers get the same one.
     let mut held = Vec::new();
     for role in ["mserver", "dserver"] {
@@ -66,6 +74,16 @@ impl LocalCluster {
     pub fn start(
         source: &Path,
         credentials: &Credentials,
+        report: impl FnMut(&str),
+    ) -> Result<LocalCluster, ClientError> {
+        LocalCluster::start_with(source, credentials, &[], report)
+    }
+
+    /// [`LocalCluster::start`] with these `[heal]` settings in place of the config's.
+    pub fn start_with(
+        source: &Path,
+        credentials: &Credentials,
+        heal: &[(&str, i64)],
         mut report: impl FnMut(&str),
     ) -> Result<LocalCluster, ClientError> {
         let millis = std::time::SystemTime::now()
@@ -76,7 +94,7 @@ impl LocalCluster {
         fs::create_dir_all(&dir)
             .map_err(|e| launch_error(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("config.conf");
-        let config = local_config(source, &dir)
+        let config = local_config(source, &dir, heal)
             .and_then(|text| {
                 fs::write(&path, text)
                     .map_err(|e| launch_error(format!("cannot write {}: {e}", path.display())))
@@ -113,6 +131,17 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl LocalCluster {
+    /// Kills server `id` with SIGKILL, by PID, as a crash would.
+    pub fn kill9(&mut self, id: u32) -> Result<(), ClientError> {
+        let process =
+            self.processes.iter_mut().find(|p| p.id.0 == id).ok_or_else(|| {
+                launch_error(format!("server {id} is not part of the local cluster"))
+            })?;
+        process.kill9().map_err(|e| launch_error(format!("cannot kill server {id}: {e}")))
     }
 }
 

@@ -55,9 +55,16 @@ pub struct SeqResult {
 }
 
 /// Pseudo-random bytes, `left` of them.
-struct Generated {
+pub(crate) struct Generated {
     rng: XorShift,
     left: u64,
+}
+
+impl Generated {
+    /// `len` bytes from the stream seeded by `seed`.
+    pub(crate) fn new(seed: u64, len: u64) -> Generated {
+        Generated { rng: XorShift::new(0x9E37_79B9_7F4A_7C15 ^ seed), left: len }
+    }
 }
 
 impl Read for Generated {
@@ -70,7 +77,7 @@ impl Read for Generated {
 }
 
 /// Discards what it is given.
-struct Sink;
+pub(crate) struct Sink;
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

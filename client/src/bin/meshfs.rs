@@ -306,6 +306,25 @@ enum Workload {
         #[arg(long)]
         json: bool,
     },
+    /// Repair: write SIZE, kill -9 the data-server holding the most, and time the cluster's
+    /// return to full replication (needs --local; its grace period is set to 1 s).
+    Repair {
+        /// Bytes written before the kill.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size_arg)]
+        size: u64,
+        /// Files they are spread over.
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+        /// Readers reading the files during the repair (0: no client load).
+        #[arg(long, default_value_t = 0)]
+        readers: usize,
+        /// Repair traffic cap per data-server, MB/s (default: the config's heal.repair_mbps).
+        #[arg(long)]
+        repair_mbps: Option<u64>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// This machine's limits: loopback TCP, disk write with fsync, cold read, 4 KiB
     /// append + fdatasync. Needs no cluster.
     Limits {
@@ -485,14 +504,25 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
     let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
     // `bench --local`: the workload runs against a cluster of its own, gone when this returns.
-    let local_cluster;
+    let mut local_cluster = None;
     let config = match &cli.command {
-        Command::Bench { local: true, .. } => {
-            local_cluster =
-                meshfs_client::local::LocalCluster::start(&config.path, &credentials, |line| {
-                    eprintln!("bench: {line}")
-                })?;
-            local_cluster.config.clone()
+        Command::Bench { local: true, workload } => {
+            let mut heal = Vec::new();
+            if let Workload::Repair { repair_mbps, .. } = workload {
+                heal.push(("grace_secs", meshfs_client::repair_bench::BENCH_GRACE_SECS));
+                if let Some(rate) = repair_mbps {
+                    heal.push(("repair_mbps", i64::try_from(*rate).unwrap_or(i64::MAX)));
+                }
+            }
+            let cluster = meshfs_client::local::LocalCluster::start_with(
+                &config.path,
+                &credentials,
+                &heal,
+                |line| eprintln!("bench: {line}"),
+            )?;
+            let config = cluster.config.clone();
+            local_cluster = Some(cluster);
+            config
         }
         _ => config,
     };
@@ -642,6 +672,26 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 );
             } else {
                 print!("{}", meshfs_client::small_bench::render(&results));
+            }
+            Ok(0)
+        }
+        Command::Bench {
+            workload: Workload::Repair { size, files, readers, repair_mbps, json },
+            ..
+        } => {
+            let Some(cluster) = local_cluster.as_mut() else {
+                eprintln!("meshfs: bench repair kills a data-server: run it with --local");
+                return Ok(2);
+            };
+            let bench = meshfs_client::repair_bench::RepairBench { size, files, readers };
+            let result = meshfs_client::repair_bench::run(cluster, &credentials, &bench, |l| {
+                eprintln!("bench: {l}")
+            })?;
+            let rate = repair_mbps.or(Some(config.heal.repair_bytes_per_sec / 1_000_000));
+            if json {
+                println!("{}", meshfs_client::repair_bench::to_json(&bench, rate, &result));
+            } else {
+                print!("{}", meshfs_client::repair_bench::render(&result));
             }
             Ok(0)
         }
