@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::connection::Credentials;
-use crate::data::{self, DataClient};
+use crate::data::{self, DataClient, Progress};
 use crate::error::ClientError;
 use crate::local::LocalCluster;
 use crate::meta::MetaClient;
@@ -39,6 +39,8 @@ pub struct RepairBench {
     pub files: usize,
     /// Readers running during the repair (0: no client load).
     pub readers: usize,
+    /// Copies of each block (0: the config's default); at least 2.
+    pub replication: u8,
 }
 
 /// What it measured.
@@ -64,6 +66,19 @@ pub struct RepairResult {
     pub client_mb_s_during: Option<f64>,
 }
 
+/// Adds the bytes a read moves to a shared count as they arrive.
+struct Counter<'a> {
+    total: &'a AtomicU64,
+    reported: u64,
+}
+
+impl Progress for Counter<'_> {
+    fn update(&mut self, done: u64, _total: Option<u64>) {
+        self.total.fetch_add(done.saturating_sub(self.reported), Ordering::Relaxed);
+        self.reported = done;
+    }
+}
+
 fn whole(health: Option<HealthView>) -> bool {
     health.is_some_and(|h| h.under_replicated == 0 && h.missing == 0 && h.repairing == 0)
 }
@@ -87,7 +102,7 @@ fn wait(
                 reason: format!("gave up waiting for {what}:\n{}", status.render()),
             });
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -99,6 +114,15 @@ pub fn run(
     mut report: impl FnMut(&str),
 ) -> Result<RepairResult, ClientError> {
     let config = cluster.config.clone();
+    let replication = if bench.replication == 0 { config.replication } else { bench.replication };
+    if replication < 2 {
+        return Err(ClientError::Launch {
+            program: "meshfs bench repair".into(),
+            reason: format!(
+                "replication {replication} keeps one copy: losing a data-server loses data, there is nothing to repair from; use --replication 2 or more"
+            ),
+        });
+    }
     let files = bench.files.max(1);
     let each = bench.size / files as u64;
     let path = |i: usize| format!("/bench-repair/f{i}");
@@ -112,7 +136,15 @@ pub fn run(
                     let mut meta = MetaClient::new(config, credentials.clone())?;
                     let mut data = DataClient::new(config, credentials.clone());
                     let mut input = Generated::new(i as u64 + 1, each);
-                    data::put(&mut meta, &mut data, &mut input, &path, 0, Some(each), &mut ())
+                    data::put(
+                        &mut meta,
+                        &mut data,
+                        &mut input,
+                        &path,
+                        replication,
+                        Some(each),
+                        &mut (),
+                    )
                 })
             })
             .collect();
@@ -136,9 +168,8 @@ pub fn run(
                     let mut data = DataClient::new(config, credentials.clone());
                     let mut i = r;
                     while !stop.load(Ordering::Relaxed) {
-                        let n =
-                            data::get(&mut meta, &mut data, &path(i % files), &mut Sink, &mut ())?;
-                        read_bytes.fetch_add(n, Ordering::Relaxed);
+                        let mut counter = Counter { total: read_bytes, reported: 0 };
+                        data::get(&mut meta, &mut data, &path(i % files), &mut Sink, &mut counter)?;
                         i += 1;
                     }
                     Ok(())
@@ -168,6 +199,9 @@ pub fn run(
         let killed = Instant::now();
         let mut detected = None;
         let mut first_copy: Option<(Instant, u64)> = None;
+        // The last poll that found blocks short: a repair quicker than one poll is timed
+        // from there (a lower bound on its rate).
+        let mut last_short: Option<(Instant, u64)> = None;
         let mut last_report = Instant::now();
         let outcome = wait(cluster, credentials, "repair to finish", |s| {
             let now = Instant::now();
@@ -177,6 +211,9 @@ pub fn run(
                 }
                 if first_copy.is_none() && h.repairing > 0 {
                     first_copy = Some(sample());
+                }
+                if h.under_replicated > 0 || h.repairing > 0 {
+                    last_short = Some(sample());
                 }
                 if now - last_report > Duration::from_secs(1) {
                     last_report = now;
@@ -196,7 +233,7 @@ pub fn run(
             reader.join().expect("readers do not panic")?;
         }
         outcome?;
-        let copy_start = first_copy.unwrap_or(done);
+        let copy_start = first_copy.or(last_short).unwrap_or(done);
         let repair_seconds = (done.0 - copy_start.0).as_secs_f64();
         Ok(RepairResult {
             lost_server: victim.id,
@@ -244,6 +281,7 @@ pub fn to_json(bench: &RepairBench, repair_mbps: Option<u64>, result: &RepairRes
             "size": bench.size,
             "files": bench.files,
             "readers": bench.readers,
+            "replication": bench.replication,
             "grace_secs": BENCH_GRACE_SECS,
             "repair_mbps": repair_mbps,
         },

@@ -318,6 +318,9 @@ enum Workload {
         /// Readers reading the files during the repair (0: no client load).
         #[arg(long, default_value_t = 0)]
         readers: usize,
+        /// Copies of each block (default: the config's; at least 2).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
         /// Repair traffic cap per data-server, MB/s (default: the config's heal.repair_mbps).
         #[arg(long)]
         repair_mbps: Option<u64>,
@@ -676,14 +679,15 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             Ok(0)
         }
         Command::Bench {
-            workload: Workload::Repair { size, files, readers, repair_mbps, json },
+            workload: Workload::Repair { size, files, readers, replication, repair_mbps, json },
             ..
         } => {
             let Some(cluster) = local_cluster.as_mut() else {
                 eprintln!("meshfs: bench repair kills a data-server: run it with --local");
                 return Ok(2);
             };
-            let bench = meshfs_client::repair_bench::RepairBench { size, files, readers };
+            let bench =
+                meshfs_client::repair_bench::RepairBench { size, files, readers, replication };
             let result = meshfs_client::repair_bench::run(cluster, &credentials, &bench, |l| {
                 eprintln!("bench: {l}")
             })?;

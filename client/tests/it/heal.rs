@@ -287,3 +287,43 @@ fn drain_empties_a_data_server_while_every_file_stays_readable() {
         s.data_servers.iter().any(|d| d.id == 3 && d.state == "up")
     });
 }
+
+#[test]
+fn bench_repair_kills_a_data_server_of_its_own_cluster_and_times_the_repair() {
+    // The bench starts its own local cluster from this config (free ports, fresh disks).
+    let cluster = TestCluster::new("heal-bench", 1, 3);
+    let out = meshfs(&cluster, &["bench", "--local", "repair", "--size", "4MiB"]);
+    assert_eq!(out.status.code(), Some(2), "the config's replication 1 cannot survive a loss");
+    assert!(text(&out.stderr).contains("replication"), "{}", text(&out.stderr));
+    let out = meshfs(&cluster, &["bench", "repair"]);
+    assert_eq!(out.status.code(), Some(2), "without --local it refuses");
+    assert!(text(&out.stderr).contains("--local"), "{}", text(&out.stderr));
+    let out = meshfs(
+        &cluster,
+        &[
+            "bench",
+            "--local",
+            "repair",
+            "--size",
+            "12MiB",
+            "--files",
+            "3",
+            "--replication",
+            "2",
+            "--readers",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    let results = &json["results"];
+    assert_eq!(json["workload"], "repair");
+    assert!(results["lost_blocks"].as_u64().unwrap() > 0, "{json}");
+    assert!(results["lost_bytes"].as_u64().unwrap() >= 1024 * 1024, "{json}");
+    assert!(results["repair_mb_s"].as_f64().unwrap() > 0.0, "{json}");
+    let (repair, restore) =
+        (results["repair_seconds"].as_f64().unwrap(), results["restore_seconds"].as_f64().unwrap());
+    assert!(restore >= repair && restore >= 1.0, "the grace period is 1 s: {json}");
+    assert!(results["client_mb_s_during"].as_f64().unwrap() > 0.0, "{json}");
+}
