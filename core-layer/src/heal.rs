@@ -255,17 +255,7 @@ pub fn plan(
         .collect();
     let mut busy_blocks: HashMap<(u32, u16), Vec<NodeId>> = HashMap::new();
     for task in in_flight {
-        for id in task.source.iter().chain([&task.target]) {
-            if let Some(load) = loads.get_mut(id) {
-                load.tasks += 1;
-            }
-        }
-        if let Some(load) = loads.get_mut(&task.target) {
-            load.projected += task.len;
-        }
-        if let Some(load) = task.replaces.and_then(|r| loads.get_mut(&r)) {
-            load.projected = load.projected.saturating_sub(task.len);
-        }
+        count_task(&mut loads, task);
         busy_blocks.entry(task.block).or_default().push(task.target);
     }
     let mut plan = Plan::default();
@@ -362,7 +352,7 @@ pub fn plan(
         } else if loads.get(&task.target).is_none_or(|l| l.tasks >= limits.tasks_per_server) {
             continue;
         }
-        commit_task(&mut loads, &task);
+        count_task(&mut loads, &task.in_flight());
         started.entry(key).or_default().push(task.target);
         plan.copies.push(task);
     }
@@ -395,7 +385,9 @@ fn sorted(holds: &Holdings) -> Vec<((u32, u16), (u16, u64))> {
     held
 }
 
-fn commit_task(loads: &mut BTreeMap<NodeId, Load>, task: &CopyTask) {
+/// A copy under way or just planned takes a task of its source and target, and moves its
+/// bytes from the server it replaces to its target.
+fn count_task(loads: &mut BTreeMap<NodeId, Load>, task: &InFlight) {
     for id in task.source.iter().chain([&task.target]) {
         if let Some(load) = loads.get_mut(id) {
             load.tasks += 1;
@@ -509,7 +501,7 @@ fn balance(
                 replaces: Some(from),
                 reason: Reason::Balance,
             };
-            commit_task(loads, &task);
+            count_task(loads, &task.in_flight());
             plan.copies.push(task);
         }
     }

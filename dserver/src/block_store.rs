@@ -670,7 +670,12 @@ impl BlockStore {
             }
         };
         let Some(held) = held else { return Ok(false) };
-        let path = self.path_of(block.file.id, block.index);
+        self.delete_files(block.file.id, block.index, held)
+    }
+
+    /// Deletes the files of `held`, which has left the index, and frees its bytes.
+    fn delete_files(&self, file: FileId, index: u16, held: Held) -> Result<bool, StoreError> {
+        let path = self.path_of(file, index);
         for path in [path.with_extension("prev"), path] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -719,16 +724,7 @@ impl BlockStore {
     /// Deletes the replica of block `index` of `file` (any version).
     pub fn remove(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
         let Some(held) = self.lock().remove(&(file.0, index)) else { return Ok(false) };
-        let path = self.path_of(file, index);
-        for path in [path.with_extension("prev"), path] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io { path, source: e }),
-            }
-        }
-        self.release(held.bytes());
-        Ok(true)
+        self.delete_files(file, index, held)
     }
 }
 
