@@ -141,17 +141,23 @@ pub struct Delete {
     pub block: BlockDescriptor,
 }
 
-/// Counts of blocks by health.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Health {
-    /// As many good replicas as the factor (or never written, with a usable set).
-    pub healthy: u64,
-    /// Fewer good replicas than the factor, at least one.
-    pub under_replicated: u64,
-    /// No good replica anywhere.
-    pub missing: u64,
-    /// A copy of it is under way (also counted in one of the above).
-    pub repairing: u64,
+/// Counts of blocks by health (the type status replies and fsck carry).
+pub use crate::wire::HealthCounts as Health;
+
+impl Health {
+    /// Counts one block; whether it is short of good replicas (missing or under-replicated).
+    pub fn count(&mut self, block: &BlockHealth, repairing: bool) -> bool {
+        self.repairing += u64::from(repairing);
+        if block.missing() {
+            self.missing += 1;
+        } else if block.under_replicated() {
+            self.under_replicated += 1;
+        } else {
+            self.healthy += 1;
+            return false;
+        }
+        true
+    }
 }
 
 /// What one scan decided.
@@ -265,16 +271,7 @@ pub fn plan(
         let key = (block.descriptor.file.id.0, block.descriptor.index);
         let health = block_health(&block, servers);
         let busy = busy_blocks.contains_key(&key);
-        if busy {
-            plan.health.repairing += 1;
-        }
-        if health.missing() {
-            plan.health.missing += 1;
-        } else if health.under_replicated() {
-            plan.health.under_replicated += 1;
-        } else {
-            plan.health.healthy += 1;
-        }
+        plan.health.count(&health, busy);
         // Copies outside the set go once the set holds enough.
         if health.unwritten || health.good.len() >= usize::from(block.replication) {
             for server in servers.values().filter(|s| s.state == ServerState::Up) {
@@ -300,7 +297,8 @@ pub fn plan(
             let server = servers.get(&member);
             let state = server.map_or(ServerState::Lost, |s| s.state);
             let draining = server.is_some_and(|s| s.draining);
-            let good = health.good.contains(&member);
+            // A block never written is held nowhere: every member is as good as it gets.
+            let good = health.unwritten || health.good.contains(&member);
             let (replaces, reason) = match (state, good, draining) {
                 (ServerState::Down, _, _) => continue,
                 (ServerState::Up, true, false) => continue,
@@ -688,6 +686,29 @@ mod tests {
         let task = plan.copies[0];
         assert_eq!((task.source, task.target, task.replaces), (Some(NodeId(4)), NodeId(5), None));
         assert_eq!(plan.health.under_replicated, 1);
+    }
+
+    #[test]
+    fn a_block_never_written_is_left_alone_unless_a_member_is_lost() {
+        let mut ns = namespace(0, |_| vec![]);
+        let session = SessionId { client: ClientId(1), nonce: 1 };
+        let path = MeshPath::parse("/empty").unwrap();
+        let mut run = |command: Command, request: u64| {
+            ns.apply(&Entry { session, request_id: request, time_ms: 1_000, command })
+        };
+        run(Command::CreateFile { path: path.clone(), replication: 2, block_size: BS }, 1);
+        let placement = vec![vec![NodeId(4), NodeId(5)]];
+        run(Command::ExpandFile { path, size: 10, first_block: 0, placement }, 2);
+        let holds = holdings(&ns, &[4, 5, 6]);
+        let servers = views(&holds, &[]);
+        let p = plan(&ns, 0, &servers, &[], LIMITS);
+        assert!(p.copies.is_empty(), "nothing to copy and nobody lost: {p:?}");
+        assert_eq!(p.health.healthy, 1);
+        let servers = views(&holds, &[(5, ServerState::Lost)]);
+        let p = plan(&ns, 0, &servers, &[], LIMITS);
+        assert_eq!(p.copies.len(), 1, "{p:?}");
+        let task = p.copies[0];
+        assert_eq!((task.source, task.target, task.replaces), (None, NodeId(6), Some(NodeId(5))));
     }
 
     #[test]

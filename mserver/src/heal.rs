@@ -170,12 +170,7 @@ impl Healer {
         if took > Duration::from_millis(100) {
             warn!("repair scan took {} ms", took.as_millis());
         }
-        self.health = Some(HealthCounts {
-            healthy: health.healthy,
-            under_replicated: health.under_replicated,
-            missing: health.missing,
-            repairing: health.repairing,
-        });
+        self.health = Some(health);
         for copy in copies {
             self.start(node, replica, copy, now, now_ms);
         }
@@ -222,6 +217,9 @@ impl Healer {
         let rate = self.settings.repair_bytes_per_sec.max(1);
         let deadline = now + COPY_TIMEOUT + Duration::from_secs(2 * copy.len / rate);
         let Some(source) = copy.source else {
+            if copy.replaces.is_none() {
+                return; // never written and in place: nothing to do
+            }
             // Never written: nothing to copy, only the set changes.
             let task = Task { copy, stage: Stage::Proposing, started: now, deadline };
             self.tasks.insert(id, task);
@@ -418,13 +416,7 @@ pub fn fsck(
             report.blocks += 1;
             let health = block_health(&block, &servers);
             let in_repair = repairing.contains(&(id, index));
-            report.health.repairing += u64::from(in_repair);
-            if health.missing() {
-                report.health.missing += 1;
-            } else if health.under_replicated() {
-                report.health.under_replicated += 1;
-            } else {
-                report.health.healthy += 1;
+            if !report.health.count(&health, in_repair) {
                 continue;
             }
             if report.problems.len() < MAX_FSCK_PROBLEMS as usize {
