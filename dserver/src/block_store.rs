@@ -687,6 +687,17 @@ impl BlockStore {
         Ok(true)
     }
 
+    /// Deletes the damaged copy of block `index` of `file` set aside earlier, if any: a good
+    /// copy has replaced it. Whether there was one.
+    pub fn drop_damaged(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
+        let path = self.path_of(file, index).with_extension("bad");
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
     /// Sets the copy of `block` at its version aside as damaged (renamed `.bad`, never
     /// served again). If that was the newest copy and an older one is kept beside it, the
     /// older one becomes the replica. Whether a copy was set aside.

@@ -196,7 +196,8 @@ fn a_corrupted_replica_is_found_by_the_scrubber_and_replaced() {
     let reference = std::fs::read(replica_path(&cluster, good, id, 1)).unwrap();
     assert_eq!(repaired[4096..], reference[4096..], "the replica's data was copied back");
     assert_ne!(repaired[at], disk[at], "the damaged byte is gone");
-    assert!(path.with_extension("bad").is_file(), "the damaged file was set aside");
+    cluster.wait_log(victim, "deleted the damaged copy");
+    assert!(!path.with_extension("bad").exists(), "set aside, then deleted once replaced");
     cluster.wait_for("every block healthy", |s| all_healthy(s, 3));
     assert_eq!(get_bytes(&cluster, "/f").unwrap(), bytes);
 }
