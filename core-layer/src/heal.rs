@@ -267,24 +267,30 @@ pub fn plan(
     let mut plan = Plan::default();
     // Candidates by urgency: (good replicas, reason, file id, index), with what to do.
     let mut wanted: Vec<(usize, Reason, CopyTask)> = Vec::new();
+    // Replicas each server holds as a member of their block's set: a server holding no
+    // others has nothing to delete, and its holdings need no second look.
+    let mut as_member: HashMap<NodeId, usize> = HashMap::new();
     for block in namespace.blocks() {
         let key = (block.descriptor.file.id.0, block.descriptor.index);
-        let health = block_health(&block, servers);
         let busy = busy_blocks.contains_key(&key);
-        plan.health.count(&health, busy);
-        // Copies outside the set go once the set holds enough.
-        if health.unwritten || health.good.len() >= usize::from(block.replication) {
-            for server in servers.values().filter(|s| s.state == ServerState::Up) {
-                let Some(&(version, _)) = server.holds.get(&key) else { continue };
-                let member = block.replicas.contains(&server.id);
-                let incoming = busy_blocks.get(&key).is_some_and(|t| t.contains(&server.id));
-                if !member && !incoming {
-                    let mut held = block.descriptor;
-                    held.version = BlockVersion(version);
-                    plan.deletes.push(Delete { server: server.id, block: held });
+        // The common case, without allocating: every member up, not draining, holding it.
+        if settled(&block, servers) {
+            plan.health.healthy += 1;
+            plan.health.repairing += u64::from(busy);
+            if block.written() {
+                for id in block.replicas {
+                    *as_member.entry(*id).or_default() += 1;
                 }
             }
+            continue;
         }
+        for id in block.replicas {
+            if servers.get(id).is_some_and(|s| s.holds.contains_key(&key)) {
+                *as_member.entry(*id).or_default() += 1;
+            }
+        }
+        let health = block_health(&block, servers);
+        plan.health.count(&health, busy);
         if busy || namespace.leased(key.0, key.1, now_ms) {
             continue;
         }
@@ -360,20 +366,69 @@ pub fn plan(
     if !repairs_pending {
         balance(namespace, now_ms, servers, &busy_blocks, &mut loads, limits, &mut plan);
     }
+    // Copies outside their block's set go once the set holds enough; copies of blocks that
+    // do not exist are orphans. One pass over what each server holds.
     for server in servers.values().filter(|s| s.state == ServerState::Up) {
-        for ((file, index), (version, _)) in sorted(server.holds) {
-            if namespace.block(file, index).is_none() {
+        if as_member.get(&server.id).copied().unwrap_or(0) == server.holds.len() {
+            continue;
+        }
+        for (&(file, index), &(version, _)) in server.holds {
+            let held = BlockVersion(version);
+            let Some(block) = namespace.block(file, index) else {
                 let block = BlockDescriptor {
                     file: FileDescriptor { id: FileId(file), version: 0 },
                     index,
-                    version: BlockVersion(version),
+                    version: held,
                 };
                 plan.orphans.push(Delete { server: server.id, block });
+                continue;
+            };
+            if block.replicas.contains(&server.id)
+                || busy_blocks.get(&(file, index)).is_some_and(|t| t.contains(&server.id))
+            {
+                continue;
+            }
+            let whole = !block.written() || good_members(&block, servers) >= block.replication;
+            if whole {
+                let mut descriptor = block.descriptor;
+                descriptor.version = held;
+                plan.deletes.push(Delete { server: server.id, block: descriptor });
             }
         }
     }
-    plan.deletes.sort_unstable_by_key(|d| (d.server, d.block.file.id.0, d.block.index));
+    let order = |d: &Delete| (d.server, d.block.file.id.0, d.block.index);
+    plan.deletes.sort_unstable_by_key(order);
+    plan.orphans.sort_unstable_by_key(order);
     plan
+}
+
+/// Whether every member of the block's set is up, not draining, and (if it was ever
+/// written) holds a good copy, and the set is as large as wanted.
+fn settled(block: &BlockView<'_>, servers: &BTreeMap<NodeId, ServerView<'_>>) -> bool {
+    let key = (block.descriptor.file.id.0, block.descriptor.index);
+    block.replicas.len() >= usize::from(block.replication)
+        && block.replicas.iter().all(|id| {
+            servers.get(id).is_some_and(|s| {
+                s.state == ServerState::Up
+                    && !s.draining
+                    && (!block.written()
+                        || s.holds
+                            .get(&key)
+                            .is_some_and(|&(v, _)| is_good(v, block.descriptor.version)))
+            })
+        })
+}
+
+/// Members of the block's set holding a good copy.
+fn good_members(block: &BlockView<'_>, servers: &BTreeMap<NodeId, ServerView<'_>>) -> u8 {
+    let key = (block.descriptor.file.id.0, block.descriptor.index);
+    let good = block.replicas.iter().filter(|id| {
+        servers.get(id).is_some_and(|s| {
+            s.state == ServerState::Up
+                && s.holds.get(&key).is_some_and(|&(v, _)| is_good(v, block.descriptor.version))
+        })
+    });
+    good.count() as u8
 }
 
 /// A server's holdings in key order (plans are the same for the same reports).
@@ -451,7 +506,20 @@ fn balance(
     // One pass per source, fullest first; each source offers its blocks in key order.
     let mut order = eligible.clone();
     order.sort_by(|a, b| loads[b].fraction().total_cmp(&loads[a].fraction()).then(a.cmp(b)));
+    let gap_from = |loads: &BTreeMap<NodeId, Load>, from: NodeId| {
+        let emptiest = eligible
+            .iter()
+            .filter(|id| **id != from)
+            .map(|id| loads[id].fraction())
+            .fold(f64::INFINITY, f64::min);
+        loads[&from].fraction() - emptiest
+    };
     for from in order {
+        // Sorting a server's holdings costs; only a server far enough above the emptiest
+        // gives any.
+        if gap_from(loads, from) <= limits.balance_margin {
+            continue;
+        }
         for (key, (version, len)) in sorted(servers[&from].holds) {
             let emptiest =
                 eligible.iter().copied().filter(|id| *id != from).min_by(|a, b| {

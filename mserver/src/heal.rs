@@ -88,6 +88,8 @@ pub struct Healer {
     /// How long the last scan took, and whether an early one is asked for.
     last_scan_took: Duration,
     early_scan: bool,
+    /// No scan before this: scans take at most a tenth of the leader's time.
+    next_scan: Option<Instant>,
 }
 
 fn delete_key(d: &meshfs_core::heal::Delete) -> (NodeId, u32, u16, u16) {
@@ -109,6 +111,7 @@ impl Healer {
             copied_bytes: 0,
             last_scan_took: Duration::ZERO,
             early_scan: false,
+            next_scan: None,
         }
     }
 
@@ -153,6 +156,9 @@ impl Healer {
         now_ms: u64,
     ) {
         let now = Instant::now();
+        if self.next_scan.is_some_and(|next| now < next) {
+            return; // the last scan was long: the next waits ten times as long
+        }
         self.early_scan = false;
         self.expire(now);
         let empty = Holdings::new();
@@ -167,8 +173,16 @@ impl Healer {
             plan(replica.namespace(), now_ms, &servers, &in_flight, limits);
         let took = started.elapsed();
         self.last_scan_took = took;
-        if took > Duration::from_millis(100) {
-            warn!("repair scan took {} ms", took.as_millis());
+        self.next_scan = Some(Instant::now() + took * 9);
+        if took > Duration::from_secs(1) {
+            // Near the election timeout: heartbeats wait while the leader scans.
+            warn!(
+                "repair scan took {} ms; the next waits {} ms",
+                took.as_millis(),
+                9 * took.as_millis()
+            );
+        } else if took > Duration::from_millis(100) {
+            debug!("repair scan took {} ms", took.as_millis());
         }
         self.health = Some(health);
         for copy in copies {
