@@ -13,7 +13,7 @@
 //! - All of this is soft state: a new leader starts from the reports and the namespace, and
 //!   a copy in flight when the leader changed ends as an extra copy, deleted later.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -49,6 +49,9 @@ pub struct Reported {
 
 /// Deletes are sent again after this long if the replica is still reported.
 const DELETE_RESEND: Duration = Duration::from_secs(30);
+/// Deletes sent to one data-server per scan: after `rm -r` of a big tree the rest follow in
+/// later scans, and the link's control queue never fills.
+const DELETES_PER_SCAN: usize = 2048;
 /// A copy gets this long, plus twice its bytes at the repair rate, before it is forgotten.
 const COPY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -188,18 +191,27 @@ impl Healer {
         for copy in copies {
             self.start(node, replica, copy, now, now_ms);
         }
+        let mut sent: HashMap<NodeId, usize> = HashMap::new();
+        let mut outside = 0;
         for delete in &deletes {
-            self.delete(node, delete, now, "it is outside the block's replica set");
+            outside += usize::from(self.delete(node, delete, now, &mut sent));
         }
-        let current: Vec<_> = orphans.iter().map(delete_key).collect();
+        let current: HashSet<_> = orphans.iter().map(delete_key).collect();
         self.orphans.retain(|key, _| current.contains(key));
+        let mut gone = 0;
         for orphan in &orphans {
             let seen = *self.orphans.entry(delete_key(orphan)).or_insert(now);
             if now.duration_since(seen) >= self.settings.orphan_delay {
-                self.delete(node, orphan, now, "its block no longer exists");
+                gone += usize::from(self.delete(node, orphan, now, &mut sent));
             }
         }
-        let listed: Vec<_> = deletes.iter().chain(&orphans).map(delete_key).collect();
+        if outside + gone > 0 {
+            info!(
+                "deleting {outside} replicas outside the block's replica set and {gone} of blocks that no longer exist, on data-servers {:?}",
+                sent.keys().collect::<std::collections::BTreeSet<_>>()
+            );
+        }
+        let listed: HashSet<_> = deletes.iter().chain(&orphans).map(delete_key).collect();
         self.deletes_sent.retain(|key, _| listed.contains(key));
     }
 
@@ -260,23 +272,31 @@ impl Healer {
         self.tasks.insert(id, Task { copy, stage: Stage::Copying, started: now, deadline });
     }
 
+    /// Sends one delete unless it was sent lately or the server's share for this scan is
+    /// used up; whether it was sent.
     fn delete(
         &mut self,
         node: &mut Node,
         delete: &meshfs_core::heal::Delete,
         now: Instant,
-        why: &str,
-    ) {
+        sent: &mut HashMap<NodeId, usize>,
+    ) -> bool {
         let key = delete_key(delete);
-        if self.deletes_sent.get(&key).is_some_and(|sent| now.duration_since(*sent) < DELETE_RESEND)
-        {
-            return;
+        if self.deletes_sent.get(&key).is_some_and(|at| now.duration_since(*at) < DELETE_RESEND) {
+            return false;
+        }
+        let count = sent.entry(delete.server).or_default();
+        if *count >= DELETES_PER_SCAN {
+            return false;
         }
         let message = Message::DeleteReplica(delete.block);
-        if node.send(delete.server, Priority::Control, message.to_frame(0)).is_ok() {
-            info!("deleting {} on data-server {}: {why}", delete.block, delete.server);
-            self.deletes_sent.insert(key, now);
+        if node.send(delete.server, Priority::Control, message.to_frame(0)).is_err() {
+            return false;
         }
+        debug!("deleting {} on data-server {}", delete.block, delete.server);
+        *count += 1;
+        self.deletes_sent.insert(key, now);
+        true
     }
 
     fn propose_replace(&mut self, replica: &mut Replica, id: u64, now_ms: u64) {
