@@ -81,9 +81,6 @@ const FORWARD_EVERY: Duration = Duration::from_millis(1);
 struct Forwarder {
     /// Per peer, in order: the write the frame belongs to (to drop it if the write fails).
     held: HashMap<NodeId, std::collections::VecDeque<(Option<u64>, meshfs_net::Frame)>>,
-    /// Bytes sent to each peer since the last pump: a send is queued on the link only after
-    /// the handler returns, so the link's count lags behind what was just sent.
-    sent: HashMap<NodeId, usize>,
     timer_set: bool,
 }
 
@@ -99,9 +96,7 @@ impl Forwarder {
     ) -> Result<(), ()> {
         let queued = node.queued_bytes(peer).ok_or(())?;
         let waiting = self.held.get(&peer).is_some_and(|q| !q.is_empty());
-        let sent = self.sent.entry(peer).or_default();
-        if !waiting && queued + *sent < FORWARD_QUEUE_BYTES {
-            *sent += frame.body.len();
+        if !waiting && queued < FORWARD_QUEUE_BYTES {
             return node.send(peer, Priority::Bulk, frame).map_err(drop);
         }
         self.held.entry(peer).or_default().push_back((write, frame));
@@ -115,11 +110,8 @@ impl Forwarder {
     /// Sends what the links have room for; the writes whose peer went down meanwhile.
     fn pump(&mut self, node: &mut Node) -> Vec<(u64, NodeId)> {
         self.timer_set = false;
-        // Everything sent before this timer fired is on the links' queues by now.
-        self.sent.clear();
         let mut failed = Vec::new();
         for (&peer, queue) in self.held.iter_mut() {
-            let mut sent = 0;
             while let Some((write, _)) = queue.front() {
                 let write = *write;
                 match node.queued_bytes(peer) {
@@ -127,22 +119,18 @@ impl Forwarder {
                         failed.extend(queue.drain(..).filter_map(|(w, _)| w).map(|w| (w, peer)));
                         break;
                     }
-                    Some(queued) if queued + sent >= FORWARD_QUEUE_BYTES => break,
+                    Some(queued) if queued >= FORWARD_QUEUE_BYTES => break,
                     Some(_) => {
                         let (_, frame) = queue.pop_front().expect("front exists");
-                        sent += frame.body.len();
                         if node.send(peer, Priority::Bulk, frame).is_err() {
                             failed.extend(write.map(|w| (w, peer)));
                         }
                     }
                 }
             }
-            if sent > 0 {
-                self.sent.insert(peer, sent);
-            }
         }
         self.held.retain(|_, q| !q.is_empty());
-        if !self.held.is_empty() || !self.sent.is_empty() {
+        if !self.held.is_empty() {
             node.set_timer(Instant::now() + FORWARD_EVERY, FORWARD_TIMER);
             self.timer_set = true;
         }

@@ -5,6 +5,7 @@
 //! server is for. The node turns socket events into group inputs, carries out the group's
 //! actions, and hands group events to the service. It times every callback and logs slow ones.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct Node {
     started: Instant,
     stop: bool,
     next_rtt_log: Instant,
+    /// Bytes sent to each peer that are not on its connection's queue yet: a send becomes
+    /// an action carried out after the handler returns.
+    pending: HashMap<NodeId, usize>,
 }
 
 impl Node {
@@ -102,6 +106,7 @@ impl Node {
             started: now,
             stop: false,
             next_rtt_log: now + RTT_LOG_INTERVAL,
+            pending: HashMap::new(),
         })
     }
 
@@ -142,14 +147,18 @@ impl Node {
         priority: Priority,
         frame: Frame,
     ) -> Result<(), GroupError> {
-        self.group.send(peer, priority, frame)
+        let bytes = frame.body.len();
+        self.group.send(peer, priority, frame)?;
+        *self.pending.entry(peer).or_default() += bytes;
+        Ok(())
     }
 
-    /// Bytes queued to `peer` and not yet written (None if the link is down). Bulk senders
-    /// pace themselves by it.
+    /// Bytes queued to `peer` and not yet written, counting what this handler sent so far
+    /// (None if the link is down). Bulk senders pace themselves by it.
     pub fn queued_bytes(&self, peer: NodeId) -> Option<usize> {
         let conn = self.group.conn_of(peer).ok()?;
-        self.net.queued_bytes(conn)
+        let pending = self.pending.get(&peer).copied().unwrap_or(0);
+        self.net.queued_bytes(conn).map(|queued| queued + pending)
     }
 
     /// Sends an application frame to every peer whose link is up; returns how many.
@@ -259,6 +268,8 @@ impl Node {
                 idle = false;
                 self.execute(action);
             }
+            // Every send so far is on its connection's queue (or dropped with it).
+            self.pending.clear();
             while let Some(event) = self.group.poll_event() {
                 idle = false;
                 service.handle_event(self, event);

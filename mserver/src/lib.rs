@@ -57,8 +57,8 @@ const EARLY_HEAL_TIMER: u64 = 3;
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Snapshot data travels in pieces of this size, on the bulk queue.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
-/// The snapshot pump sends only while less than this is queued to the peer, and at most
-/// this much per call: the peer's bulk queue (8 MiB) never fills, heartbeats never wait.
+/// The snapshot pump sends only while less than this is queued to the peer (counting what
+/// it sent in this call): the peer's bulk queue (8 MiB) never fills, heartbeats never wait.
 const SNAPSHOT_PUMP_BYTES: usize = 2 * 1024 * 1024;
 
 /// Why a meta-server stopped with an error.
@@ -224,10 +224,9 @@ impl MetaServer {
         let peers: Vec<u64> = self.sending.keys().copied().collect();
         for peer in peers {
             let Ok(id) = u32::try_from(peer).map(NodeId) else { continue };
-            let mut budget = SNAPSHOT_PUMP_BYTES;
             let finished = loop {
                 let Some(queued) = node.queued_bytes(id) else { break Some(false) };
-                if queued >= SNAPSHOT_PUMP_BYTES || budget == 0 {
+                if queued >= SNAPSHOT_PUMP_BYTES {
                     break None;
                 }
                 let (snapshot, offset) = self.sending.get_mut(&peer).expect("listed above");
@@ -247,7 +246,6 @@ impl MetaServer {
                     {
                         break Some(false);
                     }
-                    budget = budget.saturating_sub(end - *offset);
                     *offset = end;
                 } else {
                     let message = Message::Raft(snapshot.message.clone()).to_frame(0);

@@ -98,6 +98,14 @@ impl TestCluster {
         TestCluster { dir, config_path, config, credentials, procs: BTreeMap::new() }
     }
 
+    /// Sets the config's block size (before any server starts).
+    pub fn set_block_size(&mut self, size: &str) {
+        let text = fs::read_to_string(&self.config_path).unwrap();
+        let text = text.replacen("block_size = \"1MiB\"", &format!("block_size = \"{size}\""), 1);
+        fs::write(&self.config_path, text).unwrap();
+        self.config = Config::load(&self.config_path).unwrap();
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         self.config.servers.iter().map(|s| s.id.0).collect()
     }

@@ -1227,8 +1227,11 @@ fn a_put_goes_on_when_a_data_server_of_its_chain_dies() {
 
 #[test]
 fn many_chains_over_one_link_all_complete() {
-    // Two data-servers at replication 2: every chain crosses the one link between them.
+    // Two data-servers at replication 2: every chain crosses the one link between them. With
+    // 16 MiB blocks, eight writers keep more in flight than the link's 8 MiB bulk queue holds,
+    // so the first data-server must hold chunks back rather than overflow it.
     let mut cluster = TestCluster::new("one-link", 3, 2);
+    cluster.set_block_size("16MiB");
     cluster.start_all();
     cluster.wait_full_mesh();
     std::thread::scope(|scope| {
