@@ -36,7 +36,7 @@
 //! The store is shared by worker threads: its index sits behind a mutex; file I/O happens
 //! outside it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -296,6 +296,12 @@ impl Held {
     }
 }
 
+/// The block a replica file name (`<file id>-<index>`, hex, no extension) stands for.
+fn parse_key(stem: &str) -> Option<BlockKey> {
+    let (file, index) = stem.split_once('-')?;
+    Some((u32::from_str_radix(file, 16).ok()?, u16::from_str_radix(index, 16).ok()?))
+}
+
 fn key(descriptor: &BlockDescriptor) -> BlockKey {
     (descriptor.file.id.0, descriptor.index)
 }
@@ -306,6 +312,8 @@ pub struct BlockStore {
     dir: PathBuf,
     capacity: u64,
     index: Mutex<HashMap<BlockKey, Held>>,
+    /// Blocks with a damaged copy set aside (`.bad`), deleted when a good copy commits.
+    damaged: Mutex<HashSet<BlockKey>>,
     /// Bytes taken by committed replicas and reserved by writes in progress.
     used: AtomicU64,
     next_tmp: AtomicU64,
@@ -322,6 +330,7 @@ impl BlockStore {
         let mut older = Vec::new();
         let mut used = 0;
         let (mut removed, mut bad) = (0, 0);
+        let mut damaged = HashSet::new();
         for shard in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let shard = shard.map_err(io_err(&dir))?.path();
             if !shard.is_dir() {
@@ -335,6 +344,10 @@ impl BlockStore {
                     // A write that never committed: never served, now gone.
                     fs::remove_file(&path).map_err(io_err(&path))?;
                     removed += 1;
+                    continue;
+                }
+                if let Some(key) = name.strip_suffix(".bad").and_then(parse_key) {
+                    damaged.insert(key);
                     continue;
                 }
                 let is_older = name.ends_with(".prev");
@@ -362,6 +375,7 @@ impl BlockStore {
                         warn!("setting aside a damaged replica: {err}");
                         let aside = path.with_extension("bad");
                         fs::rename(&path, &aside).map_err(io_err(&path))?;
+                        damaged.extend(name.split('.').next().and_then(parse_key));
                         bad += 1;
                     }
                 }
@@ -397,6 +411,7 @@ impl BlockStore {
             dir,
             capacity,
             index: Mutex::new(index),
+            damaged: Mutex::new(damaged),
             used: AtomicU64::new(used),
             next_tmp: AtomicU64::new(0),
         })
@@ -406,6 +421,10 @@ impl BlockStore {
         self.dir
             .join(format!("{:02x}", file.0 & 0xff))
             .join(format!("{:08x}-{index:04x}.blk", file.0))
+    }
+
+    fn damaged(&self) -> std::sync::MutexGuard<'_, HashSet<BlockKey>> {
+        self.damaged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BlockKey, Held>> {
@@ -687,17 +706,6 @@ impl BlockStore {
         Ok(true)
     }
 
-    /// Deletes the damaged copy of block `index` of `file` set aside earlier, if any: a good
-    /// copy has replaced it. Whether there was one.
-    pub fn drop_damaged(&self, file: FileId, index: u16) -> Result<bool, StoreError> {
-        let path = self.path_of(file, index).with_extension("bad");
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::Io { path, source: e }),
-        }
-    }
-
     /// Sets the copy of `block` at its version aside as damaged (renamed `.bad`, never
     /// served again). If that was the newest copy and an older one is kept beside it, the
     /// older one becomes the replica. Whether a copy was set aside.
@@ -728,6 +736,7 @@ impl BlockStore {
             return Ok(false);
         };
         drop(index);
+        self.damaged().insert(key(&block));
         self.release(freed);
         Ok(true)
     }
@@ -936,6 +945,14 @@ impl BlockWrite {
         self.store.release(self.reserved);
         self.store.used.fetch_add(file_bytes, Ordering::Relaxed);
         self.store.release(freed);
+        if self.store.damaged().remove(&key(&self.descriptor)) {
+            let bad = self.final_path.with_extension("bad");
+            match fs::remove_file(&bad) {
+                Ok(()) => info!("deleted the damaged copy of {} it replaces", self.descriptor),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => warn!("deleting {}: {e}", bad.display()),
+            }
+        }
         let shard = self.final_path.parent().expect("a shard directory");
         File::open(shard).and_then(|d| d.sync_all()).map_err(io_err(shard))?;
         Ok(info)
@@ -1020,8 +1037,11 @@ mod tests {
         let bad = store.path_of(FileId(8), 0).with_extension("bad");
         assert!(bad.is_file(), "set aside, not deleted");
         drop(store);
-        let store = BlockStore::open(&dir.0, 1 << 30).unwrap();
+        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
         assert!(store.get(FileId(8), 0).is_none(), "a set-aside copy is never served again");
+        // A good copy committed later (a repair) takes the damaged one's place for good.
+        write(&store, desc(8, 0, 2), &bytes(5000, 2));
+        assert!(!bad.exists(), "the damaged copy goes once a good one is committed");
     }
 
     fn write(store: &Arc<BlockStore>, d: BlockDescriptor, data: &[u8]) -> BlockInfo {

@@ -448,11 +448,6 @@ impl DataServer {
                 let copy = self.copies.remove(&write).expect("found above");
                 let block = copy.task.block;
                 info!("repair: {block} copied from data-server {} and committed", copy.task.source);
-                match self.store.drop_damaged(block.file.id, block.index) {
-                    Ok(true) => info!("deleted the damaged copy of {block} it replaces"),
-                    Ok(false) => {}
-                    Err(err) => warn!("deleting the damaged copy of {block}: {err}"),
-                }
                 let held =
                     self.store.get(block.file.id, block.index).map(|b| (b.descriptor, b.len));
                 self.report_change(node, held, None);
