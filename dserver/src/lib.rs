@@ -217,9 +217,8 @@ impl Pacer {
         Pacer { bytes_per_sec, allowance: 0.0, last: Instant::now() }
     }
 
-    /// Takes `bytes` of allowance if there is that much.
-    fn take(&mut self, bytes: u64) -> bool {
-        let now = Instant::now();
+    /// Takes `bytes` of allowance at `now` if there is that much.
+    fn take(&mut self, bytes: u64, now: Instant) -> bool {
         let rate = self.bytes_per_sec as f64;
         // At most a tenth of a second's worth (and at least one piece) saved up.
         let burst = (rate / 10.0).max(f64::from(MAX_CHUNK_BYTES));
@@ -360,7 +359,7 @@ impl DataServer {
                     continue 'copies;
                 }
                 let len = (copy.task.len - copy.requested).min(u64::from(MAX_CHUNK_BYTES));
-                if !self.pacer.take(len) {
+                if !self.pacer.take(len, Instant::now()) {
                     if !self.pace_timer_set {
                         node.set_timer(Instant::now() + PACE_EVERY, PACE_TIMER);
                         self.pace_timer_set = true;
@@ -946,4 +945,33 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), DataError> {
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repair_pacer_holds_copies_to_the_configured_rate() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(10_000_000); // 10 MB/s
+        pacer.last = start;
+        let piece = u64::from(MAX_CHUNK_BYTES);
+        assert!(!pacer.take(piece, start), "nothing is saved up at the start");
+        // Over 10 simulated seconds, taking 1 MiB pieces whenever allowed: about 100 MB.
+        let mut taken = 0;
+        for ms in 0..10_000u64 {
+            while pacer.take(piece, start + Duration::from_millis(ms)) {
+                taken += piece;
+            }
+        }
+        assert!((95_000_000..=101_000_000).contains(&taken), "{taken} bytes in 10 s");
+        // After a long idle spell, at most the burst (a tenth of a second, or one piece).
+        let later = start + Duration::from_secs(3600);
+        let mut burst = 0;
+        while pacer.take(piece, later) {
+            burst += piece;
+        }
+        assert_eq!(burst, piece, "1 MiB is more than a tenth of a second at 10 MB/s");
+    }
 }
