@@ -214,21 +214,22 @@ pub fn render(results: &[OpResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>7}  {:<6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "clients", "op", "ops", "ops/s", "p50 us", "p99 us", "p99.9 us", "max us"
+        "{:>7}  {:<6} {:>8} {:>10}{}",
+        "clients",
+        "op",
+        "ops",
+        "ops/s",
+        crate::seq_bench::Latency::heading()
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{:>7}  {:<6} {:>8} {:>10.0} {:>9} {:>9} {:>9} {:>9}",
+            "{:>7}  {:<6} {:>8} {:>10.0}{}",
             r.clients,
             r.op,
             r.ops,
             r.ops_per_s,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us
+            r.latency.cells()
         );
     }
     out

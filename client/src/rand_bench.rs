@@ -122,18 +122,15 @@ pub fn run(
 /// The results as a table.
 pub fn render(results: &[RandResult]) -> String {
     let mut out =
-        String::from("depth    reads   seconds       IOPS   p50 us   p99 us  p99.9 us   max us\n");
+        format!("depth    reads   seconds       IOPS{}\n", crate::seq_bench::Latency::heading());
     for r in results {
         out += &format!(
-            "{:>5} {:>8} {:>9.2} {:>10.0} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:>5} {:>8} {:>9.2} {:>10.0}{}\n",
             r.depth,
             r.reads,
             r.seconds,
             r.iops,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us
+            r.latency.cells()
         );
     }
     out

@@ -8,6 +8,7 @@
 //! read from a local file, so the local disk is not part of the measurement. Files live in
 //! a fresh directory, removed afterwards unless asked to keep them.
 
+use std::fmt::Display;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,20 @@ impl Latency {
         metrics.insert(key("p999_us"), self.p999_us.into());
         metrics.insert(key("max_us"), self.max_us.into());
     }
+
+    /// The four latency columns of a bench table, each after a space.
+    pub(crate) fn cells(&self) -> String {
+        columns(self.p50_us, self.p99_us, self.p999_us, self.max_us)
+    }
+
+    /// Their heading, to match [`Latency::cells`].
+    pub(crate) fn heading() -> String {
+        columns("p50 us", "p99 us", "p99.9 us", "max us")
+    }
+}
+
+fn columns(p50: impl Display, p99: impl Display, p999: impl Display, max: impl Display) -> String {
+    format!(" {p50:>8} {p99:>8} {p999:>9} {max:>8}")
 }
 
 /// A latency histogram: 1 us to 600 s at 3 significant digits.
@@ -332,20 +347,15 @@ fn now_ms() -> u128 {
 
 /// The results as a table.
 pub fn render(results: &[SeqResult]) -> String {
-    let mut out = String::from(
-        "workload        MB   seconds     MB/s   p50 us   p99 us  p99.9 us   max us\n",
-    );
+    let mut out = format!("workload        MB   seconds     MB/s{}\n", Latency::heading());
     for r in results {
         out += &format!(
-            "{:<9} {:>8} {:>9.2} {:>8.1} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:<9} {:>8} {:>9.2} {:>8.1}{}\n",
             r.workload,
             r.bytes / 1_000_000,
             r.seconds,
             r.mb_s,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us
+            r.latency.cells()
         );
     }
     out

@@ -142,18 +142,15 @@ pub fn run(
 /// The results as a table.
 pub fn render(results: &[SmallResult]) -> String {
     let mut out =
-        String::from("op        files   seconds    files/s   p50 us   p99 us  p99.9 us   max us\n");
+        format!("op        files   seconds    files/s{}\n", crate::seq_bench::Latency::heading());
     for r in results {
         out += &format!(
-            "{:<6} {:>8} {:>9.2} {:>10.1} {:>8} {:>8} {:>9} {:>8}\n",
+            "{:<6} {:>8} {:>9.2} {:>10.1}{}\n",
             r.op,
             r.files,
             r.seconds,
             r.files_per_s,
-            r.latency.p50_us,
-            r.latency.p99_us,
-            r.latency.p999_us,
-            r.latency.max_us
+            r.latency.cells()
         );
     }
     out
