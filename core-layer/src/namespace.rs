@@ -25,7 +25,7 @@ use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE, MAX_REPLICAS,
     read_replicas, write_replicas,
 };
-use crate::path::{MeshPath, PathError};
+use crate::path::{MeshPath, PathError, read_path, write_path};
 
 /// The root directory's id.
 pub const ROOT_ID: u32 = 1;
@@ -1732,16 +1732,6 @@ fn parent_text(walked: &str) -> String {
 }
 
 // ---- encodings of entries and outcomes (log records and snapshots) ----
-
-fn write_path(w: &mut BodyWriter, path: &MeshPath) {
-    w.str(path.as_str());
-}
-
-fn read_path(r: &mut BodyReader<'_>) -> Result<MeshPath, BodyError> {
-    let text = r.str("path")?;
-    MeshPath::parse(text)
-        .map_err(|_| BodyError::Invalid { field: "path", value: text.len() as u64 })
-}
 
 impl Entry {
     /// The entry as bytes (for the log). Layout: u8 format (1), u32 client, u64 nonce,

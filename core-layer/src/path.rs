@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
 /// Longest path, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest path component, in bytes.
@@ -113,6 +115,18 @@ impl fmt::Display for MeshPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Writes a path into a message body or log record (as its text).
+pub(crate) fn write_path(w: &mut BodyWriter, path: &MeshPath) {
+    w.str(path.as_str());
+}
+
+/// Reads what [`write_path`] wrote; an invalid path never reaches the namespace.
+pub(crate) fn read_path(r: &mut BodyReader<'_>) -> Result<MeshPath, BodyError> {
+    let text = r.str("path")?;
+    MeshPath::parse(text)
+        .map_err(|_| BodyError::Invalid { field: "path", value: text.len() as u64 })
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
 };
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
-use crate::path::MeshPath;
+use crate::path::{MeshPath, read_path, write_path};
 use crate::token::Token;
 use meshfs_net::Frame;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -1048,16 +1048,6 @@ fn read_block_data(r: &mut BodyReader<'_>) -> Result<BlockData, BodyError> {
         2 => Ok(BlockData::Failed { message: r.str("message")?.to_string() }),
         other => Err(BodyError::Invalid { field: "block data", value: u64::from(other) }),
     }
-}
-
-fn write_path(w: &mut BodyWriter, path: &MeshPath) {
-    w.str(path.as_str());
-}
-
-fn read_path(r: &mut BodyReader<'_>) -> Result<MeshPath, BodyError> {
-    let text = r.str("path")?;
-    MeshPath::parse(text)
-        .map_err(|_| BodyError::Invalid { field: "path", value: text.len() as u64 })
 }
 
 fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
