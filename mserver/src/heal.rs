@@ -380,7 +380,7 @@ impl Healer {
     }
 
     /// Blocks with copies under way.
-    fn repairing(&self) -> Vec<(u32, u16)> {
+    fn repairing(&self) -> HashSet<(u32, u16)> {
         self.tasks.values().map(|t| (t.copy.block.file.id.0, t.copy.block.index)).collect()
     }
 }
