@@ -44,15 +44,42 @@ impl MetaClient {
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(
             |e| ClientError::Launch { program: "/dev/urandom".into(), reason: e.to_string() },
         )?;
-        Ok(MetaClient {
+        Ok(MetaClient::with_session(config, credentials, u64::from_be_bytes(seed), 1))
+    }
+
+    /// A client using session number `session`, numbering its requests from
+    /// `first_request`: a second client of one session (a lock session's KeepAlives) must
+    /// number its requests apart from the first's.
+    pub fn with_session(
+        config: &Config,
+        credentials: Credentials,
+        session: u64,
+        first_request: u64,
+    ) -> MetaClient {
+        MetaClient {
             config: config.clone(),
             credentials,
-            session: u64::from_be_bytes(seed),
-            next_request: 1,
+            session,
+            next_request: first_request,
             leader: None,
             conns: HashMap::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
-        })
+        }
+    }
+
+    /// The session number its requests carry.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// The client it acts as.
+    pub fn client_id(&self) -> meshfs_group::ClientId {
+        self.credentials.id
+    }
+
+    /// The cluster's config.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Sets how long one call may take, retries included.
@@ -74,8 +101,9 @@ impl MetaClient {
         target: NodeId,
         request: &MetaRequest,
         left: Duration,
+        attempt_timeout: Duration,
     ) -> Result<MetaReply, ClientError> {
-        let timeout = left.min(ATTEMPT_TIMEOUT);
+        let timeout = left.min(attempt_timeout);
         if !self.conns.contains_key(&target) {
             let server = self.config.server(target).expect("targets come from the config");
             let conn = Connection::open(
@@ -100,23 +128,31 @@ impl MetaClient {
     /// Sends `op` to the leader, following redirects and retrying until answered or the
     /// call's timeout passes. Namespace refusals come back as [`MetaReply::Failed`].
     pub fn call(&mut self, op: MetaOp) -> Result<MetaReply, ClientError> {
+        self.call_waiting(op, Duration::ZERO)
+    }
+
+    /// [`MetaClient::call`] for a request the leader may hold for up to `wait` before it
+    /// answers (a lock wait): each attempt, and the call, may take that much longer.
+    pub fn call_waiting(&mut self, op: MetaOp, wait: Duration) -> Result<MetaReply, ClientError> {
         let request = MetaRequest { session: self.session, request_id: self.next_request, op };
         self.next_request += 1;
         let mservers = self.mservers();
-        let deadline = Instant::now() + self.timeout;
+        let attempt_timeout = ATTEMPT_TIMEOUT + wait;
+        let timeout = self.timeout + wait;
+        let deadline = Instant::now() + timeout;
         let mut target = self.leader.unwrap_or(mservers[0]);
         let mut last_error = String::from("no answer");
         let mut pause = Duration::from_millis(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ClientError::NoLeader { after: self.timeout, last: last_error });
+                return Err(ClientError::NoLeader { after: timeout, last: last_error });
             }
             let next = || {
                 let at = mservers.iter().position(|&m| m == target).unwrap_or(0);
                 mservers[(at + 1) % mservers.len()]
             };
-            match self.attempt(target, &request, left) {
+            match self.attempt(target, &request, left, attempt_timeout) {
                 Ok(MetaReply::NotLeader { leader: Some(leader) })
                     if leader != target && mservers.contains(&leader) =>
                 {

@@ -12,13 +12,13 @@
 //! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
 //! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
 //! - [`heal`]: the repair planner: re-replication, deletes, drain and rebalancing.
-//!
-//! Later: locks and sessions.
+//! - [`locks`]: lock sessions and shared/exclusive locks with queues and sequencers.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod descriptor;
 pub mod heal;
+pub mod locks;
 pub mod namespace;
 pub mod path;
 pub mod placement;

@@ -25,6 +25,7 @@ use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE, MAX_REPLICAS,
     read_replicas, write_replicas,
 };
+use crate::locks::{LockInfo, LockMode, LockResult, LockTable, Wake, WakeResult};
 use crate::path::{MeshPath, PathError, read_path, write_path};
 
 /// The root directory's id.
@@ -161,6 +162,43 @@ pub enum NsError {
         /// Milliseconds until the lease runs out.
         ms_left: u64,
     },
+    /// The lock session is not open: its lease ran out, or it closed.
+    #[error(
+        "the lock session of client {client} has ended (its lease ran out, or it was closed); \
+         open a new session"
+    )]
+    SessionExpired {
+        /// The client.
+        client: u32,
+    },
+    /// A try-lock found the lock taken.
+    #[error("{path} is locked: {why}")]
+    LockBusy {
+        /// The lock.
+        path: String,
+        /// Who holds or waits for it.
+        why: String,
+    },
+    /// The session already holds the lock (only shared locks are taken again).
+    #[error("{path}: this session already holds the lock {mode}; unlock it first")]
+    AlreadyLocked {
+        /// The lock.
+        path: String,
+        /// How it holds it.
+        mode: String,
+    },
+    /// The session already waits for the lock.
+    #[error("{0}: this session already waits for the lock")]
+    AlreadyWaiting(String),
+    /// Unlock of a lock the session neither holds nor waits for.
+    #[error("{0}: this session does not hold the lock")]
+    NotLocked(String),
+    /// A lock was not granted before its wait ran out.
+    #[error("{0}: the lock was not granted within the timeout")]
+    LockTimeout(String),
+    /// The session gave up its wait (an unlock of the lock it waited for).
+    #[error("{0}: the wait for the lock was cancelled")]
+    LockCancelled(String),
     /// A write finished after its lease was replaced: it does not take effect.
     #[error(
         "{path} block {index}: the lease for version {version} was lost (it ran out and another \
@@ -291,6 +329,39 @@ pub enum Command {
         /// `rm -r`.
         recursive: bool,
     },
+    /// Open the entry's session as a lock session (a retry renews it).
+    OpenSession {
+        /// Its lease length.
+        lease_ms: u64,
+        /// How long its locks stay ungranted if it expires holding them.
+        lock_delay_ms: u64,
+    },
+    /// Renew the entry's session's lease from the entry's time. Not deduplicated: applying
+    /// it twice is the same as once.
+    KeepAlive,
+    /// Close the entry's session: its locks are released at once, its waits end.
+    CloseSession,
+    /// Take a lock for the entry's session, or wait for it.
+    Lock {
+        /// The lock.
+        path: MeshPath,
+        /// Shared or exclusive.
+        mode: LockMode,
+        /// `None`: try only; else wait this long at most.
+        wait_ms: Option<u64>,
+    },
+    /// Give back one hold of a lock, or cancel a wait for it.
+    Unlock {
+        /// The lock.
+        path: MeshPath,
+    },
+    /// Time passes (the leader's): the sessions named end if their lease ran out by the
+    /// entry's time, waits past their deadline end, lock-delays that ended let grants go.
+    /// Not deduplicated.
+    Clock {
+        /// Sessions the leader saw lapse.
+        expire: Vec<SessionId>,
+    },
 }
 
 /// One log entry: who asked, when (the leader's clock), and what.
@@ -351,6 +422,33 @@ pub enum Outcome {
         server: NodeId,
         /// Draining now or not.
         draining: bool,
+    },
+    /// A lock session was opened (or renewed).
+    SessionOpened {
+        /// Its lease length.
+        lease_ms: u64,
+        /// Its lock-delay.
+        lock_delay_ms: u64,
+        /// When its lease ends.
+        expires_ms: u64,
+    },
+    /// A lock session's lease was renewed.
+    KeptAlive {
+        /// When it ends now.
+        expires_ms: u64,
+    },
+    /// A lock was granted at once.
+    LockGranted {
+        /// Its sequencer.
+        sequencer: u64,
+    },
+    /// A lock request waits in the lock's queue; a [`Wake`] in a later entry's outcome
+    /// ends the wait.
+    LockQueued,
+    /// Locks were released or time passed: these waits ended.
+    Woke {
+        /// The waits that ended.
+        wakes: Vec<Wake>,
     },
     /// Removed this many files and directories.
     Removed {
@@ -598,6 +696,8 @@ pub struct Namespace {
     leases: BTreeMap<(u32, u16), Lease>,
     /// Data-servers being drained: blocks move off them, none are placed on them.
     draining: BTreeSet<NodeId>,
+    /// Lock sessions and locks.
+    locks: LockTable,
     applied: u64,
 }
 
@@ -638,6 +738,7 @@ impl Namespace {
             sessions: HashMap::new(),
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
+            locks: LockTable::new(),
             applied: 0,
         }
     }
@@ -650,6 +751,16 @@ impl Namespace {
     /// Data-servers marked draining.
     pub fn draining(&self) -> &BTreeSet<NodeId> {
         &self.draining
+    }
+
+    /// Lock sessions and locks.
+    pub fn lock_table(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// Locks at or under `path`, with holders and waiters.
+    pub fn locks_under(&self, path: &MeshPath) -> Vec<LockInfo> {
+        self.locks.list(path)
     }
 
     /// Whether block `index` of file `file` has a write lease in force at `now_ms`.
@@ -873,6 +984,21 @@ impl Namespace {
     }
 
     fn apply_once(&mut self, entry: &Entry) -> Outcome {
+        // Idempotent by nature, and sent beside the session's other requests: no dedupe.
+        match &entry.command {
+            Command::KeepAlive => {
+                return match self.locks.keep_alive(entry.session, entry.time_ms) {
+                    Ok(expires_ms) => Outcome::KeptAlive { expires_ms },
+                    Err(err) => Outcome::Failed(err),
+                };
+            }
+            Command::Clock { expire } => {
+                let wakes = self.locks.clock(expire, entry.time_ms);
+                self.settle_waits(&wakes);
+                return Outcome::Woke { wakes };
+            }
+            _ => {}
+        }
         if let Some(session) = self.sessions.get(&entry.session) {
             if entry.request_id == session.last_request {
                 return session.outcome.clone();
@@ -884,17 +1010,46 @@ impl Namespace {
                 });
             }
         }
-        let outcome = match self.execute(&entry.command, entry.session, entry.time_ms) {
-            Ok(outcome) => outcome,
-            Err(err) => Outcome::Failed(err),
+        let outcome =
+            match self.execute(&entry.command, entry.session, entry.request_id, entry.time_ms) {
+                Ok(outcome) => outcome,
+                Err(err) => Outcome::Failed(err),
+            };
+        let remembered = match &outcome {
+            // The wakes were for other requests, answered once.
+            Outcome::Woke { .. } => Outcome::Woke { wakes: Vec::new() },
+            other => other.clone(),
         };
         let session = Session {
             last_request: entry.request_id,
             last_time_ms: entry.time_ms,
-            outcome: outcome.clone(),
+            outcome: remembered,
         };
         self.sessions.insert(entry.session, session);
+        if let Outcome::Woke { wakes } = &outcome {
+            self.settle_waits(wakes);
+        }
         outcome
+    }
+
+    /// A wait that ended is its request's outcome now: a retry of the request (a client
+    /// that reached a new leader) gets how it ended, not "queued".
+    fn settle_waits(&mut self, wakes: &[Wake]) {
+        for wake in wakes {
+            let Some(session) = self.sessions.get_mut(&wake.session) else { continue };
+            if session.last_request != wake.request_id {
+                continue;
+            }
+            let path = path_str(&wake.path);
+            session.outcome = match wake.result {
+                WakeResult::Granted { sequencer } => Outcome::LockGranted { sequencer },
+                WakeResult::TimedOut => Outcome::Failed(NsError::LockTimeout(path)),
+                WakeResult::Cancelled => Outcome::Failed(NsError::LockCancelled(path)),
+                WakeResult::SessionEnded => {
+                    Outcome::Failed(NsError::SessionExpired { client: wake.session.client.0 })
+                }
+            };
+        }
     }
 
     fn sweep_sessions(&mut self, now_ms: u64) {
@@ -911,6 +1066,7 @@ impl Namespace {
         &mut self,
         command: &Command,
         session: SessionId,
+        request_id: u64,
         now: u64,
     ) -> Result<Outcome, NsError> {
         match command {
@@ -960,6 +1116,29 @@ impl Namespace {
             }
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
+            Command::OpenSession { lease_ms, lock_delay_ms } => {
+                let expires_ms = self.locks.open(session, *lease_ms, *lock_delay_ms, now);
+                let lock_delay_ms = *lock_delay_ms;
+                Ok(Outcome::SessionOpened { lease_ms: *lease_ms, lock_delay_ms, expires_ms })
+            }
+            Command::CloseSession => {
+                if self.locks.session(session).is_none() {
+                    return Err(NsError::SessionExpired { client: session.client.0 });
+                }
+                Ok(Outcome::Woke { wakes: self.locks.end_session(session, false, now) })
+            }
+            Command::Lock { path, mode, wait_ms } => {
+                match self.locks.lock(session, request_id, path, *mode, *wait_ms, now)? {
+                    LockResult::Granted(sequencer) => Ok(Outcome::LockGranted { sequencer }),
+                    LockResult::Queued => Ok(Outcome::LockQueued),
+                }
+            }
+            Command::Unlock { path } => {
+                Ok(Outcome::Woke { wakes: self.locks.unlock(session, path, now)? })
+            }
+            Command::KeepAlive | Command::Clock { .. } => {
+                unreachable!("applied before deduplication")
+            }
         }
     }
 
@@ -1418,6 +1597,9 @@ impl Namespace {
     /// one directory, which is its parent; no orphans; ids below `next_id`; file sizes agree
     /// with block lists; replica sets are distinct and of the file's replication.
     pub fn violation(&self) -> Option<String> {
+        if let Some(violation) = self.locks.violation() {
+            return Some(violation);
+        }
         let Some(root) = self.nodes.get(&ROOT_ID) else {
             return Some("the root is missing".into());
         };
@@ -1498,10 +1680,10 @@ impl Namespace {
     // ---- snapshots ----
 
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 3): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 4): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
-    /// (format 1 has none), draining data-servers (formats 1 and 2 have none), u32 CRC-32 of
-    /// all before.
+    /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
+    /// (formats 1 to 3 have none), u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -1543,6 +1725,7 @@ impl Namespace {
         for server in &self.draining {
             w.u32(server.0);
         }
+        self.locks.write(&mut w);
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -1667,6 +1850,7 @@ impl Namespace {
                 draining.insert(NodeId(r.u32("draining server")?));
             }
         }
+        let locks = if format >= 4 { LockTable::read(&mut r)? } else { LockTable::new() };
         r.finish()?;
         let mut ns = Namespace {
             nodes,
@@ -1675,6 +1859,7 @@ impl Namespace {
             sessions,
             leases,
             draining,
+            locks,
             applied,
         };
         ns.allocated = ns.compute_allocated();
@@ -1688,7 +1873,7 @@ impl Namespace {
 }
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const SNAPSHOT_FORMAT: u16 = 3;
+const SNAPSHOT_FORMAT: u16 = 4;
 
 /// Why snapshot bytes could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1799,6 +1984,30 @@ impl Entry {
                 write_path(&mut w, path);
                 w.bool(*recursive);
             }
+            Command::OpenSession { lease_ms, lock_delay_ms } => {
+                w.u8(12).u64(*lease_ms).u64(*lock_delay_ms);
+            }
+            Command::KeepAlive => {
+                w.u8(13);
+            }
+            Command::CloseSession => {
+                w.u8(14);
+            }
+            Command::Lock { path, mode, wait_ms } => {
+                w.u8(15);
+                write_path(&mut w, path);
+                w.u8(mode.byte()).bool(wait_ms.is_some()).u64(wait_ms.unwrap_or(0));
+            }
+            Command::Unlock { path } => {
+                w.u8(16);
+                write_path(&mut w, path);
+            }
+            Command::Clock { expire } => {
+                w.u8(17).u32(expire.len() as u32);
+                for session in expire {
+                    w.u32(session.client.0).u64(session.nonce);
+                }
+            }
         }
         w.finish()
     }
@@ -1876,6 +2085,35 @@ impl Entry {
                 server: NodeId(r.u32("server")?),
                 draining: r.bool("draining")?,
             },
+            12 => Command::OpenSession {
+                lease_ms: r.u64("lease")?,
+                lock_delay_ms: r.u64("lock delay")?,
+            },
+            13 => Command::KeepAlive,
+            14 => Command::CloseSession,
+            15 => {
+                let path = read_path(&mut r)?;
+                let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+                let waits = r.bool("waits")?;
+                let wait_ms = r.u64("wait")?;
+                Command::Lock { path, mode, wait_ms: waits.then_some(wait_ms) }
+            }
+            16 => Command::Unlock { path: read_path(&mut r)? },
+            17 => {
+                let count = r.u32("session count")?;
+                if count as usize > r.remaining() / 12 {
+                    return Err(BodyError::Invalid {
+                        field: "session count",
+                        value: u64::from(count),
+                    });
+                }
+                let expire = (0..count)
+                    .map(|_| {
+                        Ok(SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? })
+                    })
+                    .collect::<Result<Vec<_>, BodyError>>()?;
+                Command::Clock { expire }
+            }
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;
@@ -1924,6 +2162,32 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         Outcome::Draining { server, draining } => {
             w.u8(11).u32(server.0).bool(*draining);
         }
+        Outcome::SessionOpened { lease_ms, lock_delay_ms, expires_ms } => {
+            w.u8(12).u64(*lease_ms).u64(*lock_delay_ms).u64(*expires_ms);
+        }
+        Outcome::KeptAlive { expires_ms } => {
+            w.u8(13).u64(*expires_ms);
+        }
+        Outcome::LockGranted { sequencer } => {
+            w.u8(14).u64(*sequencer);
+        }
+        Outcome::LockQueued => {
+            w.u8(15);
+        }
+        Outcome::Woke { wakes } => {
+            w.u8(16).u32(wakes.len() as u32);
+            for wake in wakes {
+                w.u32(wake.session.client.0).u64(wake.session.nonce).u64(wake.request_id);
+                write_path(w, &wake.path);
+                w.u8(wake.mode.byte());
+                match wake.result {
+                    WakeResult::Granted { sequencer } => w.u8(1).u64(sequencer),
+                    WakeResult::TimedOut => w.u8(2),
+                    WakeResult::SessionEnded => w.u8(3),
+                    WakeResult::Cancelled => w.u8(4),
+                };
+            }
+        }
         Outcome::Failed(err) => {
             w.u8(6);
             err.write(w);
@@ -1964,6 +2228,36 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
         9 => Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replicas(r)? },
         5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
         11 => Outcome::Draining { server: NodeId(r.u32("server")?), draining: r.bool("draining")? },
+        12 => Outcome::SessionOpened {
+            lease_ms: r.u64("lease")?,
+            lock_delay_ms: r.u64("lock delay")?,
+            expires_ms: r.u64("lease end")?,
+        },
+        13 => Outcome::KeptAlive { expires_ms: r.u64("lease end")? },
+        14 => Outcome::LockGranted { sequencer: r.u64("sequencer")? },
+        15 => Outcome::LockQueued,
+        16 => {
+            let count = r.u32("wake count")?;
+            let mut wakes = Vec::with_capacity((count as usize).min(r.remaining() / 24));
+            for _ in 0..count {
+                let session =
+                    SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+                let request_id = r.u64("request id")?;
+                let path = read_path(r)?;
+                let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+                let result = match r.u8("wake")? {
+                    1 => WakeResult::Granted { sequencer: r.u64("sequencer")? },
+                    2 => WakeResult::TimedOut,
+                    3 => WakeResult::SessionEnded,
+                    4 => WakeResult::Cancelled,
+                    other => {
+                        return Err(BodyError::Invalid { field: "wake", value: u64::from(other) });
+                    }
+                };
+                wakes.push(Wake { session, request_id, path, mode, result });
+            }
+            Outcome::Woke { wakes }
+        }
         6 => Outcome::Failed(NsError::read(r)?),
         other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
     })
@@ -2034,6 +2328,27 @@ impl NsError {
             NsError::BadSize { path, size, block_size } => {
                 w.u8(18).str(path).u64(*size).u32(*block_size);
             }
+            NsError::SessionExpired { client } => {
+                w.u8(19).u32(*client);
+            }
+            NsError::LockBusy { path, why } => {
+                w.u8(20).str(path).str(why);
+            }
+            NsError::AlreadyLocked { path, mode } => {
+                w.u8(21).str(path).str(mode);
+            }
+            NsError::AlreadyWaiting(path) => {
+                w.u8(22).str(path);
+            }
+            NsError::NotLocked(path) => {
+                w.u8(23).str(path);
+            }
+            NsError::LockTimeout(path) => {
+                w.u8(24).str(path);
+            }
+            NsError::LockCancelled(path) => {
+                w.u8(25).str(path);
+            }
         }
     }
 
@@ -2101,6 +2416,13 @@ impl NsError {
                 size: r.u64("size")?,
                 block_size: r.u32("block size")?,
             },
+            19 => NsError::SessionExpired { client: r.u32("client")? },
+            20 => NsError::LockBusy { path: text(r)?, why: text(r)? },
+            21 => NsError::AlreadyLocked { path: text(r)?, mode: text(r)? },
+            22 => NsError::AlreadyWaiting(text(r)?),
+            23 => NsError::NotLocked(text(r)?),
+            24 => NsError::LockTimeout(text(r)?),
+            25 => NsError::LockCancelled(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -2647,6 +2969,44 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
+        let mut d = Driver::new();
+        let holder = SessionId { client: ClientId(2), nonce: 5 };
+        let open = Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 1_000 };
+        assert!(matches!(d.run(open.clone()), Outcome::SessionOpened { .. }));
+        let as_holder =
+            |request_id, time_ms, command| Entry { session: holder, request_id, time_ms, command };
+        d.ns.apply(&as_holder(1, d.time, open));
+        let take = Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None };
+        let first = d.ns.apply(&as_holder(2, d.time, take));
+        assert_eq!(first, Outcome::LockGranted { sequencer: 1 });
+        let wait =
+            d.entry(Command::Lock { path: p("/m"), mode: LockMode::Shared, wait_ms: Some(60_000) });
+        assert_eq!(d.ns.apply(&wait), Outcome::LockQueued);
+        let released = d.ns.apply(&as_holder(3, d.time, Command::Unlock { path: p("/m") }));
+        let Outcome::Woke { wakes } = released else { panic!("{released:?}") };
+        assert_eq!(wakes.len(), 1);
+        assert_eq!((wakes[0].session, wakes[0].request_id), (d.session, wait.request_id));
+        // The waiter's retry (at a new leader) learns it holds the lock.
+        assert_eq!(d.ns.apply(&wait), Outcome::LockGranted { sequencer: 2 });
+        // A retried unlock does not wake anyone twice.
+        let again = d.ns.apply(&as_holder(3, d.time, Command::Unlock { path: p("/m") }));
+        assert_eq!(again, Outcome::Woke { wakes: Vec::new() });
+        // KeepAlives are not deduplicated; a closed session's are refused.
+        for _ in 0..2 {
+            let kept = d.ns.apply(&as_holder(0, d.time + 5_000, Command::KeepAlive));
+            assert_eq!(kept, Outcome::KeptAlive { expires_ms: d.time + 15_000 });
+        }
+        d.ns.apply(&as_holder(4, d.time, Command::CloseSession));
+        let kept = d.ns.apply(&as_holder(0, d.time, Command::KeepAlive));
+        assert!(matches!(failed(kept), NsError::SessionExpired { client: 2 }));
+        // Locks survive a snapshot.
+        let back = Namespace::restore(&d.ns.snapshot()).unwrap();
+        assert_eq!(back.locks_under(&p("/")), d.ns.locks_under(&p("/")));
+        assert_eq!(back.locks_under(&p("/m")).len(), 1);
+    }
+
+    #[test]
     fn sessions_idle_past_the_ttl_are_forgotten() {
         let mut d = Driver::new();
         d.create("/x");
@@ -2696,6 +3056,13 @@ mod tests {
                 add: NodeId(6),
             }),
             d.entry(Command::SetDraining { server: NodeId(4), draining: true }),
+            d.entry(Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 2_000 }),
+            d.entry(Command::Lock { path: p("/l"), mode: LockMode::Exclusive, wait_ms: None }),
+            d.entry(Command::Lock { path: p("/l"), mode: LockMode::Shared, wait_ms: Some(5_000) }),
+            d.entry(Command::KeepAlive),
+            d.entry(Command::Unlock { path: p("/l") }),
+            d.entry(Command::Clock { expire: vec![SessionId { client: ClientId(9), nonce: 3 }] }),
+            d.entry(Command::CloseSession),
         ]
     }
 

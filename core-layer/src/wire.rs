@@ -42,12 +42,13 @@
 //! Adding a message: a new kind constant, a variant, its layout in this table, a round-trip
 //! sample in the tests, and a golden-bytes test once its layout is final.
 
-use meshfs_group::{NodeId, Role};
+use meshfs_group::{ClientId, NodeId, Role};
 
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
 };
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
+use crate::locks::{Holder, LockInfo, LockMode, Waiting};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, SessionId, Stat};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::Token;
 use meshfs_net::Frame;
@@ -422,6 +423,33 @@ pub enum MetaOp {
         /// Where to start.
         path: MeshPath,
     },
+    /// Open a lock session (the request's session number names it), with the cluster's
+    /// lease length and lock-delay.
+    OpenSession,
+    /// Renew the session's lease.
+    KeepAlive,
+    /// Close the session: its locks are released at once.
+    CloseSession,
+    /// Take a lock; with `wait_ms`, wait in its queue that long at most (the answer comes
+    /// when granted or given up).
+    Lock {
+        /// The lock.
+        path: MeshPath,
+        /// Shared or exclusive.
+        mode: LockMode,
+        /// `None`: try only.
+        wait_ms: Option<u64>,
+    },
+    /// Give back one hold of a lock (or cancel the session's wait for it).
+    Unlock {
+        /// The lock.
+        path: MeshPath,
+    },
+    /// The locks at or under `path`, holders and waiters.
+    Locks {
+        /// Where to look.
+        path: MeshPath,
+    },
     /// `list`: entries after `after` (by name), at most `limit`.
     List {
         /// The directory.
@@ -442,6 +470,7 @@ impl MetaOp {
                 | MetaOp::List { .. }
                 | MetaOp::ReportBadReplica { .. }
                 | MetaOp::Fsck { .. }
+                | MetaOp::Locks { .. }
         )
     }
 }
@@ -496,7 +525,31 @@ pub enum MetaReply {
     Unavailable(String),
     /// What fsck found.
     Fsck(FsckReport),
+    /// A lock session is open (or renewed).
+    Session {
+        /// Its lease length.
+        lease_ms: u64,
+        /// How long its locks stay ungranted if it expires holding them.
+        lock_delay_ms: u64,
+    },
+    /// A lock is the session's.
+    Locked {
+        /// The grant's sequencer.
+        sequencer: u64,
+    },
+    /// Locks with their holders and waiters, by path.
+    Locks {
+        /// The locks, at most [`MAX_LOCKS_LISTED`].
+        locks: Vec<LockInfo>,
+        /// More locks matched.
+        more: bool,
+    },
 }
+
+/// Most locks one [`MetaReply::Locks`] lists.
+pub const MAX_LOCKS_LISTED: u32 = 1000;
+/// Most holders or waiters of one lock a [`MetaReply::Locks`] lists.
+pub const MAX_LOCK_PARTIES: u32 = 10_000;
 
 /// Most problems one fsck reply lists (the counts cover them all).
 pub const MAX_FSCK_PROBLEMS: u32 = 500;
@@ -1120,6 +1173,28 @@ fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             w.u8(14);
             write_path(w, path);
         }
+        MetaOp::OpenSession => {
+            w.u8(15);
+        }
+        MetaOp::KeepAlive => {
+            w.u8(16);
+        }
+        MetaOp::CloseSession => {
+            w.u8(17);
+        }
+        MetaOp::Lock { path, mode, wait_ms } => {
+            w.u8(18);
+            write_path(w, path);
+            w.u8(mode.byte()).bool(wait_ms.is_some()).u64(wait_ms.unwrap_or(0));
+        }
+        MetaOp::Unlock { path } => {
+            w.u8(19);
+            write_path(w, path);
+        }
+        MetaOp::Locks { path } => {
+            w.u8(20);
+            write_path(w, path);
+        }
     }
 }
 
@@ -1161,6 +1236,18 @@ fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
         },
         13 => MetaOp::Drain { server: NodeId(r.u32("server")?), draining: r.bool("draining")? },
         14 => MetaOp::Fsck { path: read_path(r)? },
+        15 => MetaOp::OpenSession,
+        16 => MetaOp::KeepAlive,
+        17 => MetaOp::CloseSession,
+        18 => {
+            let path = read_path(r)?;
+            let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+            let waits = r.bool("waits")?;
+            let wait_ms = r.u64("wait")?;
+            MetaOp::Lock { path, mode, wait_ms: waits.then_some(wait_ms) }
+        }
+        19 => MetaOp::Unlock { path: read_path(r)? },
+        20 => MetaOp::Locks { path: read_path(r)? },
         other => return Err(BodyError::Invalid { field: "op", value: u64::from(other) }),
     };
     Ok(MetaRequest { session, request_id, op })
@@ -1284,7 +1371,65 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             w.bool(report.more);
             write_replicas(w, &report.unknown_servers);
         }
+        MetaReply::Session { lease_ms, lock_delay_ms } => {
+            w.u8(12).u64(*lease_ms).u64(*lock_delay_ms);
+        }
+        MetaReply::Locked { sequencer } => {
+            w.u8(13).u64(*sequencer);
+        }
+        MetaReply::Locks { locks, more } => {
+            w.u8(14).u32(locks.len() as u32);
+            for lock in locks {
+                write_path(w, &lock.path);
+                w.u64(lock.delayed_until_ms).u32(lock.holders.len() as u32);
+                for h in &lock.holders {
+                    w.u32(h.session.client.0).u64(h.session.nonce);
+                    w.u8(h.mode.byte()).u32(h.count).u64(h.sequencer);
+                }
+                w.u32(lock.waiters.len() as u32);
+                for q in &lock.waiters {
+                    w.u32(q.session.client.0).u64(q.session.nonce);
+                    w.u64(q.request_id).u8(q.mode.byte()).u64(q.deadline_ms);
+                }
+            }
+            w.bool(*more);
+        }
     }
+}
+
+fn read_locks(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
+    let session = |r: &mut BodyReader<'_>| -> Result<SessionId, BodyError> {
+        Ok(SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? })
+    };
+    let count = |r: &mut BodyReader<'_>, field, max| match r.u32(field)? {
+        n if n > max => Err(BodyError::Invalid { field, value: u64::from(n) }),
+        n => Ok(n),
+    };
+    let mut locks = Vec::new();
+    for _ in 0..count(r, "lock count", MAX_LOCKS_LISTED)? {
+        let path = read_path(r)?;
+        let delayed_until_ms = r.u64("delayed until")?;
+        let mut holders = Vec::new();
+        for _ in 0..count(r, "holder count", MAX_LOCK_PARTIES)? {
+            holders.push(Holder {
+                session: session(r)?,
+                mode: LockMode::from_byte(r.u8("mode")?)?,
+                count: r.u32("count")?,
+                sequencer: r.u64("sequencer")?,
+            });
+        }
+        let mut waiters = Vec::new();
+        for _ in 0..count(r, "waiter count", MAX_LOCK_PARTIES)? {
+            waiters.push(Waiting {
+                session: session(r)?,
+                request_id: r.u64("request id")?,
+                mode: LockMode::from_byte(r.u8("mode")?)?,
+                deadline_ms: r.u64("deadline")?,
+            });
+        }
+        locks.push(LockInfo { path, holders, waiters, delayed_until_ms });
+    }
+    Ok(MetaReply::Locks { locks, more: r.bool("more")? })
 }
 
 fn write_health(w: &mut BodyWriter, h: &HealthCounts) {
@@ -1361,6 +1506,9 @@ fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
         }
         10 => MetaReply::Lease(Token::read(r)?),
         11 => MetaReply::Fsck(read_fsck(r)?),
+        12 => MetaReply::Session { lease_ms: r.u64("lease")?, lock_delay_ms: r.u64("lock delay")? },
+        13 => MetaReply::Locked { sequencer: r.u64("sequencer")? },
+        14 => read_locks(r)?,
         other => return Err(BodyError::Invalid { field: "reply", value: u64::from(other) }),
     })
 }
@@ -1538,6 +1686,57 @@ mod tests {
                 session: 9,
                 request_id: 9,
                 op: MetaOp::Fsck { path: MeshPath::parse("/a").unwrap() },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 10,
+                op: MetaOp::OpenSession,
+            }),
+            Message::MetaRequest(MetaRequest { session: 9, request_id: 11, op: MetaOp::KeepAlive }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 12,
+                op: MetaOp::CloseSession,
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 13,
+                op: MetaOp::Lock {
+                    path: MeshPath::parse("/l").unwrap(),
+                    mode: LockMode::Shared,
+                    wait_ms: Some(3),
+                },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 14,
+                op: MetaOp::Unlock { path: MeshPath::parse("/l").unwrap() },
+            }),
+            Message::MetaRequest(MetaRequest {
+                session: 9,
+                request_id: 15,
+                op: MetaOp::Locks { path: MeshPath::root() },
+            }),
+            Message::MetaReply(MetaReply::Session { lease_ms: 12_000, lock_delay_ms: 5_000 }),
+            Message::MetaReply(MetaReply::Locked { sequencer: 77 }),
+            Message::MetaReply(MetaReply::Locks {
+                locks: vec![LockInfo {
+                    path: MeshPath::parse("/l").unwrap(),
+                    holders: vec![Holder {
+                        session: SessionId { client: ClientId(2), nonce: 3 },
+                        mode: LockMode::Shared,
+                        count: 2,
+                        sequencer: 9,
+                    }],
+                    waiters: vec![Waiting {
+                        session: SessionId { client: ClientId(3), nonce: 4 },
+                        request_id: 8,
+                        mode: LockMode::Exclusive,
+                        deadline_ms: 1_000,
+                    }],
+                    delayed_until_ms: 0,
+                }],
+                more: true,
             }),
             Message::MetaReply(MetaReply::Fsck(FsckReport {
                 files: 3,

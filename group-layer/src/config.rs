@@ -20,6 +20,10 @@
 //! orphan_delay_secs = 300        # replicas of deleted blocks are removed after this long
 //! balance_margin_percent = 10    # rebalance when used fractions differ by more than this
 //!
+//! [locks]                        # lock sessions; every key optional (defaults shown)
+//! session_lease_ms = 12000       # a session not kept alive this long expires
+//! lock_delay_ms = 5000           # a lock whose holder's session expired waits this long
+//!
 //! [[mserver]]                    # one per meta-server
 //! id = 1
 //! addr = "127.0.0.1:7101"
@@ -225,6 +229,21 @@ impl Default for Heal {
     }
 }
 
+/// Lock service settings: the `[locks]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Locks {
+    /// A session whose client sent no KeepAlive for this long expires, and its locks go.
+    pub session_lease: Duration,
+    /// A lock whose holder's session expired is not granted again for this long.
+    pub lock_delay: Duration,
+}
+
+impl Default for Locks {
+    fn default() -> Locks {
+        Locks { session_lease: Duration::from_secs(12), lock_delay: Duration::from_secs(5) }
+    }
+}
+
 /// A megabyte, as in MB/s.
 const MB: u64 = 1_000_000;
 
@@ -247,6 +266,8 @@ pub struct Config {
     pub snapshot_entries: u64,
     /// Self-healing settings.
     pub heal: Heal,
+    /// Lock service settings.
+    pub locks: Locks,
     /// Every server, meta-servers first, each group in file order.
     pub servers: Vec<ServerConfig>,
     /// Clients by id.
@@ -263,6 +284,7 @@ impl fmt::Debug for Config {
             .field("timing", &self.timing)
             .field("snapshot_entries", &self.snapshot_entries)
             .field("heal", &self.heal)
+            .field("locks", &self.locks)
             .field("servers", &self.servers)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
@@ -371,6 +393,13 @@ struct RawHeal {
     balance_margin_percent: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocks {
+    session_lease_ms: Option<u64>,
+    lock_delay_ms: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
@@ -394,6 +423,8 @@ struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     heal: RawHeal,
+    #[serde(default)]
+    locks: RawLocks,
     #[serde(default)]
     mserver: Vec<RawServer>,
     #[serde(default)]
@@ -496,6 +527,7 @@ impl RawConfig {
         }
 
         let heal = self.heal.validate(&invalid)?;
+        let locks = self.locks.validate(&invalid)?;
 
         let mut servers = Vec::new();
         let mut ids = HashSet::new();
@@ -619,6 +651,7 @@ impl RawConfig {
             timing,
             snapshot_entries,
             heal,
+            locks,
             servers,
             clients,
         })
@@ -671,6 +704,36 @@ impl RawHeal {
             orphan_delay,
             balance_margin_percent,
         })
+    }
+}
+
+impl RawLocks {
+    fn validate(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<Locks, ConfigError> {
+        let default = Locks::default();
+        let session_lease = match self.session_lease_ms {
+            None => default.session_lease,
+            Some(ms @ 300..=3_600_000) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(
+                    "locks.session_lease_ms",
+                    format!("{ms}: must be 300 to 3600000 (an hour)"),
+                ));
+            }
+        };
+        let lock_delay = match self.lock_delay_ms {
+            None => default.lock_delay,
+            Some(ms @ 0..=600_000) => Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(invalid(
+                    "locks.lock_delay_ms",
+                    format!("{ms}: at most 600000 (ten minutes)"),
+                ));
+            }
+        };
+        Ok(Locks { session_lease, lock_delay })
     }
 }
 
@@ -797,6 +860,23 @@ key = "client-key-0123456789"
             assert!(message.contains(expect), "for {to:?}: {message:?} lacks {expect:?}");
             assert!(message.contains("/etc/meshfs/config.conf"), "{message:?} lacks the file");
         }
+    }
+
+    #[test]
+    fn the_locks_table_is_optional_and_checked() {
+        assert_eq!(parse(GOOD).unwrap().locks, Locks::default());
+        let text = GOOD.replacen(
+            "[[mserver]]",
+            "[locks]\nsession_lease_ms = 2000\nlock_delay_ms = 0\n\n[[mserver]]",
+            1,
+        );
+        let locks = parse(&text).unwrap().locks;
+        assert_eq!(locks.session_lease, Duration::from_secs(2));
+        assert_eq!(locks.lock_delay, Duration::ZERO);
+        let bad = GOOD.replacen("[[mserver]]", "[locks]\nsession_lease_ms = 10\n\n[[mserver]]", 1);
+        assert!(error(&bad).contains("locks.session_lease_ms: 10: must be 300"), "{}", error(&bad));
+        let bad = GOOD.replacen("[[mserver]]", "[locks]\nlease_ms = 10\n\n[[mserver]]", 1);
+        assert!(error(&bad).contains("lease_ms"), "{}", error(&bad));
     }
 
     #[test]

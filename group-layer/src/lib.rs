@@ -21,6 +21,6 @@ pub mod message;
 pub mod rng;
 pub mod rtt;
 
-pub use config::{ClientId, Config, ConfigError, Heal, NodeId, Role};
+pub use config::{ClientId, Config, ConfigError, Heal, Locks, NodeId, Role};
 pub use membership::{Action, Group, GroupError, GroupEvent, PeerStatus};
 pub use message::{FIRST_APP_KIND, Identity};

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
+use meshfs_core::locks::{Wake, WakeResult};
 use meshfs_core::namespace::{Command, Entry, Namespace, NsError, Outcome, SessionId, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
@@ -36,11 +37,12 @@ use meshfs_core::status::node_status;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
     DataReport, KIND_DATA_REPORT, KIND_RAFT, KIND_REPAIR_DONE, KIND_REPLICA_DAMAGED,
-    KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply, MetaRequest,
-    RaftInfo, ReportedDataServer, SnapshotChunk, StatusReply,
+    KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS,
+    Message, MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk,
+    StatusReply,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{ClientId, GroupEvent, Heal, NodeId, Role};
+use meshfs_group::{ClientId, GroupEvent, Heal, Locks, NodeId, Role};
 use meshfs_net::{ConnId, Priority};
 use raft::StateRole;
 
@@ -60,6 +62,8 @@ const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The snapshot pump sends only while less than this is queued to the peer (counting what
 /// it sent in this call): the peer's bulk queue (8 MiB) never fills, heartbeats never wait.
 const SNAPSHOT_PUMP_BYTES: usize = 2 * 1024 * 1024;
+/// Most sessions one Clock entry expires (more wait for the next).
+const MAX_EXPIRIES_PER_ENTRY: usize = 1000;
 
 /// Why a meta-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,18 @@ pub struct MetaServer {
     bad_replicas: BTreeMap<(u32, u16, NodeId), String>,
     /// Repair work (the leader's).
     healer: Healer,
+    /// Lock session settings.
+    locks: Locks,
+    /// Lock requests waiting in a lock's queue, by (session, request id): who to answer
+    /// when the wait ends.
+    lock_waits: HashMap<(SessionId, u64), Vec<Waiter>>,
+    /// When this server last became the leader: it expires no session for one lease
+    /// after, so that clients cut off by the election can reach it first.
+    leader_since: Option<Instant>,
+    /// A Clock entry proposed and not yet applied, and when.
+    clock_pending: Option<Instant>,
+    /// The session of this server's Clock entries.
+    clock_session: SessionId,
 }
 
 fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
@@ -132,6 +148,7 @@ impl MetaServer {
         block_size: u32,
         secret: Vec<u8>,
         heal: Heal,
+        locks: Locks,
         nonce: u64,
     ) -> MetaServer {
         MetaServer {
@@ -147,6 +164,11 @@ impl MetaServer {
             reports: BTreeMap::new(),
             bad_replicas: BTreeMap::new(),
             healer: Healer::new(heal, nonce),
+            locks,
+            lock_waits: HashMap::new(),
+            leader_since: None,
+            clock_pending: None,
+            clock_session: SessionId { client: ClientId(0), nonce: nonce.wrapping_add(1) },
         }
     }
 
@@ -192,7 +214,27 @@ impl MetaServer {
                     "{path} block {index}: data-server {replacement} replaces {failed}, where the writer's chain failed"
                 );
             }
-            if let Some(waiters) = self.writes.remove(&(entry.session, entry.request_id)) {
+            if let Outcome::Woke { wakes } = &outcome {
+                for wake in wakes {
+                    if let Some(waiters) = self.lock_waits.remove(&(wake.session, wake.request_id))
+                    {
+                        let reply = wake_reply(wake);
+                        for waiter in waiters {
+                            answer(node, waiter, reply.clone());
+                        }
+                    }
+                }
+            }
+            if entry.session == self.clock_session {
+                self.clock_pending = None;
+            }
+            let key = (entry.session, entry.request_id);
+            if let Some(waiters) = self.writes.remove(&key) {
+                if outcome == Outcome::LockQueued {
+                    // Answered when the wait ends, by the entry that ends it.
+                    self.lock_waits.entry(key).or_default().extend(waiters);
+                    continue;
+                }
                 let reply = reply_of(outcome, &self.secret, entry.session.client);
                 for waiter in waiters {
                     answer(node, waiter, reply.clone());
@@ -215,6 +257,44 @@ impl MetaServer {
         if !self.replica.is_leader() {
             self.release_all(node);
             self.healer.stand_down();
+            self.leader_since = None;
+            self.clock_pending = None;
+        } else if self.leader_since.is_none() {
+            self.leader_since = Some(Instant::now());
+        }
+    }
+
+    /// The leader's clock for the lock service: proposes a Clock entry when a waiter's
+    /// deadline or a lock-delay has come, or a session's lease ran out (but none in the
+    /// first lease after the election, so that its clients can reach the new leader).
+    fn lock_clock(&mut self) {
+        let Some(since) = self.leader_since else { return };
+        if self.clock_pending.is_some_and(|at| at.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        let now = now_ms();
+        let table = self.replica.namespace().lock_table();
+        let due = table.next_due().is_some_and(|at| at <= now);
+        let mut expire = Vec::new();
+        if since.elapsed() >= self.locks.session_lease {
+            expire = table.lapsed(now);
+            expire.truncate(MAX_EXPIRIES_PER_ENTRY);
+        }
+        if !due && expire.is_empty() {
+            return;
+        }
+        if !expire.is_empty() {
+            info!("{} lock session(s) expired: {expire:?}", expire.len());
+        }
+        let entry = Entry {
+            session: self.clock_session,
+            request_id: 0,
+            time_ms: now,
+            command: Command::Clock { expire },
+        };
+        match self.replica.propose(&entry) {
+            Ok(()) => self.clock_pending = Some(Instant::now()),
+            Err(err) => debug!("the lock clock could not propose: {err:?}"),
         }
     }
 
@@ -267,11 +347,16 @@ impl MetaServer {
     /// No longer the leader: everyone waiting here asks the new one. A retried write keeps
     /// its request id, so it is applied once however often it is proposed.
     fn release_all(&mut self, node: &mut Node) {
-        if self.writes.is_empty() && self.reads.is_empty() && self.confirmed.is_empty() {
+        if self.writes.is_empty()
+            && self.reads.is_empty()
+            && self.confirmed.is_empty()
+            && self.lock_waits.is_empty()
+        {
             return;
         }
         let reply = MetaReply::NotLeader { leader: self.leader_id() };
         let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
+        waiters.extend(self.lock_waits.drain().flat_map(|(_, w)| w));
         waiters.extend(self.reads.drain().map(|(_, (w, _))| w));
         waiters.extend(self.confirmed.drain(..).map(|(_, w, _)| w));
         for waiter in waiters {
@@ -320,7 +405,15 @@ impl MetaServer {
                 }
                 Command::SetDraining { server, draining }
             }
-            MetaOp::Stat { .. } | MetaOp::List { .. } => {
+            MetaOp::OpenSession => Command::OpenSession {
+                lease_ms: millis(self.locks.session_lease),
+                lock_delay_ms: millis(self.locks.lock_delay),
+            },
+            MetaOp::KeepAlive => Command::KeepAlive,
+            MetaOp::CloseSession => Command::CloseSession,
+            MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
+            MetaOp::Unlock { path } => Command::Unlock { path },
+            MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
                 let context = self.next_read;
                 self.next_read += 1;
                 let result = self.replica.read_index(context).map(|()| {
@@ -535,6 +628,7 @@ impl Service for MetaServer {
         if token == TICK_TIMER {
             self.replica.tick();
             node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
+            self.lock_clock();
             self.flush(node);
         } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
             if token == HEAL_TIMER {
@@ -568,6 +662,10 @@ impl Service for MetaServer {
                     waiters.retain(|w| w.conn != conn);
                 }
                 self.writes.retain(|_, w| !w.is_empty());
+                for waiters in self.lock_waits.values_mut() {
+                    waiters.retain(|w| w.conn != conn);
+                }
+                self.lock_waits.retain(|_, w| !w.is_empty());
                 self.reads.retain(|_, (w, _)| w.conn != conn);
                 self.confirmed.retain(|(_, w, _)| w.conn != conn);
             }
@@ -691,7 +789,30 @@ fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
         Outcome::Created(fd) => MetaReply::Created(fd),
         Outcome::Removed { files, dirs } => MetaReply::Removed { files, dirs },
         Outcome::Failed(err) => MetaReply::Failed(err),
+        Outcome::SessionOpened { lease_ms, lock_delay_ms, .. } => {
+            MetaReply::Session { lease_ms, lock_delay_ms }
+        }
+        Outcome::KeptAlive { .. } | Outcome::Woke { .. } => MetaReply::Done,
+        Outcome::LockGranted { sequencer } => MetaReply::Locked { sequencer },
+        Outcome::LockQueued => MetaReply::Unavailable("the lock request is queued".into()),
     }
+}
+
+/// The answer to a lock request whose wait ended.
+fn wake_reply(wake: &Wake) -> MetaReply {
+    let path = wake.path.to_string();
+    match wake.result {
+        WakeResult::Granted { sequencer } => MetaReply::Locked { sequencer },
+        WakeResult::TimedOut => MetaReply::Failed(NsError::LockTimeout(path)),
+        WakeResult::Cancelled => MetaReply::Failed(NsError::LockCancelled(path)),
+        WakeResult::SessionEnded => {
+            MetaReply::Failed(NsError::SessionExpired { client: wake.session.client.0 })
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Answers a read from the namespace as applied.
@@ -715,6 +836,16 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
                 Err(err) => MetaReply::Failed(err),
             }
         }
+        MetaOp::Locks { path } => {
+            let mut locks = namespace.locks_under(path);
+            let more = locks.len() > MAX_LOCKS_LISTED as usize;
+            locks.truncate(MAX_LOCKS_LISTED as usize);
+            for lock in &mut locks {
+                lock.holders.truncate(MAX_LOCK_PARTIES as usize);
+                lock.waiters.truncate(MAX_LOCK_PARTIES as usize);
+            }
+            MetaReply::Locks { locks, more }
+        }
         MetaOp::Mkdir { .. }
         | MetaOp::Create { .. }
         | MetaOp::CreateWrite { .. }
@@ -726,6 +857,11 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }
         | MetaOp::Fsck { .. }
+        | MetaOp::OpenSession
+        | MetaOp::KeepAlive
+        | MetaOp::CloseSession
+        | MetaOp::Lock { .. }
+        | MetaOp::Unlock { .. }
         | MetaOp::ReportBadReplica { .. } => {
             unreachable!("writes go through the log, not read()")
         }
@@ -754,6 +890,7 @@ pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
         block_size,
         config.secret.clone(),
         config.heal,
+        config.locks,
         nonce,
     );
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;

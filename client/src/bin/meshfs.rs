@@ -125,6 +125,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take the lock on PATH, run COMMAND while holding it, then release it (like
+    /// flock(1)). COMMAND sees the grant's sequencer in $MESHFS_LOCK_SEQUENCER. Exit
+    /// status: COMMAND's; 75 if the lock was not had within --timeout.
+    Lock {
+        /// Take it shared (many holders, e.g. readers); default exclusive.
+        #[arg(long)]
+        shared: bool,
+        /// Seconds to wait for it; 0 tries once. Default: as long as it takes.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// The lock's path (any path; no file needs to be there).
+        path: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List the locks at or under PATH: holders, modes, sequencers and waiters.
+    Locks {
+        /// Where to look (default /: every lock).
+        #[arg(default_value = "/")]
+        path: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Operate on data-servers.
     Dserver {
         #[command(subcommand)]
@@ -737,6 +762,19 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
             }
             Ok(u8::from(report.health.missing > 0))
         }
+        Command::Lock { shared, timeout, path, command } => {
+            lock_and_run(&config, credentials, shared, timeout, &path, &command)
+        }
+        Command::Locks { path, json } => {
+            let mut meta = MetaClient::new(&config, credentials)?;
+            let (locks, more) = meshfs_client::session::list_locks(&mut meta, &path)?;
+            if json {
+                println!("{}", locks_json(&locks, more));
+            } else {
+                print!("{}", locks_text(&path, &locks, more));
+            }
+            Ok(0)
+        }
         Command::Dserver { action } => {
             let (id, draining) = match action {
                 DserverAction::Drain { id } => (id, true),
@@ -776,6 +814,158 @@ fn main() -> ExitCode {
             ExitCode::from(if matches!(err, ClientError::Namespace(_)) { 1 } else { 2 })
         }
     }
+}
+
+/// Exit status of `meshfs lock` when the lock was not had in time (EX_TEMPFAIL, as flock).
+const EXIT_LOCK_TIMEOUT: u8 = 75;
+
+/// `meshfs lock`: the lock, the command under it, the release.
+fn lock_and_run(
+    config: &Config,
+    credentials: Credentials,
+    shared: bool,
+    timeout: Option<f64>,
+    path: &str,
+    command: &[String],
+) -> Result<u8, ClientError> {
+    use meshfs_client::session::{LockMode, Session, SessionEvent};
+    use meshfs_core::namespace::NsError;
+    let wait = match timeout {
+        None => Some(Duration::MAX),
+        Some(secs) if secs.is_finite() && secs > 0.0 => {
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+        }
+        Some(0.0) => None,
+        Some(secs) => {
+            eprintln!("meshfs lock: --timeout {secs}: must be 0 or more seconds");
+            return Ok(2);
+        }
+    };
+    let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+    let session = Session::open(config, credentials)?;
+    let lock = match session.lock(path, mode, wait) {
+        Ok(lock) => lock,
+        Err(ClientError::Namespace(err @ (NsError::LockBusy { .. } | NsError::LockTimeout(_)))) => {
+            eprintln!("meshfs lock: {err}");
+            let _ = session.close();
+            return Ok(EXIT_LOCK_TIMEOUT);
+        }
+        Err(err) => return Err(err),
+    };
+    let events = session.events();
+    let watched = path.to_string();
+    std::thread::spawn(move || {
+        for event in events {
+            match event {
+                SessionEvent::Jeopardy => eprintln!(
+                    "meshfs lock: WARNING: no meta-server answers; the lock on {watched} may be lost"
+                ),
+                SessionEvent::Safe => {
+                    eprintln!("meshfs lock: the meta-servers answer again; {watched} is still held")
+                }
+                SessionEvent::Expired => {
+                    eprintln!(
+                        "meshfs lock: WARNING: the session expired; the lock on {watched} is lost"
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("MESHFS_LOCK_SEQUENCER", lock.sequencer().to_string())
+        .status();
+    let released = lock.unlock();
+    let _ = session.close();
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("meshfs lock: cannot run {}: {err}", command[0]);
+            return Ok(127);
+        }
+    };
+    if let Err(err) = released {
+        eprintln!("meshfs lock: releasing {path}: {err}");
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+        (None, None) => 1,
+    })
+}
+
+fn ms_from_now(epoch_ms: u64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    i64::try_from(epoch_ms).unwrap_or(i64::MAX).saturating_sub(now)
+}
+
+/// `meshfs locks`'s text.
+fn locks_text(path: &str, locks: &[meshfs_client::session::LockInfo], more: bool) -> String {
+    if locks.is_empty() {
+        return format!("no locks at or under {path}\n");
+    }
+    let mut out = String::new();
+    for lock in locks {
+        out += &format!("{}\n", lock.path);
+        for h in &lock.holders {
+            let times = if h.count > 1 { format!(", {} times", h.count) } else { String::new() };
+            out += &format!(
+                "  held {} by client {} session {:016x}, sequencer {}{times}\n",
+                h.mode, h.session.client, h.session.nonce, h.sequencer
+            );
+        }
+        for w in &lock.waiters {
+            out += &format!(
+                "  waiting {}: client {} session {:016x}, gives up in {:.1} s\n",
+                w.mode,
+                w.session.client,
+                w.session.nonce,
+                ms_from_now(w.deadline_ms).max(0) as f64 / 1000.0
+            );
+        }
+        let delay = ms_from_now(lock.delayed_until_ms);
+        if delay > 0 {
+            out += &format!(
+                "  lock-delay: its holder's session expired; no grant for {:.1} s\n",
+                delay as f64 / 1000.0
+            );
+        }
+    }
+    if more {
+        out += "(more locks than listed)\n";
+    }
+    out
+}
+
+/// `meshfs locks --json`.
+fn locks_json(locks: &[meshfs_client::session::LockInfo], more: bool) -> String {
+    let locks: Vec<serde_json::Value> = locks
+        .iter()
+        .map(|lock| {
+            serde_json::json!({
+                "path": lock.path.to_string(),
+                "holders": lock.holders.iter().map(|h| serde_json::json!({
+                    "client": h.session.client.0,
+                    "session": format!("{:016x}", h.session.nonce),
+                    "mode": h.mode.name(),
+                    "count": h.count,
+                    "sequencer": h.sequencer,
+                })).collect::<Vec<_>>(),
+                "waiters": lock.waiters.iter().map(|w| serde_json::json!({
+                    "client": w.session.client.0,
+                    "session": format!("{:016x}", w.session.nonce),
+                    "mode": w.mode.name(),
+                    "deadline_ms": w.deadline_ms,
+                })).collect::<Vec<_>>(),
+                "delayed_until_ms": lock.delayed_until_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({ "locks": locks, "more": more }).to_string()
 }
 
 fn servers(ids: &[meshfs_group::NodeId]) -> String {
