@@ -83,7 +83,8 @@ impl RemoteFile {
         &self.file
     }
 
-    fn refresh(&mut self) -> Result<(), ClientError> {
+    /// Fetches the file's metadata again (another client may have changed it).
+    pub fn refresh(&mut self) -> Result<(), ClientError> {
         self.file = self.meta.get_file_meta_data(&self.path)?;
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod heal;
+mod locks;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
