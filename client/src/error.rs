@@ -115,6 +115,9 @@ pub enum ClientError {
         /// What each replica said.
         reason: String,
     },
+    /// A write to a file opened read-only.
+    #[error("{0} is open read-only (mode rs): open it with wm or ws to write")]
+    ReadOnly(String),
     /// A local file or stream failed.
     #[error("{what}: {source}")]
     Local {

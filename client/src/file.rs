@@ -8,6 +8,11 @@
 //! so the rest of the block is kept. Reads check every segment's checksum and fall back to
 //! the next replica. The block-array calls move up to [`BLOCKS_IN_FLIGHT`] blocks at once,
 //! each on its own connections, so different data-servers work in parallel.
+//!
+//! Open modes ([`OpenMode`], from the original design) hold a lock of a [`Session`] on the
+//! file's path while the file is open: "wm" exclusive read/write, "rs" shared read-only,
+//! "ws" shared read/write. Any number of "rs" and "ws" opens go together; "wm" goes alone.
+//! A conflicting open fails at once, or waits for its turn if asked to.
 
 use meshfs_core::namespace::FileMeta;
 use meshfs_core::token::Token;
@@ -17,6 +22,52 @@ use crate::connection::Credentials;
 use crate::data::{DataClient, retry_write};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
+use crate::session::{Lock, LockMode, Session};
+
+/// How a file is opened, and the lock it holds meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// "wm": exclusive read/write; no other open of the file with a mode meanwhile.
+    ExclusiveWrite,
+    /// "rs": shared read-only.
+    SharedRead,
+    /// "ws": shared read/write (the writers coordinate among themselves).
+    SharedWrite,
+}
+
+impl OpenMode {
+    /// The original design's name: "wm", "rs" or "ws".
+    pub fn name(self) -> &'static str {
+        match self {
+            OpenMode::ExclusiveWrite => "wm",
+            OpenMode::SharedRead => "rs",
+            OpenMode::SharedWrite => "ws",
+        }
+    }
+
+    fn lock_mode(self) -> LockMode {
+        match self {
+            OpenMode::ExclusiveWrite => LockMode::Exclusive,
+            OpenMode::SharedRead | OpenMode::SharedWrite => LockMode::Shared,
+        }
+    }
+}
+
+impl std::str::FromStr for OpenMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<OpenMode, String> {
+        match text {
+            "wm" => Ok(OpenMode::ExclusiveWrite),
+            "rs" => Ok(OpenMode::SharedRead),
+            "ws" => Ok(OpenMode::SharedWrite),
+            other => Err(format!(
+                "open mode {other:?}: expected wm (exclusive read/write), rs (shared read-only) \
+                 or ws (shared read/write)"
+            )),
+        }
+    }
+}
 
 /// Blocks transferred at once by the array calls.
 pub const BLOCKS_IN_FLIGHT: usize = 4;
@@ -30,6 +81,9 @@ pub struct RemoteFile {
     data: DataClient,
     path: String,
     file: FileMeta,
+    /// The open mode's lock, held until the file is closed.
+    lock: Option<Lock>,
+    writable: bool,
 }
 
 impl RemoteFile {
@@ -49,7 +103,35 @@ impl RemoteFile {
             data,
             path: path.to_string(),
             file,
+            lock: None,
+            writable: true,
         })
+    }
+
+    /// Opens an existing file in `mode`, holding `session`'s lock on its path until closed.
+    /// A conflicting open elsewhere makes it fail at once ([`NsError::LockBusy`]), or with
+    /// `wait`, wait up to that long for its turn ([`NsError::LockTimeout`]).
+    ///
+    /// [`NsError::LockBusy`]: meshfs_core::namespace::NsError::LockBusy
+    /// [`NsError::LockTimeout`]: meshfs_core::namespace::NsError::LockTimeout
+    pub fn open_mode(
+        config: &Config,
+        credentials: Credentials,
+        session: &Session,
+        path: &str,
+        mode: OpenMode,
+        wait: Option<std::time::Duration>,
+    ) -> Result<RemoteFile, ClientError> {
+        let lock = session.lock(path, mode.lock_mode(), wait)?;
+        let mut file = RemoteFile::open(config, credentials, path)?;
+        file.lock = Some(lock);
+        file.writable = mode != OpenMode::SharedRead;
+        Ok(file)
+    }
+
+    /// The sequencer of the open mode's lock, if opened with a mode.
+    pub fn sequencer(&self) -> Option<u64> {
+        self.lock.as_ref().map(Lock::sequencer)
     }
 
     /// Creates a new, empty file (`replication` 0: the cluster's default) and opens it.
@@ -113,6 +195,9 @@ impl RemoteFile {
     /// Writes `bytes` at `offset`, growing the file if it writes past the end. Returns when
     /// every replica of every block touched has the bytes durably.
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        if !self.writable {
+            return Err(ClientError::ReadOnly(self.path.clone()));
+        }
         let end = offset + bytes.len() as u64;
         if end > self.file.size {
             self.meta.expand_file_size(&self.path, end)?;
@@ -251,6 +336,12 @@ impl RemoteFile {
         self.refresh()
     }
 
-    /// Closes the file. Every write was durable when it returned; this only lets go.
-    pub fn close(self) {}
+    /// Closes the file. Every write was durable when it returned; this releases the open
+    /// mode's lock, if any (dropping the file does too, ignoring errors).
+    pub fn close(self) -> Result<(), ClientError> {
+        match self.lock {
+            Some(lock) => lock.unlock(),
+            None => Ok(()),
+        }
+    }
 }

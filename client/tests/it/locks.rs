@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use meshfs_client::file::RemoteFile;
+use meshfs_client::file::{OpenMode, RemoteFile};
 use meshfs_client::session::{LockMode, Session, SessionState, list_locks};
 use meshfs_client::{ClientError, MetaClient};
 use meshfs_core::namespace::NsError;
@@ -279,4 +279,58 @@ fn meshfs_lock_runs_the_command_under_the_lock_and_meshfs_locks_lists_it() {
     let out = meshfs(&cluster, &["lock", "relative", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not absolute"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn open_modes_take_the_file_s_lock_and_conflicting_opens_fail_or_wait() {
+    let mut cluster = TestCluster::new("locks-open", 3, 1);
+    cluster.start_all();
+    let (config, credentials) = (cluster.config.clone(), cluster.credentials.clone());
+    let mut file = RemoteFile::create(&config, credentials.clone(), "/doc", 1).unwrap();
+    file.write_at(0, b"v1").unwrap();
+    file.close().unwrap();
+    let open = |session: &Session, mode: &str, wait: Option<Duration>| {
+        let mode: OpenMode = mode.parse().unwrap();
+        RemoteFile::open_mode(&config, credentials.clone(), session, "/doc", mode, wait)
+    };
+    let (a, b) = (session(&cluster), session(&cluster));
+
+    let mut writer = open(&a, "wm", None).unwrap();
+    for mode in ["rs", "ws", "wm"] {
+        let err = open(&b, mode, None).unwrap_err().to_string();
+        assert!(err.contains("/doc is locked: held exclusive by client 1"), "{mode}: {err}");
+    }
+    // A reader that asks to wait gets in when the writer closes.
+    let waiting = {
+        let (config, credentials, b) = (config.clone(), credentials.clone(), b.clone());
+        std::thread::spawn(move || {
+            let wait = Some(Duration::from_secs(60));
+            let mut file =
+                RemoteFile::open_mode(&config, credentials, &b, "/doc", OpenMode::SharedRead, wait)
+                    .unwrap();
+            let mut bytes = [0u8; 2];
+            file.read_at(0, &mut bytes).unwrap();
+            let refused = file.write_at(0, b"no").unwrap_err();
+            (bytes, refused.to_string(), file)
+        })
+    };
+    wait_until("the reader to queue", || lock_state(&cluster, "/doc").1 == 1);
+    writer.write_at(0, b"v2").unwrap();
+    writer.close().unwrap();
+    let (bytes, refused, reader) = waiting.join().unwrap();
+    assert_eq!(&bytes, b"v2", "the reader sees what the writer wrote before closing");
+    assert!(refused.contains("/doc is open read-only (mode rs)"), "{refused}");
+    // rs and ws go together; wm waits for both to close.
+    let mut shared_writer = open(&a, "ws", None).unwrap();
+    shared_writer.write_at(2, b"+ws").unwrap();
+    let err = open(&session(&cluster), "wm", Some(Duration::from_millis(300))).unwrap_err();
+    assert!(err.to_string().contains("not granted within the timeout"), "{err}");
+    reader.close().unwrap();
+    shared_writer.close().unwrap();
+    let mut last = open(&b, "wm", None).unwrap();
+    assert!(last.sequencer().is_some());
+    let mut bytes = [0u8; 5];
+    last.read_at(0, &mut bytes).unwrap();
+    assert_eq!(&bytes, b"v2+ws");
+    assert!("xx".parse::<OpenMode>().unwrap_err().contains("expected wm"));
 }

@@ -1117,7 +1117,7 @@ fn random_reads_and_writes_agree_with_a_local_model() {
     assert_eq!(fresh.read_at(0, &mut all).unwrap(), model.len());
     assert!(all == model);
     assert!(get_bytes(&cluster, "/model").unwrap() == model);
-    fresh.close();
+    fresh.close().unwrap();
 
     // The block calls: several blocks in flight at once.
     let blocks: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(mib as usize, 100 + i)).collect();
