@@ -285,6 +285,21 @@ impl LockTable {
         }
     }
 
+    /// What a Clock entry at `now` should expire, if one is due: some waiter's deadline or
+    /// lock-delay has come, or (when `may_expire`: the leader has led for a lease) some
+    /// session's lease ran out. At most `max_expire` sessions are named.
+    pub fn clock_due(
+        &self,
+        now: u64,
+        may_expire: bool,
+        max_expire: usize,
+    ) -> Option<Vec<SessionId>> {
+        let due = self.next_due().is_some_and(|at| at <= now);
+        let mut expire = if may_expire { self.lapsed(now) } else { Vec::new() };
+        expire.truncate(max_expire);
+        (due || !expire.is_empty()).then_some(expire)
+    }
+
     /// Takes a lock, or queues for it until `wait_ms` after `now` (`None`: try only).
     pub fn lock(
         &mut self,

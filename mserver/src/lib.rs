@@ -274,15 +274,10 @@ impl MetaServer {
         }
         let now = now_ms();
         let table = self.replica.namespace().lock_table();
-        let due = table.next_due().is_some_and(|at| at <= now);
-        let mut expire = Vec::new();
-        if since.elapsed() >= self.locks.session_lease {
-            expire = table.lapsed(now);
-            expire.truncate(MAX_EXPIRIES_PER_ENTRY);
-        }
-        if !due && expire.is_empty() {
+        let may_expire = since.elapsed() >= self.locks.session_lease;
+        let Some(expire) = table.clock_due(now, may_expire, MAX_EXPIRIES_PER_ENTRY) else {
             return;
-        }
+        };
         if !expire.is_empty() {
             info!("{} lock session(s) expired: {expire:?}", expire.len());
         }

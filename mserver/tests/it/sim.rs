@@ -14,12 +14,21 @@
 //! The checker: every replica applies the same entry with the same outcome at each index;
 //! every acknowledged create is in every replica's namespace at the end, with its file id;
 //! of the clients contending for one name, exactly one is told it created it.
+//!
+//! With lock clients ([`Sim::with_lock_clients`]) the lock service runs too: the leader
+//! proposes Clock entries as the server does, and lock clients open sessions, keep them
+//! alive, take locks shared or exclusive (trying, or waiting in the queue), hold them a
+//! while and release them; some stall for up to three leases while holding (a pause or a
+//! cut-off link), sending nothing. The lock checker: a client believes it holds a lock from
+//! the grant until it releases it, and only while its own lease is in force; no two
+//! believers of one lock ever conflict (two exclusive, or exclusive with shared).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
 use meshfs_core::descriptor::FileId;
+use meshfs_core::locks::{LockMode, WakeResult};
 use meshfs_core::namespace::{Command, Entry, NsError, Outcome, SessionId, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::wire::SnapshotChunk;
@@ -298,6 +307,70 @@ struct Node {
     disk: Rc<RefCell<Disk>>,
     next_tick: u64,
     restart_at: Option<u64>,
+    /// When it was first seen leading (this term of office), as the server tracks it.
+    leader_since: Option<u64>,
+    /// When it last proposed a Clock entry.
+    clock_at: u64,
+}
+
+/// Lock session settings of the simulated cluster (ms of simulated time).
+const LOCK_LEASE: u64 = 300;
+const LOCK_DELAY: u64 = 100;
+const LOCK_PATHS: [&str; 2] = ["/lk/a", "/lk/b"];
+/// KeepAlive request ids start here (they are not deduplicated; any id works).
+const KEEPALIVE_IDS: u64 = 1 << 62;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LockCall {
+    /// Open a session; `sent` is when it was first sent (the lease runs from no earlier).
+    Open {
+        sent: u64,
+    },
+    Lock {
+        path: String,
+        mode: LockMode,
+        wait_ms: Option<u64>,
+    },
+    Unlock {
+        path: String,
+    },
+}
+
+/// A lock client: one call at a time, plus its KeepAlives.
+#[derive(Debug)]
+struct LockClient {
+    session: SessionId,
+    sessions_opened: u64,
+    next_request: u64,
+    open: bool,
+    /// Its lease's end by its own reckoning: a KeepAlive's send time plus the lease.
+    lease_end: u64,
+    /// (request id, call, node waited on, retry at).
+    call: Option<(u64, LockCall, u64, u64)>,
+    /// (request id, sent at, node, retry at).
+    keepalive: Option<(u64, u64, u64, u64)>,
+    next_keepalive: u64,
+    next_keepalive_id: u64,
+    /// (path, mode, sequencer, release at).
+    holding: Option<(String, LockMode, u64, u64)>,
+    /// Stalled (sends nothing) until then.
+    stalled_until: u64,
+    idle_until: u64,
+    hint: u64,
+    rounds_left: u32,
+}
+
+impl LockClient {
+    fn believes(&self, now: u64) -> Option<(&str, LockMode)> {
+        match &self.holding {
+            Some((path, mode, _, _)) if now < self.lease_end => Some((path, *mode)),
+            _ => None,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.rounds_left == 0 && self.holding.is_none() && self.call.is_none()
+    }
 }
 
 /// A client with at most one request outstanding.
@@ -345,6 +418,9 @@ pub struct Sim {
     /// A digest of everything that happened, to check that a seed replays exactly.
     pub trace: u64,
     stats: Stats,
+    lock_clients: Vec<LockClient>,
+    /// Every lock grant a client believed in: (sequencer, path, mode).
+    pub grants: Vec<(u64, String, LockMode)>,
 }
 
 #[derive(Debug, Default)]
@@ -353,6 +429,9 @@ struct Stats {
     partitions: u64,
     installs: u64,
     retries: u64,
+    lock_stalls: u64,
+    sessions_expired: u64,
+    lock_refusals: u64,
 }
 
 impl Sim {
@@ -374,6 +453,8 @@ impl Sim {
                 disk,
                 next_tick: rng.below(10),
                 restart_at: None,
+                leader_since: None,
+                clock_at: 0,
             });
         }
         let contended_names = 3;
@@ -415,11 +496,38 @@ impl Sim {
             contended: BTreeMap::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             stats: Stats::default(),
+            lock_clients: Vec::new(),
+            grants: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
         }
         sim
+    }
+
+    /// Adds `count` lock clients, each taking and releasing locks `rounds` times.
+    pub fn with_lock_clients(mut self, count: usize, rounds: u32) -> Sim {
+        let n = self.nodes.len() as u64;
+        for c in 0..count {
+            let hint = 1 + self.rng.below(n);
+            self.lock_clients.push(LockClient {
+                session: SessionId { client: ClientId(2), nonce: 5000 + 1000 * c as u64 },
+                sessions_opened: 0,
+                next_request: 1,
+                open: false,
+                lease_end: 0,
+                call: None,
+                keepalive: None,
+                next_keepalive: 0,
+                next_keepalive_id: KEEPALIVE_IDS,
+                holding: None,
+                stalled_until: 0,
+                idle_until: 0,
+                hint,
+                rounds_left: rounds,
+            });
+        }
+        self
     }
 
     fn note(&mut self, event: u64) {
@@ -507,6 +615,7 @@ impl Sim {
         for (index, entry, outcome) in output.applied {
             self.check_applied(from, index, &entry, &outcome);
             self.answer_client(from, &entry, &outcome);
+            self.answer_lock_clients(from, &entry, &outcome);
         }
     }
 
@@ -557,6 +666,305 @@ impl Sim {
             Outcome::Mkdir => {}
             other => panic!("seed {}: unexpected outcome {other:?} for {path}", self.seed),
         }
+    }
+
+    // ---- the lock service ----
+
+    /// The leader's lock clock, as the server runs it: a Clock entry when something is due,
+    /// expiring no session in its first lease as leader.
+    fn lock_clock(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_mut() else { return };
+        if !replica.is_leader() || self.isolated.contains(&node.id) {
+            node.leader_since = None;
+            return;
+        }
+        let since = *node.leader_since.get_or_insert(now);
+        if now < node.clock_at + 50 {
+            return;
+        }
+        let may_expire = now >= since + LOCK_LEASE;
+        let table = replica.namespace().lock_table();
+        let Some(expire) = table.clock_due(now, may_expire, 1000) else { return };
+        let session = SessionId { client: ClientId(0), nonce: node.id };
+        let entry =
+            Entry { session, request_id: 0, time_ms: now, command: Command::Clock { expire } };
+        if replica.propose(&entry).is_ok() {
+            node.clock_at = now;
+        }
+    }
+
+    /// Proposes `command` for lock client `c` at its hinted node; the node proposed to, or
+    /// `None` (and a new hint) if it would not take it.
+    fn propose_lock(&mut self, c: usize, request_id: u64, command: Command) -> Option<u64> {
+        let n = self.nodes.len() as u64;
+        let target = self.lock_clients[c].hint;
+        let index = (target - 1) as usize;
+        let entry =
+            Entry { session: self.lock_clients[c].session, request_id, time_ms: self.now, command };
+        let accepted = match self.nodes[index].replica.as_mut() {
+            Some(replica) if !self.isolated.contains(&target) => replica.propose(&entry),
+            _ => Err(meshfs_mserver::consensus::ProposeError::NotLeader(None)),
+        };
+        match accepted {
+            Ok(()) => {
+                self.drain(index);
+                Some(target)
+            }
+            Err(err) => {
+                self.lock_clients[c].hint = match err {
+                    meshfs_mserver::consensus::ProposeError::NotLeader(Some(l)) => l,
+                    _ => 1 + self.rng.below(n),
+                };
+                None
+            }
+        }
+    }
+
+    fn leads(&self, node: u64) -> bool {
+        self.nodes[(node - 1) as usize].replica.as_ref().is_some_and(|r| r.is_leader())
+            && !self.isolated.contains(&node)
+    }
+
+    fn lock_command(call: &LockCall) -> Command {
+        match call {
+            LockCall::Open { .. } => {
+                Command::OpenSession { lease_ms: LOCK_LEASE, lock_delay_ms: LOCK_DELAY }
+            }
+            LockCall::Lock { path, mode, wait_ms } => Command::Lock {
+                path: MeshPath::parse(path).unwrap(),
+                mode: *mode,
+                wait_ms: *wait_ms,
+            },
+            LockCall::Unlock { path } => Command::Unlock { path: MeshPath::parse(path).unwrap() },
+        }
+    }
+
+    /// Lock clients send, resend and renew.
+    fn lock_clients_act(&mut self) {
+        let now = self.now;
+        for c in 0..self.lock_clients.len() {
+            if now < self.lock_clients[c].stalled_until {
+                continue;
+            }
+            // KeepAlives, every third of the lease while open.
+            let client = &self.lock_clients[c];
+            let renew = client.open
+                && match client.keepalive {
+                    Some((_, _, node, retry_at)) => now >= retry_at || !self.leads(node),
+                    None => now >= client.next_keepalive,
+                };
+            if renew {
+                let id = self.lock_clients[c].next_keepalive_id.max(KEEPALIVE_IDS);
+                self.lock_clients[c].next_keepalive_id += 1;
+                self.lock_clients[c].keepalive = self
+                    .propose_lock(c, id, Command::KeepAlive)
+                    .map(|node| (id, now, node, now + 30));
+            }
+            // Release a lock held long enough (it stops believing first).
+            let client = &self.lock_clients[c];
+            if client.call.is_none()
+                && client.holding.as_ref().is_some_and(|h| now >= h.3 || now >= client.lease_end)
+            {
+                let path = self.lock_clients[c].holding.take().unwrap().0;
+                let id = self.lock_clients[c].next_request;
+                self.lock_clients[c].next_request += 1;
+                self.lock_clients[c].call = Some((id, LockCall::Unlock { path }, 0, now));
+            }
+            // A new call.
+            let client = &self.lock_clients[c];
+            if client.call.is_none() && client.holding.is_none() && now >= client.idle_until {
+                let call = if !client.open {
+                    LockCall::Open { sent: now }
+                } else if client.rounds_left > 0 {
+                    let path = LOCK_PATHS[self.rng.below(2) as usize].to_string();
+                    let mode = if self.rng.chance(400_000) {
+                        LockMode::Exclusive
+                    } else {
+                        LockMode::Shared
+                    };
+                    let wait_ms = if self.rng.chance(300_000) {
+                        None
+                    } else {
+                        Some(50 + self.rng.below(450))
+                    };
+                    LockCall::Lock { path, mode, wait_ms }
+                } else {
+                    continue;
+                };
+                if matches!(call, LockCall::Open { .. }) {
+                    let opened = self.lock_clients[c].sessions_opened;
+                    self.lock_clients[c].session.nonce += 1 + opened % 2;
+                    self.lock_clients[c].sessions_opened += 1;
+                    self.lock_clients[c].next_request = 1;
+                }
+                let id = self.lock_clients[c].next_request;
+                self.lock_clients[c].next_request += 1;
+                self.lock_clients[c].call = Some((id, call.clone(), 0, now));
+                self.lock_clients[c].keepalive = None;
+            }
+            // Send or resend the call in progress (same request id).
+            let Some((id, call, node, retry_at)) = self.lock_clients[c].call.clone() else {
+                continue;
+            };
+            if node != 0 && now < retry_at && self.leads(node) {
+                continue;
+            }
+            let command = Self::lock_command(&call);
+            if node != 0 {
+                self.stats.retries += 1;
+            }
+            let patience = match &call {
+                LockCall::Lock { wait_ms: Some(w), .. } => w + 60,
+                _ => 30,
+            };
+            let sent = self.propose_lock(c, id, command);
+            let (node, retry_at) = match sent {
+                Some(node) => (node, now + patience),
+                None => (0, now + 5 + self.rng.below(20)),
+            };
+            self.lock_clients[c].call = Some((id, call, node, retry_at));
+        }
+    }
+
+    /// A client's grant: the checker's moment.
+    fn granted(&mut self, c: usize, path: String, mode: LockMode, sequencer: u64) {
+        let now = self.now;
+        let hold = 10 + self.rng.below(200);
+        self.lock_clients[c].holding = Some((path.clone(), mode, sequencer, now + hold));
+        self.lock_clients[c].rounds_left = self.lock_clients[c].rounds_left.saturating_sub(1);
+        if self.lock_clients[c].believes(now).is_none() {
+            return; // its lease lapsed meanwhile: it does not rely on it, and lets go
+        }
+        self.grants.push((sequencer, path.clone(), mode));
+        self.check_beliefs(&path);
+        if self.rng.chance(150_000) {
+            // Stalls while holding: sends nothing for up to three leases.
+            self.lock_clients[c].stalled_until = now + self.rng.below(3 * LOCK_LEASE);
+            self.stats.lock_stalls += 1;
+        }
+    }
+
+    /// The lock checker: no two clients believing they hold `path` conflict.
+    fn check_beliefs(&self, path: &str) {
+        let believers: Vec<(usize, LockMode, u64)> = self
+            .lock_clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.believes(self.now) {
+                Some((p, mode)) if p == path => Some((i, mode, c.holding.as_ref().unwrap().2)),
+                _ => None,
+            })
+            .collect();
+        let exclusive = believers.iter().filter(|b| b.1 == LockMode::Exclusive).count();
+        assert!(
+            exclusive == 0 || believers.len() == 1,
+            "seed {}: at {} ms clients {believers:?} all believe they hold {path}",
+            self.seed,
+            self.now
+        );
+    }
+
+    fn answer_lock_clients(&mut self, node: u64, entry: &Entry, outcome: &Outcome) {
+        if let Outcome::Woke { wakes } = outcome {
+            for wake in wakes {
+                let Some(c) = self.lock_clients.iter().position(|c| c.session == wake.session)
+                else {
+                    continue;
+                };
+                let Some((id, LockCall::Lock { path, mode, .. }, waited_on, _)) =
+                    self.lock_clients[c].call.clone()
+                else {
+                    continue;
+                };
+                if id != wake.request_id || waited_on != node {
+                    continue;
+                }
+                self.lock_clients[c].call = None;
+                match wake.result {
+                    WakeResult::Granted { sequencer } => self.granted(c, path, mode, sequencer),
+                    WakeResult::SessionEnded => self.session_ended(c),
+                    WakeResult::TimedOut | WakeResult::Cancelled => {
+                        self.stats.lock_refusals += 1;
+                        self.lock_clients[c].idle_until = self.now + self.rng.below(30);
+                    }
+                }
+            }
+        }
+        let Some(c) = self.lock_clients.iter().position(|c| c.session == entry.session) else {
+            return;
+        };
+        if let Some((id, sent, waited_on, _)) = self.lock_clients[c].keepalive
+            && id == entry.request_id
+            && waited_on == node
+        {
+            self.lock_clients[c].keepalive = None;
+            match outcome {
+                Outcome::KeptAlive { .. } => {
+                    let client = &mut self.lock_clients[c];
+                    client.lease_end = client.lease_end.max(sent + LOCK_LEASE);
+                    client.next_keepalive = sent + LOCK_LEASE / 3;
+                    if let Some((path, ..)) = client.holding.clone() {
+                        self.check_beliefs(&path);
+                    }
+                }
+                Outcome::Failed(NsError::SessionExpired { .. }) => self.session_ended(c),
+                other => panic!("seed {}: KeepAlive got {other:?}", self.seed),
+            }
+            return;
+        }
+        let Some((id, call, waited_on, _)) = self.lock_clients[c].call.clone() else { return };
+        if id != entry.request_id || waited_on != node {
+            return;
+        }
+        match (call, outcome) {
+            (LockCall::Open { sent }, Outcome::SessionOpened { lease_ms, .. }) => {
+                let client = &mut self.lock_clients[c];
+                client.open = true;
+                client.lease_end = sent + lease_ms;
+                client.next_keepalive = sent + lease_ms / 3;
+                client.call = None;
+            }
+            (LockCall::Lock { .. }, Outcome::LockQueued) => {} // answered by a later Woke
+            (LockCall::Lock { path, mode, .. }, Outcome::LockGranted { sequencer }) => {
+                self.lock_clients[c].call = None;
+                self.granted(c, path, mode, *sequencer);
+            }
+            (_, Outcome::Failed(NsError::SessionExpired { .. })) => {
+                self.lock_clients[c].call = None;
+                self.session_ended(c);
+            }
+            (
+                LockCall::Lock { .. },
+                Outcome::Failed(
+                    NsError::LockBusy { .. } | NsError::LockTimeout(_) | NsError::LockCancelled(_),
+                ),
+            ) => {
+                self.lock_clients[c].call = None;
+                self.stats.lock_refusals += 1;
+                self.lock_clients[c].idle_until = self.now + self.rng.below(30);
+            }
+            (
+                LockCall::Unlock { .. },
+                Outcome::Woke { .. } | Outcome::Failed(NsError::NotLocked(_)),
+            ) => {
+                self.lock_clients[c].call = None;
+                self.lock_clients[c].idle_until = self.now + self.rng.below(30);
+            }
+            (call, other) => {
+                panic!("seed {}: lock client {c} got {other:?} for {call:?}", self.seed)
+            }
+        }
+    }
+
+    fn session_ended(&mut self, c: usize) {
+        let client = &mut self.lock_clients[c];
+        client.open = false;
+        client.holding = None;
+        client.call = None;
+        client.keepalive = None;
+        self.stats.sessions_expired += 1;
     }
 
     /// Clients send or resend their current request.
@@ -671,6 +1079,7 @@ impl Sim {
                 if let Some(r) = self.nodes[i].replica.as_mut() {
                     r.tick();
                 }
+                self.lock_clock(i);
                 self.drain(i);
             }
             if self.rng.chance(300_000) {
@@ -681,6 +1090,7 @@ impl Sim {
             }
         }
         self.clients_act();
+        self.lock_clients_act();
         if faults_on {
             self.inject_faults();
         }
@@ -718,6 +1128,7 @@ impl Sim {
 
     pub fn done(&self) -> bool {
         self.clients.iter().all(|c| c.todo.is_empty())
+            && self.lock_clients.iter().all(LockClient::finished)
     }
 
     /// Runs with faults for `ms`, then heals everything and runs until every client is done
@@ -740,7 +1151,12 @@ impl Sim {
             }
         }
         let left: Vec<_> = self.clients.iter().map(|c| c.todo.len()).collect();
-        panic!("seed {}: not done after healing (requests left per client: {left:?})", self.seed);
+        let locking: Vec<_> = self.lock_clients.iter().filter(|c| !c.finished()).collect();
+        panic!(
+            "seed {}: not done after healing (requests left per client: {left:?}; lock clients \
+             not done: {locking:?})",
+            self.seed
+        );
     }
 
     fn settled(&self) -> bool {
@@ -770,8 +1186,19 @@ impl Sim {
             .iter()
             .map(|n| n.disk.borrow().snapshot.as_ref().map_or(0, |s| s.get_metadata().index))
             .collect();
+        let locks = if self.lock_clients.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} lock grants, {} refused or timed out, {} stalls, {} sessions expired",
+                self.grants.len(),
+                self.stats.lock_refusals,
+                self.stats.lock_stalls,
+                self.stats.sessions_expired
+            )
+        };
         format!(
-            "seed {}: {} ms, {} entries applied, {} creates acknowledged, {} crashes, {} partitions, {} snapshots installed, {} retries, terms {:?}, snapshot indexes {:?}",
+            "seed {}: {} ms, {} entries applied, {} creates acknowledged, {} crashes, {} partitions, {} snapshots installed, {} retries, terms {:?}, snapshot indexes {:?}{locks}",
             self.seed,
             self.now,
             self.applied.len(),
@@ -786,6 +1213,11 @@ impl Sim {
     }
 
     /// The end-state checks.
+    /// Sessions that expired, for the test's own checks.
+    pub fn sessions_expired(&self) -> u64 {
+        self.stats.sessions_expired
+    }
+
     pub fn check(&self) {
         let namespaces: Vec<Vec<u8>> =
             self.nodes.iter().map(|n| n.replica.as_ref().unwrap().namespace().snapshot()).collect();
