@@ -23,6 +23,7 @@ pub mod file;
 pub mod launcher;
 pub mod limits;
 pub mod local;
+pub mod lock_bench;
 pub mod meta;
 pub mod rand_bench;
 pub mod repair_bench;

@@ -275,6 +275,22 @@ enum Workload {
         #[arg(long)]
         with_limits: bool,
     },
+    /// Locks: lock+unlock pairs per second and their latency, uncontended (each client its
+    /// own lock) and contended (every client one exclusive lock).
+    Locks {
+        /// Pairs per case, shared among its clients.
+        #[arg(long, default_value_t = 2000)]
+        pairs: usize,
+        /// Client counts of the uncontended case, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        clients: Vec<usize>,
+        /// Clients of the contended case (0: skip it).
+        #[arg(long, default_value_t = 16)]
+        contended: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sequential write: N files of SIZE written at once through the client library.
     Seqwrite {
         #[command(flatten)]
@@ -672,6 +688,20 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
                 println!("{}", meshfs_client::limits::to_json(&limits));
             } else {
                 print!("{}", meshfs_client::limits::render(&limits));
+            }
+            Ok(0)
+        }
+        Command::Bench {
+            workload: Workload::Locks { pairs, clients, contended, json }, ..
+        } => {
+            let bench = meshfs_client::lock_bench::LockBench { pairs, clients, contended };
+            let results = meshfs_client::lock_bench::run(&config, &credentials, &bench, |line| {
+                eprintln!("bench: {line}")
+            })?;
+            if json {
+                println!("{}", meshfs_client::lock_bench::to_json(&bench, &results));
+            } else {
+                print!("{}", meshfs_client::lock_bench::render(&results));
             }
             Ok(0)
         }

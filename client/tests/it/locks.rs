@@ -334,3 +334,30 @@ fn open_modes_take_the_file_s_lock_and_conflicting_opens_fail_or_wait() {
     assert_eq!(&bytes, b"v2+ws");
     assert!("xx".parse::<OpenMode>().unwrap_err().contains("expected wm"));
 }
+
+#[test]
+fn bench_locks_measures_uncontended_and_contended_pairs() {
+    let cluster = TestCluster::new("locks-bench", 3, 1);
+    let out = meshfs(
+        &cluster,
+        &[
+            "bench",
+            "--local",
+            "locks",
+            "--pairs",
+            "40",
+            "--clients",
+            "1,4",
+            "--contended",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for case in ["uncontended_1", "uncontended_4", "contended_4"] {
+        let rate = json["results"][format!("{case}_pairs_per_s")].as_f64().unwrap();
+        let p99 = json["results"][format!("{case}_p99_us")].as_u64().unwrap();
+        assert!(rate > 0.0 && p99 > 0, "{case}: {json}");
+    }
+}
