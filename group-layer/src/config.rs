@@ -935,5 +935,6 @@ key = "client-key-0123456789"
         assert_eq!(config.block_size, DEFAULT_BLOCK_SIZE);
         assert!(config.servers.iter().all(|s| s.addr.ip().is_loopback()));
         assert!(!config.clients.is_empty());
+        assert_eq!(config.locks, Locks::default(), "the shipped [locks] shows the defaults");
     }
 }
