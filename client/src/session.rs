@@ -286,8 +286,10 @@ impl Session {
             calls.call(MetaOp::CloseSession)
         };
         {
+            // Closed by its user, who needs no event for it.
             let keep = &self.inner.keep;
             let mut standing = keep.standing();
+            standing.listeners.clear();
             keep.set(&mut standing, SessionState::Expired);
         }
         match reply? {
