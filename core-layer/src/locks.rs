@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use meshfs_group::ClientId;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use crate::namespace::{NsError, SessionId};
@@ -97,6 +96,24 @@ pub struct Holder {
     pub sequencer: u64,
 }
 
+impl Holder {
+    /// Writes it (snapshots and the wire).
+    pub fn write(&self, w: &mut BodyWriter) {
+        self.session.write(w);
+        w.u8(self.mode.byte()).u32(self.count).u64(self.sequencer);
+    }
+
+    /// Reads what [`Holder::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<Holder, BodyError> {
+        Ok(Holder {
+            session: SessionId::read(r)?,
+            mode: LockMode::from_byte(r.u8("holder mode")?)?,
+            count: r.u32("hold count")?,
+            sequencer: r.u64("sequencer")?,
+        })
+    }
+}
+
 /// A request waiting in a lock's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiting {
@@ -108,6 +125,24 @@ pub struct Waiting {
     pub mode: LockMode,
     /// When it gives up (leader clock).
     pub deadline_ms: u64,
+}
+
+impl Waiting {
+    /// Writes it (snapshots and the wire).
+    pub fn write(&self, w: &mut BodyWriter) {
+        self.session.write(w);
+        w.u64(self.request_id).u8(self.mode.byte()).u64(self.deadline_ms);
+    }
+
+    /// Reads what [`Waiting::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<Waiting, BodyError> {
+        Ok(Waiting {
+            session: SessionId::read(r)?,
+            request_id: r.u64("waiter request")?,
+            mode: LockMode::from_byte(r.u8("waiter mode")?)?,
+            deadline_ms: r.u64("waiter deadline")?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -534,7 +569,7 @@ impl LockTable {
     pub fn write(&self, w: &mut BodyWriter) {
         w.u64(self.generation).u32(self.sessions.len() as u32);
         for (id, s) in &self.sessions {
-            w.u32(id.client.0).u64(id.nonce);
+            id.write(w);
             w.u64(s.lease_ms).u64(s.lock_delay_ms).u64(s.expires_ms);
         }
         w.u32(self.locks.len() as u32);
@@ -542,25 +577,20 @@ impl LockTable {
             w.str(key).u64(lock.exclusive_free_ms).u64(lock.shared_free_ms);
             w.u32(lock.holders.len() as u32);
             for h in &lock.holders {
-                w.u32(h.session.client.0).u64(h.session.nonce);
-                w.u8(h.mode.byte()).u32(h.count).u64(h.sequencer);
+                h.write(w);
             }
             w.u32(lock.queue.len() as u32);
             for q in &lock.queue {
-                w.u32(q.session.client.0).u64(q.session.nonce);
-                w.u64(q.request_id).u8(q.mode.byte()).u64(q.deadline_ms);
+                q.write(w);
             }
         }
     }
 
     /// Reads what [`LockTable::write`] wrote, rebuilding the indexes.
     pub fn read(r: &mut BodyReader<'_>) -> Result<LockTable, BodyError> {
-        let session_id = |r: &mut BodyReader<'_>| -> Result<SessionId, BodyError> {
-            Ok(SessionId { client: ClientId(r.u32("lock client")?), nonce: r.u64("lock nonce")? })
-        };
         let mut table = LockTable { generation: r.u64("lock generation")?, ..LockTable::new() };
         for _ in 0..r.u32("lock session count")? {
-            let id = session_id(r)?;
+            let id = SessionId::read(r)?;
             let lease_ms = r.u64("lease")?;
             let lock_delay_ms = r.u64("lock delay")?;
             let expires_ms = r.u64("lease end")?;
@@ -579,19 +609,12 @@ impl LockTable {
                 ..Lock::default()
             };
             for _ in 0..r.u32("holder count")? {
-                let session = session_id(r)?;
-                let mode = LockMode::from_byte(r.u8("holder mode")?)?;
-                let count = r.u32("holder count")?;
-                let sequencer = r.u64("sequencer")?;
-                lock.holders.push(Holder { session, mode, count, sequencer });
+                lock.holders.push(Holder::read(r)?);
             }
             for _ in 0..r.u32("waiter count")? {
-                let session = session_id(r)?;
-                let request_id = r.u64("waiter request")?;
-                let mode = LockMode::from_byte(r.u8("waiter mode")?)?;
-                let deadline_ms = r.u64("waiter deadline")?;
-                lock.queue.push_back(Waiting { session, request_id, mode, deadline_ms });
-                *table.due.entry((deadline_ms, key.clone())).or_default() += 1;
+                let waiting = Waiting::read(r)?;
+                *table.due.entry((waiting.deadline_ms, key.clone())).or_default() += 1;
+                lock.queue.push_back(waiting);
             }
             for s in
                 lock.holders.iter().map(|h| h.session).chain(lock.queue.iter().map(|w| w.session))
@@ -656,6 +679,7 @@ fn describe(lock: &Lock, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshfs_group::ClientId;
 
     const LEASE: u64 = 10_000;
     const DELAY: u64 = 5_000;

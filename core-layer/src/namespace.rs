@@ -51,6 +51,18 @@ pub struct SessionId {
     pub nonce: u64,
 }
 
+impl SessionId {
+    /// Writes it: u32 client, u64 nonce.
+    pub fn write(&self, w: &mut BodyWriter) {
+        w.u32(self.client.0).u64(self.nonce);
+    }
+
+    /// Reads what [`SessionId::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<SessionId, BodyError> {
+        Ok(SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? })
+    }
+}
+
 /// What went wrong applying or answering a request. Stable: carried on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NsError {
@@ -1713,7 +1725,8 @@ impl Namespace {
         sessions.sort_unstable_by_key(|(id, _)| **id);
         w.u32(sessions.len() as u32);
         for (id, session) in sessions {
-            w.u32(id.client.0).u64(id.nonce).u64(session.last_request).u64(session.last_time_ms);
+            id.write(&mut w);
+            w.u64(session.last_request).u64(session.last_time_ms);
             write_outcome(&mut w, &session.outcome);
         }
         w.u32(self.leases.len() as u32);
@@ -1827,7 +1840,7 @@ impl Namespace {
         let session_count = r.u32("session count")?;
         let mut sessions = HashMap::with_capacity((session_count as usize).min(r.remaining() / 28));
         for _ in 0..session_count {
-            let id = SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+            let id = SessionId::read(&mut r)?;
             let last_request = r.u64("last request")?;
             let last_time_ms = r.u64("last time")?;
             let outcome = read_outcome(&mut r)?;
@@ -2005,7 +2018,7 @@ impl Entry {
             Command::Clock { expire } => {
                 w.u8(17).u32(expire.len() as u32);
                 for session in expire {
-                    w.u32(session.client.0).u64(session.nonce);
+                    session.write(&mut w);
                 }
             }
         }
@@ -2019,7 +2032,7 @@ impl Entry {
         if format != 1 {
             return Err(BodyError::Invalid { field: "entry format", value: u64::from(format) });
         }
-        let session = SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+        let session = SessionId::read(&mut r)?;
         let request_id = r.u64("request id")?;
         let time_ms = r.u64("time")?;
         let command = match r.u8("command")? {
@@ -2108,9 +2121,7 @@ impl Entry {
                     });
                 }
                 let expire = (0..count)
-                    .map(|_| {
-                        Ok(SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? })
-                    })
+                    .map(|_| SessionId::read(&mut r))
                     .collect::<Result<Vec<_>, BodyError>>()?;
                 Command::Clock { expire }
             }
@@ -2177,7 +2188,8 @@ fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         Outcome::Woke { wakes } => {
             w.u8(16).u32(wakes.len() as u32);
             for wake in wakes {
-                w.u32(wake.session.client.0).u64(wake.session.nonce).u64(wake.request_id);
+                wake.session.write(w);
+                w.u64(wake.request_id);
                 write_path(w, &wake.path);
                 w.u8(wake.mode.byte());
                 match wake.result {
@@ -2240,8 +2252,7 @@ fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
             let count = r.u32("wake count")?;
             let mut wakes = Vec::with_capacity((count as usize).min(r.remaining() / 24));
             for _ in 0..count {
-                let session =
-                    SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? };
+                let session = SessionId::read(r)?;
                 let request_id = r.u64("request id")?;
                 let path = read_path(r)?;
                 let mode = LockMode::from_byte(r.u8("lock mode")?)?;

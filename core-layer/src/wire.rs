@@ -42,13 +42,13 @@
 //! Adding a message: a new kind constant, a variant, its layout in this table, a round-trip
 //! sample in the tests, and a golden-bytes test once its layout is final.
 
-use meshfs_group::{ClientId, NodeId, Role};
+use meshfs_group::{NodeId, Role};
 
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
 };
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, SessionId, Stat};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::Token;
 use meshfs_net::Frame;
@@ -1383,13 +1383,11 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
                 write_path(w, &lock.path);
                 w.u64(lock.delayed_until_ms).u32(lock.holders.len() as u32);
                 for h in &lock.holders {
-                    w.u32(h.session.client.0).u64(h.session.nonce);
-                    w.u8(h.mode.byte()).u32(h.count).u64(h.sequencer);
+                    h.write(w);
                 }
                 w.u32(lock.waiters.len() as u32);
                 for q in &lock.waiters {
-                    w.u32(q.session.client.0).u64(q.session.nonce);
-                    w.u64(q.request_id).u8(q.mode.byte()).u64(q.deadline_ms);
+                    q.write(w);
                 }
             }
             w.bool(*more);
@@ -1398,9 +1396,6 @@ fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
 }
 
 fn read_locks(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
-    let session = |r: &mut BodyReader<'_>| -> Result<SessionId, BodyError> {
-        Ok(SessionId { client: ClientId(r.u32("client")?), nonce: r.u64("nonce")? })
-    };
     let count = |r: &mut BodyReader<'_>, field, max| match r.u32(field)? {
         n if n > max => Err(BodyError::Invalid { field, value: u64::from(n) }),
         n => Ok(n),
@@ -1409,24 +1404,12 @@ fn read_locks(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
     for _ in 0..count(r, "lock count", MAX_LOCKS_LISTED)? {
         let path = read_path(r)?;
         let delayed_until_ms = r.u64("delayed until")?;
-        let mut holders = Vec::new();
-        for _ in 0..count(r, "holder count", MAX_LOCK_PARTIES)? {
-            holders.push(Holder {
-                session: session(r)?,
-                mode: LockMode::from_byte(r.u8("mode")?)?,
-                count: r.u32("count")?,
-                sequencer: r.u64("sequencer")?,
-            });
-        }
-        let mut waiters = Vec::new();
-        for _ in 0..count(r, "waiter count", MAX_LOCK_PARTIES)? {
-            waiters.push(Waiting {
-                session: session(r)?,
-                request_id: r.u64("request id")?,
-                mode: LockMode::from_byte(r.u8("mode")?)?,
-                deadline_ms: r.u64("deadline")?,
-            });
-        }
+        let holders = (0..count(r, "holder count", MAX_LOCK_PARTIES)?)
+            .map(|_| Holder::read(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let waiters = (0..count(r, "waiter count", MAX_LOCK_PARTIES)?)
+            .map(|_| Waiting::read(r))
+            .collect::<Result<Vec<_>, _>>()?;
         locks.push(LockInfo { path, holders, waiters, delayed_until_ms });
     }
     Ok(MetaReply::Locks { locks, more: r.bool("more")? })
@@ -1585,6 +1568,8 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespace::SessionId;
+    use meshfs_group::ClientId;
     use proptest::prelude::*;
 
     fn samples() -> Vec<Message> {
