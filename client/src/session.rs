@@ -12,7 +12,8 @@
 //!   since (an election, a cut network). The locks may be lost: stop relying on them.
 //! - [`SessionEvent::Safe`]: a KeepAlive got through again; the locks are still held.
 //! - [`SessionEvent::Expired`]: the meta-servers ended the session (or nothing answered for
-//!   a grace period of one more lease): its locks are gone, open a new session.
+//!   a grace period of one more lease, at least 10 s): its locks are gone, open a new
+//!   session.
 //!
 //! Calls on one session run one at a time: a lock wait holds up the session's other calls.
 //! Use a session per thread for independent waits.
@@ -36,6 +37,10 @@ use crate::meta::MetaClient;
 const KEEPALIVE_REQUESTS: u64 = 1 << 62;
 /// A lock with no timeout waits in rounds of this long.
 const WAIT_ROUND: Duration = Duration::from_secs(3600);
+/// A session that no meta-server has answered for its lease and then this long (or one
+/// more lease, if longer) counts as expired. Longer than the meta-servers' own lenience
+/// after an election or an outage (one lease), so a session they keep is not given up.
+const MIN_GRACE: Duration = Duration::from_secs(10);
 
 /// What happened to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,8 +362,8 @@ fn keep_alive(mut meta: MetaClient, keep: &Keep, lease: Duration) {
             }
             other => {
                 let now = Instant::now();
-                if now >= standing.lease_end + lease {
-                    log::warn!("lock session lost: no meta-server answered for two leases");
+                if now >= standing.lease_end + lease.max(MIN_GRACE) {
+                    log::warn!("lock session lost: no meta-server answered past its grace period");
                     keep.set(&mut standing, SessionState::Expired);
                     return;
                 }

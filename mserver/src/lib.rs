@@ -118,6 +118,8 @@ pub struct MetaServer {
     leader_since: Option<Instant>,
     /// A Clock entry proposed and not yet applied, and when.
     clock_pending: Option<Instant>,
+    /// Since when this server has seen a majority of the meta-servers up (itself included).
+    quorum_since: Option<Instant>,
     /// The session of this server's Clock entries.
     clock_session: SessionId,
 }
@@ -168,6 +170,7 @@ impl MetaServer {
             lock_waits: HashMap::new(),
             leader_since: None,
             clock_pending: None,
+            quorum_since: None,
             clock_session: SessionId { client: ClientId(0), nonce: nonce.wrapping_add(1) },
         }
     }
@@ -265,16 +268,29 @@ impl MetaServer {
     }
 
     /// The leader's clock for the lock service: proposes a Clock entry when a waiter's
-    /// deadline or a lock-delay has come, or a session's lease ran out (but none in the
-    /// first lease after the election, so that its clients can reach the new leader).
-    fn lock_clock(&mut self) {
+    /// deadline or a lock-delay has come, or a session's lease ran out. It expires no
+    /// session in its first lease as leader, nor in the first lease after it sees a majority
+    /// of the meta-servers again: clients cut off by the election or the outage reach it
+    /// first. (Without a majority nothing it proposes commits; an expiry decided then would
+    /// commit the moment the majority came back, before any client could renew.)
+    fn lock_clock(&mut self, node: &Node) {
         let Some(since) = self.leader_since else { return };
+        let mservers = node.config().servers_of(Role::MServer).count();
+        let links_up =
+            node.group().status().into_iter().filter(|p| p.role == Role::MServer && p.up).count();
+        if 2 * (links_up + 1) > mservers {
+            self.quorum_since.get_or_insert_with(Instant::now);
+        } else {
+            self.quorum_since = None;
+        }
         if self.clock_pending.is_some_and(|at| at.elapsed() < Duration::from_secs(2)) {
             return;
         }
         let now = now_ms();
         let table = self.replica.namespace().lock_table();
-        let may_expire = since.elapsed() >= self.locks.session_lease;
+        let lease = self.locks.session_lease;
+        let may_expire =
+            since.elapsed() >= lease && self.quorum_since.is_some_and(|at| at.elapsed() >= lease);
         let Some(expire) = table.clock_due(now, may_expire, MAX_EXPIRIES_PER_ENTRY) else {
             return;
         };
@@ -623,7 +639,7 @@ impl Service for MetaServer {
         if token == TICK_TIMER {
             self.replica.tick();
             node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
-            self.lock_clock();
+            self.lock_clock(node);
             self.flush(node);
         } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
             if token == HEAL_TIMER {

@@ -361,3 +361,34 @@ fn bench_locks_measures_uncontended_and_contended_pairs() {
         assert!(rate > 0.0 && p99 > 0, "{case}: {json}");
     }
 }
+
+#[test]
+fn a_session_cut_off_from_the_meta_servers_is_in_jeopardy_then_safe_or_expired() {
+    const LEASE_MS: u64 = 1500;
+    let mut cluster = TestCluster::new_with("locks-events", 3, 1, &locks_table(LEASE_MS, 0));
+    cluster.start_all();
+    let session = session(&cluster);
+    let lock = session.lock("/leader", LockMode::Exclusive, None).unwrap();
+    let events = session.events();
+    let next =
+        |what: &str| events.recv_timeout(DEADLINE).unwrap_or_else(|_| panic!("no {what} event"));
+    // No majority: KeepAlives go unanswered and the lease lapses.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    assert_eq!(next("jeopardy"), meshfs_client::SessionEvent::Jeopardy);
+    assert_eq!(session.state(), SessionState::Jeopardy);
+    // The majority is back within the grace period: the session and its lock are intact.
+    cluster.start(1);
+    cluster.start(2);
+    assert_eq!(next("safe"), meshfs_client::SessionEvent::Safe);
+    let (holders, _) = lock_state(&cluster, "/leader");
+    assert_eq!(holders, vec![lock.sequencer()], "still held, by the same grant");
+    // Cut off for good: after one more lease without an answer the session is expired.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    assert_eq!(next("jeopardy"), meshfs_client::SessionEvent::Jeopardy);
+    assert_eq!(next("expired"), meshfs_client::SessionEvent::Expired);
+    let err = session.lock("/other", LockMode::Shared, None).unwrap_err();
+    assert!(matches!(err, ClientError::Namespace(NsError::SessionExpired { .. })), "{err}");
+    drop(lock);
+}
