@@ -299,7 +299,12 @@ fn meshfs_up_starts_the_cluster_and_ctrl_c_stops_every_server() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "meshfs up exited with {status}");
-    let rest: Vec<String> = rx.try_iter().collect();
+    // Its last lines may still be on their way through the reader thread: read until the
+    // pipe closes (or the deadline).
+    let mut rest = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|l| l.contains("stopped (4 cleanly)")), "{rest:?}");
     for pid in pids {
         assert!(
