@@ -392,3 +392,27 @@ fn a_session_cut_off_from_the_meta_servers_is_in_jeopardy_then_safe_or_expired()
     assert!(matches!(err, ClientError::Namespace(NsError::SessionExpired { .. })), "{err}");
     drop(lock);
 }
+
+#[test]
+fn a_waiter_whose_leader_dies_is_granted_by_the_next_leader() {
+    let mut cluster = TestCluster::new_with("locks-wait-leader", 3, 1, &locks_table(3000, 0));
+    cluster.start_all();
+    let holder = session(&cluster);
+    let held = holder.lock("/w", LockMode::Exclusive, None).unwrap();
+    let waiter = session(&cluster);
+    let waiting = std::thread::spawn(move || {
+        let lock = waiter.lock("/w", LockMode::Exclusive, Some(Duration::from_secs(60)));
+        (lock, waiter)
+    });
+    wait_until("the waiter to queue", || lock_state(&cluster, "/w").1 == 1);
+    let leader =
+        cluster.wait_for("a leader", |s| s.agreed_leader().is_some()).agreed_leader().unwrap();
+    cluster.kill9(leader);
+    cluster.wait_for("a new leader", |s| s.agreed_leader().is_some_and(|l| l != leader));
+    assert_eq!(lock_state(&cluster, "/w").1, 1, "still queued under the new leader");
+    let first = held.sequencer();
+    held.unlock().unwrap();
+    let (lock, _waiter) = waiting.join().unwrap();
+    let lock = lock.expect("the waiter retried at the new leader and was granted");
+    assert!(lock.sequencer() > first);
+}
