@@ -80,7 +80,7 @@ pub struct LockSession {
     /// When the lease ends (leader clock, ms since the epoch).
     pub expires_ms: u64,
     /// Paths it holds or waits on.
-    paths: BTreeSet<Box<str>>,
+    paths: BTreeSet<MeshPath>,
 }
 
 /// One holder of a lock.
@@ -233,12 +233,12 @@ pub struct LockInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockTable {
     sessions: BTreeMap<SessionId, LockSession>,
-    locks: BTreeMap<Box<str>, Lock>,
+    locks: BTreeMap<MeshPath, Lock>,
     /// The last sequencer handed out.
     generation: u64,
     /// (when, path) -> how many: waiters' deadlines and lock-delays' ends, to look at the
     /// lock then. Derived.
-    due: BTreeMap<(u64, Box<str>), u32>,
+    due: BTreeMap<(u64, MeshPath), u32>,
     /// (lease end, session). Derived.
     expiries: BTreeSet<(u64, SessionId)>,
 }
@@ -296,9 +296,9 @@ impl LockTable {
         Ok(new)
     }
 
-    /// Sessions whose lease ended by `now`, oldest first.
-    pub fn lapsed(&self, now: u64) -> Vec<SessionId> {
-        self.expiries.iter().take_while(|(at, _)| *at <= now).map(|(_, s)| *s).collect()
+    /// Sessions whose lease ended by `now`, oldest first, at most `max`.
+    pub fn lapsed(&self, now: u64, max: usize) -> Vec<SessionId> {
+        self.expiries.iter().take_while(|(at, _)| *at <= now).take(max).map(|(_, s)| *s).collect()
     }
 
     /// The earliest time a waiter's deadline or a lock-delay ends, if any.
@@ -306,12 +306,12 @@ impl LockTable {
         self.due.first_key_value().map(|((at, _), _)| *at)
     }
 
-    fn add_due(&mut self, at: u64, key: &str) {
-        *self.due.entry((at, key.into())).or_default() += 1;
+    fn add_due(due: &mut BTreeMap<(u64, MeshPath), u32>, at: u64, key: &MeshPath) {
+        *due.entry((at, key.clone())).or_default() += 1;
     }
 
-    fn remove_due(due: &mut BTreeMap<(u64, Box<str>), u32>, at: u64, key: &str) {
-        let k = (at, Box::<str>::from(key));
+    fn remove_due(due: &mut BTreeMap<(u64, MeshPath), u32>, at: u64, key: &MeshPath) {
+        let k = (at, key.clone());
         if let Some(n) = due.get_mut(&k) {
             *n -= 1;
             if *n == 0 {
@@ -330,8 +330,7 @@ impl LockTable {
         max_expire: usize,
     ) -> Option<Vec<SessionId>> {
         let due = self.next_due().is_some_and(|at| at <= now);
-        let mut expire = if may_expire { self.lapsed(now) } else { Vec::new() };
-        expire.truncate(max_expire);
+        let expire = if may_expire { self.lapsed(now, max_expire) } else { Vec::new() };
         (due || !expire.is_empty()).then_some(expire)
     }
 
@@ -348,8 +347,7 @@ impl LockTable {
         if !self.sessions.contains_key(&session) {
             return Err(session_ended(session));
         }
-        let key: Box<str> = path.as_str().into();
-        let lock = self.locks.entry(key.clone()).or_default();
+        let lock = self.locks.entry(path.clone()).or_default();
         if let Some(held) = lock.holders.iter_mut().find(|h| h.session == session) {
             if held.mode == LockMode::Shared && mode == LockMode::Shared {
                 held.count = held.count.saturating_add(1);
@@ -365,21 +363,21 @@ impl LockTable {
             self.generation += 1;
             let sequencer = self.generation;
             lock.holders.push(Holder { session, mode, count: 1, sequencer });
-            self.sessions.get_mut(&session).expect("checked above").paths.insert(key);
+            self.sessions.get_mut(&session).expect("checked above").paths.insert(path.clone());
             return Ok(LockResult::Granted(sequencer));
         }
         match wait_ms {
             Some(wait) if wait > 0 => {
                 let deadline_ms = now.saturating_add(wait);
                 lock.queue.push_back(Waiting { session, request_id, mode, deadline_ms });
-                self.add_due(deadline_ms, &key);
-                self.sessions.get_mut(&session).expect("checked above").paths.insert(key);
+                Self::add_due(&mut self.due, deadline_ms, path);
+                self.sessions.get_mut(&session).expect("checked above").paths.insert(path.clone());
                 Ok(LockResult::Queued)
             }
             _ => {
                 let busy = describe(lock, now);
                 if lock.idle(now) {
-                    self.locks.remove(&key);
+                    self.locks.remove(path);
                 }
                 Err(NsError::LockBusy { path: path.to_string(), why: busy })
             }
@@ -397,9 +395,8 @@ impl LockTable {
         if !self.sessions.contains_key(&session) {
             return Err(session_ended(session));
         }
-        let key: Box<str> = path.as_str().into();
         let not_held = || NsError::NotLocked(path.to_string());
-        let lock = self.locks.get_mut(&key).ok_or_else(not_held)?;
+        let lock = self.locks.get_mut(path).ok_or_else(not_held)?;
         let mut wakes = Vec::new();
         if let Some(at) = lock.holders.iter().position(|h| h.session == session) {
             let holder = &mut lock.holders[at];
@@ -410,15 +407,15 @@ impl LockTable {
             lock.holders.remove(at);
         } else if let Some(at) = lock.queue.iter().position(|w| w.session == session) {
             let waiting = lock.queue.remove(at).expect("found above");
-            Self::remove_due(&mut self.due, waiting.deadline_ms, &key);
+            Self::remove_due(&mut self.due, waiting.deadline_ms, path);
             wakes.push(wake(path, waiting, WakeResult::Cancelled));
         } else {
             return Err(not_held());
         }
         if let Some(s) = self.sessions.get_mut(&session) {
-            s.paths.remove(&key);
+            s.paths.remove(path);
         }
-        self.pump(&key, now, &mut wakes);
+        self.pump(path, now, &mut wakes);
         Ok(wakes)
     }
 
@@ -432,9 +429,8 @@ impl LockTable {
         }
         let s = self.sessions.remove(&session).expect("found above");
         self.expiries.remove(&(s.expires_ms, session));
-        for key in s.paths {
-            let Some(lock) = self.locks.get_mut(&key) else { continue };
-            let Ok(path) = MeshPath::parse(&key) else { continue };
+        for path in s.paths {
+            let Some(lock) = self.locks.get_mut(&path) else { continue };
             if let Some(at) = lock.holders.iter().position(|h| h.session == session) {
                 let holder = lock.holders.remove(at);
                 if expired && s.lock_delay_ms > 0 {
@@ -443,15 +439,15 @@ impl LockTable {
                     if holder.mode == LockMode::Exclusive {
                         lock.shared_free_ms = lock.shared_free_ms.max(until);
                     }
-                    *self.due.entry((until, key.clone())).or_default() += 1;
+                    Self::add_due(&mut self.due, until, &path);
                 }
             }
             while let Some(at) = lock.queue.iter().position(|w| w.session == session) {
                 let waiting = lock.queue.remove(at).expect("found above");
-                Self::remove_due(&mut self.due, waiting.deadline_ms, &key);
+                Self::remove_due(&mut self.due, waiting.deadline_ms, &path);
                 wakes.push(wake(&path, waiting, WakeResult::SessionEnded));
             }
-            self.pump(&key, now, &mut wakes);
+            self.pump(&path, now, &mut wakes);
         }
         wakes
     }
@@ -463,22 +459,22 @@ impl LockTable {
         for &session in expire {
             wakes.extend(self.end_session(session, true, now));
         }
-        while let Some(((at, key), _)) = self.due.first_key_value() {
-            if *at > now {
-                break;
-            }
-            let key = key.clone();
-            self.due.retain(|(at, k), _| *at > now || *k != key);
-            self.pump(&key, now, &mut wakes);
+        // Each lock with something due is served once, in path order.
+        let mut locks = BTreeSet::new();
+        while self.due.first_key_value().is_some_and(|((at, _), _)| *at <= now) {
+            let ((_, path), _) = self.due.pop_first().expect("checked above");
+            locks.insert(path);
+        }
+        for path in locks {
+            self.pump(&path, now, &mut wakes);
         }
         wakes
     }
 
     /// Serves `key`'s queue at `now`: waiters past their deadline go, then waiters are
     /// granted from the front while they can be. Forgets the lock once idle.
-    fn pump(&mut self, key: &str, now: u64, wakes: &mut Vec<Wake>) {
-        let Some(lock) = self.locks.get_mut(key) else { return };
-        let Ok(path) = MeshPath::parse(key) else { return };
+    fn pump(&mut self, path: &MeshPath, now: u64, wakes: &mut Vec<Wake>) {
+        let Some(lock) = self.locks.get_mut(path) else { return };
         if lock.exclusive_free_ms <= now {
             lock.exclusive_free_ms = 0;
         }
@@ -488,11 +484,11 @@ impl LockTable {
         let mut kept = VecDeque::with_capacity(lock.queue.len());
         for waiting in lock.queue.drain(..) {
             if waiting.deadline_ms <= now {
-                Self::remove_due(&mut self.due, waiting.deadline_ms, key);
+                Self::remove_due(&mut self.due, waiting.deadline_ms, path);
                 if let Some(s) = self.sessions.get_mut(&waiting.session) {
-                    s.paths.remove(key);
+                    s.paths.remove(path);
                 }
-                wakes.push(wake(&path, waiting, WakeResult::TimedOut));
+                wakes.push(wake(path, waiting, WakeResult::TimedOut));
             } else {
                 kept.push_back(waiting);
             }
@@ -503,7 +499,7 @@ impl LockTable {
                 break;
             }
             lock.queue.pop_front();
-            Self::remove_due(&mut self.due, head.deadline_ms, key);
+            Self::remove_due(&mut self.due, head.deadline_ms, path);
             self.generation += 1;
             let sequencer = self.generation;
             lock.holders.push(Holder {
@@ -512,27 +508,39 @@ impl LockTable {
                 count: 1,
                 sequencer,
             });
-            wakes.push(wake(&path, head, WakeResult::Granted { sequencer }));
+            wakes.push(wake(path, head, WakeResult::Granted { sequencer }));
         }
         if lock.idle(now) {
-            self.locks.remove(key);
+            self.locks.remove(path);
         }
     }
 
-    /// Locks at or under `prefix`, by path.
-    pub fn list(&self, prefix: &MeshPath) -> Vec<LockInfo> {
-        self.locks
-            .iter()
-            .filter(|(key, _)| prefix.is_root() || under(key, prefix.as_str()))
-            .filter_map(|(key, lock)| {
-                Some(LockInfo {
-                    path: MeshPath::parse(key).ok()?,
-                    holders: lock.holders.clone(),
-                    waiters: lock.queue.iter().copied().collect(),
-                    delayed_until_ms: lock.exclusive_free_ms.max(lock.shared_free_ms),
-                })
+    /// Locks at or under `prefix`, by path: at most `max_locks`, each with at most
+    /// `max_parties` holders and as many waiters; and whether more locks matched. Walks
+    /// only the paths that start with `prefix`'s text.
+    pub fn list(
+        &self,
+        prefix: &MeshPath,
+        max_locks: usize,
+        max_parties: usize,
+    ) -> (Vec<LockInfo>, bool) {
+        let text = prefix.as_str();
+        let mut matching = self
+            .locks
+            .range(prefix.clone()..)
+            .take_while(|(path, _)| path.as_str().starts_with(text))
+            .filter(|(path, _)| prefix.is_root() || under(path.as_str(), text));
+        let locks = matching
+            .by_ref()
+            .take(max_locks)
+            .map(|(path, lock)| LockInfo {
+                path: path.clone(),
+                holders: lock.holders.iter().take(max_parties).copied().collect(),
+                waiters: lock.queue.iter().take(max_parties).copied().collect(),
+                delayed_until_ms: lock.exclusive_free_ms.max(lock.shared_free_ms),
             })
-            .collect()
+            .collect();
+        (locks, matching.next().is_some())
     }
 
     /// The first broken invariant, if any.
@@ -574,7 +582,7 @@ impl LockTable {
         }
         w.u32(self.locks.len() as u32);
         for (key, lock) in &self.locks {
-            w.str(key).u64(lock.exclusive_free_ms).u64(lock.shared_free_ms);
+            w.str(key.as_str()).u64(lock.exclusive_free_ms).u64(lock.shared_free_ms);
             w.u32(lock.holders.len() as u32);
             for h in &lock.holders {
                 h.write(w);
@@ -600,8 +608,7 @@ impl LockTable {
             table.sessions.insert(id, session);
         }
         for _ in 0..r.u32("lock count")? {
-            let key: Box<str> = r.str("lock path")?.into();
-            MeshPath::parse(&key)
+            let key = MeshPath::parse(r.str("lock path")?)
                 .map_err(|_| BodyError::Invalid { field: "lock path", value: 0 })?;
             let mut lock = Lock {
                 exclusive_free_ms: r.u64("exclusive free")?,
@@ -717,6 +724,13 @@ mod tests {
             .collect()
     }
 
+    /// Every lock at or under `prefix`.
+    fn all(t: &LockTable, prefix: &str) -> Vec<LockInfo> {
+        let (locks, more) = t.list(&p(prefix), usize::MAX, usize::MAX);
+        assert!(!more);
+        locks
+    }
+
     fn check(t: &LockTable) {
         assert_eq!(t.violation(), None);
     }
@@ -737,7 +751,7 @@ mod tests {
         // A lock on an unrelated path is independent; an idle lock is forgotten.
         granted(t.lock(s(1), 3, &p("/y"), LockMode::Exclusive, None, 0));
         t.unlock(s(1), &p("/y"), 0).unwrap();
-        assert_eq!(t.list(&p("/")).len(), 1);
+        assert_eq!(all(&t, "/").len(), 1);
         check(&t);
     }
 
@@ -768,7 +782,7 @@ mod tests {
         let first = granted(t.lock(s(1), 1, &p("/r"), LockMode::Shared, None, 0));
         let again = granted(t.lock(s(1), 2, &p("/r"), LockMode::Shared, None, 0));
         assert_eq!(first, again, "a reentrant grant keeps its sequencer");
-        assert_eq!(t.list(&p("/r"))[0].holders[0].count, 2);
+        assert_eq!(all(&t, "/r")[0].holders[0].count, 2);
         // A writer queues; the reader may still take it again (else it would deadlock).
         let queued = t.lock(s(2), 1, &p("/r"), LockMode::Exclusive, Some(60_000), 0);
         assert_eq!(queued, Ok(LockResult::Queued));
@@ -844,8 +858,8 @@ mod tests {
         // Kept alive: not lapsed.
         t.keep_alive(s(2), 8_000).unwrap();
         t.keep_alive(s(3), 8_000).unwrap();
-        assert_eq!(t.lapsed(LEASE - 1), vec![]);
-        assert_eq!(t.lapsed(LEASE), vec![s(1)]);
+        assert_eq!(t.lapsed(LEASE - 1, 10), vec![]);
+        assert_eq!(t.lapsed(LEASE, 10), vec![s(1)]);
         // An expiry the leader asked for before a KeepAlive renewed the lease does nothing.
         t.keep_alive(s(1), 9_000).unwrap();
         assert!(t.clock(&[s(1)], LEASE).is_empty());
@@ -856,14 +870,14 @@ mod tests {
         assert_eq!((wakes[0].session, wakes[0].result), (s(1), WakeResult::SessionEnded));
         assert!(t.session(s(1)).is_none());
         // Its shared lock keeps writers out for the lock-delay, but not readers.
-        let other = &t.list(&p("/other"))[0];
+        let other = &all(&t, "/other")[0];
         assert!(other.holders.is_empty() && other.delayed_until_ms == at + DELAY);
         granted(t.lock(s(3), 2, &p("/other"), LockMode::Shared, None, at));
         t.unlock(s(3), &p("/other"), at).unwrap();
         // /e waits out the lock-delay; then the queued writer gets it.
         assert_eq!(t.next_due(), Some(at + DELAY));
         assert!(t.clock(&[], at + DELAY - 1).is_empty());
-        let info = &t.list(&p("/e"))[0];
+        let info = &all(&t, "/e")[0];
         assert!(info.holders.is_empty() && info.delayed_until_ms == at + DELAY);
         let err = t.lock(s(3), 5, &p("/e"), LockMode::Shared, None, at + 1).unwrap_err();
         assert!(err.to_string().contains("lock-delay"), "{err}");
@@ -910,9 +924,9 @@ mod tests {
         granted(t.lock(s(2), 1, &p("/a/bc"), LockMode::Shared, None, 0));
         t.lock(s(3), 2, &p("/a/b"), LockMode::Shared, Some(60_000), 0).unwrap();
         t.clock(&[s(2)], LEASE);
-        let listed: Vec<String> = t.list(&p("/a/b")).iter().map(|l| l.path.to_string()).collect();
+        let listed: Vec<String> = all(&t, "/a/b").iter().map(|l| l.path.to_string()).collect();
         assert_eq!(listed, vec!["/a/b"]);
-        assert_eq!(t.list(&p("/a")).len(), 2);
+        assert_eq!(all(&t, "/a").len(), 2);
         let mut w = BodyWriter::new();
         t.write(&mut w);
         let bytes = w.finish();
@@ -922,8 +936,35 @@ mod tests {
         let mut again = BodyWriter::new();
         back.write(&mut again);
         assert_eq!(again.finish(), bytes);
-        assert_eq!(back.list(&p("/")), t.list(&p("/")));
+        assert_eq!(all(&back, "/"), all(&t, "/"));
         assert_eq!(back.next_due(), t.next_due());
         check(&back);
+    }
+
+    #[test]
+    fn listings_and_expiries_stop_at_their_caps() {
+        let mut t = table(4);
+        for path in ["/a/b", "/a/b!x", "/a/b/c", "/a/b/d", "/a/c"] {
+            granted(t.lock(s(1), 1, &p(path), LockMode::Shared, None, 0));
+        }
+        for n in 2..=4 {
+            granted(t.lock(s(n), 1, &p("/a/b"), LockMode::Shared, None, 0));
+        }
+        t.lock(s(2), 2, &p("/a/b/c"), LockMode::Exclusive, Some(60_000), 0).unwrap();
+        // Under /a/b: itself and its children, not its sibling "/a/b!x" (sorted among them).
+        let (locks, more) = t.list(&p("/a/b"), 10, 10);
+        let paths: Vec<&str> = locks.iter().map(|l| l.path.as_str()).collect();
+        assert_eq!((paths, more), (vec!["/a/b", "/a/b/c", "/a/b/d"], false));
+        let (locks, more) = t.list(&p("/a/b"), 2, 2);
+        assert_eq!((locks.len(), more), (2, true));
+        assert_eq!(locks[0].holders.len(), 2, "holders capped at 2 of 4");
+        assert_eq!(locks[1].waiters.len(), 1);
+        let (locks, more) = t.list(&p("/"), 5, 1);
+        assert_eq!((locks.len(), more), (5, false));
+        // Expiries named by one Clock entry are capped; the rest wait for the next.
+        assert_eq!(t.lapsed(LEASE, 2), vec![s(1), s(2)]);
+        assert_eq!(t.clock_due(LEASE, true, 3), Some(vec![s(1), s(2), s(3)]));
+        assert_eq!(t.clock_due(LEASE, false, 3), None, "nothing due but expiries");
+        assert_eq!(t.clock_due(LEASE - 1, true, 3), None);
     }
 }

@@ -25,7 +25,7 @@ use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, FileId, MAX_BLOCKS_PER_FILE, MAX_REPLICAS,
     read_replicas, write_replicas,
 };
-use crate::locks::{LockInfo, LockMode, LockResult, LockTable, Wake, WakeResult};
+use crate::locks::{LockMode, LockResult, LockTable, Wake, WakeResult};
 use crate::path::{MeshPath, PathError, read_path, write_path};
 
 /// The root directory's id.
@@ -768,11 +768,6 @@ impl Namespace {
     /// Lock sessions and locks.
     pub fn lock_table(&self) -> &LockTable {
         &self.locks
-    }
-
-    /// Locks at or under `path`, with holders and waiters.
-    pub fn locks_under(&self, path: &MeshPath) -> Vec<LockInfo> {
-        self.locks.list(path)
     }
 
     /// Whether block `index` of file `file` has a write lease in force at `now_ms`.
@@ -3013,8 +3008,9 @@ mod tests {
         assert!(matches!(failed(kept), NsError::SessionExpired { client: 2 }));
         // Locks survive a snapshot.
         let back = Namespace::restore(&d.ns.snapshot()).unwrap();
-        assert_eq!(back.locks_under(&p("/")), d.ns.locks_under(&p("/")));
-        assert_eq!(back.locks_under(&p("/m")).len(), 1);
+        let all = |ns: &Namespace| ns.lock_table().list(&p("/"), 10, 10);
+        assert_eq!(all(&back), all(&d.ns));
+        assert_eq!(back.lock_table().list(&p("/m"), 10, 10).0.len(), 1);
     }
 
     #[test]

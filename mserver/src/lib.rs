@@ -848,13 +848,9 @@ fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
             }
         }
         MetaOp::Locks { path } => {
-            let mut locks = namespace.locks_under(path);
-            let more = locks.len() > MAX_LOCKS_LISTED as usize;
-            locks.truncate(MAX_LOCKS_LISTED as usize);
-            for lock in &mut locks {
-                lock.holders.truncate(MAX_LOCK_PARTIES as usize);
-                lock.waiters.truncate(MAX_LOCK_PARTIES as usize);
-            }
+            let table = namespace.lock_table();
+            let (locks, more) =
+                table.list(path, MAX_LOCKS_LISTED as usize, MAX_LOCK_PARTIES as usize);
             MetaReply::Locks { locks, more }
         }
         MetaOp::Mkdir { .. }

@@ -340,7 +340,6 @@ enum LockCall {
 #[derive(Debug)]
 struct LockClient {
     session: SessionId,
-    sessions_opened: u64,
     next_request: u64,
     open: bool,
     /// Its lease's end by its own reckoning: a KeepAlive's send time plus the lease.
@@ -512,7 +511,6 @@ impl Sim {
             let hint = 1 + self.rng.below(n);
             self.lock_clients.push(LockClient {
                 session: SessionId { client: ClientId(2), nonce: 5000 + 1000 * c as u64 },
-                sessions_opened: 0,
                 next_request: 1,
                 open: false,
                 lease_end: 0,
@@ -756,7 +754,7 @@ impl Sim {
                     None => now >= client.next_keepalive,
                 };
             if renew {
-                let id = self.lock_clients[c].next_keepalive_id.max(KEEPALIVE_IDS);
+                let id = self.lock_clients[c].next_keepalive_id;
                 self.lock_clients[c].next_keepalive_id += 1;
                 self.lock_clients[c].keepalive = self
                     .propose_lock(c, id, Command::KeepAlive)
@@ -794,9 +792,8 @@ impl Sim {
                     continue;
                 };
                 if matches!(call, LockCall::Open { .. }) {
-                    let opened = self.lock_clients[c].sessions_opened;
-                    self.lock_clients[c].session.nonce += 1 + opened % 2;
-                    self.lock_clients[c].sessions_opened += 1;
+                    // A new session: a new nonce, request ids from 1.
+                    self.lock_clients[c].session.nonce += 1;
                     self.lock_clients[c].next_request = 1;
                 }
                 let id = self.lock_clients[c].next_request;
@@ -808,7 +805,9 @@ impl Sim {
             let Some((id, call, node, retry_at)) = self.lock_clients[c].call.clone() else {
                 continue;
             };
-            if node != 0 && now < retry_at && self.leads(node) {
+            // Waits for the answer while its node leads (or, refused, a little before
+            // trying the next hint).
+            if now < retry_at && (node == 0 || self.leads(node)) {
                 continue;
             }
             let command = Self::lock_command(&call);
