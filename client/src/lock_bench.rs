@@ -51,7 +51,7 @@ fn lock_result(case: &'static str, clients: usize, phase: Phase) -> LockResult {
         clients,
         pairs: phase.amount,
         seconds: phase.seconds,
-        pairs_per_s: phase.amount as f64 / phase.seconds.max(1e-9),
+        pairs_per_s: phase.per_second(),
         latency: Latency::of(&phase.latencies),
     }
 }
@@ -63,7 +63,7 @@ pub fn run(
     bench: &LockBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<LockResult>, ClientError> {
-    let base = format!("/bench-locks-{}", std::process::id());
+    let base = crate::seq_bench::scratch_path("locks");
     let mut cases: Vec<(&'static str, usize)> =
         bench.clients.iter().map(|&c| ("uncontended", c.max(1))).collect();
     if bench.contended > 0 {

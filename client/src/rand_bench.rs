@@ -53,10 +53,7 @@ pub fn run(
     bench: &RandBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<RandResult>, ClientError> {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let path = format!("/bench-randread-{}-{millis}", std::process::id());
+    let path = crate::seq_bench::scratch_path("randread");
     let mut meta = MetaClient::new(config, credentials.clone())?;
     let mut data = DataClient::new(config, credentials.clone());
     report(&format!("writing {path} ({} MB)", bench.size / 1_000_000));

@@ -177,6 +177,13 @@ pub(crate) struct Phase {
     pub(crate) latencies: Histogram<u64>,
 }
 
+impl Phase {
+    /// The amount moved per second of wall time.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.amount as f64 / self.seconds.max(1e-9)
+    }
+}
+
 /// Runs `one(i, steps)` for `workers` workers at once, reporting progress once a second in
 /// `unit` (its name, and how many of the amount make one).
 pub(crate) fn phase(
@@ -233,7 +240,7 @@ fn seq_result(workload: &'static str, phase: Phase) -> SeqResult {
         workload,
         bytes: phase.amount,
         seconds: phase.seconds,
-        mb_s: phase.amount as f64 / phase.seconds.max(1e-9) / 1e6,
+        mb_s: phase.per_second() / 1e6,
         latency: Latency::of(l),
         cold: None,
     }
@@ -246,7 +253,7 @@ pub fn run(
     bench: &SeqBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<SeqResult>, ClientError> {
-    let dir = format!("/bench-seq-{}-{}", std::process::id(), now_ms());
+    let dir = scratch_path("seq");
     let mut meta = MetaClient::new(config, credentials.clone())?;
     meta.mkdir(&dir, true)?;
     let path = |i: usize| format!("{dir}/f{i}");
@@ -341,8 +348,12 @@ pub fn drop_cached(config: &Config) -> std::io::Result<usize> {
     Ok(dropped)
 }
 
-fn now_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+/// A namespace path of its own for one run of a bench workload: `/bench-NAME-PID-MILLIS`.
+pub(crate) fn scratch_path(name: &str) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("/bench-{name}-{}-{millis}", std::process::id())
 }
 
 /// The results as a table.

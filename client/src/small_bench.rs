@@ -52,7 +52,7 @@ fn small_result(op: &'static str, phase: Phase) -> SmallResult {
         op,
         files: phase.amount,
         seconds: phase.seconds,
-        files_per_s: phase.amount as f64 / phase.seconds.max(1e-9),
+        files_per_s: phase.per_second(),
         latency: Latency::of(l),
     }
 }
@@ -69,10 +69,7 @@ pub fn run(
     bench: &SmallBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<SmallResult>, ClientError> {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let dir = format!("/bench-small-{}-{millis}", std::process::id());
+    let dir = crate::seq_bench::scratch_path("small");
     let mut meta = MetaClient::new(config, credentials.clone())?;
     let clients = bench.clients.clamp(1, bench.files.max(1));
     // One directory per client, so that clients do not contend on one directory's entry.
