@@ -3106,6 +3106,87 @@ mod tests {
         assert_eq!(restored.snapshot(), a.snapshot());
     }
 
+    fn testdata(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    }
+
+    /// The state of the golden files: the sample entries, then a write lease on /a/g block 1
+    /// (formats 2 and up keep leases) and a lock held on /l (format 4 keeps locks), applied
+    /// by a fresh namespace.
+    fn golden_state(entries: &[Entry]) -> Namespace {
+        let mut d = Driver::new();
+        for entry in entries {
+            d.ns.apply(entry);
+        }
+        d.next_request = 1000;
+        d.time = 5000;
+        d.run(Command::WriteLease { path: p("/a/g"), index: 1 });
+        d.run(Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 2_000 });
+        d.run(Command::Lock { path: p("/l"), mode: LockMode::Exclusive, wait_ms: None });
+        d.ns
+    }
+
+    fn entries_of(hex: &str) -> Vec<Entry> {
+        hex.lines()
+            .map(|line| {
+                let bytes = meshfs_test_kit::golden::unhex(line);
+                let entry = Entry::decode(&bytes).unwrap();
+                assert_eq!(entry.encode(), bytes, "an old entry re-encodes to its own bytes");
+                entry
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_entries_and_snapshot() {
+        let entries = sample_entries();
+        let hex: String =
+            entries.iter().map(|e| meshfs_test_kit::golden::hex(&e.encode()) + "\n").collect();
+        meshfs_test_kit::golden::check_text(testdata("entries.hex"), &hex);
+        let ns = golden_state(&entries);
+        assert_eq!(ns.leases.len(), 2, "the create-write's lease and the golden one");
+        assert_ne!(ns.locks, LockTable::new(), "the lock table has something to write");
+        meshfs_test_kit::golden::check_bytes(testdata("snapshot.bin"), &ns.snapshot());
+    }
+
+    /// Logs and snapshots written by older builds, kept as they wrote them: every entry still
+    /// decodes (to the same bytes), and each snapshot restores to the very state that
+    /// replaying its build's entries gives today, minus what its format did not keep.
+    #[test]
+    fn old_logs_and_snapshots_are_still_read() {
+        for format in 1..SNAPSHOT_FORMAT {
+            let dir = format!("format{format}");
+            let text = String::from_utf8(meshfs_test_kit::golden::read(testdata(&format!(
+                "{dir}/entries.hex"
+            ))))
+            .unwrap();
+            let entries = entries_of(&text);
+            let bytes = meshfs_test_kit::golden::read(testdata(&format!("{dir}/snapshot.bin")));
+            assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), format, "{dir}");
+            let restored = Namespace::restore(&bytes).unwrap_or_else(|e| panic!("{dir}: {e}"));
+            let mut replayed = golden_state(&entries);
+            if format < 2 {
+                // Format 1's build had no leases, so the golden lease was never taken.
+                replayed = Namespace::new();
+                for entry in &entries {
+                    replayed.apply(entry);
+                }
+            }
+            if format < 4 {
+                replayed.locks = LockTable::new();
+            }
+            assert_eq!(restored.nodes, replayed.nodes, "{dir}: inodes");
+            assert_eq!(restored.leases, replayed.leases, "{dir}: leases");
+            assert_eq!(restored.draining, replayed.draining, "{dir}: draining");
+            assert_eq!(restored.next_id, replayed.next_id, "{dir}: next id");
+            assert_eq!(restored.allocated, replayed.allocated, "{dir}: allocation");
+            assert_eq!(restored.locks, replayed.locks, "{dir}: locks");
+            // Written again, it is today's format and restores to itself.
+            let again = Namespace::restore(&restored.snapshot()).unwrap();
+            assert_eq!(again, restored, "{dir}");
+        }
+    }
+
     #[test]
     fn damaged_snapshots_are_refused() {
         let mut d = Driver::new();

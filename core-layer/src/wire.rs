@@ -1949,6 +1949,17 @@ mod tests {
         }
     }
 
+    /// Every sample's kind and body bytes, frozen: a layout change shows here first.
+    #[test]
+    fn golden_bytes_of_every_message() {
+        let text: String = samples()
+            .iter()
+            .map(|m| format!("{} {}\n", m.kind(), meshfs_test_kit::golden::hex(&m.encode())))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wire.txt");
+        meshfs_test_kit::golden::check_text(path, &text);
+    }
+
     #[test]
     fn golden_error_and_request() {
         let error = Message::Error { code: ErrorCode::BadRequest, message: "no".into() };

@@ -973,23 +973,7 @@ impl Drop for BlockWrite {
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let dir =
-                std::env::temp_dir().join(format!("meshfs-blocks-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use meshfs_test_kit::TempDir;
 
     const BLOCK: u32 = 1024 * 1024;
 
@@ -1013,10 +997,33 @@ mod tests {
             .collect()
     }
 
+    /// A block file's bytes are frozen (format 1), and a file written by an earlier build
+    /// is still read: the golden file, put in a fresh store, serves its data back.
+    #[test]
+    fn golden_block_file_is_written_and_still_read() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/block-format1.blk");
+        let relative = Path::new("blocks/07/00000007-0003.blk");
+        let data = bytes(70_000, 9);
+        let dir = TempDir::new("blocks-golden");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        write(&store, desc(7, 3, 2), &data);
+        drop(store);
+        let written = fs::read(dir.join(relative)).unwrap();
+        meshfs_test_kit::golden::check_bytes(&golden, &written);
+
+        let old = TempDir::new("blocks-old");
+        fs::create_dir_all(old.join("blocks/07")).unwrap();
+        fs::write(old.join(relative), meshfs_test_kit::golden::read(&golden)).unwrap();
+        let store = BlockStore::open(old.path(), 1 << 30).unwrap();
+        let info = store.get(FileId(7), 3).expect("the old file is found");
+        assert_eq!(info.descriptor, desc(7, 3, 2));
+        assert_eq!(store.read(desc(7, 3, 2), 0, 70_000).unwrap().data, data);
+    }
+
     #[test]
     fn removal_by_version_and_setting_aside_never_take_the_wrong_copy() {
         let dir = TempDir::new("remove-version");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         write(&store, desc(7, 0, 2), &bytes(5000, 1));
         assert!(!store.remove_version(desc(7, 0, 1)).unwrap(), "another version stays");
         assert!(store.get(FileId(7), 0).is_some());
@@ -1037,7 +1044,7 @@ mod tests {
         let bad = store.path_of(FileId(8), 0).with_extension("bad");
         assert!(bad.is_file(), "set aside, not deleted");
         drop(store);
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert!(store.get(FileId(8), 0).is_none(), "a set-aside copy is never served again");
         // A good copy committed later (a repair) takes the damaged one's place for good.
         write(&store, desc(8, 0, 2), &bytes(5000, 2));
@@ -1056,7 +1063,7 @@ mod tests {
     #[test]
     fn a_block_round_trips_and_carries_its_checksums() {
         let dir = TempDir::new("roundtrip");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         let data = bytes(300_000, 1);
         let info = write(&store, desc(7, 3, 1), &data);
         assert_eq!(info.len, 300_000);
@@ -1071,7 +1078,7 @@ mod tests {
         assert_eq!(all.crcs.len(), 5);
         // It survives a reopen, and is reported.
         drop(store);
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert_eq!(store.list(), vec![info]);
         assert_eq!(store.read(desc(7, 3, 1), 0, 300_000).unwrap().data, data);
         assert!(matches!(
@@ -1088,7 +1095,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_on_disk_is_detected_and_never_served() {
         let dir = TempDir::new("flip");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         let data = bytes(200_000, 2);
         write(&store, desc(9, 0, 1), &data);
         let path = store.path_of(FileId(9), 0);
@@ -1111,7 +1118,7 @@ mod tests {
     #[test]
     fn a_write_cut_by_a_crash_is_found_at_start_up_and_not_served() {
         let dir = TempDir::new("torn");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         let old = bytes(100_000, 3);
         write(&store, desc(4, 1, 1), &old);
         // Version 2 is half written when the process dies (no commit, no cleanup).
@@ -1119,19 +1126,19 @@ mod tests {
         w.write_at(0, &bytes(500_000, 4)).unwrap();
         std::mem::forget(w);
         drop(store);
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         // The half-written copy is gone; the committed version is what is served.
         assert_eq!(store.list().len(), 1);
         assert_eq!(store.get(FileId(4), 1).unwrap().descriptor.version, BlockVersion(1));
         assert_eq!(store.read(desc(4, 1, 1), 0, 100_000).unwrap().data, old);
-        let leftovers = fs::read_dir(dir.0.join("blocks/04")).unwrap().count();
+        let leftovers = fs::read_dir(dir.path().join("blocks/04")).unwrap().count();
         assert_eq!(leftovers, 1, "only the committed replica file remains");
     }
 
     #[test]
     fn a_new_version_replaces_the_old_only_when_committed() {
         let dir = TempDir::new("cow");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         let v2 = bytes(200_000, 5);
         write(&store, desc(2, 0, 2), &v2);
         // Overwrite 10,000 bytes in the middle under version 3, keeping the rest.
@@ -1165,7 +1172,7 @@ mod tests {
     #[test]
     fn a_partial_write_starts_from_the_committed_version_or_is_refused() {
         let dir = TempDir::new("base");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         let v2 = bytes(100_000, 10);
         write(&store, desc(6, 0, 2), &v2);
         // A replica that missed version 3 cannot make version 4 from it.
@@ -1188,7 +1195,7 @@ mod tests {
         assert!(matches!(store.read(desc(6, 0, 3), 0, 1), Err(StoreError::WrongVersion { .. })));
         // Both copies survive a restart; so does a commit cut between its two renames.
         drop(store);
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert_eq!(store.read(desc(6, 0, 2), 0, 100_000).unwrap().data, v2);
         assert_eq!(store.read(desc(6, 0, 4), 0, 100_000).unwrap().data, v4);
         let used = store.used();
@@ -1197,7 +1204,7 @@ mod tests {
         // As if the process died after moving version 2 aside, before moving version 4 in.
         fs::remove_file(&path).unwrap();
         assert!(path.with_extension("prev").exists());
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert_eq!(store.get(FileId(6), 0).unwrap().descriptor.version, BlockVersion(2));
         assert_eq!(store.read(desc(6, 0, 2), 0, 100_000).unwrap().data, v2);
         assert!(store.used() < used, "the lost copy's bytes are not counted");
@@ -1213,7 +1220,7 @@ mod tests {
     fn a_full_store_refuses_writes_with_a_clear_error_and_frees_space_on_remove() {
         let dir = TempDir::new("full");
         let per_block = data_offset(BLOCK) + u64::from(BLOCK);
-        let store = Arc::new(BlockStore::open(&dir.0, per_block + per_block / 2).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), per_block + per_block / 2).unwrap());
         // A full block: what a replica takes is its file's real size.
         write(&store, desc(1, 0, 1), &bytes(BLOCK as usize, 7));
         assert_eq!(store.used(), per_block);
@@ -1235,7 +1242,7 @@ mod tests {
     #[test]
     fn a_damaged_replica_file_is_set_aside_at_start_up() {
         let dir = TempDir::new("badheader");
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         write(&store, desc(5, 0, 1), &bytes(1000, 8));
         write(&store, desc(5, 1, 1), &bytes(1000, 9));
         let path = store.path_of(FileId(5), 1);
@@ -1243,7 +1250,7 @@ mod tests {
         let file = File::options().write(true).open(&path).unwrap();
         file.write_all_at(&[0xff], 10).unwrap(); // inside the header
         drop(file);
-        let store = Arc::new(BlockStore::open(&dir.0, 1 << 30).unwrap());
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert_eq!(store.list().len(), 1, "the damaged replica is not served");
         assert!(path.with_extension("bad").exists(), "it is kept aside for inspection");
     }

@@ -637,22 +637,7 @@ pub fn make_snapshot(index: u64, term: u64, voters: Vec<u64>, data: Vec<u8>) -> 
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let dir =
-                std::env::temp_dir().join(format!("meshfs-log-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use meshfs_test_kit::TempDir;
 
     fn entry(index: u64, term: u64) -> Entry {
         let data = format!("entry {index} of term {term}").into_bytes().into();
@@ -687,11 +672,48 @@ mod tests {
         files
     }
 
+    /// The bytes of a log directory are frozen: a snapshot at 200 (term 4), then entries
+    /// 201-203 and a hard state in the segment after it. The golden files, put in a fresh
+    /// directory, open to the same log: a log written by an earlier build is still read.
+    #[test]
+    fn golden_log_directory_is_written_and_still_read() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/raft-log");
+        let dir = TempDir::new("log-golden");
+        {
+            let mut store = LogStore::open(dir.path(), &[1, 2, 3]).unwrap();
+            let snapshot = make_snapshot(200, 4, vec![1, 2, 3], b"leader state".to_vec());
+            store.apply_snapshot(&snapshot).unwrap();
+            store.append(&entries(201..=203, 4)).unwrap();
+            store.set_hard_state(&hard_state(4, 2, 202)).unwrap();
+            for file in store.sync_handles().unwrap() {
+                file.sync_data().unwrap();
+            }
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["seg-00000000000000000201.log", "snapshot"]);
+        let old = TempDir::new("log-old");
+        for name in &names {
+            let path = golden.join(name);
+            meshfs_test_kit::golden::check_bytes(&path, &fs::read(dir.join(name)).unwrap());
+            fs::write(old.join(name), meshfs_test_kit::golden::read(&path)).unwrap();
+        }
+        let store = LogStore::open(old.path(), &[1, 2, 3]).unwrap();
+        assert_eq!(all(&store), [(201, 4), (202, 4), (203, 4)]);
+        assert_eq!(store.initial_state().unwrap().hard_state, hard_state(4, 2, 202));
+        assert_eq!(store.term(200).unwrap(), 4);
+        let snapshot = store.snapshot(200, 1).unwrap();
+        assert_eq!(&snapshot.data[..], b"leader state");
+    }
+
     #[test]
     fn entries_and_hard_state_survive_a_reopen() {
         let dir = TempDir::new("reopen");
         {
-            let mut store = LogStore::open(&dir.0, &[1, 2, 3]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1, 2, 3]).unwrap();
             assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (1, 0));
             store.append(&entries(1..=5, 1)).unwrap();
             store.set_hard_state(&hard_state(1, 2, 4)).unwrap();
@@ -699,7 +721,7 @@ mod tests {
                 file.sync_data().unwrap();
             }
         }
-        let store = LogStore::open(&dir.0, &[1, 2, 3]).unwrap();
+        let store = LogStore::open(dir.path(), &[1, 2, 3]).unwrap();
         assert_eq!(all(&store), (1..=5).map(|i| (i, 1)).collect::<Vec<_>>());
         let state = store.initial_state().unwrap();
         assert_eq!(state.hard_state, hard_state(1, 2, 4));
@@ -711,12 +733,12 @@ mod tests {
     fn a_conflicting_suffix_is_replaced_now_and_on_replay() {
         let dir = TempDir::new("suffix");
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             store.append(&entries(1..=5, 1)).unwrap();
             store.append(&entries(3..=4, 2)).unwrap();
             assert_eq!(all(&store), [(1, 1), (2, 1), (3, 2), (4, 2)]);
         }
-        let store = LogStore::open(&dir.0, &[1]).unwrap();
+        let store = LogStore::open(dir.path(), &[1]).unwrap();
         assert_eq!(all(&store), [(1, 1), (2, 1), (3, 2), (4, 2)]);
     }
 
@@ -724,18 +746,18 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
         let dir = TempDir::new("torn");
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             store.append(&entries(1..=3, 1)).unwrap();
         }
-        let segment = segment_files(&dir.0).pop().unwrap();
+        let segment = segment_files(dir.path()).pop().unwrap();
         let len = fs::metadata(&segment).unwrap().len();
         File::options().write(true).open(&segment).unwrap().set_len(len - 5).unwrap();
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             assert_eq!(all(&store), [(1, 1), (2, 1)], "the cut record is gone, the rest stays");
             store.append(&entries(3..=4, 2)).unwrap();
         }
-        let store = LogStore::open(&dir.0, &[1]).unwrap();
+        let store = LogStore::open(dir.path(), &[1]).unwrap();
         assert_eq!(all(&store), [(1, 1), (2, 1), (3, 2), (4, 2)]);
     }
 
@@ -743,13 +765,13 @@ mod tests {
     fn a_zero_filled_tail_is_a_torn_tail() {
         let dir = TempDir::new("zeros");
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             store.append(&entries(1..=2, 1)).unwrap();
         }
-        let segment = segment_files(&dir.0).pop().unwrap();
+        let segment = segment_files(dir.path()).pop().unwrap();
         let mut file = File::options().append(true).open(&segment).unwrap();
         file.write_all(&[0u8; 4096]).unwrap();
-        let store = LogStore::open(&dir.0, &[1]).unwrap();
+        let store = LogStore::open(dir.path(), &[1]).unwrap();
         assert_eq!(all(&store), [(1, 1), (2, 1)]);
     }
 
@@ -757,14 +779,14 @@ mod tests {
     fn corruption_before_the_tail_stops_the_server() {
         let dir = TempDir::new("corrupt");
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             store.append(&entries(1..=3, 1)).unwrap();
         }
-        let segment = segment_files(&dir.0).pop().unwrap();
+        let segment = segment_files(dir.path()).pop().unwrap();
         let mut bytes = fs::read(&segment).unwrap();
         bytes[12] ^= 0x40; // inside the first record's payload
         fs::write(&segment, &bytes).unwrap();
-        let err = LogStore::open(&dir.0, &[1]).unwrap_err();
+        let err = LogStore::open(dir.path(), &[1]).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, LogError::Corrupt { offset: 0, .. }), "{message}");
         assert!(
@@ -779,11 +801,11 @@ mod tests {
     fn compaction_keeps_the_tail_and_drops_whole_old_segments() {
         let dir = TempDir::new("compact");
         {
-            let mut store = LogStore::open_with(&dir.0, &[1], 512).unwrap();
+            let mut store = LogStore::open_with(dir.path(), &[1], 512).unwrap();
             for i in 1..=100 {
                 store.append(&[entry(i, 1 + i / 50)]).unwrap();
             }
-            assert!(segment_files(&dir.0).len() > 5, "small segments roll");
+            assert!(segment_files(dir.path()).len() > 5, "small segments roll");
             store.set_hard_state(&hard_state(3, 1, 100)).unwrap();
             store.compact(60, b"state at 60".to_vec()).unwrap();
             assert_eq!(store.first_index().unwrap(), 61);
@@ -797,11 +819,11 @@ mod tests {
             assert_eq!(&snapshot.data[..], b"state at 60");
             assert!(store.snapshot(61, 2).is_err(), "a newer snapshot is not there yet");
         }
-        let first_segment = segment_files(&dir.0)[0].clone();
+        let first_segment = segment_files(dir.path())[0].clone();
         let first: u64 =
             first_segment.file_name().unwrap().to_string_lossy()[4..24].parse().unwrap();
         assert!(first > 1 && first <= 61, "segments before the snapshot are gone ({first})");
-        let store = LogStore::open_with(&dir.0, &[1], 512).unwrap();
+        let store = LogStore::open_with(dir.path(), &[1], 512).unwrap();
         assert_eq!(store.snapshot_index(), 60);
         assert_eq!(all(&store).first(), Some(&(61, 2)));
         assert_eq!(all(&store).last(), Some(&(100, 3)));
@@ -812,14 +834,14 @@ mod tests {
     fn an_installed_snapshot_replaces_the_log() {
         let dir = TempDir::new("install");
         {
-            let mut store = LogStore::open(&dir.0, &[1, 2, 3]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1, 2, 3]).unwrap();
             store.append(&entries(1..=10, 1)).unwrap();
             let snapshot = make_snapshot(200, 4, vec![1, 2, 3], b"leader state".to_vec());
             store.apply_snapshot(&snapshot).unwrap();
             assert_eq!((store.first_index().unwrap(), store.last_index().unwrap()), (201, 200));
             store.append(&entries(201..=202, 4)).unwrap();
         }
-        let store = LogStore::open(&dir.0, &[1, 2, 3]).unwrap();
+        let store = LogStore::open(dir.path(), &[1, 2, 3]).unwrap();
         assert_eq!(all(&store), [(201, 4), (202, 4)]);
         assert_eq!(store.initial_state().unwrap().hard_state.commit, 200);
         assert_eq!(store.term(200).unwrap(), 4);
@@ -830,17 +852,17 @@ mod tests {
         // A follower whose log runs past the leader's snapshot, in several segments.
         let dir = TempDir::new("stale");
         {
-            let mut store = LogStore::open_with(&dir.0, &[1], 256).unwrap();
+            let mut store = LogStore::open_with(dir.path(), &[1], 256).unwrap();
             for i in 1..=300 {
                 store.append(&[entry(i, 1)]).unwrap();
             }
-            assert!(segment_files(&dir.0).len() > 3);
+            assert!(segment_files(dir.path()).len() > 3);
             let snapshot = make_snapshot(200, 2, vec![1], b"leader state at 200".to_vec());
             store.apply_snapshot(&snapshot).unwrap();
             store.append(&entries(201..=203, 2)).unwrap();
-            assert_eq!(segment_files(&dir.0).len(), 1, "every old segment is gone");
+            assert_eq!(segment_files(dir.path()).len(), 1, "every old segment is gone");
         }
-        let store = LogStore::open_with(&dir.0, &[1], 256).unwrap();
+        let store = LogStore::open_with(dir.path(), &[1], 256).unwrap();
         assert_eq!(all(&store), [(201, 2), (202, 2), (203, 2)]);
     }
 
@@ -848,23 +870,23 @@ mod tests {
     fn a_damaged_snapshot_file_is_corruption() {
         let dir = TempDir::new("badsnap");
         {
-            let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
             store.append(&entries(1..=3, 1)).unwrap();
             store.compact(2, b"two".to_vec()).unwrap();
         }
-        let path = dir.0.join("snapshot");
+        let path = dir.path().join("snapshot");
         let mut bytes = fs::read(&path).unwrap();
         let at = bytes.len() - 6;
         bytes[at] ^= 1;
         fs::write(&path, bytes).unwrap();
-        let err = LogStore::open(&dir.0, &[1]).unwrap_err().to_string();
+        let err = LogStore::open(dir.path(), &[1]).unwrap_err().to_string();
         assert!(err.contains("snapshot checksum mismatch"), "{err}");
     }
 
     #[test]
     fn entries_respect_max_size_but_return_at_least_one() {
         let dir = TempDir::new("maxsize");
-        let mut store = LogStore::open(&dir.0, &[1]).unwrap();
+        let mut store = LogStore::open(dir.path(), &[1]).unwrap();
         store.append(&entries(1..=10, 1)).unwrap();
         let one = store.entries(1, 11, 1, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(one.len(), 1);
