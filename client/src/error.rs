@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use meshfs_core::namespace::NsError;
+use meshfs_core::error::NsError;
 use meshfs_core::wire::ErrorCode;
 use meshfs_group::{ClientId, ConfigError};
 

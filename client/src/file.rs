@@ -112,8 +112,8 @@ impl RemoteFile {
     /// A conflicting open elsewhere makes it fail at once ([`NsError::LockBusy`]), or with
     /// `wait`, wait up to that long for its turn ([`NsError::LockTimeout`]).
     ///
-    /// [`NsError::LockBusy`]: meshfs_core::namespace::NsError::LockBusy
-    /// [`NsError::LockTimeout`]: meshfs_core::namespace::NsError::LockTimeout
+    /// [`NsError::LockBusy`]: meshfs_core::error::NsError::LockBusy
+    /// [`NsError::LockTimeout`]: meshfs_core::error::NsError::LockTimeout
     pub fn open_mode(
         config: &Config,
         credentials: Credentials,
@@ -276,7 +276,7 @@ impl RemoteFile {
                     scope.spawn(move || {
                         *slot = Some(match block {
                             None => Err(ClientError::Namespace(
-                                meshfs_core::namespace::NsError::NotFound(format!("block {index}")),
+                                meshfs_core::error::NsError::NotFound(format!("block {index}")),
                             )),
                             Some(block) => {
                                 let mut data = DataClient::new(config, credentials);

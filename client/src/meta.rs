@@ -359,7 +359,7 @@ impl MetaClient {
         match self.stat(path)? {
             Stat::File(meta) => Ok(meta),
             Stat::Dir { .. } => Err(ClientError::Namespace(
-                meshfs_core::namespace::NsError::IsADirectory(path.to_string()),
+                meshfs_core::error::NsError::IsADirectory(path.to_string()),
             )),
         }
     }

@@ -23,8 +23,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use meshfs_core::error::NsError;
 pub use meshfs_core::locks::{LockInfo, LockMode};
-use meshfs_core::namespace::NsError;
 use meshfs_core::path::MeshPath;
 use meshfs_core::wire::{MetaOp, MetaReply};
 use meshfs_group::{ClientId, Config};

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use meshfs_core::heal::{Holdings, Limits, ServerState, ServerView, plan};
-use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome};
 use meshfs_core::path::MeshPath;
+use meshfs_core::session::SessionId;
 use meshfs_group::{ClientId, NodeId};
 
 fn main() {

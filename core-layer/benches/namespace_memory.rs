@@ -9,8 +9,9 @@
 
 use std::time::Instant;
 
-use meshfs_core::namespace::{Command, Entry, Namespace, SessionId};
+use meshfs_core::namespace::{Command, Entry, Namespace};
 use meshfs_core::path::MeshPath;
+use meshfs_core::session::SessionId;
 use meshfs_group::ClientId;
 
 fn resident_bytes() -> u64 {

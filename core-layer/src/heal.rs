@@ -576,8 +576,9 @@ fn balance(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::namespace::{Command, Entry, Outcome, SessionId};
+    use crate::namespace::{Command, Entry, Outcome};
     use crate::path::MeshPath;
+    use crate::session::SessionId;
     use meshfs_group::ClientId;
 
     const BS: u32 = 1 << 20;

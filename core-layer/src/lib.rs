@@ -9,6 +9,8 @@
 //! - [`descriptor`]: file and block descriptors (32+32 and +16+16 bits), wrap-aware versions.
 //! - [`path`]: validated, normalised namespace paths.
 //! - [`namespace`]: the metadata state machine, its log entries, snapshots and invariants.
+//! - [`error`]: the namespace's error ([`error::NsError`]), carried in outcomes and replies.
+//! - [`session`]: the client session ([`session::SessionId`]) every request is made in.
 //! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
 //! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
 //! - [`heal`]: the repair planner: re-replication, deletes, drain and rebalancing.
@@ -17,12 +19,14 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod descriptor;
+pub mod error;
 pub mod heal;
 pub mod locks;
 pub mod namespace;
 pub mod path;
 pub mod placement;
 pub mod request;
+pub mod session;
 pub mod status;
 pub mod token;
 pub mod wire;

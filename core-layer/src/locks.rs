@@ -25,8 +25,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
-use crate::namespace::{NsError, SessionId};
+use crate::error::NsError;
 use crate::path::MeshPath;
+use crate::session::SessionId;
 
 /// How a lock is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -47,8 +47,9 @@ use meshfs_group::{NodeId, Role};
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
 };
+use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, NsError, Stat};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::Token;
 use meshfs_net::Frame;
@@ -1568,7 +1569,7 @@ fn read_status(r: &mut BodyReader<'_>) -> Result<StatusReply, BodyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::namespace::SessionId;
+    use crate::session::SessionId;
     use meshfs_group::ClientId;
     use proptest::prelude::*;
 

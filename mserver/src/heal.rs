@@ -20,8 +20,9 @@ use log::{debug, info, warn};
 use meshfs_core::heal::{
     CopyTask, Holdings, InFlight, Limits, Plan, ServerState, ServerView, block_health, plan,
 };
-use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, SessionId};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome};
 use meshfs_core::path::MeshPath;
+use meshfs_core::session::SessionId;
 use meshfs_core::wire::{
     FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
 };
@@ -430,7 +431,7 @@ pub fn fsck(
     reports: &BTreeMap<NodeId, Reported>,
     healer: &Healer,
     path: &MeshPath,
-) -> Result<FsckReport, meshfs_core::namespace::NsError> {
+) -> Result<FsckReport, meshfs_core::error::NsError> {
     let files = namespace.files_under(path)?;
     let empty = Holdings::new();
     let servers = server_views(node, namespace, reports, &healer.settings, &empty);

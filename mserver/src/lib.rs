@@ -28,11 +28,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
+use meshfs_core::error::NsError;
 use meshfs_core::locks::{Wake, WakeResult};
-use meshfs_core::namespace::{Command, Entry, Namespace, NsError, Outcome, SessionId, Stat};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::request::{Handled, common_reply, unsupported};
+use meshfs_core::session::SessionId;
 use meshfs_core::status::node_status;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{

@@ -859,7 +859,7 @@ fn lock_and_run(
     command: &[String],
 ) -> Result<u8, ClientError> {
     use meshfs_client::session::{LockMode, Session, SessionEvent};
-    use meshfs_core::namespace::NsError;
+    use meshfs_core::error::NsError;
     let wait = match timeout {
         None => Some(Duration::MAX),
         Some(secs) if secs.is_finite() && secs > 0.0 => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use meshfs_client::file::{OpenMode, RemoteFile};
 use meshfs_client::session::{LockMode, Session, SessionState, list_locks};
 use meshfs_client::{ClientError, MetaClient};
-use meshfs_core::namespace::NsError;
+use meshfs_core::error::NsError;
 
 use super::cluster::{DEADLINE, TestCluster};
 use super::text;

@@ -28,9 +28,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 
 use meshfs_core::descriptor::FileId;
+use meshfs_core::error::NsError;
 use meshfs_core::locks::{LockMode, WakeResult};
-use meshfs_core::namespace::{Command, Entry, NsError, Outcome, SessionId, Stat};
+use meshfs_core::namespace::{Command, Entry, Outcome, Stat};
 use meshfs_core::path::MeshPath;
+use meshfs_core::session::SessionId;
 use meshfs_core::wire::SnapshotChunk;
 use meshfs_group::ClientId;
 use meshfs_mserver::consensus::{Replica, ReplicaOptions};

@@ -1,0 +1,338 @@
+//! The namespace's error: what went wrong applying or answering a request, and its wire
+//! codec (a stable u8 code, then fields). Log entries' outcomes, snapshots and meta replies
+//! carry it; the client shows it. It must not know the namespace's state.
+
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
+use crate::descriptor::MAX_BLOCKS_PER_FILE;
+use crate::path::PathError;
+
+/// What went wrong applying or answering a request. Stable: carried on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NsError {
+    /// A path broke a rule.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Nothing at that path.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// Something already at that path.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A component that must be a directory is a file.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// A file was expected.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// A directory to remove is not empty.
+    #[error("{0}: directory not empty (use recursive remove)")]
+    NotEmpty(String),
+    /// A directory cannot move below itself.
+    #[error("cannot move {from} into itself ({to})")]
+    MoveIntoItself {
+        /// The directory.
+        from: String,
+        /// The target inside it.
+        to: String,
+    },
+    /// The root cannot be removed or renamed.
+    #[error("the root directory cannot be removed or renamed")]
+    Root,
+    /// A file may have at most 65,536 blocks.
+    #[error(
+        "{path}: {size} bytes would need {blocks} blocks of {block_size}; a file has at most {MAX_BLOCKS_PER_FILE}"
+    )]
+    FileTooLarge {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The file's block size.
+        block_size: u32,
+        /// Blocks that size needs.
+        blocks: u64,
+    },
+    /// Files only grow through `expand_file_size`.
+    #[error("{path}: cannot shrink from {size} to {requested} bytes")]
+    Shrink {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// A one-block create-and-write must be 1 byte to one block long.
+    #[error("{path}: a {size}-byte create-and-write does not fit one block of {block_size} bytes")]
+    BadSize {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The file's block size.
+        block_size: u32,
+    },
+    /// The entry's placement does not fit the file (the leader's view was stale).
+    #[error(
+        "{path}: placement for {given} new blocks of {replication} copies, {needed} blocks needed"
+    )]
+    BadPlacement {
+        /// The file.
+        path: String,
+        /// Replica sets in the entry.
+        given: usize,
+        /// New blocks needed.
+        needed: u64,
+        /// Copies per block.
+        replication: u8,
+    },
+    /// The leader could not place new blocks (too few live data-servers, or no room).
+    #[error("cannot place blocks: {0}")]
+    Placement(String),
+    /// Replication must be 1 to 16.
+    #[error("replication {0} is out of range (1 to 16)")]
+    BadReplication(u8),
+    /// The namespace ran out of ids (2^32 inodes made in the cluster's life).
+    #[error("out of file ids")]
+    OutOfIds,
+    /// An older request of a session arrived after a newer one: the client has moved on.
+    #[error("request {request_id} of this session was superseded by request {last}")]
+    Superseded {
+        /// The late request.
+        request_id: u64,
+        /// The session's latest request.
+        last: u64,
+    },
+    /// Another client is writing the block.
+    #[error(
+        "{path} block {index} is being written by client {client}; its lease ends in {ms_left} ms"
+    )]
+    LeaseHeld {
+        /// The file.
+        path: String,
+        /// The block.
+        index: u16,
+        /// The client holding the lease.
+        client: u32,
+        /// Milliseconds until the lease runs out.
+        ms_left: u64,
+    },
+    /// The lock session is not open: its lease ran out, or it closed.
+    #[error(
+        "the lock session of client {client} has ended (its lease ran out, or it was closed); \
+         open a new session"
+    )]
+    SessionExpired {
+        /// The client.
+        client: u32,
+    },
+    /// A try-lock found the lock taken.
+    #[error("{path} is locked: {why}")]
+    LockBusy {
+        /// The lock.
+        path: String,
+        /// Who holds or waits for it.
+        why: String,
+    },
+    /// The session already holds the lock (only shared locks are taken again).
+    #[error("{path}: this session already holds the lock {mode}; unlock it first")]
+    AlreadyLocked {
+        /// The lock.
+        path: String,
+        /// How it holds it.
+        mode: String,
+    },
+    /// The session already waits for the lock.
+    #[error("{0}: this session already waits for the lock")]
+    AlreadyWaiting(String),
+    /// Unlock of a lock the session neither holds nor waits for.
+    #[error("{0}: this session does not hold the lock")]
+    NotLocked(String),
+    /// A lock was not granted before its wait ran out.
+    #[error("{0}: the lock was not granted within the timeout")]
+    LockTimeout(String),
+    /// The session gave up its wait (an unlock of the lock it waited for).
+    #[error("{0}: the wait for the lock was cancelled")]
+    LockCancelled(String),
+    /// A write finished after its lease was replaced: it does not take effect.
+    #[error(
+        "{path} block {index}: the lease for version {version} was lost (it ran out and another \
+         writer took the block); the write did not take effect"
+    )]
+    LeaseLost {
+        /// The file.
+        path: String,
+        /// The block.
+        index: u16,
+        /// The version the write was for.
+        version: u16,
+    },
+}
+
+impl NsError {
+    /// Writes the error: a u8 code, then its fields. Codes never change meaning.
+    pub fn write(&self, w: &mut BodyWriter) {
+        match self {
+            NsError::Path(p) => {
+                w.u8(1);
+                match p {
+                    PathError::NotAbsolute(t) => w.u8(1).str(t),
+                    PathError::Nul => w.u8(2),
+                    PathError::DotComponent(t) => w.u8(3).str(t),
+                    PathError::ComponentTooLong { len } => w.u8(4).u64(*len as u64),
+                    PathError::TooLong { len } => w.u8(5).u64(*len as u64),
+                };
+            }
+            NsError::NotFound(t) => {
+                w.u8(2).str(t);
+            }
+            NsError::AlreadyExists(t) => {
+                w.u8(3).str(t);
+            }
+            NsError::NotADirectory(t) => {
+                w.u8(4).str(t);
+            }
+            NsError::IsADirectory(t) => {
+                w.u8(5).str(t);
+            }
+            NsError::NotEmpty(t) => {
+                w.u8(6).str(t);
+            }
+            NsError::MoveIntoItself { from, to } => {
+                w.u8(7).str(from).str(to);
+            }
+            NsError::Root => {
+                w.u8(8);
+            }
+            NsError::FileTooLarge { path, size, block_size, blocks } => {
+                w.u8(9).str(path).u64(*size).u32(*block_size).u64(*blocks);
+            }
+            NsError::Shrink { path, size, requested } => {
+                w.u8(10).str(path).u64(*size).u64(*requested);
+            }
+            NsError::BadPlacement { path, given, needed, replication } => {
+                w.u8(11).str(path).u64(*given as u64).u64(*needed).u8(*replication);
+            }
+            NsError::BadReplication(r) => {
+                w.u8(12).u8(*r);
+            }
+            NsError::OutOfIds => {
+                w.u8(13);
+            }
+            NsError::Superseded { request_id, last } => {
+                w.u8(14).u64(*request_id).u64(*last);
+            }
+            NsError::Placement(why) => {
+                w.u8(15).str(why);
+            }
+            NsError::LeaseHeld { path, index, client, ms_left } => {
+                w.u8(16).str(path).u16(*index).u32(*client).u64(*ms_left);
+            }
+            NsError::LeaseLost { path, index, version } => {
+                w.u8(17).str(path).u16(*index).u16(*version);
+            }
+            NsError::BadSize { path, size, block_size } => {
+                w.u8(18).str(path).u64(*size).u32(*block_size);
+            }
+            NsError::SessionExpired { client } => {
+                w.u8(19).u32(*client);
+            }
+            NsError::LockBusy { path, why } => {
+                w.u8(20).str(path).str(why);
+            }
+            NsError::AlreadyLocked { path, mode } => {
+                w.u8(21).str(path).str(mode);
+            }
+            NsError::AlreadyWaiting(path) => {
+                w.u8(22).str(path);
+            }
+            NsError::NotLocked(path) => {
+                w.u8(23).str(path);
+            }
+            NsError::LockTimeout(path) => {
+                w.u8(24).str(path);
+            }
+            NsError::LockCancelled(path) => {
+                w.u8(25).str(path);
+            }
+        }
+    }
+
+    /// Reads what [`NsError::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<NsError, BodyError> {
+        let text = |r: &mut BodyReader<'_>| r.str("error text").map(str::to_string);
+        let len = |r: &mut BodyReader<'_>| {
+            r.u64("length").map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        Ok(match r.u8("error code")? {
+            1 => NsError::Path(match r.u8("path error")? {
+                1 => PathError::NotAbsolute(text(r)?),
+                2 => PathError::Nul,
+                3 => PathError::DotComponent(text(r)?),
+                4 => PathError::ComponentTooLong { len: len(r)? },
+                5 => PathError::TooLong { len: len(r)? },
+                other => {
+                    return Err(BodyError::Invalid {
+                        field: "path error",
+                        value: u64::from(other),
+                    });
+                }
+            }),
+            2 => NsError::NotFound(text(r)?),
+            3 => NsError::AlreadyExists(text(r)?),
+            4 => NsError::NotADirectory(text(r)?),
+            5 => NsError::IsADirectory(text(r)?),
+            6 => NsError::NotEmpty(text(r)?),
+            7 => NsError::MoveIntoItself { from: text(r)?, to: text(r)? },
+            8 => NsError::Root,
+            9 => NsError::FileTooLarge {
+                path: text(r)?,
+                size: r.u64("size")?,
+                block_size: r.u32("block size")?,
+                blocks: r.u64("blocks")?,
+            },
+            10 => NsError::Shrink {
+                path: text(r)?,
+                size: r.u64("size")?,
+                requested: r.u64("requested")?,
+            },
+            11 => NsError::BadPlacement {
+                path: text(r)?,
+                given: len(r)?,
+                needed: r.u64("needed")?,
+                replication: r.u8("replication")?,
+            },
+            12 => NsError::BadReplication(r.u8("replication")?),
+            13 => NsError::OutOfIds,
+            14 => NsError::Superseded { request_id: r.u64("request id")?, last: r.u64("last")? },
+            15 => NsError::Placement(text(r)?),
+            16 => NsError::LeaseHeld {
+                path: text(r)?,
+                index: r.u16("block index")?,
+                client: r.u32("client")?,
+                ms_left: r.u64("ms left")?,
+            },
+            17 => NsError::LeaseLost {
+                path: text(r)?,
+                index: r.u16("block index")?,
+                version: r.u16("version")?,
+            },
+            18 => NsError::BadSize {
+                path: text(r)?,
+                size: r.u64("size")?,
+                block_size: r.u32("block size")?,
+            },
+            19 => NsError::SessionExpired { client: r.u32("client")? },
+            20 => NsError::LockBusy { path: text(r)?, why: text(r)? },
+            21 => NsError::AlreadyLocked { path: text(r)?, mode: text(r)? },
+            22 => NsError::AlreadyWaiting(text(r)?),
+            23 => NsError::NotLocked(text(r)?),
+            24 => NsError::LockTimeout(text(r)?),
+            25 => NsError::LockCancelled(text(r)?),
+            other => {
+                return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
+            }
+        })
+    }
+}

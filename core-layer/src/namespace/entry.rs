@@ -1,0 +1,607 @@
+//! Log entries: the [`Command`]s the leader proposes, the [`Entry`] that carries one with
+//! its session, request id and time, and the [`Outcome`] of applying it; with their byte
+//! codecs (log records, and remembered outcomes in snapshots). Applying them is `mod.rs`'s.
+
+use meshfs_group::NodeId;
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
+use crate::descriptor::{
+    BlockDescriptor, BlockVersion, FileDescriptor, MAX_BLOCKS_PER_FILE, read_replicas,
+    write_replicas,
+};
+use crate::error::NsError;
+use crate::locks::{LockMode, Wake, WakeResult};
+use crate::path::{MeshPath, read_path, write_path};
+use crate::session::SessionId;
+
+/// A change to the namespace, as proposed by the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Make a directory; with `parents`, make missing parents and accept an existing one.
+    Mkdir {
+        /// The directory.
+        path: MeshPath,
+        /// `mkdir -p`.
+        parents: bool,
+    },
+    /// `create_file_meta_data`: a new empty file; fails if the name exists.
+    CreateFile {
+        /// The file.
+        path: MeshPath,
+        /// Copies of each block.
+        replication: u8,
+        /// Block size in bytes.
+        block_size: u32,
+    },
+    /// A new file of `size` bytes (1 byte to one block) whose block is placed on
+    /// `placement` and leased to the entry's session: create, expand and lease in one
+    /// entry. All or nothing: if any step fails, the file is not left behind.
+    CreateWrite {
+        /// The file.
+        path: MeshPath,
+        /// Copies of its block.
+        replication: u8,
+        /// Block size in bytes.
+        block_size: u32,
+        /// Its size.
+        size: u64,
+        /// The block's replica set, as the leader chose.
+        placement: Vec<NodeId>,
+    },
+    /// `expand_file_size`: grow a file to `size`, adding blocks placed as the leader chose.
+    ExpandFile {
+        /// The file.
+        path: MeshPath,
+        /// The new size.
+        size: u64,
+        /// The block index the first replica set is for. Applying uses the sets for the
+        /// blocks the file lacks then, so two expands racing for one file both apply.
+        first_block: u32,
+        /// One replica set per block from `first_block`, in index order.
+        placement: Vec<Vec<NodeId>>,
+    },
+    /// A write lease on block `index` of a file for the entry's session: a new version to
+    /// write, starting from the committed one. Readers keep reading the committed version
+    /// until the writer commits.
+    WriteLease {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+    },
+    /// The write under the session's lease is durable on every replica: `version` becomes
+    /// the block's committed version (and the file's version goes up).
+    CommitWrite {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The leased version written.
+        version: BlockVersion,
+    },
+    /// The lease holder's chain failed at data-server `failed` before the block was ever
+    /// written: `replacement` (the leader's choice) takes its place. The holder leases again
+    /// for the new chain.
+    SwapReplica {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The data-server that failed.
+        failed: NodeId,
+        /// The one taking its place.
+        replacement: NodeId,
+    },
+    /// Repair (the leader's): data-server `add` now holds a verified copy of block `index`
+    /// of file `file` at `version` and takes `remove`'s place in its replica set. Refused if
+    /// the block moved on (another version, a lease in force) or the set changed meanwhile.
+    ReplaceReplica {
+        /// The file's id (repair works by id: a rename meanwhile changes nothing).
+        file: u32,
+        /// The block.
+        index: u16,
+        /// The block version that was copied.
+        version: BlockVersion,
+        /// The data-server leaving the set.
+        remove: NodeId,
+        /// The data-server joining it.
+        add: NodeId,
+    },
+    /// Mark a data-server draining (its blocks move off it and it gets no new ones), or
+    /// take the mark off.
+    SetDraining {
+        /// The data-server.
+        server: NodeId,
+        /// Draining or not.
+        draining: bool,
+    },
+    /// Move `from` to `to` atomically; `to` must not exist.
+    Rename {
+        /// The source.
+        from: MeshPath,
+        /// The destination.
+        to: MeshPath,
+    },
+    /// Remove a file, an empty directory, or with `recursive` a whole tree.
+    Remove {
+        /// The path.
+        path: MeshPath,
+        /// `rm -r`.
+        recursive: bool,
+    },
+    /// Open the entry's session as a lock session (a retry renews it).
+    OpenSession {
+        /// Its lease length.
+        lease_ms: u64,
+        /// How long its locks stay ungranted if it expires holding them.
+        lock_delay_ms: u64,
+    },
+    /// Renew the entry's session's lease from the entry's time. Not deduplicated: applying
+    /// it twice is the same as once.
+    KeepAlive,
+    /// Close the entry's session: its locks are released at once, its waits end.
+    CloseSession,
+    /// Take a lock for the entry's session, or wait for it.
+    Lock {
+        /// The lock.
+        path: MeshPath,
+        /// Shared or exclusive.
+        mode: LockMode,
+        /// `None`: try only; else wait this long at most.
+        wait_ms: Option<u64>,
+    },
+    /// Give back one hold of a lock, or cancel a wait for it.
+    Unlock {
+        /// The lock.
+        path: MeshPath,
+    },
+    /// Time passes (the leader's): the sessions named end if their lease ran out by the
+    /// entry's time, waits past their deadline end, lock-delays that ended let grants go.
+    /// Not deduplicated.
+    Clock {
+        /// Sessions the leader saw lapse.
+        expire: Vec<SessionId>,
+    },
+}
+
+/// One log entry: who asked, when (the leader's clock), and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The client session.
+    pub session: SessionId,
+    /// The request's number in its session; increasing.
+    pub request_id: u64,
+    /// Milliseconds since the Unix epoch, by the leader's clock when it proposed.
+    pub time_ms: u64,
+    /// The change.
+    pub command: Command,
+}
+
+/// What applying an entry did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A directory was made (or, with parents, already was).
+    Mkdir,
+    /// A file was made.
+    Created(FileDescriptor),
+    /// A file grew; these blocks were added.
+    Expanded {
+        /// The file at its new version.
+        file: FileDescriptor,
+        /// The new blocks.
+        blocks: Vec<BlockDescriptor>,
+    },
+    /// A write lease was granted: the block at its new version, and its chain.
+    Leased {
+        /// The block at the lease's version.
+        block: BlockDescriptor,
+        /// The committed version the write starts from.
+        base: BlockVersion,
+        /// Its data-servers, in chain order.
+        replicas: Vec<NodeId>,
+        /// When the lease ends (the leader's clock, ms since the epoch).
+        expires_ms: u64,
+    },
+    /// A block's replica was swapped: its new chain.
+    Swapped {
+        /// The block's data-servers now.
+        replicas: Vec<NodeId>,
+    },
+    /// A leased write was committed: the block at its new committed version.
+    Committed {
+        /// The block.
+        block: BlockDescriptor,
+        /// Its data-servers.
+        replicas: Vec<NodeId>,
+    },
+    /// Moved.
+    Renamed,
+    /// A data-server's draining mark was set or cleared.
+    Draining {
+        /// The data-server.
+        server: NodeId,
+        /// Draining now or not.
+        draining: bool,
+    },
+    /// A lock session was opened (or renewed).
+    SessionOpened {
+        /// Its lease length.
+        lease_ms: u64,
+        /// Its lock-delay.
+        lock_delay_ms: u64,
+        /// When its lease ends.
+        expires_ms: u64,
+    },
+    /// A lock session's lease was renewed.
+    KeptAlive {
+        /// When it ends now.
+        expires_ms: u64,
+    },
+    /// A lock was granted at once.
+    LockGranted {
+        /// Its sequencer.
+        sequencer: u64,
+    },
+    /// A lock request waits in the lock's queue; a [`Wake`] in a later entry's outcome
+    /// ends the wait.
+    LockQueued,
+    /// Locks were released or time passed: these waits ended.
+    Woke {
+        /// The waits that ended.
+        wakes: Vec<Wake>,
+    },
+    /// Removed this many files and directories.
+    Removed {
+        /// Files removed.
+        files: u64,
+        /// Directories removed.
+        dirs: u64,
+    },
+    /// Nothing changed, for this reason.
+    Failed(NsError),
+}
+
+// ---- encodings of entries and outcomes (log records and snapshots) ----
+
+impl Entry {
+    /// The entry as bytes (for the log). Layout: u8 format (1), u32 client, u64 nonce,
+    /// u64 request id, u64 time, u8 command, then the command's fields.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = BodyWriter::new();
+        w.u8(1)
+            .u32(self.session.client.0)
+            .u64(self.session.nonce)
+            .u64(self.request_id)
+            .u64(self.time_ms);
+        match &self.command {
+            Command::Mkdir { path, parents } => {
+                w.u8(1);
+                write_path(&mut w, path);
+                w.bool(*parents);
+            }
+            Command::CreateFile { path, replication, block_size } => {
+                w.u8(2);
+                write_path(&mut w, path);
+                w.u8(*replication).u32(*block_size);
+            }
+            Command::ExpandFile { path, size, first_block, placement } => {
+                w.u8(3);
+                write_path(&mut w, path);
+                w.u64(*size).u32(*first_block).u32(placement.len() as u32);
+                for set in placement {
+                    write_replicas(&mut w, set);
+                }
+            }
+            Command::WriteLease { path, index } => {
+                w.u8(6);
+                write_path(&mut w, path);
+                w.u16(*index);
+            }
+            Command::CreateWrite { path, replication, block_size, size, placement } => {
+                w.u8(9);
+                write_path(&mut w, path);
+                w.u8(*replication).u32(*block_size).u64(*size);
+                write_replicas(&mut w, placement);
+            }
+            Command::CommitWrite { path, index, version } => {
+                w.u8(7);
+                write_path(&mut w, path);
+                w.u16(*index).u16(version.0);
+            }
+            Command::SwapReplica { path, index, failed, replacement } => {
+                w.u8(8);
+                write_path(&mut w, path);
+                w.u16(*index).u32(failed.0).u32(replacement.0);
+            }
+            Command::ReplaceReplica { file, index, version, remove, add } => {
+                w.u8(10).u32(*file).u16(*index).u16(version.0).u32(remove.0).u32(add.0);
+            }
+            Command::SetDraining { server, draining } => {
+                w.u8(11).u32(server.0).bool(*draining);
+            }
+            Command::Rename { from, to } => {
+                w.u8(4);
+                write_path(&mut w, from);
+                write_path(&mut w, to);
+            }
+            Command::Remove { path, recursive } => {
+                w.u8(5);
+                write_path(&mut w, path);
+                w.bool(*recursive);
+            }
+            Command::OpenSession { lease_ms, lock_delay_ms } => {
+                w.u8(12).u64(*lease_ms).u64(*lock_delay_ms);
+            }
+            Command::KeepAlive => {
+                w.u8(13);
+            }
+            Command::CloseSession => {
+                w.u8(14);
+            }
+            Command::Lock { path, mode, wait_ms } => {
+                w.u8(15);
+                write_path(&mut w, path);
+                w.u8(mode.byte()).bool(wait_ms.is_some()).u64(wait_ms.unwrap_or(0));
+            }
+            Command::Unlock { path } => {
+                w.u8(16);
+                write_path(&mut w, path);
+            }
+            Command::Clock { expire } => {
+                w.u8(17).u32(expire.len() as u32);
+                for session in expire {
+                    session.write(&mut w);
+                }
+            }
+        }
+        w.finish()
+    }
+
+    /// Reads what [`Entry::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, BodyError> {
+        let mut r = BodyReader::new(bytes);
+        let format = r.u8("entry format")?;
+        if format != 1 {
+            return Err(BodyError::Invalid { field: "entry format", value: u64::from(format) });
+        }
+        let session = SessionId::read(&mut r)?;
+        let request_id = r.u64("request id")?;
+        let time_ms = r.u64("time")?;
+        let command = match r.u8("command")? {
+            1 => Command::Mkdir { path: read_path(&mut r)?, parents: r.bool("parents")? },
+            2 => Command::CreateFile {
+                path: read_path(&mut r)?,
+                replication: r.u8("replication")?,
+                block_size: match r.u32("block size")? {
+                    0 => return Err(BodyError::Invalid { field: "block size", value: 0 }),
+                    n => n,
+                },
+            },
+            3 => {
+                let path = read_path(&mut r)?;
+                let size = r.u64("size")?;
+                let first_block = r.u32("first block")?;
+                let count = r.u32("placement count")?;
+                if count > MAX_BLOCKS_PER_FILE {
+                    return Err(BodyError::Invalid {
+                        field: "placement count",
+                        value: u64::from(count),
+                    });
+                }
+                let mut placement = Vec::with_capacity((count as usize).min(r.remaining()));
+                for _ in 0..count {
+                    placement.push(read_replicas(&mut r)?);
+                }
+                Command::ExpandFile { path, size, first_block, placement }
+            }
+            4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
+            6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
+            9 => {
+                let path = read_path(&mut r)?;
+                let replication = r.u8("replication")?;
+                let block_size = match r.u32("block size")? {
+                    0 => return Err(BodyError::Invalid { field: "block size", value: 0 }),
+                    n => n,
+                };
+                let size = r.u64("size")?;
+                let placement = read_replicas(&mut r)?;
+                Command::CreateWrite { path, replication, block_size, size, placement }
+            }
+            8 => Command::SwapReplica {
+                path: read_path(&mut r)?,
+                index: r.u16("block index")?,
+                failed: NodeId(r.u32("failed")?),
+                replacement: NodeId(r.u32("replacement")?),
+            },
+            7 => Command::CommitWrite {
+                path: read_path(&mut r)?,
+                index: r.u16("block index")?,
+                version: BlockVersion(r.u16("block version")?),
+            },
+            5 => Command::Remove { path: read_path(&mut r)?, recursive: r.bool("recursive")? },
+            10 => Command::ReplaceReplica {
+                file: r.u32("file id")?,
+                index: r.u16("block index")?,
+                version: BlockVersion(r.u16("block version")?),
+                remove: NodeId(r.u32("removed server")?),
+                add: NodeId(r.u32("added server")?),
+            },
+            11 => Command::SetDraining {
+                server: NodeId(r.u32("server")?),
+                draining: r.bool("draining")?,
+            },
+            12 => Command::OpenSession {
+                lease_ms: r.u64("lease")?,
+                lock_delay_ms: r.u64("lock delay")?,
+            },
+            13 => Command::KeepAlive,
+            14 => Command::CloseSession,
+            15 => {
+                let path = read_path(&mut r)?;
+                let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+                let waits = r.bool("waits")?;
+                let wait_ms = r.u64("wait")?;
+                Command::Lock { path, mode, wait_ms: waits.then_some(wait_ms) }
+            }
+            16 => Command::Unlock { path: read_path(&mut r)? },
+            17 => {
+                let count = r.u32("session count")?;
+                if count as usize > r.remaining() / 12 {
+                    return Err(BodyError::Invalid {
+                        field: "session count",
+                        value: u64::from(count),
+                    });
+                }
+                let expire = (0..count)
+                    .map(|_| SessionId::read(&mut r))
+                    .collect::<Result<Vec<_>, BodyError>>()?;
+                Command::Clock { expire }
+            }
+            other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
+        };
+        r.finish()?;
+        Ok(Entry { session, request_id, time_ms, command })
+    }
+}
+
+pub(super) fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
+    match outcome {
+        Outcome::Mkdir => {
+            w.u8(1);
+        }
+        Outcome::Created(fd) => {
+            w.u8(2);
+            fd.write(w);
+        }
+        Outcome::Expanded { file, blocks } => {
+            w.u8(3);
+            file.write(w);
+            w.u32(blocks.len() as u32);
+            for block in blocks {
+                block.write(w);
+            }
+        }
+        Outcome::Renamed => {
+            w.u8(4);
+        }
+        Outcome::Leased { block, base, replicas, expires_ms } => {
+            w.u8(8);
+            block.write(w);
+            w.u16(base.0).u64(*expires_ms);
+            write_replicas(w, replicas);
+        }
+        Outcome::Swapped { replicas } => {
+            w.u8(10);
+            write_replicas(w, replicas);
+        }
+        Outcome::Committed { block, replicas } => {
+            w.u8(9);
+            block.write(w);
+            write_replicas(w, replicas);
+        }
+        Outcome::Removed { files, dirs } => {
+            w.u8(5).u64(*files).u64(*dirs);
+        }
+        Outcome::Draining { server, draining } => {
+            w.u8(11).u32(server.0).bool(*draining);
+        }
+        Outcome::SessionOpened { lease_ms, lock_delay_ms, expires_ms } => {
+            w.u8(12).u64(*lease_ms).u64(*lock_delay_ms).u64(*expires_ms);
+        }
+        Outcome::KeptAlive { expires_ms } => {
+            w.u8(13).u64(*expires_ms);
+        }
+        Outcome::LockGranted { sequencer } => {
+            w.u8(14).u64(*sequencer);
+        }
+        Outcome::LockQueued => {
+            w.u8(15);
+        }
+        Outcome::Woke { wakes } => {
+            w.u8(16).u32(wakes.len() as u32);
+            for wake in wakes {
+                wake.session.write(w);
+                w.u64(wake.request_id);
+                write_path(w, &wake.path);
+                w.u8(wake.mode.byte());
+                match wake.result {
+                    WakeResult::Granted { sequencer } => w.u8(1).u64(sequencer),
+                    WakeResult::TimedOut => w.u8(2),
+                    WakeResult::SessionEnded => w.u8(3),
+                    WakeResult::Cancelled => w.u8(4),
+                };
+            }
+        }
+        Outcome::Failed(err) => {
+            w.u8(6);
+            err.write(w);
+        }
+    }
+}
+
+pub(super) fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError> {
+    Ok(match r.u8("outcome")? {
+        1 => Outcome::Mkdir,
+        2 => Outcome::Created(FileDescriptor::read(r)?),
+        3 => {
+            let file = FileDescriptor::read(r)?;
+            let count = r.u32("block count")?;
+            if count > MAX_BLOCKS_PER_FILE {
+                return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
+            }
+            let blocks =
+                (0..count).map(|_| BlockDescriptor::read(r)).collect::<Result<Vec<_>, _>>()?;
+            Outcome::Expanded { file, blocks }
+        }
+        4 => Outcome::Renamed,
+        // A lease as snapshot format 1 wrote it: no base or expiry (a retry of it gets a
+        // token that has run out, and asks again).
+        7 => {
+            let block = BlockDescriptor::read(r)?;
+            let replicas = read_replicas(r)?;
+            let base = BlockVersion(block.version.0.wrapping_sub(1));
+            Outcome::Leased { block, base, replicas, expires_ms: 0 }
+        }
+        8 => {
+            let block = BlockDescriptor::read(r)?;
+            let base = BlockVersion(r.u16("base version")?);
+            let expires_ms = r.u64("lease expiry")?;
+            Outcome::Leased { block, base, replicas: read_replicas(r)?, expires_ms }
+        }
+        10 => Outcome::Swapped { replicas: read_replicas(r)? },
+        9 => Outcome::Committed { block: BlockDescriptor::read(r)?, replicas: read_replicas(r)? },
+        5 => Outcome::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
+        11 => Outcome::Draining { server: NodeId(r.u32("server")?), draining: r.bool("draining")? },
+        12 => Outcome::SessionOpened {
+            lease_ms: r.u64("lease")?,
+            lock_delay_ms: r.u64("lock delay")?,
+            expires_ms: r.u64("lease end")?,
+        },
+        13 => Outcome::KeptAlive { expires_ms: r.u64("lease end")? },
+        14 => Outcome::LockGranted { sequencer: r.u64("sequencer")? },
+        15 => Outcome::LockQueued,
+        16 => {
+            let count = r.u32("wake count")?;
+            let mut wakes = Vec::with_capacity((count as usize).min(r.remaining() / 24));
+            for _ in 0..count {
+                let session = SessionId::read(r)?;
+                let request_id = r.u64("request id")?;
+                let path = read_path(r)?;
+                let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+                let result = match r.u8("wake")? {
+                    1 => WakeResult::Granted { sequencer: r.u64("sequencer")? },
+                    2 => WakeResult::TimedOut,
+                    3 => WakeResult::SessionEnded,
+                    4 => WakeResult::Cancelled,
+                    other => {
+                        return Err(BodyError::Invalid { field: "wake", value: u64::from(other) });
+                    }
+                };
+                wakes.push(Wake { session, request_id, path, mode, result });
+            }
+            Outcome::Woke { wakes }
+        }
+        6 => Outcome::Failed(NsError::read(r)?),
+        other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
+    })
+}

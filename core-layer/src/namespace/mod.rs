@@ -1,0 +1,346 @@
+//! The metadata state machine: directories, files, block lists; changed only by [`Entry`]s.
+//!
+//! Every meta-server applies the same committed entries in the same order with
+//! [`Namespace::apply`] and so holds the same state, byte for byte ([`Namespace::snapshot`]
+//! proves it). Applying is pure: the time, the placement of new blocks and the request's
+//! identity all travel in the entry; nothing is read from a clock or the network here.
+//!
+//! Retries: every entry names the client session and request that made it. The namespace
+//! remembers each session's last request and its outcome, so a request committed twice
+//! (a client retrying across a leader change) is applied once and both answers agree: a
+//! retried create gets its own file back, not "already exists".
+//!
+//! Memory, for the 1,000,000-file goal (at most 200 resident bytes per file): inode ids are
+//! dense and never reused, so inodes live in an `Inodes` table of fixed pages indexed by id
+//! (no hashing, no rehash doubling, waste at most one page); a directory keeps its children
+//! as `BTreeMap<Box<str>, u32>`; a file keeps its blocks in a boxed slice. Measured with
+//! `cargo bench -p meshfs-core --bench namespace_memory` (see BENCHMARKS.md).
+//!
+//! Where things are:
+//! - `mod.rs` (here): the state, queries of its books, and [`Namespace::apply`]: dedupe and
+//!   dispatch of each [`Command`] to the module that owns it;
+//! - [`entry`]: commands, entries and outcomes, and their log codecs;
+//! - `inode`: the paged inode table; `query`: lookups, stat and listings;
+//! - `tree`: mkdir, create, rename, remove; `blocks`: expand, leases, commits, replica swaps
+//!   and repairs, and the allocation they keep;
+//! - `snapshot`: the snapshot and a reader per format; `invariants`: what must always hold.
+//!
+//! It must not know the network, disks, clocks or Raft: entries come in, outcomes go out.
+
+mod blocks;
+pub mod entry;
+mod inode;
+mod invariants;
+mod query;
+mod snapshot;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use meshfs_group::NodeId;
+
+pub use self::entry::{Command, Entry, Outcome};
+pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
+pub use self::snapshot::SnapshotError;
+
+use self::inode::{Dir, Inodes, Kind, Node};
+use crate::descriptor::BlockVersion;
+use crate::error::NsError;
+use crate::locks::{LockResult, LockTable, Wake, WakeResult};
+use crate::path::MeshPath;
+use crate::session::SessionId;
+
+/// The root directory's id.
+pub const ROOT_ID: u32 = 1;
+/// Sessions idle longer than this (by entry time) are forgotten.
+pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Idle sessions are swept every this many applied entries.
+const SESSION_SWEEP_EVERY: u64 = 4096;
+/// How long a write lease lasts, by the leader's clock in its entry. Its token expires at the
+/// same moment; until then no other session gets a lease on the block.
+pub const LEASE_MS: u64 = 60_000;
+/// Above this many inodes, debug builds check invariants every [`SESSION_SWEEP_EVERY`]
+/// entries instead of after every one (the check is O(n)).
+const INVARIANT_CHECK_EVERY_ENTRY_MAX: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    last_request: u64,
+    last_time_ms: u64,
+    outcome: Outcome,
+}
+
+/// The namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    nodes: Inodes,
+    /// Bytes of blocks assigned to each data-server (derived from the block lists; not in
+    /// snapshots, rebuilt on restore). The leader places new blocks by it.
+    allocated: BTreeMap<NodeId, u64>,
+    next_id: u32,
+    sessions: HashMap<SessionId, Session>,
+    /// Write leases in force (or run out but not yet replaced), by (file id, block index).
+    leases: BTreeMap<(u32, u16), Lease>,
+    /// Data-servers being drained: blocks move off them, none are placed on them.
+    draining: BTreeSet<NodeId>,
+    /// Lock sessions and locks.
+    locks: LockTable,
+    applied: u64,
+}
+
+/// A write lease on one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lease {
+    holder: SessionId,
+    /// The version the holder writes.
+    version: BlockVersion,
+    expires_ms: u64,
+}
+
+impl Default for Namespace {
+    fn default() -> Namespace {
+        Namespace::new()
+    }
+}
+
+pub(super) fn path_str(path: &MeshPath) -> String {
+    path.as_str().to_string()
+}
+
+impl Namespace {
+    /// An empty namespace: just `/`.
+    pub fn new() -> Namespace {
+        let mut nodes = Inodes::default();
+        nodes.insert(
+            ROOT_ID,
+            Node {
+                parent: ROOT_ID,
+                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }),
+            },
+        );
+        Namespace {
+            nodes,
+            allocated: BTreeMap::new(),
+            next_id: ROOT_ID + 1,
+            sessions: HashMap::new(),
+            leases: BTreeMap::new(),
+            draining: BTreeSet::new(),
+            locks: LockTable::new(),
+            applied: 0,
+        }
+    }
+
+    /// Bytes of blocks the namespace assigns to each data-server.
+    pub fn allocated(&self) -> &BTreeMap<NodeId, u64> {
+        &self.allocated
+    }
+
+    /// Data-servers marked draining.
+    pub fn draining(&self) -> &BTreeSet<NodeId> {
+        &self.draining
+    }
+
+    /// Lock sessions and locks.
+    pub fn lock_table(&self) -> &LockTable {
+        &self.locks
+    }
+
+    /// Whether block `index` of file `file` has a write lease in force at `now_ms`.
+    pub fn leased(&self, file: u32, index: u16, now_ms: u64) -> bool {
+        self.leases.get(&(file, index)).is_some_and(|l| now_ms < l.expires_ms)
+    }
+
+    /// Entries applied so far.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Files and directories, the root included.
+    pub fn inode_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    // ---- applying entries ----
+
+    /// Applies one committed entry. Deterministic: same state and entry, same result.
+    pub fn apply(&mut self, entry: &Entry) -> Outcome {
+        self.applied += 1;
+        let outcome = self.apply_once(entry);
+        if self.applied.is_multiple_of(SESSION_SWEEP_EVERY) {
+            self.sweep_sessions(entry.time_ms);
+        }
+        if cfg!(debug_assertions)
+            && (self.nodes.len() <= INVARIANT_CHECK_EVERY_ENTRY_MAX
+                || self.applied.is_multiple_of(SESSION_SWEEP_EVERY))
+        {
+            self.check_invariants();
+        }
+        outcome
+    }
+
+    fn apply_once(&mut self, entry: &Entry) -> Outcome {
+        // Idempotent by nature, and sent beside the session's other requests: no dedupe.
+        match &entry.command {
+            Command::KeepAlive => {
+                return match self.locks.keep_alive(entry.session, entry.time_ms) {
+                    Ok(expires_ms) => Outcome::KeptAlive { expires_ms },
+                    Err(err) => Outcome::Failed(err),
+                };
+            }
+            Command::Clock { expire } => {
+                let wakes = self.locks.clock(expire, entry.time_ms);
+                self.settle_waits(&wakes);
+                return Outcome::Woke { wakes };
+            }
+            _ => {}
+        }
+        if let Some(session) = self.sessions.get(&entry.session) {
+            if entry.request_id == session.last_request {
+                return session.outcome.clone();
+            }
+            if entry.request_id < session.last_request {
+                return Outcome::Failed(NsError::Superseded {
+                    request_id: entry.request_id,
+                    last: session.last_request,
+                });
+            }
+        }
+        let outcome =
+            match self.execute(&entry.command, entry.session, entry.request_id, entry.time_ms) {
+                Ok(outcome) => outcome,
+                Err(err) => Outcome::Failed(err),
+            };
+        let remembered = match &outcome {
+            // The wakes were for other requests, answered once.
+            Outcome::Woke { .. } => Outcome::Woke { wakes: Vec::new() },
+            other => other.clone(),
+        };
+        let session = Session {
+            last_request: entry.request_id,
+            last_time_ms: entry.time_ms,
+            outcome: remembered,
+        };
+        self.sessions.insert(entry.session, session);
+        if let Outcome::Woke { wakes } = &outcome {
+            self.settle_waits(wakes);
+        }
+        outcome
+    }
+
+    /// A wait that ended is its request's outcome now: a retry of the request (a client
+    /// that reached a new leader) gets how it ended, not "queued".
+    fn settle_waits(&mut self, wakes: &[Wake]) {
+        for wake in wakes {
+            let Some(session) = self.sessions.get_mut(&wake.session) else { continue };
+            if session.last_request != wake.request_id {
+                continue;
+            }
+            let path = path_str(&wake.path);
+            session.outcome = match wake.result {
+                WakeResult::Granted { sequencer } => Outcome::LockGranted { sequencer },
+                WakeResult::TimedOut => Outcome::Failed(NsError::LockTimeout(path)),
+                WakeResult::Cancelled => Outcome::Failed(NsError::LockCancelled(path)),
+                WakeResult::SessionEnded => {
+                    Outcome::Failed(NsError::SessionExpired { client: wake.session.client.0 })
+                }
+            };
+        }
+    }
+
+    fn sweep_sessions(&mut self, now_ms: u64) {
+        self.sessions.retain(|_, s| now_ms.saturating_sub(s.last_time_ms) <= SESSION_TTL_MS);
+    }
+
+    fn new_id(&mut self) -> Result<u32, NsError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).ok_or(NsError::OutOfIds)?;
+        Ok(id)
+    }
+
+    fn execute(
+        &mut self,
+        command: &Command,
+        session: SessionId,
+        request_id: u64,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        match command {
+            Command::Mkdir { path, parents } => self.mkdir(path, *parents, now),
+            Command::CreateFile { path, replication, block_size } => {
+                self.create_file(path, *replication, *block_size, now)
+            }
+            Command::ExpandFile { path, size, first_block, placement } => {
+                self.expand(path, *size, *first_block, placement, now)
+            }
+            Command::CreateWrite { path, replication, block_size, size, placement } => {
+                if *size == 0 || *size > u64::from(*block_size) {
+                    return Err(NsError::BadSize {
+                        path: path_str(path),
+                        size: *size,
+                        block_size: *block_size,
+                    });
+                }
+                self.create_file(path, *replication, *block_size, now)?;
+                let placement = std::slice::from_ref(placement);
+                let leased = self
+                    .expand(path, *size, 0, placement, now)
+                    .and_then(|_| self.lease(path, 0, session, now));
+                if leased.is_err() {
+                    // Deterministic on every replica: the new file goes again.
+                    self.remove(path, false, now).expect("the file was just made");
+                }
+                leased
+            }
+            Command::WriteLease { path, index } => self.lease(path, *index, session, now),
+            Command::CommitWrite { path, index, version } => {
+                self.commit_write(path, *index, *version, session, now)
+            }
+            Command::SwapReplica { path, index, failed, replacement } => {
+                self.swap_replica(path, *index, *failed, *replacement, session, now)
+            }
+            Command::ReplaceReplica { file, index, version, remove, add } => {
+                self.replace_replica(*file, *index, *version, *remove, *add, now)
+            }
+            Command::SetDraining { server, draining } => {
+                if *draining {
+                    self.draining.insert(*server);
+                } else {
+                    self.draining.remove(server);
+                }
+                Ok(Outcome::Draining { server: *server, draining: *draining })
+            }
+            Command::Rename { from, to } => self.rename(from, to, now),
+            Command::Remove { path, recursive } => self.remove(path, *recursive, now),
+            Command::OpenSession { lease_ms, lock_delay_ms } => {
+                let expires_ms = self.locks.open(session, *lease_ms, *lock_delay_ms, now);
+                let lock_delay_ms = *lock_delay_ms;
+                Ok(Outcome::SessionOpened { lease_ms: *lease_ms, lock_delay_ms, expires_ms })
+            }
+            Command::CloseSession => {
+                if self.locks.session(session).is_none() {
+                    return Err(NsError::SessionExpired { client: session.client.0 });
+                }
+                Ok(Outcome::Woke { wakes: self.locks.end_session(session, false, now) })
+            }
+            Command::Lock { path, mode, wait_ms } => {
+                match self.locks.lock(session, request_id, path, *mode, *wait_ms, now)? {
+                    LockResult::Granted(sequencer) => Ok(Outcome::LockGranted { sequencer }),
+                    LockResult::Queued => Ok(Outcome::LockQueued),
+                }
+            }
+            Command::Unlock { path } => {
+                Ok(Outcome::Woke { wakes: self.locks.unlock(session, path, now)? })
+            }
+            Command::KeepAlive | Command::Clock { .. } => {
+                unreachable!("applied before deduplication")
+            }
+        }
+    }
+}
+
+pub(super) fn parent_text(walked: &str) -> String {
+    walked.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p }).to_string()
+}

@@ -1,0 +1,272 @@
+//! Reading the namespace: path lookups, `stat`, listings, file and block metadata, and the
+//! views repair reads. Nothing here changes state.
+
+use meshfs_group::NodeId;
+
+use super::inode::{Block, Dir, File, Kind};
+use super::{Namespace, ROOT_ID, parent_text, path_str};
+use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
+use crate::error::NsError;
+use crate::path::MeshPath;
+
+/// What `stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stat {
+    /// A directory.
+    Dir {
+        /// Its id.
+        id: u32,
+        /// Entries in it.
+        entries: usize,
+        /// Last change of its entries, ms since the epoch.
+        mtime_ms: u64,
+    },
+    /// A file.
+    File(FileMeta),
+}
+
+/// `get_file_meta_data`: a file's descriptor, size and blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Its descriptor.
+    pub descriptor: FileDescriptor,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Copies of each block.
+    pub replication: u8,
+    /// Created, ms since the epoch.
+    pub ctime_ms: u64,
+    /// Last metadata change, ms since the epoch.
+    pub mtime_ms: u64,
+    /// Every block.
+    pub blocks: Vec<BlockMeta>,
+}
+
+/// `get_block_metadata`: one block's descriptor and replica set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMeta {
+    /// Its descriptor.
+    pub descriptor: BlockDescriptor,
+    /// The data-servers assigned to hold it.
+    pub replicas: Vec<NodeId>,
+}
+
+/// One block as repair sees it, borrowed from the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockView<'a> {
+    /// The block at its committed version (and its file at its version).
+    pub descriptor: BlockDescriptor,
+    /// The data-servers assigned to hold it.
+    pub replicas: &'a [NodeId],
+    /// Copies the file wants.
+    pub replication: u8,
+    /// The file's block size.
+    pub block_size: u32,
+}
+
+impl<'a> BlockView<'a> {
+    fn of(id: u32, file: &File, index: u16, block: &'a Block) -> BlockView<'a> {
+        BlockView {
+            descriptor: BlockDescriptor {
+                file: FileDescriptor { id: FileId(id), version: file.version },
+                index,
+                version: block.version,
+            },
+            replicas: &block.replicas,
+            replication: file.replication,
+            block_size: file.block_size,
+        }
+    }
+
+    /// Whether it was ever written (an unwritten block is zeros, held nowhere).
+    pub fn written(&self) -> bool {
+        self.descriptor.version != BlockVersion::UNWRITTEN
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Its name.
+    pub name: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Its id.
+    pub id: u32,
+    /// Its size (0 for directories).
+    pub size: u64,
+}
+
+impl Namespace {
+    /// Block `index` of the file with id `file`, if both exist.
+    pub fn block(&self, file: u32, index: u16) -> Option<BlockView<'_>> {
+        let Kind::File(f) = &self.nodes.get(&file)?.kind else { return None };
+        let block = f.blocks.get(usize::from(index))?;
+        Some(BlockView::of(file, f, index, block))
+    }
+
+    /// Every block of every file, by file id and index.
+    pub fn blocks(&self) -> impl Iterator<Item = BlockView<'_>> {
+        self.nodes.iter().flat_map(|(id, node)| {
+            let blocks: &[Block] = match &node.kind {
+                Kind::File(f) => &f.blocks,
+                Kind::Dir(_) => &[],
+            };
+            blocks.iter().enumerate().map(move |(i, block)| {
+                let Kind::File(f) = &node.kind else { unreachable!("only files have blocks") };
+                BlockView::of(id, f, i as u16, block)
+            })
+        })
+    }
+
+    /// Every file at or under `path`, with its full path and id, in name order.
+    pub fn files_under(&self, path: &MeshPath) -> Result<Vec<(String, u32)>, NsError> {
+        let id = self.lookup(path)?;
+        let mut files = Vec::new();
+        let start = if path.is_root() { String::new() } else { path_str(path) };
+        let mut stack = vec![(id, start)];
+        while let Some((id, name)) = stack.pop() {
+            match &self.nodes[&id].kind {
+                Kind::File(_) => files.push((if name.is_empty() { "/".into() } else { name }, id)),
+                Kind::Dir(dir) => stack.extend(
+                    dir.children.iter().rev().map(|(child, &cid)| (cid, format!("{name}/{child}"))),
+                ),
+            }
+        }
+        Ok(files)
+    }
+
+    pub(super) fn lookup(&self, path: &MeshPath) -> Result<u32, NsError> {
+        let mut id = ROOT_ID;
+        let mut walked = String::new();
+        for component in path.components() {
+            walked.push('/');
+            walked.push_str(component);
+            match &self.nodes[&id].kind {
+                Kind::Dir(dir) => {
+                    id = *dir
+                        .children
+                        .get(component)
+                        .ok_or_else(|| NsError::NotFound(walked.clone()))?;
+                }
+                Kind::File(_) => return Err(NsError::NotADirectory(parent_text(&walked))),
+            }
+        }
+        Ok(id)
+    }
+
+    /// The directory `path`'s parent must be, and `path`'s last name.
+    pub(super) fn parent_dir<'p>(&self, path: &'p MeshPath) -> Result<(u32, &'p str), NsError> {
+        let (parent, name) = path.split_last().ok_or(NsError::Root)?;
+        let id = self.lookup(&parent)?;
+        match self.nodes[&id].kind {
+            Kind::Dir(_) => Ok((id, name)),
+            Kind::File(_) => Err(NsError::NotADirectory(path_str(&parent))),
+        }
+    }
+
+    pub(super) fn dir_mut(&mut self, id: u32) -> &mut Dir {
+        match &mut self.nodes.get_mut(&id).expect("directory id is live").kind {
+            Kind::Dir(dir) => dir,
+            Kind::File(_) => panic!("inode {id} is not a directory"),
+        }
+    }
+
+    pub(super) fn file_meta(&self, id: u32) -> Option<FileMeta> {
+        let Kind::File(file) = &self.nodes.get(&id)?.kind else { return None };
+        let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        let blocks = file
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(index, b)| BlockMeta {
+                descriptor: BlockDescriptor {
+                    file: descriptor,
+                    index: index as u16,
+                    version: b.version,
+                },
+                replicas: b.replicas.to_vec(),
+            })
+            .collect();
+        Some(FileMeta {
+            descriptor,
+            size: file.size,
+            block_size: file.block_size,
+            replication: file.replication,
+            ctime_ms: file.ctime_ms,
+            mtime_ms: file.mtime_ms,
+            blocks,
+        })
+    }
+
+    /// `stat`.
+    pub fn stat(&self, path: &MeshPath) -> Result<Stat, NsError> {
+        let id = self.lookup(path)?;
+        match &self.nodes[&id].kind {
+            Kind::Dir(dir) => {
+                Ok(Stat::Dir { id, entries: dir.children.len(), mtime_ms: dir.mtime_ms })
+            }
+            Kind::File(_) => Ok(Stat::File(self.file_meta(id).expect("id is a file"))),
+        }
+    }
+
+    /// `get_file_meta_data`.
+    pub fn get_file_meta_data(&self, path: &MeshPath) -> Result<FileMeta, NsError> {
+        let id = self.lookup(path)?;
+        self.file_meta(id).ok_or_else(|| NsError::IsADirectory(path_str(path)))
+    }
+
+    /// `get_block_metadata`: block `index` of the file at `path`.
+    pub fn get_block_metadata(&self, path: &MeshPath, index: u16) -> Result<BlockMeta, NsError> {
+        let meta = self.get_file_meta_data(path)?;
+        meta.blocks.into_iter().nth(usize::from(index)).ok_or_else(|| {
+            NsError::NotFound(format!("{path} block {index} (the file has fewer blocks)"))
+        })
+    }
+
+    /// `list`: a directory's entries by name, or a file as its own single entry.
+    pub fn list(&self, path: &MeshPath) -> Result<Vec<DirEntry>, NsError> {
+        let id = self.lookup(path)?;
+        let entry = |name: &str, id: u32| {
+            let (is_dir, size) = match &self.nodes[&id].kind {
+                Kind::Dir(_) => (true, 0),
+                Kind::File(f) => (false, f.size),
+            };
+            DirEntry { name: name.to_string(), is_dir, id, size }
+        };
+        match &self.nodes[&id].kind {
+            Kind::Dir(dir) => {
+                Ok(dir.children.iter().map(|(name, &child)| entry(name, child)).collect())
+            }
+            Kind::File(_) => Ok(vec![entry(path.split_last().map_or("/", |(_, n)| n), id)]),
+        }
+    }
+
+    /// A page of `list`: at most `limit` entries named after `after` (by byte order), and
+    /// whether more follow.
+    pub fn list_page(
+        &self,
+        path: &MeshPath,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<DirEntry>, bool), NsError> {
+        let id = self.lookup(path)?;
+        let Kind::Dir(dir) = &self.nodes[&id].kind else {
+            return Ok((self.list(path)?, false));
+        };
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = if after.is_empty() { Unbounded } else { Excluded(after) };
+        let mut entries = Vec::new();
+        let mut names = dir.children.range::<str, _>((start, Unbounded));
+        for (name, &child) in names.by_ref().take(limit) {
+            let (is_dir, size) = match &self.nodes[&child].kind {
+                Kind::Dir(_) => (true, 0),
+                Kind::File(f) => (false, f.size),
+            };
+            entries.push(DirEntry { name: name.to_string(), is_dir, id: child, size });
+        }
+        Ok((entries, names.next().is_some()))
+    }
+}

@@ -1,0 +1,286 @@
+//! Snapshots: the whole namespace as bytes, the same on every replica, and one reader per
+//! format ever written. Format N is format N-1 with one more section, so each reader is the
+//! previous one and its section; every old format has a golden old-bytes test
+//! (`testdata/formatN/`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use meshfs_group::{ClientId, NodeId};
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
+use super::entry::{read_outcome, write_outcome};
+use super::inode::{Block, Dir, File, Inodes, Kind, Node};
+use super::{Lease, Namespace, ROOT_ID, Session};
+use crate::descriptor::{BlockVersion, MAX_BLOCKS_PER_FILE, read_replicas, write_replicas};
+use crate::locks::LockTable;
+use crate::session::SessionId;
+
+impl Namespace {
+    /// The whole state as bytes: the same state gives the same bytes on every replica.
+    /// Layout (format 4): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// depth first from the root (children by name), sessions by id, write leases by block
+    /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
+    /// (formats 1 to 3 have none), u32 CRC-32 of all before.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
+        w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
+        w.u32(self.nodes.len() as u32);
+        // Depth first from the root, so each inode is written with the name its parent
+        // lists; children come in name order, so the bytes are the same on every replica.
+        let mut stack: Vec<(u32, &str)> = vec![(ROOT_ID, "")];
+        while let Some((id, name)) = stack.pop() {
+            let node = &self.nodes[&id];
+            w.u32(id).u32(node.parent).str(name);
+            match &node.kind {
+                Kind::Dir(dir) => {
+                    w.u8(0).u64(dir.mtime_ms);
+                    stack.extend(dir.children.iter().rev().map(|(name, &child)| (child, &**name)));
+                }
+                Kind::File(f) => {
+                    w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
+                    w.u64(f.ctime_ms).u64(f.mtime_ms).u32(f.blocks.len() as u32);
+                    for block in &f.blocks {
+                        w.u16(block.version.0);
+                        write_replicas(&mut w, &block.replicas);
+                    }
+                }
+            }
+        }
+        let mut sessions: Vec<(&SessionId, &Session)> = self.sessions.iter().collect();
+        sessions.sort_unstable_by_key(|(id, _)| **id);
+        w.u32(sessions.len() as u32);
+        for (id, session) in sessions {
+            id.write(&mut w);
+            w.u64(session.last_request).u64(session.last_time_ms);
+            write_outcome(&mut w, &session.outcome);
+        }
+        w.u32(self.leases.len() as u32);
+        for (&(id, index), lease) in &self.leases {
+            w.u32(id).u16(index).u32(lease.holder.client.0).u64(lease.holder.nonce);
+            w.u16(lease.version.0).u64(lease.expires_ms);
+        }
+        w.u32(self.draining.len() as u32);
+        for server in &self.draining {
+            w.u32(server.0);
+        }
+        self.locks.write(&mut w);
+        let mut bytes = w.finish();
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    /// Rebuilds a namespace from [`Namespace::snapshot`] bytes of any format this build
+    /// knows, checking everything.
+    pub fn restore(bytes: &[u8]) -> Result<Namespace, SnapshotError> {
+        if bytes.len() < 4 {
+            return Err(SnapshotError::Truncated);
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_be_bytes(crc.try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != stored {
+            return Err(SnapshotError::Checksum);
+        }
+        let mut r = BodyReader::new(body);
+        if &r.fixed::<4>("magic")? != SNAPSHOT_MAGIC {
+            return Err(SnapshotError::Magic);
+        }
+        let format = r.u16("format")?;
+        let mut ns = match format {
+            1 => v1::read(&mut r)?,
+            2 => v2::read(&mut r)?,
+            3 => v3::read(&mut r)?,
+            4 => v4::read(&mut r)?,
+            other => return Err(SnapshotError::Format(other)),
+        };
+        r.finish()?;
+        ns.allocated = ns.compute_allocated();
+        // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
+        // refuse it rather than serve it.
+        match ns.violation() {
+            Some(violation) => Err(SnapshotError::Invalid(violation)),
+            None => Ok(ns),
+        }
+    }
+}
+
+/// The format [`Namespace::snapshot`] writes.
+pub(super) const SNAPSHOT_FORMAT: u16 = 4;
+const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
+const _: () = assert!(SNAPSHOT_FORMAT == 4, "a new format needs its reader in restore");
+
+/// Format 1 (commit 26030ca): `u32 next_id, u64 applied`, the inodes, the request sessions.
+mod v1 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let next_id = r.u32("next_id")?;
+        let applied = r.u64("applied")?;
+        let nodes = read_inodes(r, next_id)?;
+        let sessions = read_sessions(r)?;
+        Ok(Namespace {
+            nodes,
+            allocated: BTreeMap::new(),
+            next_id,
+            sessions,
+            leases: BTreeMap::new(),
+            draining: BTreeSet::new(),
+            locks: LockTable::new(),
+            applied,
+        })
+    }
+
+    fn read_inodes(r: &mut BodyReader<'_>, next_id: u32) -> Result<Inodes, SnapshotError> {
+        let count = r.u32("inode count")?;
+        let mut nodes = Inodes::default();
+        let mut links = Vec::new();
+        for _ in 0..count {
+            let id = r.u32("inode id")?;
+            let parent = r.u32("parent")?;
+            let name = r.str("name")?;
+            let kind = match r.u8("kind")? {
+                0 => Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: r.u64("mtime")? }),
+                1 => {
+                    let version = r.u32("file version")?;
+                    let size = r.u64("size")?;
+                    let block_size = r.u32("block size")?;
+                    let replication = r.u8("replication")?;
+                    let ctime_ms = r.u64("ctime")?;
+                    let mtime_ms = r.u64("mtime")?;
+                    let block_count = r.u32("block count")?;
+                    if block_count > MAX_BLOCKS_PER_FILE || block_size == 0 {
+                        return Err(SnapshotError::Invalid(format!(
+                            "inode {id}: {block_count} blocks of {block_size}"
+                        )));
+                    }
+                    let mut blocks =
+                        Vec::with_capacity((block_count as usize).min(r.remaining() / 3));
+                    for _ in 0..block_count {
+                        let version = BlockVersion(r.u16("block version")?);
+                        let replicas = read_replicas(r)?;
+                        blocks.push(Block { version, replicas: replicas.into_boxed_slice() });
+                    }
+                    let blocks = blocks.into_boxed_slice();
+                    Kind::File(File {
+                        version,
+                        size,
+                        block_size,
+                        replication,
+                        ctime_ms,
+                        mtime_ms,
+                        blocks,
+                    })
+                }
+                other => {
+                    return Err(SnapshotError::Invalid(format!("inode {id} has kind {other}")));
+                }
+            };
+            if id != ROOT_ID {
+                links.push((parent, name.to_string(), id));
+            }
+            if id == 0 || id >= next_id {
+                return Err(SnapshotError::Invalid(format!(
+                    "inode {id} is not below next_id {next_id}"
+                )));
+            }
+            if nodes.insert(id, Node { parent, kind }).is_some() {
+                return Err(SnapshotError::Invalid(format!("inode {id} appears twice")));
+            }
+        }
+        for (parent, name, id) in links {
+            match nodes.get_mut(&parent).map(|n| &mut n.kind) {
+                Some(Kind::Dir(dir)) => {
+                    if dir.children.insert(name.clone().into(), id).is_some() {
+                        return Err(SnapshotError::Invalid(format!(
+                            "two entries named {name:?} in {parent}"
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(SnapshotError::Invalid(format!(
+                        "inode {id}'s parent {parent} is not a directory"
+                    )));
+                }
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn read_sessions(r: &mut BodyReader<'_>) -> Result<HashMap<SessionId, Session>, SnapshotError> {
+        let session_count = r.u32("session count")?;
+        let mut sessions = HashMap::with_capacity((session_count as usize).min(r.remaining() / 28));
+        for _ in 0..session_count {
+            let id = SessionId::read(r)?;
+            let last_request = r.u64("last request")?;
+            let last_time_ms = r.u64("last time")?;
+            let outcome = read_outcome(r)?;
+            sessions.insert(id, Session { last_request, last_time_ms, outcome });
+        }
+        Ok(sessions)
+    }
+}
+
+/// Format 2 (commit 567ad8b): format 1, then the write leases by block.
+mod v2 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v1::read(r)?;
+        for _ in 0..r.u32("lease count")? {
+            let key = (r.u32("lease file")?, r.u16("lease block")?);
+            let holder =
+                SessionId { client: ClientId(r.u32("lease client")?), nonce: r.u64("nonce")? };
+            let version = BlockVersion(r.u16("lease version")?);
+            let expires_ms = r.u64("lease expiry")?;
+            ns.leases.insert(key, Lease { holder, version, expires_ms });
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 3 (commit 60a7469): format 2, then the draining data-servers.
+mod v3 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v2::read(r)?;
+        for _ in 0..r.u32("draining count")? {
+            ns.draining.insert(NodeId(r.u32("draining server")?));
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 4 (commit 1d8937f): format 3, then the lock table.
+mod v4 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v3::read(r)?;
+        ns.locks = LockTable::read(r)?;
+        Ok(ns)
+    }
+}
+
+/// Why snapshot bytes could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Shorter than a checksum.
+    #[error("snapshot truncated")]
+    Truncated,
+    /// The checksum does not match.
+    #[error("snapshot checksum mismatch: the snapshot is damaged")]
+    Checksum,
+    /// Not a namespace snapshot.
+    #[error("not a namespace snapshot (bad magic)")]
+    Magic,
+    /// A format this build cannot read.
+    #[error("snapshot format {0} is not known to this build")]
+    Format(u16),
+    /// A field did not parse.
+    #[error("snapshot field: {0}")]
+    Body(#[from] BodyError),
+    /// The content is inconsistent.
+    #[error("snapshot content: {0}")]
+    Invalid(String),
+}

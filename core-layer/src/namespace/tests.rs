@@ -1,0 +1,914 @@
+//! Tests of the namespace: operations, retries, snapshots, golden bytes, and a model test.
+
+use super::snapshot::SNAPSHOT_FORMAT;
+use super::*;
+use crate::descriptor::{BlockDescriptor, MAX_BLOCKS_PER_FILE};
+use crate::locks::LockMode;
+use meshfs_group::ClientId;
+use proptest::prelude::*;
+use std::collections::BTreeMap as Model;
+
+const BS: u32 = 1024;
+
+fn p(text: &str) -> MeshPath {
+    MeshPath::parse(text).unwrap()
+}
+
+/// Applies commands as one session with increasing request ids.
+struct Driver {
+    ns: Namespace,
+    session: SessionId,
+    next_request: u64,
+    time: u64,
+}
+
+impl Driver {
+    fn new() -> Driver {
+        Driver {
+            ns: Namespace::new(),
+            session: SessionId { client: ClientId(1), nonce: 42 },
+            next_request: 1,
+            time: 1_000,
+        }
+    }
+
+    fn entry(&mut self, command: Command) -> Entry {
+        let entry = Entry {
+            session: self.session,
+            request_id: self.next_request,
+            time_ms: self.time,
+            command,
+        };
+        self.next_request += 1;
+        self.time += 1;
+        entry
+    }
+
+    fn run(&mut self, command: Command) -> Outcome {
+        let entry = self.entry(command);
+        self.ns.apply(&entry)
+    }
+
+    fn mkdir(&mut self, path: &str, parents: bool) -> Outcome {
+        self.run(Command::Mkdir { path: p(path), parents })
+    }
+
+    fn create(&mut self, path: &str) -> Outcome {
+        self.run(Command::CreateFile { path: p(path), replication: 2, block_size: BS })
+    }
+
+    fn expand(&mut self, path: &str, size: u64, new_blocks: usize) -> Outcome {
+        let placement =
+            (0..new_blocks).map(|i| vec![NodeId(4 + (i as u32 % 3)), NodeId(7)]).collect();
+        let first_block = self.ns.get_file_meta_data(&p(path)).map_or(0, |m| m.blocks.len() as u32);
+        self.run(Command::ExpandFile { path: p(path), size, first_block, placement })
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Outcome {
+        self.run(Command::Rename { from: p(from), to: p(to) })
+    }
+
+    fn remove(&mut self, path: &str, recursive: bool) -> Outcome {
+        self.run(Command::Remove { path: p(path), recursive })
+    }
+}
+
+fn failed(outcome: Outcome) -> NsError {
+    match outcome {
+        Outcome::Failed(err) => err,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn mkdir_with_and_without_parents() {
+    let mut d = Driver::new();
+    assert_eq!(d.mkdir("/a", false), Outcome::Mkdir);
+    assert_eq!(failed(d.mkdir("/a", false)), NsError::AlreadyExists("/a".into()));
+    assert_eq!(d.mkdir("/a", true), Outcome::Mkdir, "-p accepts an existing directory");
+    assert_eq!(failed(d.mkdir("/x/y", false)), NsError::NotFound("/x".into()));
+    assert_eq!(d.mkdir("/x/y/z", true), Outcome::Mkdir);
+    assert!(matches!(d.ns.stat(&p("/x/y/z")), Ok(Stat::Dir { entries: 0, .. })));
+    assert!(matches!(d.ns.stat(&p("/x")), Ok(Stat::Dir { entries: 1, .. })));
+    d.create("/a/f");
+    assert_eq!(failed(d.mkdir("/a/f/g", true)), NsError::NotADirectory("/a/f".into()));
+    assert_eq!(failed(d.mkdir("/a/f/g", false)), NsError::NotADirectory("/a/f".into()));
+    assert_eq!(failed(d.mkdir("/", false)), NsError::AlreadyExists("/".into()));
+    assert_eq!(d.mkdir("/", true), Outcome::Mkdir);
+}
+
+#[test]
+fn create_file_meta_data_and_get_it_back() {
+    let mut d = Driver::new();
+    let Outcome::Created(fd) = d.create("/f") else { panic!() };
+    assert_eq!(fd.version, 1);
+    assert_eq!(failed(d.create("/f")), NsError::AlreadyExists("/f".into()));
+    assert_eq!(failed(d.create("/nodir/f")), NsError::NotFound("/nodir".into()));
+    assert_eq!(failed(d.create("/f/g")), NsError::NotADirectory("/f".into()));
+    assert_eq!(
+        failed(d.run(Command::CreateFile { path: p("/g"), replication: 0, block_size: BS })),
+        NsError::BadReplication(0)
+    );
+    let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+    assert_eq!(meta.descriptor, fd);
+    assert_eq!((meta.size, meta.block_size, meta.replication), (0, BS, 2));
+    assert!(meta.blocks.is_empty());
+    assert_eq!(
+        failed(Outcome::Failed(d.ns.get_file_meta_data(&p("/")).unwrap_err())),
+        NsError::IsADirectory("/".into())
+    );
+    assert_eq!(d.ns.get_file_meta_data(&p("/nope")), Err(NsError::NotFound("/nope".into())));
+}
+
+#[test]
+fn expand_file_size_allocates_placed_blocks_and_bumps_the_version() {
+    let mut d = Driver::new();
+    d.create("/f");
+    let Outcome::Expanded { file, blocks } = d.expand("/f", 2500, 3) else { panic!() };
+    assert_eq!(file.version, 2);
+    assert_eq!(blocks.iter().map(|b| b.index).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(blocks.iter().all(|b| b.version == BlockVersion(1) && b.file == file));
+    // Growing inside the last block adds no block but still changes the metadata.
+    let Outcome::Expanded { file, blocks } = d.expand("/f", 3072, 0) else { panic!() };
+    assert_eq!((file.version, blocks.len()), (3, 0));
+    let block = d.ns.get_block_metadata(&p("/f"), 1).unwrap();
+    assert_eq!(block.replicas, [NodeId(5), NodeId(7)]);
+    assert_eq!(block.descriptor.file.version, 3);
+    assert!(matches!(d.ns.get_block_metadata(&p("/f"), 3), Err(NsError::NotFound(_))));
+
+    assert!(matches!(
+        failed(d.expand("/f", 100, 0)),
+        NsError::Shrink { size: 3072, requested: 100, .. }
+    ));
+    assert!(matches!(
+        failed(d.expand("/f", 5000, 1)),
+        NsError::BadPlacement { given: 1, needed: 2, .. }
+    ));
+    let twice = vec![vec![NodeId(4), NodeId(4)]];
+    let bad =
+        d.run(Command::ExpandFile { path: p("/f"), size: 4000, first_block: 3, placement: twice });
+    assert!(matches!(failed(bad), NsError::BadPlacement { .. }), "two replicas on one server");
+    d.mkdir("/dir", false);
+    assert_eq!(failed(d.expand("/dir", 1, 1)), NsError::IsADirectory("/dir".into()));
+    // Nothing changed by the failures.
+    assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version, 3);
+}
+
+fn lease(d: &mut Driver, index: u16) -> (BlockDescriptor, BlockVersion) {
+    match d.run(Command::WriteLease { path: p("/f"), index }) {
+        Outcome::Leased { block, base, .. } => (block, base),
+        other => panic!("no lease: {other:?}"),
+    }
+}
+
+fn commit(d: &mut Driver, index: u16, version: BlockVersion) -> Outcome {
+    d.run(Command::CommitWrite { path: p("/f"), index, version })
+}
+
+#[test]
+fn a_leased_version_becomes_the_block_version_only_when_committed() {
+    let mut d = Driver::new();
+    d.create("/f");
+    d.expand("/f", 3000, 3);
+    let now = d.time;
+    let Outcome::Leased { block, base, replicas, expires_ms } =
+        d.run(Command::WriteLease { path: p("/f"), index: 1 })
+    else {
+        panic!("a lease")
+    };
+    assert_eq!((block.index, block.version, base), (1, BlockVersion(2), BlockVersion(1)));
+    assert_eq!(expires_ms, now + LEASE_MS);
+    assert_eq!(replicas, [NodeId(5), NodeId(7)]);
+    // Readers still see the committed version: the write may never happen.
+    let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+    assert_eq!(meta.blocks[1].descriptor.version, BlockVersion::UNWRITTEN);
+    assert_eq!(meta.descriptor.version, 2);
+    let Outcome::Committed { block: done, .. } = commit(&mut d, 1, block.version) else {
+        panic!("committed")
+    };
+    assert_eq!(done.version, BlockVersion(2));
+    let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+    assert_eq!(meta.blocks[1].descriptor.version, BlockVersion(2));
+    assert_eq!(meta.blocks[0].descriptor.version, BlockVersion(1), "other blocks keep theirs");
+    assert_eq!(meta.descriptor.version, 3, "the file's metadata changed");
+    // A second commit of the same lease (a new request) finds no lease.
+    assert!(matches!(failed(commit(&mut d, 1, block.version)), NsError::LeaseLost { .. }));
+    assert!(matches!(
+        failed(d.run(Command::WriteLease { path: p("/f"), index: 3 })),
+        NsError::NotFound(_)
+    ));
+    // 65,535 more leases wrap the 16-bit version (65,535 values: 1 is skipped), and each
+    // still compares as newer than the last.
+    let mut last = BlockVersion(2);
+    for _ in 0..u16::MAX {
+        let (block, base) = lease(&mut d, 1);
+        assert_eq!(base, last);
+        assert!(block.version.is_newer_than(last));
+        assert!(matches!(commit(&mut d, 1, block.version), Outcome::Committed { .. }));
+        last = block.version;
+    }
+    assert_eq!(last, BlockVersion(2), "wrapped around, skipping version 1 (unwritten)");
+}
+
+#[test]
+fn a_lease_is_exclusive_until_it_runs_out_and_a_lost_lease_cannot_commit() {
+    let mut d = Driver::new();
+    d.create("/f");
+    d.expand("/f", 3000, 3);
+    let first = d.session;
+    let other = SessionId { client: ClientId(2), nonce: 7 };
+    let (a, _) = lease(&mut d, 0);
+    // The holder may ask again (a retry after a failed chain): a newer version, same base.
+    let (a2, base) = lease(&mut d, 0);
+    assert!(a2.version.is_newer_than(a.version));
+    assert_eq!(base, BlockVersion::UNWRITTEN);
+    d.session = other;
+    let held = failed(d.run(Command::WriteLease { path: p("/f"), index: 0 }));
+    assert!(matches!(held, NsError::LeaseHeld { client: 1, index: 0, .. }), "{held:?}");
+    assert!(held.to_string().contains("being written by client 1"), "{held}");
+    // Another block of the file is free, and the lease survives a snapshot.
+    lease(&mut d, 2);
+    let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert_eq!(restored.snapshot(), d.ns.snapshot());
+    d.ns = restored;
+    assert!(matches!(
+        failed(d.run(Command::WriteLease { path: p("/f"), index: 0 })),
+        NsError::LeaseHeld { .. }
+    ));
+    // Past its end, another writer takes the block, with a version never leased before;
+    // the first writer's late commit is refused.
+    d.time += LEASE_MS;
+    let (b, base) = lease(&mut d, 0);
+    assert!(b.version.is_newer_than(a2.version));
+    assert_eq!(base, BlockVersion::UNWRITTEN);
+    d.session = first;
+    assert!(matches!(failed(commit(&mut d, 0, a2.version)), NsError::LeaseLost { .. }));
+    d.session = other;
+    assert!(matches!(commit(&mut d, 0, b.version), Outcome::Committed { .. }));
+    assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap().blocks[0].descriptor.version, b.version);
+    // Removing the file drops its leases (the invariant check would catch one left).
+    d.run(Command::Remove { path: p("/f"), recursive: false });
+    assert!(d.ns.leases.is_empty());
+}
+
+#[test]
+fn the_lease_holder_may_swap_a_failed_replica_of_a_block_never_written() {
+    let mut d = Driver::new();
+    d.create("/f");
+    d.expand("/f", 3000, 3);
+    let swap = |d: &mut Driver, failed: u32, replacement: u32| {
+        d.run(Command::SwapReplica {
+            path: p("/f"),
+            index: 0,
+            failed: NodeId(failed),
+            replacement: NodeId(replacement),
+        })
+    };
+    let err = failed(swap(&mut d, 4, 6)).to_string();
+    assert!(err.contains("only the writer holding its lease"), "{err}");
+    lease(&mut d, 0);
+    assert_eq!(swap(&mut d, 4, 6), Outcome::Swapped { replicas: vec![NodeId(6), NodeId(7)] });
+    assert_eq!(d.ns.allocated().get(&NodeId(4)), None);
+    // Block 0 (1,024 bytes) and the last block, which holds the file's last 952 bytes:
+    // a block counts the bytes of the file it covers.
+    assert_eq!(d.ns.allocated().get(&NodeId(6)), Some(&(1024 + 952)));
+    assert!(failed(swap(&mut d, 9, 5)).to_string().contains("not one of its replicas"));
+    assert!(failed(swap(&mut d, 6, 7)).to_string().contains("already holds it"));
+    // The new lease names the new chain.
+    let Outcome::Leased { block, replicas, .. } =
+        d.run(Command::WriteLease { path: p("/f"), index: 0 })
+    else {
+        panic!("a lease")
+    };
+    assert_eq!(replicas, [NodeId(6), NodeId(7)]);
+    commit(&mut d, 0, block.version);
+    lease(&mut d, 0);
+    let err = failed(swap(&mut d, 6, 4)).to_string();
+    assert!(err.contains("holds written data"), "{err}");
+}
+
+#[test]
+fn repair_replaces_a_replica_only_at_the_version_copied_and_never_under_a_lease() {
+    let mut d = Driver::new();
+    d.create("/f");
+    d.expand("/f", 3000, 3);
+    let (block, _) = lease(&mut d, 0);
+    let id = block.file.id.0;
+    let replace = |d: &mut Driver, version: BlockVersion, remove: u32, add: u32| {
+        d.run(Command::ReplaceReplica {
+            file: id,
+            index: 0,
+            version,
+            remove: NodeId(remove),
+            add: NodeId(add),
+        })
+    };
+    let err = failed(replace(&mut d, BlockVersion(1), 4, 6)).to_string();
+    assert!(err.contains("write lease is in force"), "{err}");
+    commit(&mut d, 0, block.version);
+    let err = failed(replace(&mut d, BlockVersion(1), 4, 6)).to_string();
+    assert!(err.contains("at version 2 now, not 1"), "{err}");
+    assert!(failed(replace(&mut d, block.version, 9, 6)).to_string().contains("not one of"));
+    assert!(failed(replace(&mut d, block.version, 4, 7)).to_string().contains("already"));
+    assert_eq!(
+        replace(&mut d, block.version, 4, 6),
+        Outcome::Swapped { replicas: vec![NodeId(6), NodeId(7)] }
+    );
+    let view = d.ns.block(id, 0).unwrap();
+    assert_eq!(
+        (view.replicas, view.descriptor.version),
+        (&[NodeId(6), NodeId(7)][..], block.version)
+    );
+    assert_eq!(d.ns.allocated().get(&NodeId(4)), None, "block 0 was all node 4 held");
+    assert_eq!(d.ns.blocks().count(), 3);
+    assert_eq!(d.ns.files_under(&p("/")).unwrap(), vec![("/f".to_string(), id)]);
+    assert_eq!(
+        d.run(Command::SetDraining { server: NodeId(6), draining: true }),
+        Outcome::Draining { server: NodeId(6), draining: true }
+    );
+    assert!(d.ns.draining().contains(&NodeId(6)));
+    let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert_eq!(restored, d.ns, "draining marks survive a snapshot");
+    d.run(Command::SetDraining { server: NodeId(6), draining: false });
+    assert!(d.ns.draining().is_empty());
+}
+
+#[test]
+fn a_create_write_makes_leases_and_commits_a_small_file_in_one_entry_or_nothing() {
+    let mut d = Driver::new();
+    let create_write = |d: &mut Driver, path: &str, size: u64, placement: Vec<NodeId>| {
+        d.run(Command::CreateWrite {
+            path: p(path),
+            replication: 2,
+            block_size: BS,
+            size,
+            placement,
+        })
+    };
+    let Outcome::Leased { block, base, replicas, .. } =
+        create_write(&mut d, "/f", 100, vec![NodeId(4), NodeId(5)])
+    else {
+        panic!("a lease")
+    };
+    assert_eq!(block.index, 0);
+    assert_eq!(base, BlockVersion(1), "the write starts from the empty first version");
+    assert_eq!(replicas, [NodeId(4), NodeId(5)]);
+    assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&100), "a small file takes little");
+    // Readers see it only once committed, as any leased write.
+    let Ok(Stat::File(meta)) = d.ns.stat(&p("/f")) else { panic!("a file") };
+    assert_eq!((meta.size, meta.blocks[0].descriptor.version), (100, BlockVersion(1)));
+    commit(&mut d, 0, block.version);
+    let Ok(Stat::File(meta)) = d.ns.stat(&p("/f")) else { panic!("a file") };
+    assert_eq!(meta.blocks[0].descriptor.version, block.version);
+
+    // Every failure leaves nothing behind.
+    let before = d.ns.list(&p("/")).unwrap();
+    let exists = failed(create_write(&mut d, "/f", 10, vec![NodeId(4), NodeId(5)]));
+    assert!(matches!(exists, NsError::AlreadyExists(_)), "{exists}");
+    let bad = failed(create_write(&mut d, "/g", 10, vec![NodeId(4), NodeId(4)]));
+    assert!(matches!(bad, NsError::BadPlacement { .. }), "{bad}");
+    let big = failed(create_write(&mut d, "/g", u64::from(BS) + 1, vec![NodeId(4)]));
+    assert!(big.to_string().contains("does not fit one block"), "{big}");
+    assert!(matches!(failed(create_write(&mut d, "/g", 0, vec![])), NsError::BadSize { .. }));
+    assert_eq!(d.ns.list(&p("/")).unwrap(), before);
+    assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&100));
+}
+
+#[test]
+fn racing_expands_placed_from_one_view_both_apply() {
+    let mut d = Driver::new();
+    d.create("/f");
+    // Both were placed by the leader while the file had no blocks.
+    let sets =
+        |n: usize| (0..n).map(|i| vec![NodeId(4 + i as u32 % 2), NodeId(9)]).collect::<Vec<_>>();
+    let first = d.run(Command::ExpandFile {
+        path: p("/f"),
+        size: 2048,
+        first_block: 0,
+        placement: sets(2),
+    });
+    assert!(matches!(first, Outcome::Expanded { ref blocks, .. } if blocks.len() == 2));
+    let second = d.run(Command::ExpandFile {
+        path: p("/f"),
+        size: 4096,
+        first_block: 0,
+        placement: sets(4),
+    });
+    let Outcome::Expanded { blocks, .. } = second else { panic!("{second:?}") };
+    assert_eq!(
+        blocks.iter().map(|b| b.index).collect::<Vec<_>>(),
+        [2, 3],
+        "only the missing blocks"
+    );
+    // A placement that starts after the blocks the file has cannot be used.
+    let gap = d.run(Command::ExpandFile {
+        path: p("/f"),
+        size: 8192,
+        first_block: 6,
+        placement: sets(2),
+    });
+    assert!(matches!(failed(gap), NsError::BadPlacement { .. }));
+    // Allocation per data-server follows the block lists, and removal gives it back.
+    assert_eq!(d.ns.allocated().get(&NodeId(9)), Some(&(4 * u64::from(BS))));
+    assert_eq!(d.ns.allocated().get(&NodeId(4)), Some(&(2 * u64::from(BS))));
+    d.remove("/f", false);
+    assert!(d.ns.allocated().is_empty());
+}
+
+#[test]
+fn a_file_past_65536_blocks_is_a_clear_error() {
+    let mut d = Driver::new();
+    d.create("/big");
+    let max = u64::from(MAX_BLOCKS_PER_FILE) * u64::from(BS);
+    let err = failed(d.expand("/big", max + 1, 65_537));
+    assert!(matches!(err, NsError::FileTooLarge { blocks: 65_537, .. }), "{err}");
+    assert!(err.to_string().contains("at most 65536"), "{err}");
+    assert!(matches!(d.expand("/big", max, 65_536), Outcome::Expanded { .. }));
+    let last = d.ns.get_block_metadata(&p("/big"), u16::MAX).unwrap();
+    assert_eq!(last.descriptor.index, 65_535);
+}
+
+#[test]
+fn rename_is_atomic_and_never_moves_a_directory_into_itself() {
+    let mut d = Driver::new();
+    d.mkdir("/a/b", true);
+    d.create("/a/b/f");
+    assert_eq!(d.rename("/a/b/f", "/g"), Outcome::Renamed);
+    assert!(d.ns.stat(&p("/g")).is_ok());
+    assert!(d.ns.stat(&p("/a/b/f")).is_err());
+    assert_eq!(d.rename("/a", "/z"), Outcome::Renamed);
+    assert!(d.ns.stat(&p("/z/b")).is_ok());
+    assert_eq!(
+        failed(d.rename("/z", "/z/b/c")),
+        NsError::MoveIntoItself { from: "/z".into(), to: "/z/b/c".into() }
+    );
+    assert_eq!(d.rename("/z", "/z"), Outcome::Renamed, "onto itself is a no-op, as in POSIX");
+    assert_eq!(d.rename("/g", "/g"), Outcome::Renamed);
+    assert_eq!(failed(d.rename("/g", "/z/b")), NsError::AlreadyExists("/z/b".into()));
+    assert_eq!(failed(d.rename("/none", "/x")), NsError::NotFound("/none".into()));
+    assert_eq!(failed(d.rename("/g", "/none/x")), NsError::NotFound("/none".into()));
+    assert_eq!(failed(d.rename("/", "/x")), NsError::Root);
+    // A sibling whose name merely starts the same is not "inside".
+    d.mkdir("/ab", false);
+    assert_eq!(d.rename("/z", "/ab/z"), Outcome::Renamed);
+}
+
+#[test]
+fn remove_files_empty_dirs_and_trees() {
+    let mut d = Driver::new();
+    d.mkdir("/t/u/v", true);
+    d.create("/t/f1");
+    d.create("/t/u/f2");
+    d.create("/top");
+    assert_eq!(d.remove("/top", false), Outcome::Removed { files: 1, dirs: 0 });
+    assert_eq!(failed(d.remove("/t", false)), NsError::NotEmpty("/t".into()));
+    assert_eq!(d.remove("/t/u/v", false), Outcome::Removed { files: 0, dirs: 1 });
+    assert_eq!(d.remove("/t", true), Outcome::Removed { files: 2, dirs: 2 });
+    assert_eq!(d.ns.inode_count(), 1, "only the root is left");
+    assert_eq!(failed(d.remove("/", true)), NsError::Root);
+    assert_eq!(failed(d.remove("/t", true)), NsError::NotFound("/t".into()));
+}
+
+#[test]
+fn list_and_stat() {
+    let mut d = Driver::new();
+    d.mkdir("/d/sub", true);
+    d.create("/d/b");
+    d.create("/d/a");
+    d.expand("/d/a", 10, 1);
+    let names: Vec<(String, bool, u64)> =
+        d.ns.list(&p("/d")).unwrap().into_iter().map(|e| (e.name, e.is_dir, e.size)).collect();
+    assert_eq!(names, [("a".into(), false, 10), ("b".into(), false, 0), ("sub".into(), true, 0)]);
+    assert_eq!(d.ns.list(&p("/d/a")).unwrap()[0].name, "a");
+    assert_eq!(d.ns.list(&p("/x")), Err(NsError::NotFound("/x".into())));
+    assert_eq!(d.ns.list(&p("/d/a/x")), Err(NsError::NotADirectory("/d/a".into())));
+}
+
+#[test]
+fn listing_pages_by_name() {
+    let mut d = Driver::new();
+    for name in ["c", "a", "e", "b", "d"] {
+        d.create(&format!("/{name}"));
+    }
+    let names = |v: Vec<DirEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    let (page, more) = d.ns.list_page(&p("/"), "", 2).unwrap();
+    assert_eq!((names(page), more), (vec!["a".to_string(), "b".into()], true));
+    let (page, more) = d.ns.list_page(&p("/"), "b", 2).unwrap();
+    assert_eq!((names(page), more), (vec!["c".to_string(), "d".into()], true));
+    let (page, more) = d.ns.list_page(&p("/"), "d", 2).unwrap();
+    assert_eq!((names(page), more), (vec!["e".to_string()], false));
+    let (page, more) = d.ns.list_page(&p("/"), "zzz", 2).unwrap();
+    assert!(page.is_empty() && !more);
+}
+
+#[test]
+fn a_retried_request_gets_its_own_answer_not_already_exists() {
+    let mut d = Driver::new();
+    let entry = d.entry(Command::CreateFile { path: p("/once"), replication: 1, block_size: BS });
+    let first = d.ns.apply(&entry);
+    assert!(matches!(first, Outcome::Created(_)));
+    // The same request committed again (a retry across a leader change).
+    assert_eq!(d.ns.apply(&entry), first);
+    assert_eq!(d.ns.list(&p("/")).unwrap().len(), 1);
+    // Another session asking for the name gets "already exists".
+    let other = Entry {
+        session: SessionId { client: ClientId(1), nonce: 7 },
+        request_id: 1,
+        ..entry.clone()
+    };
+    assert_eq!(failed(d.ns.apply(&other)), NsError::AlreadyExists("/once".into()));
+    // An older request of a session after a newer one is refused, not applied.
+    d.create("/next");
+    let stale = Entry {
+        request_id: entry.request_id,
+        ..d.entry(Command::Remove { path: p("/once"), recursive: false })
+    };
+    assert!(matches!(failed(d.ns.apply(&stale)), NsError::Superseded { .. }));
+    assert!(d.ns.stat(&p("/once")).is_ok());
+}
+
+#[test]
+fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
+    let mut d = Driver::new();
+    let holder = SessionId { client: ClientId(2), nonce: 5 };
+    let open = Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 1_000 };
+    assert!(matches!(d.run(open.clone()), Outcome::SessionOpened { .. }));
+    let as_holder =
+        |request_id, time_ms, command| Entry { session: holder, request_id, time_ms, command };
+    d.ns.apply(&as_holder(1, d.time, open));
+    let take = Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None };
+    let first = d.ns.apply(&as_holder(2, d.time, take));
+    assert_eq!(first, Outcome::LockGranted { sequencer: 1 });
+    let wait =
+        d.entry(Command::Lock { path: p("/m"), mode: LockMode::Shared, wait_ms: Some(60_000) });
+    assert_eq!(d.ns.apply(&wait), Outcome::LockQueued);
+    let released = d.ns.apply(&as_holder(3, d.time, Command::Unlock { path: p("/m") }));
+    let Outcome::Woke { wakes } = released else { panic!("{released:?}") };
+    assert_eq!(wakes.len(), 1);
+    assert_eq!((wakes[0].session, wakes[0].request_id), (d.session, wait.request_id));
+    // The waiter's retry (at a new leader) learns it holds the lock.
+    assert_eq!(d.ns.apply(&wait), Outcome::LockGranted { sequencer: 2 });
+    // A retried unlock does not wake anyone twice.
+    let again = d.ns.apply(&as_holder(3, d.time, Command::Unlock { path: p("/m") }));
+    assert_eq!(again, Outcome::Woke { wakes: Vec::new() });
+    // KeepAlives are not deduplicated; a closed session's are refused.
+    for _ in 0..2 {
+        let kept = d.ns.apply(&as_holder(0, d.time + 5_000, Command::KeepAlive));
+        assert_eq!(kept, Outcome::KeptAlive { expires_ms: d.time + 15_000 });
+    }
+    d.ns.apply(&as_holder(4, d.time, Command::CloseSession));
+    let kept = d.ns.apply(&as_holder(0, d.time, Command::KeepAlive));
+    assert!(matches!(failed(kept), NsError::SessionExpired { client: 2 }));
+    // Locks survive a snapshot.
+    let back = Namespace::restore(&d.ns.snapshot()).unwrap();
+    let all = |ns: &Namespace| ns.lock_table().list(&p("/"), 10, 10);
+    assert_eq!(all(&back), all(&d.ns));
+    assert_eq!(back.lock_table().list(&p("/m"), 10, 10).0.len(), 1);
+}
+
+#[test]
+fn sessions_idle_past_the_ttl_are_forgotten() {
+    let mut d = Driver::new();
+    d.create("/x");
+    assert_eq!(d.ns.sessions.len(), 1);
+    d.time += SESSION_TTL_MS + 1;
+    let busy = SessionId { client: ClientId(2), nonce: 1 };
+    for i in 0..SESSION_SWEEP_EVERY {
+        let entry = Entry {
+            session: busy,
+            request_id: i + 1,
+            time_ms: d.time,
+            command: Command::Mkdir { path: p("/"), parents: true },
+        };
+        d.ns.apply(&entry);
+    }
+    assert_eq!(d.ns.sessions.len(), 1, "the idle session was swept");
+    assert!(d.ns.sessions.contains_key(&busy));
+}
+
+fn sample_entries() -> Vec<Entry> {
+    let mut d = Driver::new();
+    vec![
+        d.entry(Command::Mkdir { path: p("/a/b"), parents: true }),
+        d.entry(Command::CreateFile { path: p("/a/b/f"), replication: 2, block_size: BS }),
+        d.entry(Command::ExpandFile {
+            path: p("/a/b/f"),
+            size: 3000,
+            first_block: 0,
+            placement: vec![vec![NodeId(4), NodeId(5)]; 3],
+        }),
+        d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g") }),
+        d.entry(Command::CreateFile { path: p("/a/g"), replication: 2, block_size: BS }),
+        d.entry(Command::Remove { path: p("/a/b"), recursive: true }),
+        d.entry(Command::Mkdir { path: p("/a/g/h"), parents: false }),
+        d.entry(Command::CreateWrite {
+            path: p("/a/s"),
+            replication: 2,
+            block_size: BS,
+            size: 100,
+            placement: vec![NodeId(4), NodeId(5)],
+        }),
+        d.entry(Command::ReplaceReplica {
+            file: 4,
+            index: 1,
+            version: BlockVersion::UNWRITTEN,
+            remove: NodeId(5),
+            add: NodeId(6),
+        }),
+        d.entry(Command::SetDraining { server: NodeId(4), draining: true }),
+        d.entry(Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 2_000 }),
+        d.entry(Command::Lock { path: p("/l"), mode: LockMode::Exclusive, wait_ms: None }),
+        d.entry(Command::Lock { path: p("/l"), mode: LockMode::Shared, wait_ms: Some(5_000) }),
+        d.entry(Command::KeepAlive),
+        d.entry(Command::Unlock { path: p("/l") }),
+        d.entry(Command::Clock { expire: vec![SessionId { client: ClientId(9), nonce: 3 }] }),
+        d.entry(Command::CloseSession),
+    ]
+}
+
+#[test]
+fn entries_round_trip_and_bad_bytes_are_refused() {
+    for entry in sample_entries() {
+        let bytes = entry.encode();
+        assert_eq!(Entry::decode(&bytes).unwrap(), entry);
+        for cut in 0..bytes.len() {
+            assert!(Entry::decode(&bytes[..cut]).is_err());
+        }
+    }
+    let mut bad_path = sample_entries()[0].encode();
+    let end = bad_path.len() - 1; // the path "/a/b", then the parents flag
+    bad_path[end - 4..end].copy_from_slice(b"/./b");
+    assert!(Entry::decode(&bad_path).is_err(), "an invalid path never reaches apply");
+}
+
+#[test]
+fn replicas_applying_one_log_agree_byte_for_byte_and_snapshots_restore() {
+    let mut a = Namespace::new();
+    let mut b = Namespace::new();
+    let mut outcomes = Vec::new();
+    for entry in sample_entries() {
+        outcomes.push(a.apply(&entry));
+        // b applies the encoded form, as a follower reading the log would.
+        b.apply(&Entry::decode(&entry.encode()).unwrap());
+    }
+    assert!(matches!(outcomes[4], Outcome::Failed(NsError::AlreadyExists(_))));
+    assert!(matches!(outcomes[6], Outcome::Failed(NsError::NotADirectory(_))));
+    assert_eq!(a.snapshot(), b.snapshot());
+    let restored = Namespace::restore(&a.snapshot()).unwrap();
+    assert_eq!(restored, a);
+    assert_eq!(restored.snapshot(), a.snapshot());
+}
+
+fn testdata(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+}
+
+/// The state of the golden files: the sample entries, then a write lease on /a/g block 1
+/// (formats 2 and up keep leases) and a lock held on /l (format 4 keeps locks), applied
+/// by a fresh namespace.
+fn golden_state(entries: &[Entry]) -> Namespace {
+    let mut d = Driver::new();
+    for entry in entries {
+        d.ns.apply(entry);
+    }
+    d.next_request = 1000;
+    d.time = 5000;
+    d.run(Command::WriteLease { path: p("/a/g"), index: 1 });
+    d.run(Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 2_000 });
+    d.run(Command::Lock { path: p("/l"), mode: LockMode::Exclusive, wait_ms: None });
+    d.ns
+}
+
+fn entries_of(hex: &str) -> Vec<Entry> {
+    hex.lines()
+        .map(|line| {
+            let bytes = meshfs_test_kit::golden::unhex(line);
+            let entry = Entry::decode(&bytes).unwrap();
+            assert_eq!(entry.encode(), bytes, "an old entry re-encodes to its own bytes");
+            entry
+        })
+        .collect()
+}
+
+#[test]
+fn golden_entries_and_snapshot() {
+    let entries = sample_entries();
+    let hex: String =
+        entries.iter().map(|e| meshfs_test_kit::golden::hex(&e.encode()) + "\n").collect();
+    meshfs_test_kit::golden::check_text(testdata("entries.hex"), &hex);
+    let ns = golden_state(&entries);
+    assert_eq!(ns.leases.len(), 2, "the create-write's lease and the golden one");
+    assert_ne!(ns.locks, LockTable::new(), "the lock table has something to write");
+    meshfs_test_kit::golden::check_bytes(testdata("snapshot.bin"), &ns.snapshot());
+}
+
+/// Logs and snapshots written by older builds, kept as they wrote them: every entry still
+/// decodes (to the same bytes), and each snapshot restores to the very state that
+/// replaying its build's entries gives today, minus what its format did not keep.
+#[test]
+fn old_logs_and_snapshots_are_still_read() {
+    for format in 1..SNAPSHOT_FORMAT {
+        let dir = format!("format{format}");
+        let text = String::from_utf8(meshfs_test_kit::golden::read(testdata(&format!(
+            "{dir}/entries.hex"
+        ))))
+        .unwrap();
+        let entries = entries_of(&text);
+        let bytes = meshfs_test_kit::golden::read(testdata(&format!("{dir}/snapshot.bin")));
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), format, "{dir}");
+        let restored = Namespace::restore(&bytes).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let mut replayed = golden_state(&entries);
+        if format < 2 {
+            // Format 1's build had no leases, so the golden lease was never taken.
+            replayed = Namespace::new();
+            for entry in &entries {
+                replayed.apply(entry);
+            }
+        }
+        if format < 4 {
+            replayed.locks = LockTable::new();
+        }
+        assert_eq!(restored.nodes, replayed.nodes, "{dir}: inodes");
+        assert_eq!(restored.leases, replayed.leases, "{dir}: leases");
+        assert_eq!(restored.draining, replayed.draining, "{dir}: draining");
+        assert_eq!(restored.next_id, replayed.next_id, "{dir}: next id");
+        assert_eq!(restored.allocated, replayed.allocated, "{dir}: allocation");
+        assert_eq!(restored.locks, replayed.locks, "{dir}: locks");
+        // Written again, it is today's format and restores to itself.
+        let again = Namespace::restore(&restored.snapshot()).unwrap();
+        assert_eq!(again, restored, "{dir}");
+    }
+}
+
+#[test]
+fn damaged_snapshots_are_refused() {
+    let mut d = Driver::new();
+    for entry in sample_entries() {
+        d.ns.apply(&entry);
+    }
+    let good = d.ns.snapshot();
+    assert_eq!(Namespace::restore(&good[..good.len() - 1]), Err(SnapshotError::Checksum));
+    let mut flipped = good.clone();
+    flipped[10] ^= 1;
+    assert_eq!(Namespace::restore(&flipped), Err(SnapshotError::Checksum));
+    assert_eq!(Namespace::restore(&[]), Err(SnapshotError::Truncated));
+    // Well-formed and checksummed, but inconsistent: a file's size disagrees with its
+    // block list. Restore checks every invariant and refuses it.
+    let Stat::File(meta) = d.ns.stat(&p("/a/g")).unwrap() else { panic!("a file") };
+    if let Kind::File(file) = &mut d.ns.nodes.get_mut(&meta.descriptor.id.0).unwrap().kind {
+        file.size += 10 * u64::from(file.block_size);
+    }
+    let err = Namespace::restore(&d.ns.snapshot()).unwrap_err();
+    assert!(matches!(&err, SnapshotError::Invalid(why) if why.contains("blocks for")), "{err}");
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic_entry_or_snapshot_decoding(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Entry::decode(&bytes);
+        let _ = Namespace::restore(&bytes);
+        let mut with_crc = bytes.clone();
+        with_crc.extend_from_slice(&crc32fast::hash(&bytes).to_be_bytes());
+        let _ = Namespace::restore(&with_crc);
+    }
+}
+
+// ---- model test: random operations against a map of paths ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Mkdir(usize, bool),
+    Create(usize),
+    Rename(usize, usize),
+    Remove(usize, bool),
+    Snapshot,
+}
+
+const NAMES: [&str; 9] = ["/a", "/b", "/a/c", "/a/d", "/b/c", "/a/c/e", "/b/c/e", "/a/d/f", "/e"];
+
+fn op() -> impl Strategy<Value = Op> {
+    let i = 0..NAMES.len();
+    prop_oneof![
+        (i.clone(), any::<bool>()).prop_map(|(a, b)| Op::Mkdir(a, b)),
+        i.clone().prop_map(Op::Create),
+        (i.clone(), i.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        (i, any::<bool>()).prop_map(|(a, b)| Op::Remove(a, b)),
+        Just(Op::Snapshot),
+    ]
+}
+
+/// The model: path -> is_dir. Simple rules, written independently of the namespace.
+fn model_apply(model: &mut Model<String, bool>, op: &Op) -> bool {
+    let parent = |path: &str| path.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+    let is_dir =
+        |m: &Model<String, bool>, path: &str| path.is_empty() || m.get(path) == Some(&true);
+    match *op {
+        Op::Mkdir(i, parents) => {
+            let path = NAMES[i];
+            if parents {
+                let mut prefix = String::new();
+                let parts: Vec<&str> = path.split('/').skip(1).collect();
+                for part in &parts {
+                    prefix = format!("{prefix}/{part}");
+                    if model.get(&prefix) == Some(&false) {
+                        return false;
+                    }
+                }
+                prefix.clear();
+                for part in parts {
+                    prefix = format!("{prefix}/{part}");
+                    model.entry(prefix.clone()).or_insert(true);
+                }
+                true
+            } else if model.contains_key(path) || !is_dir(model, &parent(path)) {
+                false
+            } else {
+                model.insert(path.to_string(), true);
+                true
+            }
+        }
+        Op::Create(i) => {
+            let path = NAMES[i];
+            if model.contains_key(path) || !is_dir(model, &parent(path)) {
+                return false;
+            }
+            model.insert(path.to_string(), false);
+            true
+        }
+        Op::Rename(i, j) => {
+            let (from, to) = (NAMES[i], NAMES[j]);
+            let Some(&from_dir) = model.get(from) else { return false };
+            if from == to {
+                return true;
+            }
+            let inside = to.starts_with(&format!("{from}/"));
+            if (from_dir && inside) || model.contains_key(to) || !is_dir(model, &parent(to)) {
+                return false;
+            }
+            let moved: Vec<(String, bool)> = model
+                .iter()
+                .filter(|(k, _)| *k == from || k.starts_with(&format!("{from}/")))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            for (k, v) in moved {
+                model.remove(&k);
+                model.insert(format!("{to}{}", &k[from.len()..]), v);
+            }
+            true
+        }
+        Op::Remove(i, recursive) => {
+            let path = NAMES[i];
+            if !model.contains_key(path) {
+                return false;
+            }
+            let below: Vec<String> =
+                model.keys().filter(|k| k.starts_with(&format!("{path}/"))).cloned().collect();
+            if !below.is_empty() && !recursive {
+                return false;
+            }
+            for k in below {
+                model.remove(&k);
+            }
+            model.remove(path);
+            true
+        }
+        Op::Snapshot => true,
+    }
+}
+
+fn walk(ns: &Namespace, dir: &str, out: &mut Model<String, bool>) {
+    let path = if dir.is_empty() { MeshPath::root() } else { p(dir) };
+    for e in ns.list(&path).unwrap() {
+        let child = format!("{dir}/{}", e.name);
+        out.insert(child.clone(), e.is_dir);
+        if e.is_dir {
+            walk(ns, &child, out);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn the_namespace_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut d = Driver::new();
+        let mut model = Model::new();
+        for op in &ops {
+            let expect_ok = model_apply(&mut model, op);
+            let outcome = match *op {
+                Op::Mkdir(i, parents) => d.mkdir(NAMES[i], parents),
+                Op::Create(i) => d.create(NAMES[i]),
+                Op::Rename(i, j) => d.rename(NAMES[i], NAMES[j]),
+                Op::Remove(i, r) => d.remove(NAMES[i], r),
+                Op::Snapshot => {
+                    d.ns = Namespace::restore(&d.ns.snapshot()).unwrap();
+                    Outcome::Mkdir
+                }
+            };
+            prop_assert_eq!(!matches!(outcome, Outcome::Failed(_)), expect_ok, "{:?} gave {:?}", op, outcome);
+            let mut seen = Model::new();
+            walk(&d.ns, "", &mut seen);
+            prop_assert_eq!(&seen, &model, "after {:?}", op);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Tree operations: mkdir, create, rename and remove. Each checks everything first, then
+//! changes the tree, so a failed entry changes nothing.
+
+use std::collections::BTreeMap;
+
+use super::blocks::block_span;
+use super::entry::Outcome;
+use super::inode::{Dir, File, Kind, Node};
+use super::{Namespace, ROOT_ID, path_str};
+use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
+use crate::error::NsError;
+use crate::path::MeshPath;
+
+impl Namespace {
+    pub(super) fn insert_child(&mut self, parent: u32, name: &str, id: u32, node: Node, now: u64) {
+        self.nodes.insert(id, node);
+        let dir = self.dir_mut(parent);
+        let previous = dir.children.insert(name.into(), id);
+        assert!(previous.is_none(), "inserting {name:?} over an existing entry");
+        dir.mtime_ms = now;
+    }
+
+    pub(super) fn mkdir(
+        &mut self,
+        path: &MeshPath,
+        parents: bool,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        if path.is_root() {
+            return if parents {
+                Ok(Outcome::Mkdir)
+            } else {
+                Err(NsError::AlreadyExists("/".into()))
+            };
+        }
+        if !parents {
+            let (parent, name) = self.parent_dir(path)?;
+            if self.dir_child(parent, name).is_some() {
+                return Err(NsError::AlreadyExists(path_str(path)));
+            }
+            let id = self.new_id()?;
+            let node =
+                Node { parent, kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }) };
+            self.insert_child(parent, name, id, node, now);
+            return Ok(Outcome::Mkdir);
+        }
+        // Check the whole path before changing anything, so a failure leaves nothing behind.
+        let mut id = ROOT_ID;
+        let mut walked = String::new();
+        let mut missing_from = None;
+        for (depth, component) in path.components().enumerate() {
+            walked.push('/');
+            walked.push_str(component);
+            match self.dir_child(id, component) {
+                Some(child) => match self.nodes[&child].kind {
+                    Kind::Dir(_) => id = child,
+                    Kind::File(_) => return Err(NsError::NotADirectory(walked)),
+                },
+                None => {
+                    missing_from = Some(depth);
+                    break;
+                }
+            }
+        }
+        let Some(start) = missing_from else { return Ok(Outcome::Mkdir) };
+        let missing: Vec<&str> = path.components().skip(start).collect();
+        if self.next_id.checked_add(missing.len() as u32).is_none() {
+            return Err(NsError::OutOfIds);
+        }
+        for name in missing {
+            let child = self.new_id()?;
+            let node = Node {
+                parent: id,
+                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }),
+            };
+            self.insert_child(id, name, child, node, now);
+            id = child;
+        }
+        Ok(Outcome::Mkdir)
+    }
+
+    pub(super) fn dir_child(&self, dir: u32, name: &str) -> Option<u32> {
+        match &self.nodes[&dir].kind {
+            Kind::Dir(d) => d.children.get(name).copied(),
+            Kind::File(_) => None,
+        }
+    }
+
+    pub(super) fn create_file(
+        &mut self,
+        path: &MeshPath,
+        replication: u8,
+        block_size: u32,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        if !(1..=MAX_REPLICAS).contains(&replication) {
+            return Err(NsError::BadReplication(replication));
+        }
+        assert!(block_size > 0, "block size 0 reached the state machine");
+        let (parent, name) = self.parent_dir(path)?;
+        if self.dir_child(parent, name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(path)));
+        }
+        let id = self.new_id()?;
+        let file = File {
+            version: 1,
+            size: 0,
+            block_size,
+            replication,
+            ctime_ms: now,
+            mtime_ms: now,
+            blocks: Box::new([]),
+        };
+        self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file) }, now);
+        Ok(Outcome::Created(FileDescriptor { id: FileId(id), version: 1 }))
+    }
+
+    pub(super) fn rename(
+        &mut self,
+        from: &MeshPath,
+        to: &MeshPath,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        if from.is_root() || to.is_root() {
+            return Err(NsError::Root);
+        }
+        let id = self.lookup(from)?;
+        if from == to {
+            return Ok(Outcome::Renamed);
+        }
+        if matches!(self.nodes[&id].kind, Kind::Dir(_)) && to.starts_with(from) {
+            return Err(NsError::MoveIntoItself { from: path_str(from), to: path_str(to) });
+        }
+        let (new_parent, new_name) = self.parent_dir(to)?;
+        if self.dir_child(new_parent, new_name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(to)));
+        }
+        let (_, old_name) = from.split_last().expect("not root");
+        let old_parent = self.nodes[&id].parent;
+        let old_dir = self.dir_mut(old_parent);
+        old_dir.children.remove(old_name);
+        old_dir.mtime_ms = now;
+        let new_dir = self.dir_mut(new_parent);
+        new_dir.children.insert(new_name.into(), id);
+        new_dir.mtime_ms = now;
+        self.nodes.get_mut(&id).expect("live").parent = new_parent;
+        Ok(Outcome::Renamed)
+    }
+
+    pub(super) fn remove(
+        &mut self,
+        path: &MeshPath,
+        recursive: bool,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        if path.is_root() {
+            return Err(NsError::Root);
+        }
+        let id = self.lookup(path)?;
+        if let Kind::Dir(dir) = &self.nodes[&id].kind
+            && !dir.children.is_empty()
+            && !recursive
+        {
+            return Err(NsError::NotEmpty(path_str(path)));
+        }
+        let (_, name) = path.split_last().expect("not root");
+        let parent = self.nodes[&id].parent;
+        let dir = self.dir_mut(parent);
+        dir.children.remove(name);
+        dir.mtime_ms = now;
+        let (mut files, mut dirs) = (0, 0);
+        let mut stack = vec![id];
+        while let Some(next) = stack.pop() {
+            match self.nodes.remove(&next).expect("tree nodes are live").kind {
+                Kind::Dir(dir) => {
+                    dirs += 1;
+                    stack.extend(dir.children.values());
+                }
+                Kind::File(file) => {
+                    files += 1;
+                    if !self.leases.is_empty() {
+                        self.leases.retain(|&(file_id, _), _| file_id != next);
+                    }
+                    for (i, block) in file.blocks.iter().enumerate() {
+                        let span = block_span(file.size, file.block_size, i as u64);
+                        for server in block.replicas.iter() {
+                            if let Some(bytes) = self.allocated.get_mut(server) {
+                                *bytes -= span;
+                                if *bytes == 0 {
+                                    self.allocated.remove(server);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Outcome::Removed { files, dirs })
+    }
+}
