@@ -35,7 +35,7 @@ pub fn common_reply(frame: &Frame, status: impl FnOnce() -> StatusReply) -> Hand
 pub fn unsupported(role: Role, request: &Message) -> Message {
     Message::Error {
         code: ErrorCode::Unsupported,
-        message: format!("a {role} does not serve message kind {}", request.kind()),
+        message: format!("a {role} does not serve message kind {}", request.kind().code()),
     }
 }
 
@@ -66,7 +66,7 @@ mod tests {
             common_reply(&Message::StatusRequest.to_frame(1), status),
             Handled::Answered(Message::StatusReply(status()))
         );
-        let bad = Frame::new(crate::wire::KIND_STATUS_REPLY, 1, vec![1, 2]);
+        let bad = Frame::new(crate::wire::Kind::StatusReply.code(), 1, vec![1, 2]);
         assert!(matches!(
             common_reply(&bad, status),
             Handled::Answered(Message::Error { code: ErrorCode::BadRequest, .. })

@@ -281,7 +281,7 @@ fn worker(
                 };
                 // Encoded and checksummed here, so the event loop only queues the bytes.
                 let message = Message::BlockData(reply);
-                let frame = Frame::checksummed(message.kind(), request, message.encode());
+                let frame = Frame::checksummed(message.kind().code(), request, message.encode());
                 Some(DiskDone::Read { to, frame })
             }
         };

@@ -46,9 +46,8 @@ use meshfs_core::request::{Handled, common_reply, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::token::TokenOp;
 use meshfs_core::wire::{
-    BlockData, DataReport, KIND_BLOCK_COMMITTED, KIND_BLOCK_DATA, KIND_DELETE_REPLICA,
-    KIND_READ_BLOCK, KIND_REPAIR, KIND_WRITE_ACK, KIND_WRITE_CHUNK, MAX_CHUNK_BYTES,
-    MAX_REPORT_BLOCKS, Message, ReadBlock, RepairTask, WriteAck, WriteChunk,
+    BlockData, DataReport, Kind, MAX_CHUNK_BYTES, MAX_REPORT_BLOCKS, Message, ReadBlock,
+    RepairTask, WriteAck, WriteChunk,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, NodeId, Role};
@@ -834,7 +833,7 @@ impl Service for DataServer {
                 self.sweep(node, Some(Upstream::Client(conn)), None)
             }
             GroupEvent::Message { from, frame }
-                if frame.kind == KIND_WRITE_CHUNK || frame.kind == KIND_WRITE_ACK =>
+                if frame.kind == Kind::WriteChunk.code() || frame.kind == Kind::WriteAck.code() =>
             {
                 let from_dserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::DServer);
@@ -858,7 +857,7 @@ impl Service for DataServer {
                 }
             }
             GroupEvent::Message { from, frame }
-                if frame.kind == KIND_READ_BLOCK || frame.kind == KIND_BLOCK_DATA =>
+                if frame.kind == Kind::ReadBlock.code() || frame.kind == Kind::BlockData.code() =>
             {
                 let from_dserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::DServer);
@@ -874,7 +873,8 @@ impl Service for DataServer {
                 }
             }
             GroupEvent::Message { from, frame }
-                if frame.kind == KIND_REPAIR || frame.kind == KIND_DELETE_REPLICA =>
+                if frame.kind == Kind::Repair.code()
+                    || frame.kind == Kind::DeleteReplica.code() =>
             {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
@@ -887,7 +887,7 @@ impl Service for DataServer {
                     Err(err) => warn!("bad repair order from {from}: {err}"),
                 }
             }
-            GroupEvent::Message { from, frame } if frame.kind == KIND_BLOCK_COMMITTED => {
+            GroupEvent::Message { from, frame } if frame.kind == Kind::BlockCommitted.code() => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
                 match Message::decode(&frame) {
@@ -921,7 +921,7 @@ impl Service for DataServer {
                     Handled::ForRole(request) => {
                         warn!(
                             "client {client} sent message kind {}, which a data-server does not serve",
-                            request.kind()
+                            request.kind().code()
                         );
                         unsupported(node.role(), &request)
                     }

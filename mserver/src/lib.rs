@@ -38,10 +38,8 @@ use meshfs_core::session::SessionId;
 use meshfs_core::status::node_status;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
-    DataReport, KIND_DATA_REPORT, KIND_RAFT, KIND_REPAIR_DONE, KIND_REPLICA_DAMAGED,
-    KIND_SNAPSHOT_CHUNK, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS,
-    Message, MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk,
-    StatusReply,
+    DataReport, Kind, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
+    MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk, StatusReply,
 };
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
 use meshfs_group::{ClientId, GroupEvent, Heal, Locks, NodeId, Role};
@@ -683,7 +681,7 @@ impl Service for MetaServer {
                 self.confirmed.retain(|(_, w, _)| w.conn != conn);
             }
             GroupEvent::PeerUp { .. } => {}
-            GroupEvent::Message { from, frame } if frame.kind == KIND_RAFT => {
+            GroupEvent::Message { from, frame } if frame.kind == Kind::Raft.code() => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
                 if !from_mserver {
@@ -693,7 +691,7 @@ impl Service for MetaServer {
                 self.replica.step(u64::from(from.0), &frame.body);
                 self.flush(node);
             }
-            GroupEvent::Message { from, frame } if frame.kind == KIND_DATA_REPORT => {
+            GroupEvent::Message { from, frame } if frame.kind == Kind::DataReport.code() => {
                 let from_dserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::DServer);
                 match Message::decode(&frame) {
@@ -707,7 +705,8 @@ impl Service for MetaServer {
                 }
             }
             GroupEvent::Message { from, frame }
-                if frame.kind == KIND_REPAIR_DONE || frame.kind == KIND_REPLICA_DAMAGED =>
+                if frame.kind == Kind::RepairDone.code()
+                    || frame.kind == Kind::ReplicaDamaged.code() =>
             {
                 let from_dserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::DServer);
@@ -729,7 +728,7 @@ impl Service for MetaServer {
                     Err(err) => warn!("bad repair message from {from}: {err}"),
                 }
             }
-            GroupEvent::Message { from, frame } if frame.kind == KIND_SNAPSHOT_CHUNK => {
+            GroupEvent::Message { from, frame } if frame.kind == Kind::SnapshotChunk.code() => {
                 let from_mserver =
                     node.config().server(from).is_some_and(|s| s.role == Role::MServer);
                 match Message::decode(&frame) {

@@ -1,0 +1,825 @@
+//! The meta protocol: a client's namespace requests ([`MetaRequest`], one [`MetaOp`] each)
+//! and the meta-servers' answers ([`MetaReply`]), with fsck reports and lock listings.
+//!
+//! A request is `u64 session, u64 request id, u8 op` ([`OpCode`]) and the op's fields; a
+//! reply is a `u8` tag ([`ReplyTag`]) and its fields. Both tables are below; numbers never
+//! change meaning. Listings and block lists come in pages ([`MAX_LIST_PAGE`],
+//! [`MAX_STAT_BLOCKS`]) so that no reply outgrows a frame.
+//!
+//! | op | [`MetaOp`] | fields |
+//! |---|---|---|
+//! | 1 | `Mkdir` | `str path, bool parents` |
+//! | 2 | `Create` | `str path, u8 replication` (0: the cluster's) |
+//! | 3 | `Rename` | `str from, str to` |
+//! | 4 | `Remove` | `str path, bool recursive` |
+//! | 5 | `Stat` | `str path, u32 first block` |
+//! | 6 | `List` | `str path, str after, u32 limit` |
+//! | 7 | `Expand` | `str path, u64 size` |
+//! | 8 | `WriteLease` | `str path, u16 block index` |
+//! | 9 | `ReportBadReplica` | block descriptor, `u32 data-server, str reason` |
+//! | 10 | `CommitWrite` | `str path, u16 block index, u16 version` |
+//! | 11 | `SwapReplica` | `str path, u16 block index, u32 failed` |
+//! | 12 | `CreateWrite` | `str path, u8 replication, u64 size` |
+//! | 13 | `Drain` | `u32 server, bool draining` |
+//! | 14 | `Fsck` | `str path` |
+//! | 15 | `OpenSession` | |
+//! | 16 | `KeepAlive` | |
+//! | 17 | `CloseSession` | |
+//! | 18 | `Lock` | `str path, u8 mode, bool waits, u64 wait ms` |
+//! | 19 | `Unlock` | `str path` |
+//! | 20 | `Locks` | `str path` |
+//!
+//! | tag | [`MetaReply`] | fields |
+//! |---|---|---|
+//! | 1 | `Done` | |
+//! | 2 | `Created` | file descriptor |
+//! | 3 | `Removed` | `u64 files, u64 dirs` |
+//! | 4 | `Stat` | a stat, `u32 total blocks, u32 first block` |
+//! | 5 | `List` | `u32 count`, entries, `bool more` |
+//! | 6 | `NotLeader` | `u32 leader` (0: unknown) |
+//! | 7 | `Failed` | a namespace error ([`NsError::write`]) |
+//! | 8 | `Unavailable` | `str reason` |
+//! | 9 | `Expanded` | file descriptor, `u32 new blocks` |
+//! | 10 | `Lease` | a [`Token`]: the block at its new version, its chain, client, expiry, MAC |
+//! | 11 | `Fsck` | an [`FsckReport`] |
+//! | 12 | `Session` | `u64 lease ms, u64 lock delay ms` |
+//! | 13 | `Locked` | `u64 sequencer` |
+//! | 14 | `Locks` | `u32 count`, locks with holders and waiters, `bool more` |
+
+use meshfs_group::NodeId;
+use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
+
+use super::status::{HealthCounts, read_health, write_health};
+use super::wire_codes;
+use crate::descriptor::{
+    BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
+};
+use crate::error::NsError;
+use crate::locks::{Holder, LockInfo, LockMode, Waiting};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
+use crate::path::{MeshPath, read_path, write_path};
+use crate::token::Token;
+
+/// Most directory entries in one list reply (each at most about 270 bytes).
+pub const MAX_LIST_PAGE: u32 = 2048;
+/// Most blocks described in one stat reply (each at most 12 + 1 + 16 * 4 bytes).
+pub const MAX_STAT_BLOCKS: u32 = 8192;
+
+const _: () =
+    assert!((MAX_LIST_PAGE as usize) * 280 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
+const _: () = assert!(
+    (MAX_STAT_BLOCKS as usize) * 77 + 256 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize
+);
+
+/// A namespace request from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// The client process's random session number.
+    pub session: u64,
+    /// The request's number in the session; a retry reuses it.
+    pub request_id: u64,
+    /// What to do.
+    pub op: MetaOp,
+}
+
+/// A namespace operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaOp {
+    /// `mkdir [-p]`.
+    Mkdir {
+        /// The directory.
+        path: MeshPath,
+        /// Make parents; accept an existing directory.
+        parents: bool,
+    },
+    /// `create_file_meta_data`.
+    Create {
+        /// The file.
+        path: MeshPath,
+        /// Copies per block; 0 for the cluster's default.
+        replication: u8,
+    },
+    /// `rename`.
+    Rename {
+        /// The source.
+        from: MeshPath,
+        /// The destination (must not exist).
+        to: MeshPath,
+    },
+    /// A new file of `size` bytes (at most one block) with a write lease on its block, in
+    /// one consensus round: what a small file's create, expand and lease would do.
+    CreateWrite {
+        /// The file.
+        path: MeshPath,
+        /// Copies per block; 0 for the cluster's default.
+        replication: u8,
+        /// Its size, 1 byte to one block.
+        size: u64,
+    },
+    /// `remove [-r]`.
+    Remove {
+        /// The path.
+        path: MeshPath,
+        /// Remove a whole tree.
+        recursive: bool,
+    },
+    /// `stat` / `get_file_meta_data`, blocks from `first_block` on.
+    Stat {
+        /// The path.
+        path: MeshPath,
+        /// First block to describe.
+        first_block: u32,
+    },
+    /// `expand_file_size`: grow a file to `size` bytes, placing its new blocks.
+    Expand {
+        /// The file.
+        path: MeshPath,
+        /// Its new size.
+        size: u64,
+    },
+    /// A write lease on one block: a new version to write, its chain and a token.
+    WriteLease {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+    },
+    /// The lease holder's chain failed at `failed`, and the block was never written: put
+    /// another live data-server in its place (then lease again).
+    SwapReplica {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The data-server that failed.
+        failed: NodeId,
+    },
+    /// The leased write is durable on every replica: make its version the block's.
+    CommitWrite {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The version the lease granted.
+        version: BlockVersion,
+    },
+    /// A client found a replica down or damaged (a read failed there).
+    ReportBadReplica {
+        /// The block, at the version read.
+        block: BlockDescriptor,
+        /// The data-server that failed.
+        server: NodeId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Mark a data-server draining (its blocks move off it) or clear the mark.
+    Drain {
+        /// The data-server.
+        server: NodeId,
+        /// Draining or not.
+        draining: bool,
+    },
+    /// Check every block of the files at or under `path` against the data-servers' reports.
+    Fsck {
+        /// Where to start.
+        path: MeshPath,
+    },
+    /// Open a lock session (the request's session number names it), with the cluster's
+    /// lease length and lock-delay.
+    OpenSession,
+    /// Renew the session's lease.
+    KeepAlive,
+    /// Close the session: its locks are released at once.
+    CloseSession,
+    /// Take a lock; with `wait_ms`, wait in its queue that long at most (the answer comes
+    /// when granted or given up).
+    Lock {
+        /// The lock.
+        path: MeshPath,
+        /// Shared or exclusive.
+        mode: LockMode,
+        /// `None`: try only.
+        wait_ms: Option<u64>,
+    },
+    /// Give back one hold of a lock (or cancel the session's wait for it).
+    Unlock {
+        /// The lock.
+        path: MeshPath,
+    },
+    /// The locks at or under `path`, holders and waiters.
+    Locks {
+        /// Where to look.
+        path: MeshPath,
+    },
+    /// `list`: entries after `after` (by name), at most `limit`.
+    List {
+        /// The directory.
+        path: MeshPath,
+        /// List names after this one ("" for the start).
+        after: String,
+        /// Most entries wanted (capped at [`MAX_LIST_PAGE`]).
+        limit: u32,
+    },
+}
+
+impl MetaOp {
+    /// Whether the operation changes the namespace (goes through the log).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            MetaOp::Stat { .. }
+                | MetaOp::List { .. }
+                | MetaOp::ReportBadReplica { .. }
+                | MetaOp::Fsck { .. }
+                | MetaOp::Locks { .. }
+        )
+    }
+}
+
+/// The answer to a [`MetaRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaReply {
+    /// mkdir or rename done.
+    Done,
+    /// A write lease: the token names the block at its new version and its chain.
+    Lease(Token),
+    /// A file grew.
+    Expanded {
+        /// The file at its new version.
+        file: FileDescriptor,
+        /// Blocks added.
+        new_blocks: u32,
+    },
+    /// The file made.
+    Created(FileDescriptor),
+    /// What a remove removed.
+    Removed {
+        /// Files.
+        files: u64,
+        /// Directories.
+        dirs: u64,
+    },
+    /// A stat; for files, blocks from `first_block`, at most [`MAX_STAT_BLOCKS`].
+    Stat {
+        /// The stat.
+        stat: Stat,
+        /// Blocks the file has in all.
+        total_blocks: u32,
+        /// Index of the first block in `stat`.
+        first_block: u32,
+    },
+    /// A page of a listing.
+    List {
+        /// The entries, by name.
+        entries: Vec<DirEntry>,
+        /// More entries follow the last one.
+        more: bool,
+    },
+    /// Ask the leader instead (if known).
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The namespace refused it.
+    Failed(NsError),
+    /// The server could not take it now (e.g. an election); retry.
+    Unavailable(String),
+    /// What fsck found.
+    Fsck(FsckReport),
+    /// A lock session is open (or renewed).
+    Session {
+        /// Its lease length.
+        lease_ms: u64,
+        /// How long its locks stay ungranted if it expires holding them.
+        lock_delay_ms: u64,
+    },
+    /// A lock is the session's.
+    Locked {
+        /// The grant's sequencer.
+        sequencer: u64,
+    },
+    /// Locks with their holders and waiters, by path.
+    Locks {
+        /// The locks, at most [`MAX_LOCKS_LISTED`].
+        locks: Vec<LockInfo>,
+        /// More locks matched.
+        more: bool,
+    },
+}
+
+/// Most locks one [`MetaReply::Locks`] lists.
+pub const MAX_LOCKS_LISTED: u32 = 1000;
+/// Most holders or waiters of one lock a [`MetaReply::Locks`] lists.
+pub const MAX_LOCK_PARTIES: u32 = 10_000;
+
+/// Most problems one fsck reply lists (the counts cover them all).
+pub const MAX_FSCK_PROBLEMS: u32 = 500;
+
+/// One block fsck found short of replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsckProblem {
+    /// The file's path.
+    pub path: String,
+    /// The block, at its committed version.
+    pub block: BlockDescriptor,
+    /// Copies wanted.
+    pub wanted: u8,
+    /// Its replica set.
+    pub replicas: Vec<NodeId>,
+    /// Members of the set holding a good copy.
+    pub good: Vec<NodeId>,
+    /// No good copy is known anywhere: its data is unavailable.
+    pub missing: bool,
+    /// A repair copy of it is under way.
+    pub repairing: bool,
+}
+
+/// What fsck found under a path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    /// Files checked.
+    pub files: u64,
+    /// Blocks checked (written or not).
+    pub blocks: u64,
+    /// The blocks by health.
+    pub health: HealthCounts,
+    /// The blocks with problems, at most [`MAX_FSCK_PROBLEMS`], by path and index.
+    pub problems: Vec<FsckProblem>,
+    /// Whether more problems were found than listed.
+    pub more: bool,
+    /// Data-servers whose reports are not complete (down, or not yet reported): their
+    /// replicas are not counted as good.
+    pub unknown_servers: Vec<NodeId>,
+}
+
+wire_codes! {
+    /// The op byte of a [`MetaRequest`], one per [`MetaOp`] variant.
+    pub enum OpCode: u8 {
+        /// [`MetaOp::Mkdir`].
+        Mkdir = 1,
+        /// [`MetaOp::Create`].
+        Create = 2,
+        /// [`MetaOp::Rename`].
+        Rename = 3,
+        /// [`MetaOp::Remove`].
+        Remove = 4,
+        /// [`MetaOp::Stat`].
+        Stat = 5,
+        /// [`MetaOp::List`].
+        List = 6,
+        /// [`MetaOp::Expand`].
+        Expand = 7,
+        /// [`MetaOp::WriteLease`].
+        WriteLease = 8,
+        /// [`MetaOp::ReportBadReplica`].
+        ReportBadReplica = 9,
+        /// [`MetaOp::CommitWrite`].
+        CommitWrite = 10,
+        /// [`MetaOp::SwapReplica`].
+        SwapReplica = 11,
+        /// [`MetaOp::CreateWrite`].
+        CreateWrite = 12,
+        /// [`MetaOp::Drain`].
+        Drain = 13,
+        /// [`MetaOp::Fsck`].
+        Fsck = 14,
+        /// [`MetaOp::OpenSession`].
+        OpenSession = 15,
+        /// [`MetaOp::KeepAlive`].
+        KeepAlive = 16,
+        /// [`MetaOp::CloseSession`].
+        CloseSession = 17,
+        /// [`MetaOp::Lock`].
+        Lock = 18,
+        /// [`MetaOp::Unlock`].
+        Unlock = 19,
+        /// [`MetaOp::Locks`].
+        Locks = 20,
+    }
+}
+
+wire_codes! {
+    /// The tag byte of a [`MetaReply`], one per variant.
+    pub enum ReplyTag: u8 {
+        /// [`MetaReply::Done`].
+        Done = 1,
+        /// [`MetaReply::Created`].
+        Created = 2,
+        /// [`MetaReply::Removed`].
+        Removed = 3,
+        /// [`MetaReply::Stat`].
+        Stat = 4,
+        /// [`MetaReply::List`].
+        List = 5,
+        /// [`MetaReply::NotLeader`].
+        NotLeader = 6,
+        /// [`MetaReply::Failed`].
+        Failed = 7,
+        /// [`MetaReply::Unavailable`].
+        Unavailable = 8,
+        /// [`MetaReply::Expanded`].
+        Expanded = 9,
+        /// [`MetaReply::Lease`].
+        Lease = 10,
+        /// [`MetaReply::Fsck`].
+        Fsck = 11,
+        /// [`MetaReply::Session`].
+        Session = 12,
+        /// [`MetaReply::Locked`].
+        Locked = 13,
+        /// [`MetaReply::Locks`].
+        Locks = 14,
+    }
+}
+
+pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
+    w.u64(request.session).u64(request.request_id);
+    match &request.op {
+        MetaOp::Mkdir { path, parents } => {
+            w.u8(OpCode::Mkdir as u8);
+            write_path(w, path);
+            w.bool(*parents);
+        }
+        MetaOp::Create { path, replication } => {
+            w.u8(OpCode::Create as u8);
+            write_path(w, path);
+            w.u8(*replication);
+        }
+        MetaOp::Rename { from, to } => {
+            w.u8(OpCode::Rename as u8);
+            write_path(w, from);
+            write_path(w, to);
+        }
+        MetaOp::CreateWrite { path, replication, size } => {
+            w.u8(OpCode::CreateWrite as u8);
+            write_path(w, path);
+            w.u8(*replication).u64(*size);
+        }
+        MetaOp::Remove { path, recursive } => {
+            w.u8(OpCode::Remove as u8);
+            write_path(w, path);
+            w.bool(*recursive);
+        }
+        MetaOp::Stat { path, first_block } => {
+            w.u8(OpCode::Stat as u8);
+            write_path(w, path);
+            w.u32(*first_block);
+        }
+        MetaOp::WriteLease { path, index } => {
+            w.u8(OpCode::WriteLease as u8);
+            write_path(w, path);
+            w.u16(*index);
+        }
+        MetaOp::SwapReplica { path, index, failed } => {
+            w.u8(OpCode::SwapReplica as u8);
+            write_path(w, path);
+            w.u16(*index).u32(failed.0);
+        }
+        MetaOp::CommitWrite { path, index, version } => {
+            w.u8(OpCode::CommitWrite as u8);
+            write_path(w, path);
+            w.u16(*index).u16(version.0);
+        }
+        MetaOp::ReportBadReplica { block, server, reason } => {
+            w.u8(OpCode::ReportBadReplica as u8);
+            block.write(w);
+            w.u32(server.0).str(reason);
+        }
+        MetaOp::Expand { path, size } => {
+            w.u8(OpCode::Expand as u8);
+            write_path(w, path);
+            w.u64(*size);
+        }
+        MetaOp::List { path, after, limit } => {
+            w.u8(OpCode::List as u8);
+            write_path(w, path);
+            w.str(after).u32(*limit);
+        }
+        MetaOp::Drain { server, draining } => {
+            w.u8(OpCode::Drain as u8).u32(server.0).bool(*draining);
+        }
+        MetaOp::Fsck { path } => {
+            w.u8(OpCode::Fsck as u8);
+            write_path(w, path);
+        }
+        MetaOp::OpenSession => {
+            w.u8(OpCode::OpenSession as u8);
+        }
+        MetaOp::KeepAlive => {
+            w.u8(OpCode::KeepAlive as u8);
+        }
+        MetaOp::CloseSession => {
+            w.u8(OpCode::CloseSession as u8);
+        }
+        MetaOp::Lock { path, mode, wait_ms } => {
+            w.u8(OpCode::Lock as u8);
+            write_path(w, path);
+            w.u8(mode.byte()).bool(wait_ms.is_some()).u64(wait_ms.unwrap_or(0));
+        }
+        MetaOp::Unlock { path } => {
+            w.u8(OpCode::Unlock as u8);
+            write_path(w, path);
+        }
+        MetaOp::Locks { path } => {
+            w.u8(OpCode::Locks as u8);
+            write_path(w, path);
+        }
+    }
+}
+
+pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
+    let session = r.u64("session")?;
+    let request_id = r.u64("request id")?;
+    let code = r.u8("op")?;
+    let Some(op) = OpCode::from_repr(code) else {
+        return Err(BodyError::Invalid { field: "op", value: u64::from(code) });
+    };
+    let op = match op {
+        OpCode::Mkdir => MetaOp::Mkdir { path: read_path(r)?, parents: r.bool("parents")? },
+        OpCode::Create => MetaOp::Create { path: read_path(r)?, replication: r.u8("replication")? },
+        OpCode::Rename => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
+        OpCode::CreateWrite => MetaOp::CreateWrite {
+            path: read_path(r)?,
+            replication: r.u8("replication")?,
+            size: r.u64("size")?,
+        },
+        OpCode::Remove => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
+        OpCode::Stat => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
+        OpCode::Expand => MetaOp::Expand { path: read_path(r)?, size: r.u64("size")? },
+        OpCode::WriteLease => {
+            MetaOp::WriteLease { path: read_path(r)?, index: r.u16("block index")? }
+        }
+        OpCode::SwapReplica => MetaOp::SwapReplica {
+            path: read_path(r)?,
+            index: r.u16("block index")?,
+            failed: NodeId(r.u32("failed")?),
+        },
+        OpCode::CommitWrite => MetaOp::CommitWrite {
+            path: read_path(r)?,
+            index: r.u16("block index")?,
+            version: BlockVersion(r.u16("block version")?),
+        },
+        OpCode::ReportBadReplica => MetaOp::ReportBadReplica {
+            block: BlockDescriptor::read(r)?,
+            server: NodeId(r.u32("data-server")?),
+            reason: r.str("reason")?.to_string(),
+        },
+        OpCode::List => MetaOp::List {
+            path: read_path(r)?,
+            after: r.str("after")?.to_string(),
+            limit: r.u32("limit")?,
+        },
+        OpCode::Drain => {
+            MetaOp::Drain { server: NodeId(r.u32("server")?), draining: r.bool("draining")? }
+        }
+        OpCode::Fsck => MetaOp::Fsck { path: read_path(r)? },
+        OpCode::OpenSession => MetaOp::OpenSession,
+        OpCode::KeepAlive => MetaOp::KeepAlive,
+        OpCode::CloseSession => MetaOp::CloseSession,
+        OpCode::Lock => {
+            let path = read_path(r)?;
+            let mode = LockMode::from_byte(r.u8("lock mode")?)?;
+            let waits = r.bool("waits")?;
+            let wait_ms = r.u64("wait")?;
+            MetaOp::Lock { path, mode, wait_ms: waits.then_some(wait_ms) }
+        }
+        OpCode::Unlock => MetaOp::Unlock { path: read_path(r)? },
+        OpCode::Locks => MetaOp::Locks { path: read_path(r)? },
+    };
+    Ok(MetaRequest { session, request_id, op })
+}
+
+fn write_stat(w: &mut BodyWriter, stat: &Stat) {
+    match stat {
+        Stat::Dir { id, entries, mtime_ms } => {
+            w.u8(0).u32(*id).u64(*entries as u64).u64(*mtime_ms);
+        }
+        Stat::File(meta) => {
+            w.u8(1);
+            meta.descriptor.write(w);
+            w.u64(meta.size)
+                .u32(meta.block_size)
+                .u8(meta.replication)
+                .u64(meta.ctime_ms)
+                .u64(meta.mtime_ms);
+            w.u32(meta.blocks.len() as u32);
+            for block in &meta.blocks {
+                block.descriptor.write(w);
+                write_replicas(w, &block.replicas);
+            }
+        }
+    }
+}
+
+fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
+    match r.u8("stat kind")? {
+        0 => Ok(Stat::Dir {
+            id: r.u32("id")?,
+            entries: usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX),
+            mtime_ms: r.u64("mtime")?,
+        }),
+        1 => {
+            let descriptor = FileDescriptor::read(r)?;
+            let size = r.u64("size")?;
+            let block_size = r.u32("block size")?;
+            let replication = r.u8("replication")?;
+            let ctime_ms = r.u64("ctime")?;
+            let mtime_ms = r.u64("mtime")?;
+            let count = r.u32("block count")?;
+            if count > MAX_STAT_BLOCKS {
+                return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
+            }
+            let mut blocks = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let descriptor = BlockDescriptor::read(r)?;
+                let replicas = read_replicas(r)?;
+                blocks.push(BlockMeta { descriptor, replicas });
+            }
+            Ok(Stat::File(FileMeta {
+                descriptor,
+                size,
+                block_size,
+                replication,
+                ctime_ms,
+                mtime_ms,
+                blocks,
+            }))
+        }
+        other => Err(BodyError::Invalid { field: "stat kind", value: u64::from(other) }),
+    }
+}
+
+pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
+    match reply {
+        MetaReply::Done => {
+            w.u8(ReplyTag::Done as u8);
+        }
+        MetaReply::Lease(token) => {
+            w.u8(ReplyTag::Lease as u8);
+            token.write(w);
+        }
+        MetaReply::Expanded { file, new_blocks } => {
+            w.u8(ReplyTag::Expanded as u8);
+            file.write(w);
+            w.u32(*new_blocks);
+        }
+        MetaReply::Created(fd) => {
+            w.u8(ReplyTag::Created as u8);
+            fd.write(w);
+        }
+        MetaReply::Removed { files, dirs } => {
+            w.u8(ReplyTag::Removed as u8).u64(*files).u64(*dirs);
+        }
+        MetaReply::Stat { stat, total_blocks, first_block } => {
+            w.u8(ReplyTag::Stat as u8);
+            write_stat(w, stat);
+            w.u32(*total_blocks).u32(*first_block);
+        }
+        MetaReply::List { entries, more } => {
+            w.u8(ReplyTag::List as u8).u32(entries.len() as u32);
+            for e in entries {
+                w.str(&e.name).bool(e.is_dir).u32(e.id).u64(e.size);
+            }
+            w.bool(*more);
+        }
+        MetaReply::NotLeader { leader } => {
+            w.u8(ReplyTag::NotLeader as u8).u32(leader.map_or(0, |l| l.0));
+        }
+        MetaReply::Failed(err) => {
+            w.u8(ReplyTag::Failed as u8);
+            err.write(w);
+        }
+        MetaReply::Unavailable(why) => {
+            w.u8(ReplyTag::Unavailable as u8).str(why);
+        }
+        MetaReply::Fsck(report) => {
+            w.u8(ReplyTag::Fsck as u8).u64(report.files).u64(report.blocks);
+            write_health(w, &report.health);
+            w.u32(report.problems.len() as u32);
+            for p in &report.problems {
+                w.str(&p.path);
+                p.block.write(w);
+                w.u8(p.wanted);
+                write_replicas(w, &p.replicas);
+                write_replicas(w, &p.good);
+                w.bool(p.missing).bool(p.repairing);
+            }
+            w.bool(report.more);
+            write_replicas(w, &report.unknown_servers);
+        }
+        MetaReply::Session { lease_ms, lock_delay_ms } => {
+            w.u8(ReplyTag::Session as u8).u64(*lease_ms).u64(*lock_delay_ms);
+        }
+        MetaReply::Locked { sequencer } => {
+            w.u8(ReplyTag::Locked as u8).u64(*sequencer);
+        }
+        MetaReply::Locks { locks, more } => {
+            w.u8(ReplyTag::Locks as u8).u32(locks.len() as u32);
+            for lock in locks {
+                write_path(w, &lock.path);
+                w.u64(lock.delayed_until_ms).u32(lock.holders.len() as u32);
+                for h in &lock.holders {
+                    h.write(w);
+                }
+                w.u32(lock.waiters.len() as u32);
+                for q in &lock.waiters {
+                    q.write(w);
+                }
+            }
+            w.bool(*more);
+        }
+    }
+}
+
+fn read_locks(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
+    let count = |r: &mut BodyReader<'_>, field, max| match r.u32(field)? {
+        n if n > max => Err(BodyError::Invalid { field, value: u64::from(n) }),
+        n => Ok(n),
+    };
+    let mut locks = Vec::new();
+    for _ in 0..count(r, "lock count", MAX_LOCKS_LISTED)? {
+        let path = read_path(r)?;
+        let delayed_until_ms = r.u64("delayed until")?;
+        let holders = (0..count(r, "holder count", MAX_LOCK_PARTIES)?)
+            .map(|_| Holder::read(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let waiters = (0..count(r, "waiter count", MAX_LOCK_PARTIES)?)
+            .map(|_| Waiting::read(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        locks.push(LockInfo { path, holders, waiters, delayed_until_ms });
+    }
+    Ok(MetaReply::Locks { locks, more: r.bool("more")? })
+}
+
+fn read_fsck(r: &mut BodyReader<'_>) -> Result<FsckReport, BodyError> {
+    let files = r.u64("files")?;
+    let blocks = r.u64("blocks")?;
+    let health = read_health(r)?;
+    let count = r.u32("problem count")?;
+    if count > MAX_FSCK_PROBLEMS {
+        return Err(BodyError::Invalid { field: "problem count", value: u64::from(count) });
+    }
+    let mut problems = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        problems.push(FsckProblem {
+            path: r.str("path")?.to_string(),
+            block: BlockDescriptor::read(r)?,
+            wanted: r.u8("wanted")?,
+            replicas: read_replicas(r)?,
+            good: read_replicas(r)?,
+            missing: r.bool("missing")?,
+            repairing: r.bool("repairing")?,
+        });
+    }
+    let more = r.bool("more")?;
+    let unknown_servers = read_replicas(r)?;
+    Ok(FsckReport { files, blocks, health, problems, more, unknown_servers })
+}
+
+pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
+    let code = r.u8("reply")?;
+    let Some(tag) = ReplyTag::from_repr(code) else {
+        return Err(BodyError::Invalid { field: "reply", value: u64::from(code) });
+    };
+    Ok(match tag {
+        ReplyTag::Done => MetaReply::Done,
+        ReplyTag::Created => MetaReply::Created(FileDescriptor::read(r)?),
+        ReplyTag::Removed => MetaReply::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
+        ReplyTag::Stat => MetaReply::Stat {
+            stat: read_stat(r)?,
+            total_blocks: r.u32("total blocks")?,
+            first_block: r.u32("first block")?,
+        },
+        ReplyTag::List => {
+            let count = r.u32("entry count")?;
+            if count > MAX_LIST_PAGE {
+                return Err(BodyError::Invalid { field: "entry count", value: u64::from(count) });
+            }
+            let mut entries = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                entries.push(DirEntry {
+                    name: r.str("name")?.to_string(),
+                    is_dir: r.bool("is dir")?,
+                    id: r.u32("id")?,
+                    size: r.u64("size")?,
+                });
+            }
+            MetaReply::List { entries, more: r.bool("more")? }
+        }
+        ReplyTag::NotLeader => {
+            MetaReply::NotLeader { leader: Some(r.u32("leader")?).filter(|&l| l != 0).map(NodeId) }
+        }
+        ReplyTag::Failed => MetaReply::Failed(NsError::read(r)?),
+        ReplyTag::Unavailable => MetaReply::Unavailable(r.str("reason")?.to_string()),
+        ReplyTag::Expanded => {
+            MetaReply::Expanded { file: FileDescriptor::read(r)?, new_blocks: r.u32("new blocks")? }
+        }
+        ReplyTag::Lease => MetaReply::Lease(Token::read(r)?),
+        ReplyTag::Fsck => MetaReply::Fsck(read_fsck(r)?),
+        ReplyTag::Session => {
+            MetaReply::Session { lease_ms: r.u64("lease")?, lock_delay_ms: r.u64("lock delay")? }
+        }
+        ReplyTag::Locked => MetaReply::Locked { sequencer: r.u64("sequencer")? },
+        ReplyTag::Locks => read_locks(r)?,
+    })
+}
