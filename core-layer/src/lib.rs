@@ -12,17 +12,21 @@
 //! - [`error`]: the namespace's error ([`error::NsError`]), carried in outcomes and replies.
 //! - [`session`]: the client session ([`session::SessionId`]) every request is made in.
 //! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
+//! - [`pacer`]: a token bucket holding a byte stream to a rate (repair copies).
 //! - [`placement`]: choosing data-servers for new blocks (by the leader, carried in entries).
 //! - [`heal`]: the repair planner: re-replication, deletes, drain and rebalancing.
 //! - [`locks`]: lock sessions and shared/exclusive locks with queues and sequencers.
+//! - [`lock_clock`]: when the leader proposes the lock service's Clock entries.
 
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod descriptor;
 pub mod error;
 pub mod heal;
+pub mod lock_clock;
 pub mod locks;
 pub mod namespace;
+pub mod pacer;
 pub mod path;
 pub mod placement;
 pub mod request;

@@ -1,13 +1,65 @@
-//! Client requests every server answers alike, whatever its role.
+//! What every server does alike with what arrives: client requests answered whatever the
+//! role, and messages from peers checked against the role that may send them.
 //!
 //! A server's service hands each client frame to [`common_reply`] first: status requests
 //! and undecodable bodies are answered here ([`Handled::Answered`]); anything else comes back
-//! decoded ([`Handled::ForRole`]), for the role's own code (or [`unsupported`]).
+//! decoded ([`Handled::ForRole`]), for the role's own code (or [`unsupported`]). Each peer
+//! frame goes through [`peer_message`]: a kind this server serves, from a server of the role
+//! that sends it, decoded; anything else is logged once here and dropped.
 
-use meshfs_group::Role;
+use meshfs_group::{Config, NodeId, Role};
 use meshfs_net::Frame;
 
-use crate::wire::{ErrorCode, Message, StatusReply};
+use crate::wire::{ErrorCode, Kind, Message, StatusReply, WireError};
+
+/// Why a peer's frame was not taken; the server logs it and goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerRefusal {
+    /// This server does not take that kind from any peer.
+    #[error("ignoring message kind {kind} from peer {from}: not served")]
+    NotServed {
+        /// The peer.
+        from: NodeId,
+        /// The frame's kind.
+        kind: u16,
+    },
+    /// The kind comes from servers of another role.
+    #[error("ignoring message kind {kind} from {from}, which is not a {role}")]
+    WrongRole {
+        /// The peer.
+        from: NodeId,
+        /// The kind.
+        kind: Kind,
+        /// The role that sends it.
+        role: Role,
+    },
+    /// The body did not parse.
+    #[error("bad message from {from}: {error}")]
+    Bad {
+        /// The peer.
+        from: NodeId,
+        /// What was wrong.
+        error: WireError,
+    },
+}
+
+/// The message in `frame` from peer `from`, if `sender_role` names the role that sends its
+/// kind to this server and `from` has that role in `config`.
+pub fn peer_message(
+    config: &Config,
+    from: NodeId,
+    frame: Frame,
+    sender_role: impl FnOnce(Kind) -> Option<Role>,
+) -> Result<Message, PeerRefusal> {
+    let Some((kind, role)) = Kind::from_repr(frame.kind).and_then(|k| Some((k, sender_role(k)?)))
+    else {
+        return Err(PeerRefusal::NotServed { from, kind: frame.kind });
+    };
+    if config.server(from).is_none_or(|s| s.role != role) {
+        return Err(PeerRefusal::WrongRole { from, kind, role });
+    }
+    Message::from_frame(frame).map_err(|error| PeerRefusal::Bad { from, error })
+}
 
 /// What [`common_reply`] made of a client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,9 @@
-//! A server's status report, built from its group state.
+//! A server's status report, built from its group state at a time it is given.
 
 use std::time::{Duration, Instant};
 
 use meshfs_group::driver::Node;
-use meshfs_group::{Group, PeerStatus};
+use meshfs_group::{Group, Now, PeerStatus};
 
 use crate::wire::{PeerLink, StatusReply};
 
@@ -52,8 +52,8 @@ pub fn status_reply(
     }
 }
 
-/// The status report of a running server node, as of now.
-pub fn node_status(node: &Node) -> StatusReply {
+/// The status report of a running server node, as of `now`.
+pub fn node_status(node: &Node, now: Now) -> StatusReply {
     let addr = node.local_addr().to_string();
-    status_reply(node.group(), &node.config().cluster_name, &addr, node.uptime(), Instant::now())
+    status_reply(node.group(), &node.config().cluster_name, &addr, node.uptime(now), now.mono)
 }

@@ -19,6 +19,7 @@ use meshfs_net::{
 
 use crate::config::{Config, ConfigError, NodeId, Role};
 use crate::membership::{Action, Group, GroupError, GroupEvent, HANDSHAKE_MAX_BODY_LEN};
+use crate::time::Now;
 
 /// A callback slower than this is logged: it held up every connection of the process.
 const SLOW_CALLBACK: Duration = Duration::from_millis(50);
@@ -28,15 +29,18 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 const RTT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a server does with what the group tells it.
+///
+/// Every callback gets `now`, read by the driver just before it: the service reads no clock
+/// itself, so its logic runs unchanged on a simulated clock.
 pub trait Service {
     /// Called once, before the loop starts: arm timers here.
-    fn start(&mut self, _node: &mut Node) {}
+    fn start(&mut self, _node: &mut Node, _now: Now) {}
     /// A group event: peer up or down, a message from a peer or a client.
-    fn handle_event(&mut self, node: &mut Node, event: GroupEvent);
+    fn handle_event(&mut self, node: &mut Node, now: Now, event: GroupEvent);
     /// A worker thread called [`Notifier::notify`].
-    fn handle_wake(&mut self, _node: &mut Node) {}
+    fn handle_wake(&mut self, _node: &mut Node, _now: Now) {}
     /// A timer set with [`Node::set_timer`] fired.
-    fn handle_timer(&mut self, _node: &mut Node, _token: u64) {}
+    fn handle_timer(&mut self, _node: &mut Node, _now: Now, _token: u64) {}
 }
 
 /// Why a node could not start.
@@ -135,9 +139,15 @@ impl Node {
         self.group.role()
     }
 
-    /// Time since this node started.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+    /// Time from this node's start to `now`.
+    pub fn uptime(&self, now: Now) -> Duration {
+        now.mono.saturating_duration_since(self.started)
+    }
+
+    /// The clocks as of this moment. For measuring work done inside a callback (how long a
+    /// scan took); the callback's own `now` is the time to decide by.
+    pub fn now(&self) -> Now {
+        Now::read()
     }
 
     /// Sends an application frame to a peer.
@@ -190,7 +200,7 @@ impl Node {
     /// peers see this node leave at once.
     pub fn run<S: Service>(&mut self, service: &mut S) -> io::Result<()> {
         let mut events = Vec::new();
-        service.start(self);
+        service.start(self, Now::read());
         while !self.stop {
             self.group.handle_tick(Instant::now());
             self.drain(service);
@@ -244,11 +254,11 @@ impl Node {
                 "close"
             }
             NetEvent::Timer { token, .. } => {
-                service.handle_timer(self, token);
+                service.handle_timer(self, Now::read(), token);
                 "timer"
             }
             NetEvent::Woken => {
-                service.handle_wake(self);
+                service.handle_wake(self, Now::read());
                 "wake"
             }
             NetEvent::Signal(signal) => {
@@ -272,7 +282,7 @@ impl Node {
             self.pending.clear();
             while let Some(event) = self.group.poll_event() {
                 idle = false;
-                service.handle_event(self, event);
+                service.handle_event(self, Now::read(), event);
             }
             if idle {
                 return;

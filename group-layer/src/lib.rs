@@ -6,6 +6,7 @@
 //! - [`membership`]: the sans-I/O state machine: full mesh, one link per pair, liveness,
 //!   RTT, reconnect with backoff. Driven by calls; tested with a fake clock and network.
 //! - [`rtt`], [`rng`]: RTT statistics and backoff; a seeded random source.
+//! - [`time`]: [`time::Now`], the time a callback runs at; server logic reads no clock.
 //! - [`driver`]: runs [`membership::Group`] on the net layer's event loop for a server
 //!   process, and hands group events to the server's [`driver::Service`].
 //!
@@ -20,7 +21,9 @@ pub mod membership;
 pub mod message;
 pub mod rng;
 pub mod rtt;
+pub mod time;
 
 pub use config::{ClientId, Config, ConfigError, Heal, Locks, NodeId, Role};
 pub use membership::{Action, Group, GroupError, GroupEvent, PeerStatus};
 pub use message::{FIRST_APP_KIND, Identity};
+pub use time::Now;

@@ -27,7 +27,7 @@ use meshfs_core::wire::{
     FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
 };
 use meshfs_group::driver::Node;
-use meshfs_group::{ClientId, Heal, NodeId, Role};
+use meshfs_group::{ClientId, Heal, NodeId, Now, Role};
 use meshfs_net::Priority;
 
 use crate::consensus::Replica;
@@ -157,27 +157,30 @@ impl Healer {
         node: &mut Node,
         replica: &mut Replica,
         reports: &BTreeMap<NodeId, Reported>,
-        now_ms: u64,
+        at: Now,
     ) {
-        let now = Instant::now();
+        let (now, now_ms) = (at.mono, at.wall_ms);
         if self.next_scan.is_some_and(|next| now < next) {
             return; // the last scan was long: the next waits ten times as long
         }
         self.early_scan = false;
         self.expire(now);
         let empty = Holdings::new();
-        let servers = server_views(node, replica.namespace(), reports, &self.settings, &empty);
+        let servers = server_views(node, replica.namespace(), reports, &self.settings, &empty, now);
         let in_flight: Vec<InFlight> = self.tasks.values().map(|t| t.copy.in_flight()).collect();
         let limits = Limits {
             tasks_per_server: self.settings.repair_streams,
             balance_margin: f64::from(self.settings.balance_margin_percent) / 100.0,
         };
-        let started = Instant::now();
+        // How long planning takes sets the pause before the next scan: measured by the
+        // driver's clock, not decided by it.
+        let started = node.now().mono;
         let Plan { copies, deletes, orphans, health } =
             plan(replica.namespace(), now_ms, &servers, &in_flight, limits);
-        let took = started.elapsed();
+        let finished = node.now().mono;
+        let took = finished.saturating_duration_since(started);
         self.last_scan_took = took;
-        self.next_scan = Some(Instant::now() + took * 9);
+        self.next_scan = Some(finished + took * 9);
         if took > Duration::from_secs(1) {
             // Near the election timeout: heartbeats wait while the leader scans.
             warn!(
@@ -393,6 +396,7 @@ pub fn server_views<'a>(
     reports: &'a BTreeMap<NodeId, Reported>,
     settings: &Heal,
     empty: &'a Holdings,
+    now: Instant,
 ) -> BTreeMap<NodeId, ServerView<'a>> {
     let links: HashMap<NodeId, (bool, Instant)> =
         node.group().status().into_iter().map(|p| (p.id, (p.up, p.since))).collect();
@@ -400,11 +404,11 @@ pub fn server_views<'a>(
         .servers_of(Role::DServer)
         .map(|s| {
             let report = reports.get(&s.id);
-            let (up, since) = links.get(&s.id).copied().unwrap_or((false, Instant::now()));
+            let (up, since) = links.get(&s.id).copied().unwrap_or((false, now));
             let complete = up && report.is_some_and(|r| r.complete);
             let state = if complete {
                 ServerState::Up
-            } else if !up && since.elapsed() > settings.grace {
+            } else if !up && now.saturating_duration_since(since) > settings.grace {
                 ServerState::Lost
             } else {
                 ServerState::Down
@@ -431,10 +435,11 @@ pub fn fsck(
     reports: &BTreeMap<NodeId, Reported>,
     healer: &Healer,
     path: &MeshPath,
+    now: Instant,
 ) -> Result<FsckReport, meshfs_core::error::NsError> {
     let files = namespace.files_under(path)?;
     let empty = Holdings::new();
-    let servers = server_views(node, namespace, reports, &healer.settings, &empty);
+    let servers = server_views(node, namespace, reports, &healer.settings, &empty, now);
     let repairing = healer.repairing();
     let mut report = FsckReport {
         files: files.len() as u64,

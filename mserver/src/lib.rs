@@ -17,37 +17,39 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+//!
+//! Where things are: `lib.rs` (here) holds the server's state, applies what Raft produced
+//! ([`MetaServer`]'s flush) and dispatches events and timers; `requests` answers clients,
+//! `reports` keeps the data-servers' reports and builds the status, `snapshot_pump` streams
+//! snapshots to followers, [`heal`] repairs. The lock service's clock is
+//! [`meshfs_core::lock_clock`]. Every handler takes the driver's `now`; nothing here reads a
+//! clock.
+
 pub mod consensus;
 pub mod heal;
 pub mod log_store;
 pub mod persist;
+mod reports;
+mod requests;
+mod snapshot_pump;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{debug, info, warn};
-use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
-use meshfs_core::error::NsError;
-use meshfs_core::locks::{Wake, WakeResult};
-use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
-use meshfs_core::path::MeshPath;
-use meshfs_core::placement::{DataServerLoad, place};
-use meshfs_core::request::{Handled, common_reply, unsupported};
+use meshfs_core::lock_clock::{CLOCK_PENDING_TIMEOUT, LockClock};
+use meshfs_core::namespace::{Command, Outcome};
+use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
-use meshfs_core::status::node_status;
-use meshfs_core::token::{Token, TokenOp};
-use meshfs_core::wire::{
-    DataReport, Kind, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
-    MetaOp, MetaReply, MetaRequest, RaftInfo, ReportedDataServer, SnapshotChunk, StatusReply,
-};
+use meshfs_core::wire::{Kind, Message, MetaOp};
 use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{ClientId, GroupEvent, Heal, Locks, NodeId, Role};
+use meshfs_group::{ClientId, GroupEvent, Heal, Locks, NodeId, Now, Role};
 use meshfs_net::{ConnId, Priority};
-use raft::StateRole;
 
-use crate::consensus::{OutgoingSnapshot, ProposeError, RaftStatus, Replica, ReplicaError};
+use crate::consensus::{OutgoingSnapshot, Replica, ReplicaError};
 use crate::heal::{Healer, Reported};
+use crate::requests::{answer, read, reply_of, wake_reply};
 
 /// Time between Raft ticks: with [`consensus::ELECTION_TICKS`] an election starts after 1 to
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
@@ -57,13 +59,6 @@ const HEAL_TIMER: u64 = 2;
 const EARLY_HEAL_TIMER: u64 = 3;
 /// The leader plans repair work this often.
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(1);
-/// Snapshot data travels in pieces of this size, on the bulk queue.
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
-/// The snapshot pump sends only while less than this is queued to the peer (counting what
-/// it sent in this call): the peer's bulk queue (8 MiB) never fills, heartbeats never wait.
-const SNAPSHOT_PUMP_BYTES: usize = 2 * 1024 * 1024;
-/// Most sessions one Clock entry expires (more wait for the next).
-const MAX_EXPIRIES_PER_ENTRY: usize = 1000;
 
 /// Why a meta-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -113,32 +108,8 @@ pub struct MetaServer {
     /// Lock requests waiting in a lock's queue, by (session, request id): who to answer
     /// when the wait ends.
     lock_waits: HashMap<(SessionId, u64), Vec<Waiter>>,
-    /// When this server last became the leader: it expires no session for one lease
-    /// after, so that clients cut off by the election can reach it first.
-    leader_since: Option<Instant>,
-    /// A Clock entry proposed and not yet applied, and when.
-    clock_pending: Option<Instant>,
-    /// Since when this server has seen a majority of the meta-servers up (itself included).
-    quorum_since: Option<Instant>,
-    /// The session of this server's Clock entries.
-    clock_session: SessionId,
-}
-
-fn raft_info(status: RaftStatus, inodes: u64) -> RaftInfo {
-    let role = match status.role {
-        StateRole::Follower => 1,
-        StateRole::Candidate => 2,
-        StateRole::Leader => 3,
-        StateRole::PreCandidate => 4,
-    };
-    RaftInfo {
-        role,
-        term: status.term,
-        commit_index: status.commit,
-        applied_index: status.applied,
-        leader: status.leader.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
-        inodes,
-    }
+    /// When the leader proposes the lock service's Clock entries.
+    lock_clock: LockClock,
 }
 
 impl MetaServer {
@@ -166,17 +137,18 @@ impl MetaServer {
             reports: BTreeMap::new(),
             bad_replicas: BTreeMap::new(),
             healer: Healer::new(heal, nonce),
-            locks,
             lock_waits: HashMap::new(),
-            leader_since: None,
-            clock_pending: None,
-            quorum_since: None,
-            clock_session: SessionId { client: ClientId(0), nonce: nonce.wrapping_add(1) },
+            lock_clock: LockClock::new(
+                SessionId { client: ClientId(0), nonce: nonce.wrapping_add(1) },
+                locks.session_lease,
+                CLOCK_PENDING_TIMEOUT,
+            ),
+            locks,
         }
     }
 
     /// Sends what the replica produced and answers every client it settled.
-    fn flush(&mut self, node: &mut Node) {
+    fn flush(&mut self, node: &mut Node, now: Now) {
         self.pump_snapshots(node);
         let output = self.replica.take_output();
         for snapshot in output.snapshots {
@@ -195,7 +167,7 @@ impl MetaServer {
             if self.healer.owns(entry.session) {
                 self.healer.applied(&entry.command, &outcome);
                 if let (true, Some(delay)) = (leader, self.healer.early_scan()) {
-                    node.set_timer(Instant::now() + delay, EARLY_HEAL_TIMER);
+                    node.set_timer(now.mono + delay, EARLY_HEAL_TIMER);
                 }
                 continue;
             }
@@ -228,9 +200,7 @@ impl MetaServer {
                     }
                 }
             }
-            if entry.session == self.clock_session {
-                self.clock_pending = None;
-            }
+            self.lock_clock.applied(entry.session);
             let key = (entry.session, entry.request_id);
             if let Some(waiters) = self.writes.remove(&key) {
                 if outcome == Outcome::LockQueued {
@@ -260,404 +230,56 @@ impl MetaServer {
         if !self.replica.is_leader() {
             self.release_all(node);
             self.healer.stand_down();
-            self.leader_since = None;
-            self.clock_pending = None;
-        } else if self.leader_since.is_none() {
-            self.leader_since = Some(Instant::now());
         }
+        self.lock_clock.observe(now, self.replica.is_leader(), has_quorum(node));
     }
 
-    /// The leader's clock for the lock service: proposes a Clock entry when a waiter's
-    /// deadline or a lock-delay has come, or a session's lease ran out. It expires no
-    /// session in its first lease as leader, nor in the first lease after it sees a majority
-    /// of the meta-servers again: clients cut off by the election or the outage reach it
-    /// first. (Without a majority nothing it proposes commits; an expiry decided then would
-    /// commit the moment the majority came back, before any client could renew.)
-    fn lock_clock(&mut self, node: &Node) {
-        let Some(since) = self.leader_since else { return };
-        let mservers = node.config().servers_of(Role::MServer).count();
-        let links_up =
-            node.group().status().into_iter().filter(|p| p.role == Role::MServer && p.up).count();
-        if 2 * (links_up + 1) > mservers {
-            self.quorum_since.get_or_insert_with(Instant::now);
-        } else {
-            self.quorum_since = None;
-        }
-        if self.clock_pending.is_some_and(|at| at.elapsed() < Duration::from_secs(2)) {
-            return;
-        }
-        let now = now_ms();
+    /// Proposes a Clock entry for the lock service when the [`LockClock`] says one is due.
+    fn lock_clock(&mut self, node: &Node, now: Now) {
+        self.lock_clock.observe(now, self.replica.is_leader(), has_quorum(node));
         let table = self.replica.namespace().lock_table();
-        let lease = self.locks.session_lease;
-        let may_expire =
-            since.elapsed() >= lease && self.quorum_since.is_some_and(|at| at.elapsed() >= lease);
-        let Some(expire) = table.clock_due(now, may_expire, MAX_EXPIRIES_PER_ENTRY) else {
-            return;
-        };
-        if !expire.is_empty() {
+        let Some(entry) = self.lock_clock.poll_entry(now, table) else { return };
+        if let Command::Clock { expire } = &entry.command
+            && !expire.is_empty()
+        {
             info!("{} lock session(s) expired: {expire:?}", expire.len());
         }
-        let entry = Entry {
-            session: self.clock_session,
-            request_id: 0,
-            time_ms: now,
-            command: Command::Clock { expire },
-        };
-        match self.replica.propose(&entry) {
-            Ok(()) => self.clock_pending = Some(Instant::now()),
-            Err(err) => debug!("the lock clock could not propose: {err:?}"),
+        if let Err(err) = self.replica.propose(&entry) {
+            debug!("the lock clock could not propose: {err:?}");
+            self.lock_clock.not_proposed();
         }
-    }
-
-    /// Streams snapshot pieces to followers as their links drain; then the snapshot message
-    /// itself on the same (bulk) queue, so that it arrives after its data.
-    fn pump_snapshots(&mut self, node: &mut Node) {
-        let peers: Vec<u64> = self.sending.keys().copied().collect();
-        for peer in peers {
-            let Ok(id) = u32::try_from(peer).map(NodeId) else { continue };
-            let finished = loop {
-                let Some(queued) = node.queued_bytes(id) else { break Some(false) };
-                if queued >= SNAPSHOT_PUMP_BYTES {
-                    break None;
-                }
-                let (snapshot, offset) = self.sending.get_mut(&peer).expect("listed above");
-                let total = snapshot.data.len();
-                if *offset < total {
-                    let end = (*offset + SNAPSHOT_CHUNK_BYTES).min(total);
-                    let chunk = SnapshotChunk {
-                        index: snapshot.index,
-                        term: snapshot.term,
-                        total: total as u64,
-                        offset: *offset as u64,
-                        data: snapshot.data[*offset..end].to_vec(),
-                    };
-                    if node
-                        .send(id, Priority::Bulk, Message::SnapshotChunk(chunk).to_frame(0))
-                        .is_err()
-                    {
-                        break Some(false);
-                    }
-                    *offset = end;
-                } else {
-                    let message = Message::Raft(snapshot.message.clone()).to_frame(0);
-                    break Some(node.send(id, Priority::Bulk, message).is_ok());
-                }
-            };
-            if let Some(delivered) = finished {
-                self.sending.remove(&peer);
-                if delivered {
-                    info!("snapshot streamed to {peer}");
-                } else {
-                    warn!("snapshot to {peer} failed: the link went down; Raft will retry");
-                }
-                self.replica.report_snapshot(peer, delivered);
-            }
-        }
-    }
-
-    /// No longer the leader: everyone waiting here asks the new one. A retried write keeps
-    /// its request id, so it is applied once however often it is proposed.
-    fn release_all(&mut self, node: &mut Node) {
-        if self.writes.is_empty()
-            && self.reads.is_empty()
-            && self.confirmed.is_empty()
-            && self.lock_waits.is_empty()
-        {
-            return;
-        }
-        let reply = MetaReply::NotLeader { leader: self.leader_id() };
-        let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
-        waiters.extend(self.lock_waits.drain().flat_map(|(_, w)| w));
-        waiters.extend(self.reads.drain().map(|(_, (w, _))| w));
-        waiters.extend(self.confirmed.drain(..).map(|(_, w, _)| w));
-        for waiter in waiters {
-            answer(node, waiter, reply.clone());
-        }
-    }
-
-    fn leader_id(&self) -> Option<NodeId> {
-        self.replica.status().leader.and_then(|l| u32::try_from(l).ok()).map(NodeId)
-    }
-
-    fn handle_meta(
-        &mut self,
-        node: &mut Node,
-        waiter: Waiter,
-        client: ClientId,
-        request: MetaRequest,
-    ) {
-        if !self.replica.is_leader() {
-            answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
-            return;
-        }
-        let session = SessionId { client, nonce: request.session };
-        let command = match request.op {
-            MetaOp::ReportBadReplica { block, server, reason } => {
-                // Soft state for the repair work (issue 6): which replica of which block failed.
-                warn!(
-                    "client {client} reports data-server {server} failed block {block}: {reason}"
-                );
-                self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
-                return answer(node, waiter, MetaReply::Done);
-            }
-            MetaOp::Fsck { path } => {
-                let namespace = self.replica.namespace();
-                let reply = match heal::fsck(node, namespace, &self.reports, &self.healer, &path) {
-                    Ok(report) => MetaReply::Fsck(report),
-                    Err(err) => MetaReply::Failed(err),
-                };
-                return answer(node, waiter, reply);
-            }
-            MetaOp::Drain { server, draining } => {
-                if node.config().server(server).is_none_or(|s| s.role != Role::DServer) {
-                    let err =
-                        NsError::NotFound(format!("data-server {server} (not in the config)"));
-                    return answer(node, waiter, MetaReply::Failed(err));
-                }
-                Command::SetDraining { server, draining }
-            }
-            MetaOp::OpenSession => Command::OpenSession {
-                lease_ms: millis(self.locks.session_lease),
-                lock_delay_ms: millis(self.locks.lock_delay),
-            },
-            MetaOp::KeepAlive => Command::KeepAlive,
-            MetaOp::CloseSession => Command::CloseSession,
-            MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
-            MetaOp::Unlock { path } => Command::Unlock { path },
-            MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
-                let context = self.next_read;
-                self.next_read += 1;
-                let result = self.replica.read_index(context).map(|()| {
-                    self.reads.insert(context, (waiter, request.op));
-                });
-                return self.settle(node, waiter, result);
-            }
-            MetaOp::Expand { path, size } => match self.place(node, path, size) {
-                Ok(command) => command,
-                Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
-            },
-            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
-            MetaOp::Create { path, replication } => Command::CreateFile {
-                path,
-                replication: if replication == 0 { self.default_replication } else { replication },
-                block_size: self.block_size,
-            },
-            MetaOp::CreateWrite { path, replication, size } => {
-                let replication =
-                    if replication == 0 { self.default_replication } else { replication };
-                // One block at most (the state machine refuses more); room for what it holds.
-                let largest = size.min(u64::from(self.block_size));
-                match place(1, replication, largest, &self.loads(node)) {
-                    Ok(mut sets) => Command::CreateWrite {
-                        path,
-                        replication,
-                        block_size: self.block_size,
-                        size,
-                        placement: sets.pop().unwrap_or_default(),
-                    },
-                    Err(e) => {
-                        let err = NsError::Placement(e.to_string());
-                        return answer(node, waiter, MetaReply::Failed(err));
-                    }
-                }
-            }
-            MetaOp::Rename { from, to } => Command::Rename { from, to },
-            MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
-            MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
-            MetaOp::CommitWrite { path, index, version } => {
-                Command::CommitWrite { path, index, version }
-            }
-            MetaOp::SwapReplica { path, index, failed } => {
-                match self.replacement(node, &path, index, failed) {
-                    Ok(replacement) => Command::SwapReplica { path, index, failed, replacement },
-                    Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
-                }
-            }
-        };
-        let entry = Entry { session, request_id: request.request_id, time_ms: now_ms(), command };
-        let result = self.replica.propose(&entry).map(|()| {
-            self.writes.entry((session, request.request_id)).or_default().push(waiter);
-        });
-        self.settle(node, waiter, result);
-    }
-
-    /// Answers a request Raft would not take; then sends what Raft produced.
-    fn settle(&mut self, node: &mut Node, waiter: Waiter, result: Result<(), ProposeError>) {
-        match result {
-            Ok(()) => {}
-            Err(ProposeError::NotLeader(_)) => {
-                answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
-            }
-            Err(ProposeError::Dropped(why)) => answer(node, waiter, MetaReply::Unavailable(why)),
-        }
-        self.flush(node);
-    }
-
-    /// The leader's placement of the blocks `path` needs to hold `size` bytes: distinct
-    /// data-servers its group sees up, most free first, free being the configured capacity
-    /// less what the namespace assigns (until data-servers report their disks). The entry
-    /// carries it, so applying stays deterministic.
-    /// A live data-server, not already holding block `index` of `path`, to take `failed`'s
-    /// place (the applying checks the rest).
-    fn replacement(
-        &self,
-        node: &Node,
-        path: &MeshPath,
-        index: u16,
-        failed: NodeId,
-    ) -> Result<NodeId, NsError> {
-        let meta = self.replica.namespace().get_file_meta_data(path)?;
-        let Some(block) = meta.blocks.get(usize::from(index)) else {
-            return Err(NsError::NotFound(format!("{path} block {index}")));
-        };
-        let live: Vec<DataServerLoad> = self
-            .loads(node)
-            .into_iter()
-            .filter(|l| l.id != failed && !block.replicas.contains(&l.id))
-            .collect();
-        let chosen = place(1, 1, u64::from(meta.block_size), &live)
-            .map_err(|e| NsError::Placement(format!("no data-server to replace {failed}: {e}")))?;
-        chosen
-            .first()
-            .and_then(|set| set.first())
-            .copied()
-            .ok_or_else(|| NsError::Placement(format!("no data-server to replace {failed}")))
-    }
-
-    /// Every live data-server with its free space as the leader sees it.
-    fn loads(&self, node: &Node) -> Vec<DataServerLoad> {
-        let namespace = self.replica.namespace();
-        node.group()
-            .status()
-            .into_iter()
-            .filter(|p| p.role == Role::DServer && p.up && !namespace.draining().contains(&p.id))
-            .map(|p| {
-                let configured = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
-                let assigned = namespace.allocated().get(&p.id).copied().unwrap_or(0);
-                // What the data-server reports using, or what the namespace has assigned it,
-                // whichever is more: blocks assigned are not all written yet.
-                let (capacity, used) = match self.reports.get(&p.id) {
-                    Some(r) if r.complete => (r.capacity, r.used.max(assigned)),
-                    _ => (configured, assigned),
-                };
-                DataServerLoad { id: p.id, free_bytes: capacity.saturating_sub(used) }
-            })
-            .collect()
-    }
-
-    fn place(&self, node: &Node, path: MeshPath, size: u64) -> Result<Command, NsError> {
-        let namespace = self.replica.namespace();
-        let meta = namespace.get_file_meta_data(&path)?;
-        let have = meta.blocks.len() as u64;
-        let wanted = size.div_ceil(u64::from(meta.block_size));
-        let needed = wanted.saturating_sub(have) as usize;
-        let live = self.loads(node);
-        let placement = if needed == 0 || wanted > u64::from(MAX_BLOCKS_PER_FILE) {
-            Vec::new() // nothing to place, or the state machine refuses the size itself
-        } else {
-            // Room for the largest new block: the first (a small file's only block is small).
-            let bs = u64::from(meta.block_size);
-            let largest = bs.min(size.saturating_sub(have * bs));
-            place(needed, meta.replication, largest, &live)
-                .map_err(|e| NsError::Placement(e.to_string()))?
-        };
-        Ok(Command::ExpandFile { path, size, first_block: have as u32, placement })
-    }
-
-    fn handle_report(&mut self, from: NodeId, report: DataReport) {
-        let entry = self.reports.entry(from).or_default();
-        entry.capacity = report.capacity;
-        entry.used = report.used;
-        let held = |(b, len): &(meshfs_core::descriptor::BlockDescriptor, u64)| {
-            ((b.file.id.0, b.index), (b.version.0, *len))
-        };
-        if report.full {
-            entry.incoming = Some(HashMap::new());
-            entry.complete = false;
-        }
-        match &mut entry.incoming {
-            Some(incoming) => {
-                incoming.extend(report.blocks.iter().map(held));
-                for key in &report.removed {
-                    incoming.remove(key);
-                }
-                if report.last {
-                    entry.blocks = entry.incoming.take().unwrap_or_default();
-                    entry.complete = true;
-                    info!(
-                        "data-server {from} reports {} replicas, {} of {} bytes used",
-                        entry.blocks.len(),
-                        entry.used,
-                        entry.capacity
-                    );
-                }
-            }
-            None => {
-                entry.blocks.extend(report.blocks.iter().map(held));
-                for key in &report.removed {
-                    entry.blocks.remove(key);
-                }
-            }
-        }
-    }
-
-    fn status(&self, node: &Node) -> StatusReply {
-        let mut status = node_status(node);
-        let links: BTreeMap<NodeId, bool> =
-            node.group().status().into_iter().map(|p| (p.id, p.up)).collect();
-        let draining = self.replica.namespace().draining();
-        status.data_servers = node
-            .config()
-            .servers_of(Role::DServer)
-            .map(|s| {
-                let r = self.reports.get(&s.id);
-                ReportedDataServer {
-                    id: s.id,
-                    capacity: r.map_or(s.capacity.unwrap_or(0), |r| r.capacity),
-                    used: r.map_or(0, |r| r.used),
-                    blocks: r.map_or(0, |r| r.blocks.len() as u64),
-                    complete: r.is_some_and(|r| r.complete),
-                    up: links.get(&s.id).copied().unwrap_or(false),
-                    draining: draining.contains(&s.id),
-                }
-            })
-            .collect();
-        status.health = self.healer.health().filter(|_| self.replica.is_leader());
-        let inodes = self.replica.namespace().inode_count() as u64;
-        status.raft = Some(raft_info(self.replica.status(), inodes));
-        status
     }
 }
 
 impl Service for MetaServer {
-    fn start(&mut self, node: &mut Node) {
-        node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
-        node.set_timer(Instant::now() + HEAL_INTERVAL, HEAL_TIMER);
+    fn start(&mut self, node: &mut Node, now: Now) {
+        node.set_timer(now.mono + TICK_INTERVAL, TICK_TIMER);
+        node.set_timer(now.mono + HEAL_INTERVAL, HEAL_TIMER);
     }
 
-    fn handle_timer(&mut self, node: &mut Node, token: u64) {
+    fn handle_timer(&mut self, node: &mut Node, now: Now, token: u64) {
         if token == TICK_TIMER {
             self.replica.tick();
-            node.set_timer(Instant::now() + TICK_INTERVAL, TICK_TIMER);
-            self.lock_clock(node);
-            self.flush(node);
+            node.set_timer(now.mono + TICK_INTERVAL, TICK_TIMER);
+            self.lock_clock(node, now);
+            self.flush(node, now);
         } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
             if token == HEAL_TIMER {
-                node.set_timer(Instant::now() + HEAL_INTERVAL, HEAL_TIMER);
+                node.set_timer(now.mono + HEAL_INTERVAL, HEAL_TIMER);
             }
             if self.replica.is_leader() {
-                self.healer.scan(node, &mut self.replica, &self.reports, now_ms());
-                self.flush(node);
+                self.healer.scan(node, &mut self.replica, &self.reports, now);
+                self.flush(node, now);
             }
         }
     }
 
-    fn handle_wake(&mut self, node: &mut Node) {
+    fn handle_wake(&mut self, node: &mut Node, now: Now) {
         self.replica.poll_synced();
-        self.flush(node);
+        self.flush(node, now);
     }
 
-    fn handle_event(&mut self, node: &mut Node, event: GroupEvent) {
+    fn handle_event(&mut self, node: &mut Node, now: Now, event: GroupEvent) {
         match event {
             GroupEvent::PeerDown { peer, role: Role::MServer, .. } => {
                 self.replica.report_unreachable(u64::from(peer.0));
@@ -681,75 +303,18 @@ impl Service for MetaServer {
                 self.confirmed.retain(|(_, w, _)| w.conn != conn);
             }
             GroupEvent::PeerUp { .. } => {}
-            GroupEvent::Message { from, frame } if frame.kind == Kind::Raft.code() => {
-                let from_mserver =
-                    node.config().server(from).is_some_and(|s| s.role == Role::MServer);
-                if !from_mserver {
-                    warn!("ignoring a raft message from {from}, which is not a meta-server");
-                    return;
-                }
-                self.replica.step(u64::from(from.0), &frame.body);
-                self.flush(node);
-            }
-            GroupEvent::Message { from, frame } if frame.kind == Kind::DataReport.code() => {
-                let from_dserver =
-                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
-                match Message::decode(&frame) {
-                    Ok(Message::DataReport(report)) if from_dserver => {
-                        self.handle_report(from, report)
-                    }
-                    Ok(_) => {
-                        warn!("ignoring a data report from {from}, which is not a data-server")
-                    }
-                    Err(err) => warn!("bad data report from {from}: {err}"),
-                }
-            }
-            GroupEvent::Message { from, frame }
-                if frame.kind == Kind::RepairDone.code()
-                    || frame.kind == Kind::ReplicaDamaged.code() =>
-            {
-                let from_dserver =
-                    node.config().server(from).is_some_and(|s| s.role == Role::DServer);
-                match Message::decode(&frame) {
-                    Ok(Message::RepairDone { task, error, .. }) if from_dserver => {
-                        self.healer.copied(&mut self.replica, from, task, &error, now_ms());
-                        self.flush(node);
-                        // A stream is free: start the next copies without waiting a second.
-                        if let Some(delay) = self.healer.early_scan() {
-                            node.set_timer(Instant::now() + delay, EARLY_HEAL_TIMER);
-                        }
-                    }
-                    Ok(Message::ReplicaDamaged { block, reason }) if from_dserver => {
-                        warn!(
-                            "data-server {from} set aside its damaged replica of {block}: {reason}"
-                        );
-                    }
-                    Ok(_) => warn!("ignoring a repair message from {from}, not a data-server"),
-                    Err(err) => warn!("bad repair message from {from}: {err}"),
-                }
-            }
-            GroupEvent::Message { from, frame } if frame.kind == Kind::SnapshotChunk.code() => {
-                let from_mserver =
-                    node.config().server(from).is_some_and(|s| s.role == Role::MServer);
-                match Message::decode(&frame) {
-                    Ok(Message::SnapshotChunk(chunk)) if from_mserver => {
-                        self.replica.receive_chunk(u64::from(from.0), chunk);
-                    }
-                    Ok(_) => {
-                        warn!("ignoring a snapshot piece from {from}, which is not a meta-server")
-                    }
-                    Err(err) => warn!("bad snapshot piece from {from}: {err}"),
-                }
-            }
             GroupEvent::Message { from, frame } => {
-                warn!("ignoring message kind {} from peer {from}: not served", frame.kind);
+                match peer_message(node.config(), from, frame, sender_role) {
+                    Ok(message) => self.handle_peer(node, now, from, message),
+                    Err(refused) => warn!("{refused}"),
+                }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let reply = match common_reply(&frame, || self.status(node)) {
+                let reply = match common_reply(&frame, || self.status(node, now)) {
                     Handled::Answered(reply) => reply,
                     Handled::ForRole(Message::MetaRequest(request)) => {
                         let waiter = Waiter { conn, frame_id: frame.request_id };
-                        self.handle_meta(node, waiter, client, request);
+                        self.handle_meta(node, now, waiter, client, request);
                         return;
                     }
                     Handled::ForRole(request) => {
@@ -766,114 +331,48 @@ impl Service for MetaServer {
     }
 }
 
-fn answer(node: &mut Node, waiter: Waiter, reply: MetaReply) {
-    node.reply(waiter.conn, Message::MetaReply(reply).to_frame(waiter.frame_id));
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The reply for an applied change.
-fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
-    match outcome {
-        Outcome::Mkdir
-        | Outcome::Renamed
-        | Outcome::Committed { .. }
-        | Outcome::Swapped { .. }
-        | Outcome::Draining { .. } => MetaReply::Done,
-        // Signed when answered, by whoever answers: a token lives on the wire only.
-        // The token ends when the lease does (the entry's time, by the leader's clock).
-        Outcome::Leased { block, base, replicas, expires_ms } => MetaReply::Lease(Token::sign(
-            secret,
-            block,
-            base,
-            TokenOp::Write,
-            replicas,
-            client,
-            expires_ms,
-        )),
-        Outcome::Expanded { file, blocks } => {
-            MetaReply::Expanded { file, new_blocks: blocks.len() as u32 }
-        }
-        Outcome::Created(fd) => MetaReply::Created(fd),
-        Outcome::Removed { files, dirs } => MetaReply::Removed { files, dirs },
-        Outcome::Failed(err) => MetaReply::Failed(err),
-        Outcome::SessionOpened { lease_ms, lock_delay_ms, .. } => {
-            MetaReply::Session { lease_ms, lock_delay_ms }
-        }
-        Outcome::KeptAlive { .. } | Outcome::Woke { .. } => MetaReply::Done,
-        Outcome::LockGranted { sequencer } => MetaReply::Locked { sequencer },
-        Outcome::LockQueued => MetaReply::Unavailable("the lock request is queued".into()),
+/// The role of the peers that send a meta-server each kind it takes from peers.
+fn sender_role(kind: Kind) -> Option<Role> {
+    match kind {
+        Kind::Raft | Kind::SnapshotChunk => Some(Role::MServer),
+        Kind::DataReport | Kind::RepairDone | Kind::ReplicaDamaged => Some(Role::DServer),
+        _ => None,
     }
 }
 
-/// The answer to a lock request whose wait ended.
-fn wake_reply(wake: &Wake) -> MetaReply {
-    let path = wake.path.to_string();
-    match wake.result {
-        WakeResult::Granted { sequencer } => MetaReply::Locked { sequencer },
-        WakeResult::TimedOut => MetaReply::Failed(NsError::LockTimeout(path)),
-        WakeResult::Cancelled => MetaReply::Failed(NsError::LockCancelled(path)),
-        WakeResult::SessionEnded => {
-            MetaReply::Failed(NsError::SessionExpired { client: wake.session.client.0 })
-        }
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Answers a read from the namespace as applied.
-fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
-    match op {
-        MetaOp::Stat { path, first_block } => match namespace.stat(path) {
-            Ok(Stat::File(mut meta)) => {
-                let total = meta.blocks.len() as u32;
-                let first = (*first_block).min(total);
-                meta.blocks.drain(..first as usize);
-                meta.blocks.truncate(MAX_STAT_BLOCKS as usize);
-                MetaReply::Stat { stat: Stat::File(meta), total_blocks: total, first_block: first }
+impl MetaServer {
+    /// A message from peer `from`, of a kind and role [`sender_role`] accepted.
+    fn handle_peer(&mut self, node: &mut Node, now: Now, from: NodeId, message: Message) {
+        match message {
+            Message::Raft(bytes) => {
+                self.replica.step(u64::from(from.0), &bytes);
+                self.flush(node, now);
             }
-            Ok(dir) => MetaReply::Stat { stat: dir, total_blocks: 0, first_block: 0 },
-            Err(err) => MetaReply::Failed(err),
-        },
-        MetaOp::List { path, after, limit } => {
-            let limit = (*limit).clamp(1, MAX_LIST_PAGE) as usize;
-            match namespace.list_page(path, after, limit) {
-                Ok((entries, more)) => MetaReply::List { entries, more },
-                Err(err) => MetaReply::Failed(err),
+            Message::SnapshotChunk(chunk) => self.replica.receive_chunk(u64::from(from.0), chunk),
+            Message::DataReport(report) => self.handle_report(from, report),
+            Message::RepairDone { task, error, .. } => {
+                self.healer.copied(&mut self.replica, from, task, &error, now.wall_ms);
+                self.flush(node, now);
+                // A stream is free: start the next copies without waiting a second.
+                if let Some(delay) = self.healer.early_scan() {
+                    node.set_timer(now.mono + delay, EARLY_HEAL_TIMER);
+                }
             }
-        }
-        MetaOp::Locks { path } => {
-            let table = namespace.lock_table();
-            let (locks, more) =
-                table.list(path, MAX_LOCKS_LISTED as usize, MAX_LOCK_PARTIES as usize);
-            MetaReply::Locks { locks, more }
-        }
-        MetaOp::Mkdir { .. }
-        | MetaOp::Create { .. }
-        | MetaOp::CreateWrite { .. }
-        | MetaOp::Rename { .. }
-        | MetaOp::Remove { .. }
-        | MetaOp::Expand { .. }
-        | MetaOp::WriteLease { .. }
-        | MetaOp::CommitWrite { .. }
-        | MetaOp::SwapReplica { .. }
-        | MetaOp::Drain { .. }
-        | MetaOp::Fsck { .. }
-        | MetaOp::OpenSession
-        | MetaOp::KeepAlive
-        | MetaOp::CloseSession
-        | MetaOp::Lock { .. }
-        | MetaOp::Unlock { .. }
-        | MetaOp::ReportBadReplica { .. } => {
-            unreachable!("writes go through the log, not read()")
+            Message::ReplicaDamaged { block, reason } => {
+                warn!("data-server {from} set aside its damaged replica of {block}: {reason}");
+            }
+            other => unreachable!("sender_role admits no kind {}", other.kind()),
         }
     }
+}
+
+/// Whether a majority of the meta-servers (this one included) is up as this server sees
+/// its links.
+fn has_quorum(node: &Node) -> bool {
+    let mservers = node.config().servers_of(Role::MServer).count();
+    let links_up =
+        node.group().status().into_iter().filter(|p| p.role == Role::MServer && p.up).count();
+    2 * (links_up + 1) > mservers
 }
 
 /// Runs meta-server `id` of the config at `config_path` until SIGTERM or SIGINT.

@@ -297,6 +297,14 @@ impl Message {
         w.finish()
     }
 
+    /// Reads the message in `frame`, taking its body (a Raft message keeps it, uncopied).
+    pub fn from_frame(frame: Frame) -> Result<Message, WireError> {
+        if frame.kind == Kind::Raft.code() {
+            return Ok(Message::Raft(frame.body));
+        }
+        Message::decode(&frame)
+    }
+
     /// Reads the message in `frame`.
     pub fn decode(frame: &Frame) -> Result<Message, WireError> {
         let Some(kind) = Kind::from_repr(frame.kind) else {

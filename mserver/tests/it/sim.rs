@@ -15,8 +15,9 @@
 //! every acknowledged create is in every replica's namespace at the end, with its file id;
 //! of the clients contending for one name, exactly one is told it created it.
 //!
-//! With lock clients ([`Sim::with_lock_clients`]) the lock service runs too: the leader
-//! proposes Clock entries as the server does, and lock clients open sessions, keep them
+//! With lock clients ([`Sim::with_lock_clients`]) the lock service runs too: each node runs
+//! the meta-server's own lock clock ([`LockClock`]: leader and majority rules, pending
+//! entries) on the simulated clock, and lock clients open sessions, keep them
 //! alive, take locks shared or exclusive (trying, or waiting in the queue), hold them a
 //! while and release them; some stall for up to three leases while holding (a pause or a
 //! cut-off link), sending nothing. The lock checker: a client believes it holds a lock from
@@ -29,12 +30,13 @@ use std::rc::Rc;
 
 use meshfs_core::descriptor::FileId;
 use meshfs_core::error::NsError;
+use meshfs_core::lock_clock::LockClock;
 use meshfs_core::locks::{LockMode, WakeResult};
 use meshfs_core::namespace::{Command, Entry, Outcome, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::session::SessionId;
 use meshfs_core::wire::SnapshotChunk;
-use meshfs_group::ClientId;
+use meshfs_group::{ClientId, Now};
 use meshfs_mserver::consensus::{Replica, ReplicaOptions};
 use meshfs_mserver::log_store::{LogError, make_snapshot};
 use meshfs_mserver::persist::{Completion, Persister, RaftLog};
@@ -309,16 +311,25 @@ struct Node {
     disk: Rc<RefCell<Disk>>,
     next_tick: u64,
     restart_at: Option<u64>,
-    /// When it was first seen leading (this term of office), as the server tracks it.
-    leader_since: Option<u64>,
-    /// When it last proposed a Clock entry.
-    clock_at: u64,
+    /// The server's own lock clock (made anew at each start, as a process would).
+    lock_clock: LockClock,
 }
 
 /// Lock session settings of the simulated cluster (ms of simulated time).
 const LOCK_LEASE: u64 = 300;
 const LOCK_DELAY: u64 = 100;
 const LOCK_PATHS: [&str; 2] = ["/lk/a", "/lk/b"];
+/// How long a node's lock clock waits for its Clock entry before proposing another: the
+/// server's 2 s against its 12 s lease, scaled to the simulation's lease.
+const LOCK_CLOCK_PENDING: u64 = 50;
+
+/// Node `id`'s lock clock, as a meta-server process makes it at start.
+fn lock_clock_of(id: u64) -> LockClock {
+    let session = SessionId { client: ClientId(0), nonce: id };
+    let ms = std::time::Duration::from_millis;
+    LockClock::new(session, ms(LOCK_LEASE), ms(LOCK_CLOCK_PENDING))
+}
+
 /// KeepAlive request ids start here (they are not deduplicated; any id works).
 const KEEPALIVE_IDS: u64 = 1 << 62;
 
@@ -401,6 +412,8 @@ pub struct Sim {
     pub seed: u64,
     rng: Rng,
     now: u64,
+    /// Simulated ms 0 on the monotonic clock the servers' code takes.
+    origin: std::time::Instant,
     nodes: Vec<Node>,
     voters: Vec<u64>,
     net: Vec<InFlight>,
@@ -454,8 +467,7 @@ impl Sim {
                 disk,
                 next_tick: rng.below(10),
                 restart_at: None,
-                leader_since: None,
-                clock_at: 0,
+                lock_clock: lock_clock_of(id),
             });
         }
         let contended_names = 3;
@@ -483,6 +495,7 @@ impl Sim {
             seed,
             rng,
             now: 0,
+            origin: std::time::Instant::now(),
             nodes: sim_nodes,
             voters,
             net: Vec::new(),
@@ -546,6 +559,7 @@ impl Sim {
         node.replica =
             Some(Replica::new(log, persister, options).expect("a replica starts from its disk"));
         node.restart_at = None;
+        node.lock_clock = lock_clock_of(node.id);
     }
 
     fn crash(&mut self, i: usize) {
@@ -613,6 +627,7 @@ impl Sim {
             }
         }
         for (index, entry, outcome) in output.applied {
+            self.nodes[i].lock_clock.applied(entry.session);
             self.check_applied(from, index, &entry, &outcome);
             self.answer_client(from, &entry, &outcome);
             self.answer_lock_clients(from, &entry, &outcome);
@@ -670,28 +685,27 @@ impl Sim {
 
     // ---- the lock service ----
 
-    /// The leader's lock clock, as the server runs it: a Clock entry when something is due,
-    /// expiring no session in its first lease as leader.
+    /// The server's lock clock ([`LockClock`], the very code a meta-server runs) on node
+    /// `i`: it sees what the server would (leading or not; a majority of meta-servers
+    /// reachable, as its links would show) and proposes the Clock entry it returns.
     fn lock_clock(&mut self, i: usize) {
-        let now = self.now;
+        let now = Now::simulated(self.origin, self.now);
+        let me = self.nodes[i].id;
+        let reachable = |id: u64| !self.isolated.contains(&id) && !self.isolated.contains(&me);
+        let up = self
+            .nodes
+            .iter()
+            .filter(|n| n.replica.is_some() && (n.id == me || reachable(n.id)))
+            .count();
+        let quorum = 2 * up > self.nodes.len();
         let node = &mut self.nodes[i];
         let Some(replica) = node.replica.as_mut() else { return };
-        if !replica.is_leader() || self.isolated.contains(&node.id) {
-            node.leader_since = None;
+        node.lock_clock.observe(now, replica.is_leader(), quorum);
+        let Some(entry) = node.lock_clock.poll_entry(now, replica.namespace().lock_table()) else {
             return;
-        }
-        let since = *node.leader_since.get_or_insert(now);
-        if now < node.clock_at + 50 {
-            return;
-        }
-        let may_expire = now >= since + LOCK_LEASE;
-        let table = replica.namespace().lock_table();
-        let Some(expire) = table.clock_due(now, may_expire, 1000) else { return };
-        let session = SessionId { client: ClientId(0), nonce: node.id };
-        let entry =
-            Entry { session, request_id: 0, time_ms: now, command: Command::Clock { expire } };
-        if replica.propose(&entry).is_ok() {
-            node.clock_at = now;
+        };
+        if replica.propose(&entry).is_err() {
+            node.lock_clock.not_proposed();
         }
     }
 

@@ -1,0 +1,235 @@
+//! The write chain: chunks come from a client or the previous data-server, go on to the
+//! next one first, are written here on a disk worker, and are acknowledged upstream once
+//! written here and acknowledged downstream; the last chunk commits. A failure anywhere is
+//! reported upstream, and nothing of that write is committed there.
+
+use log::warn;
+use meshfs_core::token::TokenOp;
+use meshfs_core::wire::{MAX_CHUNK_BYTES, Message, WriteAck, WriteChunk};
+use meshfs_group::driver::Node;
+use meshfs_group::{ClientId, NodeId, Now};
+use meshfs_net::{ConnId, Priority};
+use std::time::Instant;
+
+use crate::DataServer;
+use crate::disk::DiskJob;
+
+/// Who sent a write: a client connection or the previous data-server of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Upstream {
+    Client(ConnId),
+    Peer(NodeId),
+}
+
+/// A write coming through this data-server.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) upstream: Upstream,
+    /// The request id the upstream uses for this write.
+    pub(crate) upstream_id: u64,
+    /// The token of the write's first chunk; later chunks must carry the same.
+    pub(crate) token: meshfs_core::token::Token,
+    /// The next data-server and the request id we use with it.
+    pub(crate) downstream: Option<(NodeId, u64)>,
+    /// Written here, up to this offset.
+    pub(crate) local_through: u64,
+    /// Acknowledged downstream, up to this offset.
+    pub(crate) down_through: u64,
+    pub(crate) local_committed: bool,
+    pub(crate) down_committed: bool,
+    /// The last chunk has been received (so a commit is coming).
+    pub(crate) last_seen: bool,
+    /// Last acknowledgement sent upstream: (through, committed).
+    pub(crate) acked: (u64, bool),
+    pub(crate) last_activity: Instant,
+}
+
+impl DataServer {
+    pub(crate) fn send_up(node: &mut Node, upstream: Upstream, upstream_id: u64, ack: WriteAck) {
+        let frame = Message::WriteAck(ack).to_frame(upstream_id);
+        match upstream {
+            Upstream::Client(conn) => node.reply(conn, frame),
+            Upstream::Peer(peer) => {
+                let _ = node.send(peer, Priority::Control, frame);
+            }
+        }
+    }
+
+    /// Refuses a chunk that opened nothing here.
+    pub(crate) fn refuse(
+        &self,
+        node: &mut Node,
+        upstream: Upstream,
+        upstream_id: u64,
+        message: String,
+    ) {
+        warn!("refusing a write: {message}");
+        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at: self.me, message });
+    }
+
+    pub(crate) fn handle_chunk(
+        &mut self,
+        node: &mut Node,
+        now: Now,
+        upstream: Upstream,
+        presenter: Option<ClientId>,
+        upstream_id: u64,
+        chunk: WriteChunk,
+    ) {
+        let token = &chunk.token;
+        // A client presents its own token; a data-server forwards the client's.
+        let client = presenter.unwrap_or(token.client);
+        if let Err(err) =
+            token.verify_for(&self.secret, TokenOp::Write, client, now.wall_ms, self.me)
+        {
+            return self.refuse(node, upstream, upstream_id, err.to_string());
+        }
+        let end = chunk.offset + chunk.data.len() as u64;
+        if end > u64::from(chunk.block_size) || chunk.data.len() > MAX_CHUNK_BYTES as usize {
+            return self.refuse(
+                node,
+                upstream,
+                upstream_id,
+                format!("chunk {}+{} outside the block", chunk.offset, chunk.data.len()),
+            );
+        }
+        let write = match self.by_upstream.get(&(upstream, upstream_id)) {
+            Some(&write) => {
+                let inbound = self.writes.get(&write).expect("indexed writes exist");
+                if inbound.token != chunk.token {
+                    return self.refuse(
+                        node,
+                        upstream,
+                        upstream_id,
+                        "a chunk changed its token mid-write".into(),
+                    );
+                }
+                write
+            }
+            None => {
+                if let Some(held) = self.store.get(token.block.file.id, token.block.index)
+                    && held.descriptor.version.is_newer_than(token.block.version)
+                {
+                    let message = format!(
+                        "stale lease: this replica of {} is already at version {}",
+                        token.block, held.descriptor.version.0
+                    );
+                    return self.refuse(node, upstream, upstream_id, message);
+                }
+                let write = self.next_write;
+                self.next_write += 1;
+                let downstream = token.next_after(self.me).map(|next| (next, write));
+                self.writes.insert(
+                    write,
+                    Inbound {
+                        upstream,
+                        upstream_id,
+                        token: chunk.token.clone(),
+                        downstream,
+                        local_through: chunk.offset,
+                        down_through: chunk.offset,
+                        local_committed: false,
+                        down_committed: downstream.is_none(),
+                        last_seen: false,
+                        acked: (chunk.offset, false),
+                        last_activity: now.mono,
+                    },
+                );
+                self.by_upstream.insert((upstream, upstream_id), write);
+                if downstream.is_some() {
+                    self.by_downstream.insert(write, write);
+                }
+                self.disk.submit(DiskJob::Begin {
+                    write,
+                    block: chunk.token.block,
+                    base: chunk.token.base,
+                    block_size: chunk.block_size,
+                    keep_existing: chunk.keep_existing,
+                });
+                write
+            }
+        };
+        let inbound = self.writes.get_mut(&write).expect("just found or made");
+        inbound.last_activity = now.mono;
+        inbound.last_seen |= chunk.last;
+        if inbound.down_committed && inbound.downstream.is_none() {
+            inbound.down_through = inbound.down_through.max(end);
+        }
+        // Downstream first, so the next replica works while this one writes.
+        if let Some((next, id)) = inbound.downstream {
+            let frame = Message::WriteChunk(chunk.clone()).to_frame(id);
+            if self.forwarder.send(node, now, next, Some(write), frame).is_err() {
+                let message = format!("data-server {next} (next in the chain) is down");
+                return self.fail(node, write, next, message);
+            }
+        }
+        let last = chunk.last;
+        self.disk.submit(DiskJob::Chunk { write, offset: chunk.offset, data: chunk.data });
+        if last {
+            self.disk.submit(DiskJob::Commit { write });
+        }
+    }
+
+    /// Sends upstream what is now true of `write`, and forgets it once committed.
+    pub(crate) fn progress(&mut self, node: &mut Node, write: u64) {
+        let Some(inbound) = self.writes.get_mut(&write) else { return };
+        let through = if inbound.downstream.is_some() {
+            inbound.local_through.min(inbound.down_through)
+        } else {
+            inbound.local_through
+        };
+        let committed = inbound.local_committed && inbound.down_committed;
+        if (through, committed) == inbound.acked {
+            return;
+        }
+        inbound.acked = (through, committed);
+        let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
+        Self::send_up(node, upstream, upstream_id, WriteAck::Written { through, committed });
+        if committed {
+            self.forget(write);
+        }
+    }
+
+    /// Fails `write` because of data-server `at` (this one, or one after it in the chain):
+    /// tells upstream, drops the local copy, forgets it.
+    pub(crate) fn fail(&mut self, node: &mut Node, write: u64, at: NodeId, message: String) {
+        let Some(inbound) = self.writes.get(&write) else { return };
+        let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
+        warn!("write of {} failed at data-server {at}: {message}", inbound.token.block);
+        Self::send_up(node, upstream, upstream_id, WriteAck::Failed { at, message });
+        self.disk.submit(DiskJob::Abort { write });
+        self.forget(write);
+    }
+
+    pub(crate) fn forget(&mut self, write: u64) {
+        self.forwarder.drop_write(write);
+        if let Some(inbound) = self.writes.remove(&write) {
+            self.by_upstream.remove(&(inbound.upstream, inbound.upstream_id));
+            self.by_downstream.remove(&write);
+        }
+    }
+
+    pub(crate) fn handle_ack(
+        &mut self,
+        node: &mut Node,
+        now: Now,
+        from: NodeId,
+        id: u64,
+        ack: WriteAck,
+    ) {
+        let Some(&write) = self.by_downstream.get(&id) else { return };
+        let Some(inbound) = self.writes.get_mut(&write) else { return };
+        if inbound.downstream.map(|(n, _)| n) != Some(from) {
+            return;
+        }
+        inbound.last_activity = now.mono;
+        match ack {
+            WriteAck::Written { through, committed } => {
+                inbound.down_through = inbound.down_through.max(through);
+                inbound.down_committed |= committed;
+                self.progress(node, write);
+            }
+            WriteAck::Failed { at, message } => self.fail(node, write, at, message),
+        }
+    }
+}

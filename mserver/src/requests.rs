@@ -1,0 +1,350 @@
+//! Client requests at the meta-server: changes are proposed to Raft and answered once
+//! applied; reads (stat, list, locks) wait for a ReadIndex round and are answered from the
+//! namespace as applied; a follower answers "not leader" with the leader it knows. The leader
+//! also places new blocks here, from the data-servers' reports and its group's view.
+
+use std::time::Duration;
+
+use log::warn;
+use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
+use meshfs_core::error::NsError;
+use meshfs_core::locks::{Wake, WakeResult};
+use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
+use meshfs_core::path::MeshPath;
+use meshfs_core::placement::{DataServerLoad, place};
+use meshfs_core::session::SessionId;
+use meshfs_core::token::{Token, TokenOp};
+use meshfs_core::wire::{
+    MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply,
+    MetaRequest,
+};
+use meshfs_group::driver::Node;
+use meshfs_group::{ClientId, NodeId, Now, Role};
+
+use crate::consensus::ProposeError;
+use crate::{MetaServer, Waiter, heal};
+
+impl MetaServer {
+    /// No longer the leader: everyone waiting here asks the new one. A retried write keeps
+    /// its request id, so it is applied once however often it is proposed.
+    pub(crate) fn release_all(&mut self, node: &mut Node) {
+        if self.writes.is_empty()
+            && self.reads.is_empty()
+            && self.confirmed.is_empty()
+            && self.lock_waits.is_empty()
+        {
+            return;
+        }
+        let reply = MetaReply::NotLeader { leader: self.leader_id() };
+        let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
+        waiters.extend(self.lock_waits.drain().flat_map(|(_, w)| w));
+        waiters.extend(self.reads.drain().map(|(_, (w, _))| w));
+        waiters.extend(self.confirmed.drain(..).map(|(_, w, _)| w));
+        for waiter in waiters {
+            answer(node, waiter, reply.clone());
+        }
+    }
+
+    pub(crate) fn leader_id(&self) -> Option<NodeId> {
+        self.replica.status().leader.and_then(|l| u32::try_from(l).ok()).map(NodeId)
+    }
+
+    pub(crate) fn handle_meta(
+        &mut self,
+        node: &mut Node,
+        now: Now,
+        waiter: Waiter,
+        client: ClientId,
+        request: MetaRequest,
+    ) {
+        if !self.replica.is_leader() {
+            answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
+            return;
+        }
+        let session = SessionId { client, nonce: request.session };
+        let command = match request.op {
+            MetaOp::ReportBadReplica { block, server, reason } => {
+                // Soft state for the repair work (issue 6): which replica of which block failed.
+                warn!(
+                    "client {client} reports data-server {server} failed block {block}: {reason}"
+                );
+                self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
+                return answer(node, waiter, MetaReply::Done);
+            }
+            MetaOp::Fsck { path } => {
+                let namespace = self.replica.namespace();
+                let reply =
+                    match heal::fsck(node, namespace, &self.reports, &self.healer, &path, now.mono)
+                    {
+                        Ok(report) => MetaReply::Fsck(report),
+                        Err(err) => MetaReply::Failed(err),
+                    };
+                return answer(node, waiter, reply);
+            }
+            MetaOp::Drain { server, draining } => {
+                if node.config().server(server).is_none_or(|s| s.role != Role::DServer) {
+                    let err =
+                        NsError::NotFound(format!("data-server {server} (not in the config)"));
+                    return answer(node, waiter, MetaReply::Failed(err));
+                }
+                Command::SetDraining { server, draining }
+            }
+            MetaOp::OpenSession => Command::OpenSession {
+                lease_ms: millis(self.locks.session_lease),
+                lock_delay_ms: millis(self.locks.lock_delay),
+            },
+            MetaOp::KeepAlive => Command::KeepAlive,
+            MetaOp::CloseSession => Command::CloseSession,
+            MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
+            MetaOp::Unlock { path } => Command::Unlock { path },
+            MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
+                let context = self.next_read;
+                self.next_read += 1;
+                let result = self.replica.read_index(context).map(|()| {
+                    self.reads.insert(context, (waiter, request.op));
+                });
+                return self.settle(node, now, waiter, result);
+            }
+            MetaOp::Expand { path, size } => match self.place(node, path, size) {
+                Ok(command) => command,
+                Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
+            },
+            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
+            MetaOp::Create { path, replication } => Command::CreateFile {
+                path,
+                replication: if replication == 0 { self.default_replication } else { replication },
+                block_size: self.block_size,
+            },
+            MetaOp::CreateWrite { path, replication, size } => {
+                let replication =
+                    if replication == 0 { self.default_replication } else { replication };
+                // One block at most (the state machine refuses more); room for what it holds.
+                let largest = size.min(u64::from(self.block_size));
+                match place(1, replication, largest, &self.loads(node)) {
+                    Ok(mut sets) => Command::CreateWrite {
+                        path,
+                        replication,
+                        block_size: self.block_size,
+                        size,
+                        placement: sets.pop().unwrap_or_default(),
+                    },
+                    Err(e) => {
+                        let err = NsError::Placement(e.to_string());
+                        return answer(node, waiter, MetaReply::Failed(err));
+                    }
+                }
+            }
+            MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
+            MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
+            MetaOp::CommitWrite { path, index, version } => {
+                Command::CommitWrite { path, index, version }
+            }
+            MetaOp::SwapReplica { path, index, failed } => {
+                match self.replacement(node, &path, index, failed) {
+                    Ok(replacement) => Command::SwapReplica { path, index, failed, replacement },
+                    Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
+                }
+            }
+        };
+        let entry =
+            Entry { session, request_id: request.request_id, time_ms: now.wall_ms, command };
+        let result = self.replica.propose(&entry).map(|()| {
+            self.writes.entry((session, request.request_id)).or_default().push(waiter);
+        });
+        self.settle(node, now, waiter, result);
+    }
+
+    /// Answers a request Raft would not take; then sends what Raft produced.
+    pub(crate) fn settle(
+        &mut self,
+        node: &mut Node,
+        now: Now,
+        waiter: Waiter,
+        result: Result<(), ProposeError>,
+    ) {
+        match result {
+            Ok(()) => {}
+            Err(ProposeError::NotLeader(_)) => {
+                answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
+            }
+            Err(ProposeError::Dropped(why)) => answer(node, waiter, MetaReply::Unavailable(why)),
+        }
+        self.flush(node, now);
+    }
+
+    /// The leader's placement of the blocks `path` needs to hold `size` bytes: distinct
+    /// data-servers its group sees up, most free first, free being the configured capacity
+    /// less what the namespace assigns (until data-servers report their disks). The entry
+    /// carries it, so applying stays deterministic.
+    /// A live data-server, not already holding block `index` of `path`, to take `failed`'s
+    /// place (the applying checks the rest).
+    pub(crate) fn replacement(
+        &self,
+        node: &Node,
+        path: &MeshPath,
+        index: u16,
+        failed: NodeId,
+    ) -> Result<NodeId, NsError> {
+        let meta = self.replica.namespace().get_file_meta_data(path)?;
+        let Some(block) = meta.blocks.get(usize::from(index)) else {
+            return Err(NsError::NotFound(format!("{path} block {index}")));
+        };
+        let live: Vec<DataServerLoad> = self
+            .loads(node)
+            .into_iter()
+            .filter(|l| l.id != failed && !block.replicas.contains(&l.id))
+            .collect();
+        let chosen = place(1, 1, u64::from(meta.block_size), &live)
+            .map_err(|e| NsError::Placement(format!("no data-server to replace {failed}: {e}")))?;
+        chosen
+            .first()
+            .and_then(|set| set.first())
+            .copied()
+            .ok_or_else(|| NsError::Placement(format!("no data-server to replace {failed}")))
+    }
+
+    /// Every live data-server with its free space as the leader sees it.
+    pub(crate) fn loads(&self, node: &Node) -> Vec<DataServerLoad> {
+        let namespace = self.replica.namespace();
+        node.group()
+            .status()
+            .into_iter()
+            .filter(|p| p.role == Role::DServer && p.up && !namespace.draining().contains(&p.id))
+            .map(|p| {
+                let configured = node.config().server(p.id).and_then(|s| s.capacity).unwrap_or(0);
+                let assigned = namespace.allocated().get(&p.id).copied().unwrap_or(0);
+                // What the data-server reports using, or what the namespace has assigned it,
+                // whichever is more: blocks assigned are not all written yet.
+                let (capacity, used) = match self.reports.get(&p.id) {
+                    Some(r) if r.complete => (r.capacity, r.used.max(assigned)),
+                    _ => (configured, assigned),
+                };
+                DataServerLoad { id: p.id, free_bytes: capacity.saturating_sub(used) }
+            })
+            .collect()
+    }
+
+    pub(crate) fn place(&self, node: &Node, path: MeshPath, size: u64) -> Result<Command, NsError> {
+        let namespace = self.replica.namespace();
+        let meta = namespace.get_file_meta_data(&path)?;
+        let have = meta.blocks.len() as u64;
+        let wanted = size.div_ceil(u64::from(meta.block_size));
+        let needed = wanted.saturating_sub(have) as usize;
+        let live = self.loads(node);
+        let placement = if needed == 0 || wanted > u64::from(MAX_BLOCKS_PER_FILE) {
+            Vec::new() // nothing to place, or the state machine refuses the size itself
+        } else {
+            // Room for the largest new block: the first (a small file's only block is small).
+            let bs = u64::from(meta.block_size);
+            let largest = bs.min(size.saturating_sub(have * bs));
+            place(needed, meta.replication, largest, &live)
+                .map_err(|e| NsError::Placement(e.to_string()))?
+        };
+        Ok(Command::ExpandFile { path, size, first_block: have as u32, placement })
+    }
+}
+
+pub(crate) fn answer(node: &mut Node, waiter: Waiter, reply: MetaReply) {
+    node.reply(waiter.conn, Message::MetaReply(reply).to_frame(waiter.frame_id));
+}
+
+/// The reply for an applied change.
+pub(crate) fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> MetaReply {
+    match outcome {
+        Outcome::Mkdir
+        | Outcome::Renamed
+        | Outcome::Committed { .. }
+        | Outcome::Swapped { .. }
+        | Outcome::Draining { .. } => MetaReply::Done,
+        // Signed when answered, by whoever answers: a token lives on the wire only.
+        // The token ends when the lease does (the entry's time, by the leader's clock).
+        Outcome::Leased { block, base, replicas, expires_ms } => MetaReply::Lease(Token::sign(
+            secret,
+            block,
+            base,
+            TokenOp::Write,
+            replicas,
+            client,
+            expires_ms,
+        )),
+        Outcome::Expanded { file, blocks } => {
+            MetaReply::Expanded { file, new_blocks: blocks.len() as u32 }
+        }
+        Outcome::Created(fd) => MetaReply::Created(fd),
+        Outcome::Removed { files, dirs } => MetaReply::Removed { files, dirs },
+        Outcome::Failed(err) => MetaReply::Failed(err),
+        Outcome::SessionOpened { lease_ms, lock_delay_ms, .. } => {
+            MetaReply::Session { lease_ms, lock_delay_ms }
+        }
+        Outcome::KeptAlive { .. } | Outcome::Woke { .. } => MetaReply::Done,
+        Outcome::LockGranted { sequencer } => MetaReply::Locked { sequencer },
+        Outcome::LockQueued => MetaReply::Unavailable("the lock request is queued".into()),
+    }
+}
+
+/// The answer to a lock request whose wait ended.
+pub(crate) fn wake_reply(wake: &Wake) -> MetaReply {
+    let path = wake.path.to_string();
+    match wake.result {
+        WakeResult::Granted { sequencer } => MetaReply::Locked { sequencer },
+        WakeResult::TimedOut => MetaReply::Failed(NsError::LockTimeout(path)),
+        WakeResult::Cancelled => MetaReply::Failed(NsError::LockCancelled(path)),
+        WakeResult::SessionEnded => {
+            MetaReply::Failed(NsError::SessionExpired { client: wake.session.client.0 })
+        }
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Answers a read from the namespace as applied.
+pub(crate) fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
+    match op {
+        MetaOp::Stat { path, first_block } => match namespace.stat(path) {
+            Ok(Stat::File(mut meta)) => {
+                let total = meta.blocks.len() as u32;
+                let first = (*first_block).min(total);
+                meta.blocks.drain(..first as usize);
+                meta.blocks.truncate(MAX_STAT_BLOCKS as usize);
+                MetaReply::Stat { stat: Stat::File(meta), total_blocks: total, first_block: first }
+            }
+            Ok(dir) => MetaReply::Stat { stat: dir, total_blocks: 0, first_block: 0 },
+            Err(err) => MetaReply::Failed(err),
+        },
+        MetaOp::List { path, after, limit } => {
+            let limit = (*limit).clamp(1, MAX_LIST_PAGE) as usize;
+            match namespace.list_page(path, after, limit) {
+                Ok((entries, more)) => MetaReply::List { entries, more },
+                Err(err) => MetaReply::Failed(err),
+            }
+        }
+        MetaOp::Locks { path } => {
+            let table = namespace.lock_table();
+            let (locks, more) =
+                table.list(path, MAX_LOCKS_LISTED as usize, MAX_LOCK_PARTIES as usize);
+            MetaReply::Locks { locks, more }
+        }
+        MetaOp::Mkdir { .. }
+        | MetaOp::Create { .. }
+        | MetaOp::CreateWrite { .. }
+        | MetaOp::Rename { .. }
+        | MetaOp::Remove { .. }
+        | MetaOp::Expand { .. }
+        | MetaOp::WriteLease { .. }
+        | MetaOp::CommitWrite { .. }
+        | MetaOp::SwapReplica { .. }
+        | MetaOp::Drain { .. }
+        | MetaOp::Fsck { .. }
+        | MetaOp::OpenSession
+        | MetaOp::KeepAlive
+        | MetaOp::CloseSession
+        | MetaOp::Lock { .. }
+        | MetaOp::Unlock { .. }
+        | MetaOp::ReportBadReplica { .. } => {
+            unreachable!("writes go through the log, not read()")
+        }
+    }
+}
