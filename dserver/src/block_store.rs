@@ -985,6 +985,8 @@ mod tests {
         }
     }
 
+    /// Test data. Not the test kit's generator: `testdata/block-format1.blk` holds these
+    /// very bytes, so they stay as they were when it was written.
     fn bytes(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)

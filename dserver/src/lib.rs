@@ -47,6 +47,7 @@ mod forwarder;
 mod report;
 
 use std::collections::HashMap;
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,8 +57,9 @@ use meshfs_core::pacer::Pacer;
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::status::node_status;
 use meshfs_core::wire::{BlockData, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
-use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{GroupEvent, NodeId, Now, Role};
+use meshfs_group::driver::{Node, NodeError, Service, Stop};
+use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
+use meshfs_group::{Config, GroupEvent, NodeId, Now, Role};
 use meshfs_net::Priority;
 
 use crate::block_store::{BlockStore, StoreError};
@@ -377,7 +379,28 @@ impl DataServer {
 
 /// Runs data-server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), DataError> {
-    let (config, data_dir, mut node) = start_server(Role::DServer, config_path, id)?;
+    let (config, data_dir, node) = start_server(Role::DServer, config_path, id)?;
+    serve_node(&config, id, &data_dir, node)
+}
+
+/// Runs data-server `id` of `config` on `listener`, which the caller bound, until `stop` is
+/// stopped: a server inside another program, as tests start one on a port they picked.
+pub fn serve(
+    config: &Config,
+    id: NodeId,
+    listener: TcpListener,
+    stop: &Stop,
+) -> Result<(), DataError> {
+    let (data_dir, node) = start_in_process(Role::DServer, config, id, listener, stop)?;
+    serve_node(config, id, &data_dir, node)
+}
+
+fn serve_node(
+    config: &Config,
+    id: NodeId,
+    data_dir: &DataDir,
+    mut node: Node,
+) -> Result<(), DataError> {
     info!("data directory {}", data_dir.path().display());
     let capacity = config.server(id).and_then(|s| s.capacity).unwrap_or(0);
     let store = Arc::new(BlockStore::open(data_dir.path(), capacity)?);

@@ -6,10 +6,10 @@
 //! actions, and hands group events to the service. It times every callback and logs slow ones.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -17,7 +17,7 @@ use meshfs_net::{
     ConnId, EventLoop, Frame, LoopConfig, NetEvent, Notifier, Priority, SendError, TimerId,
 };
 
-use crate::config::{Config, ConfigError, NodeId, Role};
+use crate::config::{Config, NodeId, Role};
 use crate::membership::{Action, Group, GroupError, GroupEvent, HANDSHAKE_MAX_BODY_LEN};
 use crate::time::Now;
 
@@ -65,6 +65,61 @@ pub enum NodeError {
     Entropy(io::Error),
 }
 
+fn not_in_config(config: &Config, me: NodeId) -> NodeError {
+    let ids: Vec<String> = config.servers.iter().map(|s| s.id.to_string()).collect();
+    NodeError::NotInConfig(me, ids.join(", "))
+}
+
+/// Stops a node's loop from another thread: the owner of an in-process server keeps a clone
+/// and calls [`Stop::stop`]; the loop ends after the callback it is in, as on SIGTERM.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    /// The loop to wake, once a node runs on it.
+    notifier: Mutex<Option<Notifier>>,
+}
+
+impl Stop {
+    /// A handle no node uses yet.
+    pub fn new() -> Stop {
+        Stop::default()
+    }
+
+    /// Asks the node to stop and wakes its loop.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        let notifier = self.inner.notifier.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notifier) = notifier.as_ref()
+            && let Err(err) = notifier.notify()
+        {
+            // The loop still sees the flag within MAX_POLL_WAIT.
+            warn!("cannot wake the loop to stop it: {err}");
+        }
+    }
+
+    /// Whether [`Stop::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    fn attach(&self, notifier: Notifier) {
+        *self.inner.notifier.lock().unwrap_or_else(|p| p.into_inner()) = Some(notifier);
+    }
+}
+
+/// 32 bytes from the OS for nonces and jitter.
+pub fn os_seed() -> io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
 /// One server process's network side: the event loop and the group.
 #[derive(Debug)]
 pub struct Node {
@@ -74,6 +129,8 @@ pub struct Node {
     local_addr: SocketAddr,
     started: Instant,
     stop: bool,
+    /// Stopped from another thread (an in-process server's owner).
+    stopped: Stop,
     next_rtt_log: Instant,
     /// Bytes sent to each peer that are not on its connection's queue yet: a send becomes
     /// an action carried out after the handler returns.
@@ -81,21 +138,42 @@ pub struct Node {
 }
 
 impl Node {
-    /// Listens on the address of server `me` in `config` and prepares the group.
+    /// Listens on the address of server `me` in `config`, watches SIGTERM and SIGINT, and
+    /// prepares the group with a seed from the OS: a server process.
     pub fn bind(config: &Config, me: NodeId) -> Result<Node, NodeError> {
         let Some(server) = config.server(me) else {
-            let ids: Vec<String> = config.servers.iter().map(|s| s.id.to_string()).collect();
-            return Err(NodeError::NotInConfig(me, ids.join(", ")));
+            return Err(not_in_config(config, me));
+        };
+        let listener = std::net::TcpListener::bind(server.addr)
+            .map_err(|source| NodeError::Listen { addr: server.addr, source })?;
+        let seed = os_seed().map_err(NodeError::Entropy)?;
+        let mut node = Node::on_listener(config, me, listener, seed, &Stop::new())?;
+        node.net
+            .watch_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .map_err(NodeError::Loop)?;
+        Ok(node)
+    }
+
+    /// Server `me` of `config` on a listener the caller bound (a test's, on a port it
+    /// picked), its group seeded with `seed`; it runs until `stop` is stopped. No signals
+    /// are watched: the process is the caller's.
+    pub fn on_listener(
+        config: &Config,
+        me: NodeId,
+        listener: std::net::TcpListener,
+        seed: [u8; 32],
+        stop: &Stop,
+    ) -> Result<Node, NodeError> {
+        let Some(server) = config.server(me) else {
+            return Err(not_in_config(config, me));
         };
         let mut net = EventLoop::new(LoopConfig::default()).map_err(NodeError::Loop)?;
         let (_, local_addr) = net
-            .listen(server.addr)
+            .adopt_listener(listener)
             .map_err(|source| NodeError::Listen { addr: server.addr, source })?;
-        net.watch_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(NodeError::Loop)?;
+        stop.attach(net.notifier());
         let now = Instant::now();
-        let group = Group::new(config, me, os_seed().map_err(NodeError::Entropy)?, now)
-            .map_err(|_| NodeError::NotInConfig(me, String::new()))?;
+        let group = Group::new(config, me, seed, now).map_err(|_| not_in_config(config, me))?;
         info!(
             "{} {me} listening on {local_addr}, cluster {:?}, {} peers",
             server.role,
@@ -109,6 +187,7 @@ impl Node {
             local_addr,
             started: now,
             stop: false,
+            stopped: stop.clone(),
             next_rtt_log: now + RTT_LOG_INTERVAL,
             pending: HashMap::new(),
         })
@@ -201,7 +280,7 @@ impl Node {
     pub fn run<S: Service>(&mut self, service: &mut S) -> io::Result<()> {
         let mut events = Vec::new();
         service.start(self, Now::read());
-        while !self.stop {
+        while !self.stop && !self.stopped.is_stopped() {
             self.group.handle_tick(Instant::now());
             self.drain(service);
             if self.stop {
@@ -340,148 +419,5 @@ impl Node {
             })
             .collect();
         info!("rtt (smoothed): {}", peers.join(" "));
-    }
-}
-
-/// Why a server process could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The config is unreadable or invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The id is in the config, but as another role.
-    #[error("node {id} is a {actual} in {path}; start it with `{actual} --id {id}`")]
-    WrongRole {
-        /// The id.
-        id: NodeId,
-        /// Its role in the config.
-        actual: Role,
-        /// The config file.
-        path: PathBuf,
-    },
-    /// The data directory could not be created or locked.
-    #[error("data directory {path}: {reason}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// What failed.
-        reason: String,
-    },
-    /// The node could not start.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-}
-
-/// A server's data directory, locked for the life of the process so that two processes never
-/// serve one server's data.
-#[derive(Debug)]
-pub struct DataDir {
-    path: PathBuf,
-    /// Holds the advisory lock on `LOCK`; released when dropped (or when the process dies).
-    _lock: File,
-}
-
-impl DataDir {
-    /// Creates `path` if needed and locks it.
-    pub fn open(path: &Path) -> Result<DataDir, StartError> {
-        let fail = |reason: String| StartError::DataDir { path: path.to_path_buf(), reason };
-        fs::create_dir_all(path).map_err(|e| fail(format!("cannot create: {e}")))?;
-        let lock_path = path.join("LOCK");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => Ok(DataDir { path: path.to_path_buf(), _lock: lock }),
-            Err(fs::TryLockError::WouldBlock) => {
-                Err(fail("in use by another running server (LOCK is held)".to_string()))
-            }
-            Err(fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock: {e}"))),
-        }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Everything a server process needs before its loop starts: the validated config, its
-/// locked data directory, and its bound node.
-pub fn start_server(
-    role: Role,
-    config_path: &Path,
-    id: NodeId,
-) -> Result<(Config, DataDir, Node), StartError> {
-    let config = Config::load(config_path)?;
-    let Some(server) = config.server(id) else {
-        let ids: Vec<String> = config.servers_of(role).map(|s| s.id.to_string()).collect();
-        return Err(NodeError::NotInConfig(id, format!("{}s: {}", role, ids.join(", "))).into());
-    };
-    if server.role != role {
-        return Err(StartError::WrongRole { id, actual: server.role, path: config.path.clone() });
-    }
-    let data_dir = DataDir::open(&server.data_dir)?;
-    let node = Node::bind(&config, id)?;
-    Ok((config, data_dir, node))
-}
-
-/// A server process from start to finish: [`start_server`], then [`Node::run`] with
-/// `service` until SIGTERM or SIGINT.
-pub fn serve<S: Service>(
-    role: Role,
-    config_path: &Path,
-    id: NodeId,
-    service: &mut S,
-) -> Result<(), StartError> {
-    let (_config, data_dir, mut node) = start_server(role, config_path, id)?;
-    info!("data directory {}", data_dir.path().display());
-    node.run(service).map_err(NodeError::Loop)?;
-    info!("stopped");
-    Ok(())
-}
-
-/// 32 bytes from the OS for nonces and jitter.
-fn os_seed() -> io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
-    Ok(seed)
-}
-
-/// The command line both server programs take.
-#[derive(Debug, clap::Parser)]
-#[command(version)]
-struct ServerArgs {
-    /// The cluster config (default: $MESHFS_CONFIG, else ./config.conf).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// This server's id in the config.
-    #[arg(long, value_name = "N")]
-    id: u32,
-}
-
-/// The `main` of a server program (`mserver`, `dserver`): parses `--config FILE --id N`,
-/// sets up logging (`RUST_LOG`, default info), and runs `run` until it returns; an error is
-/// logged, printed and turned into a failing exit status.
-pub fn server_main<E: std::fmt::Display>(
-    role: Role,
-    about: &'static str,
-    run: impl FnOnce(&Path, NodeId) -> Result<(), E>,
-) -> std::process::ExitCode {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = ServerArgs::command().name(role.name()).about(about).get_matches();
-    let args = ServerArgs::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = crate::config::resolve_path(args.config);
-    match run(&config, NodeId(args.id)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            log::error!("{role} {}: {err}", args.id);
-            eprintln!("{role}: {err}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }

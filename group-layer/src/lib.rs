@@ -7,6 +7,7 @@
 //!   RTT, reconnect with backoff. Driven by calls; tested with a fake clock and network.
 //! - [`rtt`], [`rng`]: RTT statistics and backoff; a seeded random source.
 //! - [`time`]: [`time::Now`], the time a callback runs at; server logic reads no clock.
+//! - [`process`]: a server process's start: command line, logging, config, data directory.
 //! - [`driver`]: runs [`membership::Group`] on the net layer's event loop for a server
 //!   process, and hands group events to the server's [`driver::Service`].
 //!
@@ -19,6 +20,7 @@ pub mod config;
 pub mod driver;
 pub mod membership;
 pub mod message;
+pub mod process;
 pub mod rng;
 pub mod rtt;
 pub mod time;

@@ -34,6 +34,7 @@ mod requests;
 mod snapshot_pump;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -43,8 +44,9 @@ use meshfs_core::namespace::{Command, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
 use meshfs_core::wire::{Kind, Message, MetaOp};
-use meshfs_group::driver::{Node, NodeError, Service, StartError, start_server};
-use meshfs_group::{ClientId, GroupEvent, Heal, Locks, NodeId, Now, Role};
+use meshfs_group::driver::{Node, NodeError, Service, Stop};
+use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
+use meshfs_group::{ClientId, Config, GroupEvent, Heal, Locks, NodeId, Now, Role};
 use meshfs_net::{ConnId, Priority};
 
 use crate::consensus::{OutgoingSnapshot, Replica, ReplicaError};
@@ -377,7 +379,28 @@ fn has_quorum(node: &Node) -> bool {
 
 /// Runs meta-server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
-    let (config, data_dir, mut node) = start_server(Role::MServer, config_path, id)?;
+    let (config, data_dir, node) = start_server(Role::MServer, config_path, id)?;
+    serve_node(&config, id, &data_dir, node)
+}
+
+/// Runs meta-server `id` of `config` on `listener`, which the caller bound, until `stop` is
+/// stopped: a server inside another program, as tests start one on a port they picked.
+pub fn serve(
+    config: &Config,
+    id: NodeId,
+    listener: TcpListener,
+    stop: &Stop,
+) -> Result<(), MetaError> {
+    let (data_dir, node) = start_in_process(Role::MServer, config, id, listener, stop)?;
+    serve_node(config, id, &data_dir, node)
+}
+
+fn serve_node(
+    config: &Config,
+    id: NodeId,
+    data_dir: &DataDir,
+    mut node: Node,
+) -> Result<(), MetaError> {
     info!("data directory {}", data_dir.path().display());
     let voters: Vec<u64> = config.servers_of(Role::MServer).map(|s| u64::from(s.id.0)).collect();
     let raft_dir = data_dir.path().join("raft");

@@ -261,7 +261,23 @@ impl EventLoop {
 
     /// Starts listening on `addr` (port 0 picks a free port); returns the bound address.
     pub fn listen(&mut self, addr: SocketAddr) -> io::Result<(ListenerId, SocketAddr)> {
-        let mut listener = TcpListener::bind(addr)?;
+        self.register_listener(TcpListener::bind(addr)?)
+    }
+
+    /// Accepts connections on a listener the caller already bound (so a test can pick the
+    /// port before anything runs). It is made non-blocking here.
+    pub fn adopt_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<(ListenerId, SocketAddr)> {
+        listener.set_nonblocking(true)?;
+        self.register_listener(TcpListener::from_std(listener))
+    }
+
+    fn register_listener(
+        &mut self,
+        mut listener: TcpListener,
+    ) -> io::Result<(ListenerId, SocketAddr)> {
         let local = listener.local_addr()?;
         let entry = self.sources.vacant_entry();
         let key = entry.key();

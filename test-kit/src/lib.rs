@@ -3,6 +3,10 @@
 //!
 //! - [`golden`]: byte and text files that freeze an encoding (`MESHFS_BLESS=1` rewrites them).
 //! - [`temp`]: private temporary directories removed when dropped.
+//! - [`rng`]: one seeded generator.
+//! - [`wait`]: waiting for a condition with a deadline, never a fixed sleep.
+//! - [`net`]: loopback listeners bound before anything starts.
+//! - [`process`]: child processes stopped by PID when dropped.
 //!
 //! It knows nothing of MeshFS itself: no crate of the workspace is a dependency, so every
 //! crate, the lowest included, can use it.
@@ -10,6 +14,12 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod golden;
+pub mod net;
+pub mod process;
+pub mod rng;
 pub mod temp;
+pub mod wait;
 
+pub use rng::Rng;
 pub use temp::TempDir;
+pub use wait::{DEADLINE, wait_until};

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,8 +15,7 @@ use meshfs_client::Credentials;
 use meshfs_client::status::{ClusterStatus, cluster_status};
 use meshfs_group::{Config, NodeId};
 
-/// Generous: CI machines are slow and shared. Tests wait for events, never for this long.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub use meshfs_test_kit::DEADLINE;
 pub const PING_INTERVAL_MS: u64 = 100;
 pub const DOWN_TIMEOUT_MS: u64 = 1000;
 pub const SECRET: &str = "integration-test-secret-0123456789";
@@ -37,14 +35,6 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// `count` distinct free ports: all are held bound until all are chosen, so the kernel cannot
-/// hand out one port twice.
-fn free_ports(count: u32) -> Vec<u16> {
-    let held: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 /// Config text for `m` meta-servers and `d` data-servers on free ports, with extra
 /// `[cluster]` lines.
 pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> String {
@@ -53,7 +43,7 @@ pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> St
          ping_interval_ms = {PING_INTERVAL_MS}\ndown_timeout_ms = {DOWN_TIMEOUT_MS}\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 500\n{cluster_extra}\n"
     );
-    let ports = free_ports(m + d);
+    let ports = meshfs_test_kit::net::free_ports((m + d) as usize);
     for id in 1..=m + d {
         let role = if id <= m { "mserver" } else { "dserver" };
         let port = ports[(id - 1) as usize];

@@ -9,6 +9,7 @@ use meshfs_client::file::{OpenMode, RemoteFile};
 use meshfs_client::session::{LockMode, Session, SessionState, list_locks};
 use meshfs_client::{ClientError, MetaClient};
 use meshfs_core::error::NsError;
+use meshfs_test_kit::wait_until;
 
 use super::cluster::{DEADLINE, TestCluster};
 use super::text;
@@ -39,15 +40,6 @@ fn lock_state(cluster: &TestCluster, path: &str) -> (Vec<u64>, usize) {
     match locks.iter().find(|l| l.path.as_str() == path) {
         Some(l) => (l.holders.iter().map(|h| h.sequencer).collect(), l.waiters.len()),
         None => (Vec::new(), 0),
-    }
-}
-
-/// Polls `done` until it holds; panics at the deadline.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod heal;
+mod in_process;
 mod locks;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -713,16 +714,7 @@ fn a_write_lease_is_exclusive_signs_its_chain_and_takes_effect_on_commit() {
 
 /// `len` pseudo-random bytes (never zeros: some filesystems skip them).
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    meshfs_test_kit::rng::bytes(len, seed)
 }
 
 fn data_clients(

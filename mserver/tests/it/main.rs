@@ -1,35 +1,24 @@
 //! The `mserver` program from the outside: config errors, ids, the data-directory lock and
-//! clean shutdown. Real processes; ports picked free; every wait has a deadline.
+//! clean shutdown. Real processes from the test kit; every wait has a deadline.
 
 #![allow(clippy::unwrap_used)]
 
 mod sim;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+use meshfs_test_kit::process::Proc;
+use meshfs_test_kit::{DEADLINE, TempDir, wait_until};
+use nix::sys::signal::Signal;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("meshfs-mserver-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn config(dir: &Path, body_extra: &str) -> PathBuf {
+fn config(dir: &TempDir, body_extra: &str) -> PathBuf {
+    let ports = meshfs_test_kit::net::free_ports(2);
     let text = format!(
         "[cluster]\nname = \"it\"\nsecret = \"mserver-it-secret-0123456789\"\nreplication = 1\n{body_extra}\n\
          [[mserver]]\nid = 1\naddr = \"127.0.0.1:{}\"\ndata_dir = \"m1\"\n\n\
          [[dserver]]\nid = 2\naddr = \"127.0.0.1:{}\"\ndata_dir = \"d2\"\ncapacity = \"1GiB\"\n",
-        free_port(),
-        free_port()
+        ports[0], ports[1]
     );
     let path = dir.join("config.conf");
     std::fs::write(&path, text).unwrap();
@@ -50,27 +39,15 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A started server, killed by PID when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_listening(dir: &Path, log: &Path) {
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(log).unwrap_or_default().contains("listening on") {
-        assert!(Instant::now() < deadline, "server never started ({})", dir.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_listening(server: &Proc, dir: &Path) {
+    wait_until(&format!("the server in {} to listen", dir.display()), || {
+        server.log().contains("listening on")
+    });
 }
 
 #[test]
 fn config_errors_exit_non_zero_and_name_the_field() {
-    let dir = temp_dir("bad-config");
+    let dir = TempDir::new("mserver-bad-config");
     let path = config(&dir, "replicaton = 3");
     let output = run(&["--config", path.to_str().unwrap(), "--id", "1"]);
     assert_eq!(output.status.code(), Some(1));
@@ -91,12 +68,11 @@ fn config_errors_exit_non_zero_and_name_the_field() {
     let output =
         mserver(&["--id", "1"]).env("MESHFS_CONFIG", dir.join("nope.conf")).output().unwrap();
     assert!(stderr(&output).contains("nope.conf"), "{}", stderr(&output));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn ids_must_be_meta_servers_of_the_config() {
-    let dir = temp_dir("ids");
+    let dir = TempDir::new("mserver-ids");
     let path = config(&dir, "");
     let output = run(&["--config", path.to_str().unwrap(), "--id", "9"]);
     assert_eq!(output.status.code(), Some(1));
@@ -110,43 +86,28 @@ fn ids_must_be_meta_servers_of_the_config() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("node 2 is a dserver"), "{}", stderr(&output));
     assert!(stderr(&output).contains("dserver --id 2"), "{}", stderr(&output));
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn a_second_process_for_the_same_server_is_refused_and_sigterm_stops_cleanly() {
-    let dir = temp_dir("lock");
+    let dir = TempDir::new("mserver-lock");
     let path = config(&dir, "");
-    let log = dir.join("first.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let mut first = Server(
-        mserver(&["--config", path.to_str().unwrap(), "--id", "1"])
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
+    let mut first = Proc::spawn(
+        mserver(&["--config", path.to_str().unwrap(), "--id", "1"]),
+        &dir.join("first.log"),
     );
-    wait_listening(&dir, &log);
+    wait_listening(&first, dir.path());
 
     let second = run(&["--config", path.to_str().unwrap(), "--id", "1"]);
     assert_eq!(second.status.code(), Some(1));
     assert!(stderr(&second).contains("in use by another running server"), "{}", stderr(&second));
-    assert!(matches!(first.0.try_wait(), Ok(None)), "the first server must be unharmed");
+    assert!(first.is_running(), "the first server must be unharmed");
 
-    let pid = nix::unistd::Pid::from_raw(first.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = first.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "mserver ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    first.signal(Signal::SIGTERM);
+    let status = first.wait_exit(DEADLINE);
     assert!(status.success(), "{status}");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = first.log();
     assert!(text.contains("shutting down") && text.contains("stopped"), "{text}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 // ---- the deterministic simulation ----
