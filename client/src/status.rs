@@ -300,6 +300,7 @@ impl ClusterStatus {
     }
 
     /// As one JSON object.
+    #[cfg(feature = "tools")]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("status serializes")
     }

@@ -116,6 +116,7 @@ fn server_of(config: &Config, role: Role, id: NodeId) -> Result<&ServerConfig, S
 }
 
 /// The command line both server programs take.
+#[cfg(feature = "server-main")]
 #[derive(Debug, clap::Parser)]
 #[command(version)]
 struct ServerArgs {
@@ -130,6 +131,7 @@ struct ServerArgs {
 /// The `main` of a server program (`mserver`, `dserver`): parses `--config FILE --id N`,
 /// sets up logging (`RUST_LOG`, default info), and runs `run` until it returns; an error is
 /// logged, printed and turned into a failing exit status.
+#[cfg(feature = "server-main")]
 pub fn server_main<E: std::fmt::Display>(
     role: Role,
     about: &'static str,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::Report;
 use crate::error::ClientError;
 
 /// Bytes per write in every throughput measurement.
@@ -86,7 +87,7 @@ pub fn measure(
     let log = dir.join(format!(".meshfs-limits-{tag}.log"));
     let _scratch = Scratch(vec![data.clone(), log.clone()]);
     // Non-repeating, non-zero bytes: some filesystems and disks skip zeros.
-    let piece = crate::rng::XorShift::new(0x9E37_79B9_7F4A_7C15).bytes(PIECE);
+    let piece = crate::bench::rng::XorShift::new(0x9E37_79B9_7F4A_7C15).bytes(PIECE);
 
     progress("loopback TCP, one stream");
     let loopback_mb_s = loopback(&piece, time_bound)?;
@@ -169,7 +170,7 @@ fn random_reads(path: &Path, len: u64, time_bound: Duration) -> Result<Option<f6
     let skew = space.as_ptr().align_offset(BLOCK);
     let buf = &mut space[skew..skew + BLOCK];
     let slots = (len / BLOCK as u64).max(1);
-    let mut rng = crate::rng::XorShift::new(0x2545_F491_4F6C_DD1D);
+    let mut rng = crate::bench::rng::XorShift::new(0x2545_F491_4F6C_DD1D);
     let started = Instant::now();
     let mut reads = 0u64;
     while started.elapsed() < time_bound && reads < MAX_APPENDS {
@@ -247,13 +248,13 @@ pub fn to_json(limits: &Limits) -> String {
         "random_read_4k_iops": limits.random_read_4k_iops,
         "append_fdatasync_per_s": limits.append_fdatasync_per_s,
     });
-    serde_json::json!({
-        "workload": "limits",
-        "params": { "dir": limits.dir, "disk_bytes": limits.disk_bytes },
-        "results": results,
-        "limits": results,
-    })
-    .to_string()
+    let params = serde_json::json!({ "dir": limits.dir, "disk_bytes": limits.disk_bytes });
+    let mut report = Report::new("limits", params);
+    report.results(results.clone());
+    for (key, value) in results.as_object().into_iter().flatten() {
+        report.limit(key, value.clone());
+    }
+    report.finish()
 }
 
 #[cfg(test)]

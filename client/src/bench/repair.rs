@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::Report;
+use crate::bench::{Generated, Sink};
+use crate::cluster::local::LocalCluster;
 use crate::connection::Credentials;
 use crate::data::{self, DataClient, Progress};
 use crate::error::ClientError;
-use crate::local::LocalCluster;
 use crate::meta::MetaClient;
-use crate::seq_bench::{Generated, Sink};
 use crate::status::{ClusterStatus, HealthView, cluster_status};
 
 /// The grace period the benchmark's local cluster uses (seconds): the loss is acted on
@@ -275,17 +276,15 @@ pub fn render(result: &RepairResult) -> String {
 
 /// The result as one JSON object.
 pub fn to_json(bench: &RepairBench, repair_mbps: Option<u64>, result: &RepairResult) -> String {
-    serde_json::json!({
-        "workload": "repair",
-        "params": {
-            "size": bench.size,
-            "files": bench.files,
-            "readers": bench.readers,
-            "replication": bench.replication,
-            "grace_secs": BENCH_GRACE_SECS,
-            "repair_mbps": repair_mbps,
-        },
-        "results": result,
-    })
-    .to_string()
+    let params = serde_json::json!({
+        "size": bench.size,
+        "files": bench.files,
+        "readers": bench.readers,
+        "replication": bench.replication,
+        "grace_secs": BENCH_GRACE_SECS,
+        "repair_mbps": repair_mbps,
+    });
+    let mut report = Report::new("repair", params);
+    report.results(serde_json::to_value(result).unwrap_or_default());
+    report.finish()
 }

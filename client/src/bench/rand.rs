@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Report;
+use crate::bench::{Latency, phase};
 use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use crate::seq_bench::{Latency, phase};
 use meshfs_group::Config;
 
 /// Bytes per read.
@@ -53,7 +54,7 @@ pub fn run(
     bench: &RandBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<RandResult>, ClientError> {
-    let path = crate::seq_bench::scratch_path("randread");
+    let path = crate::bench::scratch_path("randread");
     let mut meta = MetaClient::new(config, credentials.clone())?;
     let mut data = DataClient::new(config, credentials.clone());
     report(&format!("writing {path} ({} MB)", bench.size / 1_000_000));
@@ -78,7 +79,8 @@ pub fn run(
             let name = format!("randread qd{depth}");
             let done = phase(&name, depth, ("reads", 1.0), &mut report, |r, steps| {
                 let mut data = DataClient::new(config, credentials.clone());
-                let mut rng = crate::rng::XorShift::new(((r as u64 + 1) << 32) ^ depth as u64);
+                let mut rng =
+                    crate::bench::rng::XorShift::new(((r as u64 + 1) << 32) ^ depth as u64);
                 let mut out = Vec::with_capacity(READ_BYTES as usize);
                 for _ in 0..per_reader {
                     let offset = (rng.next_u64() % slots) * READ_BYTES;
@@ -119,7 +121,7 @@ pub fn run(
 /// The results as a table.
 pub fn render(results: &[RandResult]) -> String {
     let mut out =
-        format!("depth    reads   seconds       IOPS{}\n", crate::seq_bench::Latency::heading());
+        format!("depth    reads   seconds       IOPS{}\n", crate::bench::Latency::heading());
     for r in results {
         out += &format!(
             "{:>5} {:>8} {:>9.2} {:>10.0}{}\n",
@@ -138,35 +140,26 @@ pub fn render(results: &[RandResult]) -> String {
 pub fn to_json(
     bench: &RandBench,
     results: &[RandResult],
-    limits: Option<&crate::limits::Limits>,
+    limits: Option<&crate::bench::limits::Limits>,
 ) -> String {
-    let mut metrics = serde_json::Map::new();
+    let params = serde_json::json!({
+        "size": bench.size,
+        "reads": bench.reads,
+        "depths": bench.depths,
+        "replication": bench.replication,
+        "read_bytes": READ_BYTES,
+    });
+    let mut report = Report::new("randread", params);
     for r in results {
         let key = |m: &str| format!("qd{}_{m}", r.depth);
-        metrics.insert(key("iops"), serde_json::json!(r.iops.round()));
-        r.latency.insert(&mut metrics, key);
+        report.result(key("iops"), r.iops.round());
+        report.latency(&r.latency, key);
     }
-    let mut json = serde_json::json!({
-        "workload": "randread",
-        "params": {
-            "size": bench.size,
-            "reads": bench.reads,
-            "depths": bench.depths,
-            "replication": bench.replication,
-            "read_bytes": READ_BYTES,
-        },
-        "results": metrics,
-    });
     if let Some(limit) = limits.and_then(|l| l.random_read_4k_iops) {
-        json["limits"] = serde_json::json!({ "random_read_4k_iops": limit });
-        let ratios: serde_json::Map<String, serde_json::Value> = results
-            .iter()
-            .map(|r| {
-                let ratio = (r.iops / limit * 1000.0).round() / 1000.0;
-                (format!("qd{}_iops", r.depth), serde_json::json!(ratio))
-            })
-            .collect();
-        json["ratios"] = ratios.into();
+        report.limit("random_read_4k_iops", limit);
+        for r in results {
+            report.ratio(format!("qd{}_iops", r.depth), r.iops / limit);
+        }
     }
-    json.to_string()
+    report.finish()
 }

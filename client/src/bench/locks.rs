@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::{Report, round};
+use crate::bench::{Latency, Phase, phase};
 use crate::connection::Credentials;
 use crate::error::ClientError;
-use crate::seq_bench::{Latency, Phase, phase};
 use crate::session::{LockMode, Session};
 use meshfs_group::Config;
 
@@ -63,7 +64,7 @@ pub fn run(
     bench: &LockBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<LockResult>, ClientError> {
-    let base = crate::seq_bench::scratch_path("locks");
+    let base = crate::bench::scratch_path("locks");
     let mut cases: Vec<(&'static str, usize)> =
         bench.clients.iter().map(|&c| ("uncontended", c.max(1))).collect();
     if bench.contended > 0 {
@@ -101,7 +102,7 @@ pub fn run(
 pub fn render(results: &[LockResult]) -> String {
     let mut out = format!(
         "case         clients    pairs   seconds    pairs/s{}\n",
-        crate::seq_bench::Latency::heading()
+        crate::bench::Latency::heading()
     );
     for r in results {
         out += &format!(
@@ -119,17 +120,16 @@ pub fn render(results: &[LockResult]) -> String {
 
 /// The run as the bench JSON object.
 pub fn to_json(bench: &LockBench, results: &[LockResult]) -> String {
-    let mut metrics = serde_json::Map::new();
+    let params = serde_json::json!({
+        "pairs": bench.pairs,
+        "clients": bench.clients,
+        "contended": bench.contended,
+    });
+    let mut report = Report::new("locks", params);
     for r in results {
         let key = |m: &str| format!("{}_{}_{m}", r.case, r.clients);
-        metrics
-            .insert(key("pairs_per_s"), serde_json::json!((r.pairs_per_s * 10.0).round() / 10.0));
-        r.latency.insert(&mut metrics, key);
+        report.result(key("pairs_per_s"), round(r.pairs_per_s, 1));
+        report.latency(&r.latency, key);
     }
-    serde_json::json!({
-        "workload": "locks",
-        "params": { "pairs": bench.pairs, "clients": bench.clients, "contended": bench.contended },
-        "results": metrics,
-    })
-    .to_string()
+    report.finish()
 }

@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::{Report, round};
+use crate::bench::{Latency, Phase, phase};
 use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use crate::seq_bench::{Latency, Phase, phase};
 use meshfs_group::Config;
 
 /// What to run.
@@ -59,7 +60,7 @@ fn small_result(op: &'static str, phase: Phase) -> SmallResult {
 
 /// The bytes of file `n`: pseudo-random, never all zeros.
 fn content(n: u64, size: usize) -> Vec<u8> {
-    crate::rng::XorShift::new(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).bytes(size)
+    crate::bench::rng::XorShift::new(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)).bytes(size)
 }
 
 /// Writes every file, then reads every one back and checks its bytes.
@@ -69,7 +70,7 @@ pub fn run(
     bench: &SmallBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<SmallResult>, ClientError> {
-    let dir = crate::seq_bench::scratch_path("small");
+    let dir = crate::bench::scratch_path("small");
     let mut meta = MetaClient::new(config, credentials.clone())?;
     let clients = bench.clients.clamp(1, bench.files.max(1));
     // One directory per client, so that clients do not contend on one directory's entry.
@@ -84,7 +85,7 @@ pub fn run(
             DataClient::new(config, credentials.clone()),
         ))
     };
-    let record = |steps: &mut crate::seq_bench::Steps<'_>, started: Instant| {
+    let record = |steps: &mut crate::bench::Steps<'_>, started: Instant| {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
         steps.latencies.saturating_record(us);
         steps.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,7 +140,7 @@ pub fn run(
 /// The results as a table.
 pub fn render(results: &[SmallResult]) -> String {
     let mut out =
-        format!("op        files   seconds    files/s{}\n", crate::seq_bench::Latency::heading());
+        format!("op        files   seconds    files/s{}\n", crate::bench::Latency::heading());
     for r in results {
         out += &format!(
             "{:<6} {:>8} {:>9.2} {:>10.1}{}\n",
@@ -158,33 +159,25 @@ pub fn render(results: &[SmallResult]) -> String {
 pub fn to_json(
     bench: &SmallBench,
     results: &[SmallResult],
-    limits: Option<&crate::limits::Limits>,
+    limits: Option<&crate::bench::limits::Limits>,
 ) -> String {
-    let mut metrics = serde_json::Map::new();
+    let params = serde_json::json!({
+        "files": bench.files,
+        "size": bench.size,
+        "clients": bench.clients,
+        "replication": bench.replication,
+    });
+    let mut report = Report::new("smallfile", params);
     for r in results {
         let key = |m: &str| format!("{}_{m}", r.op);
-        metrics
-            .insert(key("files_per_s"), serde_json::json!((r.files_per_s * 10.0).round() / 10.0));
-        r.latency.insert(&mut metrics, key);
+        report.result(key("files_per_s"), round(r.files_per_s, 1));
+        report.latency(&r.latency, key);
     }
-    let mut json = serde_json::json!({
-        "workload": "smallfile",
-        "params": {
-            "files": bench.files,
-            "size": bench.size,
-            "clients": bench.clients,
-            "replication": bench.replication,
-        },
-        "results": metrics,
-    });
     if let Some(limits) = limits {
-        json["limits"] =
-            serde_json::json!({ "append_fdatasync_per_s": limits.append_fdatasync_per_s });
+        report.limit("append_fdatasync_per_s", limits.append_fdatasync_per_s);
         if let Some(write) = results.iter().find(|r| r.op == "write") {
-            let ratio = write.files_per_s / limits.append_fdatasync_per_s;
-            json["ratios"] =
-                serde_json::json!({ "write_files_per_s": (ratio * 1000.0).round() / 1000.0 });
+            report.ratio("write_files_per_s", write.files_per_s / limits.append_fdatasync_per_s);
         }
     }
-    json.to_string()
+    report.finish()
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use meshfs_group::Config;
 
+use crate::cluster::up::{ServerProcess, UpOptions, start_all, stop_all};
 use crate::connection::Credentials;
 use crate::error::ClientError;
-use crate::launcher::{ServerProcess, UpOptions, start_all, stop_all};
 use crate::status::cluster_status;
 
 /// How long the servers get to form their full mesh.

@@ -1,7 +1,4 @@
-//! `meshfs bench`: workloads against a running cluster, with latency percentiles from a real
-//! histogram and ops/s, printed as a table or one JSON object.
-//!
-//! Today: the `meta` workload (as HDFS's NNThroughputBenchmark): C concurrent clients, each
+//! `meshfs bench meta` (as HDFS's NNThroughputBenchmark): C concurrent clients, each
 //! with its own connections and session, create F/C files in a directory of their own, then
 //! stat each, list their directory, rename each file and remove each; every change is durable
 //! on a majority of the meta-servers (fsynced) before it is answered. Each client count runs in a fresh
@@ -13,10 +10,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::{Report, round};
+use crate::bench::{Latency, histogram};
 use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use crate::seq_bench::{Latency, histogram};
 use meshfs_group::Config;
 
 /// What the `meta` workload does.
@@ -122,7 +120,7 @@ fn phase<S: Sync>(
 }
 
 /// Runs the `meta` workload; `progress` hears what is going on.
-pub fn meta(
+pub fn run(
     config: &Config,
     credentials: &Credentials,
     bench: &MetaBench,
@@ -219,7 +217,7 @@ pub fn render(results: &[OpResult]) -> String {
         "op",
         "ops",
         "ops/s",
-        crate::seq_bench::Latency::heading()
+        crate::bench::Latency::heading()
     );
     for r in results {
         let _ = writeln!(
@@ -244,32 +242,22 @@ pub fn render(results: &[OpResult]) -> String {
 pub fn to_json(
     bench: &MetaBench,
     results: &[OpResult],
-    limits: Option<&crate::limits::Limits>,
+    limits: Option<&crate::bench::limits::Limits>,
 ) -> String {
-    let mut metrics = serde_json::Map::new();
+    let params = serde_json::json!({ "clients": bench.clients, "files": bench.files });
+    let mut report = Report::new("meta", params);
     for r in results {
         let key = |m: &str| format!("{}_c{}_{m}", r.op, r.clients);
-        metrics.insert(key("ops"), r.ops.into());
-        metrics.insert(key("ops_per_s"), serde_json::json!((r.ops_per_s * 10.0).round() / 10.0));
-        r.latency.insert(&mut metrics, key);
+        report.result(key("ops"), r.ops);
+        report.result(key("ops_per_s"), round(r.ops_per_s, 1));
+        report.latency(&r.latency, key);
     }
-    let mut json = serde_json::json!({
-        "workload": "meta",
-        "params": { "clients": bench.clients, "files": bench.files },
-        "results": metrics,
-    });
     if let Some(limits) = limits {
         let limit = limits.append_fdatasync_per_s;
-        json["limits"] = serde_json::json!({ "append_fdatasync_per_s": limit });
-        let ratios: serde_json::Map<String, serde_json::Value> = results
-            .iter()
-            .filter(|r| r.op == "create")
-            .map(|r| {
-                let ratio = (r.ops_per_s / limit * 1000.0).round() / 1000.0;
-                (format!("create_c{}_ops_per_s", r.clients), serde_json::json!(ratio))
-            })
-            .collect();
-        json["ratios"] = ratios.into();
+        report.limit("append_fdatasync_per_s", limit);
+        for r in results.iter().filter(|r| r.op == "create") {
+            report.ratio(format!("create_c{}_ops_per_s", r.clients), r.ops_per_s / limit);
+        }
     }
-    json.to_string()
+    report.finish()
 }

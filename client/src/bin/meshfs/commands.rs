@@ -1,0 +1,251 @@
+//! Every command but `bench`: the namespace, files, locks, fsck, drain, status and `up`,
+//! each a call of the library and its output.
+
+use std::time::Duration;
+
+use meshfs_client::cluster::up::{self, UpOptions};
+use meshfs_client::data::DataClient;
+use meshfs_client::status::cluster_status;
+use meshfs_client::{ClientError, Credentials, MetaClient};
+use meshfs_group::Config;
+
+use crate::args::{Command, DserverAction};
+use crate::render::{TermProgress, fsck_json, fsck_text, locks_json, locks_text, print_stat};
+
+/// Runs `command` against the cluster of `config` as `credentials`. The exit status.
+pub(crate) fn run(
+    config: &Config,
+    credentials: Credentials,
+    command: Command,
+) -> Result<u8, ClientError> {
+    match command {
+        Command::Up { timeout } => {
+            let options =
+                UpOptions { mesh_timeout: Duration::from_secs(timeout), ..UpOptions::default() };
+            let code = up::up(config, &credentials, &options)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Command::Mkdir { parents, path } => {
+            MetaClient::new(config, credentials)?.mkdir(&path, parents)?;
+            Ok(0)
+        }
+        Command::Create { replication, path } => {
+            let fd = MetaClient::new(config, credentials)?.create(&path, replication)?;
+            println!("created {path}: file {} version {}", fd.id.0, fd.version);
+            Ok(0)
+        }
+        Command::Ls { long, path } => {
+            for entry in MetaClient::new(config, credentials)?.list(&path)? {
+                if long {
+                    let kind = if entry.is_dir { 'd' } else { '-' };
+                    println!("{kind} {:>10} {:>14} {}", entry.id, entry.size, entry.name);
+                } else if entry.is_dir {
+                    println!("{}/", entry.name);
+                } else {
+                    println!("{}", entry.name);
+                }
+            }
+            Ok(0)
+        }
+        Command::Stat { path } => {
+            let stat = MetaClient::new(config, credentials)?.stat(&path)?;
+            print_stat(&path, &stat);
+            Ok(0)
+        }
+        Command::Mv { from, to } => {
+            MetaClient::new(config, credentials)?.rename(&from, &to)?;
+            Ok(0)
+        }
+        Command::Rm { recursive, path } => {
+            MetaClient::new(config, credentials)?.remove(&path, recursive)?;
+            Ok(0)
+        }
+        Command::Put { replication, local, remote } => {
+            let (mut input, size) = open_input(&local)?;
+            let mut meta = MetaClient::new(config, credentials.clone())?;
+            let mut data = DataClient::new(config, credentials);
+            let mut progress = TermProgress::new();
+            let n = meshfs_client::data::put(
+                &mut meta,
+                &mut data,
+                &mut input,
+                &remote,
+                replication,
+                size,
+                &mut progress,
+            )?;
+            progress.summary(&format!("put {local} -> {remote}"), n);
+            Ok(0)
+        }
+        Command::Get { remote, local } => {
+            let mut output = open_output(&local)?;
+            let mut meta = MetaClient::new(config, credentials.clone())?;
+            let mut data = DataClient::new(config, credentials);
+            let mut progress = TermProgress::new();
+            let n = meshfs_client::data::get(
+                &mut meta,
+                &mut data,
+                &remote,
+                &mut output,
+                &mut progress,
+            )?;
+            progress.summary(&format!("get {remote} -> {local}"), n);
+            Ok(0)
+        }
+        Command::Cat { remote } => {
+            let mut output = open_output("-")?;
+            let mut meta = MetaClient::new(config, credentials.clone())?;
+            let mut data = DataClient::new(config, credentials);
+            meshfs_client::data::get(&mut meta, &mut data, &remote, &mut output, &mut ())?;
+            Ok(0)
+        }
+        Command::Bench { local, workload } => {
+            crate::bench::run(config, &credentials, local, workload)
+        }
+        Command::Fsck { path, json } => {
+            let report = MetaClient::new(config, credentials)?.fsck(&path)?;
+            if json {
+                println!("{}", fsck_json(&path, &report));
+            } else {
+                print!("{}", fsck_text(&path, &report));
+            }
+            Ok(u8::from(report.health.missing > 0))
+        }
+        Command::Lock { shared, timeout, path, command } => {
+            lock_and_run(config, credentials, shared, timeout, &path, &command)
+        }
+        Command::Locks { path, json } => {
+            let mut meta = MetaClient::new(config, credentials)?;
+            let (locks, more) = meshfs_client::session::list_locks(&mut meta, &path)?;
+            if json {
+                println!("{}", locks_json(&locks, more));
+            } else {
+                print!("{}", locks_text(&path, &locks, more));
+            }
+            Ok(0)
+        }
+        Command::Dserver { action } => {
+            let (id, draining) = match action {
+                DserverAction::Drain { id } => (id, true),
+                DserverAction::Undrain { id } => (id, false),
+            };
+            MetaClient::new(config, credentials)?.drain(id, draining)?;
+            if draining {
+                println!(
+                    "data-server {id} is draining: its blocks move to the others; watch `meshfs status`"
+                );
+            } else {
+                println!("data-server {id} takes new blocks again");
+            }
+            Ok(0)
+        }
+        Command::Status { json, timeout_ms } => {
+            let status = cluster_status(config, &credentials, Duration::from_millis(timeout_ms));
+            if json {
+                println!("{}", status.to_json());
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(if status.servers_up() == status.servers.len() { 0 } else { 1 })
+        }
+    }
+}
+
+/// Exit status of `meshfs lock` when the lock was not had in time (EX_TEMPFAIL, as flock).
+pub(crate) const EXIT_LOCK_TIMEOUT: u8 = 75;
+
+/// `meshfs lock`: the lock, the command under it, the release.
+fn lock_and_run(
+    config: &Config,
+    credentials: Credentials,
+    shared: bool,
+    timeout: Option<f64>,
+    path: &str,
+    command: &[String],
+) -> Result<u8, ClientError> {
+    use meshfs_client::session::{LockMode, Session, SessionEvent};
+    use meshfs_core::error::NsError;
+    let wait = match timeout {
+        None => Some(Duration::MAX),
+        Some(secs) if secs.is_finite() && secs > 0.0 => {
+            Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+        }
+        Some(0.0) => None,
+        Some(secs) => {
+            eprintln!("meshfs lock: --timeout {secs}: must be 0 or more seconds");
+            return Ok(2);
+        }
+    };
+    let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+    let session = Session::open(config, credentials)?;
+    let lock = match session.lock(path, mode, wait) {
+        Ok(lock) => lock,
+        Err(ClientError::Namespace(err @ (NsError::LockBusy { .. } | NsError::LockTimeout(_)))) => {
+            eprintln!("meshfs lock: {err}");
+            let _ = session.close();
+            return Ok(EXIT_LOCK_TIMEOUT);
+        }
+        Err(err) => return Err(err),
+    };
+    let events = session.events();
+    let watched = path.to_string();
+    std::thread::spawn(move || {
+        for event in events {
+            match event {
+                SessionEvent::Jeopardy => eprintln!(
+                    "meshfs lock: WARNING: no meta-server answers; the lock on {watched} may be lost"
+                ),
+                SessionEvent::Safe => {
+                    eprintln!("meshfs lock: the meta-servers answer again; {watched} is still held")
+                }
+                SessionEvent::Expired => {
+                    eprintln!(
+                        "meshfs lock: WARNING: the session expired; the lock on {watched} is lost"
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("MESHFS_LOCK_SEQUENCER", lock.sequencer().to_string())
+        .status();
+    let released = lock.unlock();
+    let _ = session.close();
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("meshfs lock: cannot run {}: {err}", command[0]);
+            return Ok(127);
+        }
+    };
+    if let Err(err) = released {
+        eprintln!("meshfs lock: releasing {path}: {err}");
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+        (None, None) => 1,
+    })
+}
+
+fn open_input(local: &str) -> Result<(Box<dyn std::io::Read>, Option<u64>), ClientError> {
+    if local == "-" {
+        return Ok((Box::new(std::io::stdin().lock()), None));
+    }
+    let file = std::fs::File::open(local)
+        .map_err(|e| ClientError::Local { what: format!("opening {local}"), source: e })?;
+    let size = file.metadata().ok().map(|m| m.len());
+    Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, file)), size))
+}
+
+fn open_output(local: &str) -> Result<Box<dyn std::io::Write>, ClientError> {
+    if local == "-" {
+        return Ok(Box::new(std::io::stdout().lock()));
+    }
+    let file = std::fs::File::create(local)
+        .map_err(|e| ClientError::Local { what: format!("creating {local}"), source: e })?;
+    Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, file)))
+}

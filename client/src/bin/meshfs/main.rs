@@ -1,0 +1,39 @@
+//! `meshfs`: the MeshFS command line.
+//!
+//! - `args`: the command line, as clap parses it.
+//! - `commands`: the namespace, files, locks, fsck, drain, status and `up`.
+//! - `bench`: `meshfs bench` and its workloads.
+//! - `render`: text and JSON output, and the progress line.
+
+mod args;
+mod bench;
+mod commands;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use meshfs_client::{ClientError, Credentials};
+use meshfs_group::{ClientId, Config};
+
+use crate::args::Cli;
+
+fn run(cli: Cli) -> Result<u8, ClientError> {
+    let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
+    let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
+    commands::run(&config, credentials, cli.command)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("meshfs: {err}");
+            // A refusal of the operation itself is 1, as for cp or mkdir; trouble reaching or
+            // configuring the cluster is 2.
+            ExitCode::from(if matches!(err, ClientError::Namespace(_)) { 1 } else { 2 })
+        }
+    }
+}
