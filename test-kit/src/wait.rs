@@ -14,10 +14,23 @@ pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
 }
 
 /// [`wait_until`] with a deadline of the caller's.
-pub fn wait_until_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_until_within(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    wait_until_explained(what, limit, done, String::new);
+}
+
+/// [`wait_until_within`], and at the deadline the panic also shows `explain()` (a log, the
+/// last status).
+pub fn wait_until_explained(
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+    explain: impl Fn() -> String,
+) {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", explain());
+        }
         std::thread::sleep(POLL_EVERY);
     }
 }

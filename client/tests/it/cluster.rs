@@ -185,15 +185,12 @@ impl TestCluster {
 
     /// Polls `done` on the log of server `id`.
     pub fn wait_log(&self, id: u32, what: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.log(id).contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "server {id} never logged {what:?}; log:\n{}",
-                self.log(id)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        meshfs_test_kit::wait::wait_until_explained(
+            &format!("server {id} to log {what:?}"),
+            DEADLINE,
+            || self.log(id).contains(what),
+            || format!("its log:\n{}", self.log(id)),
+        );
     }
 }
 

@@ -157,11 +157,9 @@ fn rm_removes_replicas_from_the_data_servers_disks() {
     assert_eq!(on_disk(&cluster) as u64, 2 * (blocks + 1));
     let out = meshfs(&cluster, &["rm", "-r", "/d"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let deadline = std::time::Instant::now() + super::cluster::DEADLINE;
-    while on_disk(&cluster) != 2 {
-        assert!(std::time::Instant::now() < deadline, "{} replica files left", on_disk(&cluster));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    meshfs_test_kit::wait_until("the tree's replica files to be deleted", || {
+        on_disk(&cluster) == 2
+    });
     assert_eq!(get_bytes(&cluster, "/keep").unwrap(), random_bytes(3000, 1));
     cluster.wait_for("the reports to agree", |s| {
         s.data_servers.iter().map(|d| d.blocks).sum::<u64>() == 2 && all_healthy(s, 1)

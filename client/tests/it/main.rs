@@ -291,14 +291,7 @@ fn meshfs_up_starts_the_cluster_and_ctrl_c_stops_every_server() {
     assert!(cluster.status().fully_connected());
 
     nix::sys::signal::kill(up_pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "meshfs up did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = meshfs_test_kit::wait::wait_for("meshfs up to stop", || up.try_wait().unwrap());
     assert!(status.success(), "meshfs up exited with {status}");
     // Its last lines may still be on their way through the reader thread: read until the
     // pipe closes (or the deadline).
@@ -1195,11 +1188,9 @@ fn a_write_that_is_never_committed_is_never_read_and_the_retry_starts_from_the_c
             ))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while older.iter().any(|p| p.exists()) {
-        assert!(Instant::now() < deadline, "older copies left: {older:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    meshfs_test_kit::wait_until(&format!("the older copies {older:?} to go"), || {
+        older.iter().all(|p| !p.exists())
+    });
     assert_eq!(get_bytes(&cluster, "/f").unwrap(), expected);
 }
 

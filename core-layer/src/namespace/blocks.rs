@@ -225,34 +225,24 @@ impl Namespace {
             .leases
             .get(&(id, index))
             .is_some_and(|l| l.holder == session && now < l.expires_ms);
-        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
+        let Kind::File(file) = &self.nodes.get(&id).expect("looked up").kind else {
             return Err(NsError::IsADirectory(path_str(path)));
         };
         let blocks = file.blocks.len();
-        let Some(block) = file.blocks.get_mut(usize::from(index)) else {
+        let Some(block) = file.blocks.get(usize::from(index)) else {
             return Err(NsError::NotFound(format!(
                 "{path} block {index} (the file has {blocks} blocks)"
             )));
         };
-        let refuse = |why: String| Err(NsError::Placement(format!("{path} block {index}: {why}")));
+        let refuse = |why: String| NsError::Placement(format!("{path} block {index}: {why}"));
         if !holds_lease {
-            return refuse("only the writer holding its lease may change its replicas".into());
+            return Err(refuse("only the writer holding its lease may change its replicas".into()));
         }
         if block.version != BlockVersion::UNWRITTEN {
             // Its bytes live on the replicas: a new one must be copied first (repair).
-            return refuse("it holds written data; its replicas change only by repair".into());
+            return Err(refuse("it holds written data; its replicas change only by repair".into()));
         }
-        let Some(slot) = block.replicas.iter().position(|&r| r == failed) else {
-            return refuse(format!("data-server {failed} is not one of its replicas"));
-        };
-        if block.replicas.contains(&replacement) {
-            return refuse(format!("data-server {replacement} already holds it"));
-        }
-        block.replicas[slot] = replacement;
-        let replicas = block.replicas.to_vec();
-        let bytes = block_span(file.size, file.block_size, u64::from(index));
-        self.move_allocation(failed, replacement, bytes);
-        Ok(Outcome::Swapped { replicas })
+        self.exchange_replica(id, index, failed, replacement, &refuse)
     }
 
     /// `bytes` of assigned blocks move from data-server `from` to `to`.
@@ -276,30 +266,49 @@ impl Namespace {
         now: u64,
     ) -> Result<Outcome, NsError> {
         let leased = self.leased(file, index, now);
-        let refuse =
-            |why: String| Err(NsError::Placement(format!("file {file} block {index}: {why}")));
-        let Some(Kind::File(f)) = self.nodes.get_mut(&file).map(|n| &mut n.kind) else {
+        let refuse = |why: String| NsError::Placement(format!("file {file} block {index}: {why}"));
+        let Some(Kind::File(f)) = self.nodes.get(&file).map(|n| &n.kind) else {
             return Err(NsError::NotFound(format!("file {file}")));
         };
-        let Some(block) = f.blocks.get_mut(usize::from(index)) else {
+        let Some(block) = f.blocks.get(usize::from(index)) else {
             return Err(NsError::NotFound(format!("file {file} block {index}")));
         };
         if block.version != version {
-            return refuse(format!("it is at version {} now, not {}", block.version.0, version.0));
+            let why = format!("it is at version {} now, not {}", block.version.0, version.0);
+            return Err(refuse(why));
         }
         if leased {
-            return refuse("a write lease is in force".into());
+            return Err(refuse("a write lease is in force".into()));
         }
-        let Some(slot) = block.replicas.iter().position(|&r| r == remove) else {
-            return refuse(format!("data-server {remove} is not one of its replicas"));
+        self.exchange_replica(file, index, remove, add, &refuse)
+    }
+
+    /// What swapping and replacing a replica share: `out` leaves the replica set of block
+    /// `index` of file `id` and `into` takes its slot, and the allocation follows. Refused
+    /// (with `refuse`'s error) if `out` is not a member or `into` already is. The caller has
+    /// checked that the block exists and may change.
+    fn exchange_replica(
+        &mut self,
+        id: u32,
+        index: u16,
+        out: NodeId,
+        into: NodeId,
+        refuse: &dyn Fn(String) -> NsError,
+    ) -> Result<Outcome, NsError> {
+        let Some(Kind::File(file)) = self.nodes.get_mut(&id).map(|n| &mut n.kind) else {
+            unreachable!("the caller found file {id}");
         };
-        if block.replicas.contains(&add) {
-            return refuse(format!("data-server {add} already holds it"));
+        let (size, block_size) = (file.size, file.block_size);
+        let block = file.blocks.get_mut(usize::from(index)).expect("the caller found the block");
+        let Some(slot) = block.replicas.iter().position(|&r| r == out) else {
+            return Err(refuse(format!("data-server {out} is not one of its replicas")));
+        };
+        if block.replicas.contains(&into) {
+            return Err(refuse(format!("data-server {into} already holds it")));
         }
-        block.replicas[slot] = add;
+        block.replicas[slot] = into;
         let replicas = block.replicas.to_vec();
-        let bytes = block_span(f.size, f.block_size, u64::from(index));
-        self.move_allocation(remove, add, bytes);
+        self.move_allocation(out, into, block_span(size, block_size, u64::from(index)));
         Ok(Outcome::Swapped { replicas })
     }
 }
