@@ -4,7 +4,7 @@
 //! - [`connection`]: a blocking, authenticated connection to one server.
 //! - [`meta`]: namespace calls (mkdir, create, stat, list, rename, remove), leader-following.
 //! - [`data`]: block writes down a replica chain, verified reads, `put` and `get`.
-//! - [`file`]: remote files (open, read_at, write_at, close) and the block calls.
+//! - [`file`](mod@file): remote files (open, read_at, write_at, close) and the block calls.
 //! - [`session`]: lock sessions (KeepAlives, jeopardy and expiry) and shared/exclusive
 //!   locks with sequencers.
 //! - [`status`]: the cluster as every server sees it (`meshfs status`).
@@ -12,7 +12,7 @@
 //!
 //! The tools, behind the `tools` feature (on by default; build with
 //! `default-features = false` for the library alone, without histograms, JSON or signals):
-//! - [`bench`]: `meshfs bench` workloads and their report scaffolding.
+//! - [`bench`](mod@bench): `meshfs bench` workloads and their report scaffolding.
 //! - [`cluster`]: starting and stopping every server of a config (`meshfs up`, `--local`).
 //!
 //! The client knows servers only through the wire protocol (`meshfs_core::wire`); the

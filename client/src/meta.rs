@@ -17,6 +17,8 @@ use meshfs_core::path::MeshPath;
 use meshfs_core::wire::{FsckReport, MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
 use meshfs_group::{Config, NodeId, Role};
 
+use meshfs_core::settings::Settings;
+
 use crate::connection::{Connection, Credentials};
 use crate::error::ClientError;
 
@@ -29,6 +31,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct MetaClient {
     config: Config,
+    /// The cluster's block size, from the config's settings.
+    block_size: u64,
     credentials: Credentials,
     session: u64,
     next_request: u64,
@@ -44,7 +48,7 @@ impl MetaClient {
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(
             |e| ClientError::Launch { program: "/dev/urandom".into(), reason: e.to_string() },
         )?;
-        Ok(MetaClient::with_session(config, credentials, u64::from_be_bytes(seed), 1))
+        MetaClient::with_session(config, credentials, u64::from_be_bytes(seed), 1)
     }
 
     /// A client using session number `session`, numbering its requests from
@@ -55,8 +59,9 @@ impl MetaClient {
         credentials: Credentials,
         session: u64,
         first_request: u64,
-    ) -> MetaClient {
-        MetaClient {
+    ) -> Result<MetaClient, ClientError> {
+        Ok(MetaClient {
+            block_size: Settings::of(config)?.block_size,
             config: config.clone(),
             credentials,
             session,
@@ -64,7 +69,7 @@ impl MetaClient {
             leader: None,
             conns: HashMap::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
-        }
+        })
     }
 
     /// The session number its requests carry.
@@ -239,7 +244,7 @@ impl MetaClient {
 
     /// The cluster's block size, from the config.
     pub fn block_size(&self) -> u64 {
-        self.config.block_size
+        self.block_size
     }
 
     /// `rename`: `to` must not exist.

@@ -161,7 +161,7 @@ impl Session {
             changed: Condvar::new(),
         });
         let mut keeper =
-            MetaClient::with_session(config, credentials.clone(), nonce, KEEPALIVE_REQUESTS);
+            MetaClient::with_session(config, credentials.clone(), nonce, KEEPALIVE_REQUESTS)?;
         keeper.set_timeout((lease / 4).max(Duration::from_millis(100)));
         let thread_keep = Arc::clone(&keep);
         let handle = std::thread::Builder::new()

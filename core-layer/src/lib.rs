@@ -10,6 +10,8 @@
 //! - [`path`]: validated, normalised namespace paths.
 //! - [`namespace`]: the metadata state machine, its log entries, snapshots and invariants.
 //! - [`error`]: the namespace's error ([`error::NsError`]), carried in outcomes and replies.
+//! - [`settings`]: the config's settings of the layers above the group: blocks, healing,
+//!   locks, the log.
 //! - [`session`]: the client session ([`session::SessionId`]) every request is made in.
 //! - [`token`]: block tokens the meta-servers sign and data-servers check (HMAC-SHA256).
 //! - [`pacer`]: a token bucket holding a byte stream to a rate (repair copies).
@@ -31,6 +33,7 @@ pub mod path;
 pub mod placement;
 pub mod request;
 pub mod session;
+pub mod settings;
 pub mod status;
 pub mod token;
 pub mod wire;

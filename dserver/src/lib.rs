@@ -55,6 +55,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 use meshfs_core::pacer::Pacer;
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
+use meshfs_core::settings::{self, Settings};
 use meshfs_core::status::node_status;
 use meshfs_core::wire::{BlockData, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
@@ -379,8 +380,9 @@ impl DataServer {
 
 /// Runs data-server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), DataError> {
-    let (config, data_dir, node) = start_server(Role::DServer, config_path, id)?;
-    serve_node(&config, id, &data_dir, node)
+    let (config, settings) = settings::load(config_path).map_err(StartError::from)?;
+    let (data_dir, node) = start_server(Role::DServer, &config, id)?;
+    serve_node(&config, &settings, id, &data_dir, node)
 }
 
 /// Runs data-server `id` of `config` on `listener`, which the caller bound, until `stop` is
@@ -391,12 +393,14 @@ pub fn serve(
     listener: TcpListener,
     stop: &Stop,
 ) -> Result<(), DataError> {
+    let settings = Settings::of(config).map_err(StartError::from)?;
     let (data_dir, node) = start_in_process(Role::DServer, config, id, listener, stop)?;
-    serve_node(config, id, &data_dir, node)
+    serve_node(config, &settings, id, &data_dir, node)
 }
 
 fn serve_node(
     config: &Config,
+    settings: &Settings,
     id: NodeId,
     data_dir: &DataDir,
     mut node: Node,
@@ -405,8 +409,8 @@ fn serve_node(
     let capacity = config.server(id).and_then(|s| s.capacity).unwrap_or(0);
     let store = Arc::new(BlockStore::open(data_dir.path(), capacity)?);
     let disk = DiskPool::start(Arc::clone(&store), node.notifier());
-    disk.start_scrubber(config.heal.scrub_bytes_per_sec);
-    let rate = config.heal.repair_bytes_per_sec;
+    disk.start_scrubber(settings.heal.scrub_bytes_per_sec);
+    let rate = settings.heal.repair_bytes_per_sec;
     let mut server = DataServer::new(id, config.secret.clone(), store, disk, rate);
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");

@@ -53,21 +53,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The default block size: 64 MiB.
-pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024 * 1024;
-/// Blocks are checksummed in segments of this size; a block size is a multiple of it.
-pub const SEGMENT_SIZE: u64 = 64 * 1024;
-/// Largest block size accepted.
-pub const MAX_BLOCK_SIZE: u64 = 1024 * 1024 * 1024;
 /// Shortest cluster secret or client key accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 /// Most servers in one config: the full mesh is O(n^2) connections.
 pub const MAX_SERVERS: usize = 64;
-/// Highest replication factor accepted.
-pub const MAX_REPLICATION: u8 = 16;
-
-const _: () = assert!(DEFAULT_BLOCK_SIZE.is_multiple_of(SEGMENT_SIZE));
-const _: () = assert!(DEFAULT_BLOCK_SIZE <= MAX_BLOCK_SIZE);
 
 /// A server's id, unique across meta- and data-servers of one cluster. Never 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,57 +187,8 @@ impl Timing {
     }
 }
 
-/// Self-healing settings: the `[heal]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heal {
-    /// A data-server down this long has its replicas replaced elsewhere.
-    pub grace: Duration,
-    /// Repair copy traffic into one data-server, bytes per second.
-    pub repair_bytes_per_sec: u64,
-    /// Copies one data-server takes part in at once, as source or target.
-    pub repair_streams: usize,
-    /// Each data-server re-reads its replicas at this rate (bytes per second); 0: never.
-    pub scrub_bytes_per_sec: u64,
-    /// Replicas of blocks that no longer exist are deleted after this long.
-    pub orphan_delay: Duration,
-    /// Rebalance when two data-servers' used fractions differ by more than this many
-    /// percentage points.
-    pub balance_margin_percent: u32,
-}
-
-impl Default for Heal {
-    fn default() -> Heal {
-        Heal {
-            grace: Duration::from_secs(300),
-            repair_bytes_per_sec: 100 * MB,
-            repair_streams: 2,
-            scrub_bytes_per_sec: 8 * MB,
-            orphan_delay: Duration::from_secs(300),
-            balance_margin_percent: 10,
-        }
-    }
-}
-
-/// Lock service settings: the `[locks]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Locks {
-    /// A session whose client sent no KeepAlive for this long expires, and its locks go.
-    pub session_lease: Duration,
-    /// A lock whose holder's session expired is not granted again for this long.
-    pub lock_delay: Duration,
-}
-
-impl Default for Locks {
-    fn default() -> Locks {
-        Locks { session_lease: Duration::from_secs(12), lock_delay: Duration::from_secs(5) }
-    }
-}
-
-/// A megabyte, as in MB/s.
-const MB: u64 = 1_000_000;
-
 /// A validated cluster description.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// The file it came from (absolute), for messages.
     pub path: PathBuf,
@@ -256,22 +196,16 @@ pub struct Config {
     pub cluster_name: String,
     /// The cluster secret.
     pub secret: Vec<u8>,
-    /// Block size in bytes.
-    pub block_size: u64,
-    /// Default replication factor.
-    pub replication: u8,
     /// Group protocol timings.
     pub timing: Timing,
-    /// Meta-servers snapshot the namespace and compact their Raft log after this many entries.
-    pub snapshot_entries: u64,
-    /// Self-healing settings.
-    pub heal: Heal,
-    /// Lock service settings.
-    pub locks: Locks,
     /// Every server, meta-servers first, each group in file order.
     pub servers: Vec<ServerConfig>,
     /// Clients by id.
     pub clients: BTreeMap<ClientId, ClientConfig>,
+    /// What the group does not own, for the layers that do: the other keys of `[cluster]`
+    /// (under `cluster`) and every other top-level table (`heal`, `locks`, ...). Unread
+    /// here; `meshfs_core::settings` reads and checks them.
+    pub sections: toml::Table,
 }
 
 impl fmt::Debug for Config {
@@ -279,12 +213,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("path", &self.path)
             .field("cluster_name", &self.cluster_name)
-            .field("block_size", &self.block_size)
-            .field("replication", &self.replication)
             .field("timing", &self.timing)
-            .field("snapshot_entries", &self.snapshot_entries)
-            .field("heal", &self.heal)
-            .field("locks", &self.locks)
             .field("servers", &self.servers)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
@@ -368,36 +297,29 @@ enum RawSize {
     Text(String),
 }
 
+/// The keys of `[cluster]` the group owns; the others belong to the layers above.
+pub const CLUSTER_KEYS: &[&str] = &[
+    "name",
+    "secret",
+    "ping_interval_ms",
+    "down_timeout_ms",
+    "reconnect_min_ms",
+    "reconnect_max_ms",
+];
+/// The top-level tables the group owns.
+pub const TABLES: &[&str] = &["cluster", "mserver", "dserver", "client"];
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCluster {
     name: String,
     secret: Option<String>,
-    block_size: Option<RawSize>,
-    replication: Option<i64>,
     ping_interval_ms: Option<u64>,
     down_timeout_ms: Option<u64>,
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
-    snapshot_entries: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHeal {
-    grace_secs: Option<u64>,
-    repair_mbps: Option<u64>,
-    repair_streams: Option<u64>,
-    scrub_mbps: Option<u64>,
-    orphan_delay_secs: Option<u64>,
-    balance_margin_percent: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLocks {
-    session_lease_ms: Option<u64>,
-    lock_delay_ms: Option<u64>,
+    /// Keys of other layers (and typos, which they report).
+    #[serde(flatten)]
+    rest: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -418,19 +340,17 @@ struct RawClient {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     cluster: RawCluster,
-    #[serde(default)]
-    heal: RawHeal,
-    #[serde(default)]
-    locks: RawLocks,
     #[serde(default)]
     mserver: Vec<RawServer>,
     #[serde(default)]
     dserver: Vec<RawServer>,
     #[serde(default)]
     client: Vec<RawClient>,
+    /// Tables of other layers (and typos, which they report).
+    #[serde(flatten)]
+    rest: toml::Table,
 }
 
 impl RawConfig {
@@ -467,31 +387,6 @@ impl RawConfig {
             Some(s) => s.as_bytes().to_vec(),
         };
 
-        let block_size = match &c.block_size {
-            None => DEFAULT_BLOCK_SIZE,
-            Some(raw) => size_value(raw).map_err(|r| invalid("cluster.block_size", r))?,
-        };
-        if block_size == 0
-            || !block_size.is_multiple_of(SEGMENT_SIZE)
-            || block_size > MAX_BLOCK_SIZE
-        {
-            return Err(invalid(
-                "cluster.block_size",
-                format!(
-                    "{block_size} bytes: must be a non-zero multiple of {SEGMENT_SIZE} (64 KiB), at most 1 GiB"
-                ),
-            ));
-        }
-
-        let replication = c.replication.unwrap_or(2);
-        if !(1..=i64::from(MAX_REPLICATION)).contains(&replication) {
-            return Err(invalid(
-                "cluster.replication",
-                format!("{replication}: must be between 1 and {MAX_REPLICATION}"),
-            ));
-        }
-        let replication = replication as u8;
-
         let timing = Timing {
             ping_interval: Duration::from_millis(c.ping_interval_ms.unwrap_or(250)),
             down_timeout: Duration::from_millis(c.down_timeout_ms.unwrap_or(2000)),
@@ -517,17 +412,6 @@ impl RawConfig {
                 "must be non-zero and at most reconnect_max_ms".into(),
             ));
         }
-
-        let snapshot_entries = c.snapshot_entries.unwrap_or(10_000);
-        if snapshot_entries < 16 {
-            return Err(invalid(
-                "cluster.snapshot_entries",
-                format!("{snapshot_entries}: must be at least 16"),
-            ));
-        }
-
-        let heal = self.heal.validate(&invalid)?;
-        let locks = self.locks.validate(&invalid)?;
 
         let mut servers = Vec::new();
         let mut ids = HashSet::new();
@@ -589,12 +473,6 @@ impl RawConfig {
                     }
                     (Role::DServer, Some(raw)) => {
                         let bytes = size_value(raw).map_err(|r| invalid(&field("capacity"), r))?;
-                        if bytes < block_size {
-                            return Err(invalid(
-                                &field("capacity"),
-                                format!("{bytes} bytes is less than one block ({block_size})"),
-                            ));
-                        }
                         Some(bytes)
                     }
                 };
@@ -610,16 +488,6 @@ impl RawConfig {
                 format!("{} servers: at most {MAX_SERVERS} in one full mesh", servers.len()),
             ));
         }
-        if usize::from(replication) > self.dserver.len() {
-            return Err(invalid(
-                "cluster.replication",
-                format!(
-                    "{replication} copies need at least {replication} data-servers, the config has {}",
-                    self.dserver.len()
-                ),
-            ));
-        }
-
         let mut clients = BTreeMap::new();
         for (i, raw) in self.client.iter().enumerate() {
             let field = |name: &str| format!("client[{}].{name}", i + 1);
@@ -642,98 +510,17 @@ impl RawConfig {
             }
         }
 
+        let mut sections = self.rest;
+        sections.insert("cluster".into(), toml::Value::Table(self.cluster.rest));
         Ok(Config {
             path: path.to_path_buf(),
-            cluster_name: c.name.clone(),
+            cluster_name: self.cluster.name,
             secret,
-            block_size,
-            replication,
             timing,
-            snapshot_entries,
-            heal,
-            locks,
             servers,
             clients,
+            sections,
         })
-    }
-}
-
-impl RawHeal {
-    fn validate(&self, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<Heal, ConfigError> {
-        let default = Heal::default();
-        let secs = |field: &str, value: Option<u64>, default: Duration| match value {
-            None => Ok(default),
-            Some(s) if s > 30 * 24 * 3600 => {
-                Err(invalid(field, format!("{s}: at most 30 days (2592000)")))
-            }
-            Some(s) => Ok(Duration::from_secs(s)),
-        };
-        let grace = secs("heal.grace_secs", self.grace_secs, default.grace)?;
-        let orphan_delay =
-            secs("heal.orphan_delay_secs", self.orphan_delay_secs, default.orphan_delay)?;
-        let rate = |field: &str, value: Option<u64>, default: u64, zero_ok: bool| match value {
-            None => Ok(default),
-            Some(0) if !zero_ok => Err(invalid(field, "must be at least 1".into())),
-            Some(n) if n > 100_000 => Err(invalid(field, format!("{n}: at most 100000 MB/s"))),
-            Some(n) => Ok(n * MB),
-        };
-        let repair_bytes_per_sec =
-            rate("heal.repair_mbps", self.repair_mbps, default.repair_bytes_per_sec, false)?;
-        let scrub_bytes_per_sec =
-            rate("heal.scrub_mbps", self.scrub_mbps, default.scrub_bytes_per_sec, true)?;
-        let repair_streams = match self.repair_streams {
-            None => default.repair_streams,
-            Some(n @ 1..=64) => n as usize,
-            Some(n) => return Err(invalid("heal.repair_streams", format!("{n}: must be 1 to 64"))),
-        };
-        let balance_margin_percent = match self.balance_margin_percent {
-            None => default.balance_margin_percent,
-            Some(n @ 1..=100) => n as u32,
-            Some(n) => {
-                return Err(invalid(
-                    "heal.balance_margin_percent",
-                    format!("{n}: must be 1 to 100"),
-                ));
-            }
-        };
-        Ok(Heal {
-            grace,
-            repair_bytes_per_sec,
-            repair_streams,
-            scrub_bytes_per_sec,
-            orphan_delay,
-            balance_margin_percent,
-        })
-    }
-}
-
-impl RawLocks {
-    fn validate(
-        &self,
-        invalid: &dyn Fn(&str, String) -> ConfigError,
-    ) -> Result<Locks, ConfigError> {
-        let default = Locks::default();
-        let session_lease = match self.session_lease_ms {
-            None => default.session_lease,
-            Some(ms @ 300..=3_600_000) => Duration::from_millis(ms),
-            Some(ms) => {
-                return Err(invalid(
-                    "locks.session_lease_ms",
-                    format!("{ms}: must be 300 to 3600000 (an hour)"),
-                ));
-            }
-        };
-        let lock_delay = match self.lock_delay_ms {
-            None => default.lock_delay,
-            Some(ms @ 0..=600_000) => Duration::from_millis(ms),
-            Some(ms) => {
-                return Err(invalid(
-                    "locks.lock_delay_ms",
-                    format!("{ms}: at most 600000 (ten minutes)"),
-                ));
-            }
-        };
-        Ok(Locks { session_lease, lock_delay })
     }
 }
 
@@ -748,33 +535,8 @@ fn size_value(raw: &RawSize) -> Result<u64, String> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-[cluster]
-name = "test"
-secret = "0123456789abcdef"
-replication = 2
-
-[[mserver]]
-id = 1
-addr = "127.0.0.1:7101"
-data_dir = "data/m1"
-
-[[dserver]]
-id = 4
-addr = "127.0.0.1:7201"
-data_dir = "data/d4"
-capacity = "1GiB"
-
-[[dserver]]
-id = 5
-addr = "127.0.0.1:7202"
-data_dir = "/abs/d5"
-capacity = 1073741824
-
-[[client]]
-id = 1
-key = "client-key-0123456789"
-"#;
+    /// Shared with `meshfs_core::settings`'s tests, which check the rest of the file.
+    const GOOD: &str = include_str!("../testdata/good.conf");
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/meshfs/config.conf"))
@@ -788,8 +550,6 @@ key = "client-key-0123456789"
     fn a_good_config_parses_with_defaults() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.cluster_name, "test");
-        assert_eq!(config.block_size, DEFAULT_BLOCK_SIZE);
-        assert_eq!(config.replication, 2);
         assert_eq!(config.timing.ping_interval, Duration::from_millis(250));
         assert_eq!(config.servers.len(), 3);
         assert_eq!(config.server(NodeId(4)).unwrap().capacity, Some(1 << 30));
@@ -838,21 +598,13 @@ key = "client-key-0123456789"
                 "capacity = \"1 furlong\"",
                 "dserver[2].capacity: unknown size unit",
             ),
-            ("replication = 2", "replication = 3", "cluster.replication: 3 copies need at least 3"),
-            ("replication = 2", "replication = 0", "cluster.replication: 0: must be between"),
             ("name = \"test\"", "name = \"a b\"", "cluster.name"),
-            ("replication = 2", "replication = 2\nblock_size = \"100KiB\"", "cluster.block_size"),
             (
                 "replication = 2",
                 "replication = 2\nping_interval_ms = 500\ndown_timeout_ms = 600",
                 "cluster.down_timeout_ms",
             ),
             ("key = \"client-key-0123456789\"", "key = \"k\"", "client[1].key: too short"),
-            (
-                "replication = 2",
-                "replication = 2\nsnapshot_entries = 3",
-                "cluster.snapshot_entries: 3",
-            ),
         ];
         for (from, to, expect) in cases {
             assert!(GOOD.contains(from), "case {from:?} does not apply");
@@ -863,48 +615,15 @@ key = "client-key-0123456789"
     }
 
     #[test]
-    fn the_locks_table_is_optional_and_checked() {
-        assert_eq!(parse(GOOD).unwrap().locks, Locks::default());
-        let text = GOOD.replacen(
-            "[[mserver]]",
-            "[locks]\nsession_lease_ms = 2000\nlock_delay_ms = 0\n\n[[mserver]]",
-            1,
-        );
-        let locks = parse(&text).unwrap().locks;
-        assert_eq!(locks.session_lease, Duration::from_secs(2));
-        assert_eq!(locks.lock_delay, Duration::ZERO);
-        let bad = GOOD.replacen("[[mserver]]", "[locks]\nsession_lease_ms = 10\n\n[[mserver]]", 1);
-        assert!(error(&bad).contains("locks.session_lease_ms: 10: must be 300"), "{}", error(&bad));
-        let bad = GOOD.replacen("[[mserver]]", "[locks]\nlease_ms = 10\n\n[[mserver]]", 1);
-        assert!(error(&bad).contains("lease_ms"), "{}", error(&bad));
-    }
-
-    #[test]
-    fn the_heal_table_is_optional_and_checked() {
-        assert_eq!(parse(GOOD).unwrap().heal, Heal::default());
-        let text = GOOD.replacen(
-            "[[mserver]]",
-            "[heal]\ngrace_secs = 5\nrepair_mbps = 40\nscrub_mbps = 0\nbalance_margin_percent = 3\n\n[[mserver]]",
-            1,
-        );
-        let heal = parse(&text).unwrap().heal;
-        assert_eq!(heal.grace, Duration::from_secs(5));
-        assert_eq!((heal.repair_bytes_per_sec, heal.scrub_bytes_per_sec), (40_000_000, 0));
-        assert_eq!((heal.balance_margin_percent, heal.repair_streams), (3, 2));
-        let bad = GOOD.replacen("[[mserver]]", "[heal]\nrepair_mbps = 0\n\n[[mserver]]", 1);
-        assert!(error(&bad).contains("heal.repair_mbps: must be at least 1"), "{}", error(&bad));
-        let bad = GOOD.replacen("[[mserver]]", "[heal]\ngrace = 5\n\n[[mserver]]", 1);
-        assert!(error(&bad).contains("unknown field `grace`"), "{}", error(&bad));
-    }
-
-    #[test]
-    fn unknown_keys_are_errors_with_a_line() {
-        let message =
-            error(&GOOD.replacen("replication = 2", "replication = 2\nreplicaton = 3", 1));
-        assert!(message.contains("unknown field `replicaton`"), "{message}");
+    fn keys_and_tables_of_other_layers_are_kept_for_them() {
+        let text = GOOD.replacen("[[mserver]]", "[heal]\ngrace_secs = 5\n\n[[mserver]]", 1);
+        let config = parse(&text).unwrap();
+        assert_eq!(config.sections["cluster"]["replication"].as_integer(), Some(2));
+        assert_eq!(config.sections["heal"]["grace_secs"].as_integer(), Some(5));
+        assert!(config.sections["cluster"].get("name").is_none(), "the group's keys are its own");
+        let message = error(&GOOD.replacen("id = 1\nkey", "id = 1\nkee = 1\nkey", 1));
+        assert!(message.contains("unknown field `kee`"), "{message}");
         assert!(message.contains("line"), "{message}");
-        let message = error(&GOOD.replacen("[[client]]", "[[clients]]", 1));
-        assert!(message.contains("clients"), "{message}");
     }
 
     #[test]
@@ -931,10 +650,7 @@ key = "client-key-0123456789"
         let config = Config::load(&path).unwrap();
         assert_eq!(config.servers_of(Role::MServer).count(), 3);
         assert_eq!(config.servers_of(Role::DServer).count(), 3);
-        assert_eq!(config.replication, 2);
-        assert_eq!(config.block_size, DEFAULT_BLOCK_SIZE);
         assert!(config.servers.iter().all(|s| s.addr.ip().is_loopback()));
         assert!(!config.clients.is_empty());
-        assert_eq!(config.locks, Locks::default(), "the shipped [locks] shows the defaults");
     }
 }

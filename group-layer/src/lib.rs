@@ -25,7 +25,7 @@ pub mod rng;
 pub mod rtt;
 pub mod time;
 
-pub use config::{ClientId, Config, ConfigError, Heal, Locks, NodeId, Role};
+pub use config::{ClientId, Config, ConfigError, NodeId, Role};
 pub use membership::{Action, Group, GroupError, GroupEvent, PeerStatus};
 pub use message::{FIRST_APP_KIND, Identity};
 pub use time::Now;

@@ -74,17 +74,16 @@ impl DataDir {
     }
 }
 
-/// Everything a server process needs before its loop starts: the validated config, its
-/// locked data directory, and its node bound to the configured address.
+/// What a server process needs before its loop starts, from its checked config: its locked
+/// data directory, and its node bound to the configured address.
 pub fn start_server(
     role: Role,
-    config_path: &Path,
+    config: &Config,
     id: NodeId,
-) -> Result<(Config, DataDir, Node), StartError> {
-    let config = Config::load(config_path)?;
-    let data_dir = DataDir::open(&server_of(&config, role, id)?.data_dir)?;
-    let node = Node::bind(&config, id)?;
-    Ok((config, data_dir, node))
+) -> Result<(DataDir, Node), StartError> {
+    let data_dir = DataDir::open(&server_of(config, role, id)?.data_dir)?;
+    let node = Node::bind(config, id)?;
+    Ok((data_dir, node))
 }
 
 /// Server `id` of `config`, as a `role`, on a listener its owner bound, seeded from the OS

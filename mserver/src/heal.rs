@@ -23,11 +23,12 @@ use meshfs_core::heal::{
 use meshfs_core::namespace::{Command, Entry, Namespace, Outcome};
 use meshfs_core::path::MeshPath;
 use meshfs_core::session::SessionId;
+use meshfs_core::settings::Heal;
 use meshfs_core::wire::{
     FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
 };
 use meshfs_group::driver::Node;
-use meshfs_group::{ClientId, Heal, NodeId, Now, Role};
+use meshfs_group::{ClientId, NodeId, Now, Role};
 use meshfs_net::Priority;
 
 use crate::consensus::Replica;

@@ -43,10 +43,11 @@ use meshfs_core::lock_clock::{CLOCK_PENDING_TIMEOUT, LockClock};
 use meshfs_core::namespace::{Command, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
+use meshfs_core::settings::{self, Heal, Locks, Settings};
 use meshfs_core::wire::{Kind, Message, MetaOp};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
 use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
-use meshfs_group::{ClientId, Config, GroupEvent, Heal, Locks, NodeId, Now, Role};
+use meshfs_group::{ClientId, Config, GroupEvent, NodeId, Now, Role};
 use meshfs_net::{ConnId, Priority};
 
 use crate::consensus::{OutgoingSnapshot, Replica, ReplicaError};
@@ -379,8 +380,9 @@ fn has_quorum(node: &Node) -> bool {
 
 /// Runs meta-server `id` of the config at `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, id: NodeId) -> Result<(), MetaError> {
-    let (config, data_dir, node) = start_server(Role::MServer, config_path, id)?;
-    serve_node(&config, id, &data_dir, node)
+    let (config, settings) = settings::load(config_path).map_err(StartError::from)?;
+    let (data_dir, node) = start_server(Role::MServer, &config, id)?;
+    serve_node(&config, &settings, id, &data_dir, node)
 }
 
 /// Runs meta-server `id` of `config` on `listener`, which the caller bound, until `stop` is
@@ -391,12 +393,14 @@ pub fn serve(
     listener: TcpListener,
     stop: &Stop,
 ) -> Result<(), MetaError> {
+    let settings = Settings::of(config).map_err(StartError::from)?;
     let (data_dir, node) = start_in_process(Role::MServer, config, id, listener, stop)?;
-    serve_node(config, id, &data_dir, node)
+    serve_node(config, &settings, id, &data_dir, node)
 }
 
 fn serve_node(
     config: &Config,
+    settings: &Settings,
     id: NodeId,
     data_dir: &DataDir,
     mut node: Node,
@@ -408,19 +412,19 @@ fn serve_node(
         &raft_dir,
         u64::from(id.0),
         &voters,
-        config.snapshot_entries,
+        settings.snapshot_entries,
         node.notifier(),
     )?;
     let block_size =
-        u32::try_from(config.block_size).expect("config validation caps block_size at 1 GiB");
+        u32::try_from(settings.block_size).expect("config validation caps block_size at 1 GiB");
     let nonce = node.group().incarnation();
     let mut server = MetaServer::new(
         replica,
-        config.replication,
+        settings.replication,
         block_size,
         config.secret.clone(),
-        config.heal,
-        config.locks,
+        settings.heal,
+        settings.locks,
         nonce,
     );
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;

@@ -115,7 +115,8 @@ pub fn run(
     mut report: impl FnMut(&str),
 ) -> Result<RepairResult, ClientError> {
     let config = cluster.config.clone();
-    let replication = if bench.replication == 0 { config.replication } else { bench.replication };
+    let default = meshfs_core::settings::Settings::of(&config)?.replication;
+    let replication = if bench.replication == 0 { default } else { bench.replication };
     if replication < 2 {
         return Err(ClientError::Launch {
             program: "meshfs bench repair".into(),

@@ -99,7 +99,11 @@ impl LocalCluster {
                 fs::write(&path, text)
                     .map_err(|e| launch_error(format!("cannot write {}: {e}", path.display())))
             })
-            .and_then(|()| Config::load(&path).map_err(|e| launch_error(e.to_string())));
+            .and_then(|()| {
+                meshfs_core::settings::load(&path)
+                    .map(|(config, _)| config)
+                    .map_err(|e| launch_error(e.to_string()))
+            });
         let config = match config {
             Ok(config) => config,
             Err(err) => {

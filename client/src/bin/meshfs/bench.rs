@@ -95,7 +95,8 @@ pub(crate) fn run(
             };
             let bench = repair::RepairBench { size, files, readers, replication };
             let result = repair::run(cluster, credentials, &bench, report)?;
-            let rate = repair_mbps.or(Some(config.heal.repair_bytes_per_sec / 1_000_000));
+            let heal = meshfs_core::settings::Settings::of(config)?.heal;
+            let rate = repair_mbps.or(Some(heal.repair_bytes_per_sec / 1_000_000));
             if json {
                 println!("{}", repair::to_json(&bench, rate, &result));
             } else {

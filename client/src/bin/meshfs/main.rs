@@ -14,12 +14,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use meshfs_client::{ClientError, Credentials};
-use meshfs_group::{ClientId, Config};
+use meshfs_group::ClientId;
 
 use crate::args::Cli;
 
 fn run(cli: Cli) -> Result<u8, ClientError> {
-    let config = Config::load(&meshfs_group::config::resolve_path(cli.config))?;
+    // The whole file is checked, the settings of every layer with the group's part.
+    let (config, _) = meshfs_core::settings::load(&meshfs_group::config::resolve_path(cli.config))?;
     let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
     commands::run(&config, credentials, cli.command)
 }
