@@ -3,6 +3,8 @@
 //! The client side of the group handshake (see `meshfs_group::message`): the client dials,
 //! says who it is, checks that the server knows its key, proves it knows the key itself,
 //! and then exchanges request/response frames. Every read has a deadline.
+//!
+//! It must not know the protocol's meaning: messages in, messages out.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

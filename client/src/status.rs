@@ -8,6 +8,8 @@
 //!   "up":true,"uptime_ms":5123,"peers":[{"id":2,"role":"mserver","up":true,"rtt_us":85,
 //!   "rtt_last_us":80,"rtt_max_us":140,"since_ms":5000}]}]}
 //! ```
+//!
+//! It must not change anything: it only asks.
 
 use std::fmt::Write as _;
 use std::thread;

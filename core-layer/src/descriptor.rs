@@ -10,6 +10,8 @@
 //! newer than `b` when `a - b`, taken mod 2^16, is in `1..2^15`. Two versions exactly 2^15
 //! apart are neither newer nor older: the state machine never lets versions of one block
 //! drift that far apart, since a replica is either current or replaced.
+//!
+//! It must not know where blocks are stored or who holds them.
 
 use std::cmp::Ordering;
 use std::fmt;

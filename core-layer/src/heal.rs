@@ -23,6 +23,9 @@
 //! When nothing needs repair and the used fractions of the data-servers differ by more than
 //! [`Limits::balance_margin`], blocks move from the fullest to the emptiest, copy first and
 //! set change second, so a block never has fewer good replicas than its factor.
+//!
+//! It must not know the network, disks or clocks: the leader's healer (`meshfs_mserver::heal`)
+//! feeds it reports and the time, and carries out its plan.
 
 use std::collections::{BTreeMap, HashMap};
 

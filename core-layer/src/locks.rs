@@ -20,6 +20,9 @@
 //!   A closed session (a clean exit) releases its locks at once.
 //!
 //! Waiters learn their fate through [`Wake`]s, returned by the entry that decided it.
+//!
+//! It must not know time except as the entry times it is given, nor who proposes entries: the
+//! leader's [`crate::lock_clock`] decides when time passes.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

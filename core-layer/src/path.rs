@@ -4,6 +4,8 @@
 //! components, with components of at most 255 bytes and at most 4096 bytes in all. Repeated
 //! and trailing slashes are tolerated and normalised away (`//a/b/` is `/a/b`), as a shell
 //! user expects. The error names the rule that failed.
+//!
+//! It must not know the namespace: a valid path may name nothing.
 
 use std::fmt;
 

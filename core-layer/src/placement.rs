@@ -3,6 +3,8 @@
 //! The leader calls [`place`] with the data-servers the group layer sees up and their free
 //! space, and puts the answer in the log entry; applying the entry then never needs the
 //! live view, so every replica applies it alike.
+//!
+//! It must not know how the leader learns who is up or how full: it is given the loads.
 
 use meshfs_group::NodeId;
 

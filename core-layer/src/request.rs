@@ -6,6 +6,8 @@
 //! decoded ([`Handled::ForRole`]), for the role's own code (or [`unsupported`]). Each peer
 //! frame goes through [`peer_message`]: a kind this server serves, from a server of the role
 //! that sends it, decoded; anything else is logged once here and dropped.
+//!
+//! It must not know what a role does with its own requests.
 
 use meshfs_group::{Config, NodeId, Role};
 use meshfs_net::Frame;

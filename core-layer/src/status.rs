@@ -1,4 +1,6 @@
 //! A server's status report, built from its group state at a time it is given.
+//!
+//! It must not read a clock: the caller's `now` is the time of the report.
 
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,8 @@
 //!
 //! Layout on the wire: block descriptor (12), `u16 base`, `u8 op`, `u8 n`, `n` replica ids (`u32`),
 //! `u32 client`, `u64 expires_ms`, then the 32-byte MAC (see [`Token::write`]).
+//!
+//! It must not know who may do what (the meta-servers decide before they sign).
 
 use hmac::{Hmac, KeyInit, Mac};
 use meshfs_group::{ClientId, NodeId};

@@ -2,6 +2,8 @@
 //! next one first, are written here on a disk worker, and are acknowledged upstream once
 //! written here and acknowledged downstream; the last chunk commits. A failure anywhere is
 //! reported upstream, and nothing of that write is committed there.
+//!
+//! It must not know the namespace: the token says what may be written where.
 
 use log::warn;
 use meshfs_core::token::TokenOp;

@@ -1,6 +1,8 @@
 //! Repair copies, on the leader's word: read a block from another data-server over the mesh,
 //! paced to the configured rate and a few reads at a time, check every segment against the
 //! source's stored checksums, write and commit it like any write, then answer the leader.
+//!
+//! It must not decide what to repair: the leader does.
 
 use std::time::{Duration, Instant};
 

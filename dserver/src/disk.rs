@@ -7,6 +7,9 @@
 //! The scrubber is one more thread: it re-reads every replica at a configured rate, checks
 //! every segment, and sets aside the damaged ones ([`DiskDone::Damaged`]). A read for a client
 //! or a peer that finds a damaged segment does the same.
+//!
+//! It must not know the network: jobs come in, results go out through a channel and the loop's
+//! waker.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};

@@ -2,6 +2,8 @@
 //! link, so that many chains through one link never overflow its queue (which would close
 //! it). What waits is bounded by what upstreams may send unacknowledged: clients keep a
 //! window per write, and copies a few reads each.
+//!
+//! It must not know what the frames hold.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Reports to the meta-servers: everything held, in pieces, when a link to a meta-server
 //! comes up; one line per changed replica after that.
+//!
+//! It must not know what the meta-servers do with the reports.
 
 use log::info;
 use meshfs_core::descriptor::BlockDescriptor;

@@ -44,6 +44,9 @@
 //! Every error names the field and says why; unknown keys are errors (a typo must not be
 //! silently ignored). Relative paths are relative to the config file's own directory, so a
 //! copy of the file in another directory describes a separate cluster.
+//!
+//! It owns membership only: the settings of blocks, healing and locks belong to
+//! `meshfs_core::settings`, which reads the tables and keys this module hands on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -4,6 +4,9 @@
 //! and SIGINT), then calls [`Node::run`] with its [`Service`]: the part that knows what the
 //! server is for. The node turns socket events into group inputs, carries out the group's
 //! actions, and hands group events to the service. It times every callback and logs slow ones.
+//!
+//! It must not know what a server is for (the [`Service`] does), nor parse arguments or lock
+//! data directories (`process` does).
 
 use std::collections::HashMap;
 use std::io;

@@ -19,6 +19,9 @@
 //! - **Reconnect** after a failed dial waits `backoff(attempt)`: doubling from
 //!   `reconnect_min` to `reconnect_max`, jittered. A link that was up and fell redials after
 //!   the first (shortest) delay.
+//!
+//! It must not know sockets, clocks or threads: the driver feeds it events with the time, and
+//! carries out the actions it polls.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;

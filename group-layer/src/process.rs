@@ -2,6 +2,8 @@
 //! locked data directory, and its node, bound to the configured address (a process) or on a
 //! listener its owner bound (in-process, as tests run servers). What the server does once
 //! running is the [`Service`](crate::driver::Service) it runs on that node.
+//!
+//! It must not know what the server does once running.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};

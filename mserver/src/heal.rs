@@ -12,6 +12,9 @@
 //!   newest files yet). Deletes name the version seen, so a newer copy is never deleted.
 //! - All of this is soft state: a new leader starts from the reports and the namespace, and
 //!   a copy in flight when the leader changed ends as an extra copy, deleted later.
+//!
+//! It must not plan: [`meshfs_core::heal::plan`] does; this carries plans out and keeps the
+//! soft state of copies in flight.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! What the meta-server knows of the data-servers and tells operators: the data-servers'
 //! reports of what they hold, and this server's status (links, Raft, data-servers, health).
+//!
+//! It must not decide repairs: [`crate::heal`] does, from what is kept here.
 
 use std::collections::{BTreeMap, HashMap};
 

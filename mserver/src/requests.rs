@@ -2,6 +2,8 @@
 //! applied; reads (stat, list, locks) wait for a ReadIndex round and are answered from the
 //! namespace as applied; a follower answers "not leader" with the leader it knows. The leader
 //! also places new blocks here, from the data-servers' reports and its group's view.
+//!
+//! It must not touch block bytes: clients send those to data-servers.
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! Streaming a snapshot to a follower that fell behind the log: its data in pieces on the
 //! bulk queue as the link drains, then the (data-less) snapshot message on the same queue, so
 //! that it arrives after its data and heartbeats never wait behind it.
+//!
+//! It must not know what the snapshot holds.
 
 use log::{info, warn};
 use meshfs_core::wire::{Message, SnapshotChunk};
