@@ -1,9 +1,12 @@
 //! Runs the group state machine on the net layer's event loop: the body of a server process.
 //!
-//! A server builds a [`Node`] (which listens on its configured address and watches SIGTERM
-//! and SIGINT), then calls [`Node::run`] with its [`Service`]: the part that knows what the
-//! server is for. The node turns socket events into group inputs, carries out the group's
-//! actions, and hands group events to the service. It times every callback and logs slow ones.
+//! A server builds a [`Node`] (a process's listens on its configured address and watches
+//! SIGTERM and SIGINT; an in-process one runs on a listener its owner bound until its
+//! [`Stop`] is stopped), then calls [`Node::run`] with its [`Service`]: the part that knows
+//! what the server is for. The node turns socket events into group inputs, carries out the
+//! group's actions, and hands group events to the service, each callback with the time
+//! ([`Now`]) it read just before: the only clock server logic sees. It times every callback
+//! and logs slow ones.
 //!
 //! It must not know what a server is for (the [`Service`] does), nor parse arguments or lock
 //! data directories (`process` does).
