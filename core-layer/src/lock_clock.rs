@@ -27,9 +27,10 @@ pub const MAX_EXPIRIES_PER_ENTRY: usize = 1000;
 /// shortens it likewise.
 pub const CLOCK_PENDING_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The leader's lock clock. Call [`LockClock::observe`] whenever leadership or the count of
-/// reachable meta-servers may have changed (every tick), [`LockClock::poll_entry`] to get a
-/// Clock entry when one is due, and [`LockClock::applied`] for each applied entry.
+/// The leader's lock clock. Call [`LockClock::observe`] on every tick (leadership and the
+/// count of reachable meta-servers), [`LockClock::observe_leadership`] whenever leadership
+/// may have changed, [`LockClock::poll_entry`] to get a Clock entry when one is due, and
+/// [`LockClock::applied`] for each applied entry.
 #[derive(Debug, Clone)]
 pub struct LockClock {
     /// The session its entries are made in (one per server incarnation).
@@ -69,16 +70,22 @@ impl LockClock {
     /// What the server sees at `now`: whether it leads, and whether a majority of the
     /// meta-servers is up as far as it knows.
     pub fn observe(&mut self, now: Now, leader: bool, quorum: bool) {
+        self.observe_leadership(now, leader);
+        if !quorum {
+            self.quorum_since = None;
+        } else if self.quorum_since.is_none() {
+            self.quorum_since = Some(now.mono);
+        }
+    }
+
+    /// Whether the server leads at `now`: cheap, for after every Raft step (the majority
+    /// is looked at on ticks, with [`LockClock::observe`]).
+    pub fn observe_leadership(&mut self, now: Now, leader: bool) {
         if !leader {
             self.leader_since = None;
             self.pending = None;
         } else if self.leader_since.is_none() {
             self.leader_since = Some(now.mono);
-        }
-        if !quorum {
-            self.quorum_since = None;
-        } else if self.quorum_since.is_none() {
-            self.quorum_since = Some(now.mono);
         }
     }
 
@@ -189,7 +196,12 @@ mod tests {
         assert!(clock.poll_entry(at(12_000), &table).is_some());
         clock.not_proposed();
         assert!(clock.poll_entry(at(12_001), &table).is_some(), "a refused proposal is retried");
-        clock.observe(at(12_002), false, true);
+        clock.observe_leadership(at(12_002), false);
         assert!(clock.poll_entry(at(30_000), &table).is_none(), "stood down");
+        // Leading again (seen after a Raft step): a new first lease before any expiry, and
+        // the majority, seen at the last tick, still counts from then.
+        clock.observe_leadership(at(30_000), true);
+        assert!(!clock.may_expire(at(39_999)));
+        assert!(clock.may_expire(at(40_000)));
     }
 }

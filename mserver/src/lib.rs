@@ -234,7 +234,7 @@ impl MetaServer {
             self.release_all(node);
             self.healer.stand_down();
         }
-        self.lock_clock.observe(now, self.replica.is_leader(), has_quorum(node));
+        self.lock_clock.observe_leadership(now, self.replica.is_leader());
     }
 
     /// Proposes a Clock entry for the lock service when the [`LockClock`] says one is due.
