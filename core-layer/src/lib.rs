@@ -3,7 +3,7 @@
 //! - [`wire`]: every application message between clients, meta-servers and data-servers,
 //!   with its byte layout; the group layer's own handshake and ping live below, in
 //!   `meshfs_group::message`.
-//! - [`status`]: building a server's status report from its group state.
+//! - [`status`]: building a server's status report from its group state (no driver, no clock).
 //! - [`request`]: client requests every server answers alike (status).
 //!
 //! - [`descriptor`]: file and block descriptors (32+32 and +16+16 bits), wrap-aware versions.

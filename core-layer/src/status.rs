@@ -1,11 +1,13 @@
 //! A server's status report, built from its group state at a time it is given.
 //!
+//! The servers call [`status_reply`] with their node's group and config; this module must
+//! not know the node or its driver.
+//!
 //! It must not read a clock: the caller's `now` is the time of the report.
 
 use std::time::{Duration, Instant};
 
-use meshfs_group::driver::Node;
-use meshfs_group::{Group, Now, PeerStatus};
+use meshfs_group::{Group, PeerStatus};
 
 use crate::wire::{PeerLink, StatusReply};
 
@@ -52,10 +54,4 @@ pub fn status_reply(
         data_servers: Vec::new(),
         health: None,
     }
-}
-
-/// The status report of a running server node, as of `now`.
-pub fn node_status(node: &Node, now: Now) -> StatusReply {
-    let addr = node.local_addr().to_string();
-    status_reply(node.group(), &node.config().cluster_name, &addr, node.uptime(now), now.mono)
 }

@@ -56,7 +56,7 @@ use log::{debug, info, warn};
 use meshfs_core::pacer::Pacer;
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::settings::{self, Settings};
-use meshfs_core::status::node_status;
+use meshfs_core::status::status_reply;
 use meshfs_core::wire::{BlockData, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
 use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
@@ -308,7 +308,15 @@ impl Service for DataServer {
                 }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let reply = match common_reply(&frame, || node_status(node, now)) {
+                let reply = match common_reply(&frame, || {
+                    status_reply(
+                        node.group(),
+                        &node.config().cluster_name,
+                        &node.local_addr().to_string(),
+                        node.uptime(now),
+                        now.mono,
+                    )
+                }) {
                     Handled::Answered(reply) => reply,
                     Handled::ForRole(Message::WriteChunk(chunk)) => {
                         let upstream = Upstream::Client(conn);

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use log::info;
-use meshfs_core::status::node_status;
+use meshfs_core::status::status_reply;
 use meshfs_core::wire::{DataReport, RaftInfo, ReportedDataServer, StatusReply};
 use meshfs_group::driver::Node;
 use meshfs_group::{NodeId, Now, Role};
@@ -54,7 +54,13 @@ impl MetaServer {
     }
 
     pub(crate) fn status(&self, node: &Node, now: Now) -> StatusReply {
-        let mut status = node_status(node, now);
+        let mut status = status_reply(
+            node.group(),
+            &node.config().cluster_name,
+            &node.local_addr().to_string(),
+            node.uptime(now),
+            now.mono,
+        );
         let links: BTreeMap<NodeId, bool> =
             node.group().status().into_iter().map(|p| (p.id, p.up)).collect();
         let draining = self.replica.namespace().draining();
