@@ -97,7 +97,8 @@ impl Connection {
 
     fn handshake(&mut self, cluster: &str, credentials: &Credentials) -> Result<(), ClientError> {
         let mut rng = Rng::from_seed(
-            os_seed().map_err(|source| ClientError::Io { addr: self.addr, source })?,
+            meshfs_group::rng::os_seed()
+                .map_err(|source| ClientError::Io { addr: self.addr, source })?,
         );
         let me = Identity::Client { id: credentials.id };
         let nonce = rng.bytes32();
@@ -252,10 +253,4 @@ impl Connection {
             }
         }
     }
-}
-
-fn os_seed() -> io::Result<[u8; 32]> {
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
-    Ok(seed)
 }

@@ -8,8 +8,8 @@
 //! ([`Now`]) it read just before: the only clock server logic sees. It times every callback
 //! and logs slow ones.
 //!
-//! It must not know what a server is for (the [`Service`] does), nor parse arguments or lock
-//! data directories (`process` does).
+//! It must not know what a server is for (the [`Service`] does), nor parse arguments, lock
+//! data directories, bind the configured address or read entropy (`process` does).
 
 use std::collections::HashMap;
 use std::io;
@@ -118,14 +118,6 @@ impl Stop {
     }
 }
 
-/// 32 bytes from the OS for nonces and jitter.
-pub fn os_seed() -> io::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
-    Ok(seed)
-}
-
 /// One server process's network side: the event loop and the group.
 #[derive(Debug)]
 pub struct Node {
@@ -144,20 +136,12 @@ pub struct Node {
 }
 
 impl Node {
-    /// Listens on the address of server `me` in `config`, watches SIGTERM and SIGINT, and
-    /// prepares the group with a seed from the OS: a server process.
-    pub fn bind(config: &Config, me: NodeId) -> Result<Node, NodeError> {
-        let Some(server) = config.server(me) else {
-            return Err(not_in_config(config, me));
-        };
-        let listener = std::net::TcpListener::bind(server.addr)
-            .map_err(|source| NodeError::Listen { addr: server.addr, source })?;
-        let seed = os_seed().map_err(NodeError::Entropy)?;
-        let mut node = Node::on_listener(config, me, listener, seed, &Stop::new())?;
-        node.net
+    /// Ends the loop on SIGTERM or SIGINT, as a server process does (an in-process server
+    /// leaves the signals to its program).
+    pub fn watch_signals(&mut self) -> Result<(), NodeError> {
+        self.net
             .watch_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(NodeError::Loop)?;
-        Ok(node)
+            .map_err(NodeError::Loop)
     }
 
     /// Server `me` of `config` on a listener the caller bound (a test's, on a port it

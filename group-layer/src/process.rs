@@ -9,7 +9,8 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, NodeId, Role, ServerConfig};
-use crate::driver::{Node, NodeError, Stop, os_seed};
+use crate::driver::{Node, NodeError, Stop};
+use crate::rng::os_seed;
 
 /// Why a server process could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +84,13 @@ pub fn start_server(
     config: &Config,
     id: NodeId,
 ) -> Result<(DataDir, Node), StartError> {
-    let data_dir = DataDir::open(&server_of(config, role, id)?.data_dir)?;
-    let node = Node::bind(config, id)?;
+    let server = server_of(config, role, id)?;
+    let data_dir = DataDir::open(&server.data_dir)?;
+    let listener = std::net::TcpListener::bind(server.addr)
+        .map_err(|source| NodeError::Listen { addr: server.addr, source })?;
+    let seed = os_seed().map_err(NodeError::Entropy)?;
+    let mut node = Node::on_listener(config, id, listener, seed, &Stop::new())?;
+    node.watch_signals()?;
     Ok((data_dir, node))
 }
 

@@ -7,6 +7,14 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+/// 32 bytes from the OS (`/dev/urandom`): the seed of a server's or client's generator.
+pub fn os_seed() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
 /// Random bytes from a 32-byte seed.
 #[derive(Clone)]
 pub struct Rng {
