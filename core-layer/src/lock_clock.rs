@@ -62,11 +62,6 @@ impl LockClock {
         }
     }
 
-    /// The session of this clock's entries.
-    pub fn session(&self) -> SessionId {
-        self.session
-    }
-
     /// What the server sees at `now`: whether it leads, and whether a majority of the
     /// meta-servers is up as far as it knows.
     pub fn observe(&mut self, now: Now, leader: bool, quorum: bool) {
