@@ -14,7 +14,9 @@
 //!   a copy in flight when the leader changed ends as an extra copy, deleted later.
 //!
 //! It must not plan: [`meshfs_core::heal::plan`] does; this carries plans out and keeps the
-//! soft state of copies in flight.
+//! soft state of copies in flight. It sees links, sends and reads the clock only through
+//! [`Mesh`], which the driver's node implements and the simulation implements over its fake
+//! network, so the pacing tested there is this code.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -28,13 +30,61 @@ use meshfs_core::path::MeshPath;
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::Heal;
 use meshfs_core::wire::{
-    FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
+    DataReport, FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
 };
 use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now, Role};
 use meshfs_net::Priority;
 
 use crate::consensus::Replica;
+use crate::persist::{Persister, RaftLog};
+
+/// What the healer needs of the world around it: in a server the driver's [`Node`]; in the
+/// simulation its simulated network and clock, so that the pacing tested there is this code.
+pub trait Mesh {
+    /// Sends `message` to data-server `to` on the control lane; whether it was queued.
+    fn send(&mut self, to: NodeId, message: &Message) -> bool;
+    /// Every configured data-server with its link as this meta-server sees it.
+    fn data_servers(&self) -> Vec<DataServerLink>;
+    /// The monotonic clock, read around planning to measure how long it took.
+    fn clock(&mut self) -> Instant;
+}
+
+/// One data-server of the config and this meta-server's link to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataServerLink {
+    /// Its id.
+    pub id: NodeId,
+    /// The capacity the config gives it, if any (used until it reports).
+    pub capacity: Option<u64>,
+    /// Whether the link is up.
+    pub up: bool,
+    /// When the link last went up or down.
+    pub since: Instant,
+}
+
+impl Mesh for Node {
+    fn send(&mut self, to: NodeId, message: &Message) -> bool {
+        Node::send(self, to, Priority::Control, message.to_frame(0)).is_ok()
+    }
+
+    fn data_servers(&self) -> Vec<DataServerLink> {
+        let links: HashMap<NodeId, (bool, Instant)> =
+            self.group().status().into_iter().map(|p| (p.id, (p.up, p.since))).collect();
+        let now = self.now().mono;
+        self.config()
+            .servers_of(Role::DServer)
+            .map(|s| {
+                let (up, since) = links.get(&s.id).copied().unwrap_or((false, now));
+                DataServerLink { id: s.id, capacity: s.capacity, up, since }
+            })
+            .collect()
+    }
+
+    fn clock(&mut self) -> Instant {
+        self.now().mono
+    }
+}
 
 /// A data-server's replicas as its reports describe them (soft state: rebuilt from reports,
 /// not logged).
@@ -50,6 +100,43 @@ pub struct Reported {
     pub incoming: Option<Holdings>,
     /// Its last full report is complete and its link is up.
     pub complete: bool,
+}
+
+impl Reported {
+    /// Takes in one report message: a full report (possibly in several messages) replaces
+    /// what was known once its last message arrives; a change report edits it. Whether a
+    /// full report just ended.
+    pub fn apply(&mut self, report: &DataReport) -> bool {
+        self.capacity = report.capacity;
+        self.used = report.used;
+        let held = |(b, len): &(meshfs_core::descriptor::BlockDescriptor, u64)| {
+            ((b.file.id.0, b.index), (b.version.0, *len))
+        };
+        if report.full {
+            self.incoming = Some(HashMap::new());
+            self.complete = false;
+        }
+        match &mut self.incoming {
+            Some(incoming) => {
+                incoming.extend(report.blocks.iter().map(held));
+                for key in &report.removed {
+                    incoming.remove(key);
+                }
+                if report.last {
+                    self.blocks = self.incoming.take().unwrap_or_default();
+                    self.complete = true;
+                    return true;
+                }
+            }
+            None => {
+                self.blocks.extend(report.blocks.iter().map(held));
+                for key in &report.removed {
+                    self.blocks.remove(key);
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Deletes are sent again after this long if the replica is still reported.
@@ -155,22 +242,25 @@ impl Healer {
         self.health = None;
     }
 
-    /// One scan: plan and carry out.
-    pub fn scan(
+    /// One scan: plan and carry out. Whether it ran: a scan comes no sooner than nine times
+    /// the last one's planning time after it ended.
+    pub fn scan<L: RaftLog, P: Persister<L>>(
         &mut self,
-        node: &mut Node,
-        replica: &mut Replica,
+        mesh: &mut impl Mesh,
+        replica: &mut Replica<L, P>,
         reports: &BTreeMap<NodeId, Reported>,
         at: Now,
-    ) {
+    ) -> bool {
         let (now, now_ms) = (at.mono, at.wall_ms);
         if self.next_scan.is_some_and(|next| now < next) {
-            return; // the last scan was long: the next waits ten times as long
+            return false; // the last scan was long: the next waits ten times as long
         }
         self.early_scan = false;
+        let links = mesh.data_servers();
         self.expire(now);
         let empty = Holdings::new();
-        let servers = server_views(node, replica.namespace(), reports, &self.settings, &empty, now);
+        let servers =
+            server_views(&links, replica.namespace(), reports, &self.settings, &empty, now);
         let in_flight: Vec<InFlight> = self.tasks.values().map(|t| t.copy.in_flight()).collect();
         let limits = Limits {
             tasks_per_server: self.settings.repair_streams,
@@ -178,10 +268,10 @@ impl Healer {
         };
         // How long planning takes sets the pause before the next scan: measured by the
         // driver's clock, not decided by it.
-        let started = node.now().mono;
+        let started = mesh.clock();
         let Plan { copies, deletes, orphans, health } =
             plan(replica.namespace(), now_ms, &servers, &in_flight, limits);
-        let finished = node.now().mono;
+        let finished = mesh.clock();
         let took = finished.saturating_duration_since(started);
         self.last_scan_took = took;
         self.next_scan = Some(finished + took * 9);
@@ -197,12 +287,12 @@ impl Healer {
         }
         self.health = Some(health);
         for copy in copies {
-            self.start(node, replica, copy, now, now_ms);
+            self.start(mesh, replica, copy, now, now_ms);
         }
         let mut sent: HashMap<NodeId, usize> = HashMap::new();
         let mut outside = 0;
         for delete in &deletes {
-            outside += usize::from(self.delete(node, delete, now, &mut sent));
+            outside += usize::from(self.delete(mesh, delete, now, &mut sent));
         }
         let current: HashSet<_> = orphans.iter().map(delete_key).collect();
         self.orphans.retain(|key, _| current.contains(key));
@@ -210,7 +300,7 @@ impl Healer {
         for orphan in &orphans {
             let seen = *self.orphans.entry(delete_key(orphan)).or_insert(now);
             if now.duration_since(seen) >= self.settings.orphan_delay {
-                gone += usize::from(self.delete(node, orphan, now, &mut sent));
+                gone += usize::from(self.delete(mesh, orphan, now, &mut sent));
             }
         }
         if outside + gone > 0 {
@@ -221,6 +311,7 @@ impl Healer {
         }
         let listed: HashSet<_> = deletes.iter().chain(&orphans).map(delete_key).collect();
         self.deletes_sent.retain(|key, _| listed.contains(key));
+        true
     }
 
     fn expire(&mut self, now: Instant) {
@@ -238,10 +329,10 @@ impl Healer {
         });
     }
 
-    fn start(
+    fn start<L: RaftLog, P: Persister<L>>(
         &mut self,
-        node: &mut Node,
-        replica: &mut Replica,
+        mesh: &mut impl Mesh,
+        replica: &mut Replica<L, P>,
         copy: CopyTask,
         now: Instant,
         now_ms: u64,
@@ -267,7 +358,7 @@ impl Healer {
             len: copy.len,
             source,
         });
-        if node.send(copy.target, Priority::Control, message.to_frame(0)).is_err() {
+        if !mesh.send(copy.target, &message) {
             return;
         }
         debug!(
@@ -284,7 +375,7 @@ impl Healer {
     /// used up; whether it was sent.
     fn delete(
         &mut self,
-        node: &mut Node,
+        mesh: &mut impl Mesh,
         delete: &meshfs_core::heal::Delete,
         now: Instant,
         sent: &mut HashMap<NodeId, usize>,
@@ -298,7 +389,7 @@ impl Healer {
             return false;
         }
         let message = Message::DeleteReplica(delete.block);
-        if node.send(delete.server, Priority::Control, message.to_frame(0)).is_err() {
+        if !mesh.send(delete.server, &message) {
             return false;
         }
         debug!("deleting {} on data-server {}", delete.block, delete.server);
@@ -307,7 +398,12 @@ impl Healer {
         true
     }
 
-    fn propose_replace(&mut self, replica: &mut Replica, id: u64, now_ms: u64) {
+    fn propose_replace<L: RaftLog, P: Persister<L>>(
+        &mut self,
+        replica: &mut Replica<L, P>,
+        id: u64,
+        now_ms: u64,
+    ) {
         let Some(task) = self.tasks.get(&id) else { return };
         let (copy, Some(remove)) = (task.copy, task.copy.replaces) else { return };
         let entry = Entry {
@@ -330,9 +426,9 @@ impl Healer {
     }
 
     /// A target data-server finished (or failed) a copy.
-    pub fn copied(
+    pub fn copied<L: RaftLog, P: Persister<L>>(
         &mut self,
-        replica: &mut Replica,
+        replica: &mut Replica<L, P>,
         from: NodeId,
         id: u64,
         error: &str,
@@ -395,20 +491,18 @@ impl Healer {
 
 /// Every configured data-server as the planner sees it.
 pub fn server_views<'a>(
-    node: &Node,
+    links: &[DataServerLink],
     namespace: &Namespace,
     reports: &'a BTreeMap<NodeId, Reported>,
     settings: &Heal,
     empty: &'a Holdings,
     now: Instant,
 ) -> BTreeMap<NodeId, ServerView<'a>> {
-    let links: HashMap<NodeId, (bool, Instant)> =
-        node.group().status().into_iter().map(|p| (p.id, (p.up, p.since))).collect();
-    node.config()
-        .servers_of(Role::DServer)
+    links
+        .iter()
         .map(|s| {
             let report = reports.get(&s.id);
-            let (up, since) = links.get(&s.id).copied().unwrap_or((false, now));
+            let (up, since) = (s.up, s.since);
             let complete = up && report.is_some_and(|r| r.complete);
             let state = if complete {
                 ServerState::Up
@@ -434,7 +528,7 @@ pub fn server_views<'a>(
 
 /// `fsck`: every block of the files at or under `path` against the reports.
 pub fn fsck(
-    node: &Node,
+    mesh: &impl Mesh,
     namespace: &Namespace,
     reports: &BTreeMap<NodeId, Reported>,
     healer: &Healer,
@@ -443,7 +537,8 @@ pub fn fsck(
 ) -> Result<FsckReport, meshfs_core::error::NsError> {
     let files = namespace.files_under(path)?;
     let empty = Holdings::new();
-    let servers = server_views(node, namespace, reports, &healer.settings, &empty, now);
+    let links = mesh.data_servers();
+    let servers = server_views(&links, namespace, reports, &healer.settings, &empty, now);
     let repairing = healer.repairing();
     let mut report = FsckReport {
         files: files.len() as u64,

@@ -352,7 +352,7 @@ impl MetaServer {
                 self.flush(node, now);
             }
             Message::SnapshotChunk(chunk) => self.replica.receive_chunk(u64::from(from.0), chunk),
-            Message::DataReport(report) => self.handle_report(from, report),
+            Message::DataReport(report) => self.handle_report(from, &report),
             Message::RepairDone { task, error, .. } => {
                 self.healer.copied(&mut self.replica, from, task, &error, now.wall_ms);
                 self.flush(node, now);

@@ -3,7 +3,7 @@
 //!
 //! It must not decide repairs: [`crate::heal`] does, from what is kept here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use log::info;
 use meshfs_core::status::status_reply;
@@ -16,40 +16,15 @@ use crate::MetaServer;
 use crate::consensus::RaftStatus;
 
 impl MetaServer {
-    pub(crate) fn handle_report(&mut self, from: NodeId, report: DataReport) {
+    pub(crate) fn handle_report(&mut self, from: NodeId, report: &DataReport) {
         let entry = self.reports.entry(from).or_default();
-        entry.capacity = report.capacity;
-        entry.used = report.used;
-        let held = |(b, len): &(meshfs_core::descriptor::BlockDescriptor, u64)| {
-            ((b.file.id.0, b.index), (b.version.0, *len))
-        };
-        if report.full {
-            entry.incoming = Some(HashMap::new());
-            entry.complete = false;
-        }
-        match &mut entry.incoming {
-            Some(incoming) => {
-                incoming.extend(report.blocks.iter().map(held));
-                for key in &report.removed {
-                    incoming.remove(key);
-                }
-                if report.last {
-                    entry.blocks = entry.incoming.take().unwrap_or_default();
-                    entry.complete = true;
-                    info!(
-                        "data-server {from} reports {} replicas, {} of {} bytes used",
-                        entry.blocks.len(),
-                        entry.used,
-                        entry.capacity
-                    );
-                }
-            }
-            None => {
-                entry.blocks.extend(report.blocks.iter().map(held));
-                for key in &report.removed {
-                    entry.blocks.remove(key);
-                }
-            }
+        if entry.apply(report) {
+            info!(
+                "data-server {from} reports {} replicas, {} of {} bytes used",
+                entry.blocks.len(),
+                entry.used,
+                entry.capacity
+            );
         }
     }
 

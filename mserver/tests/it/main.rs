@@ -194,3 +194,30 @@ fn a_simulation_seed_replays_exactly() {
     let c = run_seed(8, 3);
     assert_ne!(a.trace, c.trace, "another seed, another run");
 }
+
+#[test]
+fn simulated_healing_keeps_every_committed_block_and_restores_every_replica_set() {
+    let faults = sim::Faults {
+        drop_per_million: 20_000,
+        crash_per_million: 1_500,
+        partition_per_million: 600,
+    };
+    let (mut copies, mut deletes, mut paced, mut wipes) = (0, 0, 0, 0);
+    for seed in seeds(300..308) {
+        let mut sim = sim::Sim::new(seed, 3, 1, 5, faults.clone()).with_data_servers(5, 3, 30);
+        println!("simulation seed {seed} (healing); replay with SIM_SEED={seed}");
+        sim.run(8_000, 60_000);
+        sim.check();
+        println!("{}", sim.summary());
+        let stats = sim.heal_stats();
+        assert!(stats.writes >= 3 * 20, "seed {seed}: the writers committed their blocks");
+        copies += stats.copies;
+        deletes += stats.deletes;
+        paced += stats.paced;
+        wipes += stats.wipes;
+    }
+    assert!(copies > 0, "lost data-servers' blocks were copied elsewhere");
+    assert!(deletes > 0, "extra and orphaned replicas were deleted");
+    assert!(paced > 0, "long scans held the next ones back");
+    assert!(wipes > 0, "some data-servers came back with empty disks");
+}

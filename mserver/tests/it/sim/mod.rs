@@ -23,6 +23,10 @@
 //! cut-off link), sending nothing. The lock checker: a client believes it holds a lock from
 //! the grant until it releases it, and only while its own lease is in force; no two
 //! believers of one lock ever conflict (two exclusive, or exclusive with shared).
+//!
+//! With data-servers ([`Sim::with_data_servers`], in [`healing`]) each node also runs the
+//! meta-server's own healer, and writers create and remove files whose blocks the
+//! data-servers hold.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -45,6 +49,8 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 /// The simulation's one random source: the test kit's seeded generator.
 pub use meshfs_test_kit::Rng;
+
+mod healing;
 
 // ---- the in-memory log and its "disk" ----
 
@@ -275,6 +281,8 @@ type SimReplica = Replica<MemLog, SimPersister>;
 enum Payload {
     Raft(Vec<u8>),
     Chunk(SnapshotChunk),
+    /// Between meta-servers and data-servers: reports, repair tasks, deletes.
+    Heal(meshfs_core::wire::Message),
 }
 
 #[derive(Debug)]
@@ -294,6 +302,8 @@ struct Node {
     restart_at: Option<u64>,
     /// The server's own lock clock (made anew at each start, as a process would).
     lock_clock: LockClock,
+    /// Its healer and the data-servers' reports (likewise).
+    heal: healing::NodeHeal,
 }
 
 /// Lock session settings of the simulated cluster (ms of simulated time).
@@ -416,6 +426,8 @@ pub struct Sim {
     lock_clients: Vec<LockClient>,
     /// Every lock grant a client believed in: (sequencer, path, mode).
     pub grants: Vec<(u64, String, LockMode)>,
+    /// Data-servers, writers and the healing checker ([`Sim::with_data_servers`]).
+    healing: healing::Healing,
 }
 
 #[derive(Debug, Default)]
@@ -449,6 +461,7 @@ impl Sim {
                 next_tick: rng.below(10),
                 restart_at: None,
                 lock_clock: lock_clock_of(id),
+                heal: healing::NodeHeal::new(id, 0),
             });
         }
         let contended_names = 3;
@@ -493,6 +506,7 @@ impl Sim {
             stats: Stats::default(),
             lock_clients: Vec::new(),
             grants: Vec::new(),
+            healing: healing::Healing::default(),
         };
         for i in 0..sim.nodes.len() {
             sim.start(i);
@@ -541,6 +555,7 @@ impl Sim {
             Some(Replica::new(log, persister, options).expect("a replica starts from its disk"));
         node.restart_at = None;
         node.lock_clock = lock_clock_of(node.id);
+        self.heal_started(i);
     }
 
     fn crash(&mut self, i: usize) {
@@ -612,6 +627,7 @@ impl Sim {
             self.check_applied(from, index, &entry, &outcome);
             self.answer_client(from, &entry, &outcome);
             self.answer_lock_clients(from, &entry, &outcome);
+            self.heal_applied(i, &entry, &outcome);
         }
     }
 
@@ -1043,10 +1059,15 @@ impl Sim {
         let due = self.net.iter().take_while(|m| m.at <= self.now).count();
         let arrived: Vec<InFlight> = self.net.drain(..due).collect();
         for m in arrived {
-            let i = (m.to - 1) as usize;
             if self.isolated.contains(&m.to) || self.isolated.contains(&m.from) {
                 continue;
             }
+            if let Payload::Heal(message) = m.payload {
+                self.note(m.seq);
+                self.heal_deliver(m.from, m.to, message);
+                continue;
+            }
+            let i = (m.to - 1) as usize;
             let Some(replica) = self.nodes[i].replica.as_mut() else { continue };
             match m.payload {
                 Payload::Raft(bytes) => {
@@ -1057,6 +1078,7 @@ impl Sim {
                     }
                 }
                 Payload::Chunk(chunk) => replica.receive_chunk(m.from, chunk),
+                Payload::Heal(_) => unreachable!("delivered above"),
             }
             self.note(m.seq);
             self.drain(i);
@@ -1087,6 +1109,7 @@ impl Sim {
         }
         self.clients_act();
         self.lock_clients_act();
+        self.heal_step(faults_on);
         if faults_on {
             self.inject_faults();
         }
@@ -1125,6 +1148,7 @@ impl Sim {
     pub fn done(&self) -> bool {
         self.clients.iter().all(|c| c.todo.is_empty())
             && self.lock_clients.iter().all(LockClient::finished)
+            && self.writers_done()
     }
 
     /// Runs with faults for `ms`, then heals everything and runs until every client is done
@@ -1139,10 +1163,11 @@ impl Sim {
                 self.start(i);
             }
         }
+        self.restart_dservers();
         let end = self.now + limit;
         while self.now < end {
             self.step(false);
-            if self.done() && self.settled() {
+            if self.done() && self.settled() && self.unhealed().is_none() {
                 return;
             }
         }
@@ -1150,8 +1175,10 @@ impl Sim {
         let locking: Vec<_> = self.lock_clients.iter().filter(|c| !c.finished()).collect();
         panic!(
             "seed {}: not done after healing (requests left per client: {left:?}; lock clients \
-             not done: {locking:?})",
-            self.seed
+             not done: {locking:?}; writers done: {}; replicas: {:?})",
+            self.seed,
+            self.writers_done(),
+            self.unhealed()
         );
     }
 
@@ -1205,7 +1232,7 @@ impl Sim {
             self.stats.retries,
             terms,
             snapshots
-        )
+        ) + &self.heal_summary()
     }
 
     /// The end-state checks.
