@@ -14,12 +14,13 @@ use meshfs_core::wire::Message;
 use meshfs_group::auth::{self, Side, Transcript};
 use meshfs_group::message::{GroupMessage, Identity};
 use meshfs_group::rng::Rng;
-use meshfs_group::{ClientId, Config, FIRST_APP_KIND};
+use meshfs_group::{ClientId, FIRST_APP_KIND};
 use meshfs_net::frame::{self, Decoder, Frame};
 
 use crate::error::ClientError;
 
-/// Who the client is: an id and key from a `[[client]]` entry of the config.
+/// Who the client is: its id and key (from its client config, or a `[[client]]` entry of
+/// the cluster config).
 #[derive(Clone)]
 pub struct Credentials {
     /// The client id.
@@ -31,17 +32,6 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials").field("id", &self.id).finish_non_exhaustive()
-    }
-}
-
-impl Credentials {
-    /// The credentials of client `id` in `config`, or of its first client if `id` is `None`.
-    pub fn from_config(config: &Config, id: Option<ClientId>) -> Result<Credentials, ClientError> {
-        let client = match id {
-            Some(id) => config.client(id).ok_or(ClientError::UnknownClient(id))?,
-            None => config.clients.values().next().ok_or(ClientError::NoClient)?,
-        };
-        Ok(Credentials { id: client.id, key: client.key.clone() })
     }
 }
 

@@ -16,9 +16,10 @@ use log::warn;
 use meshfs_core::descriptor::BlockDescriptor;
 use meshfs_core::token::Token;
 use meshfs_core::wire::{BlockData, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck, WriteChunk};
-use meshfs_group::{Config, NodeId};
+use meshfs_group::NodeId;
 
-use crate::connection::{Connection, Credentials};
+use crate::access::Access;
+use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
 
@@ -30,8 +31,7 @@ const DATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections to data-servers, opened on demand and kept.
 #[derive(Debug)]
 pub struct DataClient {
-    config: Config,
-    credentials: Credentials,
+    access: Access,
     conns: HashMap<NodeId, Connection>,
     /// How long connecting to each data-server took: the read order.
     latency: HashMap<NodeId, Duration>,
@@ -40,11 +40,11 @@ pub struct DataClient {
 }
 
 impl DataClient {
-    /// A data client of the cluster in `config`.
-    pub fn new(config: &Config, credentials: Credentials) -> DataClient {
+    /// A data client of the cluster `access` reaches (the data-servers' addresses come from
+    /// its cluster map).
+    pub fn new(access: &Access) -> DataClient {
         DataClient {
-            config: config.clone(),
-            credentials,
+            access: access.clone(),
             conns: HashMap::new(),
             latency: HashMap::new(),
             bad: Vec::new(),
@@ -53,17 +53,10 @@ impl DataClient {
 
     fn conn(&mut self, server: NodeId) -> Result<&mut Connection, ClientError> {
         if !self.conns.contains_key(&server) {
-            let addr = self
-                .config
-                .server(server)
-                .ok_or_else(|| ClientError::Protocol {
-                    addr: "0.0.0.0:0".parse().expect("literal"),
-                    detail: format!("data-server {server} is not in the config"),
-                })?
-                .addr;
+            let addr = self.access.dserver(server)?;
             let started = Instant::now();
-            let conn =
-                Connection::open(addr, &self.config.cluster_name, &self.credentials, DATA_TIMEOUT)?;
+            let (cluster, credentials) = (&self.access.cluster, &self.access.credentials);
+            let conn = Connection::open(addr, cluster, credentials, DATA_TIMEOUT)?;
             self.latency.insert(server, started.elapsed());
             self.conns.insert(server, conn);
         }
@@ -351,7 +344,7 @@ fn put_small(
     let len = bytes.len() as u64;
     let token = meta.create_write(remote, replication, len)?;
     // The block is the file's first and only one: any bound at or above its length holds.
-    let bound = u32::try_from(meta.block_size()).unwrap_or(u32::MAX);
+    let bound = u32::try_from(meta.block_size()?).unwrap_or(u32::MAX);
     let mut write = |token: &Token| data.write_block(token, bound, 0, bytes, false);
     let first = write(&token);
     let token = retry_write(meta, remote, token, first, write)?;
@@ -387,7 +380,7 @@ pub fn put(
     // A small input goes in one consensus round for create, expand and lease, then its
     // write, then the commit (instead of four rounds and a read).
     let mut head = Vec::new();
-    let probe = SMALL_PUT_BYTES.min(meta.block_size().saturating_sub(1));
+    let probe = SMALL_PUT_BYTES.min(meta.block_size()?.saturating_sub(1));
     reader
         .by_ref()
         .take(probe + 1)

@@ -16,9 +16,8 @@
 
 use meshfs_core::namespace::FileMeta;
 use meshfs_core::token::Token;
-use meshfs_group::Config;
 
-use crate::connection::Credentials;
+use crate::access::Access;
 use crate::data::{DataClient, retry_write};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
@@ -75,8 +74,7 @@ pub const BLOCKS_IN_FLIGHT: usize = 4;
 /// An open remote file.
 #[derive(Debug)]
 pub struct RemoteFile {
-    config: Config,
-    credentials: Credentials,
+    access: Access,
     meta: MetaClient,
     data: DataClient,
     path: String,
@@ -88,17 +86,12 @@ pub struct RemoteFile {
 
 impl RemoteFile {
     /// Opens an existing file.
-    pub fn open(
-        config: &Config,
-        credentials: Credentials,
-        path: &str,
-    ) -> Result<RemoteFile, ClientError> {
-        let mut meta = MetaClient::new(config, credentials.clone())?;
+    pub fn open(access: &Access, path: &str) -> Result<RemoteFile, ClientError> {
+        let mut meta = MetaClient::new(access)?;
         let file = meta.get_file_meta_data(path)?;
-        let data = DataClient::new(config, credentials.clone());
+        let data = DataClient::new(access);
         Ok(RemoteFile {
-            config: config.clone(),
-            credentials,
+            access: access.clone(),
             meta,
             data,
             path: path.to_string(),
@@ -115,15 +108,14 @@ impl RemoteFile {
     /// [`NsError::LockBusy`]: meshfs_core::error::NsError::LockBusy
     /// [`NsError::LockTimeout`]: meshfs_core::error::NsError::LockTimeout
     pub fn open_mode(
-        config: &Config,
-        credentials: Credentials,
+        access: &Access,
         session: &Session,
         path: &str,
         mode: OpenMode,
         wait: Option<std::time::Duration>,
     ) -> Result<RemoteFile, ClientError> {
         let lock = session.lock(path, mode.lock_mode(), wait)?;
-        let mut file = RemoteFile::open(config, credentials, path)?;
+        let mut file = RemoteFile::open(access, path)?;
         file.lock = Some(lock);
         file.writable = mode != OpenMode::SharedRead;
         Ok(file)
@@ -135,14 +127,9 @@ impl RemoteFile {
     }
 
     /// Creates a new, empty file (`replication` 0: the cluster's default) and opens it.
-    pub fn create(
-        config: &Config,
-        credentials: Credentials,
-        path: &str,
-        replication: u8,
-    ) -> Result<RemoteFile, ClientError> {
-        MetaClient::new(config, credentials.clone())?.create(path, replication)?;
-        RemoteFile::open(config, credentials, path)
+    pub fn create(access: &Access, path: &str, replication: u8) -> Result<RemoteFile, ClientError> {
+        MetaClient::new(access)?.create(path, replication)?;
+        RemoteFile::open(access, path)
     }
 
     /// The file's size in bytes.
@@ -272,14 +259,14 @@ impl RemoteFile {
         for batch in jobs.chunks(BLOCKS_IN_FLIGHT).zip(results.chunks_mut(BLOCKS_IN_FLIGHT)) {
             std::thread::scope(|scope| {
                 for ((index, block, len), slot) in batch.0.iter().zip(batch.1.iter_mut()) {
-                    let (config, credentials) = (&self.config, self.credentials.clone());
+                    let access = &self.access;
                     scope.spawn(move || {
                         *slot = Some(match block {
                             None => Err(ClientError::Namespace(
                                 meshfs_core::error::NsError::NotFound(format!("block {index}")),
                             )),
                             Some(block) => {
-                                let mut data = DataClient::new(config, credentials);
+                                let mut data = DataClient::new(access);
                                 let mut out = Vec::with_capacity(*len as usize);
                                 data.read_block(
                                     block.descriptor,
@@ -316,10 +303,9 @@ impl RemoteFile {
                 let handles: Vec<_> = batch
                     .iter()
                     .map(|(token, bytes)| {
-                        let (config, credentials) = (&self.config, self.credentials.clone());
+                        let access = &self.access;
                         scope.spawn(move || {
-                            DataClient::new(config, credentials)
-                                .write_block(token, block_size, 0, bytes, false)
+                            DataClient::new(access).write_block(token, block_size, 0, bytes, false)
                         })
                     })
                     .collect();

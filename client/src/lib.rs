@@ -1,6 +1,8 @@
 //! MeshFS client library, and the tools the `meshfs` program is made of.
 //!
 //! The library:
+//! - [`access`]: how a client reaches a cluster and who it is there, from a client config
+//!   (or the cluster config on a server host).
 //! - [`connection`]: a blocking, authenticated connection to one server.
 //! - [`meta`]: namespace calls (mkdir, create, stat, list, rename, remove), leader-following.
 //! - [`data`]: block writes down a replica chain, verified reads, `put` and `get`.
@@ -20,6 +22,7 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod access;
 #[cfg(feature = "tools")]
 pub mod bench;
 #[cfg(feature = "tools")]
@@ -32,6 +35,7 @@ pub mod meta;
 pub mod session;
 pub mod status;
 
+pub use access::Access;
 pub use connection::{Connection, Credentials};
 pub use error::{ClientError, Result};
 pub use meta::MetaClient;

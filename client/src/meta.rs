@@ -9,17 +9,17 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meshfs_core::descriptor::FileDescriptor;
 use meshfs_core::namespace::{DirEntry, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::wire::{FsckReport, MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
-use meshfs_group::{Config, NodeId, Role};
+use meshfs_group::NodeId;
 
-use meshfs_core::settings::Settings;
-
-use crate::connection::{Connection, Credentials};
+use crate::access::Access;
+use crate::connection::Connection;
 use crate::error::ClientError;
 
 /// How long one call may take, retries included, before it fails.
@@ -30,10 +30,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A namespace client. Not thread-safe: one per thread.
 #[derive(Debug)]
 pub struct MetaClient {
-    config: Config,
-    /// The cluster's block size, from the config's settings.
-    block_size: u64,
-    credentials: Credentials,
+    access: Access,
     session: u64,
     next_request: u64,
     leader: Option<NodeId>,
@@ -42,28 +39,25 @@ pub struct MetaClient {
 }
 
 impl MetaClient {
-    /// A client of the cluster in `config`, acting as `credentials`.
-    pub fn new(config: &Config, credentials: Credentials) -> Result<MetaClient, ClientError> {
+    /// A client of the cluster `access` reaches, acting as its credentials.
+    pub fn new(access: &Access) -> Result<MetaClient, ClientError> {
         let mut seed = [0u8; 8];
         std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)).map_err(
             |e| ClientError::Launch { program: "/dev/urandom".into(), reason: e.to_string() },
         )?;
-        MetaClient::with_session(config, credentials, u64::from_be_bytes(seed), 1)
+        MetaClient::with_session(access, u64::from_be_bytes(seed), 1)
     }
 
     /// A client using session number `session`, numbering its requests from
     /// `first_request`: a second client of one session (a lock session's KeepAlives) must
     /// number its requests apart from the first's.
     pub fn with_session(
-        config: &Config,
-        credentials: Credentials,
+        access: &Access,
         session: u64,
         first_request: u64,
     ) -> Result<MetaClient, ClientError> {
         Ok(MetaClient {
-            block_size: Settings::of(config)?.block_size,
-            config: config.clone(),
-            credentials,
+            access: access.clone(),
             session,
             next_request: first_request,
             leader: None,
@@ -79,12 +73,12 @@ impl MetaClient {
 
     /// The client it acts as.
     pub fn client_id(&self) -> meshfs_group::ClientId {
-        self.credentials.id
+        self.access.credentials.id
     }
 
-    /// The cluster's config.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// How it reaches the cluster.
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     /// Sets how long one call may take, retries included.
@@ -98,7 +92,7 @@ impl MetaClient {
     }
 
     fn mservers(&self) -> Vec<NodeId> {
-        self.config.servers_of(Role::MServer).map(|s| s.id).collect()
+        self.access.mservers.iter().map(|(id, _)| *id).collect()
     }
 
     fn attempt(
@@ -110,13 +104,12 @@ impl MetaClient {
     ) -> Result<MetaReply, ClientError> {
         let timeout = left.min(attempt_timeout);
         if !self.conns.contains_key(&target) {
-            let server = self.config.server(target).expect("targets come from the config");
-            let conn = Connection::open(
-                server.addr,
-                &self.config.cluster_name,
-                &self.credentials,
-                timeout,
-            )?;
+            let addr = self.access.mserver(target).ok_or_else(|| ClientError::Protocol {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                detail: format!("meta-server {target} is not in this client's config"),
+            })?;
+            let conn =
+                Connection::open(addr, &self.access.cluster, &self.access.credentials, timeout)?;
             self.conns.insert(target, conn);
         }
         let conn = self.conns.get_mut(&target).expect("inserted above");
@@ -242,9 +235,9 @@ impl MetaClient {
         }
     }
 
-    /// The cluster's block size, from the config.
-    pub fn block_size(&self) -> u64 {
-        self.block_size
+    /// The cluster's block size for new files (from the cluster map).
+    pub fn block_size(&self) -> Result<u64, ClientError> {
+        self.access.block_size()
     }
 
     /// `rename`: `to` must not exist.

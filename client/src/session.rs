@@ -27,9 +27,9 @@ use meshfs_core::error::NsError;
 pub use meshfs_core::locks::{LockInfo, LockMode};
 use meshfs_core::path::MeshPath;
 use meshfs_core::wire::{MetaOp, MetaReply};
-use meshfs_group::{ClientId, Config};
+use meshfs_group::ClientId;
 
-use crate::connection::Credentials;
+use crate::access::Access;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
 
@@ -139,9 +139,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session with the cluster in `config`, acting as `credentials`.
-    pub fn open(config: &Config, credentials: Credentials) -> Result<Session, ClientError> {
-        let mut calls = MetaClient::new(config, credentials.clone())?;
+    /// Opens a session with the cluster `access` reaches, acting as its credentials.
+    pub fn open(access: &Access) -> Result<Session, ClientError> {
+        let mut calls = MetaClient::new(access)?;
         let sent = Instant::now();
         let (lease, lock_delay) = match calls.call(MetaOp::OpenSession)? {
             MetaReply::Session { lease_ms, lock_delay_ms } => {
@@ -160,8 +160,7 @@ impl Session {
             }),
             changed: Condvar::new(),
         });
-        let mut keeper =
-            MetaClient::with_session(config, credentials.clone(), nonce, KEEPALIVE_REQUESTS)?;
+        let mut keeper = MetaClient::with_session(access, nonce, KEEPALIVE_REQUESTS)?;
         keeper.set_timeout((lease / 4).max(Duration::from_millis(100)));
         let thread_keep = Arc::clone(&keep);
         let handle = std::thread::Builder::new()
@@ -174,7 +173,7 @@ impl Session {
         Ok(Session {
             inner: Arc::new(Inner {
                 calls: Mutex::new(calls),
-                client: credentials.id,
+                client: access.credentials.id,
                 nonce,
                 lease,
                 lock_delay,

@@ -16,10 +16,13 @@ use std::thread;
 use std::time::Duration;
 
 use meshfs_core::wire::{Message, StatusReply};
-use meshfs_group::{Config, NodeId, Role};
+use std::net::SocketAddr;
+
+use meshfs_group::{NodeId, Role};
 use serde::Serialize;
 
-use crate::connection::{Connection, Credentials};
+use crate::access::Access;
+use crate::connection::Connection;
 use crate::error::ClientError;
 
 /// One peer link as one server sees it.
@@ -194,53 +197,64 @@ fn view(reply: &StatusReply, configured_addr: String) -> ServerView {
     }
 }
 
-/// Asks one server for its status.
+/// Asks one server, `id` at `addr`, for its status.
 pub fn server_status(
-    config: &Config,
+    access: &Access,
     id: NodeId,
-    credentials: &Credentials,
+    addr: SocketAddr,
     timeout: Duration,
 ) -> Result<StatusReply, ClientError> {
-    let server = config.server(id).expect("asked for a server of this config");
-    let mut conn = Connection::open(server.addr, &config.cluster_name, credentials, timeout)?;
+    let mut conn = Connection::open(addr, &access.cluster, &access.credentials, timeout)?;
     match conn.call(&Message::StatusRequest)? {
         Message::StatusReply(reply) if reply.id == id => Ok(reply),
         Message::StatusReply(reply) => Err(ClientError::Protocol {
-            addr: server.addr,
+            addr,
             detail: format!("expected server {id} at this address, server {} answered", reply.id),
         }),
         other => Err(ClientError::Protocol {
-            addr: server.addr,
+            addr,
             detail: format!("expected a status reply, got message kind {}", other.kind()),
         }),
     }
 }
 
-/// Asks every server of `config`, in parallel.
-pub fn cluster_status(
-    config: &Config,
-    credentials: &Credentials,
-    timeout: Duration,
-) -> ClusterStatus {
-    let servers = thread::scope(|scope| {
-        let handles: Vec<_> = config
-            .servers
+/// Asks every server of the cluster map, in parallel. Without a map (no meta-server
+/// answers), the meta-servers of the client's config are listed as down.
+pub fn cluster_status(access: &Access, timeout: Duration) -> ClusterStatus {
+    let listed: Vec<(Role, NodeId, String)> = match access.cluster_map() {
+        Ok(map) => map.servers.clone(),
+        Err(_) => access
+            .mservers
             .iter()
-            .map(|server| {
-                scope
-                    .spawn(move || (server, server_status(config, server.id, credentials, timeout)))
+            .map(|(id, addr)| (Role::MServer, *id, addr.to_string()))
+            .collect(),
+    };
+    let servers = thread::scope(|scope| {
+        let handles: Vec<_> = listed
+            .iter()
+            .map(|(role, id, addr)| {
+                scope.spawn(move || {
+                    let result = addr
+                        .parse::<SocketAddr>()
+                        .map_err(|_| ClientError::Protocol {
+                            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                            detail: format!("server {id} has address {addr:?}"),
+                        })
+                        .and_then(|a| server_status(access, *id, a, timeout));
+                    (*role, *id, addr, result)
+                })
             })
             .collect();
         handles
             .into_iter()
             .map(|handle| {
-                let (server, result) = handle.join().expect("status threads do not panic");
+                let (role, id, addr, result) = handle.join().expect("status threads do not panic");
                 match result {
-                    Ok(reply) => view(&reply, server.addr.to_string()),
+                    Ok(reply) => view(&reply, addr.clone()),
                     Err(err) => ServerView {
-                        id: server.id.0,
-                        role: role_name(server.role),
-                        addr: server.addr.to_string(),
+                        id: id.0,
+                        role: role_name(role),
+                        addr: addr.clone(),
                         up: false,
                         error: Some(err.to_string()),
                         uptime_ms: None,
@@ -265,7 +279,7 @@ pub fn cluster_status(
     let source = leader.or_else(|| servers.iter().find(|s| !s.data_servers.is_empty()));
     let data_servers = source.map(|s| s.data_servers.clone()).unwrap_or_default();
     let health = leader.and_then(|s| s.health);
-    ClusterStatus { cluster: config.cluster_name.clone(), servers, data_servers, health }
+    ClusterStatus { cluster: access.cluster.clone(), servers, data_servers, health }
 }
 
 impl ClusterStatus {

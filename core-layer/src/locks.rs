@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use meshfs_group::ClientId;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use crate::error::NsError;
@@ -426,19 +427,46 @@ impl LockTable {
     /// Ends a session: its locks go (after their lock-delay if it `expired`, at once if it
     /// closed) and its waits end. An expiry is ignored if the lease was renewed past `now`.
     pub fn end_session(&mut self, session: SessionId, expired: bool, now: u64) -> Vec<Wake> {
-        let mut wakes = Vec::new();
-        let Some(s) = self.sessions.get(&session) else { return wakes };
+        let Some(s) = self.sessions.get(&session) else { return Vec::new() };
         if expired && s.expires_ms > now {
-            return wakes;
+            return Vec::new();
         }
-        let s = self.sessions.remove(&session).expect("found above");
+        self.end(session, expired.then_some(now), now)
+    }
+
+    /// Ends every session of `client`, which was removed from the cluster: its locks are
+    /// granted again once its lease would have run out and the lock-delay after it.
+    pub fn revoke(&mut self, client: ClientId, now: u64) -> Vec<Wake> {
+        let sessions: Vec<(SessionId, u64)> = self
+            .sessions
+            .iter()
+            .filter(|(id, _)| id.client == client)
+            .map(|(id, s)| (*id, s.expires_ms.max(now)))
+            .collect();
+        let mut wakes = Vec::new();
+        for (session, lease_end) in sessions {
+            wakes.extend(self.end(session, Some(lease_end), now));
+        }
+        wakes
+    }
+
+    /// The clients with an open session.
+    pub fn clients(&self) -> BTreeSet<ClientId> {
+        self.sessions.keys().map(|s| s.client).collect()
+    }
+
+    /// Ends `session` at `now`. With `delay_from`, its locks stay ungranted until the
+    /// lock-delay after that time; without, they go at once.
+    fn end(&mut self, session: SessionId, delay_from: Option<u64>, now: u64) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        let Some(s) = self.sessions.remove(&session) else { return wakes };
         self.expiries.remove(&(s.expires_ms, session));
         for path in s.paths {
             let Some(lock) = self.locks.get_mut(&path) else { continue };
             if let Some(at) = lock.holders.iter().position(|h| h.session == session) {
                 let holder = lock.holders.remove(at);
-                if expired && s.lock_delay_ms > 0 {
-                    let until = now.saturating_add(s.lock_delay_ms);
+                let until = delay_from.map(|from| from.saturating_add(s.lock_delay_ms));
+                if let Some(until) = until.filter(|&until| until > now) {
                     lock.exclusive_free_ms = lock.exclusive_free_ms.max(until);
                     if holder.mode == LockMode::Exclusive {
                         lock.shared_free_ms = lock.shared_free_ms.max(until);

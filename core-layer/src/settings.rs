@@ -93,9 +93,7 @@ const MB: u64 = 1_000_000;
 
 /// Reads and checks the config at `path`: the group's part and these settings.
 pub fn load(path: &Path) -> Result<(Config, Settings), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let (text, absolute) = meshfs_group::config::read_text(path)?;
     parse(&text, &absolute)
 }
 
@@ -460,7 +458,13 @@ mod tests {
 
     #[test]
     fn the_shipped_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.conf");
+        let dir = meshfs_test_kit::TempDir::new("shipped-settings");
+        let path = dir.join("config.conf");
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.conf"), &path).unwrap();
+        meshfs_test_kit::write_private(
+            dir.join("cluster.secret"),
+            "a-secret-for-the-test-0123456789",
+        );
         let (_, s) = load(&path).unwrap();
         assert_eq!((s.replication, s.block_size), (2, DEFAULT_BLOCK_SIZE));
         assert_eq!(s.locks, Locks::default(), "the shipped [locks] shows the defaults");

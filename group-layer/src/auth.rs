@@ -12,6 +12,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::ClientId;
 use crate::message::Identity;
 
 /// Bytes of a nonce.
@@ -73,6 +74,19 @@ fn mac(key: &[u8], side: Side, t: &Transcript<'_>) -> Hmac<Sha256> {
 /// The proof `side` sends for `transcript`, keyed by `key`.
 pub fn prove(key: &[u8], side: Side, transcript: &Transcript<'_>) -> Proof {
     mac(key, side, transcript).finalize().into_bytes().into()
+}
+
+/// The key of client `id` with `salt` in a cluster with `secret`: HMAC-SHA256 of the secret
+/// over a label, the id and the salt, in hex. Servers compute it when they read the config,
+/// so no client key is stored on a server; the client keeps it in its client config.
+pub fn client_key(secret: &[u8], id: ClientId, salt: &str) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(b"meshfs-v1 client key");
+    mac.update(&id.0.to_be_bytes());
+    mac.update(&(salt.len() as u64).to_be_bytes());
+    mac.update(salt.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `proof` is what `side` should have sent. Compares in constant time.

@@ -3,7 +3,9 @@
 //! ```toml
 //! [cluster]
 //! name = "meshfs-local"          # peers with another name are refused
-//! secret = "..."                 # at least 16 bytes; proves membership, never sent
+//! secret_file = "cluster.secret" # the cluster secret, in a private file (0600) of its own;
+//!                                # or `secret = "..."` here, and then this file must be private
+//!                                # at least 16 bytes; proves membership, never sent
 //! block_size = "64MiB"           # bytes, or a string with KiB/MiB/GiB/TiB
 //! replication = 2                # copies of each block, at most the number of dservers
 //! ping_interval_ms = 250
@@ -35,11 +37,16 @@
 //! data_dir = "data/dserver-4"
 //! capacity = "20GiB"
 //!
-//! [[client]]                     # who may use the cluster
+//! [[client]]                     # who may use the cluster (`meshfs client add` writes these)
 //! id = 1
 //! name = "admin"
-//! key = "..."
+//! salt = "..."                   # its key is derived from the secret, its id and this salt
 //! ```
+//!
+//! A client's key is never stored on a server: it is HMAC-SHA256 of the secret over the
+//! client's id and salt ([`crate::auth::client_key`]), computed when the config is read; a new
+//! salt rotates it. The old form, `key = "..."` in the entry, is still read (and then this
+//! file holds keys and must be private).
 //!
 //! Every error names the field and says why; unknown keys are errors (a typo must not be
 //! silently ignored). Relative paths are relative to the config file's own directory, so a
@@ -124,6 +131,18 @@ pub enum ConfigError {
         path: PathBuf,
         /// The parser's message, with line and column.
         message: String,
+    },
+    /// A file holding the secret or a key may be read or written by others.
+    #[error(
+        "{path} holds {what} and others may read or change it (mode {mode:o}): run `chmod 600 {path}`"
+    )]
+    NotPrivate {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        what: String,
+        /// Its permission bits.
+        mode: u32,
     },
     /// A field has a value that cannot work.
     #[error("config {path}: {field}: {reason}")]
@@ -223,12 +242,47 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Refuses `path` if anyone but its owner may read or write it: it holds `what`.
+pub fn check_private(path: &Path, what: &str) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::NotPrivate {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads the config at `path`: its text and absolute path. If the file itself holds the
+/// secret or a client key, it must be private.
+pub fn read_text(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // A file that does not parse is reported by the parser; here only what it holds counts.
+    if let Ok(table) = toml::from_str::<toml::Table>(&text) {
+        let inline_secret =
+            table.get("cluster").and_then(|c| c.get("secret")).is_some_and(|s| s.is_str());
+        let keys = table
+            .get("client")
+            .and_then(toml::Value::as_array)
+            .is_some_and(|list| list.iter().any(|c| c.get("key").is_some()));
+        if inline_secret || keys {
+            check_private(&absolute, "the cluster secret or client keys")?;
+        }
+    }
+    Ok((text, absolute))
+}
+
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let (text, absolute) = read_text(path)?;
         Config::parse(&text, &absolute)
     }
 
@@ -304,6 +358,7 @@ enum RawSize {
 pub const CLUSTER_KEYS: &[&str] = &[
     "name",
     "secret",
+    "secret_file",
     "ping_interval_ms",
     "down_timeout_ms",
     "reconnect_min_ms",
@@ -316,6 +371,7 @@ pub const TABLES: &[&str] = &["cluster", "mserver", "dserver", "client"];
 struct RawCluster {
     name: String,
     secret: Option<String>,
+    secret_file: Option<String>,
     ping_interval_ms: Option<u64>,
     down_timeout_ms: Option<u64>,
     reconnect_min_ms: Option<u64>,
@@ -339,7 +395,8 @@ struct RawServer {
 struct RawClient {
     id: i64,
     name: Option<String>,
-    key: String,
+    key: Option<String>,
+    salt: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,21 +431,36 @@ impl RawConfig {
                 "may hold only letters, digits, '-', '_' and '.'".into(),
             ));
         }
-        let secret = match &c.secret {
-            None => {
+        let secret = match (&c.secret, &c.secret_file) {
+            (None, None) => {
                 return Err(invalid(
-                    "cluster.secret",
-                    "missing: every cluster needs a secret".into(),
+                    "cluster.secret_file",
+                    "missing: every cluster needs a secret (`meshfs up` makes one)".into(),
                 ));
             }
-            Some(s) if s.len() < MIN_SECRET_LEN => {
+            (Some(_), Some(_)) => {
                 return Err(invalid(
                     "cluster.secret",
-                    format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", s.len()),
+                    "give secret or secret_file, not both".into(),
                 ));
             }
-            Some(s) => s.as_bytes().to_vec(),
+            (Some(s), None) => s.clone(),
+            (None, Some(file)) => {
+                let file = base.join(file);
+                check_private(&file, "the cluster secret")?;
+                let text = std::fs::read_to_string(&file).map_err(|e| {
+                    invalid("cluster.secret_file", format!("cannot read {}: {e}", file.display()))
+                })?;
+                text.trim_end_matches(['\n', '\r']).to_string()
+            }
         };
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(invalid(
+                "cluster.secret",
+                format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", secret.len()),
+            ));
+        }
+        let secret = secret.into_bytes();
 
         let timing = Timing {
             ping_interval: Duration::from_millis(c.ping_interval_ms.unwrap_or(250)),
@@ -497,16 +569,28 @@ impl RawConfig {
             let id = u32::try_from(raw.id).ok().filter(|&id| id != 0).ok_or_else(|| {
                 invalid(&field("id"), format!("{}: must be 1 to {}", raw.id, u32::MAX))
             })?;
-            if raw.key.len() < MIN_SECRET_LEN {
-                return Err(invalid(
-                    &field("key"),
-                    format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", raw.key.len()),
-                ));
-            }
+            let key = match (&raw.key, &raw.salt) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(&field("salt"), "give key or salt, not both".into()));
+                }
+                (Some(key), None) if key.len() < MIN_SECRET_LEN => {
+                    return Err(invalid(
+                        &field("key"),
+                        format!("too short ({} bytes, need at least {MIN_SECRET_LEN})", key.len()),
+                    ));
+                }
+                (Some(key), None) => key.as_bytes().to_vec(),
+                (None, salt) => crate::auth::client_key(
+                    &secret,
+                    ClientId(id),
+                    salt.as_deref().unwrap_or_default(),
+                )
+                .into_bytes(),
+            };
             let client = ClientConfig {
                 id: ClientId(id),
                 name: raw.name.clone().unwrap_or_else(|| format!("client-{id}")),
-                key: raw.key.as_bytes().to_vec(),
+                key,
             };
             if clients.insert(client.id, client).is_some() {
                 return Err(invalid(&field("id"), format!("duplicate client id {id}")));
@@ -583,7 +667,17 @@ mod tests {
     fn each_bad_field_is_named() {
         let cases: &[(&str, &str, &str)] = &[
             // (replace this, with this, expect this in the message)
-            ("secret = \"0123456789abcdef\"\n", "", "cluster.secret: missing"),
+            ("secret = \"0123456789abcdef\"\n", "", "cluster.secret_file: missing"),
+            (
+                "secret = \"0123456789abcdef\"\n",
+                "secret = \"0123456789abcdef\"\nsecret_file = \"s\"\n",
+                "not both",
+            ),
+            (
+                "key = \"client-key-0123456789\"",
+                "key = \"client-key-0123456789\"\nsalt = \"x\"",
+                "not both",
+            ),
             ("secret = \"0123456789abcdef\"", "secret = \"short\"", "cluster.secret: too short"),
             ("id = 5", "id = 4", "dserver[2].id: duplicate id 4"),
             ("id = 5", "id = 0", "dserver[2].id: 0: must be"),
@@ -649,8 +743,17 @@ mod tests {
 
     #[test]
     fn the_shipped_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.conf");
+        // As `meshfs up` finds it on a fresh clone: its secret file made beside it.
+        let dir = meshfs_test_kit::TempDir::new("shipped-config");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.conf");
+        let path = dir.join("config.conf");
+        std::fs::copy(&shipped, &path).unwrap();
+        meshfs_test_kit::write_private(
+            dir.join("cluster.secret"),
+            "a-secret-for-the-test-0123456789\n",
+        );
         let config = Config::load(&path).unwrap();
+        assert_eq!(config.secret, b"a-secret-for-the-test-0123456789");
         assert_eq!(config.servers_of(Role::MServer).count(), 3);
         assert_eq!(config.servers_of(Role::DServer).count(), 3);
         assert!(config.servers.iter().all(|s| s.addr.ip().is_loopback()));

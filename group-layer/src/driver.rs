@@ -33,6 +33,8 @@ const SLOW_CALLBACK: Duration = Duration::from_millis(50);
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// How often the RTT to every peer is logged at info level.
 const RTT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the config file is looked at for changed `[[client]]` entries.
+const CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a server does with what the group tells it.
 ///
@@ -69,6 +71,12 @@ pub enum NodeError {
     /// Randomness for nonces could not be read.
     #[error("cannot read /dev/urandom: {0}")]
     Entropy(io::Error),
+}
+
+/// A file's modified time and length, to notice a change.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 fn not_in_config(config: &Config, me: NodeId) -> NodeError {
@@ -130,6 +138,9 @@ pub struct Node {
     /// Stopped from another thread (an in-process server's owner).
     stopped: Stop,
     next_rtt_log: Instant,
+    /// The config file as last read (modified time, length), and when to look again.
+    config_seen: Option<(std::time::SystemTime, u64)>,
+    next_config_check: Instant,
     /// Bytes sent to each peer that are not on its connection's queue yet: a send becomes
     /// an action carried out after the handler returns.
     pending: HashMap<NodeId, usize>,
@@ -179,6 +190,8 @@ impl Node {
             stop: false,
             stopped: stop.clone(),
             next_rtt_log: now + RTT_LOG_INTERVAL,
+            config_seen: file_stamp(&config.path),
+            next_config_check: now + CONFIG_CHECK_INTERVAL,
             pending: HashMap::new(),
         })
     }
@@ -272,6 +285,7 @@ impl Node {
         service.start(self, Now::read());
         while !self.stop && !self.stopped.is_stopped() {
             self.group.handle_tick(Instant::now());
+            self.watch_config();
             self.drain(service);
             if self.stop {
                 break;
@@ -298,6 +312,43 @@ impl Node {
             self.net.close(conn, "shutting down");
         }
         Ok(())
+    }
+
+    /// Re-reads the config when its file changed: the `[[client]]` entries take effect at
+    /// once (removed or re-keyed clients lose their connections); other changes wait for a
+    /// restart, and a config that no longer reads is ignored, each said in the log.
+    fn watch_config(&mut self) {
+        let now = Instant::now();
+        if now < self.next_config_check {
+            return;
+        }
+        self.next_config_check = now + CONFIG_CHECK_INTERVAL;
+        let stamp = file_stamp(&self.config.path);
+        if stamp.is_none() || stamp == self.config_seen {
+            return;
+        }
+        self.config_seen = stamp;
+        let fresh = match Config::load(&self.config.path) {
+            Ok(fresh) => fresh,
+            Err(err) => {
+                warn!("the config changed but cannot be used, so it is ignored: {err}");
+                return;
+            }
+        };
+        let (added, removed, rekeyed) = self.group.set_clients(now, &fresh.clients);
+        info!(
+            "config re-read: {} clients (added {added:?}, removed {removed:?}, new keys {rekeyed:?})",
+            fresh.clients.len()
+        );
+        let mut rest = fresh.clone();
+        rest.clients = self.config.clients.clone();
+        if rest != self.config {
+            warn!(
+                "{} changed beyond its [[client]] entries: those changes take effect when this server restarts",
+                self.config.path.display()
+            );
+        }
+        self.config.clients = fresh.clients;
     }
 
     fn handle_net_event<S: Service>(&mut self, service: &mut S, event: NetEvent) -> &'static str {

@@ -31,7 +31,7 @@ use log::{debug, info, warn};
 use meshfs_net::{ConnId, Frame, Priority};
 
 use crate::auth::{self, Nonce, Side, Transcript};
-use crate::config::{ClientId, Config, NodeId, Role, Timing};
+use crate::config::{ClientConfig, ClientId, Config, NodeId, Role, Timing};
 use crate::message::{FIRST_APP_KIND, GroupMessage, Identity};
 use crate::rng::Rng;
 use crate::rtt::{RttStats, backoff};
@@ -294,6 +294,49 @@ impl Group {
             actions: VecDeque::new(),
             events: VecDeque::new(),
         })
+    }
+
+    /// The clients allowed from now on (the config was re-read): connections of clients
+    /// removed, or whose key changed, are closed. Returns (added, removed, rekeyed).
+    pub fn set_clients(
+        &mut self,
+        now: Instant,
+        clients: &BTreeMap<ClientId, ClientConfig>,
+    ) -> (Vec<ClientId>, Vec<ClientId>, Vec<ClientId>) {
+        let keys: HashMap<ClientId, Vec<u8>> =
+            clients.values().map(|c| (c.id, c.key.clone())).collect();
+        let mut added: Vec<ClientId> =
+            keys.keys().filter(|id| !self.client_keys.contains_key(id)).copied().collect();
+        let mut removed: Vec<ClientId> =
+            self.client_keys.keys().filter(|id| !keys.contains_key(id)).copied().collect();
+        let mut rekeyed: Vec<ClientId> = self
+            .client_keys
+            .iter()
+            .filter(|(id, key)| keys.get(id).is_some_and(|k| k != *key))
+            .map(|(id, _)| *id)
+            .collect();
+        added.sort_unstable();
+        removed.sort_unstable();
+        rekeyed.sort_unstable();
+        self.client_keys = keys;
+        let cut: Vec<(ConnId, &'static str)> = self
+            .conns
+            .iter()
+            .filter_map(|(conn, state)| match state {
+                Conn::Client { client } if removed.contains(client) => {
+                    Some((*conn, "the client was removed from the cluster"))
+                }
+                Conn::Client { client } if rekeyed.contains(client) => {
+                    Some((*conn, "the client's key was changed"))
+                }
+                _ => None,
+            })
+            .collect();
+        for (conn, reason) in cut {
+            info!("closing client connection {conn}: {reason}");
+            self.close(now, conn, reason.to_string());
+        }
+        (added, removed, rekeyed)
     }
 
     /// This node's id.

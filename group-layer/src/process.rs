@@ -6,6 +6,7 @@
 //! It must not know what the server does once running.
 
 use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, NodeId, Role, ServerConfig};
@@ -55,6 +56,9 @@ impl DataDir {
     pub fn open(path: &Path) -> Result<DataDir, StartError> {
         let fail = |reason: String| StartError::DataDir { path: path.to_path_buf(), reason };
         fs::create_dir_all(path).map_err(|e| fail(format!("cannot create: {e}")))?;
+        // Its Raft log, snapshots and blocks are the cluster's data: the owner's only.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| fail(format!("cannot make it private (chmod 700): {e}")))?;
         let lock_path = path.join("LOCK");
         let lock = File::options()
             .create(true)

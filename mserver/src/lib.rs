@@ -36,11 +36,11 @@ mod snapshot_pump;
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use meshfs_core::lock_clock::{CLOCK_PENDING_TIMEOUT, LockClock};
-use meshfs_core::namespace::{Command, Outcome};
+use meshfs_core::namespace::{Command, Entry, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::{self, Heal, Locks, Settings};
@@ -62,6 +62,8 @@ const HEAL_TIMER: u64 = 2;
 const EARLY_HEAL_TIMER: u64 = 3;
 /// The leader plans repair work this often.
 pub const HEAL_INTERVAL: Duration = Duration::from_secs(1);
+/// A removed client's sessions are asked to end again after this long if still open.
+const REVOKE_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a meta-server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,10 @@ pub struct MetaServer {
     lock_waits: HashMap<(SessionId, u64), Vec<Waiter>>,
     /// When the leader proposes the lock service's Clock entries.
     lock_clock: LockClock,
+    /// Removed clients whose sessions the leader is ending, and when it last proposed so;
+    /// and the session those entries carry.
+    revoking: HashMap<ClientId, Instant>,
+    revoke_session: SessionId,
 }
 
 impl MetaServer {
@@ -147,6 +153,8 @@ impl MetaServer {
                 CLOCK_PENDING_TIMEOUT,
             ),
             locks,
+            revoking: HashMap::new(),
+            revoke_session: SessionId { client: ClientId(0), nonce: nonce.wrapping_add(2) },
         }
     }
 
@@ -237,6 +245,41 @@ impl MetaServer {
         self.lock_clock.observe_leadership(now, self.replica.is_leader());
     }
 
+    /// The leader ends the lock sessions of clients no longer in the config (removed with
+    /// `meshfs client remove`): one [`Command::RevokeClient`] per client, again a second
+    /// later if it is still there (a lost proposal, a new leader).
+    fn revoke_removed_clients(&mut self, node: &Node, now: Now) {
+        if !self.replica.is_leader() {
+            self.revoking.clear();
+            return;
+        }
+        let gone: Vec<ClientId> = self
+            .replica
+            .namespace()
+            .lock_table()
+            .clients()
+            .into_iter()
+            .filter(|c| c.0 != 0 && node.config().client(*c).is_none())
+            .collect();
+        self.revoking.retain(|c, _| gone.contains(c));
+        for client in gone {
+            if self.revoking.get(&client).is_some_and(|at| now.mono < *at + REVOKE_RETRY) {
+                continue;
+            }
+            info!("client {client} was removed from the config: ending its lock sessions");
+            let entry = Entry {
+                session: self.revoke_session,
+                request_id: 0,
+                time_ms: now.wall_ms,
+                command: Command::RevokeClient { client },
+            };
+            if let Err(err) = self.replica.propose(&entry) {
+                debug!("could not propose ending client {client}'s sessions: {err:?}");
+            }
+            self.revoking.insert(client, now.mono);
+        }
+    }
+
     /// Proposes a Clock entry for the lock service when the [`LockClock`] says one is due.
     fn lock_clock(&mut self, node: &Node, now: Now) {
         self.lock_clock.observe(now, self.replica.is_leader(), has_quorum(node));
@@ -265,6 +308,7 @@ impl Service for MetaServer {
             self.replica.tick();
             node.set_timer(now.mono + TICK_INTERVAL, TICK_TIMER);
             self.lock_clock(node, now);
+            self.revoke_removed_clients(node, now);
             self.flush(node, now);
         } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
             if token == HEAL_TIMER {

@@ -17,8 +17,8 @@ use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::session::SessionId;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
-    MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message, MetaOp, MetaReply,
-    MetaRequest,
+    ClusterMap, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
+    MetaOp, MetaReply, MetaRequest,
 };
 use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now, Role};
@@ -47,6 +47,17 @@ impl MetaServer {
         }
     }
 
+    /// Every server of the config and the defaults of new files.
+    fn cluster_map(&self, node: &Node) -> MetaReply {
+        let servers =
+            node.config().servers.iter().map(|s| (s.role, s.id, s.addr.to_string())).collect();
+        MetaReply::ClusterMap(ClusterMap {
+            block_size: self.block_size,
+            replication: self.default_replication,
+            servers,
+        })
+    }
+
     pub(crate) fn leader_id(&self) -> Option<NodeId> {
         self.replica.status().leader.and_then(|l| u32::try_from(l).ok()).map(NodeId)
     }
@@ -59,6 +70,10 @@ impl MetaServer {
         client: ClientId,
         request: MetaRequest,
     ) {
+        if request.op == MetaOp::ClusterMap {
+            // From the config, which every meta-server has: any meta-server answers.
+            return answer(node, waiter, self.cluster_map(node));
+        }
         if !self.replica.is_leader() {
             answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
             return;
@@ -97,6 +112,7 @@ impl MetaServer {
             },
             MetaOp::KeepAlive => Command::KeepAlive,
             MetaOp::CloseSession => Command::CloseSession,
+            MetaOp::ClusterMap => return answer(node, waiter, self.cluster_map(node)),
             MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
             MetaOp::Unlock { path } => Command::Unlock { path },
             MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
@@ -343,6 +359,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
         | MetaOp::OpenSession
         | MetaOp::KeepAlive
         | MetaOp::CloseSession
+        | MetaOp::ClusterMap
         | MetaOp::Lock { .. }
         | MetaOp::Unlock { .. }
         | MetaOp::ReportBadReplica { .. } => {

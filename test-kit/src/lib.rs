@@ -21,5 +21,5 @@ pub mod temp;
 pub mod wait;
 
 pub use rng::Rng;
-pub use temp::TempDir;
+pub use temp::{TempDir, write_private};
 pub use wait::{DEADLINE, wait_until};

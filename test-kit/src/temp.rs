@@ -48,6 +48,24 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes `text` to `path` readable by its owner only (0600), as a file holding the cluster
+/// secret or a key must be.
+pub fn write_private(path: impl AsRef<Path>, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path.as_ref();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Report, round};
+use crate::access::Access;
 use crate::bench::{Latency, Phase, phase};
-use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::session::{LockMode, Session};
-use meshfs_group::Config;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -59,8 +58,7 @@ fn lock_result(case: &'static str, clients: usize, phase: Phase) -> LockResult {
 
 /// Runs the uncontended case for each client count, then the contended one.
 pub fn run(
-    config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     bench: &LockBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<LockResult>, ClientError> {
@@ -72,9 +70,8 @@ pub fn run(
     }
     let mut results = Vec::new();
     for (case, clients) in cases {
-        let sessions = (0..clients)
-            .map(|_| Session::open(config, credentials.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sessions =
+            (0..clients).map(|_| Session::open(access)).collect::<Result<Vec<_>, _>>()?;
         let share = |c: usize| (c..bench.pairs).step_by(clients).count();
         let name = format!("locks {case}, {clients} clients");
         let outcome = phase(&name, clients, ("pairs", 1.0), &mut report, |c, steps| {

@@ -11,11 +11,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{Report, round};
+use crate::access::Access;
 use crate::bench::{Latency, histogram};
-use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use meshfs_group::Config;
 
 /// What the `meta` workload does.
 #[derive(Debug, Clone)]
@@ -121,12 +120,11 @@ fn phase<S: Sync>(
 
 /// Runs the `meta` workload; `progress` hears what is going on.
 pub fn run(
-    config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     bench: &MetaBench,
     mut progress: impl FnMut(&str),
 ) -> Result<Vec<OpResult>, ClientError> {
-    let mut setup = MetaClient::new(config, credentials.clone())?;
+    let mut setup = MetaClient::new(access)?;
     let root = format!("/.bench-meta-{}", std::process::id());
     let wants = |phase: &str| bench.phases.iter().any(|p| p == phase);
     let mut results = Vec::new();
@@ -139,7 +137,7 @@ pub fn run(
         for c in 0..count {
             let dir = format!("{base}/w{c}");
             setup.mkdir(&dir, true)?;
-            clients.push(MetaClient::new(config, credentials.clone())?);
+            clients.push(MetaClient::new(access)?);
             let files = (0..per_client).map(|i| format!("{dir}/f{i:07}")).collect::<Vec<_>>();
             names.push((dir, files));
         }

@@ -8,12 +8,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Report;
+use crate::access::Access;
 use crate::bench::{Latency, phase};
-use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use meshfs_group::Config;
 
 /// Bytes per read.
 pub const READ_BYTES: u64 = 4096;
@@ -49,14 +48,13 @@ pub struct RandResult {
 
 /// Writes the file, then runs each queue depth; the file is removed afterwards.
 pub fn run(
-    config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     bench: &RandBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<RandResult>, ClientError> {
     let path = crate::bench::scratch_path("randread");
-    let mut meta = MetaClient::new(config, credentials.clone())?;
-    let mut data = DataClient::new(config, credentials.clone());
+    let mut meta = MetaClient::new(access)?;
+    let mut data = DataClient::new(access);
     report(&format!("writing {path} ({} MB)", bench.size / 1_000_000));
     let mut input = std::io::Read::take(std::io::repeat(0x5a), bench.size);
     let outcome = data::put(
@@ -78,7 +76,7 @@ pub fn run(
             let per_reader = bench.reads.div_ceil(depth);
             let name = format!("randread qd{depth}");
             let done = phase(&name, depth, ("reads", 1.0), &mut report, |r, steps| {
-                let mut data = DataClient::new(config, credentials.clone());
+                let mut data = DataClient::new(access);
                 let mut rng =
                     crate::bench::rng::XorShift::new(((r as u64 + 1) << 32) ^ depth as u64);
                 let mut out = Vec::with_capacity(READ_BYTES as usize);

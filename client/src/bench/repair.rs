@@ -17,7 +17,6 @@ use serde::Serialize;
 use super::Report;
 use crate::bench::{Generated, Sink};
 use crate::cluster::local::LocalCluster;
-use crate::connection::Credentials;
 use crate::data::{self, DataClient, Progress};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
@@ -87,13 +86,12 @@ fn whole(health: Option<HealthView>) -> bool {
 /// Polls the cluster's status until `done` holds.
 fn wait(
     cluster: &LocalCluster,
-    credentials: &Credentials,
     what: &str,
     mut done: impl FnMut(&ClusterStatus) -> bool,
 ) -> Result<ClusterStatus, ClientError> {
     let started = Instant::now();
     loop {
-        let status = cluster_status(&cluster.config, credentials, Duration::from_millis(500));
+        let status = cluster_status(&cluster.access, Duration::from_millis(500));
         if done(&status) {
             return Ok(status);
         }
@@ -110,11 +108,11 @@ fn wait(
 /// Runs the benchmark on `cluster` (which it damages: one data-server is killed).
 pub fn run(
     cluster: &mut LocalCluster,
-    credentials: &Credentials,
     bench: &RepairBench,
     mut report: impl FnMut(&str),
 ) -> Result<RepairResult, ClientError> {
     let config = cluster.config.clone();
+    let access = cluster.access.clone();
     let default = meshfs_core::settings::Settings::of(&config)?.replication;
     let replication = if bench.replication == 0 { default } else { bench.replication };
     if replication < 2 {
@@ -128,15 +126,15 @@ pub fn run(
     let files = bench.files.max(1);
     let each = bench.size / files as u64;
     let path = |i: usize| format!("/bench-repair/f{i}");
-    MetaClient::new(&config, credentials.clone())?.mkdir("/bench-repair", true)?;
+    MetaClient::new(&access)?.mkdir("/bench-repair", true)?;
     report(&format!("writing {files} files of {each} bytes"));
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..files)
             .map(|i| {
-                let (config, path) = (&config, path(i));
+                let (access, path) = (&access, path(i));
                 scope.spawn(move || -> Result<u64, ClientError> {
-                    let mut meta = MetaClient::new(config, credentials.clone())?;
-                    let mut data = DataClient::new(config, credentials.clone());
+                    let mut meta = MetaClient::new(access)?;
+                    let mut data = DataClient::new(access);
                     let mut input = Generated::new(i as u64 + 1, each);
                     data::put(
                         &mut meta,
@@ -152,7 +150,7 @@ pub fn run(
             .collect();
         handles.into_iter().try_for_each(|h| h.join().expect("writers do not panic").map(|_| ()))
     })?;
-    let status = wait(cluster, credentials, "every block to be healthy", |s| whole(s.health))?;
+    let status = wait(cluster, "every block to be healthy", |s| whole(s.health))?;
     let victim = status.data_servers.iter().max_by_key(|d| d.used).cloned().ok_or_else(|| {
         ClientError::Launch {
             program: "meshfs bench repair".into(),
@@ -164,10 +162,10 @@ pub fn run(
     let result = std::thread::scope(|scope| -> Result<RepairResult, ClientError> {
         let readers: Vec<_> = (0..bench.readers)
             .map(|r| {
-                let (config, stop, read_bytes) = (&config, &stop, &read_bytes);
+                let (access, stop, read_bytes) = (&access, &stop, &read_bytes);
                 scope.spawn(move || -> Result<(), ClientError> {
-                    let mut meta = MetaClient::new(config, credentials.clone())?;
-                    let mut data = DataClient::new(config, credentials.clone());
+                    let mut meta = MetaClient::new(access)?;
+                    let mut data = DataClient::new(access);
                     let mut i = r;
                     while !stop.load(Ordering::Relaxed) {
                         let mut counter = Counter { total: read_bytes, reported: 0 };
@@ -205,7 +203,7 @@ pub fn run(
         // from there (a lower bound on its rate).
         let mut last_short: Option<(Instant, u64)> = None;
         let mut last_report = Instant::now();
-        let outcome = wait(cluster, credentials, "repair to finish", |s| {
+        let outcome = wait(cluster, "repair to finish", |s| {
             let now = Instant::now();
             if let Some(h) = s.health {
                 if detected.is_none() && (h.under_replicated > 0 || h.repairing > 0) {

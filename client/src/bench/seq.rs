@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::{Generated, Latency, Phase, Report, Sink, phase, round, scratch_path};
-use crate::connection::Credentials;
+use crate::access::Access;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
@@ -65,19 +65,16 @@ fn seq_result(workload: &'static str, phase: Phase) -> SeqResult {
 /// Writes the files (and with `read`, reads them back); one result per phase.
 pub fn run(
     config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     bench: &SeqBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<SeqResult>, ClientError> {
     let dir = scratch_path("seq");
-    let mut meta = MetaClient::new(config, credentials.clone())?;
+    let mut meta = MetaClient::new(access)?;
     meta.mkdir(&dir, true)?;
     let path = |i: usize| format!("{dir}/f{i}");
     let clients = || -> Result<(MetaClient, DataClient), ClientError> {
-        Ok((
-            MetaClient::new(config, credentials.clone())?,
-            DataClient::new(config, credentials.clone()),
-        ))
+        Ok((MetaClient::new(access)?, DataClient::new(access)))
     };
     let mut results = Vec::new();
     let written = phase("seqwrite", bench.files, ("MB", 1e6), &mut report, |i, steps| {

@@ -9,12 +9,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{Report, round};
+use crate::access::Access;
 use crate::bench::{Latency, Phase, phase};
-use crate::connection::Credentials;
 use crate::data::{self, DataClient};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
-use meshfs_group::Config;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -65,13 +64,12 @@ fn content(n: u64, size: usize) -> Vec<u8> {
 
 /// Writes every file, then reads every one back and checks its bytes.
 pub fn run(
-    config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     bench: &SmallBench,
     mut report: impl FnMut(&str),
 ) -> Result<Vec<SmallResult>, ClientError> {
     let dir = crate::bench::scratch_path("small");
-    let mut meta = MetaClient::new(config, credentials.clone())?;
+    let mut meta = MetaClient::new(access)?;
     let clients = bench.clients.clamp(1, bench.files.max(1));
     // One directory per client, so that clients do not contend on one directory's entry.
     for c in 0..clients {
@@ -80,10 +78,7 @@ pub fn run(
     let share = |c: usize| (c..bench.files).step_by(clients);
     let path = |c: usize, n: usize| format!("{dir}/c{c}/f{n}");
     let connect = || -> Result<(MetaClient, DataClient), ClientError> {
-        Ok((
-            MetaClient::new(config, credentials.clone())?,
-            DataClient::new(config, credentials.clone()),
-        ))
+        Ok((MetaClient::new(access)?, DataClient::new(access)))
     };
     let record = |steps: &mut crate::bench::Steps<'_>, started: Instant| {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);

@@ -7,10 +7,10 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use meshfs_group::Config;
+use meshfs_group::{ClientId, Config};
 
+use crate::access::Access;
 use crate::cluster::up::{ServerProcess, UpOptions, start_all, stop_all};
-use crate::connection::Credentials;
 use crate::error::ClientError;
 use crate::status::cluster_status;
 
@@ -22,6 +22,8 @@ const MESH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LocalCluster {
     /// Its config (in the temporary directory).
     pub config: Config,
+    /// How the benchmark's client reaches it.
+    pub access: Access,
     dir: PathBuf,
     processes: Vec<ServerProcess>,
 }
@@ -31,12 +33,18 @@ fn launch_error(reason: String) -> ClientError {
 }
 
 /// The config at `source` with every server on a free loopback port and its data directory
-/// under `dir`, and the `[heal]` keys of `heal` set, as TOML text.
+/// under `dir`, the secret written in (the copy is private), and the `[heal]` keys of `heal`
+/// set, as TOML text.
 fn local_config(source: &Path, dir: &Path, heal: &[(&str, i64)]) -> Result<String, ClientError> {
-    let text = fs::read_to_string(source)
-        .map_err(|e| launch_error(format!("cannot read {}: {e}", source.display())))?;
+    let (text, _) = meshfs_group::config::read_text(source)?;
+    let loaded = Config::load(source)?;
     let mut doc: toml::Table =
         text.parse().map_err(|e| launch_error(format!("{} is not TOML: {e}", source.display())))?;
+    if let Some(cluster) = doc.get_mut("cluster").and_then(toml::Value::as_table_mut) {
+        cluster.remove("secret_file");
+        let secret = String::from_utf8_lossy(&loaded.secret).into_owned();
+        cluster.insert("secret".into(), secret.into());
+    }
     if !heal.is_empty() {
         let table = doc.entry("heal").or_insert_with(|| toml::Table::new().into());
         if let Some(table) = table.as_table_mut() {
@@ -73,16 +81,16 @@ impl LocalCluster {
     /// waits for their full mesh. `report` is told what happens.
     pub fn start(
         source: &Path,
-        credentials: &Credentials,
+        client: Option<ClientId>,
         report: impl FnMut(&str),
     ) -> Result<LocalCluster, ClientError> {
-        LocalCluster::start_with(source, credentials, &[], report)
+        LocalCluster::start_with(source, client, &[], report)
     }
 
     /// [`LocalCluster::start`] with these `[heal]` settings in place of the config's.
     pub fn start_with(
         source: &Path,
-        credentials: &Credentials,
+        client: Option<ClientId>,
         heal: &[(&str, i64)],
         mut report: impl FnMut(&str),
     ) -> Result<LocalCluster, ClientError> {
@@ -91,33 +99,29 @@ impl LocalCluster {
             .map_or(0, |d| d.as_millis());
         let dir =
             std::env::temp_dir().join(format!("meshfs-local-{}-{millis}", std::process::id()));
-        fs::create_dir_all(&dir)
-            .map_err(|e| launch_error(format!("cannot create {}: {e}", dir.display())))?;
+        crate::cluster::private_dir(&dir)?;
         let path = dir.join("config.conf");
-        let config = local_config(source, &dir, heal)
-            .and_then(|text| {
-                fs::write(&path, text)
-                    .map_err(|e| launch_error(format!("cannot write {}: {e}", path.display())))
-            })
+        let loaded = local_config(source, &dir, heal)
+            .and_then(|text| crate::cluster::write_private(&path, &text))
             .and_then(|()| {
-                meshfs_core::settings::load(&path)
-                    .map(|(config, _)| config)
-                    .map_err(|e| launch_error(e.to_string()))
+                let (config, settings) = meshfs_core::settings::load(&path)?;
+                let access = Access::of_cluster(&config, &settings, client)?;
+                Ok((config, access))
             });
-        let config = match config {
-            Ok(config) => config,
+        let (config, access) = match loaded {
+            Ok(loaded) => loaded,
             Err(err) => {
                 let _ = fs::remove_dir_all(&dir);
                 return Err(err);
             }
         };
         // From here on, dropping the cluster stops its servers and removes the directory.
-        let mut cluster = LocalCluster { config, dir, processes: Vec::new() };
+        let mut cluster = LocalCluster { config, access, dir, processes: Vec::new() };
         report(&format!("starting a local cluster in {}", cluster.dir.display()));
         cluster.processes = start_all(&cluster.config, &UpOptions::default())?;
         let started = Instant::now();
         loop {
-            let status = cluster_status(&cluster.config, credentials, Duration::from_millis(500));
+            let status = cluster_status(&cluster.access, Duration::from_millis(500));
             if status.fully_connected() && status.rtts_measured() {
                 report(&format!(
                     "local cluster of {} servers up in {:.1} s",

@@ -16,7 +16,7 @@ use meshfs_group::{Config, NodeId, Role};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::connection::Credentials;
+use crate::access::Access;
 use crate::error::ClientError;
 use crate::status::cluster_status;
 
@@ -187,11 +187,7 @@ pub fn log_tail(path: &Path, lines: usize) -> Vec<String> {
 
 /// Runs `meshfs up` to completion: start, report the mesh, wait for a signal, stop.
 /// Returns the process exit code.
-pub fn up(
-    config: &Config,
-    credentials: &Credentials,
-    options: &UpOptions,
-) -> Result<i32, ClientError> {
+pub fn up(config: &Config, access: &Access, options: &UpOptions) -> Result<i32, ClientError> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| {
@@ -224,7 +220,7 @@ pub fn up(
             code = 1;
         }
         if !reported {
-            let status = cluster_status(config, credentials, Duration::from_millis(500));
+            let status = cluster_status(access, Duration::from_millis(500));
             if status.fully_connected() && status.rtts_measured() {
                 print!("{}", status.render());
                 println!(

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use meshfs_client::Credentials;
+use meshfs_client::Access;
 use meshfs_client::status::{ClusterStatus, cluster_status};
 use meshfs_group::{Config, NodeId};
 
@@ -63,11 +63,18 @@ pub struct TestCluster {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub config: Config,
-    pub credentials: Credentials,
+    pub access: Access,
     pub procs: BTreeMap<u32, Child>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The cluster config at `path` and the access of its first client.
+pub fn load(path: &Path) -> (Config, Access) {
+    let (config, settings) = meshfs_core::settings::load(path).unwrap();
+    let access = Access::of_cluster(&config, &settings, None).unwrap();
+    (config, access)
+}
 
 impl TestCluster {
     /// Writes a config for `m` + `d` servers in a fresh directory; starts nothing.
@@ -82,18 +89,20 @@ impl TestCluster {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.conf");
-        fs::write(&config_path, config_text_with(m, d, SECRET, cluster_extra)).unwrap();
-        let config = Config::load(&config_path).unwrap();
-        let credentials = Credentials::from_config(&config, None).unwrap();
-        TestCluster { dir, config_path, config, credentials, procs: BTreeMap::new() }
+        meshfs_test_kit::write_private(
+            &config_path,
+            &config_text_with(m, d, SECRET, cluster_extra),
+        );
+        let (config, access) = load(&config_path);
+        TestCluster { dir, config_path, config, access, procs: BTreeMap::new() }
     }
 
     /// Sets the config's block size (before any server starts).
     pub fn set_block_size(&mut self, size: &str) {
         let text = fs::read_to_string(&self.config_path).unwrap();
         let text = text.replacen("block_size = \"1MiB\"", &format!("block_size = \"{size}\""), 1);
-        fs::write(&self.config_path, text).unwrap();
-        self.config = Config::load(&self.config_path).unwrap();
+        meshfs_test_kit::write_private(&self.config_path, &text);
+        (self.config, self.access) = load(&self.config_path);
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -153,7 +162,7 @@ impl TestCluster {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        cluster_status(&self.config, &self.credentials, Duration::from_millis(1000))
+        cluster_status(&self.access, Duration::from_millis(1000))
     }
 
     /// Polls the cluster's status until `done` holds; panics with the last status at the

@@ -117,8 +117,7 @@ fn a_lost_data_server_is_re_replicated_and_its_stale_replicas_are_never_served_t
     // disk. Its copies are stale: never served, and deleted.
     let mut rewritten = BTreeMap::new();
     for (i, (path, bytes)) in files.iter().take(20).enumerate() {
-        let mut file =
-            RemoteFile::open(&cluster.config, cluster.credentials.clone(), path).unwrap();
+        let mut file = RemoteFile::open(&cluster.access, path).unwrap();
         let patch = random_bytes(500, 9000 + i as u64);
         file.write_at(0, &patch).unwrap();
         let mut now = bytes.clone();

@@ -5,10 +5,10 @@
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use meshfs_client::Credentials;
+use meshfs_client::Access;
 use meshfs_client::status::cluster_status;
 use meshfs_group::driver::Stop;
-use meshfs_group::{Config, NodeId, Role};
+use meshfs_group::{NodeId, Role};
 use meshfs_test_kit::{TempDir, net, wait_until};
 
 use crate::cluster::{CLIENT_KEY, DOWN_TIMEOUT_MS, PING_INTERVAL_MS, SECRET};
@@ -19,8 +19,7 @@ type ServerThread = JoinHandle<Result<(), String>>;
 /// A cluster of in-process servers; stopping and joining every one when dropped.
 struct InProcessCluster {
     _dir: TempDir,
-    config: Config,
-    credentials: Credentials,
+    access: Access,
     servers: Vec<(NodeId, Stop, Option<ServerThread>)>,
 }
 
@@ -45,9 +44,9 @@ impl InProcessCluster {
         }
         text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\n");
         let path = dir.join("config.conf");
-        std::fs::write(&path, text).unwrap();
-        let config = Config::load(&path).unwrap();
-        let credentials = Credentials::from_config(&config, None).unwrap();
+        meshfs_test_kit::write_private(&path, &text);
+        let (config, settings) = meshfs_core::settings::load(&path).unwrap();
+        let access = Access::of_cluster(&config, &settings, None).unwrap();
         let servers = listeners
             .into_iter()
             .zip(config.servers.clone())
@@ -65,7 +64,7 @@ impl InProcessCluster {
                 (server.id, stop, Some(handle))
             })
             .collect();
-        InProcessCluster { _dir: dir, config, credentials, servers }
+        InProcessCluster { _dir: dir, access, servers }
     }
 
     /// Stops server `id` and waits for its loop to end; its result.
@@ -92,14 +91,12 @@ impl Drop for InProcessCluster {
 fn in_process_servers_on_pre_bound_listeners_serve_files_and_stop_on_request() {
     let mut cluster = InProcessCluster::start("in-process", 1, 2);
     wait_until("the in-process servers to form a full mesh with a leader", || {
-        let status = cluster_status(&cluster.config, &cluster.credentials, Duration::from_secs(1));
+        let status = cluster_status(&cluster.access, Duration::from_secs(1));
         status.fully_connected() && status.rtts_measured() && status.agreed_leader().is_some()
     });
     let bytes = meshfs_test_kit::rng::bytes(3 * 1024 * 1024 + 17, 5);
-    let mut meta =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
-    let mut data =
-        meshfs_client::data::DataClient::new(&cluster.config, cluster.credentials.clone());
+    let mut meta = meshfs_client::MetaClient::new(&cluster.access).unwrap();
+    let mut data = meshfs_client::data::DataClient::new(&cluster.access);
     let put =
         meshfs_client::data::put(&mut meta, &mut data, &mut &bytes[..], "/f", 1, None, &mut ());
     assert_eq!(put.unwrap(), bytes.len() as u64);
@@ -110,7 +107,7 @@ fn in_process_servers_on_pre_bound_listeners_serve_files_and_stop_on_request() {
     // Each server ends when asked, cleanly; the others notice it leave.
     assert_eq!(cluster.stop(NodeId(3)), Ok(()));
     wait_until("the others to see data-server 3 down", || {
-        let status = cluster_status(&cluster.config, &cluster.credentials, Duration::from_secs(1));
+        let status = cluster_status(&cluster.access, Duration::from_secs(1));
         !status.fully_connected()
     });
     assert_eq!(cluster.stop(NodeId(2)), Ok(()));

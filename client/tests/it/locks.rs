@@ -30,12 +30,12 @@ fn locks_table(lease_ms: u64, delay_ms: u64) -> String {
 }
 
 fn session(cluster: &TestCluster) -> Session {
-    Session::open(&cluster.config, cluster.credentials.clone()).unwrap()
+    Session::open(&cluster.access).unwrap()
 }
 
 /// The holders' sequencers and the number of waiters of `path`'s lock, as the leader lists.
 fn lock_state(cluster: &TestCluster, path: &str) -> (Vec<u64>, usize) {
-    let mut meta = MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
     let (locks, _) = list_locks(&mut meta, path).unwrap();
     match locks.iter().find(|l| l.path.as_str() == path) {
         Some(l) => (l.holders.iter().map(|h| h.sequencer).collect(), l.waiters.len()),
@@ -54,18 +54,17 @@ fn busy(result: Result<meshfs_client::Lock, ClientError>) -> String {
 fn eight_clients_incrementing_a_counter_under_an_exclusive_lock_end_with_400() {
     let mut cluster = TestCluster::new("locks-counter", 3, 1);
     cluster.start_all();
-    let mut file =
-        RemoteFile::create(&cluster.config, cluster.credentials.clone(), "/counter", 1).unwrap();
+    let mut file = RemoteFile::create(&cluster.access, "/counter", 1).unwrap();
     file.write_at(0, format!("{:020}", 0).as_bytes()).unwrap();
     // The sequencers in the order the lock was held: each appended while holding it.
     let grants = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (config, credentials) = (cluster.config.clone(), cluster.credentials.clone());
+            let access = cluster.access.clone();
             let grants = Arc::clone(&grants);
             std::thread::spawn(move || {
-                let session = Session::open(&config, credentials.clone()).unwrap();
-                let mut file = RemoteFile::open(&config, credentials, "/counter").unwrap();
+                let session = Session::open(&access).unwrap();
+                let mut file = RemoteFile::open(&access, "/counter").unwrap();
                 for _ in 0..50 {
                     let lock = session
                         .lock("/counter", LockMode::Exclusive, Some(Duration::from_secs(120)))
@@ -277,13 +276,13 @@ fn meshfs_lock_runs_the_command_under_the_lock_and_meshfs_locks_lists_it() {
 fn open_modes_take_the_file_s_lock_and_conflicting_opens_fail_or_wait() {
     let mut cluster = TestCluster::new("locks-open", 3, 1);
     cluster.start_all();
-    let (config, credentials) = (cluster.config.clone(), cluster.credentials.clone());
-    let mut file = RemoteFile::create(&config, credentials.clone(), "/doc", 1).unwrap();
+    let access = cluster.access.clone();
+    let mut file = RemoteFile::create(&access, "/doc", 1).unwrap();
     file.write_at(0, b"v1").unwrap();
     file.close().unwrap();
     let open = |session: &Session, mode: &str, wait: Option<Duration>| {
         let mode: OpenMode = mode.parse().unwrap();
-        RemoteFile::open_mode(&config, credentials.clone(), session, "/doc", mode, wait)
+        RemoteFile::open_mode(&access, session, "/doc", mode, wait)
     };
     let (a, b) = (session(&cluster), session(&cluster));
 
@@ -294,12 +293,11 @@ fn open_modes_take_the_file_s_lock_and_conflicting_opens_fail_or_wait() {
     }
     // A reader that asks to wait gets in when the writer closes.
     let waiting = {
-        let (config, credentials, b) = (config.clone(), credentials.clone(), b.clone());
+        let (access, b) = (access.clone(), b.clone());
         std::thread::spawn(move || {
             let wait = Some(Duration::from_secs(60));
             let mut file =
-                RemoteFile::open_mode(&config, credentials, &b, "/doc", OpenMode::SharedRead, wait)
-                    .unwrap();
+                RemoteFile::open_mode(&access, &b, "/doc", OpenMode::SharedRead, wait).unwrap();
             let mut bytes = [0u8; 2];
             file.read_at(0, &mut bytes).unwrap();
             let refused = file.write_at(0, b"no").unwrap_err();

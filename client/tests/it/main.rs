@@ -8,6 +8,7 @@ mod cluster;
 mod heal;
 mod in_process;
 mod locks;
+mod trust;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -113,8 +114,10 @@ fn a_server_with_the_wrong_secret_is_refused_and_the_group_stays_healthy() {
     // Same ids, ports and client keys, another cluster secret.
     let bad_config = cluster.dir.join("wrong-secret.conf");
     let text = std::fs::read_to_string(&cluster.config_path).unwrap();
-    std::fs::write(&bad_config, text.replace(cluster::SECRET, "a-wrong-secret-for-the-test-999"))
-        .unwrap();
+    meshfs_test_kit::write_private(
+        &bad_config,
+        &text.replace(cluster::SECRET, "a-wrong-secret-for-the-test-999"),
+    );
     cluster.start_with(impostor, &bad_config);
 
     // Both directions are refused with a reason in the logs.
@@ -470,16 +473,14 @@ fn killing_the_leader_while_clients_create_loses_no_acknowledged_file() {
     cluster.start_all();
     let status = cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
     let leader = status.agreed_leader().unwrap();
-    let config = cluster.config.clone();
-    let credentials = cluster.credentials.clone();
+    let access = cluster.access.clone();
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (config, credentials, acked_tx, stop) =
-                (config.clone(), credentials.clone(), acked_tx.clone(), stop.clone());
+            let (access, acked_tx, stop) = (access.clone(), acked_tx.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut client = meshfs_client::MetaClient::new(&config, credentials).unwrap();
+                let mut client = meshfs_client::MetaClient::new(&access).unwrap();
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let path = format!("/w{w}-{i}");
@@ -512,8 +513,7 @@ fn killing_the_leader_while_clients_create_loses_no_acknowledged_file() {
     acked.extend(acked_rx.try_iter());
     assert!(resumed < Duration::from_secs(10), "creates resumed after {resumed:?}");
 
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut client = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     let listed: std::collections::HashSet<String> =
         client.list("/").unwrap().into_iter().map(|e| format!("/{}", e.name)).collect();
     for path in &acked {
@@ -525,8 +525,7 @@ fn killing_the_leader_while_clients_create_loses_no_acknowledged_file() {
 fn the_namespace_survives_killing_and_restarting_every_meta_server() {
     let mut cluster = TestCluster::new("ns-restart", 3, 1);
     cluster.start_all();
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut client = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     client.mkdir("/keep/sub", true).unwrap();
     let mut made = Vec::new();
     for i in 0..50 {
@@ -539,8 +538,7 @@ fn the_namespace_survives_killing_and_restarting_every_meta_server() {
     for id in 1..=3 {
         cluster.start(id);
     }
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut client = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     let listed: Vec<(String, u32)> =
         client.list("/keep/sub").unwrap().into_iter().map(|e| (e.name, e.id)).collect();
     assert_eq!(listed, made, "names and file ids survive");
@@ -567,9 +565,9 @@ fn a_meta_server_that_missed_many_creates_catches_up_by_a_streamed_snapshot() {
     let long = "n".repeat(240);
     std::thread::scope(|scope| {
         for w in 0..writers {
-            let (config, credentials, long) = (&cluster.config, cluster.credentials.clone(), &long);
+            let (access, long) = (&cluster.access, &long);
             scope.spawn(move || {
-                let mut client = meshfs_client::MetaClient::new(config, credentials).unwrap();
+                let mut client = meshfs_client::MetaClient::new(access).unwrap();
                 for i in (w..files).step_by(writers) {
                     client.create(&format!("/{long}{i:05}"), 0).unwrap();
                 }
@@ -598,8 +596,7 @@ fn expand_file_size_places_blocks_on_distinct_live_data_servers() {
     let mut cluster = TestCluster::new("ns-expand", 3, 3);
     cluster.start_all();
     cluster.wait_full_mesh();
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut client = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     client.create("/data.bin", 2).unwrap();
     let mib = 1024 * 1024;
     let (file, added) = client.expand_file_size("/data.bin", 2 * mib + mib / 2).unwrap();
@@ -656,8 +653,7 @@ fn a_write_lease_is_exclusive_signs_its_chain_and_takes_effect_on_commit() {
     let mut cluster = TestCluster::new("lease", 3, 3);
     cluster.start_all();
     cluster.wait_full_mesh();
-    let mut client =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut client = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     client.create("/f", 2).unwrap();
     client.expand_file_size("/f", 1024 * 1024 + 1).unwrap();
     let before = client.get_file_meta_data("/f").unwrap();
@@ -689,8 +685,7 @@ fn a_write_lease_is_exclusive_signs_its_chain_and_takes_effect_on_commit() {
     );
 
     // Another writer waits for the lease; readers keep the committed version meanwhile.
-    let mut other =
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap();
+    let mut other = meshfs_client::MetaClient::new(&cluster.access).unwrap();
     let err = other.write_lease("/f", 1).unwrap_err().to_string();
     assert!(err.contains("being written by client 1"), "{err}");
     assert_eq!(other.get_file_meta_data("/f").unwrap().blocks[1].descriptor.version.0, 1);
@@ -714,8 +709,8 @@ fn data_clients(
     cluster: &TestCluster,
 ) -> (meshfs_client::MetaClient, meshfs_client::data::DataClient) {
     (
-        meshfs_client::MetaClient::new(&cluster.config, cluster.credentials.clone()).unwrap(),
-        meshfs_client::data::DataClient::new(&cluster.config, cluster.credentials.clone()),
+        meshfs_client::MetaClient::new(&cluster.access).unwrap(),
+        meshfs_client::data::DataClient::new(&cluster.access),
     )
 }
 
@@ -1073,8 +1068,7 @@ fn random_reads_and_writes_agree_with_a_local_model() {
     cluster.start_all();
     cluster.wait_full_mesh();
     let mib = 1024 * 1024u64;
-    let mut file =
-        RemoteFile::create(&cluster.config, cluster.credentials.clone(), "/model", 2).unwrap();
+    let mut file = RemoteFile::create(&cluster.access, "/model", 2).unwrap();
     let mut model: Vec<u8> = Vec::new();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut next = |n: u64| {
@@ -1104,8 +1098,7 @@ fn random_reads_and_writes_agree_with_a_local_model() {
         assert_eq!(&buf[..n], expect, "step {step}: read {at}+{}", buf.len());
     }
     // The whole file, through a fresh handle and through the CLI.
-    let mut fresh =
-        RemoteFile::open(&cluster.config, cluster.credentials.clone(), "/model").unwrap();
+    let mut fresh = RemoteFile::open(&cluster.access, "/model").unwrap();
     let mut all = vec![0u8; model.len()];
     assert_eq!(fresh.read_at(0, &mut all).unwrap(), model.len());
     assert!(all == model);
@@ -1115,8 +1108,7 @@ fn random_reads_and_writes_agree_with_a_local_model() {
     // The block calls: several blocks in flight at once.
     let blocks: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(mib as usize, 100 + i)).collect();
     let refs: Vec<&[u8]> = blocks.iter().map(|b| b.as_slice()).collect();
-    let mut arr =
-        RemoteFile::create(&cluster.config, cluster.credentials.clone(), "/blocks", 3).unwrap();
+    let mut arr = RemoteFile::create(&cluster.access, "/blocks", 3).unwrap();
     arr.write_blocks(0, &refs).unwrap();
     assert_eq!(arr.read_blocks(0, 6).unwrap(), blocks);
     assert_eq!(arr.read_block_array(&[5, 1]).unwrap(), vec![blocks[5].clone(), blocks[1].clone()]);
@@ -1133,7 +1125,7 @@ fn a_full_data_server_gives_the_client_a_clear_error() {
     let text = std::fs::read_to_string(&cluster.config_path)
         .unwrap()
         .replace("capacity = \"1GiB\"", "capacity = \"2MiB\"");
-    std::fs::write(&cluster.config_path, text).unwrap();
+    meshfs_test_kit::write_private(&cluster.config_path, &text);
     cluster.config = meshfs_group::Config::load(&cluster.config_path).unwrap();
     cluster.start_all();
     cluster.wait_full_mesh();

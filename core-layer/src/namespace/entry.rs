@@ -2,7 +2,7 @@
 //! its session, request id and time, and the [`Outcome`] of applying it; with their byte
 //! codecs (log records, and remembered outcomes in snapshots). Applying them is `mod.rs`'s.
 
-use meshfs_group::NodeId;
+use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use crate::descriptor::{
@@ -161,6 +161,13 @@ pub enum Command {
     Clock {
         /// Sessions the leader saw lapse.
         expire: Vec<SessionId>,
+    },
+    /// Client `client` is no longer in the cluster's config (the leader's): every lock
+    /// session of it ends. Its locks are granted again only after its lease (it may believe
+    /// in them until then) and the lock-delay. Not deduplicated.
+    RevokeClient {
+        /// The client removed.
+        client: ClientId,
     },
 }
 
@@ -353,6 +360,9 @@ impl Entry {
                     session.write(&mut w);
                 }
             }
+            Command::RevokeClient { client } => {
+                w.u8(18).u32(client.0);
+            }
         }
         w.finish()
     }
@@ -457,6 +467,7 @@ impl Entry {
                     .collect::<Result<Vec<_>, BodyError>>()?;
                 Command::Clock { expire }
             }
+            18 => Command::RevokeClient { client: ClientId(r.u32("client")?) },
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;

@@ -195,6 +195,11 @@ impl Namespace {
                 self.settle_waits(&wakes);
                 return Outcome::Woke { wakes };
             }
+            Command::RevokeClient { client } => {
+                let wakes = self.locks.revoke(*client, entry.time_ms);
+                self.settle_waits(&wakes);
+                return Outcome::Woke { wakes };
+            }
             _ => {}
         }
         if let Some(session) = self.sessions.get(&entry.session) {
@@ -334,7 +339,7 @@ impl Namespace {
             Command::Unlock { path } => {
                 Ok(Outcome::Woke { wakes: self.locks.unlock(session, path, now)? })
             }
-            Command::KeepAlive | Command::Clock { .. } => {
+            Command::KeepAlive | Command::Clock { .. } | Command::RevokeClient { .. } => {
                 unreachable!("applied before deduplication")
             }
         }

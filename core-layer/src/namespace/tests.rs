@@ -567,6 +567,41 @@ fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
 }
 
 #[test]
+fn revoking_a_client_ends_its_sessions_and_frees_its_locks_after_its_lease_and_delay() {
+    let mut d = Driver::new();
+    let removed = SessionId { client: ClientId(2), nonce: 5 };
+    let as_removed =
+        |request_id, time_ms, command| Entry { session: removed, request_id, time_ms, command };
+    let open = Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 1_000 };
+    let t0 = d.time;
+    d.ns.apply(&as_removed(1, t0, open.clone()));
+    let take = Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None };
+    assert_eq!(d.ns.apply(&as_removed(2, t0, take)), Outcome::LockGranted { sequencer: 1 });
+    assert!(matches!(d.run(open), Outcome::SessionOpened { .. }));
+    // Revoked at t0 + 100: the removed client may believe in its lock until its lease ends
+    // (t0 + 10 s), then the lock-delay runs: nobody gets it before t0 + 11 s.
+    let revoke = |time_ms| Entry {
+        session: SessionId { client: ClientId(0), nonce: 9 },
+        request_id: 0,
+        time_ms,
+        command: Command::RevokeClient { client: ClientId(2) },
+    };
+    assert!(matches!(d.ns.apply(&revoke(t0 + 100)), Outcome::Woke { .. }));
+    assert!(d.ns.lock_table().session(removed).is_none(), "its session ended");
+    assert!(!d.ns.lock_table().clients().contains(&ClientId(2)));
+    let kept = d.ns.apply(&as_removed(0, t0 + 200, Command::KeepAlive));
+    assert!(matches!(failed(kept), NsError::SessionExpired { client: 2 }));
+    d.time = t0 + 10_500;
+    let early = d.run(Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None });
+    assert!(matches!(failed(early), NsError::LockBusy { .. }), "within the lease and delay");
+    d.time = t0 + 11_001;
+    let later = d.run(Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None });
+    assert!(matches!(later, Outcome::LockGranted { .. }), "{later:?}");
+    // Not deduplicated: applying it again changes nothing and answers alike.
+    assert_eq!(d.ns.apply(&revoke(t0 + 12_000)), Outcome::Woke { wakes: Vec::new() });
+}
+
+#[test]
 fn sessions_idle_past_the_ttl_are_forgotten() {
     let mut d = Driver::new();
     d.create("/x");
@@ -585,6 +620,9 @@ fn sessions_idle_past_the_ttl_are_forgotten() {
     assert_eq!(d.ns.sessions.len(), 1, "the idle session was swept");
     assert!(d.ns.sessions.contains_key(&busy));
 }
+
+/// How many of [`sample_entries`] the golden snapshot applies.
+const SNAPSHOT_SAMPLES: usize = 17;
 
 fn sample_entries() -> Vec<Entry> {
     let mut d = Driver::new();
@@ -623,6 +661,7 @@ fn sample_entries() -> Vec<Entry> {
         d.entry(Command::Unlock { path: p("/l") }),
         d.entry(Command::Clock { expire: vec![SessionId { client: ClientId(9), nonce: 3 }] }),
         d.entry(Command::CloseSession),
+        d.entry(Command::RevokeClient { client: ClientId(9) }),
     ]
 }
 
@@ -696,7 +735,9 @@ fn golden_entries_and_snapshot() {
     let hex: String =
         entries.iter().map(|e| meshfs_test_kit::golden::hex(&e.encode()) + "\n").collect();
     meshfs_test_kit::golden::check_text(testdata("entries.hex"), &hex);
-    let ns = golden_state(&entries);
+    // The snapshot's state is that of the entries it was frozen with; entries added to the
+    // samples later (RevokeClient) are pinned above and stay out of it.
+    let ns = golden_state(&entries[..SNAPSHOT_SAMPLES]);
     assert_eq!(ns.leases.len(), 2, "the create-write's lease and the golden one");
     assert_ne!(ns.locks, LockTable::new(), "the lock table has something to write");
     meshfs_test_kit::golden::check_bytes(testdata("snapshot.bin"), &ns.snapshot());

@@ -28,6 +28,7 @@
 //! | 18 | `Lock` | `str path, u8 mode, bool waits, u64 wait ms` |
 //! | 19 | `Unlock` | `str path` |
 //! | 20 | `Locks` | `str path` |
+//! | 21 | `ClusterMap` | |
 //!
 //! | tag | [`MetaReply`] | fields |
 //! |---|---|---|
@@ -45,11 +46,12 @@
 //! | 12 | `Session` | `u64 lease ms, u64 lock delay ms` |
 //! | 13 | `Locked` | `u64 sequencer` |
 //! | 14 | `Locks` | `u32 count`, locks with holders and waiters, `bool more` |
+//! | 15 | `ClusterMap` | `u32 block size, u8 replication, u32 count`, then per server `u8 role, u32 id, str addr` |
 
-use meshfs_group::NodeId;
+use meshfs_group::{NodeId, Role};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
-use super::status::{HealthCounts, read_health, write_health};
+use super::status::{HealthCounts, read_health, role_code, role_from, write_health};
 use super::wire_codes;
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, read_replicas, write_replicas,
@@ -191,6 +193,10 @@ pub enum MetaOp {
     KeepAlive,
     /// Close the session: its locks are released at once.
     CloseSession,
+    /// The cluster's servers and file defaults, from the config of the meta-server asked (any
+    /// meta-server answers): how a client that holds only a client config finds the
+    /// data-servers.
+    ClusterMap,
     /// Take a lock; with `wait_ms`, wait in its queue that long at most (the answer comes
     /// when granted or given up).
     Lock {
@@ -305,6 +311,23 @@ pub enum MetaReply {
         /// More locks matched.
         more: bool,
     },
+    /// The cluster's servers and the defaults of new files.
+    ClusterMap(ClusterMap),
+}
+
+/// Most servers one [`ClusterMap`] lists.
+pub const MAX_MAP_SERVERS: u32 = 4096;
+
+/// The servers of a cluster and the defaults of new files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMap {
+    /// The block size of new files.
+    pub block_size: u32,
+    /// Copies per block of new files.
+    pub replication: u8,
+    /// Every server: its role, id and the address it listens on, at most
+    /// [`MAX_MAP_SERVERS`].
+    pub servers: Vec<(Role, NodeId, String)>,
 }
 
 /// Most locks one [`MetaReply::Locks`] lists.
@@ -395,6 +418,8 @@ wire_codes! {
         Unlock = 19,
         /// [`MetaOp::Locks`].
         Locks = 20,
+        /// [`MetaOp::ClusterMap`].
+        ClusterMap = 21,
     }
 }
 
@@ -429,6 +454,8 @@ wire_codes! {
         Locked = 13,
         /// [`MetaReply::Locks`].
         Locks = 14,
+        /// [`MetaReply::ClusterMap`].
+        ClusterMap = 15,
     }
 }
 
@@ -524,6 +551,9 @@ pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             w.u8(OpCode::Locks as u8);
             write_path(w, path);
         }
+        MetaOp::ClusterMap => {
+            w.u8(OpCode::ClusterMap as u8);
+        }
     }
 }
 
@@ -585,6 +615,7 @@ pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, B
         }
         OpCode::Unlock => MetaOp::Unlock { path: read_path(r)? },
         OpCode::Locks => MetaOp::Locks { path: read_path(r)? },
+        OpCode::ClusterMap => MetaOp::ClusterMap,
     };
     Ok(MetaRequest { session, request_id, op })
 }
@@ -728,7 +759,31 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             }
             w.bool(*more);
         }
+        MetaReply::ClusterMap(map) => {
+            w.u8(ReplyTag::ClusterMap as u8).u32(map.block_size).u8(map.replication);
+            let servers = &map.servers[..map.servers.len().min(MAX_MAP_SERVERS as usize)];
+            w.u32(servers.len() as u32);
+            for (role, id, addr) in servers {
+                w.u8(role_code(*role)).u32(id.0).str(addr);
+            }
+        }
     }
+}
+
+fn read_cluster_map(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
+    let block_size = r.u32("block size")?;
+    let replication = r.u8("replication")?;
+    let count = r.u32("server count")?;
+    if count > MAX_MAP_SERVERS {
+        return Err(BodyError::Invalid { field: "server count", value: u64::from(count) });
+    }
+    let mut servers = Vec::new();
+    for _ in 0..count {
+        let role = role_from(r.u8("role")?)?;
+        let id = NodeId(r.u32("server id")?);
+        servers.push((role, id, r.str("address")?.to_string()));
+    }
+    Ok(MetaReply::ClusterMap(ClusterMap { block_size, replication, servers }))
 }
 
 fn read_locks(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyError> {
@@ -821,5 +876,6 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
         }
         ReplyTag::Locked => MetaReply::Locked { sequencer: r.u64("sequencer")? },
         ReplyTag::Locks => read_locks(r)?,
+        ReplyTag::ClusterMap => read_cluster_map(r)?,
     })
 }

@@ -55,8 +55,9 @@ pub use self::data::{
 };
 pub use self::errors::ErrorCode;
 pub use self::meta::{
-    FsckProblem, FsckReport, MAX_FSCK_PROBLEMS, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED,
-    MAX_STAT_BLOCKS, MetaOp, MetaReply, MetaRequest, OpCode, ReplyTag,
+    ClusterMap, FsckProblem, FsckReport, MAX_FSCK_PROBLEMS, MAX_LIST_PAGE, MAX_LOCK_PARTIES,
+    MAX_LOCKS_LISTED, MAX_MAP_SERVERS, MAX_STAT_BLOCKS, MetaOp, MetaReply, MetaRequest, OpCode,
+    ReplyTag,
 };
 pub use self::repair::RepairTask;
 pub use self::status::{

@@ -385,6 +385,15 @@ fn samples() -> Vec<Message> {
             request_id: 6,
             op: MetaOp::Stat { path: MeshPath::parse("/a/f").unwrap(), first_block: 8192 },
         }),
+        Message::MetaRequest(MetaRequest { session: 9, request_id: 16, op: MetaOp::ClusterMap }),
+        Message::MetaReply(MetaReply::ClusterMap(ClusterMap {
+            block_size: 65536,
+            replication: 2,
+            servers: vec![
+                (Role::MServer, NodeId(1), "127.0.0.1:7101".into()),
+                (Role::DServer, NodeId(4), "127.0.0.1:7201".into()),
+            ],
+        })),
     ]
 }
 

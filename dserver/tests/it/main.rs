@@ -19,7 +19,7 @@ fn a_data_server_starts_refuses_the_wrong_role_and_stops_on_sigint() {
          [[dserver]]\nid = 2\naddr = \"127.0.0.1:{}\"\ndata_dir = \"d2\"\ncapacity = \"1GiB\"\n",
         ports[0], ports[1]
     );
-    std::fs::write(&config, text).unwrap();
+    meshfs_test_kit::write_private(&config, &text);
     let bin = env!("CARGO_BIN_EXE_dserver");
 
     let wrong =

@@ -21,7 +21,7 @@ fn config(dir: &TempDir, body_extra: &str) -> PathBuf {
         ports[0], ports[1]
     );
     let path = dir.join("config.conf");
-    std::fs::write(&path, text).unwrap();
+    meshfs_test_kit::write_private(&path, &text);
     path
 }
 
@@ -55,7 +55,7 @@ fn config_errors_exit_non_zero_and_name_the_field() {
 
     let path = config(&dir, "");
     let text = std::fs::read_to_string(&path).unwrap().replace("127.0.0.1:", "localhost:");
-    std::fs::write(&path, text).unwrap();
+    meshfs_test_kit::write_private(&path, &text);
     let output = run(&["--config", path.to_str().unwrap(), "--id", "1"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("mserver[1].addr"), "{}", stderr(&output));

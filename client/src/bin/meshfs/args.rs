@@ -8,10 +8,12 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "meshfs", version, about = "MeshFS: run, watch and use a MeshFS cluster")]
 pub(crate) struct Cli {
-    /// The cluster config (default: $MESHFS_CONFIG, else ./config.conf).
+    /// A client config (what `meshfs up` and `meshfs client add` write), or the cluster
+    /// config on a server host (default: $MESHFS_CONFIG, else ./config.conf). `up`, `bench`
+    /// and `client` need the cluster config.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Which [[client]] of the config to act as (default: the first).
+    /// With the cluster config: which [[client]] to act as (default: the first).
     #[arg(long, global = true, value_name = "ID")]
     pub(crate) client: Option<u32>,
     #[command(subcommand)]
@@ -144,6 +146,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: DserverAction,
     },
+    /// Manage who may use the cluster (an operator command: edits the cluster config, which
+    /// the servers re-read within a few seconds).
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
     /// Show every server, its links and the RTT matrix, each data-server's capacity, use,
     /// blocks and state, and the blocks' health. Exit status 1 if any server is down.
     Status {
@@ -154,6 +162,34 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientAction {
+    /// Add client NAME with a new key; writes its client config (private, 0600) to give to
+    /// whoever runs it.
+    Add {
+        /// The client's name.
+        name: String,
+        /// Where to write its client config (default: client-NAME.conf beside the config).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Remove client NAME: the servers refuse its next connection and drop its current ones.
+    Remove {
+        /// The client's name.
+        name: String,
+    },
+    /// Give client NAME a new key (its old one stops working) and write its new client config.
+    Rotate {
+        /// The client's name.
+        name: String,
+        /// Where to write its client config (default: client-NAME.conf beside the config).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// List the clients: id and name.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use meshfs_client::bench::{limits, locks, meta, rand, repair, seq, small};
 use meshfs_client::cluster::local::LocalCluster;
-use meshfs_client::{ClientError, Credentials};
+use meshfs_client::{Access, ClientError};
 use meshfs_group::Config;
 
 use crate::args::{SeqArgs, Workload};
@@ -14,7 +14,7 @@ use crate::args::{SeqArgs, Workload};
 /// its own, stopped and removed when this returns. The exit status.
 pub(crate) fn run(
     config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     local: bool,
     workload: Workload,
 ) -> Result<u8, ClientError> {
@@ -26,7 +26,7 @@ pub(crate) fn run(
                 heal.push(("repair_mbps", i64::try_from(*rate).unwrap_or(i64::MAX)));
             }
         }
-        Some(LocalCluster::start_with(&config.path, credentials, &heal, |line| {
+        Some(LocalCluster::start_with(&config.path, Some(access.credentials.id), &heal, |line| {
             eprintln!("bench: {line}")
         })?)
     } else {
@@ -34,12 +34,14 @@ pub(crate) fn run(
     };
     let config = local_cluster.as_ref().map_or(config, |c| &c.config).clone();
     let config = &config;
+    let access = local_cluster.as_ref().map_or(access, |c| &c.access).clone();
+    let access = &access;
     let report = |line: &str| eprintln!("bench: {line}");
     match workload {
         Workload::Meta { clients, files, keep, phases, out } => {
             let limits = limits_if(config, out.with_limits, 256 << 20, out.json)?;
             let bench = meta::MetaBench { clients, files, keep, phases };
-            let results = meta::run(config, credentials, &bench, report)?;
+            let results = meta::run(access, &bench, report)?;
             if out.json {
                 println!("{}", meta::to_json(&bench, &results, limits.as_ref()));
             } else {
@@ -68,20 +70,20 @@ pub(crate) fn run(
         }
         Workload::Locks { pairs, clients, contended, json } => {
             let bench = locks::LockBench { pairs, clients, contended };
-            let results = locks::run(config, credentials, &bench, report)?;
+            let results = locks::run(access, &bench, report)?;
             if json {
                 println!("{}", locks::to_json(&bench, &results));
             } else {
                 print!("{}", locks::render(&results));
             }
         }
-        Workload::Seqwrite { seq } => return seq_bench(config, credentials, seq, false),
-        Workload::Seqread { seq } => return seq_bench(config, credentials, seq, true),
+        Workload::Seqwrite { seq } => return seq_bench(config, access, seq, false),
+        Workload::Seqread { seq } => return seq_bench(config, access, seq, true),
         Workload::Smallfile { files, size, clients, replication, keep, out } => {
             let limits = limits_if(config, out.with_limits, 256 << 20, out.json)?;
             let size = usize::try_from(size).unwrap_or(usize::MAX);
             let bench = small::SmallBench { files, size, clients, replication, keep };
-            let results = small::run(config, credentials, &bench, report)?;
+            let results = small::run(access, &bench, report)?;
             if out.json {
                 println!("{}", small::to_json(&bench, &results, limits.as_ref()));
             } else {
@@ -94,7 +96,7 @@ pub(crate) fn run(
                 return Ok(2);
             };
             let bench = repair::RepairBench { size, files, readers, replication };
-            let result = repair::run(cluster, credentials, &bench, report)?;
+            let result = repair::run(cluster, &bench, report)?;
             let heal = meshfs_core::settings::Settings::of(config)?.heal;
             let rate = repair_mbps.or(Some(heal.repair_bytes_per_sec / 1_000_000));
             if json {
@@ -106,7 +108,7 @@ pub(crate) fn run(
         Workload::Randread { size, reads, depth, replication, out } => {
             let limits = limits_if(config, out.with_limits, size.min(1 << 30), out.json)?;
             let bench = rand::RandBench { size, reads, depths: depth, replication };
-            let results = rand::run(config, credentials, &bench, report)?;
+            let results = rand::run(access, &bench, report)?;
             if out.json {
                 println!("{}", rand::to_json(&bench, &results, limits.as_ref()));
             } else {
@@ -156,7 +158,7 @@ fn limits_if(
 
 fn seq_bench(
     config: &Config,
-    credentials: &Credentials,
+    access: &Access,
     seq: SeqArgs,
     read: bool,
 ) -> Result<u8, ClientError> {
@@ -168,7 +170,7 @@ fn seq_bench(
         read,
         keep: seq.keep,
     };
-    let results = seq::run(config, credentials, &bench, |line| eprintln!("bench: {line}"))?;
+    let results = seq::run(config, access, &bench, |line| eprintln!("bench: {line}"))?;
     // seqread writes its files first; it reports the read.
     let shown: Vec<_> = results.into_iter().filter(|r| (r.workload == "seqread") == read).collect();
     if seq.out.json {

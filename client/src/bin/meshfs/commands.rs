@@ -3,39 +3,109 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+
+use meshfs_client::access::is_client_config;
+use meshfs_client::cluster::clients;
 use meshfs_client::cluster::up::{self, UpOptions};
 use meshfs_client::data::DataClient;
 use meshfs_client::status::cluster_status;
-use meshfs_client::{ClientError, Credentials, MetaClient};
-use meshfs_group::Config;
+use meshfs_client::{Access, ClientError, MetaClient};
+use meshfs_group::{ClientId, Config};
 
-use crate::args::{Command, DserverAction};
+use crate::args::{ClientAction, Command, DserverAction};
 use crate::render::{TermProgress, fsck_json, fsck_text, locks_json, locks_text, print_stat};
 
-/// Runs `command` against the cluster of `config` as `credentials`. The exit status.
-pub(crate) fn run(
-    config: &Config,
-    credentials: Credentials,
+/// Runs an operator command (`up`, `bench`, `client`), which needs the cluster config at
+/// `path`; acting as client `client` where it acts as one. The exit status.
+pub(crate) fn run_operator(
+    path: &Path,
+    client: Option<ClientId>,
     command: Command,
 ) -> Result<u8, ClientError> {
+    if let Command::Up { .. } = command
+        && let Some(made) = clients::ensure_secret(path)?
+    {
+        println!("meshfs up: made the cluster secret {} (private; keep it so)", made.display());
+    }
+    if std::fs::read_to_string(path).is_ok_and(|text| is_client_config(&text)) {
+        eprintln!(
+            "meshfs: {} is a client config; `up`, `bench` and `client` need the cluster config",
+            path.display()
+        );
+        return Ok(2);
+    }
+    let (config, settings) = meshfs_core::settings::load(path)?;
     match command {
         Command::Up { timeout } => {
+            let access = Access::of_cluster(&config, &settings, client)?;
+            let out = config.base_dir().join("client.conf");
+            clients::write_client_config(&config, access.credentials.id, &out)?;
+            println!(
+                "meshfs up: client config for client {} in {} (use it: meshfs --config {} ls /)",
+                access.credentials.id,
+                out.display(),
+                out.display()
+            );
             let options =
                 UpOptions { mesh_timeout: Duration::from_secs(timeout), ..UpOptions::default() };
-            let code = up::up(config, &credentials, &options)?;
+            let code = up::up(&config, &access, &options)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+        Command::Bench { local, workload } => {
+            let access = Access::of_cluster(&config, &settings, client)?;
+            crate::bench::run(&config, &access, local, workload)
+        }
+        Command::Client { action } => client_command(path, &config, action),
+        other => run(&Access::of_cluster(&config, &settings, client)?, other),
+    }
+}
+
+fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<u8, ClientError> {
+    match action {
+        ClientAction::Add { name, out } => {
+            let (id, out) = clients::add(path, &name, out)?;
+            println!("added client {name:?} (id {id}); its client config is {}", out.display());
+            println!("give that file to whoever runs the client; it is their key");
+        }
+        ClientAction::Remove { name } => {
+            let id = clients::remove(path, &name)?;
+            println!("removed client {name:?} (id {id}): servers refuse it within a few seconds");
+        }
+        ClientAction::Rotate { name, out } => {
+            let out = clients::rotate(path, &name, out)?;
+            println!(
+                "client {name:?} has a new key in {}; its old key stops working within a few seconds",
+                out.display()
+            );
+        }
+        ClientAction::List => {
+            for (id, name) in clients::list(config) {
+                println!("{id:>6} {name}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `command` against the cluster `access` reaches. The exit status.
+pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> {
+    match command {
+        Command::Up { .. } | Command::Bench { .. } | Command::Client { .. } => {
+            eprintln!("meshfs: this command needs the cluster config (--config config.conf)");
+            Ok(2)
+        }
         Command::Mkdir { parents, path } => {
-            MetaClient::new(config, credentials)?.mkdir(&path, parents)?;
+            MetaClient::new(access)?.mkdir(&path, parents)?;
             Ok(0)
         }
         Command::Create { replication, path } => {
-            let fd = MetaClient::new(config, credentials)?.create(&path, replication)?;
+            let fd = MetaClient::new(access)?.create(&path, replication)?;
             println!("created {path}: file {} version {}", fd.id.0, fd.version);
             Ok(0)
         }
         Command::Ls { long, path } => {
-            for entry in MetaClient::new(config, credentials)?.list(&path)? {
+            for entry in MetaClient::new(access)?.list(&path)? {
                 if long {
                     let kind = if entry.is_dir { 'd' } else { '-' };
                     println!("{kind} {:>10} {:>14} {}", entry.id, entry.size, entry.name);
@@ -48,22 +118,22 @@ pub(crate) fn run(
             Ok(0)
         }
         Command::Stat { path } => {
-            let stat = MetaClient::new(config, credentials)?.stat(&path)?;
+            let stat = MetaClient::new(access)?.stat(&path)?;
             print_stat(&path, &stat);
             Ok(0)
         }
         Command::Mv { from, to } => {
-            MetaClient::new(config, credentials)?.rename(&from, &to)?;
+            MetaClient::new(access)?.rename(&from, &to)?;
             Ok(0)
         }
         Command::Rm { recursive, path } => {
-            MetaClient::new(config, credentials)?.remove(&path, recursive)?;
+            MetaClient::new(access)?.remove(&path, recursive)?;
             Ok(0)
         }
         Command::Put { replication, local, remote } => {
             let (mut input, size) = open_input(&local)?;
-            let mut meta = MetaClient::new(config, credentials.clone())?;
-            let mut data = DataClient::new(config, credentials);
+            let mut meta = MetaClient::new(access)?;
+            let mut data = DataClient::new(access);
             let mut progress = TermProgress::new();
             let n = meshfs_client::data::put(
                 &mut meta,
@@ -79,8 +149,8 @@ pub(crate) fn run(
         }
         Command::Get { remote, local } => {
             let mut output = open_output(&local)?;
-            let mut meta = MetaClient::new(config, credentials.clone())?;
-            let mut data = DataClient::new(config, credentials);
+            let mut meta = MetaClient::new(access)?;
+            let mut data = DataClient::new(access);
             let mut progress = TermProgress::new();
             let n = meshfs_client::data::get(
                 &mut meta,
@@ -94,16 +164,13 @@ pub(crate) fn run(
         }
         Command::Cat { remote } => {
             let mut output = open_output("-")?;
-            let mut meta = MetaClient::new(config, credentials.clone())?;
-            let mut data = DataClient::new(config, credentials);
+            let mut meta = MetaClient::new(access)?;
+            let mut data = DataClient::new(access);
             meshfs_client::data::get(&mut meta, &mut data, &remote, &mut output, &mut ())?;
             Ok(0)
         }
-        Command::Bench { local, workload } => {
-            crate::bench::run(config, &credentials, local, workload)
-        }
         Command::Fsck { path, json } => {
-            let report = MetaClient::new(config, credentials)?.fsck(&path)?;
+            let report = MetaClient::new(access)?.fsck(&path)?;
             if json {
                 println!("{}", fsck_json(&path, &report));
             } else {
@@ -112,10 +179,10 @@ pub(crate) fn run(
             Ok(u8::from(report.health.missing > 0))
         }
         Command::Lock { shared, timeout, path, command } => {
-            lock_and_run(config, credentials, shared, timeout, &path, &command)
+            lock_and_run(access, shared, timeout, &path, &command)
         }
         Command::Locks { path, json } => {
-            let mut meta = MetaClient::new(config, credentials)?;
+            let mut meta = MetaClient::new(access)?;
             let (locks, more) = meshfs_client::session::list_locks(&mut meta, &path)?;
             if json {
                 println!("{}", locks_json(&locks, more));
@@ -129,7 +196,7 @@ pub(crate) fn run(
                 DserverAction::Drain { id } => (id, true),
                 DserverAction::Undrain { id } => (id, false),
             };
-            MetaClient::new(config, credentials)?.drain(id, draining)?;
+            MetaClient::new(access)?.drain(id, draining)?;
             if draining {
                 println!(
                     "data-server {id} is draining: its blocks move to the others; watch `meshfs status`"
@@ -140,7 +207,7 @@ pub(crate) fn run(
             Ok(0)
         }
         Command::Status { json, timeout_ms } => {
-            let status = cluster_status(config, &credentials, Duration::from_millis(timeout_ms));
+            let status = cluster_status(access, Duration::from_millis(timeout_ms));
             if json {
                 println!("{}", status.to_json());
             } else {
@@ -156,8 +223,7 @@ pub(crate) const EXIT_LOCK_TIMEOUT: u8 = 75;
 
 /// `meshfs lock`: the lock, the command under it, the release.
 fn lock_and_run(
-    config: &Config,
-    credentials: Credentials,
+    access: &Access,
     shared: bool,
     timeout: Option<f64>,
     path: &str,
@@ -177,7 +243,7 @@ fn lock_and_run(
         }
     };
     let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
-    let session = Session::open(config, credentials)?;
+    let session = Session::open(access)?;
     let lock = match session.lock(path, mode, wait) {
         Ok(lock) => lock,
         Err(ClientError::Namespace(err @ (NsError::LockBusy { .. } | NsError::LockTimeout(_)))) => {

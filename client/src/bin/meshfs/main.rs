@@ -13,16 +13,22 @@ mod render;
 use std::process::ExitCode;
 
 use clap::Parser;
-use meshfs_client::{ClientError, Credentials};
+use meshfs_client::{Access, ClientError};
 use meshfs_group::ClientId;
 
-use crate::args::Cli;
+use crate::args::{Cli, Command};
 
 fn run(cli: Cli) -> Result<u8, ClientError> {
-    // The whole file is checked, the settings of every layer with the group's part.
-    let (config, _) = meshfs_core::settings::load(&meshfs_group::config::resolve_path(cli.config))?;
-    let credentials = Credentials::from_config(&config, cli.client.map(ClientId))?;
-    commands::run(&config, credentials, cli.command)
+    let path = meshfs_group::config::resolve_path(cli.config);
+    let client = cli.client.map(ClientId);
+    match cli.command {
+        // Operator commands: the cluster config, checked whole (every layer's settings).
+        command @ (Command::Up { .. } | Command::Bench { .. } | Command::Client { .. }) => {
+            commands::run_operator(&path, client, command)
+        }
+        // The rest: a client config, or the cluster config on a server host.
+        command => commands::run(&Access::load(&path, client)?, command),
+    }
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,295 @@
+//! Credentials: client configs from `meshfs client add` and `meshfs up`, keys derived from
+//! the secret, private files, and removing or re-keying a client while the cluster runs.
+//! Real processes on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use meshfs_client::session::{LockMode, Session};
+use meshfs_client::{Access, ClientError, Connection, MetaClient};
+use meshfs_group::message::{GroupMessage, Identity};
+use meshfs_group::{ClientId, NodeId, Role};
+use meshfs_net::frame::{self, Decoder};
+use meshfs_test_kit::{DEADLINE, TempDir, wait_until, write_private};
+
+use crate::cluster::{CLIENT_KEY, SECRET, TestCluster, bin_dir};
+
+fn meshfs(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// `meshfs client add NAME`; the client config it wrote.
+fn add_client(cluster: &TestCluster, name: &str) -> std::path::PathBuf {
+    let out = ok(&meshfs(&cluster.config_path, &["client", "add", name]));
+    assert!(out.contains(&format!("added client {name:?}")), "{out}");
+    let path = cluster.dir.join(format!("client-{name}.conf"));
+    assert!(out.contains(&path.display().to_string()), "{out}");
+    path
+}
+
+#[test]
+fn a_client_config_from_client_add_does_what_readme_shows_and_holds_no_secret() {
+    let mut cluster = TestCluster::new("trust-add", 1, 2);
+    let alice = add_client(&cluster, "alice");
+    assert_eq!(mode(&alice), 0o600, "a client config is private");
+    let text = std::fs::read_to_string(&alice).unwrap();
+    assert!(!text.contains(SECRET), "the cluster secret is not in a client config");
+    assert!(!text.contains(CLIENT_KEY), "nor another client's key");
+    assert!(text.contains("[client]") && text.contains("[[mserver]]"), "{text}");
+    // The cluster config got an entry with a salt and no key.
+    let config = std::fs::read_to_string(&cluster.config_path).unwrap();
+    let entry = config.split("name = \"alice\"").nth(1).unwrap();
+    assert!(entry.contains("salt = ") && !entry.contains("key = "), "{config}");
+    assert!(ok(&meshfs(&cluster.config_path, &["client", "list"])).contains("alice"));
+
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let local = cluster.dir.join("in.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    ok(&meshfs(&alice, &["mkdir", "-p", "/lab/run-1"]));
+    ok(&meshfs(&alice, &["put", local.to_str().unwrap(), "/lab/run-1/data.bin"]));
+    let back = cluster.dir.join("out.bin");
+    ok(&meshfs(&alice, &["get", "/lab/run-1/data.bin", back.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert!(ok(&meshfs(&alice, &["ls", "/lab/run-1"])).contains("data.bin"));
+    assert!(ok(&meshfs(&alice, &["stat", "/lab/run-1/data.bin"])).contains("3000000"));
+    let status = ok(&meshfs(&alice, &["status"]));
+    assert!(status.contains("3 of 3 servers up"), "{status}");
+    // Operator commands want the cluster config.
+    let refused = meshfs(&alice, &["client", "list"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cluster config"));
+}
+
+/// Runs the group handshake as `identity` proving with `key`; whether the server welcomed it.
+fn dial_as(addr: SocketAddr, cluster: &str, identity: Identity, key: &[u8]) -> bool {
+    use meshfs_group::auth::{Side, Transcript, prove};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let send = |stream: &mut TcpStream, message: &GroupMessage| {
+        let mut bytes = Vec::new();
+        frame::encode(message.kind(), 0, &message.encode(), &mut bytes);
+        stream.write_all(&bytes)
+    };
+    let nonce = [7u8; 32];
+    let hello = GroupMessage::Hello { cluster: cluster.into(), identity, incarnation: 1, nonce };
+    send(&mut stream, &hello).unwrap();
+    let mut decoder = Decoder::new(frame::DEFAULT_MAX_BODY_LEN);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        decoder.extend_from_slice(&buf[..n]);
+        while let Ok(Some(frame)) = decoder.decode() {
+            match GroupMessage::decode(frame.kind, &frame.body).unwrap() {
+                GroupMessage::Challenge { identity: server, nonce: theirs, .. } => {
+                    let transcript = Transcript {
+                        cluster,
+                        dialer: identity,
+                        acceptor: server,
+                        dialer_nonce: &nonce,
+                        acceptor_nonce: &theirs,
+                    };
+                    let proof = prove(key, Side::Dialer, &transcript);
+                    if send(&mut stream, &GroupMessage::Proof { proof }).is_err() {
+                        return false;
+                    }
+                }
+                GroupMessage::Welcome => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_client_key_cannot_dial_as_a_server() {
+    let mut cluster = TestCluster::new("trust-dial", 1, 1);
+    let alice = add_client(&cluster, "alice");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let access = Access::load(&alice, None).unwrap();
+    let addr = cluster.config.servers[0].addr;
+    let me = Identity::Client { id: access.credentials.id };
+    assert!(dial_as(addr, "it", me, &access.credentials.key), "as itself it is welcome");
+    let as_dserver = Identity::Server { id: NodeId(2), role: Role::DServer };
+    assert!(!dial_as(addr, "it", as_dserver, &access.credentials.key));
+    let as_mserver = Identity::Server { id: NodeId(9), role: Role::MServer };
+    assert!(!dial_as(addr, "it", as_mserver, &access.credentials.key));
+    cluster.wait_log(1, "dserver 2: wrong cluster secret");
+    let other = Identity::Client { id: ClientId(1) };
+    assert!(!dial_as(addr, "it", other, &access.credentials.key), "nor as another client");
+    assert!(cluster.alive(1));
+}
+
+#[test]
+fn files_holding_a_secret_or_key_that_others_may_read_are_refused() {
+    let dir = TempDir::new("trust-perms");
+    let text = crate::cluster::config_text_with(1, 1, SECRET, "");
+    let config = dir.join("config.conf");
+    write_private(&config, &text);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Command::new(bin_dir().join("mserver"))
+        .args(["--config", config.to_str().unwrap(), "--id", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(server.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&server.stderr);
+    assert!(
+        stderr.contains("holds the cluster secret") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    let client = meshfs(&config, &["ls", "/"]);
+    assert_eq!(client.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&client.stderr).contains("chmod 600"));
+
+    // The secret in a file of its own: that file must be private; the config need not be.
+    let in_file =
+        text.replace(&format!("secret = \"{SECRET}\""), "secret_file = \"cluster.secret\"");
+    let in_file = in_file.replace(&format!("key = \"{CLIENT_KEY}\""), "salt = \"s\"");
+    std::fs::write(&config, &in_file).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let client = meshfs(&config, &["client", "list"]);
+    assert_eq!(client.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&client.stderr);
+    assert!(stderr.contains("cluster.secret") && stderr.contains("chmod 600"), "{stderr}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(ok(&meshfs(&config, &["client", "list"])).contains("test"));
+
+    // A client config that others may read.
+    let added = ok(&meshfs(&config, &["client", "add", "bob"]));
+    assert!(added.contains("client-bob.conf"), "{added}");
+    let bob = dir.join("client-bob.conf");
+    std::fs::set_permissions(&bob, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let client = meshfs(&bob, &["ls", "/"]);
+    assert_eq!(client.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&client.stderr);
+    assert!(stderr.contains("a client key") && stderr.contains("chmod 600"), "{stderr}");
+}
+
+#[test]
+fn meshfs_up_makes_the_secret_and_a_client_config_that_works() {
+    let dir = TempDir::new("trust-up");
+    let text = crate::cluster::config_text_with(1, 1, SECRET, "")
+        .replace(&format!("secret = \"{SECRET}\""), "secret_file = \"cluster.secret\"")
+        .replace(&format!("key = \"{CLIENT_KEY}\""), "salt = \"first\"");
+    let config = dir.join("config.conf");
+    std::fs::write(&config, text).unwrap();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .args(["up", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up_pid = nix::unistd::Pid::from_raw(up.id() as i32);
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("full mesh")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines.push(rx.recv_timeout(left).expect("meshfs up never reported the full mesh"));
+    }
+    let secret = dir.join("cluster.secret");
+    let client = dir.join("client.conf");
+    assert!(lines.iter().any(|l| l.contains("made the cluster secret")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains(&client.display().to_string())), "{lines:?}");
+    assert_eq!((mode(&secret), mode(&client)), (0o600, 0o600));
+    let secret_text = std::fs::read_to_string(&secret).unwrap();
+    assert!(secret_text.trim().len() >= 32);
+    assert!(!std::fs::read_to_string(&client).unwrap().contains(secret_text.trim()));
+    ok(&meshfs(&client, &["mkdir", "/up"]));
+    let local = dir.join("small.txt");
+    std::fs::write(&local, b"through the client config").unwrap();
+    ok(&meshfs(&client, &["put", local.to_str().unwrap(), "/up/small.txt"]));
+    assert_eq!(ok(&meshfs(&client, &["cat", "/up/small.txt"])), "through the client config");
+    nix::sys::signal::kill(up_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = meshfs_test_kit::wait::wait_for("meshfs up to stop", || up.try_wait().unwrap());
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn removing_a_client_refuses_it_and_ends_its_sessions_and_rotating_changes_its_key() {
+    let mut cluster = TestCluster::new("trust-remove", 1, 1);
+    // Leases far longer than the test waits: a session that ends was ended, not expired.
+    let text = std::fs::read_to_string(&cluster.config_path).unwrap();
+    write_private(&cluster.config_path, &format!("{text}\n[locks]\nsession_lease_ms = 600000\n"));
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    // Added while the cluster runs: the servers re-read the config.
+    let bob = add_client(&cluster, "bob");
+    let access = Access::load(&bob, None).unwrap();
+    let addr = cluster.config.servers[0].addr;
+    let open = |access: &Access| {
+        Connection::open(addr, "it", &access.credentials, Duration::from_secs(2)).map(|_| ())
+    };
+    wait_until("the servers to take bob in", || open(&access).is_ok());
+    let session = Session::open(&access).unwrap();
+    let lock = session.lock("/bob-lock", LockMode::Exclusive, None).unwrap();
+    let mut admin = MetaClient::new(&cluster.access).unwrap();
+    let holders = |admin: &mut MetaClient| {
+        let (locks, _) = meshfs_client::session::list_locks(admin, "/").unwrap();
+        locks.iter().flat_map(|l| l.holders.iter().map(|h| h.session.client)).collect::<Vec<_>>()
+    };
+    assert_eq!(holders(&mut admin), vec![access.credentials.id]);
+
+    let out = ok(&meshfs(&cluster.config_path, &["client", "remove", "bob"]));
+    assert!(out.contains("removed client \"bob\""), "{out}");
+    wait_until("bob to be refused", || {
+        matches!(open(&access), Err(ClientError::Refused { .. } | ClientError::Closed { .. }))
+    });
+    cluster.wait_log(1, "removed [ClientId(");
+    wait_until("bob's lock session to end", || holders(&mut admin).is_empty());
+    cluster.wait_log(1, "was removed from the config: ending its lock sessions");
+    drop(lock);
+    drop(session);
+
+    // Rotation: the old key stops working, the new one works.
+    let carol = add_client(&cluster, "carol");
+    let before = Access::load(&carol, None).unwrap();
+    wait_until("the servers to take carol in", || open(&before).is_ok());
+    let out = ok(&meshfs(&cluster.config_path, &["client", "rotate", "carol"]));
+    assert!(out.contains("new key"), "{out}");
+    let after = Access::load(&carol, None).unwrap();
+    assert_ne!(before.credentials.key, after.credentials.key);
+    wait_until("carol's new key to work", || open(&after).is_ok());
+    assert!(open(&before).is_err(), "the old key is refused");
+    assert!(cluster.alive(1));
+}
