@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use meshfs_core::wire::Message;
 use meshfs_group::auth::{self, Side, Transcript};
+use meshfs_group::membership::AUTHENTICATION_FAILED;
 use meshfs_group::message::{GroupMessage, Identity};
 use meshfs_group::rng::Rng;
 use meshfs_group::{ClientId, FIRST_APP_KIND};
@@ -98,8 +99,8 @@ impl Connection {
             incarnation: rng.u64(),
             nonce,
         })?;
-        let (server, server_nonce, proof) = match self.read_group()? {
-            GroupMessage::Challenge { identity, nonce, proof, .. } => (identity, nonce, proof),
+        let (server, server_nonce) = match self.read_group()? {
+            GroupMessage::Challenge { identity, nonce, .. } => (identity, nonce),
             other => return Err(self.protocol(format!("expected a challenge, got {other:?}"))),
         };
         let transcript = Transcript {
@@ -109,13 +110,17 @@ impl Connection {
             dialer_nonce: &nonce,
             acceptor_nonce: &server_nonce,
         };
-        if !auth::verify(&credentials.key, Side::Acceptor, &transcript, &proof) {
-            return Err(ClientError::ServerAuth { addr: self.addr, server: server.to_string() });
-        }
+        // This client proves itself first; the server proves itself only to a client that did.
         let my_proof = auth::prove(&credentials.key, Side::Dialer, &transcript);
         self.send_group(&GroupMessage::Proof { proof: my_proof })?;
         match self.read_group()? {
-            GroupMessage::Welcome => {
+            GroupMessage::Welcome { proof } => {
+                if !auth::verify(&credentials.key, Side::Acceptor, &transcript, &proof) {
+                    return Err(ClientError::ServerAuth {
+                        addr: self.addr,
+                        server: server.to_string(),
+                    });
+                }
                 self.server = server;
                 Ok(())
             }
@@ -149,6 +154,9 @@ impl Connection {
             return Err(self.protocol(format!("message kind {} during the handshake", frame.kind)));
         }
         match GroupMessage::decode(frame.kind, &frame.body) {
+            Ok(GroupMessage::Refuse { reason }) if reason == AUTHENTICATION_FAILED => {
+                Err(ClientError::AuthFailed { addr: self.addr })
+            }
             Ok(GroupMessage::Refuse { reason }) => {
                 Err(ClientError::Refused { addr: self.addr, reason })
             }

@@ -14,14 +14,23 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 use meshfs_core::descriptor::BlockDescriptor;
+use meshfs_core::namespace::BlockMeta;
+use meshfs_core::token::ReadToken;
 use meshfs_core::token::Token;
-use meshfs_core::wire::{BlockData, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck, WriteChunk};
+use meshfs_core::wire::{
+    BlockData, ErrorCode, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck, WriteChunk,
+};
 use meshfs_group::NodeId;
 
 use crate::access::Access;
 use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::meta::MetaClient;
+
+/// The address of data-server `replica` as this client knows it (for messages).
+fn conn_addr(data: &DataClient, replica: NodeId) -> std::net::SocketAddr {
+    data.conns.get(&replica).map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Connection::addr)
+}
 
 /// Chunks a block write may have unacknowledged.
 pub const WRITE_WINDOW: usize = 4;
@@ -173,26 +182,36 @@ impl DataClient {
     /// Reads `len` bytes at `offset` of `block` from one of `replicas` (lowest latency
     /// first), checking every segment; a replica that fails or returns damaged data is
     /// skipped (and named in the log) and the next one tried.
+    ///
+    /// Every read shows the block's read token (`meta.read`, from the leader with the file's
+    /// blocks); a refusal of it ([`ClientError::Forbidden`]) ends the read at once.
     pub fn read_block(
         &mut self,
-        block: BlockDescriptor,
-        replicas: &[NodeId],
+        meta: &BlockMeta,
         offset: u64,
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), ClientError> {
+        let block = meta.descriptor;
         if block.version == meshfs_core::descriptor::BlockVersion::UNWRITTEN {
             // Allocated, never written: a hole.
             out.resize(out.len() + len as usize, 0);
             return Ok(());
         }
-        let mut order: Vec<NodeId> = replicas.to_vec();
+        let Some(token) = meta.read else {
+            return Err(ClientError::DataRead {
+                block: block.to_string(),
+                reason: "its metadata came without a read token".into(),
+            });
+        };
+        let mut order: Vec<NodeId> = meta.replicas.clone();
         order.sort_by_key(|r| self.latency.get(r).copied().unwrap_or(Duration::MAX));
         let mut failures = Vec::new();
         for replica in order {
             let start = out.len();
-            match self.read_from(replica, block, offset, len, out) {
+            match self.read_from(replica, block, token, offset, len, out) {
                 Ok(()) => return Ok(()),
+                Err(err @ ClientError::Forbidden { .. }) => return Err(err),
                 Err(err) => {
                     warn!(
                         "reading {block} from data-server {replica} failed: {err}; trying the next replica"
@@ -211,6 +230,7 @@ impl DataClient {
         &mut self,
         replica: NodeId,
         block: BlockDescriptor,
+        token: ReadToken,
         offset: u64,
         len: u64,
         out: &mut Vec<u8>,
@@ -223,7 +243,7 @@ impl DataClient {
             let conn = self.conn(replica)?;
             let id = conn.next_request_id();
             let read = ReadBlock { block, offset: at, len: span as u32 };
-            conn.send(&Message::ReadBlock(read), id)?;
+            conn.send(&Message::TokenRead { read, token }, id)?;
             let message = loop {
                 let (reply_id, message) = conn.recv(Instant::now() + DATA_TIMEOUT)?;
                 if reply_id == id {
@@ -254,6 +274,9 @@ impl DataClient {
                         block: block.to_string(),
                         reason: message,
                     });
+                }
+                Message::Error { code: ErrorCode::Forbidden, message } => {
+                    return Err(ClientError::Forbidden { addr: conn_addr(self, replica), message });
                 }
                 other => {
                     return Err(ClientError::DataRead {
@@ -518,17 +541,34 @@ pub fn get(
     writer: &mut impl Write,
     progress: &mut impl Progress,
 ) -> Result<u64, ClientError> {
-    let file = meta.get_file_meta_data(remote)?;
+    let mut file = meta.get_file_meta_data(remote)?;
     let mut done = 0u64;
     let mut buf = Vec::with_capacity(MAX_CHUNK_BYTES as usize);
-    for block in &file.blocks {
-        let block_start = u64::from(block.descriptor.index) * u64::from(file.block_size);
+    for index in 0..file.blocks.len() {
+        let block_start =
+            u64::from(file.blocks[index].descriptor.index) * u64::from(file.block_size);
         let block_len = file.size.saturating_sub(block_start).min(u64::from(file.block_size));
         let mut at = 0;
         while at < block_len {
             let n = (block_len - at).min(u64::from(MAX_CHUNK_BYTES));
             buf.clear();
-            let read = data.read_block(block.descriptor, &block.replicas, at, n, &mut buf);
+            let mut read = data.read_block(&file.blocks[index], at, n, &mut buf);
+            if let Err(ClientError::Forbidden { .. }) = read {
+                // A long read outlived its read tokens: fresh ones, for the same file.
+                let fresh = meta.get_file_meta_data(remote)?;
+                if fresh.descriptor.id != file.descriptor.id
+                    || fresh.blocks.get(index).map(|b| b.descriptor.version)
+                        != Some(file.blocks[index].descriptor.version)
+                {
+                    return Err(ClientError::DataRead {
+                        block: file.blocks[index].descriptor.to_string(),
+                        reason: format!("{remote} changed while it was read"),
+                    });
+                }
+                file.blocks = fresh.blocks;
+                buf.clear();
+                read = data.read_block(&file.blocks[index], at, n, &mut buf);
+            }
             // Tell the meta-servers about replicas that failed, whether or not another served.
             for (block, server, reason) in data.take_bad_replicas() {
                 if let Err(err) = meta.report_bad_replica(block, server, &reason) {

@@ -54,6 +54,22 @@ pub enum ClientError {
         /// Who it claimed to be.
         server: String,
     },
+    /// A server refused the request as not permitted (no token, an expired or wrong one).
+    #[error("{addr} refused: {message}")]
+    Forbidden {
+        /// The server.
+        addr: SocketAddr,
+        /// What it said.
+        message: String,
+    },
+    /// The server did not accept this client's credentials (it says no more, by design).
+    #[error(
+        "{addr} did not accept this client's credentials: a wrong or rotated key, a client removed from the cluster, or another cluster's config"
+    )]
+    AuthFailed {
+        /// The server.
+        addr: SocketAddr,
+    },
     /// The server closed the connection.
     #[error("{addr} closed the connection")]
     Closed {

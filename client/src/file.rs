@@ -158,6 +158,20 @@ impl RemoteFile {
         Ok(())
     }
 
+    /// Fetches the file's blocks again when their read tokens run out within a minute (an
+    /// open file may outlive them). The file may have changed meanwhile: this is the file as
+    /// it is now, as a re-open would give.
+    fn refresh_read_tokens(&mut self) -> Result<(), ClientError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let soon = now_ms.saturating_add(60_000);
+        if self.file.blocks.iter().any(|b| b.read.is_some_and(|t| t.expires_ms < soon)) {
+            self.file = self.meta.get_file_meta_data(&self.path)?;
+        }
+        Ok(())
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end).
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
         let end = (offset + buf.len() as u64).min(self.file.size);
@@ -167,9 +181,9 @@ impl RemoteFile {
             let index = at / self.block_size();
             let within = at % self.block_size();
             let n = (self.block_size() - within).min(end - at);
+            self.refresh_read_tokens()?;
             let block = &self.file.blocks[index as usize];
-            let (descriptor, replicas) = (block.descriptor, block.replicas.clone());
-            self.data.read_block(descriptor, &replicas, within, n, &mut out)?;
+            self.data.read_block(block, within, n, &mut out)?;
             for (block, server, reason) in self.data.take_bad_replicas() {
                 let _ = self.meta.report_bad_replica(block, server, &reason);
             }
@@ -245,6 +259,7 @@ impl RemoteFile {
 
     /// `read_block_array`: the given blocks, up to [`BLOCKS_IN_FLIGHT`] at once.
     pub fn read_block_array(&mut self, indexes: &[u16]) -> Result<Vec<Vec<u8>>, ClientError> {
+        self.refresh_read_tokens()?;
         let bs = self.block_size();
         let jobs: Vec<_> = indexes
             .iter()
@@ -268,14 +283,7 @@ impl RemoteFile {
                             Some(block) => {
                                 let mut data = DataClient::new(access);
                                 let mut out = Vec::with_capacity(*len as usize);
-                                data.read_block(
-                                    block.descriptor,
-                                    &block.replicas,
-                                    0,
-                                    *len,
-                                    &mut out,
-                                )
-                                .map(|()| out)
+                                data.read_block(block, 0, *len, &mut out).map(|()| out)
                             }
                         });
                     });

@@ -52,16 +52,16 @@ pub struct Token {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// The MAC does not match: forged, or altered.
-    #[error("write token is forged or altered")]
+    #[error("token is forged or altered")]
     Forged,
     /// Past its expiry.
-    #[error("write token expired {late_ms} ms ago; ask the meta-servers for a new lease")]
+    #[error("token expired {late_ms} ms ago; ask the meta-servers for a new one")]
     Expired {
         /// How late it is.
         late_ms: u64,
     },
     /// Issued to another client.
-    #[error("write token was issued to client {issued}, not {presented_by}")]
+    #[error("token was issued to client {issued}, not {presented_by}")]
     WrongClient {
         /// Whom it was issued to.
         issued: ClientId,
@@ -189,6 +189,80 @@ impl Token {
     }
 }
 
+/// How long a read token lasts.
+pub const READ_TOKEN_MS: u64 = 15 * 60 * 1000;
+
+/// A signed permission to read one block at one version: "client C may read block I of file
+/// F at version V until T". The leader issues one with each block's metadata to a client
+/// that may read the file; data-servers serve client reads only against one.
+///
+/// Layout on the wire: `u64 expires_ms`, then the 32-byte MAC over a label, the file id,
+/// block index and block version (not the file's version: a block that did not change stays
+/// readable), the client id and the expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadToken {
+    /// Milliseconds since the Unix epoch after which it is void.
+    pub expires_ms: u64,
+    /// HMAC-SHA256 over the block, the client and the expiry.
+    pub mac: [u8; 32],
+}
+
+fn read_mac(
+    secret: &[u8],
+    block: &BlockDescriptor,
+    client: ClientId,
+    expires_ms: u64,
+) -> Hmac<Sha256> {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"meshfs-v1 read token");
+    let mut fields = BodyWriter::new();
+    fields.u32(block.file.id.0).u16(block.index).u16(block.version.0);
+    fields.u32(client.0).u64(expires_ms);
+    mac.update(&fields.finish());
+    mac
+}
+
+impl ReadToken {
+    /// A token for `client` to read `block` (at its version) until `expires_ms`.
+    pub fn sign(
+        secret: &[u8],
+        block: &BlockDescriptor,
+        client: ClientId,
+        expires_ms: u64,
+    ) -> ReadToken {
+        let mac = read_mac(secret, block, client, expires_ms).finalize().into_bytes().into();
+        ReadToken { expires_ms, mac }
+    }
+
+    /// Checks that the token lets `client` read `block` at `now_ms`.
+    pub fn verify(
+        &self,
+        secret: &[u8],
+        block: &BlockDescriptor,
+        client: ClientId,
+        now_ms: u64,
+    ) -> Result<(), TokenError> {
+        read_mac(secret, block, client, self.expires_ms)
+            .verify_slice(&self.mac)
+            .map_err(|_| TokenError::Forged)?;
+        if now_ms > self.expires_ms {
+            return Err(TokenError::Expired { late_ms: now_ms - self.expires_ms });
+        }
+        Ok(())
+    }
+
+    /// Writes `u64 expires_ms` and the MAC.
+    pub fn write(&self, w: &mut BodyWriter) {
+        w.u64(self.expires_ms).fixed(&self.mac);
+    }
+
+    /// Reads what [`ReadToken::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<ReadToken, BodyError> {
+        Ok(ReadToken { expires_ms: r.u64("read token expiry")?, mac: r.fixed("read token mac")? })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +303,39 @@ mod tests {
             token.verify(b"another-secret-000000000", TokenOp::Write, ClientId(1), 0),
             Err(TokenError::Forged)
         );
+    }
+
+    #[test]
+    fn a_read_token_is_good_for_its_block_version_client_and_time_only() {
+        let token = ReadToken::sign(SECRET, &block(4), ClientId(1), 10_000);
+        assert_eq!(token.verify(SECRET, &block(4), ClientId(1), 10_000), Ok(()));
+        // The file's version is not bound: another block's commit leaves it good.
+        let mut newer_file = block(4);
+        newer_file.file.version = 9;
+        assert_eq!(token.verify(SECRET, &newer_file, ClientId(1), 0), Ok(()));
+        let mut other_index = block(4);
+        other_index.index = 4;
+        let mut other_file = block(4);
+        other_file.file.id = FileId(6);
+        for (what, b, client) in [
+            ("another version", block(5), ClientId(1)),
+            ("another block", other_index, ClientId(1)),
+            ("another file", other_file, ClientId(1)),
+            ("another client", block(4), ClientId(2)),
+        ] {
+            assert_eq!(token.verify(SECRET, &b, client, 0), Err(TokenError::Forged), "{what}");
+        }
+        assert_eq!(
+            token.verify(SECRET, &block(4), ClientId(1), 10_001),
+            Err(TokenError::Expired { late_ms: 1 })
+        );
+        let stretched = ReadToken { expires_ms: 20_000, ..token };
+        assert_eq!(stretched.verify(SECRET, &block(4), ClientId(1), 0), Err(TokenError::Forged));
+        let mut w = BodyWriter::new();
+        token.write(&mut w);
+        let bytes = w.finish();
+        assert_eq!(bytes.len(), 40);
+        assert_eq!(ReadToken::read(&mut BodyReader::new(&bytes)), Ok(token));
     }
 
     #[test]

@@ -57,7 +57,7 @@ use meshfs_core::pacer::Pacer;
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::settings::{self, Settings};
 use meshfs_core::status::status_reply;
-use meshfs_core::wire::{BlockData, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
+use meshfs_core::wire::{BlockData, ErrorCode, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
 use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
 use meshfs_group::{Config, GroupEvent, NodeId, Now, Role};
@@ -330,9 +330,31 @@ impl Service for DataServer {
                         );
                         return;
                     }
+                    Handled::ForRole(Message::TokenRead { read, token }) => {
+                        match token.verify(&self.secret, &read.block, client, now.wall_ms) {
+                            Ok(()) => {
+                                let to = ReplyTo::Client(conn);
+                                self.handle_read(to, frame.request_id, read, node);
+                                return;
+                            }
+                            Err(err) => {
+                                warn!("client {client}: read of {} refused: {err}", read.block);
+                                Message::Error {
+                                    code: ErrorCode::Forbidden,
+                                    message: format!("read of {} refused: {err}", read.block),
+                                }
+                            }
+                        }
+                    }
                     Handled::ForRole(Message::ReadBlock(read)) => {
-                        self.handle_read(ReplyTo::Client(conn), frame.request_id, read, node);
-                        return;
+                        warn!("client {client}: read of {} without a read token", read.block);
+                        Message::Error {
+                            code: ErrorCode::Forbidden,
+                            message: format!(
+                                "read of {} refused: a read token is required (the meta-servers give one with the file's blocks)",
+                                read.block
+                            ),
+                        }
                     }
                     Handled::ForRole(request) => {
                         warn!(

@@ -1,7 +1,7 @@
 //! HMAC-SHA256 challenge-response: both ends prove they know a key, the key never travels.
 //!
-//! The dialer sends a fresh nonce; the acceptor answers with its own nonce and a proof; the
-//! dialer checks it and sends its proof. Each proof is HMAC-SHA256 over a label naming the
+//! The dialer sends a fresh nonce; the acceptor answers with its own nonce; the dialer sends
+//! its proof, and only if it holds does the acceptor send its own. Each proof is HMAC-SHA256 over a label naming the
 //! side (so one side's proof can never be replayed as the other's), the cluster name, both
 //! identities and both nonces. For servers the key is the cluster secret; for clients it is
 //! the client's own key from config.conf.
@@ -37,8 +37,8 @@ pub enum Side {
 impl Side {
     fn label(self) -> &'static [u8] {
         match self {
-            Side::Dialer => b"meshfs-v1 dialer proof",
-            Side::Acceptor => b"meshfs-v1 acceptor proof",
+            Side::Dialer => b"meshfs-v2 dialer proof",
+            Side::Acceptor => b"meshfs-v2 acceptor proof",
         }
     }
 }

@@ -11,8 +11,9 @@
 //!   if they carry different incarnations of the peer, the peer restarted and the newer one
 //!   wins; otherwise they crossed, and both ends keep the one dialed by the lower id.
 //! - **Authentication** is the challenge-response of [`crate::auth`], keyed by the cluster
-//!   secret for servers and the client's key for clients. Unknown ids, wrong keys and other
-//!   cluster names are refused with a reason sent to the peer and logged here.
+//!   secret for servers and the client's key for clients; the dialer proves itself first.
+//!   Unknown ids, wrong keys and other cluster names are all refused with the same words
+//!   ([`AUTHENTICATION_FAILED`]); the reason is logged here.
 //! - **Liveness.** Each link is pinged every `ping_interval`; any frame counts as life; a link
 //!   silent for `down_timeout` (that many missed pongs) is closed and the peer is down. RTT
 //!   comes from pongs.
@@ -201,22 +202,33 @@ struct Peer {
     dial: Dial,
 }
 
+/// What a refused dialer is told, whatever the reason.
+pub const AUTHENTICATION_FAILED: &str = "authentication failed";
+
 /// Per-connection handshake and session state.
 #[derive(Debug)]
 enum Conn {
     /// We dialed and sent Hello; waiting for the acceptor's Challenge.
     AwaitChallenge { peer: NodeId, nonce: Nonce, deadline: Instant },
-    /// We sent our Proof; waiting for Welcome.
-    AwaitWelcome { peer: NodeId, incarnation: u64, deadline: Instant },
+    /// We sent our Proof; waiting for Welcome and the acceptor's proof.
+    AwaitWelcome {
+        peer: NodeId,
+        incarnation: u64,
+        nonce: Nonce,
+        acceptor_nonce: Nonce,
+        deadline: Instant,
+    },
     /// We accepted; waiting for Hello.
     AwaitHello { deadline: Instant },
-    /// We sent our Challenge; waiting for the dialer's Proof.
+    /// We sent our Challenge; waiting for the dialer's Proof. `problem` is why it will be
+    /// refused whatever it proves (another cluster, an unknown id), said only in our log.
     AwaitProof {
         dialer: Identity,
         incarnation: u64,
         dialer_nonce: Nonce,
         nonce: Nonce,
         deadline: Instant,
+        problem: Option<String>,
     },
     /// An authenticated link to a peer (it is that peer's `Link::Up` connection).
     Peer { peer: NodeId },
@@ -617,7 +629,7 @@ impl Group {
             }
             (
                 Conn::AwaitChallenge { peer, nonce: my_nonce, .. },
-                GroupMessage::Challenge { identity, incarnation, nonce, proof },
+                GroupMessage::Challenge { identity, incarnation, nonce },
             ) => {
                 let expected =
                     self.peers.get(&peer).map(|p| Identity::Server { id: peer, role: p.role });
@@ -637,25 +649,22 @@ impl Group {
                     dialer_nonce: &my_nonce,
                     acceptor_nonce: &nonce,
                 };
-                if !auth::verify(&self.secret, Side::Acceptor, &transcript, &proof) {
-                    self.conns.insert(
-                        conn,
-                        Conn::AwaitChallenge { peer, nonce: my_nonce, deadline: now },
-                    );
-                    self.refuse(
-                        now,
-                        conn,
-                        format!("{identity} failed to prove the cluster secret"),
-                    );
-                    return;
-                }
                 let my_proof = auth::prove(&self.secret, Side::Dialer, &transcript);
                 let deadline = now + self.timing.handshake_timeout();
-                self.conns.insert(conn, Conn::AwaitWelcome { peer, incarnation, deadline });
+                self.conns.insert(
+                    conn,
+                    Conn::AwaitWelcome {
+                        peer,
+                        incarnation,
+                        nonce: my_nonce,
+                        acceptor_nonce: nonce,
+                        deadline,
+                    },
+                );
                 self.send_group(conn, &GroupMessage::Proof { proof: my_proof });
             }
             (
-                Conn::AwaitProof { dialer, incarnation, dialer_nonce, nonce, .. },
+                Conn::AwaitProof { dialer, incarnation, dialer_nonce, nonce, problem, .. },
                 GroupMessage::Proof { proof },
             ) => {
                 let key = match dialer {
@@ -669,18 +678,24 @@ impl Group {
                     dialer_nonce: &dialer_nonce,
                     acceptor_nonce: &nonce,
                 };
-                let valid =
-                    key.is_some_and(|key| auth::verify(&key, Side::Dialer, &transcript, &proof));
-                if !valid {
-                    let what = match dialer {
-                        Identity::Server { .. } => "wrong cluster secret",
-                        Identity::Client { .. } => "wrong client key",
-                    };
+                let failure = match (problem, &key) {
+                    (Some(problem), _) => Some(problem),
+                    (None, None) => Some(format!("{dialer}: unknown")),
+                    (None, Some(key)) if !auth::verify(key, Side::Dialer, &transcript, &proof) => {
+                        Some(match dialer {
+                            Identity::Server { .. } => format!("{dialer}: wrong cluster secret"),
+                            Identity::Client { .. } => format!("{dialer}: wrong client key"),
+                        })
+                    }
+                    (None, Some(_)) => None,
+                };
+                let (None, Some(key)) = (failure.clone(), key) else {
                     self.conns.insert(conn, Conn::AwaitHello { deadline: now });
-                    self.refuse(now, conn, format!("{dialer}: {what}"));
+                    self.refuse_authentication(now, conn, failure.unwrap_or_default());
                     return;
-                }
-                self.send_group(conn, &GroupMessage::Welcome);
+                };
+                let my_proof = auth::prove(&key, Side::Acceptor, &transcript);
+                self.send_group(conn, &GroupMessage::Welcome { proof: my_proof });
                 self.actions.push_back(Action::Trust { conn });
                 match dialer {
                     Identity::Server { id, .. } => self.establish(now, conn, id, incarnation, id),
@@ -690,7 +705,33 @@ impl Group {
                     }
                 }
             }
-            (Conn::AwaitWelcome { peer, incarnation, .. }, GroupMessage::Welcome) => {
+            (
+                Conn::AwaitWelcome { peer, incarnation, nonce: my_nonce, acceptor_nonce, .. },
+                GroupMessage::Welcome { proof },
+            ) => {
+                let role = self.peers.get(&peer).map_or(Role::MServer, |p| p.role);
+                let acceptor = Identity::Server { id: peer, role };
+                let transcript = Transcript {
+                    cluster: &self.cluster_name,
+                    dialer: self.identity(),
+                    acceptor,
+                    dialer_nonce: &my_nonce,
+                    acceptor_nonce: &acceptor_nonce,
+                };
+                if !auth::verify(&self.secret, Side::Acceptor, &transcript, &proof) {
+                    self.conns.insert(
+                        conn,
+                        Conn::AwaitWelcome {
+                            peer,
+                            incarnation,
+                            nonce: my_nonce,
+                            acceptor_nonce,
+                            deadline: now,
+                        },
+                    );
+                    self.close(now, conn, format!("{acceptor} failed to prove the cluster secret"));
+                    return;
+                }
                 self.actions.push_back(Action::Trust { conn });
                 self.establish(now, conn, peer, incarnation, self.me);
             }
@@ -736,65 +777,48 @@ impl Group {
         incarnation: u64,
         dialer_nonce: Nonce,
     ) {
-        // Put the connection back first so that a refusal closes it through the one path.
-        self.conns.insert(conn, Conn::AwaitHello { deadline: now });
-        if cluster != self.cluster_name {
-            let reason = format!(
+        // Whatever is wrong is said only after the dialer's proof, and only in our log: the
+        // dialer learns neither this cluster's name nor which ids exist.
+        let problem = if cluster != self.cluster_name {
+            Some(format!(
                 "cluster name mismatch: {identity} is in {cluster:?}, this is {:?}",
                 self.cluster_name
-            );
-            self.refuse(now, conn, reason);
-            return;
-        }
-        let known = match identity {
-            Identity::Server { id, role } => {
-                if id == self.me {
-                    Err(format!("{identity} claims this server's own id"))
-                } else {
-                    match self.peers.get(&id) {
-                        None => Err(format!("unknown node id {id}")),
-                        Some(p) if p.role != role => {
-                            Err(format!("node {id} is a {} in the config, not a {role}", p.role))
-                        }
-                        Some(_) => Ok(()),
+            ))
+        } else {
+            match identity {
+                Identity::Server { id, .. } if id == self.me => {
+                    Some(format!("{identity} claims this server's own id"))
+                }
+                Identity::Server { id, role } => match self.peers.get(&id) {
+                    None => Some(format!("unknown node id {id}")),
+                    Some(p) if p.role != role => {
+                        Some(format!("node {id} is a {} in the config, not a {role}", p.role))
                     }
+                    Some(_) => None,
+                },
+                Identity::Client { id } if !self.client_keys.contains_key(&id) => {
+                    Some(format!("unknown client id {id}"))
                 }
+                Identity::Client { .. } => None,
             }
-            Identity::Client { id } => {
-                if self.client_keys.contains_key(&id) {
-                    Ok(())
-                } else {
-                    Err(format!("unknown client id {id}"))
-                }
-            }
-        };
-        if let Err(reason) = known {
-            self.refuse(now, conn, reason);
-            return;
-        }
-        let key = match identity {
-            Identity::Server { .. } => self.secret.clone(),
-            Identity::Client { id } => self.client_keys.get(&id).cloned().unwrap_or_default(),
         };
         let nonce = self.rng.bytes32();
-        let transcript = Transcript {
-            cluster: &self.cluster_name,
-            dialer: identity,
-            acceptor: self.identity(),
-            dialer_nonce: &dialer_nonce,
-            acceptor_nonce: &nonce,
-        };
-        let proof = auth::prove(&key, Side::Acceptor, &transcript);
         let deadline = now + self.timing.handshake_timeout();
         self.conns.insert(
             conn,
-            Conn::AwaitProof { dialer: identity, incarnation, dialer_nonce, nonce, deadline },
+            Conn::AwaitProof {
+                dialer: identity,
+                incarnation,
+                dialer_nonce,
+                nonce,
+                deadline,
+                problem,
+            },
         );
         let challenge = GroupMessage::Challenge {
             identity: self.identity(),
             incarnation: self.incarnation,
             nonce,
-            proof,
         };
         self.send_group(conn, &challenge);
     }
@@ -895,6 +919,15 @@ impl Group {
     }
 
     /// Sends a refusal with its reason, logs it, and closes.
+    /// Refuses a dialer that did not authenticate: the same words whatever went wrong; the
+    /// real `reason` goes to our log.
+    fn refuse_authentication(&mut self, now: Instant, conn: ConnId, reason: String) {
+        warn!("refusing connection {conn}: {reason}");
+        let message = GroupMessage::Refuse { reason: AUTHENTICATION_FAILED.to_string() };
+        self.send_group(conn, &message);
+        self.close(now, conn, reason);
+    }
+
     fn refuse(&mut self, now: Instant, conn: ConnId, reason: String) {
         warn!("refusing connection {conn}: {reason}");
         self.send_group(conn, &GroupMessage::Refuse { reason: reason.clone() });

@@ -6,14 +6,19 @@
 //!
 //! ```text
 //! D -> A  Hello     { cluster, identity D, incarnation D, nonce D }
-//! A -> D  Challenge { identity A, incarnation A, nonce A, proof A }   (or Refuse, then close)
-//! D -> A  Proof     { proof D }                                       (or close)
-//! A -> D  Welcome   {}                                                (or Refuse, then close)
+//! A -> D  Challenge { identity A, incarnation A, nonce A }              (to anyone)
+//! D -> A  Proof     { proof D }                                         (or close)
+//! A -> D  Welcome   { proof A }      (or Refuse "authentication failed", then close)
 //! ```
+//! The dialer proves itself first: the acceptor's proof goes only to a dialer that proved it
+//! knows the key, so a stranger cannot collect proofs to guess a weak key offline. Every
+//! failure (another cluster, an unknown id, a wrong key) gets the same refusal, so a stranger
+//! learns neither the cluster's name nor which ids exist; the acceptor logs the real reason.
+//!
 //! Body layouts (big-endian, `str` = u16 length + UTF-8):
 //! - Hello: `str cluster, u8 role, u32 id, u64 incarnation, [32] nonce`
-//! - Challenge: `u8 role, u32 id, u64 incarnation, [32] nonce, [32] proof`
-//! - Proof: `[32] proof`; Welcome: empty; Refuse: `str reason`
+//! - Challenge: `u8 role, u32 id, u64 incarnation, [32] nonce`
+//! - Proof, Welcome: `[32] proof`; Refuse: `str reason`
 //! - Ping, Pong: `u64 seq`
 //!
 //! Roles on the wire: 1 mserver, 2 dserver, 3 client.
@@ -110,7 +115,7 @@ pub enum GroupMessage {
         /// The dialer's challenge.
         nonce: Nonce,
     },
-    /// Acceptor's answer: who it is, its challenge, its proof.
+    /// Acceptor's answer: who it is and its challenge.
     Challenge {
         /// The acceptor (always a server).
         identity: Identity,
@@ -118,16 +123,18 @@ pub enum GroupMessage {
         incarnation: u64,
         /// The acceptor's challenge.
         nonce: Nonce,
-        /// The acceptor's proof over both nonces.
-        proof: Proof,
     },
     /// Dialer's proof over both nonces.
     Proof {
         /// The proof.
         proof: Proof,
     },
-    /// The acceptor accepted the dialer's proof: the connection is established.
-    Welcome,
+    /// The acceptor accepted the dialer's proof and proves itself: once the dialer checks
+    /// it, the connection is established.
+    Welcome {
+        /// The acceptor's proof over both nonces.
+        proof: Proof,
+    },
     /// The handshake was refused; the sender closes the connection after this.
     Refuse {
         /// Why, for the logs of the refused end.
@@ -168,7 +175,7 @@ impl GroupMessage {
             GroupMessage::Hello { .. } => KIND_HELLO,
             GroupMessage::Challenge { .. } => KIND_CHALLENGE,
             GroupMessage::Proof { .. } => KIND_PROOF,
-            GroupMessage::Welcome => KIND_WELCOME,
+            GroupMessage::Welcome { .. } => KIND_WELCOME,
             GroupMessage::Refuse { .. } => KIND_REFUSE,
             GroupMessage::Ping { .. } => KIND_PING,
             GroupMessage::Pong { .. } => KIND_PONG,
@@ -184,14 +191,13 @@ impl GroupMessage {
                 identity.write(&mut w);
                 w.u64(*incarnation).fixed(nonce);
             }
-            GroupMessage::Challenge { identity, incarnation, nonce, proof } => {
+            GroupMessage::Challenge { identity, incarnation, nonce } => {
                 identity.write(&mut w);
-                w.u64(*incarnation).fixed(nonce).fixed(proof);
+                w.u64(*incarnation).fixed(nonce);
             }
-            GroupMessage::Proof { proof } => {
+            GroupMessage::Proof { proof } | GroupMessage::Welcome { proof } => {
                 w.fixed(proof);
             }
-            GroupMessage::Welcome => {}
             GroupMessage::Refuse { reason } => {
                 // Reasons are ours and short; cut at a char boundary to be safe.
                 let mut end = reason.len().min(1024);
@@ -222,10 +228,9 @@ impl GroupMessage {
                     identity: Identity::read(&mut r)?,
                     incarnation: r.u64("incarnation")?,
                     nonce: r.fixed("nonce")?,
-                    proof: r.fixed("proof")?,
                 },
                 KIND_PROOF => GroupMessage::Proof { proof: r.fixed("proof")? },
-                KIND_WELCOME => GroupMessage::Welcome,
+                KIND_WELCOME => GroupMessage::Welcome { proof: r.fixed("proof")? },
                 KIND_REFUSE => GroupMessage::Refuse { reason: r.str("reason")?.to_string() },
                 KIND_PING => GroupMessage::Ping { seq: r.u64("seq")? },
                 KIND_PONG => GroupMessage::Pong { seq: r.u64("seq")? },
@@ -261,10 +266,9 @@ mod tests {
                 identity: Identity::Server { id: NodeId(4), role: Role::DServer },
                 incarnation: 5,
                 nonce: [1; 32],
-                proof: [2; 32],
             },
             GroupMessage::Proof { proof: [3; 32] },
-            GroupMessage::Welcome,
+            GroupMessage::Welcome { proof: [2; 32] },
             GroupMessage::Refuse { reason: "wrong cluster secret".into() },
             GroupMessage::Ping { seq: 1 },
             GroupMessage::Pong { seq: u64::MAX },
@@ -293,6 +297,16 @@ mod tests {
         expected.extend_from_slice(&[0xee; 32]);
         assert_eq!(hello.encode(), expected);
         assert_eq!(GroupMessage::Ping { seq: 258 }.encode(), [0, 0, 0, 0, 0, 0, 1, 2]);
+        // The handshake of v2: the challenge carries no proof, the welcome carries it.
+        let challenge = GroupMessage::Challenge {
+            identity: Identity::Server { id: NodeId(7), role: Role::MServer },
+            incarnation: 9,
+            nonce: [0xaa; 32],
+        };
+        let mut expected = vec![1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 9];
+        expected.extend_from_slice(&[0xaa; 32]);
+        assert_eq!(challenge.encode(), expected);
+        assert_eq!(GroupMessage::Welcome { proof: [0x5a; 32] }.encode(), [0x5a; 32]);
     }
 
     #[test]
@@ -318,7 +332,6 @@ mod tests {
             identity: Identity::Client { id: ClientId(1) },
             incarnation: 0,
             nonce: [0; 32],
-            proof: [0; 32],
         }
         .encode();
         body[0] = 9;

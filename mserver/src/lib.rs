@@ -44,6 +44,7 @@ use meshfs_core::namespace::{Command, Entry, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::{self, Heal, Locks, Settings};
+use meshfs_core::token::READ_TOKEN_MS;
 use meshfs_core::wire::{Kind, Message, MetaOp};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
 use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
@@ -52,7 +53,7 @@ use meshfs_net::{ConnId, Priority};
 
 use crate::consensus::{OutgoingSnapshot, Replica, ReplicaError};
 use crate::heal::{Healer, Reported};
-use crate::requests::{answer, read, reply_of, wake_reply};
+use crate::requests::{ReadSigner, answer, read, reply_of, wake_reply};
 
 /// Time between Raft ticks: with [`consensus::ELECTION_TICKS`] an election starts after 1 to
 /// 2 seconds without a leader; heartbeats go every [`consensus::HEARTBEAT_TICKS`] ticks.
@@ -81,6 +82,8 @@ pub enum MetaError {
 struct Waiter {
     conn: ConnId,
     frame_id: u64,
+    /// The client that asked.
+    client: ClientId,
 }
 
 /// The meta-server above the group: its Raft replica and the clients waiting on it.
@@ -236,7 +239,12 @@ impl MetaServer {
             .partition(|(index, _, _)| *index <= applied);
         self.confirmed = waiting;
         for (_, waiter, op) in ready {
-            answer(node, waiter, read(self.replica.namespace(), &op));
+            let signer = ReadSigner {
+                secret: &self.secret,
+                client: waiter.client,
+                expires_ms: now.wall_ms.saturating_add(READ_TOKEN_MS),
+            };
+            answer(node, waiter, read(self.replica.namespace(), &op, &signer));
         }
         if !self.replica.is_leader() {
             self.release_all(node);
@@ -360,7 +368,7 @@ impl Service for MetaServer {
                 let reply = match common_reply(&frame, || self.status(node, now)) {
                     Handled::Answered(reply) => reply,
                     Handled::ForRole(Message::MetaRequest(request)) => {
-                        let waiter = Waiter { conn, frame_id: frame.request_id };
+                        let waiter = Waiter { conn, frame_id: frame.request_id, client };
                         self.handle_meta(node, now, waiter, client, request);
                         return;
                     }

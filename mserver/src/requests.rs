@@ -15,6 +15,7 @@ use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::session::SessionId;
+use meshfs_core::token::ReadToken;
 use meshfs_core::token::{Token, TokenOp};
 use meshfs_core::wire::{
     ClusterMap, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
@@ -318,8 +319,16 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Answers a read from the namespace as applied.
-pub(crate) fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
+/// Who a read is answered for, to sign the read tokens of the blocks it returns.
+pub(crate) struct ReadSigner<'a> {
+    pub(crate) secret: &'a [u8],
+    pub(crate) client: ClientId,
+    pub(crate) expires_ms: u64,
+}
+
+/// Answers a read from the namespace as applied. A file's blocks come with read tokens
+/// signed for the client that asked.
+pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) -> MetaReply {
     match op {
         MetaOp::Stat { path, first_block } => match namespace.stat(path) {
             Ok(Stat::File(mut meta)) => {
@@ -327,6 +336,15 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp) -> MetaReply {
                 let first = (*first_block).min(total);
                 meta.blocks.drain(..first as usize);
                 meta.blocks.truncate(MAX_STAT_BLOCKS as usize);
+                for block in &mut meta.blocks {
+                    let token = ReadToken::sign(
+                        signer.secret,
+                        &block.descriptor,
+                        signer.client,
+                        signer.expires_ms,
+                    );
+                    block.read = Some(token);
+                }
                 MetaReply::Stat { stat: Stat::File(meta), total_blocks: total, first_block: first }
             }
             Ok(dir) => MetaReply::Stat { stat: dir, total_blocks: 0, first_block: 0 },

@@ -86,13 +86,7 @@ pub fn run(
                     let within = offset % block_size;
                     out.clear();
                     let started = Instant::now();
-                    data.read_block(
-                        block.descriptor,
-                        &block.replicas,
-                        within,
-                        READ_BYTES.min(file.size - offset),
-                        &mut out,
-                    )?;
+                    data.read_block(block, within, READ_BYTES.min(file.size - offset), &mut out)?;
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     steps.latencies.saturating_record(us.max(1));
                     steps.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -122,7 +122,7 @@ fn dial_as(addr: SocketAddr, cluster: &str, identity: Identity, key: &[u8]) -> b
                         return false;
                     }
                 }
-                GroupMessage::Welcome => return true,
+                GroupMessage::Welcome { .. } => return true,
                 _ => return false,
             }
         }
@@ -273,7 +273,7 @@ fn removing_a_client_refuses_it_and_ends_its_sessions_and_rotating_changes_its_k
     let out = ok(&meshfs(&cluster.config_path, &["client", "remove", "bob"]));
     assert!(out.contains("removed client \"bob\""), "{out}");
     wait_until("bob to be refused", || {
-        matches!(open(&access), Err(ClientError::Refused { .. } | ClientError::Closed { .. }))
+        matches!(open(&access), Err(ClientError::AuthFailed { .. }))
     });
     cluster.wait_log(1, "removed [ClientId(");
     wait_until("bob's lock session to end", || holders(&mut admin).is_empty());
@@ -292,4 +292,74 @@ fn removing_a_client_refuses_it_and_ends_its_sessions_and_rotating_changes_its_k
     wait_until("carol's new key to work", || open(&after).is_ok());
     assert!(open(&before).is_err(), "the old key is refused");
     assert!(cluster.alive(1));
+}
+
+#[test]
+fn block_reads_need_the_leaders_read_token_for_that_block_client_and_time() {
+    use meshfs_client::data::DataClient;
+    use meshfs_core::token::ReadToken;
+    use meshfs_core::wire::{ErrorCode, Message, ReadBlock};
+    let mut cluster = TestCluster::new("trust-read", 1, 1);
+    let bob = add_client(&cluster, "bob");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut writer = DataClient::new(&cluster.access);
+    meshfs_client::data::put(&mut meta, &mut writer, &mut &data[..], "/two", 1, None, &mut ())
+        .unwrap();
+    let file = meta.get_file_meta_data("/two").unwrap();
+    assert_eq!(file.blocks.len(), 2, "1 MiB blocks");
+    assert!(file.blocks.iter().all(|b| b.read.is_some()), "each block comes with a token");
+    let read = |access: &Access, block: &meshfs_core::namespace::BlockMeta| {
+        let mut out = Vec::new();
+        DataClient::new(access).read_block(block, 0, 1000, &mut out).map(|()| out)
+    };
+    assert_eq!(read(&cluster.access, &file.blocks[0]).unwrap(), data[..1000]);
+
+    let refused = |result: Result<Vec<u8>, ClientError>, what: &str| match result {
+        Err(ClientError::Forbidden { message, .. }) => {
+            assert!(message.contains(what), "{message} lacks {what:?}")
+        }
+        other => panic!("expected a refusal ({what}), got {other:?}"),
+    };
+    // Another block's token, a forged one, one signed for this block but expired.
+    let mut other_block = file.blocks[0].clone();
+    other_block.read = file.blocks[1].read;
+    refused(read(&cluster.access, &other_block), "forged");
+    let mut forged = file.blocks[0].clone();
+    let mut token = forged.read.unwrap();
+    token.mac[0] ^= 1;
+    forged.read = Some(token);
+    refused(read(&cluster.access, &forged), "forged");
+    let mut stretched = file.blocks[0].clone();
+    stretched.read = Some(ReadToken { expires_ms: u64::MAX, ..file.blocks[0].read.unwrap() });
+    refused(read(&cluster.access, &stretched), "forged");
+    let mut expired = file.blocks[0].clone();
+    let id = cluster.access.credentials.id;
+    expired.read = Some(ReadToken::sign(SECRET.as_bytes(), &expired.descriptor, id, 1_000));
+    refused(read(&cluster.access, &expired), "expired");
+    // Another client's token.
+    let bob = Access::load(&bob, None).unwrap();
+    wait_until("the servers to take bob in", || MetaClient::new(&bob).unwrap().list("/").is_ok());
+    refused(read(&bob, &file.blocks[0]), "forged");
+    // With bob's own token it reads.
+    let bobs = MetaClient::new(&bob).unwrap().get_file_meta_data("/two").unwrap();
+    assert_eq!(read(&bob, &bobs.blocks[1]).unwrap(), data[1 << 20..(1 << 20) + 1000]);
+    // No token at all: the old read message is refused from a client.
+    let dserver = cluster.config.servers[1].addr;
+    let mut conn =
+        Connection::open(dserver, "it", &cluster.access.credentials, Duration::from_secs(5))
+            .unwrap();
+    let plain = ReadBlock { block: file.blocks[0].descriptor, offset: 0, len: 1000 };
+    match conn.call(&Message::ReadBlock(plain)) {
+        Err(ClientError::Server { code: ErrorCode::Forbidden, message, .. }) => {
+            assert!(message.contains("a read token is required"), "{message}")
+        }
+        other => panic!("a read without a token was answered: {other:?}"),
+    }
+    // Refused reads are not reported as damaged replicas.
+    assert!(cluster.alive(2));
+    let status = cluster.status();
+    assert!(status.health.is_none_or(|h| h.missing == 0), "{status:?}");
 }

@@ -8,6 +8,7 @@ use super::{Namespace, ROOT_ID, parent_text, path_str};
 use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
 use crate::error::NsError;
 use crate::path::MeshPath;
+use crate::token::ReadToken;
 
 /// What `stat` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +45,17 @@ pub struct FileMeta {
     pub blocks: Vec<BlockMeta>,
 }
 
-/// `get_block_metadata`: one block's descriptor and replica set.
+/// `get_block_metadata`: one block's descriptor and replica set, and the leader's read
+/// token for it when a client is given the block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockMeta {
     /// Its descriptor.
     pub descriptor: BlockDescriptor,
     /// The data-servers assigned to hold it.
     pub replicas: Vec<NodeId>,
+    /// What lets the client read it from the data-servers (the leader signs it when it
+    /// answers; the namespace itself leaves it empty).
+    pub read: Option<ReadToken>,
 }
 
 /// One block as repair sees it, borrowed from the namespace.
@@ -188,6 +193,7 @@ impl Namespace {
                     version: b.version,
                 },
                 replicas: b.replicas.to_vec(),
+                read: None,
             })
             .collect();
         Some(FileMeta {

@@ -18,6 +18,9 @@ wire_codes! {
         BadRequest = 2,
         /// Something failed on the server; the message says what.
         Internal = 3,
+        /// The request is not permitted: no token, or one forged, expired or for something
+        /// else; the message says which.
+        Forbidden = 4,
     }
 }
 

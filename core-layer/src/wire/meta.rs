@@ -47,6 +47,7 @@
 //! | 13 | `Locked` | `u64 sequencer` |
 //! | 14 | `Locks` | `u32 count`, locks with holders and waiters, `bool more` |
 //! | 15 | `ClusterMap` | `u32 block size, u8 replication, u32 count`, then per server `u8 role, u32 id, str addr` |
+//! | 16 | `StatRead` | as `Stat`, then each block's read token (`u64 expires ms, [32] mac`) |
 
 use meshfs_group::{NodeId, Role};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -60,17 +61,18 @@ use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
 use crate::path::{MeshPath, read_path, write_path};
-use crate::token::Token;
+use crate::token::{ReadToken, Token};
 
 /// Most directory entries in one list reply (each at most about 270 bytes).
 pub const MAX_LIST_PAGE: u32 = 2048;
-/// Most blocks described in one stat reply (each at most 12 + 1 + 16 * 4 bytes).
+/// Most blocks described in one stat reply (each at most 12 + 1 + 16 * 4 bytes, and a
+/// 40-byte read token).
 pub const MAX_STAT_BLOCKS: u32 = 8192;
 
 const _: () =
     assert!((MAX_LIST_PAGE as usize) * 280 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
 const _: () = assert!(
-    (MAX_STAT_BLOCKS as usize) * 77 + 256 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize
+    (MAX_STAT_BLOCKS as usize) * (77 + 40) + 256 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize
 );
 
 /// A namespace request from a client.
@@ -456,6 +458,8 @@ wire_codes! {
         Locks = 14,
         /// [`MetaReply::ClusterMap`].
         ClusterMap = 15,
+        /// [`MetaReply::Stat`] of a file whose blocks carry read tokens.
+        StatRead = 16,
     }
 }
 
@@ -664,7 +668,7 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
             for _ in 0..count {
                 let descriptor = BlockDescriptor::read(r)?;
                 let replicas = read_replicas(r)?;
-                blocks.push(BlockMeta { descriptor, replicas });
+                blocks.push(BlockMeta { descriptor, replicas, read: None });
             }
             Ok(Stat::File(FileMeta {
                 descriptor,
@@ -702,9 +706,19 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             w.u8(ReplyTag::Removed as u8).u64(*files).u64(*dirs);
         }
         MetaReply::Stat { stat, total_blocks, first_block } => {
-            w.u8(ReplyTag::Stat as u8);
+            let tokens: Option<Vec<ReadToken>> = match stat {
+                Stat::File(meta) if !meta.blocks.is_empty() => {
+                    meta.blocks.iter().map(|b| b.read).collect()
+                }
+                _ => None,
+            };
+            let tag = if tokens.is_some() { ReplyTag::StatRead } else { ReplyTag::Stat };
+            w.u8(tag as u8);
             write_stat(w, stat);
             w.u32(*total_blocks).u32(*first_block);
+            for token in tokens.iter().flatten() {
+                token.write(w);
+            }
         }
         MetaReply::List { entries, more } => {
             w.u8(ReplyTag::List as u8).u32(entries.len() as u32);
@@ -845,6 +859,17 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
             total_blocks: r.u32("total blocks")?,
             first_block: r.u32("first block")?,
         },
+        ReplyTag::StatRead => {
+            let mut stat = read_stat(r)?;
+            let (total_blocks, first_block) = (r.u32("total blocks")?, r.u32("first block")?);
+            let Stat::File(meta) = &mut stat else {
+                return Err(BodyError::Invalid { field: "stat kind", value: 0 });
+            };
+            for block in &mut meta.blocks {
+                block.read = Some(ReadToken::read(r)?);
+            }
+            MetaReply::Stat { stat, total_blocks, first_block }
+        }
         ReplyTag::List => {
             let count = r.u32("entry count")?;
             if count > MAX_LIST_PAGE {

@@ -25,6 +25,7 @@
 //! | 63 | [`Message::RepairDone`] | dserver -> leader mserver | `u64 task`, block, `str error` (`repair`) |
 //! | 64 | [`Message::DeleteReplica`] | leader mserver -> dserver | block descriptor (`repair`) |
 //! | 65 | [`Message::ReplicaDamaged`] | dserver -> mservers | block, `str reason` (`repair`) |
+//! | 66 | [`Message::TokenRead`] | client -> dserver | [`ReadBlock`], then a [`ReadToken`] (`data`) |
 //!
 //! A test reads this table and checks it against [`Kind`], so it cannot go out of date.
 //! The meta protocol's op and reply tables are in [`meta`]'s doc, checked the same way.
@@ -64,6 +65,7 @@ pub use self::status::{
     HealthCounts, MAX_STATUS_PEERS, PeerLink, RaftInfo, ReportedDataServer, StatusReply,
 };
 use crate::descriptor::BlockDescriptor;
+use crate::token::ReadToken;
 
 /// Defines a stable code table: a `#[repr]` enum with explicit numbers, `ALL` (every code in
 /// table order), `from_repr` and `name`. The numbers are the contract; tests compare each
@@ -143,6 +145,8 @@ wire_codes! {
         /// [`Message::ReplicaDamaged`]: data-server to meta-servers, the scrubber found a
         /// replica damaged and set it aside.
         ReplicaDamaged = 65,
+        /// [`Message::TokenRead`]: a client's read of a block, with the leader's read token.
+        TokenRead = 66,
     }
 }
 
@@ -177,8 +181,15 @@ pub enum Message {
     WriteChunk(WriteChunk),
     /// A data-server's acknowledgement of write chunks.
     WriteAck(WriteAck),
-    /// A read of a block.
+    /// A read of a block, between data-servers (a repair copy).
     ReadBlock(ReadBlock),
+    /// A client's read of a block, with the read token the leader gave it for the block.
+    TokenRead {
+        /// The read.
+        read: ReadBlock,
+        /// The leader's permission.
+        token: ReadToken,
+    },
     /// What a data-server holds.
     DataReport(DataReport),
     /// The leader committed a write of this block at this version: a replica may drop the
@@ -247,6 +258,7 @@ impl Message {
             Message::WriteChunk(_) => Kind::WriteChunk,
             Message::WriteAck(_) => Kind::WriteAck,
             Message::ReadBlock(_) => Kind::ReadBlock,
+            Message::TokenRead { .. } => Kind::TokenRead,
             Message::DataReport(_) => Kind::DataReport,
             Message::BlockCommitted(_) => Kind::BlockCommitted,
             Message::BlockData(_) => Kind::BlockData,
@@ -280,6 +292,10 @@ impl Message {
             Message::BlockCommitted(block) => block.write(&mut w),
             Message::DataReport(report) => report.write(&mut w),
             Message::ReadBlock(r) => r.write(&mut w),
+            Message::TokenRead { read, token } => {
+                read.write(&mut w);
+                token.write(&mut w);
+            }
             Message::BlockData(d) => d.write(&mut w),
             Message::MetaRequest(request) => meta::write_meta_request(&mut w, request),
             Message::MetaReply(reply) => meta::write_meta_reply(&mut w, reply),
@@ -335,6 +351,9 @@ impl Message {
             Kind::WriteChunk => Message::WriteChunk(WriteChunk::read(r)?),
             Kind::WriteAck => Message::WriteAck(WriteAck::read(r)?),
             Kind::ReadBlock => Message::ReadBlock(ReadBlock::read(r)?),
+            Kind::TokenRead => {
+                Message::TokenRead { read: ReadBlock::read(r)?, token: ReadToken::read(r)? }
+            }
             Kind::DataReport => Message::DataReport(DataReport::read(r)?),
             Kind::BlockCommitted => Message::BlockCommitted(BlockDescriptor::read(r)?),
             Kind::BlockData => Message::BlockData(BlockData::read(r)?),

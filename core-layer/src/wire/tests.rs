@@ -236,6 +236,7 @@ fn samples() -> Vec<Message> {
                         version: crate::descriptor::BlockVersion(1),
                     },
                     replicas: vec![NodeId(4), NodeId(5)],
+                    read: None,
                 }],
             }),
             total_blocks: 1,
@@ -394,6 +395,39 @@ fn samples() -> Vec<Message> {
                 (Role::DServer, NodeId(4), "127.0.0.1:7201".into()),
             ],
         })),
+        Message::MetaReply(MetaReply::Stat {
+            stat: Stat::File(FileMeta {
+                descriptor: FileDescriptor { id: crate::descriptor::FileId(5), version: 3 },
+                size: 10,
+                block_size: 65536,
+                replication: 1,
+                ctime_ms: 1,
+                mtime_ms: 2,
+                blocks: vec![BlockMeta {
+                    descriptor: BlockDescriptor {
+                        file: FileDescriptor { id: crate::descriptor::FileId(5), version: 3 },
+                        index: 0,
+                        version: crate::descriptor::BlockVersion(2),
+                    },
+                    replicas: vec![NodeId(4)],
+                    read: Some(crate::token::ReadToken { expires_ms: 77, mac: [0x42; 32] }),
+                }],
+            }),
+            total_blocks: 1,
+            first_block: 0,
+        }),
+        Message::TokenRead {
+            read: ReadBlock {
+                block: BlockDescriptor {
+                    file: FileDescriptor { id: crate::descriptor::FileId(5), version: 3 },
+                    index: 0,
+                    version: crate::descriptor::BlockVersion(2),
+                },
+                offset: 4096,
+                len: 8192,
+            },
+            token: crate::token::ReadToken { expires_ms: 77, mac: [0x42; 32] },
+        },
     ]
 }
 

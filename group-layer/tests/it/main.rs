@@ -7,6 +7,7 @@ mod sim;
 use std::time::Duration;
 
 use meshfs_group::auth::{self, Side, Transcript};
+use meshfs_group::membership::AUTHENTICATION_FAILED;
 use meshfs_group::message::{GroupMessage, Identity};
 use meshfs_group::{Action, ClientId, Group, GroupEvent, NodeId, Role};
 use meshfs_net::{ConnId, Frame, Priority};
@@ -172,16 +173,14 @@ fn a_node_with_the_wrong_secret_is_refused_and_the_group_stays_healthy() {
     }
     assert!(sim.nodes[&NodeId(4)].status().iter().all(|p| !p.up));
     let refusals: Vec<_> = sim.closes.iter().map(|(_, _, r)| r.as_str()).collect();
-    // Good servers dialing the impostor catch its bad proof; the impostor dialing them
-    // catches theirs and says so, so the good acceptors log a refusal with the reason.
+    // The impostor dialing the good servers fails to prove the secret; the good servers
+    // dialing it are refused by it (their proof does not check against its wrong secret).
     assert!(
-        refusals.iter().any(|r| r.starts_with("dserver 4 failed to prove the cluster secret")),
+        refusals.iter().any(|r| r.starts_with("dserver 4: wrong cluster secret")),
         "{refusals:?}"
     );
     assert!(
-        refusals.iter().any(
-            |r| r.starts_with("refused by dserver 4: mserver") && r.contains("failed to prove")
-        ),
+        refusals.iter().any(|r| r.starts_with("refused by peer 4: authentication failed")),
         "{refusals:?}"
     );
     assert!(
@@ -303,21 +302,76 @@ fn refusal_for(frame: Frame) -> String {
     refuse.expect("a refusal is sent with its reason")
 }
 
+/// Runs a handshake as the dialer of `hello`, proving with `key`: the messages the acceptor
+/// sent after the proof, and the reasons it closed with.
+fn authenticate(hello_frame: Frame, key: &[u8]) -> (Vec<GroupMessage>, Vec<String>) {
+    let config = sim::config(1, 2, "sim-secret-0123456789");
+    let now = std::time::Instant::now();
+    let mut group = Group::new(&config, NodeId(1), [1; 32], now).unwrap();
+    let conn = ConnId::from_raw(1000);
+    let GroupMessage::Hello { cluster, identity: dialer, .. } =
+        GroupMessage::decode(hello_frame.kind, &hello_frame.body).unwrap()
+    else {
+        panic!("not a hello")
+    };
+    group.handle_accepted(now, conn);
+    group.handle_frame(now, conn, hello_frame);
+    let sent = frames_sent(&mut group);
+    assert_eq!(sent.len(), 1, "a challenge and nothing else, whoever dials: {sent:?}");
+    let GroupMessage::Challenge { identity, nonce, .. } =
+        GroupMessage::decode(sent[0].1.kind, &sent[0].1.body).unwrap()
+    else {
+        panic!("expected a challenge, to anyone")
+    };
+    let transcript = Transcript {
+        cluster: &cluster,
+        dialer,
+        acceptor: identity,
+        dialer_nonce: &[5; 32],
+        acceptor_nonce: &nonce,
+    };
+    let proof = GroupMessage::Proof { proof: auth::prove(key, Side::Dialer, &transcript) };
+    group.handle_frame(now, conn, Frame::new(proof.kind(), 0, proof.encode()));
+    let mut messages = Vec::new();
+    let mut reasons = Vec::new();
+    while let Some(action) = group.poll_action() {
+        match action {
+            Action::Send { frame, .. } => {
+                messages.push(GroupMessage::decode(frame.kind, &frame.body).unwrap());
+            }
+            Action::Close { reason, .. } => reasons.push(reason),
+            _ => {}
+        }
+    }
+    (messages, reasons)
+}
+
 #[test]
-fn refusals_say_why() {
+fn refusals_say_the_same_to_the_dialer_and_why_in_the_log() {
     let server = |id, role| Identity::Server { id: NodeId(id), role };
-    assert!(
-        refusal_for(hello("other", server(2, Role::DServer))).contains("cluster name mismatch")
-    );
-    assert!(refusal_for(hello("sim", server(9, Role::DServer))).contains("unknown node id 9"));
-    assert!(
-        refusal_for(hello("sim", server(2, Role::MServer))).contains("is a dserver in the config")
-    );
-    assert!(refusal_for(hello("sim", server(1, Role::MServer))).contains("own id"));
-    assert!(
-        refusal_for(hello("sim", Identity::Client { id: ClientId(77) }))
-            .contains("unknown client id 77")
-    );
+    let secret = b"sim-secret-0123456789";
+    let cases = [
+        (hello("other", server(2, Role::DServer)), &secret[..], "cluster name mismatch"),
+        (hello("sim", server(9, Role::DServer)), &secret[..], "unknown node id 9"),
+        (hello("sim", server(2, Role::MServer)), &secret[..], "is a dserver in the config"),
+        (hello("sim", server(1, Role::MServer)), &secret[..], "own id"),
+        (hello("sim", Identity::Client { id: ClientId(77) }), &secret[..], "unknown client id 77"),
+        (
+            hello("sim", server(2, Role::DServer)),
+            &b"a-guessed-secret-000"[..],
+            "wrong cluster secret",
+        ),
+    ];
+    for (frame, key, why) in cases {
+        let (sent, reasons) = authenticate(frame, key);
+        assert_eq!(
+            sent,
+            vec![GroupMessage::Refuse { reason: AUTHENTICATION_FAILED.into() }],
+            "the dialer learns nothing more ({why})"
+        );
+        assert!(reasons.iter().any(|r| r.contains(why)), "{why}: {reasons:?}");
+    }
+    // Breaking the protocol itself is refused at once, with the reason.
     assert!(
         refusal_for(Frame::new(40, 0, b"app data first".to_vec()))
             .contains("before authentication")
@@ -369,7 +423,7 @@ fn a_client_authenticates_with_its_key_and_a_wrong_key_is_refused() {
         group.handle_accepted(now, conn);
         group.handle_frame(now, conn, hello("sim", client));
         let sent = frames_sent(&mut group);
-        let GroupMessage::Challenge { identity, nonce, proof, .. } =
+        let GroupMessage::Challenge { identity, nonce, .. } =
             GroupMessage::decode(sent[0].1.kind, &sent[0].1.body).unwrap()
         else {
             panic!("expected a challenge")
@@ -381,17 +435,23 @@ fn a_client_authenticates_with_its_key_and_a_wrong_key_is_refused() {
             dialer_nonce: &[5; 32],
             acceptor_nonce: &nonce,
         };
-        // The server proved it knows the client's key.
-        assert!(auth::verify(b"sim-client-key-0123456789", Side::Acceptor, &transcript, &proof));
         let my_proof = auth::prove(key, Side::Dialer, &transcript);
         let message = GroupMessage::Proof { proof: my_proof };
         group.handle_frame(now, conn, Frame::new(message.kind(), 0, message.encode()));
         if accepted {
             let sent = frames_sent(&mut group);
-            assert_eq!(
-                GroupMessage::decode(sent[0].1.kind, &sent[0].1.body).unwrap(),
-                GroupMessage::Welcome
-            );
+            let GroupMessage::Welcome { proof } =
+                GroupMessage::decode(sent[0].1.kind, &sent[0].1.body).unwrap()
+            else {
+                panic!("expected a welcome")
+            };
+            // Only now, to a client that proved its key, does the server prove it knows it.
+            assert!(auth::verify(
+                b"sim-client-key-0123456789",
+                Side::Acceptor,
+                &transcript,
+                &proof
+            ));
             group.handle_frame(now, conn, Frame::new(50, 3, b"status?".to_vec()));
             assert_eq!(
                 group.poll_event(),
