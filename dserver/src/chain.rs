@@ -86,6 +86,26 @@ impl DataServer {
         {
             return self.refuse(node, upstream, upstream_id, err.to_string());
         }
+        // Chunks come down the chain: the first replica's from the lease holder, every
+        // other's from the replica before it. No one else may start or feed a write here.
+        let at = token.replicas.iter().position(|&r| r == self.me);
+        let predecessor = at.and_then(|at| at.checked_sub(1)).map(|at| token.replicas[at]);
+        let from_predecessor = match (upstream, predecessor) {
+            (Upstream::Client(_), None) => true,
+            (Upstream::Peer(from), Some(expected)) => from == expected,
+            _ => false,
+        };
+        if !from_predecessor {
+            let expected = predecessor.map_or_else(
+                || format!("the lease holder, client {}", token.client),
+                |p| format!("data-server {p}"),
+            );
+            let message = format!(
+                "chunks of {} come to this replica from {expected} only, down the chain",
+                token.block
+            );
+            return self.refuse(node, upstream, upstream_id, message);
+        }
         let end = chunk.offset + chunk.data.len() as u64;
         if end > u64::from(chunk.block_size) || chunk.data.len() > MAX_CHUNK_BYTES as usize {
             return self.refuse(
@@ -109,14 +129,24 @@ impl DataServer {
                 write
             }
             None => {
-                if let Some(held) = self.store.get(token.block.file.id, token.block.index)
-                    && held.descriptor.version.is_newer_than(token.block.version)
-                {
-                    let message = format!(
-                        "stale lease: this replica of {} is already at version {}",
-                        token.block, held.descriptor.version.0
-                    );
-                    return self.refuse(node, upstream, upstream_id, message);
+                if let Some(held) = self.store.get(token.block.file.id, token.block.index) {
+                    let held = held.descriptor.version;
+                    if held.is_newer_than(token.block.version) {
+                        let message = format!(
+                            "stale lease: this replica of {} is already at version {}",
+                            token.block, held.0
+                        );
+                        return self.refuse(node, upstream, upstream_id, message);
+                    }
+                    if held == token.block.version {
+                        // A lease's version is written once: its token is spent, and a
+                        // replica written at a version (committed or not) never changes.
+                        let message = format!(
+                            "this replica of {} was already written at version {}: a write token serves one write",
+                            token.block, held.0
+                        );
+                        return self.refuse(node, upstream, upstream_id, message);
+                    }
                 }
                 let write = self.next_write;
                 self.next_write += 1;

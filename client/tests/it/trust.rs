@@ -363,3 +363,80 @@ fn block_reads_need_the_leaders_read_token_for_that_block_client_and_time() {
     let status = cluster.status();
     assert!(status.health.is_none_or(|h| h.missing == 0), "{status:?}");
 }
+
+#[test]
+fn a_write_token_serves_one_write_down_its_chain_only() {
+    use meshfs_client::data::DataClient;
+    use meshfs_core::wire::{Message, WriteAck, WriteChunk};
+    let mut cluster = TestCluster::new("trust-write", 1, 2);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut data = DataClient::new(&cluster.access);
+    let first = b"the committed bytes".to_vec();
+    let token = meta.create_write("/once", 2, first.len() as u64).unwrap();
+    assert_eq!(token.replicas.len(), 2);
+    // Straight to the second replica of the chain: refused, whoever sends it.
+    let second = token.replicas[1];
+    let addr = cluster.config.servers.iter().find(|s| s.id == second).unwrap().addr;
+    let mut conn =
+        Connection::open(addr, "it", &cluster.access.credentials, Duration::from_secs(5)).unwrap();
+    let chunk = WriteChunk {
+        token: token.clone(),
+        block_size: 1 << 20,
+        keep_existing: false,
+        offset: 0,
+        last: true,
+        data: b"around the chain".to_vec(),
+    };
+    match conn.call(&Message::WriteChunk(chunk)).unwrap() {
+        Message::WriteAck(WriteAck::Failed { message, .. }) => {
+            assert!(message.contains("down the chain"), "{message}")
+        }
+        other => panic!("a chunk around the chain was taken: {other:?}"),
+    }
+    data.write_block(&token, 1 << 20, 0, &first, false).unwrap();
+    meta.commit_write("/once", &token).unwrap();
+    // The same token again, after its commit: spent; the replicas keep the committed bytes.
+    let err = data.write_block(&token, 1 << 20, 0, b"a replayed write!!!", false).unwrap_err();
+    assert!(err.to_string().contains("a write token serves one write"), "{err}");
+    let file = meta.get_file_meta_data("/once").unwrap();
+    for replica in &token.replicas {
+        let mut block = file.blocks[0].clone();
+        block.replicas = vec![*replica];
+        let mut out = Vec::new();
+        DataClient::new(&cluster.access)
+            .read_block(&block, 0, first.len() as u64, &mut out)
+            .unwrap();
+        assert_eq!(out, first, "data-server {replica} kept the committed bytes");
+    }
+}
+
+#[test]
+fn another_client_cannot_close_a_session_or_release_its_lock() {
+    let mut cluster = TestCluster::new("trust-sessions", 1, 1);
+    let bob = add_client(&cluster, "bob");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let alice = Session::open(&cluster.access).unwrap();
+    let lock = alice.lock("/shared-lock", LockMode::Exclusive, None).unwrap();
+    let mut admin = MetaClient::new(&cluster.access).unwrap();
+    let (locks, _) = meshfs_client::session::list_locks(&mut admin, "/").unwrap();
+    let holder = locks[0].holders[0].session;
+    // Bob uses Alice's published session number: his requests are his own session's, as
+    // the servers take the client from the authenticated connection.
+    let bob = Access::load(&bob, None).unwrap();
+    wait_until("the servers to take bob in", || MetaClient::new(&bob).unwrap().list("/").is_ok());
+    let mut as_alice = MetaClient::with_session(&bob, holder.nonce, 1).unwrap();
+    let unlock = as_alice.call(meshfs_core::wire::MetaOp::Unlock {
+        path: meshfs_core::path::MeshPath::parse("/shared-lock").unwrap(),
+    });
+    assert!(!matches!(unlock, Ok(meshfs_core::wire::MetaReply::Done)), "{unlock:?}");
+    let _ = as_alice.call(meshfs_core::wire::MetaOp::CloseSession);
+    let (locks, _) = meshfs_client::session::list_locks(&mut admin, "/").unwrap();
+    assert_eq!(locks.len(), 1, "Alice's lock is still held");
+    assert_eq!(locks[0].holders[0].session, holder, "by Alice's session");
+    assert_eq!(holder.client, cluster.access.credentials.id);
+    lock.unlock().unwrap();
+    drop(alice);
+}
