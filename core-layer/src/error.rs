@@ -155,6 +155,9 @@ pub enum NsError {
     /// The session gave up its wait (an unlock of the lock it waited for).
     #[error("{0}: the wait for the lock was cancelled")]
     LockCancelled(String),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// A write finished after its lease was replaced: it does not take effect.
     #[error(
         "{path} block {index}: the lease for version {version} was lost (it ran out and another \
@@ -256,6 +259,9 @@ impl NsError {
             NsError::LockCancelled(path) => {
                 w.u8(25).str(path);
             }
+            NsError::PermissionDenied(why) => {
+                w.u8(26).str(why);
+            }
         }
     }
 
@@ -330,9 +336,32 @@ impl NsError {
             23 => NsError::NotLocked(text(r)?),
             24 => NsError::LockTimeout(text(r)?),
             25 => NsError::LockCancelled(text(r)?),
+            26 => NsError::PermissionDenied(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_round_trip_with_their_codes() {
+        for error in [
+            NsError::PermissionDenied("draining data-servers needs an admin client".into()),
+            NsError::LockCancelled("/l".into()),
+            NsError::NotFound("/x".into()),
+        ] {
+            let mut w = BodyWriter::new();
+            error.write(&mut w);
+            let bytes = w.finish();
+            assert_eq!(NsError::read(&mut BodyReader::new(&bytes)), Ok(error.clone()));
+        }
+        let mut w = BodyWriter::new();
+        NsError::PermissionDenied("x".into()).write(&mut w);
+        assert_eq!(w.finish(), [26, 0, 1, b'x'], "code 26, then the reason");
     }
 }

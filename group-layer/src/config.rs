@@ -41,6 +41,7 @@
 //! id = 1
 //! name = "admin"
 //! salt = "..."                   # its key is derived from the secret, its id and this salt
+//! admin = true                   # an operator (drain, fsck); default false
 //! ```
 //!
 //! A client's key is never stored on a server: it is HMAC-SHA256 of the secret over the
@@ -180,12 +181,18 @@ pub struct ClientConfig {
     pub name: String,
     /// The key it proves it knows.
     pub key: Vec<u8>,
+    /// An operator: may drain data-servers and check the whole namespace (`admin = true`).
+    pub admin: bool,
 }
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print keys.
-        f.debug_struct("ClientConfig").field("id", &self.id).field("name", &self.name).finish()
+        f.debug_struct("ClientConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .finish()
     }
 }
 
@@ -397,6 +404,7 @@ struct RawClient {
     name: Option<String>,
     key: Option<String>,
     salt: Option<String>,
+    admin: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -591,6 +599,7 @@ impl RawConfig {
                 id: ClientId(id),
                 name: raw.name.clone().unwrap_or_else(|| format!("client-{id}")),
                 key,
+                admin: raw.admin.unwrap_or(false),
             };
             if clients.insert(client.id, client).is_some() {
                 return Err(invalid(&field("id"), format!("duplicate client id {id}")));

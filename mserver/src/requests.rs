@@ -89,6 +89,16 @@ impl MetaServer {
                 self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
                 return answer(node, waiter, MetaReply::Done);
             }
+            MetaOp::Fsck { .. } | MetaOp::Drain { .. } if !is_admin(node, client) => {
+                let what = match request.op {
+                    MetaOp::Drain { .. } => "draining or undraining a data-server",
+                    _ => "fsck",
+                };
+                let err = NsError::PermissionDenied(format!(
+                    "{what} needs an operator's client (admin = true in its [[client]] entry); client {client} is not one"
+                ));
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
             MetaOp::Fsck { path } => {
                 let namespace = self.replica.namespace();
                 let reply =
@@ -317,6 +327,11 @@ pub(crate) fn wake_reply(wake: &Wake) -> MetaReply {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether `client` is an operator by the config this server has now.
+fn is_admin(node: &Node, client: ClientId) -> bool {
+    node.config().client(client).is_some_and(|c| c.admin)
 }
 
 /// Who a read is answered for, to sign the read tokens of the blocks it returns.

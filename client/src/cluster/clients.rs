@@ -125,11 +125,12 @@ fn valid_name(name: &str) -> Result<(), ClientError> {
     }
 }
 
-/// `meshfs client add NAME`: a new entry with the next free id and a fresh salt; writes
+/// `meshfs client add NAME [--admin]`: a new entry with the next free id and a fresh salt; writes
 /// the client's config to `out` (default `client-NAME.conf` beside the cluster config).
 pub fn add(
     path: &Path,
     name: &str,
+    admin: bool,
     out: Option<PathBuf>,
 ) -> Result<(ClientId, PathBuf), ClientError> {
     valid_name(name)?;
@@ -145,6 +146,9 @@ pub fn add(
         next.push('\n');
     }
     let _ = write!(next, "\n[[client]]\nid = {id}\nname = {name:?}\nsalt = {salt:?}\n");
+    if admin {
+        next.push_str("admin = true\n");
+    }
     let config = replace_config(path, &next)?;
     let out = out.unwrap_or_else(|| config.base_dir().join(format!("client-{name}.conf")));
     write_client_config(&config, ClientId(id), &out)?;
@@ -193,7 +197,7 @@ pub fn rotate(path: &Path, name: &str, out: Option<PathBuf>) -> Result<PathBuf, 
     Ok(out)
 }
 
-/// `meshfs client list`: id and name of every client.
-pub fn list(config: &Config) -> Vec<(ClientId, String)> {
-    config.clients.values().map(|c| (c.id, c.name.clone())).collect()
+/// `meshfs client list`: id, name and operator mark of every client.
+pub fn list(config: &Config) -> Vec<(ClientId, String, bool)> {
+    config.clients.values().map(|c| (c.id, c.name.clone(), c.admin)).collect()
 }

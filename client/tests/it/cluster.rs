@@ -55,7 +55,7 @@ pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> St
         }
         text += "\n";
     }
-    text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\n");
+    text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\nadmin = true\n");
     text
 }
 

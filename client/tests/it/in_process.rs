@@ -42,7 +42,8 @@ impl InProcessCluster {
             }
             text += "\n";
         }
-        text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\n");
+        text +=
+            &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\nadmin = true\n");
         let path = dir.join("config.conf");
         meshfs_test_kit::write_private(&path, &text);
         let (config, settings) = meshfs_core::settings::load(&path).unwrap();

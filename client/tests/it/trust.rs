@@ -440,3 +440,35 @@ fn another_client_cannot_close_a_session_or_release_its_lock() {
     lock.unlock().unwrap();
     drop(alice);
 }
+
+#[test]
+fn only_an_admin_client_may_drain_or_fsck() {
+    let mut cluster = TestCluster::new("trust-admin", 1, 2);
+    let alice = add_client(&cluster, "alice");
+    let out = ok(&meshfs(&cluster.config_path, &["client", "add", "ops", "--admin"]));
+    assert!(out.contains("added client \"ops\""), "{out}");
+    let ops = cluster.dir.join("client-ops.conf");
+    let list = ok(&meshfs(&cluster.config_path, &["client", "list"]));
+    assert!(list.contains("ops (admin)") && !list.contains("alice (admin)"), "{list}");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    for args in [&["dserver", "drain", "2"][..], &["dserver", "undrain", "2"], &["fsck", "/"]] {
+        let refused = meshfs(&alice, args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("permission denied") && stderr.contains("admin = true"),
+            "{stderr}"
+        );
+    }
+    let status = cluster.status();
+    assert!(status.data_servers.iter().all(|d| !d.state.contains("draining")), "{status:?}");
+    assert!(ok(&meshfs(&ops, &["dserver", "drain", "2"])).contains("draining"));
+    cluster.wait_for("data-server 2 draining", |s| {
+        s.data_servers.iter().any(|d| d.id == 2 && d.state.contains("draining"))
+    });
+    ok(&meshfs(&ops, &["dserver", "undrain", "2"]));
+    ok(&meshfs(&ops, &["fsck", "/"]));
+    // Plain clients still use files.
+    ok(&meshfs(&alice, &["mkdir", "/mine"]));
+}

@@ -171,6 +171,9 @@ pub(crate) enum ClientAction {
     Add {
         /// The client's name.
         name: String,
+        /// An operator: may drain data-servers and run fsck.
+        #[arg(long)]
+        admin: bool,
         /// Where to write its client config (default: client-NAME.conf beside the config).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -188,7 +191,7 @@ pub(crate) enum ClientAction {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// List the clients: id and name.
+    /// List the clients: id, name and whether each is an operator.
     List,
 }
 

@@ -63,8 +63,8 @@ pub(crate) fn run_operator(
 
 fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<u8, ClientError> {
     match action {
-        ClientAction::Add { name, out } => {
-            let (id, out) = clients::add(path, &name, out)?;
+        ClientAction::Add { name, admin, out } => {
+            let (id, out) = clients::add(path, &name, admin, out)?;
             println!("added client {name:?} (id {id}); its client config is {}", out.display());
             println!("give that file to whoever runs the client; it is their key");
         }
@@ -80,8 +80,8 @@ fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<
             );
         }
         ClientAction::List => {
-            for (id, name) in clients::list(config) {
-                println!("{id:>6} {name}");
+            for (id, name, admin) in clients::list(config) {
+                println!("{id:>6} {name}{}", if admin { " (admin)" } else { "" });
             }
         }
     }
