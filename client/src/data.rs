@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use log::warn;
 use meshfs_core::descriptor::BlockDescriptor;
 use meshfs_core::namespace::BlockMeta;
-use meshfs_core::token::ReadToken;
 use meshfs_core::token::Token;
+use meshfs_core::token::{ReadToken, ReplicaProof, WriteDigest};
 use meshfs_core::wire::{
     BlockData, ErrorCode, MAX_CHUNK_BYTES, Message, ReadBlock, WriteAck, WriteChunk,
 };
@@ -30,6 +30,19 @@ use crate::meta::MetaClient;
 /// The address of data-server `replica` as this client knows it (for messages).
 fn conn_addr(data: &DataClient, replica: NodeId) -> std::net::SocketAddr {
     data.conns.get(&replica).map_or(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), Connection::addr)
+}
+
+/// What a block write leaves for its commit: the lease's token, the digest of what this
+/// client sent, and each replica's signed digest of what it wrote (the leader commits only
+/// when they all match).
+#[derive(Debug, Clone)]
+pub struct WriteReceipt {
+    /// The lease the write was made under.
+    pub token: Token,
+    /// The digest of the chunks sent.
+    pub digest: [u8; 32],
+    /// The replicas' proofs, from the chain's last acknowledgement.
+    pub proofs: Vec<ReplicaProof>,
 }
 
 /// Chunks a block write may have unacknowledged.
@@ -81,7 +94,7 @@ impl DataClient {
         offset: u64,
         data: &[u8],
         keep_existing: bool,
-    ) -> Result<(), ClientError> {
+    ) -> Result<WriteReceipt, ClientError> {
         let first = *token.replicas.first().ok_or_else(|| ClientError::DataWrite {
             block: token.block.to_string(),
             reason: "the lease names no data-server".into(),
@@ -112,7 +125,7 @@ impl DataClient {
         offset: u64,
         data: &[u8],
         keep_existing: bool,
-    ) -> Result<(), ClientError> {
+    ) -> Result<WriteReceipt, ClientError> {
         let block = token.block.to_string();
         let conn = self.conn(first)?;
         let id = conn.next_request_id();
@@ -124,6 +137,7 @@ impl DataClient {
         };
         let count = pieces.len();
         let mut sent = 0;
+        let mut digest = WriteDigest::new(&token.block);
         let mut acked_through = offset;
         let mut at = offset;
         loop {
@@ -141,6 +155,7 @@ impl DataClient {
                     last: sent + 1 == count,
                     data: piece.to_vec(),
                 };
+                digest.add(at, piece);
                 conn.send(&Message::WriteChunk(chunk), id)?;
                 at += piece.len() as u64;
                 sent += 1;
@@ -153,7 +168,21 @@ impl DataClient {
                 Message::WriteAck(WriteAck::Written { through, committed }) => {
                     acked_through = acked_through.max(through);
                     if committed && acked_through >= end {
-                        return Ok(());
+                        // Without proofs (a data-server of an older build): the leader
+                        // will not commit it, and says so.
+                        let proofs = Vec::new();
+                        return Ok(WriteReceipt {
+                            token: token.clone(),
+                            digest: digest.finish(),
+                            proofs,
+                        });
+                    }
+                }
+                Message::WriteAck(WriteAck::Committed { through, proofs }) => {
+                    acked_through = acked_through.max(through);
+                    if acked_through >= end {
+                        let digest = digest.finish();
+                        return Ok(WriteReceipt { token: token.clone(), digest, proofs });
                     }
                 }
                 Message::WriteAck(WriteAck::Failed { at, message }) => {
@@ -330,17 +359,21 @@ pub fn lease_without_failed(
 
 /// Settles a block write: `outcome` is how the write under `token` went; while it failed
 /// at a data-server, the leader swaps that server out ([`lease_without_failed`]) and `write`
-/// goes again under the new lease, at most [`WRITE_RETRIES`] times. Returns the token the
-/// write succeeded under, to commit.
+/// goes again under the new lease, at most [`WRITE_RETRIES`] times. Returns the receipt of
+/// the write that succeeded, to commit.
 pub fn retry_write(
     meta: &mut MetaClient,
     path: &str,
     mut token: Token,
-    mut outcome: Result<(), ClientError>,
-    mut write: impl FnMut(&Token) -> Result<(), ClientError>,
-) -> Result<Token, ClientError> {
+    mut outcome: Result<WriteReceipt, ClientError>,
+    mut write: impl FnMut(&Token) -> Result<WriteReceipt, ClientError>,
+) -> Result<WriteReceipt, ClientError> {
     let mut tries = 0;
-    while let Err(err) = outcome {
+    loop {
+        let err = match outcome {
+            Ok(receipt) => return Ok(receipt),
+            Err(err) => err,
+        };
         if tries == WRITE_RETRIES {
             return Err(err);
         }
@@ -348,7 +381,6 @@ pub fn retry_write(
         tries += 1;
         outcome = write(&token);
     }
-    Ok(token)
 }
 
 /// Inputs up to this size are put with [`MetaClient::create_write`].
@@ -370,8 +402,8 @@ fn put_small(
     let bound = u32::try_from(meta.block_size()?).unwrap_or(u32::MAX);
     let mut write = |token: &Token| data.write_block(token, bound, 0, bytes, false);
     let first = write(&token);
-    let token = retry_write(meta, remote, token, first, write)?;
-    meta.commit_write(remote, &token)?;
+    let receipt = retry_write(meta, remote, token, first, write)?;
+    meta.commit_write(remote, &receipt)?;
     Ok(len)
 }
 
@@ -420,7 +452,8 @@ pub fn put(
     let block_size = meta.get_file_meta_data(remote)?.block_size;
     std::thread::scope(|scope| {
         let (blocks, queue) = std::sync::mpsc::sync_channel::<PutBlock>(1);
-        let (done_tx, done) = std::sync::mpsc::channel::<(PutBlock, Result<(), ClientError>)>();
+        let (done_tx, done) =
+            std::sync::mpsc::channel::<(PutBlock, Result<WriteReceipt, ClientError>)>();
         let writer = scope.spawn(move || {
             for block in queue {
                 let result = data.write_block(&block.token, block_size, 0, &block.bytes, false);
@@ -435,14 +468,14 @@ pub fn put(
         // A block counts once its write is committed: durable everywhere, and visible. A
         // block whose chain failed goes again without the failed data-server.
         let mut finish = |meta: &mut MetaClient,
-                          (block, result): (PutBlock, Result<(), ClientError>),
+                          (block, result): (PutBlock, Result<WriteReceipt, ClientError>),
                           in_flight: &mut usize,
                           spare: &mut Vec<Vec<u8>>|
          -> Result<(), ClientError> {
             *in_flight -= 1;
             match result {
-                Ok(()) => {
-                    meta.commit_write(remote, &block.token)?;
+                Ok(receipt) => {
+                    meta.commit_write(remote, &receipt)?;
                     written += block.bytes.len() as u64;
                     progress.update(written, total);
                     spare.push(block.bytes);

@@ -18,7 +18,7 @@ use meshfs_core::namespace::FileMeta;
 use meshfs_core::token::Token;
 
 use crate::access::Access;
-use crate::data::{DataClient, retry_write};
+use crate::data::{DataClient, WriteReceipt, retry_write};
 use crate::error::ClientError;
 use crate::meta::MetaClient;
 use crate::session::{Lock, LockMode, Session};
@@ -221,8 +221,8 @@ impl RemoteFile {
             let mut write =
                 |token: &Token| data.write_block(token, block_size, within, piece, !whole);
             let first = write(&token);
-            let token = retry_write(&mut self.meta, &self.path, token, first, write)?;
-            self.meta.commit_write(&self.path, &token)?;
+            let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
+            self.meta.commit_write(&self.path, &receipt)?;
             at += n;
         }
         self.refresh()
@@ -307,7 +307,7 @@ impl RemoteFile {
         }
         let block_size = self.file.block_size;
         for batch in leased.chunks(BLOCKS_IN_FLIGHT) {
-            let outcomes: Vec<Result<(), ClientError>> = std::thread::scope(|scope| {
+            let outcomes: Vec<Result<WriteReceipt, ClientError>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = batch
                     .iter()
                     .map(|(token, bytes)| {
@@ -323,8 +323,9 @@ impl RemoteFile {
                 // A failed block goes again, alone, without the data-server that failed.
                 let data = &mut self.data;
                 let write = |token: &Token| data.write_block(token, block_size, 0, bytes, false);
-                let token = retry_write(&mut self.meta, &self.path, token.clone(), outcome, write)?;
-                self.meta.commit_write(&self.path, &token)?;
+                let receipt =
+                    retry_write(&mut self.meta, &self.path, token.clone(), outcome, write)?;
+                self.meta.commit_write(&self.path, &receipt)?;
             }
         }
         self.refresh()

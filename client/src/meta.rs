@@ -303,16 +303,19 @@ impl MetaClient {
         }
     }
 
-    /// Commits the write made under `token` (acknowledged by every replica): its version
-    /// becomes the block's, and readers see the new bytes from here on.
+    /// Commits the write `receipt` describes (acknowledged by every replica, each proving
+    /// what it wrote): its version becomes the block's, and readers see the new bytes from
+    /// here on. The leader refuses it unless every replica proves the digest sent.
     pub fn commit_write(
         &mut self,
         path: &str,
-        token: &meshfs_core::token::Token,
+        receipt: &crate::data::WriteReceipt,
     ) -> Result<(), ClientError> {
         let path = Self::path(path)?;
-        let (index, version) = (token.block.index, token.block.version);
-        match Self::expect(self.call(MetaOp::CommitWrite { path, index, version })?)? {
+        let (index, version) = (receipt.token.block.index, receipt.token.block.version);
+        let (digest, proofs) = (receipt.digest, receipt.proofs.clone());
+        let op = MetaOp::CommitProven { path, index, version, digest, proofs };
+        match Self::expect(self.call(op)?)? {
             MetaReply::Done => Ok(()),
             other => Err(Self::unexpected(&other)),
         }

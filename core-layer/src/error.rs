@@ -158,6 +158,9 @@ pub enum NsError {
     /// The caller may not do this.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A write's replicas did not all prove the bytes the client sent: not committed.
+    #[error("{0}; the write is not committed")]
+    Unproven(String),
     /// A write finished after its lease was replaced: it does not take effect.
     #[error(
         "{path} block {index}: the lease for version {version} was lost (it ran out and another \
@@ -262,6 +265,9 @@ impl NsError {
             NsError::PermissionDenied(why) => {
                 w.u8(26).str(why);
             }
+            NsError::Unproven(why) => {
+                w.u8(27).str(why);
+            }
         }
     }
 
@@ -337,6 +343,7 @@ impl NsError {
             24 => NsError::LockTimeout(text(r)?),
             25 => NsError::LockCancelled(text(r)?),
             26 => NsError::PermissionDenied(text(r)?),
+            27 => NsError::Unproven(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -352,6 +359,7 @@ mod tests {
     fn errors_round_trip_with_their_codes() {
         for error in [
             NsError::PermissionDenied("draining data-servers needs an admin client".into()),
+            NsError::Unproven("data-server 5 proves another digest".into()),
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
         ] {

@@ -189,6 +189,124 @@ impl Token {
     }
 }
 
+/// The digest of one block write as it travels down the chain: SHA-256 over the block (file
+/// id, index, version) and each chunk's offset, length and CRC-32, in order. The client
+/// computes it over what it sent, each replica over what it received; chunks are forwarded
+/// as they came, so equal bytes give equal digests.
+#[derive(Debug, Clone)]
+pub struct WriteDigest(Sha256);
+
+impl WriteDigest {
+    /// The digest of a write of `block`, before any chunk.
+    pub fn new(block: &BlockDescriptor) -> WriteDigest {
+        use sha2::Digest as _;
+        let mut hash = Sha256::new();
+        hash.update(b"meshfs-v1 write digest");
+        hash.update(block.file.id.0.to_be_bytes());
+        hash.update(block.index.to_be_bytes());
+        hash.update(block.version.0.to_be_bytes());
+        WriteDigest(hash)
+    }
+
+    /// Takes in the chunk of `data` at `offset`.
+    pub fn add(&mut self, offset: u64, data: &[u8]) {
+        use sha2::Digest as _;
+        self.0.update(offset.to_be_bytes());
+        self.0.update((data.len() as u64).to_be_bytes());
+        self.0.update(crc32fast::hash(data).to_be_bytes());
+    }
+
+    /// The digest of everything taken in.
+    pub fn finish(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        self.0.clone().finalize().into()
+    }
+}
+
+/// A replica's word, signed with the cluster secret, that it made durable the write of
+/// `block` whose digest is `digest`. The client carries the replicas' proofs to the leader,
+/// which commits only if every replica of the block proves the digest the client sent.
+///
+/// Layout on the wire: `u32 replica, [32] digest, [32] mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaProof {
+    /// The data-server that wrote it.
+    pub replica: NodeId,
+    /// The digest of what it wrote.
+    pub digest: [u8; 32],
+    /// HMAC-SHA256 over a label, the block, the replica and the digest.
+    pub mac: [u8; 32],
+}
+
+fn proof_mac(
+    secret: &[u8],
+    block: &BlockDescriptor,
+    replica: NodeId,
+    digest: &[u8; 32],
+) -> Hmac<Sha256> {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"meshfs-v1 replica proof");
+    let mut fields = BodyWriter::new();
+    fields.u32(block.file.id.0).u16(block.index).u16(block.version.0).u32(replica.0);
+    mac.update(&fields.finish());
+    mac.update(digest);
+    mac
+}
+
+impl ReplicaProof {
+    /// Replica `replica`'s proof that it wrote `block` with `digest`.
+    pub fn sign(
+        secret: &[u8],
+        block: &BlockDescriptor,
+        replica: NodeId,
+        digest: [u8; 32],
+    ) -> ReplicaProof {
+        let mac = proof_mac(secret, block, replica, &digest).finalize().into_bytes().into();
+        ReplicaProof { replica, digest, mac }
+    }
+
+    /// Whether a data-server signed this for `block`.
+    pub fn verify(&self, secret: &[u8], block: &BlockDescriptor) -> bool {
+        proof_mac(secret, block, self.replica, &self.digest).verify_slice(&self.mac).is_ok()
+    }
+
+    /// Writes `u32 replica, [32] digest, [32] mac`.
+    pub fn write(&self, w: &mut BodyWriter) {
+        w.u32(self.replica.0).fixed(&self.digest).fixed(&self.mac);
+    }
+
+    /// Reads what [`ReplicaProof::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<ReplicaProof, BodyError> {
+        Ok(ReplicaProof {
+            replica: NodeId(r.u32("proof replica")?),
+            digest: r.fixed("proof digest")?,
+            mac: r.fixed("proof mac")?,
+        })
+    }
+}
+
+/// Writes a list of proofs: `u8 count`, then each.
+pub fn write_proofs(w: &mut BodyWriter, proofs: &[ReplicaProof]) {
+    let proofs = &proofs[..proofs.len().min(MAX_PROOFS)];
+    w.u8(proofs.len() as u8);
+    for proof in proofs {
+        proof.write(w);
+    }
+}
+
+/// Reads what [`write_proofs`] wrote.
+pub fn read_proofs(r: &mut BodyReader<'_>) -> Result<Vec<ReplicaProof>, BodyError> {
+    let count = r.u8("proof count")?;
+    if usize::from(count) > MAX_PROOFS {
+        return Err(BodyError::Invalid { field: "proof count", value: u64::from(count) });
+    }
+    (0..count).map(|_| ReplicaProof::read(r)).collect()
+}
+
+/// Most proofs one write carries: one per replica.
+pub const MAX_PROOFS: usize = 16;
+
 /// How long a read token lasts.
 pub const READ_TOKEN_MS: u64 = 15 * 60 * 1000;
 
@@ -336,6 +454,33 @@ mod tests {
         let bytes = w.finish();
         assert_eq!(bytes.len(), 40);
         assert_eq!(ReadToken::read(&mut BodyReader::new(&bytes)), Ok(token));
+    }
+
+    #[test]
+    fn write_digests_follow_the_bytes_and_proofs_bind_block_replica_and_digest() {
+        let mut a = WriteDigest::new(&block(4));
+        let mut b = WriteDigest::new(&block(4));
+        a.add(0, b"first chunk");
+        b.add(0, b"first chunk");
+        assert_eq!(a.finish(), b.finish());
+        a.add(11, b"second");
+        b.add(11, b"secont");
+        assert_ne!(a.finish(), b.finish(), "one byte differs");
+        assert_ne!(WriteDigest::new(&block(4)).finish(), WriteDigest::new(&block(5)).finish());
+        let digest = a.finish();
+        let proof = ReplicaProof::sign(SECRET, &block(4), NodeId(6), digest);
+        assert!(proof.verify(SECRET, &block(4)));
+        assert!(!proof.verify(SECRET, &block(5)), "another version");
+        assert!(!proof.verify(b"another-secret-000000000", &block(4)));
+        assert!(!ReplicaProof { replica: NodeId(7), ..proof }.verify(SECRET, &block(4)));
+        assert!(!ReplicaProof { digest: b.finish(), ..proof }.verify(SECRET, &block(4)));
+        let mut w = BodyWriter::new();
+        write_proofs(&mut w, &[proof, proof]);
+        let bytes = w.finish();
+        assert_eq!(bytes.len(), 1 + 2 * 68);
+        assert_eq!(read_proofs(&mut BodyReader::new(&bytes)), Ok(vec![proof, proof]));
+        let too_many = [17u8];
+        assert!(read_proofs(&mut BodyReader::new(&too_many)).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! It must not know the namespace: the token says what may be written where.
 
 use log::warn;
-use meshfs_core::token::TokenOp;
+use meshfs_core::token::{ReplicaProof, TokenOp, WriteDigest};
 use meshfs_core::wire::{MAX_CHUNK_BYTES, Message, WriteAck, WriteChunk};
 use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now};
@@ -44,6 +44,10 @@ pub(crate) struct Inbound {
     /// Last acknowledgement sent upstream: (through, committed).
     pub(crate) acked: (u64, bool),
     pub(crate) last_activity: Instant,
+    /// The digest of the chunks received, for this replica's proof.
+    pub(crate) digest: WriteDigest,
+    /// The proofs of the replicas after this one, from downstream's last acknowledgement.
+    pub(crate) down_proofs: Vec<ReplicaProof>,
 }
 
 impl DataServer {
@@ -165,6 +169,8 @@ impl DataServer {
                         last_seen: false,
                         acked: (chunk.offset, false),
                         last_activity: now.mono,
+                        digest: WriteDigest::new(&chunk.token.block),
+                        down_proofs: Vec::new(),
                     },
                 );
                 self.by_upstream.insert((upstream, upstream_id), write);
@@ -184,6 +190,7 @@ impl DataServer {
         let inbound = self.writes.get_mut(&write).expect("just found or made");
         inbound.last_activity = now.mono;
         inbound.last_seen |= chunk.last;
+        inbound.digest.add(chunk.offset, &chunk.data);
         if inbound.down_committed && inbound.downstream.is_none() {
             inbound.down_through = inbound.down_through.max(end);
         }
@@ -216,7 +223,21 @@ impl DataServer {
         }
         inbound.acked = (through, committed);
         let (upstream, upstream_id) = (inbound.upstream, inbound.upstream_id);
-        Self::send_up(node, upstream, upstream_id, WriteAck::Written { through, committed });
+        let ack = if committed {
+            // Durable here and downstream: this replica's signed digest, then the others'.
+            let mine = ReplicaProof::sign(
+                &self.secret,
+                &inbound.token.block,
+                self.me,
+                inbound.digest.finish(),
+            );
+            let mut proofs = vec![mine];
+            proofs.extend(inbound.down_proofs.iter().copied());
+            WriteAck::Committed { through, proofs }
+        } else {
+            WriteAck::Written { through, committed }
+        };
+        Self::send_up(node, upstream, upstream_id, ack);
         if committed {
             self.forget(write);
         }
@@ -259,6 +280,12 @@ impl DataServer {
             WriteAck::Written { through, committed } => {
                 inbound.down_through = inbound.down_through.max(through);
                 inbound.down_committed |= committed;
+                self.progress(node, write);
+            }
+            WriteAck::Committed { through, proofs } => {
+                inbound.down_through = inbound.down_through.max(through);
+                inbound.down_committed = true;
+                inbound.down_proofs = proofs;
                 self.progress(node, write);
             }
             WriteAck::Failed { at, message } => self.fail(node, write, at, message),

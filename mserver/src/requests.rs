@@ -8,15 +8,14 @@
 use std::time::Duration;
 
 use log::warn;
-use meshfs_core::descriptor::MAX_BLOCKS_PER_FILE;
+use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, MAX_BLOCKS_PER_FILE};
 use meshfs_core::error::NsError;
 use meshfs_core::locks::{Wake, WakeResult};
 use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::session::SessionId;
-use meshfs_core::token::ReadToken;
-use meshfs_core::token::{Token, TokenOp};
+use meshfs_core::token::{ReadToken, ReplicaProof, Token, TokenOp};
 use meshfs_core::wire::{
     ClusterMap, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
     MetaOp, MetaReply, MetaRequest,
@@ -166,8 +165,21 @@ impl MetaServer {
             MetaOp::Rename { from, to } => Command::Rename { from, to },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
-            MetaOp::CommitWrite { path, index, version } => {
-                Command::CommitWrite { path, index, version }
+            MetaOp::CommitWrite { .. } => {
+                let err = NsError::PermissionDenied(
+                    "a commit must carry the replicas' proofs (CommitProven); this client is older than the cluster".into(),
+                );
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
+            MetaOp::CommitProven { path, index, version, digest, proofs } => {
+                let namespace = self.replica.namespace();
+                match proven(namespace, &self.secret, &path, index, version, &digest, &proofs) {
+                    Ok(()) => Command::CommitWrite { path, index, version },
+                    Err(err) => {
+                        warn!("client {client}: {err}");
+                        return answer(node, waiter, MetaReply::Failed(err));
+                    }
+                }
             }
             MetaOp::SwapReplica { path, index, failed } => {
                 match self.replacement(node, &path, index, failed) {
@@ -329,6 +341,34 @@ pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Checks that every replica of block `index` of `path` proves, signed, that it wrote what
+/// the client sent (`digest`) at `version`.
+fn proven(
+    namespace: &Namespace,
+    secret: &[u8],
+    path: &MeshPath,
+    index: u16,
+    version: BlockVersion,
+    digest: &[u8; 32],
+    proofs: &[ReplicaProof],
+) -> Result<(), NsError> {
+    let meta = namespace.get_block_metadata(path, index)?;
+    let block = BlockDescriptor { file: meta.descriptor.file, index, version };
+    for replica in &meta.replicas {
+        let what = match proofs.iter().find(|p| p.replica == *replica) {
+            None => "gave no proof of the write",
+            Some(p) if !p.verify(secret, &block) => "has a forged or altered proof",
+            Some(p) if p.digest != *digest => "proves other bytes than the client sent",
+            Some(_) => continue,
+        };
+        return Err(NsError::Unproven(format!(
+            "{path} block {index} v{}: data-server {replica} {what}",
+            version.0
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `client` is an operator by the config this server has now.
 fn is_admin(node: &Node, client: ClientId) -> bool {
     node.config().client(client).is_some_and(|c| c.admin)
@@ -386,6 +426,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::Expand { .. }
         | MetaOp::WriteLease { .. }
         | MetaOp::CommitWrite { .. }
+        | MetaOp::CommitProven { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }
         | MetaOp::Fsck { .. }

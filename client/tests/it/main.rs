@@ -696,7 +696,12 @@ fn a_write_lease_is_exclusive_signs_its_chain_and_takes_effect_on_commit() {
     let err = other.write_lease("/f", 1).unwrap_err().to_string();
     assert!(err.contains("being written by client 1"), "{err}");
     assert_eq!(other.get_file_meta_data("/f").unwrap().blocks[1].descriptor.version.0, 1);
-    client.commit_write("/f", &token).unwrap();
+    // The commit carries the replicas' proofs of the write: write the block's one byte.
+    let receipt = meshfs_client::data::DataClient::new(&cluster.access)
+        .write_block(&token, 1024 * 1024, 0, b"x", false)
+        .unwrap();
+    assert_eq!(receipt.proofs.len(), 2, "both replicas prove the write");
+    client.commit_write("/f", &receipt).unwrap();
     let after = client.get_file_meta_data("/f").unwrap();
     assert_eq!(after.blocks[1].descriptor.version.0, 2, "the new version is committed");
     assert_eq!(after.blocks[0].descriptor.version.0, 1);
@@ -935,10 +940,10 @@ fn forged_and_expired_tokens_are_refused_and_a_full_disk_is_a_clear_error() {
     let err = data.write_block(&expired, 1024 * 1024, 0, b"late", false).unwrap_err().to_string();
     assert!(err.contains("expired"), "{err}");
     // The real token works, and nothing of the refused writes is there.
-    data.write_block(&token, 1024 * 1024, 0, &[7u8; 1000], false).unwrap();
+    let receipt = data.write_block(&token, 1024 * 1024, 0, &[7u8; 1000], false).unwrap();
     // Durable on the replicas, but readers see the new bytes only once the write commits.
     assert_eq!(get_bytes(&cluster, "/t").unwrap(), vec![0u8; 1000]);
-    meta.commit_write("/t", &token).unwrap();
+    meta.commit_write("/t", &receipt).unwrap();
     assert_eq!(get_bytes(&cluster, "/t").unwrap(), vec![7u8; 1000]);
 
     // Data-servers here hold 1 GiB each: a file of more than three of them at replication 3
@@ -1162,13 +1167,13 @@ fn a_write_that_is_never_committed_is_never_read_and_the_retry_starts_from_the_c
     // A writer streams a patch to both replicas of block 0, durably, and dies before it
     // commits: the replicas hold that version, but nobody reads it.
     let lost = meta.write_lease("/f", 0).unwrap();
-    data.write_block(&lost, block_size, 0, b"NEVER-COMMITTED", true).unwrap();
+    let lost = data.write_block(&lost, block_size, 0, b"NEVER-COMMITTED", true).unwrap();
     assert_eq!(get_bytes(&cluster, "/f").unwrap(), original, "readers see the committed bytes");
     // Its retry (a new lease, a newer version) starts again from the committed bytes.
     let retry = meta.write_lease("/f", 0).unwrap();
-    assert!(retry.block.version.is_newer_than(lost.block.version));
-    assert_eq!(retry.base, lost.base);
-    data.write_block(&retry, block_size, 100, b"patched", true).unwrap();
+    assert!(retry.block.version.is_newer_than(lost.token.block.version));
+    assert_eq!(retry.base, lost.token.base);
+    let retry = data.write_block(&retry, block_size, 100, b"patched", true).unwrap();
     meta.commit_write("/f", &retry).unwrap();
     let mut expected = original.clone();
     expected[100..107].copy_from_slice(b"patched");
@@ -1178,8 +1183,9 @@ fn a_write_that_is_never_committed_is_never_read_and_the_retry_starts_from_the_c
     assert!(err.contains("lease") && err.contains("lost"), "{err}");
     // The leader tells the replicas the new version is committed; they drop the copy it was
     // written from.
-    let id = lost.block.file.id.0;
+    let id = lost.token.block.file.id.0;
     let older: Vec<_> = retry
+        .token
         .replicas
         .iter()
         .map(|r| {

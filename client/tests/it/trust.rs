@@ -395,8 +395,8 @@ fn a_write_token_serves_one_write_down_its_chain_only() {
         }
         other => panic!("a chunk around the chain was taken: {other:?}"),
     }
-    data.write_block(&token, 1 << 20, 0, &first, false).unwrap();
-    meta.commit_write("/once", &token).unwrap();
+    let receipt = data.write_block(&token, 1 << 20, 0, &first, false).unwrap();
+    meta.commit_write("/once", &receipt).unwrap();
     // The same token again, after its commit: spent; the replicas keep the committed bytes.
     let err = data.write_block(&token, 1 << 20, 0, b"a replayed write!!!", false).unwrap_err();
     assert!(err.to_string().contains("a write token serves one write"), "{err}");
@@ -471,4 +471,59 @@ fn only_an_admin_client_may_drain_or_fsck() {
     ok(&meshfs(&ops, &["fsck", "/"]));
     // Plain clients still use files.
     ok(&meshfs(&alice, &["mkdir", "/mine"]));
+}
+
+#[test]
+fn the_leader_commits_only_when_every_replica_proves_the_bytes_sent() {
+    use meshfs_client::data::DataClient;
+    use meshfs_core::wire::{MetaOp, MetaReply};
+    let mut cluster = TestCluster::new("trust-proofs", 1, 2);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut data = DataClient::new(&cluster.access);
+    let bytes = b"bytes every replica must prove".to_vec();
+    let token = meta.create_write("/proven", 2, bytes.len() as u64).unwrap();
+    let receipt = data.write_block(&token, 1 << 20, 0, &bytes, false).unwrap();
+    assert_eq!(receipt.proofs.len(), 2);
+    assert!(receipt.proofs.iter().all(|p| p.digest == receipt.digest));
+    let unproven = |receipt: &meshfs_client::data::WriteReceipt, what: &str| {
+        let err = MetaClient::new(&cluster.access)
+            .unwrap()
+            .commit_write("/proven", receipt)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what) && err.contains("not committed"), "{err}");
+    };
+    // Other bytes than the replicas wrote (as if one had been sent something else).
+    let mut other = receipt.clone();
+    other.digest[0] ^= 1;
+    unproven(&other, "proves other bytes than the client sent");
+    let mut missing = receipt.clone();
+    missing.proofs.pop();
+    unproven(&missing, "gave no proof of the write");
+    let mut forged = receipt.clone();
+    forged.proofs[1].mac[0] ^= 1;
+    unproven(&forged, "forged or altered proof");
+    let mut lied = receipt.clone();
+    lied.proofs[1].digest[0] ^= 1;
+    lied.digest = lied.proofs[1].digest;
+    unproven(&lied, "data-server");
+    // The old commit, without proofs, is refused.
+    let old = MetaOp::CommitWrite {
+        path: meshfs_core::path::MeshPath::parse("/proven").unwrap(),
+        index: 0,
+        version: token.block.version,
+    };
+    match meta.call(old).unwrap() {
+        MetaReply::Failed(err) => assert!(err.to_string().contains("proofs"), "{err}"),
+        other => panic!("an unproven commit was taken: {other:?}"),
+    }
+    let file = meta.get_file_meta_data("/proven").unwrap();
+    assert_ne!(file.blocks[0].descriptor.version, token.block.version, "nothing committed");
+    // The true receipt commits, and readers see the bytes.
+    meta.commit_write("/proven", &receipt).unwrap();
+    let mut out = Vec::new();
+    meshfs_client::data::get(&mut meta, &mut data, "/proven", &mut out, &mut ()).unwrap();
+    assert_eq!(out, bytes);
 }

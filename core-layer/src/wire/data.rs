@@ -6,7 +6,7 @@
 //! | message | layout |
 //! |---|---|
 //! | [`WriteChunk`] | a [`Token`], `u32 block size, bool keep existing, u64 offset, bool last, bytes data` |
-//! | [`WriteAck`] | `u8 1, u64 through, bool committed` or `u8 2, u32 at, str message` |
+//! | [`WriteAck`] | `u8 1, u64 through, bool committed`; `u8 2, u32 at, str message`; or `u8 3, u64 through`, the proofs (`u8 n`, `n` x `u32 replica, [32] digest, [32] mac`) |
 //! | [`ReadBlock`] | block descriptor, `u64 offset, u32 len` |
 //! | [`BlockData`] | `u8 3, u32 first segment, u64 block len, u64 offset, u32 head crc, u32 tail crc, list<u32> crcs, bytes data` or `u8 2, str message` |
 //! | [`DataReport`] | `u64 capacity, u64 used, bool full, bool last, list<(block descriptor, u64 len)>, list<(u32 file, u16 index)>` |
@@ -16,7 +16,7 @@ use meshfs_group::NodeId;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use crate::descriptor::BlockDescriptor;
-use crate::token::Token;
+use crate::token::{ReplicaProof, Token, read_proofs, write_proofs};
 
 /// Most blocks listed in one report message.
 pub const MAX_REPORT_BLOCKS: usize = 16_384;
@@ -55,6 +55,14 @@ pub enum WriteAck {
         through: u64,
         /// The write is committed everywhere downstream.
         committed: bool,
+    },
+    /// The whole write is durable on this replica and every one after it, each of which
+    /// proves the digest of what it wrote (this one's proof first).
+    Committed {
+        /// Bytes of the block acknowledged, from the write's first offset.
+        through: u64,
+        /// The replicas' signed digests, in chain order from here.
+        proofs: Vec<ReplicaProof>,
     },
     /// The write failed here or downstream; nothing of it will be committed.
     Failed {
@@ -247,6 +255,10 @@ impl WriteAck {
             WriteAck::Failed { at, message } => {
                 w.u8(2).u32(at.0).str(message);
             }
+            WriteAck::Committed { through, proofs } => {
+                w.u8(3).u64(*through);
+                write_proofs(w, proofs);
+            }
         }
     }
 
@@ -260,6 +272,7 @@ impl WriteAck {
                 at: NodeId(r.u32("at")?),
                 message: r.str("message")?.to_string(),
             }),
+            3 => Ok(WriteAck::Committed { through: r.u64("through")?, proofs: read_proofs(r)? }),
             other => Err(BodyError::Invalid { field: "ack", value: u64::from(other) }),
         }
     }

@@ -29,6 +29,7 @@
 //! | 19 | `Unlock` | `str path` |
 //! | 20 | `Locks` | `str path` |
 //! | 21 | `ClusterMap` | |
+//! | 22 | `CommitProven` | `str path, u16 block index, u16 version, [32] digest`, the replicas' proofs (`u8 n`, `n` x `u32 replica, [32] digest, [32] mac`) |
 //!
 //! | tag | [`MetaReply`] | fields |
 //! |---|---|---|
@@ -61,7 +62,7 @@ use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
 use crate::path::{MeshPath, read_path, write_path};
-use crate::token::{ReadToken, Token};
+use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
 
 /// Most directory entries in one list reply (each at most about 270 bytes).
 pub const MAX_LIST_PAGE: u32 = 2048;
@@ -166,6 +167,21 @@ pub enum MetaOp {
         index: u16,
         /// The version the lease granted.
         version: BlockVersion,
+    },
+    /// [`MetaOp::CommitWrite`] with what proves every replica holds the same bytes: the
+    /// digest of what the client sent and each replica's signed digest of what it wrote.
+    /// The leader commits only if they all match.
+    CommitProven {
+        /// The file.
+        path: MeshPath,
+        /// The block.
+        index: u16,
+        /// The version the lease granted.
+        version: BlockVersion,
+        /// The digest of what the client sent ([`crate::token::WriteDigest`]).
+        digest: [u8; 32],
+        /// The replicas' proofs, as the chain's last acknowledgement carried them.
+        proofs: Vec<ReplicaProof>,
     },
     /// A client found a replica down or damaged (a read failed there).
     ReportBadReplica {
@@ -422,6 +438,8 @@ wire_codes! {
         Locks = 20,
         /// [`MetaOp::ClusterMap`].
         ClusterMap = 21,
+        /// [`MetaOp::CommitProven`].
+        CommitProven = 22,
     }
 }
 
@@ -511,6 +529,12 @@ pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
             write_path(w, path);
             w.u16(*index).u16(version.0);
         }
+        MetaOp::CommitProven { path, index, version, digest, proofs } => {
+            w.u8(OpCode::CommitProven as u8);
+            write_path(w, path);
+            w.u16(*index).u16(version.0).fixed(digest);
+            write_proofs(w, proofs);
+        }
         MetaOp::ReportBadReplica { block, server, reason } => {
             w.u8(OpCode::ReportBadReplica as u8);
             block.write(w);
@@ -592,6 +616,13 @@ pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, B
             path: read_path(r)?,
             index: r.u16("block index")?,
             version: BlockVersion(r.u16("block version")?),
+        },
+        OpCode::CommitProven => MetaOp::CommitProven {
+            path: read_path(r)?,
+            index: r.u16("block index")?,
+            version: BlockVersion(r.u16("block version")?),
+            digest: r.fixed("digest")?,
+            proofs: read_proofs(r)?,
         },
         OpCode::ReportBadReplica => MetaOp::ReportBadReplica {
             block: BlockDescriptor::read(r)?,

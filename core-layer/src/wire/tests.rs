@@ -428,6 +428,29 @@ fn samples() -> Vec<Message> {
             },
             token: crate::token::ReadToken { expires_ms: 77, mac: [0x42; 32] },
         },
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 17,
+            op: MetaOp::CommitProven {
+                path: MeshPath::parse("/f").unwrap(),
+                index: 0,
+                version: crate::descriptor::BlockVersion(2),
+                digest: [0x11; 32],
+                proofs: vec![crate::token::ReplicaProof {
+                    replica: NodeId(4),
+                    digest: [0x11; 32],
+                    mac: [0x22; 32],
+                }],
+            },
+        }),
+        Message::WriteAck(WriteAck::Committed {
+            through: 65536,
+            proofs: vec![crate::token::ReplicaProof {
+                replica: NodeId(5),
+                digest: [0x33; 32],
+                mac: [0x44; 32],
+            }],
+        }),
     ]
 }
 
