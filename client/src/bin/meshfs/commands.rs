@@ -23,10 +23,13 @@ pub(crate) fn run_operator(
     client: Option<ClientId>,
     command: Command,
 ) -> Result<u8, ClientError> {
-    if let Command::Up { .. } = command
-        && let Some(made) = clients::ensure_secret(path)?
-    {
-        println!("meshfs up: made the cluster secret {} (private; keep it so)", made.display());
+    // `up` and a local bench start servers of this config: a fresh clone has no secret yet.
+    let starts_servers = matches!(command, Command::Up { .. } | Command::Bench { local: true, .. });
+    if starts_servers && let Some(made) = clients::ensure_secret(path)? {
+        let line =
+            format!("meshfs: made the cluster secret {} (private; keep it so)", made.display());
+        // Bench output may be JSON on stdout: its notes go to stderr.
+        if let Command::Up { .. } = command { println!("{line}") } else { eprintln!("{line}") }
     }
     if std::fs::read_to_string(path).is_ok_and(|text| is_client_config(&text)) {
         eprintln!(
