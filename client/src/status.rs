@@ -359,6 +359,15 @@ impl ClusterStatus {
                 num(s.applied_index)
             );
         }
+        let answered = self.servers.iter().filter(|s| s.up).count();
+        if answered > 1 && self.servers.iter().all(|s| s.peers.is_empty()) {
+            // The servers answer a client that is not an operator without their links.
+            let _ = writeln!(
+                out,
+                "\nlinks, data-servers and block health: shown to operators' clients (admin = true) only"
+            );
+            return out;
+        }
         let _ = writeln!(out, "\nRTT in microseconds (row measured column):");
         let _ = write!(out, "{:>6}", "");
         for s in &self.servers {

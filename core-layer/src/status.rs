@@ -55,3 +55,16 @@ pub fn status_reply(
         health: None,
     }
 }
+
+/// What a client that is not an operator may see of a server: who and what it is, whether
+/// it is up and, for a meta-server, its Raft role, term and leader (to find the leader). Its
+/// links, the data-servers' capacity and use, and the blocks' health are for operators.
+pub fn for_plain_client(mut reply: StatusReply) -> StatusReply {
+    reply.peers.clear();
+    reply.data_servers.clear();
+    reply.health = None;
+    if let Some(raft) = &mut reply.raft {
+        raft.inodes = 0;
+    }
+    reply
+}

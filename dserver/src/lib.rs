@@ -56,7 +56,7 @@ use log::{debug, info, warn};
 use meshfs_core::pacer::Pacer;
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::settings::{self, Settings};
-use meshfs_core::status::status_reply;
+use meshfs_core::status::{for_plain_client, status_reply};
 use meshfs_core::wire::{BlockData, ErrorCode, Kind, MAX_CHUNK_BYTES, Message, ReadBlock};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
 use meshfs_group::process::{DataDir, StartError, start_in_process, start_server};
@@ -308,14 +308,16 @@ impl Service for DataServer {
                 }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
+                let admin = node.config().client(client).is_some_and(|c| c.admin);
                 let reply = match common_reply(&frame, || {
-                    status_reply(
+                    let status = status_reply(
                         node.group(),
                         &node.config().cluster_name,
                         &node.local_addr().to_string(),
                         node.uptime(now),
                         now.mono,
-                    )
+                    );
+                    if admin { status } else { for_plain_client(status) }
                 }) {
                     Handled::Answered(reply) => reply,
                     Handled::ForRole(Message::WriteChunk(chunk)) => {

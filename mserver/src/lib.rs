@@ -44,6 +44,7 @@ use meshfs_core::namespace::{Command, Entry, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::{self, Heal, Locks, Settings};
+use meshfs_core::status::for_plain_client;
 use meshfs_core::token::READ_TOKEN_MS;
 use meshfs_core::wire::{Kind, Message, MetaOp};
 use meshfs_group::driver::{Node, NodeError, Service, Stop};
@@ -365,7 +366,12 @@ impl Service for MetaServer {
                 }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let reply = match common_reply(&frame, || self.status(node, now)) {
+                let admin = node.config().client(client).is_some_and(|c| c.admin);
+                let status = || {
+                    let status = self.status(node, now);
+                    if admin { status } else { for_plain_client(status) }
+                };
+                let reply = match common_reply(&frame, status) {
                     Handled::Answered(reply) => reply,
                     Handled::ForRole(Message::MetaRequest(request)) => {
                         let waiter = Waiter { conn, frame_id: frame.request_id, client };

@@ -471,6 +471,29 @@ fn only_an_admin_client_may_drain_or_fsck() {
     ok(&meshfs(&ops, &["fsck", "/"]));
     // Plain clients still use files.
     ok(&meshfs(&alice, &["mkdir", "/mine"]));
+    // Cluster-wide details are for operators: a plain client sees each server up, its role
+    // and the leader, not its links, the data-servers' use or the blocks' health.
+    let json = |config: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&meshfs(config, &["status", "--json"]))).unwrap()
+    };
+    let text = ok(&meshfs(&alice, &["status"]));
+    assert!(text.contains("3 of 3 servers up") && text.contains("operators' clients"), "{text}");
+    let plain = json(&alice);
+    let admin = json(&ops);
+    for server in plain["servers"].as_array().unwrap() {
+        assert_eq!(server["up"], true);
+        assert!(server["peers"].as_array().unwrap().is_empty(), "{server}");
+    }
+    assert!(plain["data_servers"].as_array().is_none_or(|d| d.is_empty()), "{plain}");
+    assert!(plain["servers"][0]["raft_role"].is_string(), "the leader is still found: {plain}");
+    assert!(
+        admin["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| !s["peers"].as_array().unwrap().is_empty())
+    );
+    assert_eq!(admin["data_servers"].as_array().unwrap().len(), 2, "{admin}");
 }
 
 #[test]
