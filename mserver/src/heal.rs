@@ -257,7 +257,7 @@ impl Healer {
         }
         self.early_scan = false;
         let links = mesh.data_servers();
-        self.expire(now);
+        self.expire(now, &links);
         let empty = Holdings::new();
         let servers =
             server_views(&links, replica.namespace(), reports, &self.settings, &empty, now);
@@ -314,8 +314,22 @@ impl Healer {
         true
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Forgets copies that timed out, and copies whose target's link went down (or down and
+    /// up again) since they started: a target that crashed never answers, and one that did
+    /// not ends with an extra copy, deleted later. Either way the block may be planned again
+    /// now rather than after the timeout.
+    fn expire(&mut self, now: Instant, links: &[DataServerLink]) {
         self.tasks.retain(|id, task| {
+            let link = links.iter().find(|l| l.id == task.copy.target);
+            let cut = matches!(task.stage, Stage::Copying)
+                && link.is_none_or(|l| !l.up || l.since > task.started);
+            if cut {
+                info!(
+                    "repair task {id} ({} to data-server {}): the target's link went down",
+                    task.copy.block, task.copy.target
+                );
+                return false;
+            }
             let keep = now < task.deadline;
             if !keep {
                 warn!(

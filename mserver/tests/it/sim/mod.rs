@@ -1235,7 +1235,11 @@ impl Sim {
         ) + &self.heal_summary()
     }
 
-    /// The end-state checks.
+    /// Simulated milliseconds since the start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
     /// Sessions that expired, for the test's own checks.
     pub fn sessions_expired(&self) -> u64 {
         self.stats.sessions_expired
