@@ -6,11 +6,14 @@
 //! Writes come down a chain. A client sends a write in chunks (each carrying the write
 //! token the meta-servers signed) to the first data-server of the block's chain; each
 //! data-server checks the token (signed with the cluster secret, for this block and version,
-//! naming it in the chain, not expired), forwards the chunk to the next one over the group
-//! mesh, writes it on a disk worker, and acknowledges a chunk upstream once it is written
-//! here and acknowledged downstream. The last chunk commits (fsync) the write; its
-//! acknowledgement means the block is durable on every replica after this one and here. A
-//! failure anywhere is reported upstream, and nothing of that write is committed there.
+//! naming it in the chain, not expired, not already spent on this replica) and that the chunk
+//! came from its predecessor in the chain (the first from the lease holder), forwards the
+//! chunk to the next one over the group mesh, writes it on a disk worker, and acknowledges a
+//! chunk upstream once it is written here and acknowledged downstream. The last chunk
+//! commits (fsync) the write; its acknowledgement means the block is durable on every
+//! replica after this one and here, and carries each one's signed digest of what it wrote,
+//! which the client hands to the leader to commit. A failure anywhere is reported upstream,
+//! and nothing of that write is committed there.
 //!
 //! A write's token also names its base: the block's committed version when the lease was
 //! granted. A write that keeps the block's other bytes starts from the copy at that version,
@@ -20,7 +23,8 @@
 //! [`Message::BlockCommitted`] notice lets the base copy go.
 //!
 //! Reads return the bytes asked for with what checks their segments against the stored
-//! checksums, which the client checks again.
+//! checksums, which the client checks again. A client's read must carry the leader's read
+//! token for that block, version and client; other data-servers (repair copies) need none.
 //!
 //! Self-healing, on the leader meta-server's word: a [`Message::Repair`] makes this
 //! data-server copy a block from another one over the mesh (reads paced to the configured

@@ -17,7 +17,7 @@
 //! | 49 | [`Message::MetaReply`] | mserver -> client | [`MetaReply`] (`meta`) |
 //! | 56 | [`Message::WriteChunk`] | client or dserver -> dserver | [`WriteChunk`] (`data`) |
 //! | 57 | [`Message::WriteAck`] | dserver -> its upstream | [`WriteAck`] (`data`) |
-//! | 58 | [`Message::ReadBlock`] | client or dserver -> dserver | [`ReadBlock`] (`data`) |
+//! | 58 | [`Message::ReadBlock`] | dserver -> dserver (repair copies; clients use 66) | [`ReadBlock`] (`data`) |
 //! | 59 | [`Message::BlockData`] | dserver -> reader | [`BlockData`] (`data`) |
 //! | 60 | [`Message::DataReport`] | dserver -> mserver | [`DataReport`] (`data`) |
 //! | 61 | [`Message::BlockCommitted`] | leader mserver -> dserver | block descriptor (`data`) |

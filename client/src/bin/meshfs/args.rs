@@ -13,7 +13,7 @@ pub(crate) struct Cli {
     /// and `client` need the cluster config.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// With the cluster config: which [[client]] to act as (default: the first).
+    /// With the cluster config: which `[[client]]` to act as (default: the first).
     #[arg(long, global = true, value_name = "ID")]
     pub(crate) client: Option<u32>,
     #[command(subcommand)]
