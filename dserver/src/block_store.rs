@@ -39,7 +39,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -589,6 +589,7 @@ impl BlockStore {
             .create_new(true)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(io_err(&tmp))?;
         write.file = Some(file);

@@ -6,7 +6,7 @@
 //! It must not know what the server does once running.
 
 use std::fs::{self, File};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, NodeId, Role, ServerConfig};
@@ -64,6 +64,7 @@ impl DataDir {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| fail(format!("cannot open {}: {e}", lock_path.display())))?;
         match lock.try_lock() {

@@ -25,12 +25,16 @@
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+/// Log segments and snapshots are the cluster's data: readable by the server's user only.
+const PRIVATE: u32 = 0o600;
 
 /// A segment past this size is closed and a new one started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -164,8 +168,12 @@ impl LogStore {
             segments.push((first, dir.join(segment_name(first))));
         }
         let path = segments.last().expect("at least one segment").1.clone();
-        let current =
-            File::options().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let current = File::options()
+            .create(true)
+            .append(true)
+            .mode(PRIVATE)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let current_bytes = current.metadata().map_err(io_err(&path))?.len();
         fsync_dir(dir)?;
         info!(
@@ -222,7 +230,12 @@ impl LogStore {
             return Ok(());
         }
         let path = self.dir.join(segment_name(first_index));
-        let file = File::options().create(true).append(true).open(&path).map_err(io_err(&path))?;
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .mode(PRIVATE)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let old = std::mem::replace(&mut self.current, file);
         self.unsynced_closed.push(old);
         self.segments.push((first_index, path));
@@ -344,6 +357,7 @@ impl LogStore {
             .create(true)
             .write(true)
             .truncate(true)
+            .mode(PRIVATE)
             .open(&path)
             .map_err(io_err(&path))?;
         self.current = file;
@@ -585,7 +599,13 @@ pub fn write_snapshot_file(dir: &Path, snapshot: &Snapshot) -> Result<(), LogErr
     bytes.extend_from_slice(&crc.to_be_bytes());
     let tmp = dir.join("snapshot.tmp");
     let path = dir.join("snapshot");
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     fsync_dir(dir)

@@ -4,8 +4,9 @@
 //! Each server's log goes to `<data_dir>/<role>-<id>.log`. The server programs are looked
 //! for next to the running `meshfs`, then on `PATH`.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -92,12 +93,12 @@ pub fn start_all(config: &Config, options: &UpOptions) -> Result<Vec<ServerProce
         let program = server_program(server.role, options.bin_dir.as_deref());
         let launch = |reason: String| ClientError::Launch { program: program.clone(), reason };
         let result = (|| {
-            fs::create_dir_all(&server.data_dir)
-                .map_err(|e| launch(format!("cannot create {}: {e}", server.data_dir.display())))?;
+            crate::cluster::private_dir(&server.data_dir)?;
             let log = server.data_dir.join(format!("{}-{}.log", server.role, server.id));
             let log_file = File::options()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&log)
                 .map_err(|e| launch(format!("cannot open log {}: {e}", log.display())))?;
             let log_err = log_file.try_clone().map_err(|e| launch(e.to_string()))?;

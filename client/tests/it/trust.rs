@@ -77,6 +77,25 @@ fn a_client_config_from_client_add_does_what_readme_shows_and_holds_no_secret() 
     ok(&meshfs(&alice, &["get", "/lab/run-1/data.bin", back.to_str().unwrap()]));
     assert_eq!(std::fs::read(&back).unwrap(), data);
     assert!(ok(&meshfs(&alice, &["ls", "/lab/run-1"])).contains("data.bin"));
+    // The servers' data is private: data directories 0700, Raft logs, snapshots, block files
+    // and locks 0600.
+    let mut files = 0;
+    for server in &cluster.config.servers {
+        assert_eq!(mode(&server.data_dir), 0o700, "{}", server.data_dir.display());
+        let mut stack = vec![server.data_dir.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files += 1;
+                    assert_eq!(mode(&path) & 0o077, 0, "{} is readable by others", path.display());
+                }
+            }
+        }
+    }
+    assert!(files > 6, "the servers wrote logs and blocks ({files} files)");
     assert!(ok(&meshfs(&alice, &["stat", "/lab/run-1/data.bin"])).contains("3000000"));
     let status = ok(&meshfs(&alice, &["status"]));
     assert!(status.contains("3 of 3 servers up"), "{status}");
