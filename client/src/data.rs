@@ -230,7 +230,9 @@ impl DataClient {
         let Some(token) = meta.read else {
             return Err(ClientError::DataRead {
                 block: block.to_string(),
-                reason: "its metadata came without a read token".into(),
+                reason:
+                    "permission denied: this client may not read it (the leader gave no read token)"
+                        .into(),
             });
         };
         let mut order: Vec<NodeId> = meta.replicas.clone();

@@ -246,6 +246,18 @@ impl MetaClient {
         Self::expect(self.call(MetaOp::Rename { from, to })?).map(|_| ())
     }
 
+    /// `chmod`: `mode`'s bits (at most 0o7777) on `path`; its owner or an operator.
+    pub fn chmod(&mut self, path: &str, mode: u16) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        Self::expect(self.call(MetaOp::Chmod { path, mode })?).map(|_| ())
+    }
+
+    /// `chown`: `path` owned by `uid` and group `gid` (another owner: an operator only).
+    pub fn chown(&mut self, path: &str, uid: u32, gid: u32) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        Self::expect(self.call(MetaOp::Chown { path, uid, gid })?).map(|_| ())
+    }
+
     /// `remove` (with `recursive`, a whole tree); returns (files, directories) removed.
     pub fn remove(&mut self, path: &str, recursive: bool) -> Result<(u64, u64), ClientError> {
         let path = Self::path(path)?;

@@ -24,7 +24,13 @@ fn main() {
     let mut request_id = 0;
     let mut run = |ns: &mut Namespace, command| {
         request_id += 1;
-        ns.apply(&Entry { session, request_id, time_ms: 1_700_000_000_000, command })
+        ns.apply(&Entry {
+            session,
+            request_id,
+            time_ms: 1_700_000_000_000,
+            caller: meshfs_core::namespace::Caller::system(),
+            command,
+        })
     };
     for d in 0..1000 {
         let path = MeshPath::parse(&format!("/data/dir-{d:04}")).unwrap();

@@ -29,7 +29,13 @@ fn main() {
     let mut request_id = 0;
     let mut entry = |command| {
         request_id += 1;
-        Entry { session, request_id, time_ms: 1_700_000_000_000 + request_id, command }
+        Entry {
+            session,
+            request_id,
+            time_ms: 1_700_000_000_000 + request_id,
+            caller: meshfs_core::namespace::Caller::system(),
+            command,
+        }
     };
     for d in 0..dirs {
         let path = MeshPath::parse(&format!("/data/dir-{d:04}")).unwrap();

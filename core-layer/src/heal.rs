@@ -595,7 +595,13 @@ mod tests {
         let mut request = 0;
         let mut run = |ns: &mut Namespace, command: Command| {
             request += 1;
-            ns.apply(&Entry { session, request_id: request, time_ms: 1_000, command })
+            ns.apply(&Entry {
+                session,
+                request_id: request,
+                time_ms: 1_000,
+                caller: crate::namespace::Caller::system(),
+                command,
+            })
         };
         for i in 0..files {
             let path = MeshPath::parse(&format!("/f{i:04}")).unwrap();
@@ -766,7 +772,13 @@ mod tests {
         let session = SessionId { client: ClientId(1), nonce: 1 };
         let path = MeshPath::parse("/empty").unwrap();
         let mut run = |command: Command, request: u64| {
-            ns.apply(&Entry { session, request_id: request, time_ms: 1_000, command })
+            ns.apply(&Entry {
+                session,
+                request_id: request,
+                time_ms: 1_000,
+                caller: crate::namespace::Caller::system(),
+                command,
+            })
         };
         run(Command::CreateFile { path: path.clone(), replication: 2, block_size: BS }, 1);
         let placement = vec![vec![NodeId(4), NodeId(5)]];

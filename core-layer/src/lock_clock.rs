@@ -109,6 +109,7 @@ impl LockClock {
             session: self.session,
             request_id: 0,
             time_ms: now.wall_ms,
+            caller: crate::namespace::Caller::system(),
             command: Command::Clock { expire },
         })
     }

@@ -41,7 +41,9 @@
 //! id = 1
 //! name = "admin"
 //! salt = "..."                   # its key is derived from the secret, its id and this salt
-//! admin = true                   # an operator (drain, fsck); default false
+//! admin = true                   # an operator (drain, fsck, any file); default false
+//! uid = 1001                     # the user it acts as (default: its id)
+//! gids = [1001, 50]              # its groups, the first its primary (default: [uid])
 //! ```
 //!
 //! A client's key is never stored on a server: it is HMAC-SHA256 of the secret over the
@@ -183,6 +185,10 @@ pub struct ClientConfig {
     pub key: Vec<u8>,
     /// An operator: may drain data-servers and check the whole namespace (`admin = true`).
     pub admin: bool,
+    /// The user it acts as: owner of what it makes, checked against modes (default: its id).
+    pub uid: u32,
+    /// Its groups, the first its primary (default: `[uid]`; at most 16).
+    pub gids: Vec<u32>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -405,6 +411,8 @@ struct RawClient {
     key: Option<String>,
     salt: Option<String>,
     admin: Option<bool>,
+    uid: Option<u32>,
+    gids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -600,7 +608,15 @@ impl RawConfig {
                 name: raw.name.clone().unwrap_or_else(|| format!("client-{id}")),
                 key,
                 admin: raw.admin.unwrap_or(false),
+                uid: raw.uid.unwrap_or(id),
+                gids: raw.gids.clone().unwrap_or_else(|| vec![raw.uid.unwrap_or(id)]),
             };
+            if client.gids.len() > 16 {
+                return Err(invalid(
+                    &field("gids"),
+                    format!("{} groups: at most 16", client.gids.len()),
+                ));
+            }
             if clients.insert(client.id, client).is_some() {
                 return Err(invalid(&field("id"), format!("duplicate client id {id}")));
             }

@@ -424,6 +424,7 @@ impl Healer {
             session: self.session,
             request_id: self.next_request,
             time_ms: now_ms,
+            caller: meshfs_core::namespace::Caller::system(),
             command: Command::ReplaceReplica {
                 file: copy.block.file.id.0,
                 index: copy.block.index,

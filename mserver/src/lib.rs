@@ -243,6 +243,7 @@ impl MetaServer {
             let signer = ReadSigner {
                 secret: &self.secret,
                 client: waiter.client,
+                caller: requests::caller_of(node, waiter.client),
                 expires_ms: now.wall_ms.saturating_add(READ_TOKEN_MS),
             };
             answer(node, waiter, read(self.replica.namespace(), &op, &signer));
@@ -280,6 +281,7 @@ impl MetaServer {
                 session: self.revoke_session,
                 request_id: 0,
                 time_ms: now.wall_ms,
+                caller: meshfs_core::namespace::Caller::system(),
                 command: Command::RevokeClient { client },
             };
             if let Err(err) = self.replica.propose(&entry) {

@@ -11,7 +11,7 @@ use log::warn;
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, MAX_BLOCKS_PER_FILE};
 use meshfs_core::error::NsError;
 use meshfs_core::locks::{Wake, WakeResult};
-use meshfs_core::namespace::{Command, Entry, Namespace, Outcome, Stat};
+use meshfs_core::namespace::{Caller, Command, Entry, Namespace, Outcome, Stat};
 use meshfs_core::path::MeshPath;
 use meshfs_core::placement::{DataServerLoad, place};
 use meshfs_core::session::SessionId;
@@ -163,6 +163,12 @@ impl MetaServer {
                 }
             }
             MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::Chmod { path, mode } if mode <= 0o7777 => Command::Chmod { path, mode },
+            MetaOp::Chmod { mode, .. } => {
+                let err = NsError::PermissionDenied(format!("mode {mode:o}: at most 7777"));
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
+            MetaOp::Chown { path, uid, gid } => Command::Chown { path, uid, gid },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
             MetaOp::CommitWrite { .. } => {
@@ -188,8 +194,14 @@ impl MetaServer {
                 }
             }
         };
-        let entry =
-            Entry { session, request_id: request.request_id, time_ms: now.wall_ms, command };
+        let caller = caller_of(node, client);
+        let entry = Entry {
+            session,
+            request_id: request.request_id,
+            time_ms: now.wall_ms,
+            caller,
+            command,
+        };
         let result = self.replica.propose(&entry).map(|()| {
             self.writes.entry((session, request.request_id)).or_default().push(waiter);
         });
@@ -295,6 +307,7 @@ pub(crate) fn reply_of(outcome: Outcome, secret: &[u8], client: ClientId) -> Met
     match outcome {
         Outcome::Mkdir
         | Outcome::Renamed
+        | Outcome::Changed
         | Outcome::Committed { .. }
         | Outcome::Swapped { .. }
         | Outcome::Draining { .. } => MetaReply::Done,
@@ -369,6 +382,15 @@ fn proven(
     Ok(())
 }
 
+/// Who `client` acts as by this server's config: its uid and groups, and whether it is an
+/// operator. A client no longer in the config gets no permission at all.
+pub(crate) fn caller_of(node: &Node, client: ClientId) -> Caller {
+    match node.config().client(client) {
+        Some(c) => Caller { uid: c.uid, gids: c.gids.clone(), admin: c.admin },
+        None => Caller { uid: u32::MAX, gids: Vec::new(), admin: false },
+    }
+}
+
 /// Whether `client` is an operator by the config this server has now.
 fn is_admin(node: &Node, client: ClientId) -> bool {
     node.config().client(client).is_some_and(|c| c.admin)
@@ -378,20 +400,32 @@ fn is_admin(node: &Node, client: ClientId) -> bool {
 pub(crate) struct ReadSigner<'a> {
     pub(crate) secret: &'a [u8],
     pub(crate) client: ClientId,
+    pub(crate) caller: Caller,
     pub(crate) expires_ms: u64,
 }
 
 /// Answers a read from the namespace as applied. A file's blocks come with read tokens
 /// signed for the client that asked.
 pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) -> MetaReply {
+    let caller = &signer.caller;
     match op {
+        MetaOp::Stat { path, .. } | MetaOp::List { path, .. }
+            if namespace.may_search(path, caller).is_err() =>
+        {
+            MetaReply::Failed(namespace.may_search(path, caller).err().unwrap_or(NsError::Root))
+        }
+        MetaOp::List { path, .. } if namespace.may_read(path, caller).is_err() => {
+            MetaReply::Failed(namespace.may_read(path, caller).err().unwrap_or(NsError::Root))
+        }
         MetaOp::Stat { path, first_block } => match namespace.stat(path) {
             Ok(Stat::File(mut meta)) => {
+                // Its blocks' read tokens go to a client that may read it.
+                let readable = namespace.may_read(path, caller).is_ok();
                 let total = meta.blocks.len() as u32;
                 let first = (*first_block).min(total);
                 meta.blocks.drain(..first as usize);
                 meta.blocks.truncate(MAX_STAT_BLOCKS as usize);
-                for block in &mut meta.blocks {
+                for block in meta.blocks.iter_mut().filter(|_| readable) {
                     let token = ReadToken::sign(
                         signer.secret,
                         &block.descriptor,
@@ -427,6 +461,8 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::WriteLease { .. }
         | MetaOp::CommitWrite { .. }
         | MetaOp::CommitProven { .. }
+        | MetaOp::Chmod { .. }
+        | MetaOp::Chown { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }
         | MetaOp::Fsck { .. }

@@ -125,12 +125,12 @@ fn valid_name(name: &str) -> Result<(), ClientError> {
     }
 }
 
-/// `meshfs client add NAME [--admin]`: a new entry with the next free id and a fresh salt; writes
+/// `meshfs client add NAME [--admin] [--uid N --gids A,B]`: a new entry with the next free id and a fresh salt; writes
 /// the client's config to `out` (default `client-NAME.conf` beside the cluster config).
 pub fn add(
     path: &Path,
     name: &str,
-    admin: bool,
+    who: &Who,
     out: Option<PathBuf>,
 ) -> Result<(ClientId, PathBuf), ClientError> {
     valid_name(name)?;
@@ -146,8 +146,14 @@ pub fn add(
         next.push('\n');
     }
     let _ = write!(next, "\n[[client]]\nid = {id}\nname = {name:?}\nsalt = {salt:?}\n");
-    if admin {
+    if who.admin {
         next.push_str("admin = true\n");
+    }
+    if let Some(uid) = who.uid {
+        let _ = writeln!(next, "uid = {uid}");
+    }
+    if !who.gids.is_empty() {
+        let _ = writeln!(next, "gids = {:?}", who.gids);
     }
     let config = replace_config(path, &next)?;
     let out = out.unwrap_or_else(|| config.base_dir().join(format!("client-{name}.conf")));
@@ -197,7 +203,13 @@ pub fn rotate(path: &Path, name: &str, out: Option<PathBuf>) -> Result<PathBuf, 
     Ok(out)
 }
 
-/// `meshfs client list`: id, name and operator mark of every client.
-pub fn list(config: &Config) -> Vec<(ClientId, String, bool)> {
-    config.clients.values().map(|c| (c.id, c.name.clone(), c.admin)).collect()
+/// What a new client is: an operator or not, and the user and groups it acts as.
+#[derive(Debug, Default)]
+pub struct Who {
+    /// An operator.
+    pub admin: bool,
+    /// Its uid (default: its id).
+    pub uid: Option<u32>,
+    /// Its groups (default: its uid).
+    pub gids: Vec<u32>,
 }

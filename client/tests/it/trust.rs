@@ -569,3 +569,73 @@ fn the_leader_commits_only_when_every_replica_proves_the_bytes_sent() {
     meshfs_client::data::get(&mut meta, &mut data, "/proven", &mut out, &mut ()).unwrap();
     assert_eq!(out, bytes);
 }
+
+fn fails_with(output: &Output, what: &str) {
+    assert!(!output.status.success(), "expected a refusal ({what})");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(what), "{stderr} lacks {what:?}");
+}
+
+#[test]
+fn owners_and_modes_decide_who_reads_writes_and_removes_and_survive_leader_changes_and_snapshots() {
+    let mut cluster = TestCluster::new_with("trust-modes", 3, 1, "snapshot_entries = 16");
+    let add = |name: &str, uid: &str| {
+        let args = ["client", "add", name, "--uid", uid, "--gids", uid];
+        ok(&meshfs(&cluster.config_path, &args));
+        cluster.dir.join(format!("client-{name}.conf"))
+    };
+    let (alice, bob) = (add("alice", "1001"), add("bob", "1002"));
+    let admin = cluster.config_path.clone();
+    cluster.start_all();
+    cluster.wait_for("a leader", |s| s.agreed_leader().is_some());
+    let local = cluster.dir.join("secret.txt");
+    std::fs::write(&local, b"alice's secret").unwrap();
+    ok(&meshfs(&alice, &["mkdir", "/alice"]));
+    ok(&meshfs(&alice, &["put", local.to_str().unwrap(), "/alice/secret"]));
+    ok(&meshfs(&alice, &["chmod", "600", "/alice/secret"]));
+    let listing = ok(&meshfs(&alice, &["ls", "-l", "/alice"]));
+    assert!(listing.contains("-rw-------   1001   1001"), "{listing}");
+    // Bob may list Alice's 0755 directory but not read her 0600 file, nor change the
+    // directory.
+    assert!(ok(&meshfs(&bob, &["ls", "/alice"])).contains("secret"));
+    fails_with(&meshfs(&bob, &["cat", "/alice/secret"]), "may not read it");
+    fails_with(&meshfs(&bob, &["rm", "/alice/secret"]), "permission denied");
+    fails_with(&meshfs(&bob, &["mkdir", "/alice/bobs"]), "permission denied");
+    fails_with(&meshfs(&bob, &["mv", "/alice/secret", "/stolen"]), "permission denied");
+    fails_with(&meshfs(&bob, &["chmod", "644", "/alice/secret"]), "permission denied");
+    fails_with(&meshfs(&alice, &["chown", "1002", "/alice/secret"]), "permission denied");
+    // The root is sticky: Bob's directory is his to remove, not Alice's.
+    ok(&meshfs(&bob, &["mkdir", "/bobs"]));
+    fails_with(&meshfs(&alice, &["rm", "-r", "/bobs"]), "sticky");
+    // An operator reads and changes anything.
+    assert_eq!(ok(&meshfs(&admin, &["cat", "/alice/secret"])), "alice's secret");
+    ok(&meshfs(&admin, &["chown", "1002:1002", "/alice/secret"]));
+    assert_eq!(ok(&meshfs(&bob, &["cat", "/alice/secret"])), "alice's secret", "now Bob's");
+    fails_with(&meshfs(&alice, &["cat", "/alice/secret"]), "may not read it");
+    ok(&meshfs(&bob, &["chmod", "640", "/alice/secret"]));
+    let expect = "-rw-r-----   1002   1002";
+    // A leader change: the new leader has the same owners and modes.
+    let leader = cluster.status().agreed_leader().unwrap();
+    cluster.kill9(leader);
+    cluster.wait_for("a new leader", |s| s.agreed_leader().is_some_and(|l| l != leader));
+    assert!(ok(&meshfs(&alice, &["ls", "-l", "/alice"])).contains(expect));
+    cluster.start(leader);
+    // More than snapshot_entries changes, then every server restarts from its snapshot.
+    for i in 0..20 {
+        ok(&meshfs(&bob, &["mkdir", &format!("/bobs/d{i}")]));
+    }
+    for id in cluster.ids() {
+        cluster.kill9(id);
+    }
+    cluster.start_all();
+    cluster.wait_for("a leader after the restart", |s| s.agreed_leader().is_some());
+    let listing = ok(&meshfs(&alice, &["ls", "-l", "/alice"]));
+    assert!(listing.contains(expect), "{listing}");
+    let root = ok(&meshfs(&bob, &["ls", "-l", "/"]));
+    assert!(root.contains("drwxr-xr-x   1001   1001") && root.contains("alice"), "{root}");
+    assert!(root.contains("drwxr-xr-x   1002   1002") && root.contains("bobs"), "{root}");
+    let snapshots = (1..=3)
+        .filter(|id| cluster.dir.join(format!("data/mserver-{id}/raft/snapshot")).exists())
+        .count();
+    assert!(snapshots > 0, "the meta-servers took snapshots");
+}

@@ -5,6 +5,7 @@
 use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
+use super::access::{Caller, MODE_BITS};
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, MAX_BLOCKS_PER_FILE, read_replicas,
     write_replicas,
@@ -169,6 +170,23 @@ pub enum Command {
         /// The client removed.
         client: ClientId,
     },
+    /// `chmod`: the inode's mode bits (with setuid, setgid and sticky) become `mode`. Its
+    /// owner or an operator only.
+    Chmod {
+        /// The inode.
+        path: MeshPath,
+        /// The new bits (at most 0o7777).
+        mode: u16,
+    },
+    /// `chown`: a new owner (an operator only) or group (its owner, to one of its groups).
+    Chown {
+        /// The inode.
+        path: MeshPath,
+        /// The owning user.
+        uid: u32,
+        /// The owning group.
+        gid: u32,
+    },
 }
 
 /// One log entry: who asked, when (the leader's clock), and what.
@@ -180,6 +198,9 @@ pub struct Entry {
     pub request_id: u64,
     /// Milliseconds since the Unix epoch, by the leader's clock when it proposed.
     pub time_ms: u64,
+    /// Who it acts for, by the leader's config when it proposed; every replica checks the
+    /// command's permissions against it.
+    pub caller: Caller,
     /// The change.
     pub command: Command,
 }
@@ -223,6 +244,8 @@ pub enum Outcome {
     },
     /// Moved.
     Renamed,
+    /// An inode's mode, owner or group changed.
+    Changed,
     /// A data-server's draining mark was set or cleared.
     Draining {
         /// The data-server.
@@ -271,15 +294,21 @@ pub enum Outcome {
 // ---- encodings of entries and outcomes (log records and snapshots) ----
 
 impl Entry {
-    /// The entry as bytes (for the log). Layout: u8 format (1), u32 client, u64 nonce,
-    /// u64 request id, u64 time, u8 command, then the command's fields.
+    /// The entry as bytes (for the log). Layout: u8 format, u32 client, u64 nonce, u64
+    /// request id, u64 time, in format 2 the caller ([`Caller::write`]), u8 command, then
+    /// the command's fields. An entry of the system caller is written in format 1, as every
+    /// entry was before entries carried a caller.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = BodyWriter::new();
-        w.u8(1)
+        let format = if self.caller.is_system() { 1 } else { 2 };
+        w.u8(format)
             .u32(self.session.client.0)
             .u64(self.session.nonce)
             .u64(self.request_id)
             .u64(self.time_ms);
+        if format == 2 {
+            self.caller.write(&mut w);
+        }
         match &self.command {
             Command::Mkdir { path, parents } => {
                 w.u8(1);
@@ -363,6 +392,16 @@ impl Entry {
             Command::RevokeClient { client } => {
                 w.u8(18).u32(client.0);
             }
+            Command::Chmod { path, mode } => {
+                w.u8(19);
+                write_path(&mut w, path);
+                w.u16(*mode);
+            }
+            Command::Chown { path, uid, gid } => {
+                w.u8(20);
+                write_path(&mut w, path);
+                w.u32(*uid).u32(*gid);
+            }
         }
         w.finish()
     }
@@ -371,12 +410,17 @@ impl Entry {
     pub fn decode(bytes: &[u8]) -> Result<Entry, BodyError> {
         let mut r = BodyReader::new(bytes);
         let format = r.u8("entry format")?;
-        if format != 1 {
+        if format != 1 && format != 2 {
             return Err(BodyError::Invalid { field: "entry format", value: u64::from(format) });
         }
         let session = SessionId::read(&mut r)?;
         let request_id = r.u64("request id")?;
         let time_ms = r.u64("time")?;
+        let caller = if format == 2 { Caller::read(&mut r)? } else { Caller::system() };
+        if format == 2 && caller.is_system() {
+            // The system caller is written in format 1 only: one entry, one encoding.
+            return Err(BodyError::Invalid { field: "entry format", value: 2 });
+        }
         let command = match r.u8("command")? {
             1 => Command::Mkdir { path: read_path(&mut r)?, parents: r.bool("parents")? },
             2 => Command::CreateFile {
@@ -468,10 +512,22 @@ impl Entry {
                 Command::Clock { expire }
             }
             18 => Command::RevokeClient { client: ClientId(r.u32("client")?) },
+            19 => Command::Chmod {
+                path: read_path(&mut r)?,
+                mode: match r.u16("mode")? {
+                    mode if mode <= MODE_BITS => mode,
+                    other => {
+                        return Err(BodyError::Invalid { field: "mode", value: u64::from(other) });
+                    }
+                },
+            },
+            20 => {
+                Command::Chown { path: read_path(&mut r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
+            }
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;
-        Ok(Entry { session, request_id, time_ms, command })
+        Ok(Entry { session, request_id, time_ms, caller, command })
     }
 }
 
@@ -527,6 +583,9 @@ pub(super) fn write_outcome(w: &mut BodyWriter, outcome: &Outcome) {
         }
         Outcome::LockQueued => {
             w.u8(15);
+        }
+        Outcome::Changed => {
+            w.u8(17);
         }
         Outcome::Woke { wakes } => {
             w.u8(16).u32(wakes.len() as u32);
@@ -613,6 +672,7 @@ pub(super) fn read_outcome(r: &mut BodyReader<'_>) -> Result<Outcome, BodyError>
             Outcome::Woke { wakes }
         }
         6 => Outcome::Failed(NsError::read(r)?),
+        17 => Outcome::Changed,
         other => return Err(BodyError::Invalid { field: "outcome", value: u64::from(other) }),
     })
 }

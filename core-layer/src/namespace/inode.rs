@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use meshfs_group::NodeId;
 
+use super::access::Owner;
 use crate::descriptor::BlockVersion;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub(super) enum Kind {
 pub(super) struct Node {
     pub(super) parent: u32,
     pub(super) kind: Kind,
+    pub(super) owner: Owner,
 }
 
 /// Inodes per page of [`Inodes`].

@@ -2,8 +2,9 @@
 //!
 //! Every meta-server applies the same committed entries in the same order with
 //! [`Namespace::apply`] and so holds the same state, byte for byte ([`Namespace::snapshot`]
-//! proves it). Applying is pure: the time, the placement of new blocks and the request's
-//! identity all travel in the entry; nothing is read from a clock or the network here.
+//! proves it). Applying is pure: the time, the placement of new blocks, the request's
+//! identity and the caller it acts for all travel in the entry; nothing is read from a clock,
+//! a config or the network here.
 //!
 //! Retries: every entry names the client session and request that made it. The namespace
 //! remembers each session's last request and its outcome, so a request committed twice
@@ -20,6 +21,8 @@
 //! - `mod.rs` (here): the state, queries of its books, and [`Namespace::apply`]: dedupe and
 //!   dispatch of each [`Command`] to the module that owns it;
 //! - [`entry`]: commands, entries and outcomes, and their log codecs;
+//! - [`access`]: owners, groups and modes, the caller each entry carries, and the POSIX
+//!   checks every command passes before it changes anything;
 //! - `inode`: the paged inode table; `query`: lookups, stat and listings;
 //! - `tree`: mkdir, create, rename, remove; `blocks`: expand, leases, commits, replica swaps
 //!   and repairs, and the allocation they keep;
@@ -27,6 +30,7 @@
 //!
 //! It must not know the network, disks, clocks or Raft: entries come in, outcomes go out.
 
+pub mod access;
 mod blocks;
 pub mod entry;
 mod inode;
@@ -42,6 +46,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meshfs_group::NodeId;
 
+pub use self::access::{Caller, Owner};
 pub use self::entry::{Command, Entry, Outcome};
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
@@ -55,6 +60,9 @@ use crate::session::SessionId;
 
 /// The root directory's id.
 pub const ROOT_ID: u32 = 1;
+/// The root of a new namespace: anyone may make entries in it, and only their owners (or an
+/// operator) may remove them, as in `/tmp`.
+pub const ROOT_OWNER: Owner = Owner { uid: 0, gid: 0, mode: 0o1777 };
 /// Sessions idle longer than this (by entry time) are forgotten.
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 /// Idle sessions are swept every this many applied entries.
@@ -119,6 +127,7 @@ impl Namespace {
             Node {
                 parent: ROOT_ID,
                 kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }),
+                owner: ROOT_OWNER,
             },
         );
         Namespace {
@@ -213,11 +222,17 @@ impl Namespace {
                 });
             }
         }
-        let outcome =
-            match self.execute(&entry.command, entry.session, entry.request_id, entry.time_ms) {
-                Ok(outcome) => outcome,
-                Err(err) => Outcome::Failed(err),
-            };
+        let caller = &entry.caller;
+        let outcome = match self.execute(
+            &entry.command,
+            entry.session,
+            entry.request_id,
+            entry.time_ms,
+            caller,
+        ) {
+            Ok(outcome) => outcome,
+            Err(err) => Outcome::Failed(err),
+        };
         let remembered = match &outcome {
             // The wakes were for other requests, answered once.
             Outcome::Woke { .. } => Outcome::Woke { wakes: Vec::new() },
@@ -271,11 +286,13 @@ impl Namespace {
         session: SessionId,
         request_id: u64,
         now: u64,
+        caller: &Caller,
     ) -> Result<Outcome, NsError> {
+        self.authorize(command, caller)?;
         match command {
-            Command::Mkdir { path, parents } => self.mkdir(path, *parents, now),
+            Command::Mkdir { path, parents } => self.mkdir(path, *parents, now, caller),
             Command::CreateFile { path, replication, block_size } => {
-                self.create_file(path, *replication, *block_size, now)
+                self.create_file(path, *replication, *block_size, now, caller)
             }
             Command::ExpandFile { path, size, first_block, placement } => {
                 self.expand(path, *size, *first_block, placement, now)
@@ -288,7 +305,7 @@ impl Namespace {
                         block_size: *block_size,
                     });
                 }
-                self.create_file(path, *replication, *block_size, now)?;
+                self.create_file(path, *replication, *block_size, now, caller)?;
                 let placement = std::slice::from_ref(placement);
                 let leased = self
                     .expand(path, *size, 0, placement, now)
@@ -339,6 +356,13 @@ impl Namespace {
             Command::Unlock { path } => {
                 Ok(Outcome::Woke { wakes: self.locks.unlock(session, path, now)? })
             }
+            Command::Chmod { path, mode } => {
+                self.set_owner(path, |owner| owner.mode = *mode & access::MODE_BITS)
+            }
+            Command::Chown { path, uid, gid } => self.set_owner(path, |owner| {
+                owner.uid = *uid;
+                owner.gid = *gid;
+            }),
             Command::KeepAlive | Command::Clock { .. } | Command::RevokeClient { .. } => {
                 unreachable!("applied before deduplication")
             }

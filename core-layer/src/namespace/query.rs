@@ -3,6 +3,7 @@
 
 use meshfs_group::NodeId;
 
+use super::access::Owner;
 use super::inode::{Block, Dir, File, Kind};
 use super::{Namespace, ROOT_ID, parent_text, path_str};
 use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
@@ -102,6 +103,8 @@ pub struct DirEntry {
     pub id: u32,
     /// Its size (0 for directories).
     pub size: u64,
+    /// Its owner, group and mode.
+    pub owner: Owner,
 }
 
 impl Namespace {
@@ -240,7 +243,7 @@ impl Namespace {
                 Kind::Dir(_) => (true, 0),
                 Kind::File(f) => (false, f.size),
             };
-            DirEntry { name: name.to_string(), is_dir, id, size }
+            DirEntry { name: name.to_string(), is_dir, id, size, owner: self.nodes[&id].owner }
         };
         match &self.nodes[&id].kind {
             Kind::Dir(dir) => {
@@ -271,7 +274,8 @@ impl Namespace {
                 Kind::Dir(_) => (true, 0),
                 Kind::File(f) => (false, f.size),
             };
-            entries.push(DirEntry { name: name.to_string(), is_dir, id: child, size });
+            let owner = self.nodes[&child].owner;
+            entries.push(DirEntry { name: name.to_string(), is_dir, id: child, size, owner });
         }
         Ok((entries, names.next().is_some()))
     }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
+use super::access::{MODE_BITS, Owner};
 use super::entry::{read_outcome, write_outcome};
 use super::inode::{Block, Dir, File, Inodes, Kind, Node};
 use super::{Lease, Namespace, ROOT_ID, Session};
@@ -17,10 +18,11 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 4): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 5): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
-    /// (formats 1 to 3 have none), u32 CRC-32 of all before.
+    /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
+    /// u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -64,6 +66,10 @@ impl Namespace {
             w.u32(server.0);
         }
         self.locks.write(&mut w);
+        w.u32(self.nodes.len() as u32);
+        for (id, node) in self.nodes.iter() {
+            w.u32(id).u32(node.owner.uid).u32(node.owner.gid).u16(node.owner.mode);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -91,6 +97,7 @@ impl Namespace {
             2 => v2::read(&mut r)?,
             3 => v3::read(&mut r)?,
             4 => v4::read(&mut r)?,
+            5 => v5::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
         r.finish()?;
@@ -105,9 +112,9 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 4;
+pub(super) const SNAPSHOT_FORMAT: u16 = 5;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 4, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 5, "a new format needs its reader in restore");
 
 /// Format 1 (commit 26030ca): `u32 next_id, u64 applied`, the inodes, the request sessions.
 mod v1 {
@@ -183,7 +190,9 @@ mod v1 {
                     "inode {id} is not below next_id {next_id}"
                 )));
             }
-            if nodes.insert(id, Node { parent, kind }).is_some() {
+            // Formats before 5 kept no owners: root's, open to all, as it all was then.
+            let owner = Owner::legacy(matches!(kind, Kind::Dir(_)));
+            if nodes.insert(id, Node { parent, kind, owner }).is_some() {
                 return Err(SnapshotError::Invalid(format!("inode {id} appears twice")));
             }
         }
@@ -258,6 +267,38 @@ mod v4 {
     pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
         let mut ns = v3::read(r)?;
         ns.locks = LockTable::read(r)?;
+        Ok(ns)
+    }
+}
+
+/// Format 5: format 4, then every inode's owner, group and mode by id: `u32 count`, then
+/// `u32 id, u32 uid, u32 gid, u16 mode` each.
+mod v5 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v4::read(r)?;
+        let count = r.u32("owner count")?;
+        if count as usize != ns.nodes.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "{count} owners for {} inodes",
+                ns.nodes.len()
+            )));
+        }
+        for _ in 0..count {
+            let id = r.u32("owner inode")?;
+            let owner = Owner { uid: r.u32("uid")?, gid: r.u32("gid")?, mode: r.u16("mode")? };
+            if owner.mode > MODE_BITS {
+                return Err(SnapshotError::Invalid(format!(
+                    "inode {id} has mode {:o}",
+                    owner.mode
+                )));
+            }
+            match ns.nodes.get_mut(&id) {
+                Some(node) => node.owner = owner,
+                None => return Err(SnapshotError::Invalid(format!("an owner for no inode {id}"))),
+            }
+        }
         Ok(ns)
     }
 }

@@ -37,6 +37,7 @@ impl Driver {
             session: self.session,
             request_id: self.next_request,
             time_ms: self.time,
+            caller: crate::namespace::Caller::system(),
             command,
         };
         self.next_request += 1;
@@ -533,8 +534,13 @@ fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
     let holder = SessionId { client: ClientId(2), nonce: 5 };
     let open = Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 1_000 };
     assert!(matches!(d.run(open.clone()), Outcome::SessionOpened { .. }));
-    let as_holder =
-        |request_id, time_ms, command| Entry { session: holder, request_id, time_ms, command };
+    let as_holder = |request_id, time_ms, command| Entry {
+        session: holder,
+        request_id,
+        time_ms,
+        caller: crate::namespace::Caller::system(),
+        command,
+    };
     d.ns.apply(&as_holder(1, d.time, open));
     let take = Command::Lock { path: p("/m"), mode: LockMode::Exclusive, wait_ms: None };
     let first = d.ns.apply(&as_holder(2, d.time, take));
@@ -570,8 +576,13 @@ fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
 fn revoking_a_client_ends_its_sessions_and_frees_its_locks_after_its_lease_and_delay() {
     let mut d = Driver::new();
     let removed = SessionId { client: ClientId(2), nonce: 5 };
-    let as_removed =
-        |request_id, time_ms, command| Entry { session: removed, request_id, time_ms, command };
+    let as_removed = |request_id, time_ms, command| Entry {
+        session: removed,
+        request_id,
+        time_ms,
+        caller: crate::namespace::Caller::system(),
+        command,
+    };
     let open = Command::OpenSession { lease_ms: 10_000, lock_delay_ms: 1_000 };
     let t0 = d.time;
     d.ns.apply(&as_removed(1, t0, open.clone()));
@@ -584,6 +595,7 @@ fn revoking_a_client_ends_its_sessions_and_frees_its_locks_after_its_lease_and_d
         session: SessionId { client: ClientId(0), nonce: 9 },
         request_id: 0,
         time_ms,
+        caller: crate::namespace::Caller::system(),
         command: Command::RevokeClient { client: ClientId(2) },
     };
     assert!(matches!(d.ns.apply(&revoke(t0 + 100)), Outcome::Woke { .. }));
@@ -613,6 +625,7 @@ fn sessions_idle_past_the_ttl_are_forgotten() {
             session: busy,
             request_id: i + 1,
             time_ms: d.time,
+            caller: crate::namespace::Caller::system(),
             command: Command::Mkdir { path: p("/"), parents: true },
         };
         d.ns.apply(&entry);
@@ -662,7 +675,121 @@ fn sample_entries() -> Vec<Entry> {
         d.entry(Command::Clock { expire: vec![SessionId { client: ClientId(9), nonce: 3 }] }),
         d.entry(Command::CloseSession),
         d.entry(Command::RevokeClient { client: ClientId(9) }),
+        d.entry(Command::Chmod { path: p("/a"), mode: 0o1750 }),
+        d.entry(Command::Chown { path: p("/a"), uid: 1001, gid: 50 }),
+        Entry {
+            caller: user(1001, &[50]),
+            ..d.entry(Command::Mkdir { path: p("/a/u"), parents: false })
+        },
     ]
+}
+
+fn user(uid: u32, gids: &[u32]) -> Caller {
+    Caller { uid, gids: gids.to_vec(), admin: false }
+}
+
+/// Runs `command` as `caller`.
+fn run_as(d: &mut Driver, caller: &Caller, command: Command) -> Outcome {
+    let entry = Entry { caller: caller.clone(), ..d.entry(command) };
+    d.ns.apply(&entry)
+}
+
+#[test]
+fn every_change_is_checked_against_the_callers_owner_group_and_mode() {
+    let mut d = Driver::new();
+    let (alice, bob, admin) = (user(1001, &[1001]), user(1002, &[1002, 50]), Caller::system());
+    // The root is open to all, sticky: each makes their own directory.
+    assert_eq!(
+        run_as(&mut d, &alice, Command::Mkdir { path: p("/alice"), parents: false }),
+        Outcome::Mkdir
+    );
+    assert_eq!(
+        run_as(&mut d, &bob, Command::Mkdir { path: p("/bob"), parents: false }),
+        Outcome::Mkdir
+    );
+    let create = |path: &str| Command::CreateFile { path: p(path), replication: 1, block_size: BS };
+    assert!(matches!(run_as(&mut d, &alice, create("/alice/notes")), Outcome::Created(_)));
+    let id = d.ns.lookup(&p("/alice/notes")).unwrap();
+    assert_eq!(d.ns.nodes[&id].owner, Owner { uid: 1001, gid: 1001, mode: 0o644 });
+    // Bob may not make, remove or rename entries in Alice's 0755 directory.
+    let denied =
+        |outcome: Outcome| matches!(outcome, Outcome::Failed(NsError::PermissionDenied(_)));
+    assert!(denied(run_as(&mut d, &bob, create("/alice/bobs"))));
+    assert!(denied(run_as(
+        &mut d,
+        &bob,
+        Command::Remove { path: p("/alice/notes"), recursive: false }
+    )));
+    assert!(denied(run_as(
+        &mut d,
+        &bob,
+        Command::Rename { from: p("/alice/notes"), to: p("/bob/x") }
+    )));
+    assert!(denied(run_as(&mut d, &bob, Command::Remove { path: p("/alice"), recursive: true })));
+    // Nor write Alice's file, nor change its mode or owner.
+    let expand = Command::ExpandFile {
+        path: p("/alice/notes"),
+        size: 1,
+        first_block: 0,
+        placement: vec![vec![NodeId(4)]],
+    };
+    assert!(denied(run_as(&mut d, &bob, expand.clone())));
+    assert!(denied(run_as(&mut d, &bob, Command::Chmod { path: p("/alice/notes"), mode: 0o666 })));
+    assert!(denied(run_as(
+        &mut d,
+        &alice,
+        Command::Chown { path: p("/alice/notes"), uid: 1002, gid: 1001 }
+    )));
+    // The sticky root: Bob may not remove Alice's directory from it, though he may write it.
+    assert!(denied(run_as(&mut d, &bob, Command::Remove { path: p("/alice"), recursive: true })));
+    // Alice opens her file to her group, and gives it to group 50: Bob (in 50) may write it.
+    assert_eq!(
+        run_as(&mut d, &alice, Command::Chmod { path: p("/alice/notes"), mode: 0o664 }),
+        Outcome::Changed
+    );
+    assert!(
+        denied(run_as(
+            &mut d,
+            &alice,
+            Command::Chown { path: p("/alice/notes"), uid: 1001, gid: 50 }
+        )),
+        "Alice is not in group 50"
+    );
+    assert_eq!(
+        run_as(&mut d, &admin, Command::Chown { path: p("/alice/notes"), uid: 1001, gid: 50 }),
+        Outcome::Changed
+    );
+    assert!(matches!(run_as(&mut d, &bob, expand), Outcome::Expanded { .. }));
+    // A directory Bob cannot search hides what is in it.
+    assert_eq!(
+        run_as(&mut d, &alice, Command::Chmod { path: p("/alice"), mode: 0o700 }),
+        Outcome::Changed
+    );
+    assert!(d.ns.may_search(&p("/alice/notes"), &bob).is_err());
+    assert!(d.ns.may_read(&p("/alice/notes"), &alice).is_ok());
+    assert!(d.ns.may_read(&p("/bob"), &alice).is_ok(), "0755: others may list");
+    // The owner removes her tree; an operator may do anything.
+    assert!(matches!(
+        run_as(&mut d, &alice, Command::Remove { path: p("/alice"), recursive: true }),
+        Outcome::Removed { .. }
+    ));
+    assert!(matches!(
+        run_as(&mut d, &admin, Command::Remove { path: p("/bob"), recursive: true }),
+        Outcome::Removed { .. }
+    ));
+    // Modes and owners survive a snapshot.
+    assert_eq!(
+        run_as(&mut d, &bob, Command::Mkdir { path: p("/kept"), parents: false }),
+        Outcome::Mkdir
+    );
+    assert_eq!(
+        run_as(&mut d, &bob, Command::Chmod { path: p("/kept"), mode: 0o1700 }),
+        Outcome::Changed
+    );
+    let back = Namespace::restore(&d.ns.snapshot()).unwrap();
+    let kept = back.lookup(&p("/kept")).unwrap();
+    assert_eq!(back.nodes[&kept].owner, Owner { uid: 1002, gid: 1002, mode: 0o1700 });
+    assert_eq!(back, d.ns);
 }
 
 #[test]
@@ -768,6 +895,15 @@ fn old_logs_and_snapshots_are_still_read() {
         }
         if format < 4 {
             replayed.locks = LockTable::new();
+        }
+        if format < 5 {
+            // Owners came with format 5: the older ones restore everything as root's,
+            // open to all.
+            let ids: Vec<u32> = replayed.nodes.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                let node = replayed.nodes.get_mut(&id).expect("listed");
+                node.owner = Owner::legacy(matches!(node.kind, Kind::Dir(_)));
+            }
         }
         assert_eq!(restored.nodes, replayed.nodes, "{dir}: inodes");
         assert_eq!(restored.leases, replayed.leases, "{dir}: leases");

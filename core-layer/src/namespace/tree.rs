@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::access::{Caller, Owner};
 use super::blocks::block_span;
 use super::entry::Outcome;
 use super::inode::{Dir, File, Kind, Node};
@@ -11,7 +12,23 @@ use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
 use crate::path::MeshPath;
 
+/// The mode of a new directory and a new file (`chmod` changes it).
+pub const NEW_DIR_MODE: u16 = 0o755;
+/// See [`NEW_DIR_MODE`].
+pub const NEW_FILE_MODE: u16 = 0o644;
+
 impl Namespace {
+    /// `chmod` and `chown` (checked by [`Namespace::authorize`]).
+    pub(super) fn set_owner(
+        &mut self,
+        path: &MeshPath,
+        change: impl FnOnce(&mut Owner),
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        change(&mut self.nodes.get_mut(&id).expect("looked up").owner);
+        Ok(Outcome::Changed)
+    }
+
     pub(super) fn insert_child(&mut self, parent: u32, name: &str, id: u32, node: Node, now: u64) {
         self.nodes.insert(id, node);
         let dir = self.dir_mut(parent);
@@ -25,7 +42,9 @@ impl Namespace {
         path: &MeshPath,
         parents: bool,
         now: u64,
+        caller: &Caller,
     ) -> Result<Outcome, NsError> {
+        let owner = Owner::new(caller, NEW_DIR_MODE);
         if path.is_root() {
             return if parents {
                 Ok(Outcome::Mkdir)
@@ -39,8 +58,8 @@ impl Namespace {
                 return Err(NsError::AlreadyExists(path_str(path)));
             }
             let id = self.new_id()?;
-            let node =
-                Node { parent, kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }) };
+            let kind = Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now });
+            let node = Node { parent, kind, owner };
             self.insert_child(parent, name, id, node, now);
             return Ok(Outcome::Mkdir);
         }
@@ -72,6 +91,7 @@ impl Namespace {
             let node = Node {
                 parent: id,
                 kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }),
+                owner,
             };
             self.insert_child(id, name, child, node, now);
             id = child;
@@ -92,6 +112,7 @@ impl Namespace {
         replication: u8,
         block_size: u32,
         now: u64,
+        caller: &Caller,
     ) -> Result<Outcome, NsError> {
         if !(1..=MAX_REPLICAS).contains(&replication) {
             return Err(NsError::BadReplication(replication));
@@ -111,7 +132,8 @@ impl Namespace {
             mtime_ms: now,
             blocks: Box::new([]),
         };
-        self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file) }, now);
+        let owner = Owner::new(caller, NEW_FILE_MODE);
+        self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file), owner }, now);
         Ok(Outcome::Created(FileDescriptor { id: FileId(id), version: 1 }))
     }
 

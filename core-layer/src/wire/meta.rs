@@ -30,6 +30,8 @@
 //! | 20 | `Locks` | `str path` |
 //! | 21 | `ClusterMap` | |
 //! | 22 | `CommitProven` | `str path, u16 block index, u16 version, [32] digest`, the replicas' proofs (`u8 n`, `n` x `u32 replica, [32] digest, [32] mac`) |
+//! | 23 | `Chmod` | `str path, u16 mode` |
+//! | 24 | `Chown` | `str path, u32 uid, u32 gid` |
 //!
 //! | tag | [`MetaReply`] | fields |
 //! |---|---|---|
@@ -49,6 +51,7 @@
 //! | 14 | `Locks` | `u32 count`, locks with holders and waiters, `bool more` |
 //! | 15 | `ClusterMap` | `u32 block size, u8 replication, u32 count`, then per server `u8 role, u32 id, str addr` |
 //! | 16 | `StatRead` | as `Stat`, then each block's read token (`u64 expires ms, [32] mac`) |
+//! | 17 | `ListOwned` | as `List`, each entry followed by `u32 uid, u32 gid, u16 mode` |
 
 use meshfs_group::{NodeId, Role};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -60,7 +63,7 @@ use crate::descriptor::{
 };
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, Owner, Stat};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
 
@@ -182,6 +185,22 @@ pub enum MetaOp {
         digest: [u8; 32],
         /// The replicas' proofs, as the chain's last acknowledgement carried them.
         proofs: Vec<ReplicaProof>,
+    },
+    /// `chmod`: the mode bits of an inode (its owner or an operator).
+    Chmod {
+        /// The inode.
+        path: MeshPath,
+        /// The bits, at most 0o7777.
+        mode: u16,
+    },
+    /// `chown`: the owner (an operator) or group (the owner, to one of its groups).
+    Chown {
+        /// The inode.
+        path: MeshPath,
+        /// The owner.
+        uid: u32,
+        /// The group.
+        gid: u32,
     },
     /// A client found a replica down or damaged (a read failed there).
     ReportBadReplica {
@@ -440,6 +459,10 @@ wire_codes! {
         ClusterMap = 21,
         /// [`MetaOp::CommitProven`].
         CommitProven = 22,
+        /// [`MetaOp::Chmod`].
+        Chmod = 23,
+        /// [`MetaOp::Chown`].
+        Chown = 24,
     }
 }
 
@@ -478,6 +501,8 @@ wire_codes! {
         ClusterMap = 15,
         /// [`MetaReply::Stat`] of a file whose blocks carry read tokens.
         StatRead = 16,
+        /// [`MetaReply::List`] with each entry's owner, group and mode.
+        ListOwned = 17,
     }
 }
 
@@ -582,6 +607,16 @@ pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
         MetaOp::ClusterMap => {
             w.u8(OpCode::ClusterMap as u8);
         }
+        MetaOp::Chmod { path, mode } => {
+            w.u8(OpCode::Chmod as u8);
+            write_path(w, path);
+            w.u16(*mode);
+        }
+        MetaOp::Chown { path, uid, gid } => {
+            w.u8(OpCode::Chown as u8);
+            write_path(w, path);
+            w.u32(*uid).u32(*gid);
+        }
     }
 }
 
@@ -651,6 +686,10 @@ pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, B
         OpCode::Unlock => MetaOp::Unlock { path: read_path(r)? },
         OpCode::Locks => MetaOp::Locks { path: read_path(r)? },
         OpCode::ClusterMap => MetaOp::ClusterMap,
+        OpCode::Chmod => MetaOp::Chmod { path: read_path(r)?, mode: r.u16("mode")? },
+        OpCode::Chown => {
+            MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
+        }
     };
     Ok(MetaRequest { session, request_id, op })
 }
@@ -752,9 +791,10 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             }
         }
         MetaReply::List { entries, more } => {
-            w.u8(ReplyTag::List as u8).u32(entries.len() as u32);
+            w.u8(ReplyTag::ListOwned as u8).u32(entries.len() as u32);
             for e in entries {
                 w.str(&e.name).bool(e.is_dir).u32(e.id).u64(e.size);
+                w.u32(e.owner.uid).u32(e.owner.gid).u16(e.owner.mode);
             }
             w.bool(*more);
         }
@@ -901,19 +941,23 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
             }
             MetaReply::Stat { stat, total_blocks, first_block }
         }
-        ReplyTag::List => {
+        tag @ (ReplyTag::List | ReplyTag::ListOwned) => {
             let count = r.u32("entry count")?;
             if count > MAX_LIST_PAGE {
                 return Err(BodyError::Invalid { field: "entry count", value: u64::from(count) });
             }
             let mut entries = Vec::with_capacity(count as usize);
             for _ in 0..count {
-                entries.push(DirEntry {
-                    name: r.str("name")?.to_string(),
-                    is_dir: r.bool("is dir")?,
-                    id: r.u32("id")?,
-                    size: r.u64("size")?,
-                });
+                let name = r.str("name")?.to_string();
+                let is_dir = r.bool("is dir")?;
+                let id = r.u32("id")?;
+                let size = r.u64("size")?;
+                let owner = if tag == ReplyTag::ListOwned {
+                    Owner { uid: r.u32("uid")?, gid: r.u32("gid")?, mode: r.u16("mode")? }
+                } else {
+                    Owner::legacy(is_dir)
+                };
+                entries.push(DirEntry { name, is_dir, id, size, owner });
             }
             MetaReply::List { entries, more: r.bool("more")? }
         }

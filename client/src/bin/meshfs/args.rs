@@ -46,7 +46,7 @@ pub(crate) enum Command {
     },
     /// List a directory.
     Ls {
-        /// Long format: kind, id, size, name.
+        /// Long format: kind and mode, owner, group, id, size, name.
         #[arg(short, long)]
         long: bool,
         /// The directory (default /).
@@ -65,6 +65,22 @@ pub(crate) enum Command {
         from: String,
         /// The destination.
         to: String,
+    },
+    /// Change a file's or directory's mode bits (octal, e.g. 640 or 1777); its owner or an
+    /// operator.
+    Chmod {
+        /// The mode, in octal.
+        mode: String,
+        /// The path.
+        path: String,
+    },
+    /// Change the owner and group (UID:GID, or :GID for the group alone); another owner
+    /// needs an operator.
+    Chown {
+        /// UID:GID, UID or :GID.
+        owner: String,
+        /// The path.
+        path: String,
     },
     /// Remove a file or an empty directory (with -r, a whole tree).
     Rm {
@@ -171,9 +187,15 @@ pub(crate) enum ClientAction {
     Add {
         /// The client's name.
         name: String,
-        /// An operator: may drain data-servers and run fsck.
+        /// An operator: may drain data-servers, run fsck, and read and change any file.
         #[arg(long)]
         admin: bool,
+        /// The user it acts as (default: its id).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Its groups, comma-separated, the first its primary (default: its uid).
+        #[arg(long, value_delimiter = ',')]
+        gids: Vec<u32>,
         /// Where to write its client config (default: client-NAME.conf beside the config).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,

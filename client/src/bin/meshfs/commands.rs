@@ -66,8 +66,9 @@ pub(crate) fn run_operator(
 
 fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<u8, ClientError> {
     match action {
-        ClientAction::Add { name, admin, out } => {
-            let (id, out) = clients::add(path, &name, admin, out)?;
+        ClientAction::Add { name, admin, uid, gids, out } => {
+            let who = clients::Who { admin, uid, gids };
+            let (id, out) = clients::add(path, &name, &who, out)?;
             println!("added client {name:?} (id {id}); its client config is {}", out.display());
             println!("give that file to whoever runs the client; it is their key");
         }
@@ -83,8 +84,9 @@ fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<
             );
         }
         ClientAction::List => {
-            for (id, name, admin) in clients::list(config) {
-                println!("{id:>6} {name}{}", if admin { " (admin)" } else { "" });
+            for c in config.clients.values() {
+                let admin = if c.admin { " (admin)" } else { "" };
+                println!("{:>6} {}{admin}  uid {} gids {:?}", c.id, c.name, c.uid, c.gids);
             }
         }
     }
@@ -111,7 +113,12 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             for entry in MetaClient::new(access)?.list(&path)? {
                 if long {
                     let kind = if entry.is_dir { 'd' } else { '-' };
-                    println!("{kind} {:>10} {:>14} {}", entry.id, entry.size, entry.name);
+                    let mode = meshfs_core::namespace::access::mode_text(entry.owner.mode);
+                    let (uid, gid) = (entry.owner.uid, entry.owner.gid);
+                    println!(
+                        "{kind}{mode} {uid:>6} {gid:>6} {:>10} {:>14} {}",
+                        entry.id, entry.size, entry.name
+                    );
                 } else if entry.is_dir {
                     println!("{}/", entry.name);
                 } else {
@@ -127,6 +134,36 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
         }
         Command::Mv { from, to } => {
             MetaClient::new(access)?.rename(&from, &to)?;
+            Ok(0)
+        }
+        Command::Chmod { mode, path } => {
+            let Ok(bits) = u16::from_str_radix(&mode, 8) else {
+                eprintln!("meshfs chmod: {mode:?} is not an octal mode (e.g. 640, 1777)");
+                return Ok(2);
+            };
+            MetaClient::new(access)?.chmod(&path, bits)?;
+            Ok(0)
+        }
+        Command::Chown { owner, path } => {
+            let mut meta = MetaClient::new(access)?;
+            let (uid, gid) = owner.split_once(':').unwrap_or((owner.as_str(), ""));
+            let Some(entry) = meta
+                .list(&parent_of(&path))?
+                .into_iter()
+                .find(|e| Some(e.name.as_str()) == path.rsplit('/').next())
+            else {
+                eprintln!("meshfs chown: {path}: no such file or directory");
+                return Ok(1);
+            };
+            let parse = |text: &str, current: u32| {
+                if text.is_empty() { Some(current) } else { text.parse::<u32>().ok() }
+            };
+            let (Some(uid), Some(gid)) = (parse(uid, entry.owner.uid), parse(gid, entry.owner.gid))
+            else {
+                eprintln!("meshfs chown: {owner:?}: expected UID:GID, UID or :GID (numbers)");
+                return Ok(2);
+            };
+            meta.chown(&path, uid, gid)?;
             Ok(0)
         }
         Command::Rm { recursive, path } => {
@@ -317,4 +354,12 @@ fn open_output(local: &str) -> Result<Box<dyn std::io::Write>, ClientError> {
     let file = std::fs::File::create(local)
         .map_err(|e| ClientError::Local { what: format!("creating {local}"), source: e })?;
     Ok(Box::new(std::io::BufWriter::with_capacity(1 << 20, file)))
+}
+
+/// The directory `path` is in (`/` for a top-level name).
+fn parent_of(path: &str) -> String {
+    match path.trim_end_matches('/').rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((parent, _)) => parent.to_string(),
+    }
 }

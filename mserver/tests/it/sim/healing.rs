@@ -656,8 +656,13 @@ impl Sim {
                 }
             };
             let target = writer.hint;
-            let entry =
-                Entry { session: writer.session, request_id: request, time_ms: self.now, command };
+            let entry = Entry {
+                session: writer.session,
+                request_id: request,
+                time_ms: self.now,
+                caller: meshfs_core::namespace::Caller::system(),
+                command,
+            };
             let index = (target - 1) as usize;
             let accepted = match self.nodes[index].replica.as_mut() {
                 Some(replica) if !self.isolated.contains(&target) => replica.propose(&entry),

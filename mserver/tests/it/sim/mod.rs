@@ -712,8 +712,13 @@ impl Sim {
         let n = self.nodes.len() as u64;
         let target = self.lock_clients[c].hint;
         let index = (target - 1) as usize;
-        let entry =
-            Entry { session: self.lock_clients[c].session, request_id, time_ms: self.now, command };
+        let entry = Entry {
+            session: self.lock_clients[c].session,
+            request_id,
+            time_ms: self.now,
+            caller: meshfs_core::namespace::Caller::system(),
+            command,
+        };
         let accepted = match self.nodes[index].replica.as_mut() {
             Some(replica) if !self.isolated.contains(&target) => replica.propose(&entry),
             _ => Err(meshfs_mserver::consensus::ProposeError::NotLeader(None)),
@@ -1025,6 +1030,7 @@ impl Sim {
                 session: self.clients[c].session,
                 request_id: request,
                 time_ms: self.now,
+                caller: meshfs_core::namespace::Caller::system(),
                 command,
             };
             let accepted = match self.nodes[index].replica.as_mut() {
