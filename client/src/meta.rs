@@ -36,9 +36,17 @@ pub struct MetaClient {
     leader: Option<NodeId>,
     conns: HashMap<NodeId, Connection>,
     timeout: Duration,
+    /// The local user (uid, gids) this client acts for, if it is a trusted one doing so.
+    acting_for: Option<(u32, Vec<u32>)>,
 }
 
 impl MetaClient {
+    /// From now on, every call acts for local user `uid` with groups `gids` (a trusted
+    /// client only, such as a mount; the meta-servers refuse it from any other).
+    pub fn act_for(&mut self, uid: u32, gids: Vec<u32>) {
+        self.acting_for = Some((uid, gids));
+    }
+
     /// A client of the cluster `access` reaches, acting as its credentials.
     pub fn new(access: &Access) -> Result<MetaClient, ClientError> {
         let mut seed = [0u8; 8];
@@ -63,6 +71,7 @@ impl MetaClient {
             leader: None,
             conns: HashMap::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
+            acting_for: None,
         })
     }
 
@@ -132,6 +141,10 @@ impl MetaClient {
     /// [`MetaClient::call`] for a request the leader may hold for up to `wait` before it
     /// answers (a lock wait): each attempt, and the call, may take that much longer.
     pub fn call_waiting(&mut self, op: MetaOp, wait: Duration) -> Result<MetaReply, ClientError> {
+        let op = match &self.acting_for {
+            Some((uid, gids)) => MetaOp::ActAs { uid: *uid, gids: gids.clone(), op: Box::new(op) },
+            None => op,
+        };
         let request = MetaRequest { session: self.session, request_id: self.next_request, op };
         self.next_request += 1;
         let mservers = self.mservers();

@@ -44,6 +44,7 @@
 //! admin = true                   # an operator (drain, fsck, any file); default false
 //! uid = 1001                     # the user it acts as (default: its id)
 //! gids = [1001, 50]              # its groups, the first its primary (default: [uid])
+//! trusted = true                 # may act for the users of its host (a mount); default false
 //! ```
 //!
 //! A client's key is never stored on a server: it is HMAC-SHA256 of the secret over the
@@ -189,6 +190,9 @@ pub struct ClientConfig {
     pub uid: u32,
     /// Its groups, the first its primary (default: `[uid]`; at most 16).
     pub gids: Vec<u32>,
+    /// It may act for other users by naming them per request (a mount on a host the
+    /// operator controls, as NFS trusts hosts; `trusted = true`).
+    pub trusted: bool,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -413,6 +417,7 @@ struct RawClient {
     admin: Option<bool>,
     uid: Option<u32>,
     gids: Option<Vec<u32>>,
+    trusted: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -610,6 +615,7 @@ impl RawConfig {
                 admin: raw.admin.unwrap_or(false),
                 uid: raw.uid.unwrap_or(id),
                 gids: raw.gids.clone().unwrap_or_else(|| vec![raw.uid.unwrap_or(id)]),
+                trusted: raw.trusted.unwrap_or(false),
             };
             if client.gids.len() > 16 {
                 return Err(invalid(

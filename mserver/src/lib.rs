@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use meshfs_core::lock_clock::{CLOCK_PENDING_TIMEOUT, LockClock};
-use meshfs_core::namespace::{Command, Entry, Outcome};
+use meshfs_core::namespace::{Caller, Command, Entry, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::{self, Heal, Locks, Settings};
@@ -100,10 +100,10 @@ pub struct MetaServer {
     /// Proposed changes, by (session, request id): who waits for the outcome.
     writes: HashMap<(SessionId, u64), Vec<Waiter>>,
     /// Reads waiting for their ReadIndex round, by context.
-    reads: HashMap<u64, (Waiter, MetaOp)>,
+    reads: HashMap<u64, (Waiter, MetaOp, Caller)>,
     next_read: u64,
     /// Reads confirmed, waiting for the namespace to apply up to their index.
-    confirmed: Vec<(u64, Waiter, MetaOp)>,
+    confirmed: Vec<(u64, Waiter, MetaOp, Caller)>,
     /// Snapshots being streamed, by follower: the snapshot and how far it has gone.
     sending: HashMap<u64, (OutgoingSnapshot, usize)>,
     /// What each data-server reports holding.
@@ -230,20 +230,20 @@ impl MetaServer {
             }
         }
         for (context, index) in output.reads {
-            if let Some((waiter, op)) = self.reads.remove(&context) {
-                self.confirmed.push((index, waiter, op));
+            if let Some((waiter, op, caller)) = self.reads.remove(&context) {
+                self.confirmed.push((index, waiter, op, caller));
             }
         }
         let applied = self.replica.status().applied;
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.confirmed)
             .into_iter()
-            .partition(|(index, _, _)| *index <= applied);
+            .partition(|(index, _, _, _)| *index <= applied);
         self.confirmed = waiting;
-        for (_, waiter, op) in ready {
+        for (_, waiter, op, caller) in ready {
             let signer = ReadSigner {
                 secret: &self.secret,
                 client: waiter.client,
-                caller: requests::caller_of(node, waiter.client),
+                caller,
                 expires_ms: now.wall_ms.saturating_add(READ_TOKEN_MS),
             };
             answer(node, waiter, read(self.replica.namespace(), &op, &signer));
@@ -357,8 +357,8 @@ impl Service for MetaServer {
                     waiters.retain(|w| w.conn != conn);
                 }
                 self.lock_waits.retain(|_, w| !w.is_empty());
-                self.reads.retain(|_, (w, _)| w.conn != conn);
-                self.confirmed.retain(|(_, w, _)| w.conn != conn);
+                self.reads.retain(|_, (w, _, _)| w.conn != conn);
+                self.confirmed.retain(|(_, w, _, _)| w.conn != conn);
             }
             GroupEvent::PeerUp { .. } => {}
             GroupEvent::Message { from, frame } => {

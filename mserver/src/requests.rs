@@ -40,8 +40,8 @@ impl MetaServer {
         let reply = MetaReply::NotLeader { leader: self.leader_id() };
         let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
         waiters.extend(self.lock_waits.drain().flat_map(|(_, w)| w));
-        waiters.extend(self.reads.drain().map(|(_, (w, _))| w));
-        waiters.extend(self.confirmed.drain(..).map(|(_, w, _)| w));
+        waiters.extend(self.reads.drain().map(|(_, (w, _, _))| w));
+        waiters.extend(self.confirmed.drain(..).map(|(_, w, _, _)| w));
         for waiter in waiters {
             answer(node, waiter, reply.clone());
         }
@@ -79,6 +79,21 @@ impl MetaServer {
             return;
         }
         let session = SessionId { client, nonce: request.session };
+        // A trusted client (a mount) may act for a user of its host; anyone else acts as
+        // itself, and an operator's powers never pass through a wrapper.
+        let (caller, op) = match request.op {
+            MetaOp::ActAs { uid, gids, op } => {
+                if !node.config().client(client).is_some_and(|c| c.trusted) {
+                    let err = NsError::PermissionDenied(format!(
+                        "client {client} may not act for other users (trusted = true in its [[client]] entry)"
+                    ));
+                    return answer(node, waiter, MetaReply::Failed(err));
+                }
+                (Caller { uid, gids, admin: false }, *op)
+            }
+            op => (caller_of(node, client), op),
+        };
+        let request = MetaRequest { op, ..request };
         let command = match request.op {
             MetaOp::ReportBadReplica { block, server, reason } => {
                 // Soft state for the repair work (issue 6): which replica of which block failed.
@@ -88,7 +103,7 @@ impl MetaServer {
                 self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
                 return answer(node, waiter, MetaReply::Done);
             }
-            MetaOp::Fsck { .. } | MetaOp::Drain { .. } if !is_admin(node, client) => {
+            MetaOp::Fsck { .. } | MetaOp::Drain { .. } if !caller.admin => {
                 let what = match request.op {
                     MetaOp::Drain { .. } => "draining or undraining a data-server",
                     _ => "fsck",
@@ -129,7 +144,7 @@ impl MetaServer {
                 let context = self.next_read;
                 self.next_read += 1;
                 let result = self.replica.read_index(context).map(|()| {
-                    self.reads.insert(context, (waiter, request.op));
+                    self.reads.insert(context, (waiter, request.op, caller));
                 });
                 return self.settle(node, now, waiter, result);
             }
@@ -163,6 +178,11 @@ impl MetaServer {
                 }
             }
             MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::ActAs { .. } => {
+                // The wire never nests one (the decoder refuses it); say so if code does.
+                let err = NsError::PermissionDenied("an act-as inside another".into());
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
             MetaOp::Chmod { path, mode } if mode <= 0o7777 => Command::Chmod { path, mode },
             MetaOp::Chmod { mode, .. } => {
                 let err = NsError::PermissionDenied(format!("mode {mode:o}: at most 7777"));
@@ -194,7 +214,6 @@ impl MetaServer {
                 }
             }
         };
-        let caller = caller_of(node, client);
         let entry = Entry {
             session,
             request_id: request.request_id,
@@ -391,11 +410,6 @@ pub(crate) fn caller_of(node: &Node, client: ClientId) -> Caller {
     }
 }
 
-/// Whether `client` is an operator by the config this server has now.
-fn is_admin(node: &Node, client: ClientId) -> bool {
-    node.config().client(client).is_some_and(|c| c.admin)
-}
-
 /// Who a read is answered for, to sign the read tokens of the blocks it returns.
 pub(crate) struct ReadSigner<'a> {
     pub(crate) secret: &'a [u8],
@@ -463,6 +477,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::CommitProven { .. }
         | MetaOp::Chmod { .. }
         | MetaOp::Chown { .. }
+        | MetaOp::ActAs { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }
         | MetaOp::Fsck { .. }

@@ -155,6 +155,9 @@ pub fn add(
     if !who.gids.is_empty() {
         let _ = writeln!(next, "gids = {:?}", who.gids);
     }
+    if who.trusted {
+        next.push_str("trusted = true\n");
+    }
     let config = replace_config(path, &next)?;
     let out = out.unwrap_or_else(|| config.base_dir().join(format!("client-{name}.conf")));
     write_client_config(&config, ClientId(id), &out)?;
@@ -212,4 +215,6 @@ pub struct Who {
     pub uid: Option<u32>,
     /// Its groups (default: its uid).
     pub gids: Vec<u32>,
+    /// It may act for other users (a mount).
+    pub trusted: bool,
 }

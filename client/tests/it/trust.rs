@@ -639,3 +639,39 @@ fn owners_and_modes_decide_who_reads_writes_and_removes_and_survive_leader_chang
         .count();
     assert!(snapshots > 0, "the meta-servers took snapshots");
 }
+
+#[test]
+fn only_a_trusted_client_acts_for_other_users() {
+    let mut cluster = TestCluster::new("trust-trusted", 1, 1);
+    ok(&meshfs(&cluster.config_path, &["client", "add", "mount", "--uid", "500", "--trusted"]));
+    let plain = add_client(&cluster, "plain");
+    let mount = cluster.dir.join("client-mount.conf");
+    assert!(ok(&meshfs(&cluster.config_path, &["client", "list"])).contains("mount (trusted)"));
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    // The mount acts for local user 1001: what it makes is 1001's, checked as 1001.
+    let mut as_user = MetaClient::new(&Access::load(&mount, None).unwrap()).unwrap();
+    as_user.act_for(1001, vec![1001]);
+    as_user.mkdir("/home-1001", false).unwrap();
+    as_user.create("/home-1001/f", 1).unwrap();
+    let mut as_other = MetaClient::new(&Access::load(&mount, None).unwrap()).unwrap();
+    as_other.act_for(1002, vec![1002]);
+    let err = as_other.create("/home-1001/g", 1).unwrap_err().to_string();
+    assert!(err.contains("permission denied"), "{err}");
+    let listing = ok(&meshfs(&cluster.config_path, &["ls", "-l", "/"]));
+    assert!(
+        listing.contains("drwxr-xr-x   1001   1001") && listing.contains("home-1001"),
+        "{listing}"
+    );
+    // Acting for another user never carries an operator's powers.
+    let mut as_root = MetaClient::new(&Access::load(&mount, None).unwrap()).unwrap();
+    as_root.act_for(0, vec![0]);
+    let err = as_root.remove("/home-1001", true).unwrap_err().to_string();
+    assert!(err.contains("permission denied"), "{err}");
+    // A client that is not trusted may not act for anyone.
+    let mut impostor = MetaClient::new(&Access::load(&plain, None).unwrap()).unwrap();
+    impostor.act_for(1001, vec![1001]);
+    let err = impostor.remove("/home-1001", true).unwrap_err().to_string();
+    assert!(err.contains("may not act for other users"), "{err}");
+    assert!(ok(&meshfs(&cluster.config_path, &["ls", "/home-1001"])).contains("f"));
+}

@@ -32,6 +32,7 @@
 //! | 22 | `CommitProven` | `str path, u16 block index, u16 version, [32] digest`, the replicas' proofs (`u8 n`, `n` x `u32 replica, [32] digest, [32] mac`) |
 //! | 23 | `Chmod` | `str path, u16 mode` |
 //! | 24 | `Chown` | `str path, u32 uid, u32 gid` |
+//! | 25 | `ActAs` | `u32 uid, u8 n`, `n` x `u32 gid`, then another op (not `ActAs`) |
 //!
 //! | tag | [`MetaReply`] | fields |
 //! |---|---|---|
@@ -185,6 +186,16 @@ pub enum MetaOp {
         digest: [u8; 32],
         /// The replicas' proofs, as the chain's last acknowledgement carried them.
         proofs: Vec<ReplicaProof>,
+    },
+    /// `op` on behalf of the local user `uid` with groups `gids`: from a client marked
+    /// `trusted` (a mount acting for the users of its host); refused from any other.
+    ActAs {
+        /// The user acted for.
+        uid: u32,
+        /// Its groups, the first its primary (at most [`MAX_ACT_AS_GIDS`]).
+        gids: Vec<u32>,
+        /// What it asks; never another `ActAs`.
+        op: Box<MetaOp>,
     },
     /// `chmod`: the mode bits of an inode (its owner or an operator).
     Chmod {
@@ -352,6 +363,9 @@ pub enum MetaReply {
     ClusterMap(ClusterMap),
 }
 
+/// Most groups a [`MetaOp::ActAs`] names.
+pub const MAX_ACT_AS_GIDS: usize = 16;
+
 /// Most servers one [`ClusterMap`] lists.
 pub const MAX_MAP_SERVERS: u32 = 4096;
 
@@ -463,6 +477,8 @@ wire_codes! {
         Chmod = 23,
         /// [`MetaOp::Chown`].
         Chown = 24,
+        /// [`MetaOp::ActAs`].
+        ActAs = 25,
     }
 }
 
@@ -508,7 +524,20 @@ wire_codes! {
 
 pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
     w.u64(request.session).u64(request.request_id);
-    match &request.op {
+    write_op(w, &request.op);
+}
+
+fn write_op(w: &mut BodyWriter, op: &MetaOp) {
+    match op {
+        MetaOp::ActAs { uid, gids, op } => {
+            w.u8(OpCode::ActAs as u8).u32(*uid);
+            let gids = &gids[..gids.len().min(MAX_ACT_AS_GIDS)];
+            w.u8(gids.len() as u8);
+            for gid in gids {
+                w.u32(*gid);
+            }
+            write_op(w, op);
+        }
         MetaOp::Mkdir { path, parents } => {
             w.u8(OpCode::Mkdir as u8);
             write_path(w, path);
@@ -623,11 +652,32 @@ pub(super) fn write_meta_request(w: &mut BodyWriter, request: &MetaRequest) {
 pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, BodyError> {
     let session = r.u64("session")?;
     let request_id = r.u64("request id")?;
+    let op = read_op(r, true)?;
+    Ok(MetaRequest { session, request_id, op })
+}
+
+/// Reads one op; an [`MetaOp::ActAs`] only where `wrapper` allows it (never inside one).
+fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
     let code = r.u8("op")?;
     let Some(op) = OpCode::from_repr(code) else {
         return Err(BodyError::Invalid { field: "op", value: u64::from(code) });
     };
-    let op = match op {
+    Ok(match op {
+        OpCode::ActAs if wrapper => {
+            let uid = r.u32("act-as uid")?;
+            let count = r.u8("act-as group count")?;
+            if usize::from(count) > MAX_ACT_AS_GIDS {
+                return Err(BodyError::Invalid {
+                    field: "act-as group count",
+                    value: u64::from(count),
+                });
+            }
+            let gids = (0..count).map(|_| r.u32("act-as gid")).collect::<Result<_, _>>()?;
+            MetaOp::ActAs { uid, gids, op: Box::new(read_op(r, false)?) }
+        }
+        OpCode::ActAs => {
+            return Err(BodyError::Invalid { field: "op", value: u64::from(code) });
+        }
         OpCode::Mkdir => MetaOp::Mkdir { path: read_path(r)?, parents: r.bool("parents")? },
         OpCode::Create => MetaOp::Create { path: read_path(r)?, replication: r.u8("replication")? },
         OpCode::Rename => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
@@ -690,8 +740,7 @@ pub(super) fn read_meta_request(r: &mut BodyReader<'_>) -> Result<MetaRequest, B
         OpCode::Chown => {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
-    };
-    Ok(MetaRequest { session, request_id, op })
+    })
 }
 
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {

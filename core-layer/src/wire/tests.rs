@@ -467,6 +467,18 @@ fn samples() -> Vec<Message> {
             request_id: 19,
             op: MetaOp::Chown { path: MeshPath::parse("/f").unwrap(), uid: 1001, gid: 50 },
         }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 20,
+            op: MetaOp::ActAs {
+                uid: 1001,
+                gids: vec![1001, 50],
+                op: Box::new(MetaOp::Mkdir {
+                    path: MeshPath::parse("/u").unwrap(),
+                    parents: false,
+                }),
+            },
+        }),
     ]
 }
 
@@ -512,6 +524,17 @@ fn messages_in_layouts_older_builds_wrote_are_still_read() {
             assert!(entries.iter().all(|e| e.owner == crate::namespace::Owner::legacy(e.is_dir)));
         }
     }
+}
+
+#[test]
+fn an_act_as_never_wraps_another() {
+    let inner = MetaOp::ActAs { uid: 2, gids: vec![], op: Box::new(MetaOp::KeepAlive) };
+    let nested = Message::MetaRequest(MetaRequest {
+        session: 1,
+        request_id: 1,
+        op: MetaOp::ActAs { uid: 1, gids: vec![1], op: Box::new(inner) },
+    });
+    assert!(Message::decode(&nested.to_frame(1)).is_err(), "one level only");
 }
 
 #[test]

@@ -196,6 +196,9 @@ pub(crate) enum ClientAction {
         /// Its groups, comma-separated, the first its primary (default: its uid).
         #[arg(long, value_delimiter = ',')]
         gids: Vec<u32>,
+        /// It may act for the users of its host (a mount on a host you control).
+        #[arg(long)]
+        trusted: bool,
         /// Where to write its client config (default: client-NAME.conf beside the config).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,

@@ -66,8 +66,8 @@ pub(crate) fn run_operator(
 
 fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<u8, ClientError> {
     match action {
-        ClientAction::Add { name, admin, uid, gids, out } => {
-            let who = clients::Who { admin, uid, gids };
+        ClientAction::Add { name, admin, uid, gids, trusted, out } => {
+            let who = clients::Who { admin, uid, gids, trusted };
             let (id, out) = clients::add(path, &name, &who, out)?;
             println!("added client {name:?} (id {id}); its client config is {}", out.display());
             println!("give that file to whoever runs the client; it is their key");
@@ -86,7 +86,8 @@ fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<
         ClientAction::List => {
             for c in config.clients.values() {
                 let admin = if c.admin { " (admin)" } else { "" };
-                println!("{:>6} {}{admin}  uid {} gids {:?}", c.id, c.name, c.uid, c.gids);
+                let trusted = if c.trusted { " (trusted)" } else { "" };
+                println!("{:>6} {}{admin}{trusted}  uid {} gids {:?}", c.id, c.name, c.uid, c.gids);
             }
         }
     }
