@@ -23,7 +23,6 @@
 //!
 //! It must not know the cluster secret, and must not read a key from a file others may read.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -219,17 +218,6 @@ impl Access {
     /// The cluster's block size for new files.
     pub fn block_size(&self) -> Result<u64, ClientError> {
         Ok(u64::from(self.cluster_map()?.block_size))
-    }
-
-    /// Every data-server in the cluster map.
-    pub fn dservers(&self) -> Result<BTreeMap<NodeId, String>, ClientError> {
-        let map = self.cluster_map()?;
-        Ok(map
-            .servers
-            .iter()
-            .filter(|(role, _, _)| *role == Role::DServer)
-            .map(|(_, id, addr)| (*id, addr.clone()))
-            .collect())
     }
 }
 

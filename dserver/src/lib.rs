@@ -312,8 +312,8 @@ impl Service for DataServer {
                 }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let admin = node.config().client(client).is_some_and(|c| c.admin);
                 let reply = match common_reply(&frame, || {
+                    let admin = node.config().client(client).is_some_and(|c| c.admin);
                     let status = status_reply(
                         node.group(),
                         &node.config().cluster_name,

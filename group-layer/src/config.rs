@@ -733,6 +733,11 @@ mod tests {
                 "cluster.down_timeout_ms",
             ),
             ("key = \"client-key-0123456789\"", "key = \"k\"", "client[1].key: too short"),
+            (
+                "key = \"client-key-0123456789\"",
+                "key = \"client-key-0123456789\"\ngids = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]",
+                "client[1].gids: 17 groups: at most 16",
+            ),
         ];
         for (from, to, expect) in cases {
             assert!(GOOD.contains(from), "case {from:?} does not apply");

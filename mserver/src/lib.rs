@@ -368,8 +368,8 @@ impl Service for MetaServer {
                 }
             }
             GroupEvent::ClientMessage { conn, client, frame } => {
-                let admin = node.config().client(client).is_some_and(|c| c.admin);
                 let status = || {
+                    let admin = node.config().client(client).is_some_and(|c| c.admin);
                     let status = self.status(node, now);
                     if admin { status } else { for_plain_client(status) }
                 };

@@ -422,15 +422,16 @@ pub(crate) struct ReadSigner<'a> {
 /// signed for the client that asked.
 pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) -> MetaReply {
     let caller = &signer.caller;
+    // Stat needs search on the way; a listing, read on the directory too.
+    let allowed = match op {
+        MetaOp::Stat { path, .. } => namespace.may_search(path, caller),
+        MetaOp::List { path, .. } => namespace.may_read(path, caller),
+        _ => Ok(()),
+    };
+    if let Err(err) = allowed {
+        return MetaReply::Failed(err);
+    }
     match op {
-        MetaOp::Stat { path, .. } | MetaOp::List { path, .. }
-            if namespace.may_search(path, caller).is_err() =>
-        {
-            MetaReply::Failed(namespace.may_search(path, caller).err().unwrap_or(NsError::Root))
-        }
-        MetaOp::List { path, .. } if namespace.may_read(path, caller).is_err() => {
-            MetaReply::Failed(namespace.may_read(path, caller).err().unwrap_or(NsError::Root))
-        }
         MetaOp::Stat { path, first_block } => match namespace.stat(path) {
             Ok(Stat::File(mut meta)) => {
                 // Its blocks' read tokens go to a client that may read it.

@@ -216,3 +216,27 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// `meshfs up --config CONFIG`, its standard output's lines on a channel: read on a thread,
+/// so a silent launcher cannot hang the test.
+pub fn spawn_up(config: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut up = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("up")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (up, rx)
+}

@@ -10,7 +10,7 @@ mod in_process;
 mod locks;
 mod trust;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -265,26 +265,9 @@ fn status_lists_an_unreachable_server_as_down_and_exits_non_zero() {
 #[test]
 fn meshfs_up_starts_the_cluster_and_ctrl_c_stops_every_server() {
     let cluster = TestCluster::new("up", 2, 2);
-    let mut up = Command::new(env!("CARGO_BIN_EXE_meshfs"))
-        .arg("up")
-        .arg("--config")
-        .arg(&cluster.config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut up, rx) = cluster::spawn_up(&cluster.config_path);
     let _ = bin_dir(); // the launcher finds the servers next to meshfs
     let up_pid = nix::unistd::Pid::from_raw(up.id() as i32);
-    let stdout = up.stdout.take().unwrap();
-    // Read lines on a thread so a silent launcher cannot hang the test.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let mut pids = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     loop {

@@ -2,11 +2,11 @@
 //! the secret, private files, and removing or re-keying a client while the cluster runs.
 //! Real processes on loopback.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use meshfs_client::session::{LockMode, Session};
@@ -224,22 +224,8 @@ fn meshfs_up_makes_the_secret_and_a_client_config_that_works() {
         .replace(&format!("key = \"{CLIENT_KEY}\""), "salt = \"first\"");
     let config = dir.join("config.conf");
     std::fs::write(&config, text).unwrap();
-    let mut up = Command::new(env!("CARGO_BIN_EXE_meshfs"))
-        .args(["up", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut up, rx) = crate::cluster::spawn_up(&config);
     let up_pid = nix::unistd::Pid::from_raw(up.id() as i32);
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let deadline = Instant::now() + DEADLINE;
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("full mesh")) {

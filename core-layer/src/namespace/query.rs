@@ -229,9 +229,18 @@ impl Namespace {
 
     /// `get_block_metadata`: block `index` of the file at `path`.
     pub fn get_block_metadata(&self, path: &MeshPath, index: u16) -> Result<BlockMeta, NsError> {
-        let meta = self.get_file_meta_data(path)?;
-        meta.blocks.into_iter().nth(usize::from(index)).ok_or_else(|| {
+        // One block, not the file's whole list: commits ask this for every block written.
+        let id = self.lookup(path)?;
+        if let Kind::Dir(_) = self.nodes[&id].kind {
+            return Err(NsError::IsADirectory(path_str(path)));
+        }
+        let block = self.block(id, index).ok_or_else(|| {
             NsError::NotFound(format!("{path} block {index} (the file has fewer blocks)"))
+        })?;
+        Ok(BlockMeta {
+            descriptor: block.descriptor,
+            replicas: block.replicas.to_vec(),
+            read: None,
         })
     }
 

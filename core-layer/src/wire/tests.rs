@@ -527,6 +527,37 @@ fn messages_in_layouts_older_builds_wrote_are_still_read() {
 }
 
 #[test]
+fn lying_counts_in_a_cluster_map_and_an_act_as_are_refused() {
+    // A cluster map claiming more servers than MAX_MAP_SERVERS.
+    // Every entry is there, so only the count check can refuse it; one fewer decodes.
+    let map = |count: u32| {
+        let mut w = BodyWriter::new();
+        w.u8(ReplyTag::ClusterMap as u8).u32(65536).u8(1).u32(count);
+        for id in 0..count {
+            w.u8(1).u32(id + 1).str("");
+        }
+        Frame::new(Kind::MetaReply.code(), 1, w.finish())
+    };
+    assert!(Message::decode(&map(MAX_MAP_SERVERS)).is_ok());
+    assert!(Message::decode(&map(MAX_MAP_SERVERS + 1)).is_err());
+    // An act-as naming more groups than MAX_ACT_AS_GIDS.
+    let mut w = BodyWriter::new();
+    w.u64(1).u64(1).u8(OpCode::ActAs as u8).u32(1001).u8(17);
+    for gid in 0..17u32 {
+        w.u32(gid);
+    }
+    w.u8(OpCode::KeepAlive as u8);
+    assert!(Message::decode(&Frame::new(Kind::MetaRequest.code(), 1, w.finish())).is_err());
+    let mut w = BodyWriter::new();
+    w.u64(1).u64(1).u8(OpCode::ActAs as u8).u32(1001).u8(16);
+    for gid in 0..16u32 {
+        w.u32(gid);
+    }
+    w.u8(OpCode::KeepAlive as u8);
+    assert!(Message::decode(&Frame::new(Kind::MetaRequest.code(), 1, w.finish())).is_ok());
+}
+
+#[test]
 fn an_act_as_never_wraps_another() {
     let inner = MetaOp::ActAs { uid: 2, gids: vec![], op: Box::new(MetaOp::KeepAlive) };
     let nested = Message::MetaRequest(MetaRequest {
