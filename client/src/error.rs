@@ -134,6 +134,9 @@ pub enum ClientError {
     /// A write to a file opened read-only.
     #[error("{0} is open read-only (mode rs): open it with wm or ws to write")]
     ReadOnly(String),
+    /// Mode bits beyond permissions, setuid, setgid and sticky.
+    #[error("mode {0:o} is not a mode: at most 7777 (octal)")]
+    BadMode(u16),
     /// A local file or stream failed.
     #[error("{what}: {source}")]
     Local {

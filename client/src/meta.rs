@@ -38,6 +38,20 @@ pub struct MetaClient {
     timeout: Duration,
     /// The local user (uid, gids) this client acts for, if it is a trusted one doing so.
     acting_for: Option<(u32, Vec<u32>)>,
+    /// The bits [`MetaClient::mkdir`] and [`MetaClient::create`] clear from 0o777 and
+    /// 0o666: the process's umask unless [`MetaClient::set_umask`] says otherwise.
+    umask: u16,
+}
+
+/// The process's file mode creation mask, as the kernel keeps it (`Umask:` in
+/// `/proc/self/status`, read without changing it); 0o022 where that cannot be read.
+pub fn process_umask() -> u16 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .and_then(|bits| u16::from_str_radix(bits.trim(), 8).ok())
+        .map_or(0o022, |bits| bits & 0o777)
 }
 
 impl MetaClient {
@@ -72,7 +86,18 @@ impl MetaClient {
             conns: HashMap::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
             acting_for: None,
+            umask: process_umask(),
         })
+    }
+
+    /// The mask new directories and files get their modes through (0o777 at most).
+    pub fn set_umask(&mut self, umask: u16) {
+        self.umask = umask & 0o777;
+    }
+
+    /// The mask in use.
+    pub fn umask(&self) -> u16 {
+        self.umask
     }
 
     /// The session number its requests carry.
@@ -216,25 +241,52 @@ impl MetaClient {
         }
     }
 
-    /// `mkdir` (with `parents`, `mkdir -p`).
+    /// `mkdir` (with `parents`, `mkdir -p`), mode 0o777 less the umask.
     pub fn mkdir(&mut self, path: &str, parents: bool) -> Result<(), ClientError> {
-        let path = Self::path(path)?;
-        Self::expect(self.call(MetaOp::Mkdir { path, parents })?).map(|_| ())
+        self.mkdir_mode(path, parents, 0o777 & !self.umask)
     }
 
-    /// `create_file_meta_data`: a new empty file; fails if the name exists. `replication`
-    /// 0 means the cluster's default.
-    pub fn create(&mut self, path: &str, replication: u8) -> Result<FileDescriptor, ClientError> {
+    /// `mkdir` with exactly the mode bits `mode` (at most 0o7777; the umask is not
+    /// applied: a caller that has one, such as a mount, applied it). Parents `parents`
+    /// makes get `mode` and the owner's write and search.
+    pub fn mkdir_mode(&mut self, path: &str, parents: bool, mode: u16) -> Result<(), ClientError> {
         let path = Self::path(path)?;
-        match Self::expect(self.call(MetaOp::Create { path, replication })?)? {
+        let mode = Some(Self::mode_bits(mode)?);
+        Self::expect(self.call(MetaOp::Mkdir { path, parents, mode })?).map(|_| ())
+    }
+
+    /// `create_file_meta_data`: a new empty file, mode 0o666 less the umask; fails if the
+    /// name exists. `replication` 0 means the cluster's default.
+    pub fn create(&mut self, path: &str, replication: u8) -> Result<FileDescriptor, ClientError> {
+        self.create_mode(path, replication, 0o666 & !self.umask)
+    }
+
+    /// [`MetaClient::create`] with exactly the mode bits `mode` (at most 0o7777).
+    pub fn create_mode(
+        &mut self,
+        path: &str,
+        replication: u8,
+        mode: u16,
+    ) -> Result<FileDescriptor, ClientError> {
+        let path = Self::path(path)?;
+        let mode = Some(Self::mode_bits(mode)?);
+        match Self::expect(self.call(MetaOp::Create { path, replication, mode })?)? {
             MetaReply::Created(fd) => Ok(fd),
             other => Err(Self::unexpected(&other)),
         }
     }
 
-    /// A new file of `size` bytes (1 byte to one block) with a write lease on its only
-    /// block, in one consensus round: the small file's create, expand and lease at once.
-    /// Write the block under the token, then [`MetaClient::commit_write`] it.
+    fn mode_bits(mode: u16) -> Result<u16, ClientError> {
+        if mode > meshfs_core::namespace::access::MODE_BITS {
+            return Err(ClientError::BadMode(mode));
+        }
+        Ok(mode)
+    }
+
+    /// A new file of `size` bytes (1 byte to one block, mode 0o666 less the umask) with a
+    /// write lease on its only block, in one consensus round: the small file's create,
+    /// expand and lease at once. Write the block under the token, then
+    /// [`MetaClient::commit_write`] it.
     pub fn create_write(
         &mut self,
         path: &str,
@@ -242,7 +294,8 @@ impl MetaClient {
         size: u64,
     ) -> Result<meshfs_core::token::Token, ClientError> {
         let path = Self::path(path)?;
-        match Self::expect(self.call(MetaOp::CreateWrite { path, replication, size })?)? {
+        let mode = Some(0o666 & !self.umask);
+        match Self::expect(self.call(MetaOp::CreateWrite { path, replication, size, mode })?)? {
             MetaReply::Lease(token) => Ok(token),
             other => Err(Self::unexpected(&other)),
         }
@@ -262,6 +315,7 @@ impl MetaClient {
     /// `chmod`: `mode`'s bits (at most 0o7777) on `path`; its owner or an operator.
     pub fn chmod(&mut self, path: &str, mode: u16) -> Result<(), ClientError> {
         let path = Self::path(path)?;
+        let mode = Self::mode_bits(mode)?;
         Self::expect(self.call(MetaOp::Chmod { path, mode })?).map(|_| ())
     }
 

@@ -34,7 +34,7 @@ fn main() {
     };
     for d in 0..1000 {
         let path = MeshPath::parse(&format!("/data/dir-{d:04}")).unwrap();
-        run(&mut ns, Command::Mkdir { path, parents: true });
+        run(&mut ns, Command::Mkdir { path, parents: true, mode: None });
     }
     let mut holds: BTreeMap<NodeId, Holdings> =
         (4..8).map(|id| (NodeId(id), Holdings::new())).collect();
@@ -50,6 +50,7 @@ fn main() {
                 block_size: 64 << 20,
                 size: 4096,
                 placement: set.clone(),
+                mode: None,
             },
         );
         let Outcome::Leased { block, .. } = leased else { panic!("{leased:?}") };

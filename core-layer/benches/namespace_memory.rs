@@ -39,13 +39,18 @@ fn main() {
     };
     for d in 0..dirs {
         let path = MeshPath::parse(&format!("/data/dir-{d:04}")).unwrap();
-        ns.apply(&entry(Command::Mkdir { path, parents: true }));
+        ns.apply(&entry(Command::Mkdir { path, parents: true, mode: None }));
     }
     let before = resident_bytes();
     let start = Instant::now();
     for f in 0..files {
         let path = MeshPath::parse(&format!("/data/dir-{:04}/file-{f:06}.dat", f % dirs)).unwrap();
-        ns.apply(&entry(Command::CreateFile { path, replication: 2, block_size: 64 << 20 }));
+        ns.apply(&entry(Command::CreateFile {
+            path,
+            replication: 2,
+            block_size: 64 << 20,
+            mode: None,
+        }));
     }
     let elapsed = start.elapsed();
     let after = resident_bytes();

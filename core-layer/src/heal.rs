@@ -616,6 +616,7 @@ mod tests {
                     block_size,
                     size: 1000,
                     placement: set,
+                    mode: None,
                 },
             );
             let Outcome::Leased { block, .. } = created else { panic!("{created:?}") };
@@ -780,7 +781,10 @@ mod tests {
                 command,
             })
         };
-        run(Command::CreateFile { path: path.clone(), replication: 2, block_size: BS }, 1);
+        run(
+            Command::CreateFile { path: path.clone(), replication: 2, block_size: BS, mode: None },
+            1,
+        );
         let placement = vec![vec![NodeId(4), NodeId(5)]];
         run(Command::ExpandFile { path, size: 10, first_block: 0, placement }, 2);
         let holds = holdings(&ns, &[4, 5, 6]);

@@ -152,13 +152,14 @@ impl MetaServer {
                 Ok(command) => command,
                 Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
             },
-            MetaOp::Mkdir { path, parents } => Command::Mkdir { path, parents },
-            MetaOp::Create { path, replication } => Command::CreateFile {
+            MetaOp::Mkdir { path, parents, mode } => Command::Mkdir { path, parents, mode },
+            MetaOp::Create { path, replication, mode } => Command::CreateFile {
                 path,
                 replication: if replication == 0 { self.default_replication } else { replication },
                 block_size: self.block_size,
+                mode,
             },
-            MetaOp::CreateWrite { path, replication, size } => {
+            MetaOp::CreateWrite { path, replication, size, mode } => {
                 let replication =
                     if replication == 0 { self.default_replication } else { replication };
                 // One block at most (the state machine refuses more); room for what it holds.
@@ -170,6 +171,7 @@ impl MetaServer {
                         block_size: self.block_size,
                         size,
                         placement: sets.pop().unwrap_or_default(),
+                        mode,
                     },
                     Err(e) => {
                         let err = NsError::Placement(e.to_string());

@@ -18,8 +18,17 @@ use meshfs_test_kit::{DEADLINE, TempDir, wait_until, write_private};
 
 use crate::cluster::{CLIENT_KEY, SECRET, TestCluster, bin_dir};
 
+/// `meshfs --config CONFIG ARGS` under umask 022, whatever the test runner's is.
 fn meshfs(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshfs"))
+    meshfs_umask(config, "022", args)
+}
+
+/// `meshfs --config CONFIG ARGS` run with the process umask `umask` (octal).
+fn meshfs_umask(config: &Path, umask: &str, args: &[&str]) -> Output {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_meshfs"))
         .arg("--config")
         .arg(config)
         .args(args)
@@ -637,6 +646,7 @@ fn only_a_trusted_client_acts_for_other_users() {
     cluster.wait_full_mesh();
     // The mount acts for local user 1001: what it makes is 1001's, checked as 1001.
     let mut as_user = MetaClient::new(&Access::load(&mount, None).unwrap()).unwrap();
+    as_user.set_umask(0o022);
     as_user.act_for(1001, vec![1001]);
     as_user.mkdir("/home-1001", false).unwrap();
     as_user.create("/home-1001/f", 1).unwrap();
@@ -660,4 +670,61 @@ fn only_a_trusted_client_acts_for_other_users() {
     let err = impostor.remove("/home-1001", true).unwrap_err().to_string();
     assert!(err.contains("may not act for other users"), "{err}");
     assert!(ok(&meshfs(&cluster.config_path, &["ls", "/home-1001"])).contains("f"));
+}
+
+#[test]
+fn new_inodes_take_the_mode_asked_for_less_the_umask_and_stat_shows_owners() {
+    let mut cluster = TestCluster::new("trust-umask", 1, 1);
+    let add = |name: &str, uid: &str| {
+        ok(&meshfs(&cluster.config_path, &["client", "add", name, "--uid", uid, "--gids", uid]));
+        cluster.dir.join(format!("client-{name}.conf"))
+    };
+    let (alice, bob) = (add("alice", "1001"), add("bob", "1002"));
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    // The process umask is applied by the client, as open(2) and mkdir(2) have it.
+    ok(&meshfs_umask(&alice, "077", &["mkdir", "/private"]));
+    let local = cluster.dir.join("data.txt");
+    std::fs::write(&local, b"numbers").unwrap();
+    ok(&meshfs_umask(&alice, "027", &["put", local.to_str().unwrap(), "/group-file"]));
+    // -m names the mode exactly, umask or not.
+    ok(&meshfs_umask(&alice, "077", &["mkdir", "-m", "1770", "/shared"]));
+    ok(&meshfs_umask(&alice, "000", &["create", "-m", "4750", "/tool"]));
+    ok(&meshfs_umask(&alice, "077", &["mkdir", "-p", "-m", "500", "/deep/er"]));
+    let root = ok(&meshfs(&alice, &["ls", "-l", "/"]));
+    for (mode, name) in [
+        ("drwx------   1001   1001", "private"),
+        ("-rw-r-----   1001   1001", "group-file"),
+        ("drwxrwx--T   1001   1001", "shared"),
+        ("-rwsr-x---   1001   1001", "tool"),
+        ("drwx------   1001   1001", "deep"),
+    ] {
+        assert!(root.lines().any(|l| l.starts_with(mode) && l.ends_with(name)), "{name}: {root}");
+    }
+    let stat = ok(&meshfs(&alice, &["stat", "/deep/er"]));
+    assert!(stat.contains("access      dr-x------ (0500)  uid 1001  gid 1001"), "{stat}");
+    let stat = ok(&meshfs(&bob, &["stat", "/group-file"]));
+    assert!(stat.contains("access      -rw-r----- (0640)  uid 1001  gid 1001"), "{stat}");
+    // The modes are enforced: Bob may neither list the private directory nor read the file.
+    fails_with(&meshfs(&bob, &["ls", "/private"]), "permission denied");
+    fails_with(&meshfs(&bob, &["cat", "/group-file"]), "may not read it");
+    // Modes beyond 7777 or not octal are usage errors, before anything is sent.
+    for bad in ["8", "17777", "rw"] {
+        let out = meshfs(&alice, &["mkdir", "-m", bad, "/bad"]);
+        assert_eq!(out.status.code(), Some(2), "-m {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not an octal mode"), "-m {bad}");
+    }
+    assert!(!ok(&meshfs(&alice, &["ls", "/"])).contains("bad"));
+    // The library: its umask, or exactly the mode given.
+    let mut meta = MetaClient::new(&Access::load(&alice, None).unwrap()).unwrap();
+    meta.set_umask(0o002);
+    meta.mkdir("/lib-dir", false).unwrap();
+    meta.create_mode("/lib-dir/f", 1, 0o604).unwrap();
+    let owner = |meta: &mut MetaClient, path: &str| match meta.stat(path).unwrap() {
+        meshfs_core::namespace::Stat::Dir { owner, .. } => owner,
+        meshfs_core::namespace::Stat::File(file) => file.owner,
+    };
+    assert_eq!(owner(&mut meta, "/lib-dir").mode, 0o775);
+    assert_eq!(owner(&mut meta, "/lib-dir/f").mode, 0o604);
+    assert!(matches!(meta.mkdir_mode("/x", false, 0o10000), Err(ClientError::BadMode(0o10000))));
 }

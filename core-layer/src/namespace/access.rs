@@ -22,10 +22,35 @@ pub const SEARCH: u16 = 0o1;
 /// The sticky bit: in such a directory only an entry's owner, the directory's owner or an
 /// operator may remove or rename it.
 pub const STICKY: u16 = 0o1000;
+/// Set-user-id on execution.
+pub const SETUID: u16 = 0o4000;
+/// Set-group-id on execution.
+pub const SETGID: u16 = 0o2000;
 /// The mode bits an inode keeps.
 pub const MODE_BITS: u16 = 0o7777;
 /// Most groups a caller names.
 pub const MAX_GIDS: usize = 16;
+
+/// Reads mode bits, refusing any above [`MODE_BITS`].
+pub fn read_mode(r: &mut BodyReader<'_>) -> Result<u16, BodyError> {
+    match r.u16("mode")? {
+        mode if mode <= MODE_BITS => Ok(mode),
+        other => Err(BodyError::Invalid { field: "mode", value: u64::from(other) }),
+    }
+}
+
+/// Writes a new inode's requested mode, when there is one: the records that carry one
+/// have their own tags, so the old ones keep their bytes.
+pub fn write_new_mode(w: &mut BodyWriter, mode: Option<u16>) {
+    if let Some(mode) = mode {
+        w.u16(mode);
+    }
+}
+
+/// Reads what [`write_new_mode`] wrote; `present` says whether the record's tag carries one.
+pub fn read_new_mode(r: &mut BodyReader<'_>, present: bool) -> Result<Option<u16>, BodyError> {
+    if present { read_mode(r).map(Some) } else { Ok(None) }
+}
 
 /// Who an entry acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,19 +154,22 @@ impl Owner {
     }
 }
 
-/// `rwxr-x---` style text of `mode` (with `t`/`T` for the sticky bit), as `ls -l` shows.
+/// `rwxr-x---` style text of `mode` (with `s`/`S` for setuid and setgid, `t`/`T` for the
+/// sticky bit), as `ls -l` shows.
 pub fn mode_text(mode: u16) -> String {
+    // (bit of the triple's x, the special bit shown there, its letter)
+    let triples = [(6, SETUID, 's'), (3, SETGID, 's'), (0, STICKY, 't')];
     let mut text = String::with_capacity(9);
-    for shift in [6, 3, 0] {
+    for (shift, special, letter) in triples {
         let bits = (mode >> shift) & 7;
         text.push(if bits & 4 != 0 { 'r' } else { '-' });
         text.push(if bits & 2 != 0 { 'w' } else { '-' });
-        text.push(if bits & 1 != 0 { 'x' } else { '-' });
-    }
-    if mode & STICKY != 0 {
-        let last = if mode & 1 != 0 { 't' } else { 'T' };
-        text.pop();
-        text.push(last);
+        text.push(match (mode & special != 0, bits & 1 != 0) {
+            (true, true) => letter,
+            (true, false) => letter.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
     }
     text
 }
@@ -393,5 +421,18 @@ mod tests {
         let mut long = vec![0, 0, 0, 1, 17];
         long.extend(std::iter::repeat_n(0u8, 17 * 4 + 1));
         assert!(Caller::read(&mut BodyReader::new(&long)).is_err());
+    }
+
+    #[test]
+    fn mode_text_is_what_ls_shows() {
+        assert_eq!(mode_text(0o755), "rwxr-xr-x");
+        assert_eq!(mode_text(0o640), "rw-r-----");
+        assert_eq!(mode_text(0o1777), "rwxrwxrwt");
+        assert_eq!(mode_text(0o1770), "rwxrwx--T");
+        assert_eq!(mode_text(0o4755), "rwsr-xr-x");
+        assert_eq!(mode_text(0o4644), "rwSr--r--");
+        assert_eq!(mode_text(0o2750), "rwxr-s---");
+        assert_eq!(mode_text(0o2700), "rwx--S---");
+        assert_eq!(mode_text(0), "---------");
     }
 }

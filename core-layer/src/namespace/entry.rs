@@ -5,7 +5,9 @@
 use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
-use super::access::{Caller, MODE_BITS};
+use super::access::{Caller, read_mode, read_new_mode, write_new_mode};
+#[cfg(doc)]
+use super::{NEW_DIR_MODE, NEW_FILE_MODE};
 use crate::descriptor::{
     BlockDescriptor, BlockVersion, FileDescriptor, MAX_BLOCKS_PER_FILE, read_replicas,
     write_replicas,
@@ -24,6 +26,9 @@ pub enum Command {
         path: MeshPath,
         /// `mkdir -p`.
         parents: bool,
+        /// Its mode bits as the client asked (`None`: [`NEW_DIR_MODE`]); parents made take
+        /// them with the owner's write and search added.
+        mode: Option<u16>,
     },
     /// `create_file_meta_data`: a new empty file; fails if the name exists.
     CreateFile {
@@ -33,6 +38,8 @@ pub enum Command {
         replication: u8,
         /// Block size in bytes.
         block_size: u32,
+        /// Its mode bits as the client asked (`None`: [`NEW_FILE_MODE`]).
+        mode: Option<u16>,
     },
     /// A new file of `size` bytes (1 byte to one block) whose block is placed on
     /// `placement` and leased to the entry's session: create, expand and lease in one
@@ -48,6 +55,8 @@ pub enum Command {
         size: u64,
         /// The block's replica set, as the leader chose.
         placement: Vec<NodeId>,
+        /// As [`Command::CreateFile`]'s.
+        mode: Option<u16>,
     },
     /// `expand_file_size`: grow a file to `size`, adding blocks placed as the leader chose.
     ExpandFile {
@@ -310,15 +319,17 @@ impl Entry {
             self.caller.write(&mut w);
         }
         match &self.command {
-            Command::Mkdir { path, parents } => {
-                w.u8(1);
+            Command::Mkdir { path, parents, mode } => {
+                w.u8(if mode.is_some() { 21 } else { 1 });
                 write_path(&mut w, path);
                 w.bool(*parents);
+                write_new_mode(&mut w, *mode);
             }
-            Command::CreateFile { path, replication, block_size } => {
-                w.u8(2);
+            Command::CreateFile { path, replication, block_size, mode } => {
+                w.u8(if mode.is_some() { 22 } else { 2 });
                 write_path(&mut w, path);
                 w.u8(*replication).u32(*block_size);
+                write_new_mode(&mut w, *mode);
             }
             Command::ExpandFile { path, size, first_block, placement } => {
                 w.u8(3);
@@ -333,11 +344,12 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u16(*index);
             }
-            Command::CreateWrite { path, replication, block_size, size, placement } => {
-                w.u8(9);
+            Command::CreateWrite { path, replication, block_size, size, placement, mode } => {
+                w.u8(if mode.is_some() { 23 } else { 9 });
                 write_path(&mut w, path);
                 w.u8(*replication).u32(*block_size).u64(*size);
                 write_replicas(&mut w, placement);
+                write_new_mode(&mut w, *mode);
             }
             Command::CommitWrite { path, index, version } => {
                 w.u8(7);
@@ -421,15 +433,21 @@ impl Entry {
             // The system caller is written in format 1 only: one entry, one encoding.
             return Err(BodyError::Invalid { field: "entry format", value: 2 });
         }
-        let command = match r.u8("command")? {
-            1 => Command::Mkdir { path: read_path(&mut r)?, parents: r.bool("parents")? },
-            2 => Command::CreateFile {
+        let tag = r.u8("command")?;
+        let command = match tag {
+            1 | 21 => Command::Mkdir {
+                path: read_path(&mut r)?,
+                parents: r.bool("parents")?,
+                mode: read_new_mode(&mut r, tag == 21)?,
+            },
+            2 | 22 => Command::CreateFile {
                 path: read_path(&mut r)?,
                 replication: r.u8("replication")?,
                 block_size: match r.u32("block size")? {
                     0 => return Err(BodyError::Invalid { field: "block size", value: 0 }),
                     n => n,
                 },
+                mode: read_new_mode(&mut r, tag == 22)?,
             },
             3 => {
                 let path = read_path(&mut r)?;
@@ -450,7 +468,7 @@ impl Entry {
             }
             4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
-            9 => {
+            9 | 23 => {
                 let path = read_path(&mut r)?;
                 let replication = r.u8("replication")?;
                 let block_size = match r.u32("block size")? {
@@ -459,7 +477,8 @@ impl Entry {
                 };
                 let size = r.u64("size")?;
                 let placement = read_replicas(&mut r)?;
-                Command::CreateWrite { path, replication, block_size, size, placement }
+                let mode = read_new_mode(&mut r, tag == 23)?;
+                Command::CreateWrite { path, replication, block_size, size, placement, mode }
             }
             8 => Command::SwapReplica {
                 path: read_path(&mut r)?,
@@ -512,15 +531,7 @@ impl Entry {
                 Command::Clock { expire }
             }
             18 => Command::RevokeClient { client: ClientId(r.u32("client")?) },
-            19 => Command::Chmod {
-                path: read_path(&mut r)?,
-                mode: match r.u16("mode")? {
-                    mode if mode <= MODE_BITS => mode,
-                    other => {
-                        return Err(BodyError::Invalid { field: "mode", value: u64::from(other) });
-                    }
-                },
-            },
+            19 => Command::Chmod { path: read_path(&mut r)?, mode: read_mode(&mut r)? },
             20 => {
                 Command::Chown { path: read_path(&mut r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
             }

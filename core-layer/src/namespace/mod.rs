@@ -50,6 +50,7 @@ pub use self::access::{Caller, Owner};
 pub use self::entry::{Command, Entry, Outcome};
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
+pub use self::tree::{NEW_DIR_MODE, NEW_FILE_MODE, PARENT_DIR_BITS};
 
 use self::inode::{Dir, Inodes, Kind, Node};
 use crate::descriptor::BlockVersion;
@@ -290,14 +291,18 @@ impl Namespace {
     ) -> Result<Outcome, NsError> {
         self.authorize(command, caller)?;
         match command {
-            Command::Mkdir { path, parents } => self.mkdir(path, *parents, now, caller),
-            Command::CreateFile { path, replication, block_size } => {
-                self.create_file(path, *replication, *block_size, now, caller)
+            Command::Mkdir { path, parents, mode } => {
+                let mode = mode.unwrap_or(tree::NEW_DIR_MODE);
+                self.mkdir(path, *parents, mode, now, caller)
+            }
+            Command::CreateFile { path, replication, block_size, mode } => {
+                let mode = mode.unwrap_or(tree::NEW_FILE_MODE);
+                self.create_file(path, *replication, *block_size, mode, now, caller)
             }
             Command::ExpandFile { path, size, first_block, placement } => {
                 self.expand(path, *size, *first_block, placement, now)
             }
-            Command::CreateWrite { path, replication, block_size, size, placement } => {
+            Command::CreateWrite { path, replication, block_size, size, placement, mode } => {
                 if *size == 0 || *size > u64::from(*block_size) {
                     return Err(NsError::BadSize {
                         path: path_str(path),
@@ -305,7 +310,8 @@ impl Namespace {
                         block_size: *block_size,
                     });
                 }
-                self.create_file(path, *replication, *block_size, now, caller)?;
+                let mode = mode.unwrap_or(tree::NEW_FILE_MODE);
+                self.create_file(path, *replication, *block_size, mode, now, caller)?;
                 let placement = std::slice::from_ref(placement);
                 let leased = self
                     .expand(path, *size, 0, placement, now)

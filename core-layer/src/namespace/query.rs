@@ -22,6 +22,8 @@ pub enum Stat {
         entries: usize,
         /// Last change of its entries, ms since the epoch.
         mtime_ms: u64,
+        /// Its owner, group and mode.
+        owner: Owner,
     },
     /// A file.
     File(FileMeta),
@@ -42,6 +44,8 @@ pub struct FileMeta {
     pub ctime_ms: u64,
     /// Last metadata change, ms since the epoch.
     pub mtime_ms: u64,
+    /// Its owner, group and mode.
+    pub owner: Owner,
     /// Every block.
     pub blocks: Vec<BlockMeta>,
 }
@@ -183,7 +187,8 @@ impl Namespace {
     }
 
     pub(super) fn file_meta(&self, id: u32) -> Option<FileMeta> {
-        let Kind::File(file) = &self.nodes.get(&id)?.kind else { return None };
+        let node = self.nodes.get(&id)?;
+        let Kind::File(file) = &node.kind else { return None };
         let descriptor = FileDescriptor { id: FileId(id), version: file.version };
         let blocks = file
             .blocks
@@ -206,6 +211,7 @@ impl Namespace {
             replication: file.replication,
             ctime_ms: file.ctime_ms,
             mtime_ms: file.mtime_ms,
+            owner: node.owner,
             blocks,
         })
     }
@@ -213,10 +219,14 @@ impl Namespace {
     /// `stat`.
     pub fn stat(&self, path: &MeshPath) -> Result<Stat, NsError> {
         let id = self.lookup(path)?;
-        match &self.nodes[&id].kind {
-            Kind::Dir(dir) => {
-                Ok(Stat::Dir { id, entries: dir.children.len(), mtime_ms: dir.mtime_ms })
-            }
+        let node = &self.nodes[&id];
+        match &node.kind {
+            Kind::Dir(dir) => Ok(Stat::Dir {
+                id,
+                entries: dir.children.len(),
+                mtime_ms: dir.mtime_ms,
+                owner: node.owner,
+            }),
             Kind::File(_) => Ok(Stat::File(self.file_meta(id).expect("id is a file"))),
         }
     }

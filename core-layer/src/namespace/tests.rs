@@ -51,11 +51,11 @@ impl Driver {
     }
 
     fn mkdir(&mut self, path: &str, parents: bool) -> Outcome {
-        self.run(Command::Mkdir { path: p(path), parents })
+        self.run(Command::Mkdir { path: p(path), parents, mode: None })
     }
 
     fn create(&mut self, path: &str) -> Outcome {
-        self.run(Command::CreateFile { path: p(path), replication: 2, block_size: BS })
+        self.run(Command::CreateFile { path: p(path), replication: 2, block_size: BS, mode: None })
     }
 
     fn expand(&mut self, path: &str, size: u64, new_blocks: usize) -> Outcome {
@@ -107,7 +107,12 @@ fn create_file_meta_data_and_get_it_back() {
     assert_eq!(failed(d.create("/nodir/f")), NsError::NotFound("/nodir".into()));
     assert_eq!(failed(d.create("/f/g")), NsError::NotADirectory("/f".into()));
     assert_eq!(
-        failed(d.run(Command::CreateFile { path: p("/g"), replication: 0, block_size: BS })),
+        failed(d.run(Command::CreateFile {
+            path: p("/g"),
+            replication: 0,
+            block_size: BS,
+            mode: None
+        })),
         NsError::BadReplication(0)
     );
     let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
@@ -344,6 +349,7 @@ fn a_create_write_makes_leases_and_commits_a_small_file_in_one_entry_or_nothing(
             block_size: BS,
             size,
             placement,
+            mode: None,
         })
     };
     let Outcome::Leased { block, base, replicas, .. } =
@@ -505,7 +511,12 @@ fn listing_pages_by_name() {
 #[test]
 fn a_retried_request_gets_its_own_answer_not_already_exists() {
     let mut d = Driver::new();
-    let entry = d.entry(Command::CreateFile { path: p("/once"), replication: 1, block_size: BS });
+    let entry = d.entry(Command::CreateFile {
+        path: p("/once"),
+        replication: 1,
+        block_size: BS,
+        mode: None,
+    });
     let first = d.ns.apply(&entry);
     assert!(matches!(first, Outcome::Created(_)));
     // The same request committed again (a retry across a leader change).
@@ -626,7 +637,7 @@ fn sessions_idle_past_the_ttl_are_forgotten() {
             request_id: i + 1,
             time_ms: d.time,
             caller: crate::namespace::Caller::system(),
-            command: Command::Mkdir { path: p("/"), parents: true },
+            command: Command::Mkdir { path: p("/"), parents: true, mode: None },
         };
         d.ns.apply(&entry);
     }
@@ -640,8 +651,13 @@ const SNAPSHOT_SAMPLES: usize = 17;
 fn sample_entries() -> Vec<Entry> {
     let mut d = Driver::new();
     vec![
-        d.entry(Command::Mkdir { path: p("/a/b"), parents: true }),
-        d.entry(Command::CreateFile { path: p("/a/b/f"), replication: 2, block_size: BS }),
+        d.entry(Command::Mkdir { path: p("/a/b"), parents: true, mode: None }),
+        d.entry(Command::CreateFile {
+            path: p("/a/b/f"),
+            replication: 2,
+            block_size: BS,
+            mode: None,
+        }),
         d.entry(Command::ExpandFile {
             path: p("/a/b/f"),
             size: 3000,
@@ -649,15 +665,21 @@ fn sample_entries() -> Vec<Entry> {
             placement: vec![vec![NodeId(4), NodeId(5)]; 3],
         }),
         d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g") }),
-        d.entry(Command::CreateFile { path: p("/a/g"), replication: 2, block_size: BS }),
+        d.entry(Command::CreateFile {
+            path: p("/a/g"),
+            replication: 2,
+            block_size: BS,
+            mode: None,
+        }),
         d.entry(Command::Remove { path: p("/a/b"), recursive: true }),
-        d.entry(Command::Mkdir { path: p("/a/g/h"), parents: false }),
+        d.entry(Command::Mkdir { path: p("/a/g/h"), parents: false, mode: None }),
         d.entry(Command::CreateWrite {
             path: p("/a/s"),
             replication: 2,
             block_size: BS,
             size: 100,
             placement: vec![NodeId(4), NodeId(5)],
+            mode: None,
         }),
         d.entry(Command::ReplaceReplica {
             file: 4,
@@ -679,9 +701,90 @@ fn sample_entries() -> Vec<Entry> {
         d.entry(Command::Chown { path: p("/a"), uid: 1001, gid: 50 }),
         Entry {
             caller: user(1001, &[50]),
-            ..d.entry(Command::Mkdir { path: p("/a/u"), parents: false })
+            ..d.entry(Command::Mkdir { path: p("/a/u"), parents: false, mode: None })
+        },
+        Entry {
+            caller: user(1001, &[50]),
+            ..d.entry(Command::Mkdir { path: p("/a/u/v/w"), parents: true, mode: Some(0o700) })
+        },
+        Entry {
+            caller: user(1001, &[50]),
+            ..d.entry(Command::CreateFile {
+                path: p("/a/u/v/w/f"),
+                replication: 2,
+                block_size: BS,
+                mode: Some(0o600),
+            })
+        },
+        Entry {
+            caller: user(1001, &[50]),
+            ..d.entry(Command::CreateWrite {
+                path: p("/a/u/s"),
+                replication: 2,
+                block_size: BS,
+                size: 10,
+                placement: vec![NodeId(4), NodeId(5)],
+                mode: Some(0o2640),
+            })
         },
     ]
+}
+
+#[test]
+fn new_inodes_take_the_mode_the_request_names_and_the_defaults_without_one() {
+    let mut d = Driver::new();
+    let alice = user(1001, &[1001, 50]);
+    let mode_of = |d: &Driver, path: &str| match d.ns.stat(&p(path)).unwrap() {
+        Stat::Dir { owner, .. } => owner,
+        Stat::File(meta) => meta.owner,
+    };
+    let mkdir = |path: &str, parents, mode| Command::Mkdir { path: p(path), parents, mode };
+    assert_eq!(run_as(&mut d, &alice, mkdir("/old", false, None)), Outcome::Mkdir);
+    assert_eq!(mode_of(&d, "/old"), Owner { uid: 1001, gid: 1001, mode: 0o755 });
+    assert_eq!(run_as(&mut d, &alice, mkdir("/x/y/z", true, Some(0o700))), Outcome::Mkdir);
+    assert_eq!(mode_of(&d, "/x/y/z").mode, 0o700);
+    assert_eq!(mode_of(&d, "/x/y").mode, 0o700, "parents keep what the owner needs");
+    let narrow = run_as(&mut d, &alice, mkdir("/n/m", true, Some(0o050)));
+    assert_eq!(narrow, Outcome::Mkdir);
+    assert_eq!(mode_of(&d, "/n").mode, 0o350, "a parent gets the owner's write and search");
+    assert_eq!(mode_of(&d, "/n/m").mode, 0o050, "the last one exactly as asked");
+    let create = |path: &str, mode| Command::CreateFile {
+        path: p(path),
+        replication: 1,
+        block_size: BS,
+        mode,
+    };
+    assert!(matches!(run_as(&mut d, &alice, create("/x/f", Some(0o4600))), Outcome::Created(_)));
+    assert_eq!(mode_of(&d, "/x/f"), Owner { uid: 1001, gid: 1001, mode: 0o4600 });
+    assert!(matches!(run_as(&mut d, &alice, create("/x/g", None)), Outcome::Created(_)));
+    assert_eq!(mode_of(&d, "/x/g").mode, 0o644);
+    let small = Command::CreateWrite {
+        path: p("/x/s"),
+        replication: 1,
+        block_size: BS,
+        size: 5,
+        placement: vec![NodeId(4)],
+        mode: Some(0o640),
+    };
+    assert!(matches!(run_as(&mut d, &alice, small), Outcome::Leased { .. }));
+    assert_eq!(mode_of(&d, "/x/s").mode, 0o640);
+    // The mode asked for is what is kept: a 0o000 directory stays closed even to its maker.
+    assert_eq!(run_as(&mut d, &alice, mkdir("/shut", false, Some(0))), Outcome::Mkdir);
+    let inside = run_as(&mut d, &alice, create("/shut/f", None));
+    assert!(matches!(failed(inside), NsError::PermissionDenied(_)), "no search, no write");
+}
+
+#[test]
+fn a_mode_above_the_mode_bits_does_not_decode() {
+    let entry = Entry {
+        caller: user(1001, &[50]),
+        ..Driver::new().entry(Command::Mkdir { path: p("/m"), parents: false, mode: Some(0o7777) })
+    };
+    let mut bytes = entry.encode();
+    assert_eq!(Entry::decode(&bytes), Ok(entry));
+    let n = bytes.len();
+    bytes[n - 2..].copy_from_slice(&0o10000u16.to_be_bytes());
+    assert!(Entry::decode(&bytes).is_err());
 }
 
 fn user(uid: u32, gids: &[u32]) -> Caller {
@@ -700,14 +803,19 @@ fn every_change_is_checked_against_the_callers_owner_group_and_mode() {
     let (alice, bob, admin) = (user(1001, &[1001]), user(1002, &[1002, 50]), Caller::system());
     // The root is open to all, sticky: each makes their own directory.
     assert_eq!(
-        run_as(&mut d, &alice, Command::Mkdir { path: p("/alice"), parents: false }),
+        run_as(&mut d, &alice, Command::Mkdir { path: p("/alice"), parents: false, mode: None }),
         Outcome::Mkdir
     );
     assert_eq!(
-        run_as(&mut d, &bob, Command::Mkdir { path: p("/bob"), parents: false }),
+        run_as(&mut d, &bob, Command::Mkdir { path: p("/bob"), parents: false, mode: None }),
         Outcome::Mkdir
     );
-    let create = |path: &str| Command::CreateFile { path: p(path), replication: 1, block_size: BS };
+    let create = |path: &str| Command::CreateFile {
+        path: p(path),
+        replication: 1,
+        block_size: BS,
+        mode: None,
+    };
     assert!(matches!(run_as(&mut d, &alice, create("/alice/notes")), Outcome::Created(_)));
     let id = d.ns.lookup(&p("/alice/notes")).unwrap();
     assert_eq!(d.ns.nodes[&id].owner, Owner { uid: 1001, gid: 1001, mode: 0o644 });
@@ -779,7 +887,7 @@ fn every_change_is_checked_against_the_callers_owner_group_and_mode() {
     ));
     // Modes and owners survive a snapshot.
     assert_eq!(
-        run_as(&mut d, &bob, Command::Mkdir { path: p("/kept"), parents: false }),
+        run_as(&mut d, &bob, Command::Mkdir { path: p("/kept"), parents: false, mode: None }),
         Outcome::Mkdir
     );
     assert_eq!(

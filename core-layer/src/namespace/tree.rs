@@ -12,8 +12,12 @@ use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
 use crate::path::MeshPath;
 
-/// The mode of a new directory and a new file (`chmod` changes it).
+/// The mode of a new directory and a new file when the request names none (`chmod`
+/// changes it).
 pub const NEW_DIR_MODE: u16 = 0o755;
+/// What a directory `mkdir -p` makes on the way gets besides the mode asked for: its owner
+/// may always write and search it, so the rest of the path can be made (as GNU mkdir does).
+pub const PARENT_DIR_BITS: u16 = 0o300;
 /// See [`NEW_DIR_MODE`].
 pub const NEW_FILE_MODE: u16 = 0o644;
 
@@ -41,10 +45,11 @@ impl Namespace {
         &mut self,
         path: &MeshPath,
         parents: bool,
+        mode: u16,
         now: u64,
         caller: &Caller,
     ) -> Result<Outcome, NsError> {
-        let owner = Owner::new(caller, NEW_DIR_MODE);
+        let owner = Owner::new(caller, mode);
         if path.is_root() {
             return if parents {
                 Ok(Outcome::Mkdir)
@@ -86,8 +91,14 @@ impl Namespace {
         if self.next_id.checked_add(missing.len() as u32).is_none() {
             return Err(NsError::OutOfIds);
         }
-        for name in missing {
+        let last = missing.len() - 1;
+        for (i, name) in missing.into_iter().enumerate() {
             let child = self.new_id()?;
+            let owner = if i == last {
+                owner
+            } else {
+                Owner { mode: owner.mode | PARENT_DIR_BITS, ..owner }
+            };
             let node = Node {
                 parent: id,
                 kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }),
@@ -111,6 +122,7 @@ impl Namespace {
         path: &MeshPath,
         replication: u8,
         block_size: u32,
+        mode: u16,
         now: u64,
         caller: &Caller,
     ) -> Result<Outcome, NsError> {
@@ -132,7 +144,7 @@ impl Namespace {
             mtime_ms: now,
             blocks: Box::new([]),
         };
-        let owner = Owner::new(caller, NEW_FILE_MODE);
+        let owner = Owner::new(caller, mode);
         self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file), owner }, now);
         Ok(Outcome::Created(FileDescriptor { id: FileId(id), version: 1 }))
     }

@@ -33,13 +33,20 @@
 //! | 23 | `Chmod` | `str path, u16 mode` |
 //! | 24 | `Chown` | `str path, u32 uid, u32 gid` |
 //! | 25 | `ActAs` | `u32 uid, u8 n`, `n` x `u32 gid`, then another op (not `ActAs`) |
+//! | 26 | `MkdirMode` | as 1, then `u16 mode` |
+//! | 27 | `CreateMode` | as 2, then `u16 mode` |
+//! | 28 | `CreateWriteMode` | as 12, then `u16 mode` |
+//!
+//! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
+//! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
+//! they are ops 1, 2 and 12, and the inode takes 0o755 or 0o644.
 //!
 //! | tag | [`MetaReply`] | fields |
 //! |---|---|---|
 //! | 1 | `Done` | |
 //! | 2 | `Created` | file descriptor |
 //! | 3 | `Removed` | `u64 files, u64 dirs` |
-//! | 4 | `Stat` | a stat, `u32 total blocks, u32 first block` |
+//! | 4 | `Stat` | a stat (below), `u32 total blocks, u32 first block` |
 //! | 5 | `List` | `u32 count`, entries, `bool more` |
 //! | 6 | `NotLeader` | `u32 leader` (0: unknown) |
 //! | 7 | `Failed` | a namespace error ([`NsError::write`]) |
@@ -53,6 +60,12 @@
 //! | 15 | `ClusterMap` | `u32 block size, u8 replication, u32 count`, then per server `u8 role, u32 id, str addr` |
 //! | 16 | `StatRead` | as `Stat`, then each block's read token (`u64 expires ms, [32] mac`) |
 //! | 17 | `ListOwned` | as `List`, each entry followed by `u32 uid, u32 gid, u16 mode` |
+//!
+//! A stat is `u8 kind` and its fields: 2, a directory: `u32 id, u64 entries, u64 mtime`,
+//! then the owner (`u32 uid, u32 gid, u16 mode`); 3, a file: its descriptor, `u64 size,
+//! u32 block size, u8 replication, u64 ctime, u64 mtime`, the owner, `u32 count` and each
+//! block's descriptor and replicas. Kinds 0 and 1 are the same without the owner, as builds
+//! before owners wrote them; they read as [`Owner::legacy`], as everything was then.
 
 use meshfs_group::{NodeId, Role};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -64,6 +77,7 @@ use crate::descriptor::{
 };
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
+use crate::namespace::access::{read_mode, read_new_mode, write_new_mode};
 use crate::namespace::{BlockMeta, DirEntry, FileMeta, Owner, Stat};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
@@ -100,6 +114,9 @@ pub enum MetaOp {
         path: MeshPath,
         /// Make parents; accept an existing directory.
         parents: bool,
+        /// Its mode bits, the client's umask applied (at most 0o7777); `None`: 0o755.
+        /// Parents it makes take them with the owner's write and search added.
+        mode: Option<u16>,
     },
     /// `create_file_meta_data`.
     Create {
@@ -107,6 +124,8 @@ pub enum MetaOp {
         path: MeshPath,
         /// Copies per block; 0 for the cluster's default.
         replication: u8,
+        /// Its mode bits, the client's umask applied (at most 0o7777); `None`: 0o644.
+        mode: Option<u16>,
     },
     /// `rename`.
     Rename {
@@ -124,6 +143,8 @@ pub enum MetaOp {
         replication: u8,
         /// Its size, 1 byte to one block.
         size: u64,
+        /// As [`MetaOp::Create`]'s.
+        mode: Option<u16>,
     },
     /// `remove [-r]`.
     Remove {
@@ -479,6 +500,12 @@ wire_codes! {
         Chown = 24,
         /// [`MetaOp::ActAs`].
         ActAs = 25,
+        /// [`MetaOp::Mkdir`] with a mode.
+        MkdirMode = 26,
+        /// [`MetaOp::Create`] with a mode.
+        CreateMode = 27,
+        /// [`MetaOp::CreateWrite`] with a mode.
+        CreateWriteMode = 28,
     }
 }
 
@@ -538,25 +565,29 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             }
             write_op(w, op);
         }
-        MetaOp::Mkdir { path, parents } => {
-            w.u8(OpCode::Mkdir as u8);
+        MetaOp::Mkdir { path, parents, mode } => {
+            w.u8(if mode.is_some() { OpCode::MkdirMode } else { OpCode::Mkdir } as u8);
             write_path(w, path);
             w.bool(*parents);
+            write_new_mode(w, *mode);
         }
-        MetaOp::Create { path, replication } => {
-            w.u8(OpCode::Create as u8);
+        MetaOp::Create { path, replication, mode } => {
+            w.u8(if mode.is_some() { OpCode::CreateMode } else { OpCode::Create } as u8);
             write_path(w, path);
             w.u8(*replication);
+            write_new_mode(w, *mode);
         }
         MetaOp::Rename { from, to } => {
             w.u8(OpCode::Rename as u8);
             write_path(w, from);
             write_path(w, to);
         }
-        MetaOp::CreateWrite { path, replication, size } => {
-            w.u8(OpCode::CreateWrite as u8);
+        MetaOp::CreateWrite { path, replication, size, mode } => {
+            let code = if mode.is_some() { OpCode::CreateWriteMode } else { OpCode::CreateWrite };
+            w.u8(code as u8);
             write_path(w, path);
             w.u8(*replication).u64(*size);
+            write_new_mode(w, *mode);
         }
         MetaOp::Remove { path, recursive } => {
             w.u8(OpCode::Remove as u8);
@@ -678,13 +709,22 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
         OpCode::ActAs => {
             return Err(BodyError::Invalid { field: "op", value: u64::from(code) });
         }
-        OpCode::Mkdir => MetaOp::Mkdir { path: read_path(r)?, parents: r.bool("parents")? },
-        OpCode::Create => MetaOp::Create { path: read_path(r)?, replication: r.u8("replication")? },
+        OpCode::Mkdir | OpCode::MkdirMode => MetaOp::Mkdir {
+            path: read_path(r)?,
+            parents: r.bool("parents")?,
+            mode: read_new_mode(r, op == OpCode::MkdirMode)?,
+        },
+        OpCode::Create | OpCode::CreateMode => MetaOp::Create {
+            path: read_path(r)?,
+            replication: r.u8("replication")?,
+            mode: read_new_mode(r, op == OpCode::CreateMode)?,
+        },
         OpCode::Rename => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
-        OpCode::CreateWrite => MetaOp::CreateWrite {
+        OpCode::CreateWrite | OpCode::CreateWriteMode => MetaOp::CreateWrite {
             path: read_path(r)?,
             replication: r.u8("replication")?,
             size: r.u64("size")?,
+            mode: read_new_mode(r, op == OpCode::CreateWriteMode)?,
         },
         OpCode::Remove => MetaOp::Remove { path: read_path(r)?, recursive: r.bool("recursive")? },
         OpCode::Stat => MetaOp::Stat { path: read_path(r)?, first_block: r.u32("first block")? },
@@ -736,26 +776,36 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
         OpCode::Unlock => MetaOp::Unlock { path: read_path(r)? },
         OpCode::Locks => MetaOp::Locks { path: read_path(r)? },
         OpCode::ClusterMap => MetaOp::ClusterMap,
-        OpCode::Chmod => MetaOp::Chmod { path: read_path(r)?, mode: r.u16("mode")? },
+        OpCode::Chmod => MetaOp::Chmod { path: read_path(r)?, mode: read_mode(r)? },
         OpCode::Chown => {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
     })
 }
 
+fn write_owner(w: &mut BodyWriter, owner: &Owner) {
+    w.u32(owner.uid).u32(owner.gid).u16(owner.mode);
+}
+
+fn read_owner(r: &mut BodyReader<'_>) -> Result<Owner, BodyError> {
+    Ok(Owner { uid: r.u32("uid")?, gid: r.u32("gid")?, mode: read_mode(r)? })
+}
+
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, mtime_ms } => {
-            w.u8(0).u32(*id).u64(*entries as u64).u64(*mtime_ms);
+        Stat::Dir { id, entries, mtime_ms, owner } => {
+            w.u8(2).u32(*id).u64(*entries as u64).u64(*mtime_ms);
+            write_owner(w, owner);
         }
         Stat::File(meta) => {
-            w.u8(1);
+            w.u8(3);
             meta.descriptor.write(w);
             w.u64(meta.size)
                 .u32(meta.block_size)
                 .u8(meta.replication)
                 .u64(meta.ctime_ms)
                 .u64(meta.mtime_ms);
+            write_owner(w, &meta.owner);
             w.u32(meta.blocks.len() as u32);
             for block in &meta.blocks {
                 block.descriptor.write(w);
@@ -766,24 +816,27 @@ fn write_stat(w: &mut BodyWriter, stat: &Stat) {
 }
 
 fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
-    match r.u8("stat kind")? {
-        0 => Ok(Stat::Dir {
+    let kind = r.u8("stat kind")?;
+    match kind {
+        0 | 2 => Ok(Stat::Dir {
             id: r.u32("id")?,
             entries: usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX),
             mtime_ms: r.u64("mtime")?,
+            owner: if kind == 2 { read_owner(r)? } else { Owner::legacy(true) },
         }),
-        1 => {
+        1 | 3 => {
             let descriptor = FileDescriptor::read(r)?;
             let size = r.u64("size")?;
             let block_size = r.u32("block size")?;
             let replication = r.u8("replication")?;
             let ctime_ms = r.u64("ctime")?;
             let mtime_ms = r.u64("mtime")?;
+            let owner = if kind == 3 { read_owner(r)? } else { Owner::legacy(false) };
             let count = r.u32("block count")?;
             if count > MAX_STAT_BLOCKS {
                 return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
             }
-            let mut blocks = Vec::with_capacity(count as usize);
+            let mut blocks = Vec::with_capacity((count as usize).min(r.remaining() / 16));
             for _ in 0..count {
                 let descriptor = BlockDescriptor::read(r)?;
                 let replicas = read_replicas(r)?;
@@ -796,6 +849,7 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
                 replication,
                 ctime_ms,
                 mtime_ms,
+                owner,
                 blocks,
             }))
         }
@@ -843,7 +897,7 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             w.u8(ReplyTag::ListOwned as u8).u32(entries.len() as u32);
             for e in entries {
                 w.str(&e.name).bool(e.is_dir).u32(e.id).u64(e.size);
-                w.u32(e.owner.uid).u32(e.owner.gid).u16(e.owner.mode);
+                write_owner(w, &e.owner);
             }
             w.bool(*more);
         }
@@ -1001,11 +1055,8 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
                 let is_dir = r.bool("is dir")?;
                 let id = r.u32("id")?;
                 let size = r.u64("size")?;
-                let owner = if tag == ReplyTag::ListOwned {
-                    Owner { uid: r.u32("uid")?, gid: r.u32("gid")?, mode: r.u16("mode")? }
-                } else {
-                    Owner::legacy(is_dir)
-                };
+                let owner =
+                    if tag == ReplyTag::ListOwned { read_owner(r)? } else { Owner::legacy(is_dir) };
                 entries.push(DirEntry { name, is_dir, id, size, owner });
             }
             MetaReply::List { entries, more: r.bool("more")? }

@@ -186,7 +186,11 @@ fn samples() -> Vec<Message> {
         Message::MetaRequest(MetaRequest {
             session: 9,
             request_id: 3,
-            op: MetaOp::Create { path: MeshPath::parse("/a/b").unwrap(), replication: 2 },
+            op: MetaOp::Create {
+                path: MeshPath::parse("/a/b").unwrap(),
+                replication: 2,
+                mode: None,
+            },
         }),
         Message::MetaRequest(MetaRequest {
             session: 9,
@@ -195,6 +199,7 @@ fn samples() -> Vec<Message> {
                 path: MeshPath::parse("/a/c").unwrap(),
                 replication: 0,
                 size: 4096,
+                mode: None,
             },
         }),
         Message::MetaRequest(MetaRequest {
@@ -235,6 +240,7 @@ fn samples() -> Vec<Message> {
                 replication: 2,
                 ctime_ms: 1,
                 mtime_ms: 2,
+                owner: crate::namespace::Owner { uid: 1001, gid: 50, mode: 0o640 },
                 blocks: vec![BlockMeta {
                     descriptor: BlockDescriptor {
                         file: FileDescriptor { id: crate::descriptor::FileId(5), version: 2 },
@@ -249,7 +255,12 @@ fn samples() -> Vec<Message> {
             first_block: 0,
         }),
         Message::MetaReply(MetaReply::Stat {
-            stat: Stat::Dir { id: 1, entries: 3, mtime_ms: 4 },
+            stat: Stat::Dir {
+                id: 1,
+                entries: 3,
+                mtime_ms: 4,
+                owner: crate::namespace::Owner { uid: 0, gid: 0, mode: 0o1777 },
+            },
             total_blocks: 0,
             first_block: 0,
         }),
@@ -380,7 +391,7 @@ fn samples() -> Vec<Message> {
         Message::MetaRequest(MetaRequest {
             session: 3,
             request_id: 4,
-            op: MetaOp::Mkdir { path: MeshPath::parse("/a/b").unwrap(), parents: true },
+            op: MetaOp::Mkdir { path: MeshPath::parse("/a/b").unwrap(), parents: true, mode: None },
         }),
         Message::MetaRequest(MetaRequest {
             session: 3,
@@ -409,6 +420,7 @@ fn samples() -> Vec<Message> {
                 replication: 1,
                 ctime_ms: 1,
                 mtime_ms: 2,
+                owner: crate::namespace::Owner { uid: 1001, gid: 50, mode: 0o640 },
                 blocks: vec![BlockMeta {
                     descriptor: BlockDescriptor {
                         file: FileDescriptor { id: crate::descriptor::FileId(5), version: 3 },
@@ -476,7 +488,36 @@ fn samples() -> Vec<Message> {
                 op: Box::new(MetaOp::Mkdir {
                     path: MeshPath::parse("/u").unwrap(),
                     parents: false,
+                    mode: None,
                 }),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 21,
+            op: MetaOp::CreateWrite {
+                path: MeshPath::parse("/a/d").unwrap(),
+                replication: 2,
+                size: 100,
+                mode: Some(0o600),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 22,
+            op: MetaOp::Create {
+                path: MeshPath::parse("/a/e").unwrap(),
+                replication: 0,
+                mode: Some(0o4750),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 23,
+            op: MetaOp::Mkdir {
+                path: MeshPath::parse("/a/f/g").unwrap(),
+                parents: true,
+                mode: Some(0o1700),
             },
         }),
     ]
@@ -519,9 +560,19 @@ fn messages_in_layouts_older_builds_wrote_are_still_read() {
     for (kind, body) in old_wire_lines() {
         let message = Message::decode(&Frame::new(kind, 1, body.clone()))
             .unwrap_or_else(|e| panic!("kind {kind} {body:02x?}: {e}"));
-        // The list entries of a build before owners read as root's, open to all.
-        if let Message::MetaReply(MetaReply::List { entries, .. }) = &message {
-            assert!(entries.iter().all(|e| e.owner == crate::namespace::Owner::legacy(e.is_dir)));
+        // The list entries and stats of a build before owners read as root's, open to all.
+        use crate::namespace::Owner;
+        match &message {
+            Message::MetaReply(MetaReply::List { entries, .. }) => {
+                assert!(entries.iter().all(|e| e.owner == Owner::legacy(e.is_dir)));
+            }
+            Message::MetaReply(MetaReply::Stat { stat: Stat::Dir { owner, .. }, .. }) => {
+                assert_eq!(*owner, Owner::legacy(true));
+            }
+            Message::MetaReply(MetaReply::Stat { stat: Stat::File(meta), .. }) => {
+                assert_eq!(meta.owner, Owner::legacy(false));
+            }
+            _ => {}
         }
     }
 }

@@ -33,6 +33,9 @@ pub(crate) enum Command {
         /// Make missing parents too, and accept an existing directory.
         #[arg(short, long)]
         parents: bool,
+        /// Its mode, in octal (default: 777 less the umask).
+        #[arg(short, long, value_name = "MODE")]
+        mode: Option<String>,
         /// The directory, e.g. /data/run-1.
         path: String,
     },
@@ -41,6 +44,9 @@ pub(crate) enum Command {
         /// Copies of each block (default: the config's replication).
         #[arg(long, default_value_t = 0)]
         replication: u8,
+        /// Its mode, in octal (default: 666 less the umask).
+        #[arg(short, long, value_name = "MODE")]
+        mode: Option<String>,
         /// The file.
         path: String,
     },
@@ -53,8 +59,8 @@ pub(crate) enum Command {
         #[arg(default_value = "/")]
         path: String,
     },
-    /// Show a file's descriptor, version, size and blocks with their data-servers, or a
-    /// directory's entry count.
+    /// Show a file's descriptor, version, size, mode, owner, group and blocks with their
+    /// data-servers, or a directory's entry count, mode, owner and group.
     Stat {
         /// The path.
         path: String,

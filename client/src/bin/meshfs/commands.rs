@@ -94,6 +94,17 @@ fn client_command(path: &Path, config: &Config, action: ClientAction) -> Result<
     Ok(0)
 }
 
+/// Mode bits written in octal (at most 7777), or the usage error's exit status (said).
+fn octal_mode(command: &str, text: &str) -> Result<u16, u8> {
+    match u16::from_str_radix(text, 8) {
+        Ok(bits) if bits <= 0o7777 => Ok(bits),
+        _ => {
+            eprintln!("meshfs {command}: {text:?} is not an octal mode (e.g. 640, 1777)");
+            Err(2)
+        }
+    }
+}
+
 /// Runs `command` against the cluster `access` reaches. The exit status.
 pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> {
     match command {
@@ -101,12 +112,22 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             eprintln!("meshfs: this command needs the cluster config (--config config.conf)");
             Ok(2)
         }
-        Command::Mkdir { parents, path } => {
-            MetaClient::new(access)?.mkdir(&path, parents)?;
+        Command::Mkdir { parents, mode, path } => {
+            let mut meta = MetaClient::new(access)?;
+            match mode.as_deref().map(|m| octal_mode("mkdir", m)) {
+                None => meta.mkdir(&path, parents)?,
+                Some(Ok(bits)) => meta.mkdir_mode(&path, parents, bits)?,
+                Some(Err(status)) => return Ok(status),
+            }
             Ok(0)
         }
-        Command::Create { replication, path } => {
-            let fd = MetaClient::new(access)?.create(&path, replication)?;
+        Command::Create { replication, mode, path } => {
+            let mut meta = MetaClient::new(access)?;
+            let fd = match mode.as_deref().map(|m| octal_mode("create", m)) {
+                None => meta.create(&path, replication)?,
+                Some(Ok(bits)) => meta.create_mode(&path, replication, bits)?,
+                Some(Err(status)) => return Ok(status),
+            };
             println!("created {path}: file {} version {}", fd.id.0, fd.version);
             Ok(0)
         }
@@ -138,9 +159,9 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             Ok(0)
         }
         Command::Chmod { mode, path } => {
-            let Ok(bits) = u16::from_str_radix(&mode, 8) else {
-                eprintln!("meshfs chmod: {mode:?} is not an octal mode (e.g. 640, 1777)");
-                return Ok(2);
+            let bits = match octal_mode("chmod", &mode) {
+                Ok(bits) => bits,
+                Err(status) => return Ok(status),
             };
             MetaClient::new(access)?.chmod(&path, bits)?;
             Ok(0)

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use meshfs_core::namespace::Stat;
+use meshfs_core::namespace::{Owner, Stat};
 use meshfs_core::wire::FsckReport;
 
 /// UTC date and time of `ms` milliseconds since the Unix epoch (civil-from-days).
@@ -41,12 +41,14 @@ pub(crate) fn human(bytes: u64) -> String {
 
 pub(crate) fn print_stat(path: &str, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, mtime_ms } => {
+        Stat::Dir { id, entries, mtime_ms, owner } => {
             println!("{path}: directory {id}, {entries} entries, modified {}", utc(*mtime_ms));
+            println!("  access      {}", access_text('d', owner));
         }
         Stat::File(meta) => {
             let fd = meta.descriptor;
             println!("{path}: file {} version {}", fd.id.0, fd.version);
+            println!("  access      {}", access_text('-', &meta.owner));
             println!("  size        {} bytes ({})", meta.size, human(meta.size));
             println!(
                 "  block size  {} ({} bytes)",
@@ -69,6 +71,12 @@ pub(crate) fn print_stat(path: &str, stat: &Stat) {
             }
         }
     }
+}
+
+/// `drwxr-x--- (0750)  uid 1001  gid 50`.
+fn access_text(kind: char, owner: &Owner) -> String {
+    let mode = meshfs_core::namespace::access::mode_text(owner.mode);
+    format!("{kind}{mode} ({:04o})  uid {}  gid {}", owner.mode, owner.uid, owner.gid)
 }
 
 pub(crate) fn ms_from_now(epoch_ms: u64) -> i64 {

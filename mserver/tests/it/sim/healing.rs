@@ -613,6 +613,7 @@ impl Sim {
                 block_size: BLOCK_SIZE,
                 size: *len,
                 placement: placement.clone(),
+                mode: Some(0o640),
             }),
             Step::Write { .. } => None,
             Step::Commit { path, version, .. } => {

@@ -1018,12 +1018,14 @@ impl Sim {
             let target = self.clients[c].hint;
             let index = (target - 1) as usize;
             let command = if path.matches('/').count() == 1 && !path.starts_with("/shared-") {
-                Command::Mkdir { path: MeshPath::parse(&path).unwrap(), parents: true }
+                let mode = Some(0o750);
+                Command::Mkdir { path: MeshPath::parse(&path).unwrap(), parents: true, mode }
             } else {
                 Command::CreateFile {
                     path: MeshPath::parse(&path).unwrap(),
                     replication: 1,
                     block_size: 65536,
+                    mode: None,
                 }
             };
             let entry = Entry {
