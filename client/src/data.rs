@@ -266,7 +266,12 @@ impl DataClient {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), ClientError> {
-        let end = offset + len;
+        let Some(end) = offset.checked_add(len) else {
+            return Err(ClientError::DataRead {
+                block: block.to_string(),
+                reason: format!("range {offset}+{len} is past any block"),
+            });
+        };
         let mut at = offset;
         while at < end {
             // At most one chunk's worth; the reply checks it against its segments' checksums.

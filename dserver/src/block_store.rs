@@ -622,7 +622,7 @@ impl BlockStore {
                     },
                 });
             };
-            if offset + len > info.len {
+            if offset.checked_add(len).is_none_or(|end| end > info.len) {
                 return Err(StoreError::OutOfRange {
                     block: descriptor,
                     offset,
@@ -648,6 +648,15 @@ impl BlockStore {
                 Err(err) => return Err(err),
             }
         };
+        // The header is the file's own word on its length: the range must be inside it too.
+        if offset + len > header.len {
+            return Err(StoreError::OutOfRange {
+                block: descriptor,
+                offset,
+                len,
+                limit: header.len,
+            });
+        }
         let first = offset / SEGMENT_BYTES;
         let last = if len == 0 { first } else { (offset + len - 1) / SEGMENT_BYTES };
         let start = first * SEGMENT_BYTES;
@@ -655,8 +664,8 @@ impl BlockStore {
         let mut data = vec![0u8; end.saturating_sub(start) as usize];
         file.read_exact_at(&mut data, data_offset(header.block_size) + start)
             .map_err(io_err(&path))?;
-        let crcs =
-            header.crcs[first as usize..=(last as usize).min(header.crcs.len() - 1)].to_vec();
+        let upto = (last as usize + 1).min(header.crcs.len());
+        let crcs = header.crcs.get(first as usize..upto).unwrap_or_default().to_vec();
         let read = SegmentRead {
             descriptor: header.descriptor,
             block_len: header.len,
@@ -817,7 +826,7 @@ impl BlockWrite {
 
     /// Writes `data` at `offset` of the block.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let end = offset + data.len() as u64;
+        let end = offset.saturating_add(data.len() as u64);
         if end > u64::from(self.block_size) {
             return Err(StoreError::OutOfRange {
                 block: self.descriptor,
@@ -1061,6 +1070,29 @@ mod tests {
             w.write_at(i as u64 * 77_777, piece).unwrap();
         }
         w.commit().unwrap()
+    }
+
+    /// Offsets and lengths from the wire whose sum passes u64::MAX are refused as out of
+    /// range, for reads and for writes, and the store goes on serving.
+    #[test]
+    fn ranges_that_wrap_past_u64_max_are_out_of_range() {
+        let dir = TempDir::new("wrap");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let data = bytes(100_000, 3);
+        write(&store, desc(9, 0, 1), &data);
+        for (offset, len) in [(u64::MAX, 1), (u64::MAX - 10, 1000), (1, u64::MAX), (u64::MAX, 0)] {
+            let read = store.read(desc(9, 0, 1), offset, len);
+            assert!(matches!(read, Err(StoreError::OutOfRange { .. })), "{offset}+{len}");
+        }
+        let mut w =
+            store.begin_write(desc(9, 1, 1), BlockVersion::UNWRITTEN, BLOCK, false).unwrap();
+        for offset in [u64::MAX, u64::MAX - 3, u64::MAX - u64::from(BLOCK)] {
+            let wrote = w.write_at(offset, &[7; 16]);
+            assert!(matches!(wrote, Err(StoreError::OutOfRange { .. })), "{offset}");
+        }
+        w.write_at(0, &data).unwrap();
+        assert_eq!(w.commit().unwrap().len, 100_000);
+        assert_eq!(store.read(desc(9, 0, 1), 0, 100_000).unwrap().data, data);
     }
 
     #[test]

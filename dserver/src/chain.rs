@@ -110,7 +110,7 @@ impl DataServer {
             );
             return self.refuse(node, upstream, upstream_id, message);
         }
-        let end = chunk.offset + chunk.data.len() as u64;
+        let end = chunk.offset.saturating_add(chunk.data.len() as u64);
         if end > u64::from(chunk.block_size) || chunk.data.len() > MAX_CHUNK_BYTES as usize {
             return self.refuse(
                 node,

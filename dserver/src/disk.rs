@@ -12,12 +12,13 @@
 //! waker.
 
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion};
 use meshfs_core::wire::{BlockData, Message, RangeRead};
 use meshfs_group::NodeId;
@@ -95,6 +96,12 @@ pub enum DiskJob {
         /// Bytes.
         len: u32,
     },
+    /// A job that panics: how the tests check that a worker survives one.
+    #[cfg(test)]
+    Panic {
+        /// The write it fails.
+        write: u64,
+    },
 }
 
 /// What a disk worker finished.
@@ -157,19 +164,22 @@ impl DiskPool {
     /// Starts [`DISK_WORKERS`] workers over `store`.
     pub fn start(store: Arc<BlockStore>, notifier: Notifier) -> DiskPool {
         let (done_tx, done) = mpsc::channel();
-        let workers = (0..DISK_WORKERS)
-            .map(|n| {
-                let (tx, rx) = mpsc::channel();
-                let (store, done_tx, notifier) =
-                    (Arc::clone(&store), done_tx.clone(), notifier.clone());
-                thread::Builder::new()
-                    .name(format!("disk-{n}"))
-                    .spawn(move || worker(store, rx, done_tx, notifier))
-                    .expect("a disk worker starts");
-                tx
-            })
-            .collect();
-        DiskPool { workers, done, done_tx, notifier, store, next_reader: 0 }
+        let mut pool =
+            DiskPool { workers: Vec::new(), done, done_tx, notifier, store, next_reader: 0 };
+        pool.workers = (0..DISK_WORKERS).map(|n| pool.spawn_worker(n)).collect();
+        pool
+    }
+
+    /// Starts worker `n`; its job queue.
+    fn spawn_worker(&self, n: usize) -> Sender<DiskJob> {
+        let (tx, rx) = mpsc::channel();
+        let (store, done_tx, notifier) =
+            (Arc::clone(&self.store), self.done_tx.clone(), self.notifier.clone());
+        thread::Builder::new()
+            .name(format!("disk-{n}"))
+            .spawn(move || worker(store, rx, done_tx, notifier))
+            .expect("a disk worker starts");
+        tx
     }
 
     /// Starts the scrubber: it re-reads every replica at `bytes_per_sec`, over and over,
@@ -194,19 +204,61 @@ impl DiskPool {
             | DiskJob::Chunk { write, .. }
             | DiskJob::Commit { write }
             | DiskJob::Abort { write } => (*write % DISK_WORKERS as u64) as usize,
+            #[cfg(test)]
+            DiskJob::Panic { write } => (*write % DISK_WORKERS as u64) as usize,
             DiskJob::Read { .. } | DiskJob::Settle { .. } | DiskJob::Delete { .. } => {
                 self.next_reader = (self.next_reader + 1) % DISK_WORKERS;
                 self.next_reader
             }
         };
-        // A worker only stops when the pool is dropped.
-        let _ = self.workers[worker].send(job);
+        // A worker stops only when the pool is dropped, since every job runs behind
+        // catch_unwind; should one be gone anyway, it is replaced (its open writes are lost,
+        // and fail at their next chunk) and loudly, never left to swallow jobs.
+        if let Err(mpsc::SendError(job)) = self.workers[worker].send(job) {
+            error!("disk worker {worker} is gone: starting another in its place");
+            self.workers[worker] = self.spawn_worker(worker);
+            if self.workers[worker].send(job).is_err() {
+                panic!("a new disk worker stopped at once: the data-server cannot do disk I/O");
+            }
+        }
     }
 
     /// What finished since the last call.
     pub fn poll(&self) -> Vec<DiskDone> {
         self.done.try_iter().collect()
     }
+}
+
+/// Whom a job's failure must be told to, known before the job runs.
+enum Answer {
+    /// The write's owner, with [`DiskDone::Failed`].
+    Write(u64),
+    /// The reader, with a failed [`BlockData`].
+    Read(ReplyTo, u64),
+    /// No one (settles and deletes only log).
+    Log,
+}
+
+impl DiskJob {
+    fn answer(&self) -> Answer {
+        match self {
+            DiskJob::Begin { write, .. }
+            | DiskJob::Chunk { write, .. }
+            | DiskJob::Commit { write }
+            | DiskJob::Abort { write } => Answer::Write(*write),
+            DiskJob::Read { to, request, .. } => Answer::Read(*to, *request),
+            DiskJob::Settle { .. } | DiskJob::Delete { .. } => Answer::Log,
+            #[cfg(test)]
+            DiskJob::Panic { write } => Answer::Write(*write),
+        }
+    }
+}
+
+/// A read's answer, encoded and checksummed here so the event loop only queues the bytes.
+fn read_reply(to: ReplyTo, request: u64, reply: BlockData) -> DiskDone {
+    let message = Message::BlockData(reply);
+    let frame = Frame::checksummed(message.kind().code(), request, message.encode());
+    DiskDone::Read { to, frame }
 }
 
 fn worker(
@@ -217,83 +269,117 @@ fn worker(
 ) {
     let mut open: HashMap<u64, BlockWrite> = HashMap::new();
     while let Ok(job) = jobs.recv() {
-        let mut damaged = None;
-        let result = match job {
-            DiskJob::Begin { write, block, base, block_size, keep_existing } => {
-                match store.begin_write(block, base, block_size, keep_existing) {
-                    Ok(w) => {
-                        open.insert(write, w);
-                        None
-                    }
-                    Err(err) => Some(DiskDone::Failed { write, message: err.to_string() }),
-                }
-            }
-            DiskJob::Chunk { write, offset, data } => match open.get_mut(&write) {
-                // A write that failed to open already reported it.
-                None => None,
-                Some(w) => match w.write_at(offset, &data) {
-                    Ok(()) => Some(DiskDone::Written { write, end: offset + data.len() as u64 }),
-                    Err(err) => {
+        let answer = job.answer();
+        // A job that panics (a bug: every number from the wire is checked before it gets
+        // here) fails alone, with an error to whoever waits for it; the worker goes on.
+        let results = match panic::catch_unwind(AssertUnwindSafe(|| run(&store, &mut open, job))) {
+            Ok(results) => results,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                let message = format!("internal error in the disk worker: {what}");
+                error!("{message}; the job failed, the worker goes on");
+                match answer {
+                    Answer::Write(write) => {
                         open.remove(&write);
-                        Some(DiskDone::Failed { write, message: err.to_string() })
+                        vec![DiskDone::Failed { write, message }]
                     }
-                },
-            },
-            DiskJob::Commit { write } => match open.remove(&write) {
-                None => None,
-                Some(w) => match w.commit() {
-                    Ok(_) => Some(DiskDone::Committed { write }),
-                    Err(err) => Some(DiskDone::Failed { write, message: err.to_string() }),
-                },
-            },
-            DiskJob::Abort { write } => {
-                open.remove(&write);
-                None
-            }
-            DiskJob::Settle { block } => {
-                match store.committed(block) {
-                    Ok(true) => debug!("{block} committed: dropped the copy it was written from"),
-                    Ok(false) => {}
-                    Err(err) => warn!("dropping the older copy of {block}: {err}"),
+                    Answer::Read(to, request) => {
+                        vec![read_reply(to, request, BlockData::Failed { message })]
+                    }
+                    Answer::Log => Vec::new(),
                 }
-                None
-            }
-            DiskJob::Delete { block } => match store.remove_version(block) {
-                Ok(removed) => Some(DiskDone::Deleted { block, removed }),
-                Err(err) => {
-                    warn!("deleting {block}: {err}");
-                    None
-                }
-            },
-            DiskJob::Read { to, request, block, offset, len } => {
-                let read = store.read(block, offset, u64::from(len));
-                if let Err(err) = &read {
-                    damaged = set_aside_if_damaged(&store, block, err);
-                }
-                let reply = match read {
-                    // Only the bytes asked for go back, with what checks their segments.
-                    Ok(read) => BlockData::Range(RangeRead::from_segments(
-                        read.first_segment,
-                        read.block_len,
-                        read.crcs,
-                        read.data,
-                        offset,
-                        u64::from(len),
-                    )),
-                    Err(err) => BlockData::Failed { message: err.to_string() },
-                };
-                // Encoded and checksummed here, so the event loop only queues the bytes.
-                let message = Message::BlockData(reply);
-                let frame = Frame::checksummed(message.kind().code(), request, message.encode());
-                Some(DiskDone::Read { to, frame })
             }
         };
-        for result in result.into_iter().chain(damaged) {
+        for result in results {
             if done.send(result).is_err() || notifier.notify().is_err() {
                 return;
             }
         }
     }
+}
+
+/// Does one job; what to report.
+fn run(
+    store: &Arc<BlockStore>,
+    open: &mut HashMap<u64, BlockWrite>,
+    job: DiskJob,
+) -> Vec<DiskDone> {
+    let mut damaged = None;
+    let result = match job {
+        DiskJob::Begin { write, block, base, block_size, keep_existing } => {
+            match store.begin_write(block, base, block_size, keep_existing) {
+                Ok(w) => {
+                    open.insert(write, w);
+                    None
+                }
+                Err(err) => Some(DiskDone::Failed { write, message: err.to_string() }),
+            }
+        }
+        DiskJob::Chunk { write, offset, data } => match open.get_mut(&write) {
+            // A write that failed to open already reported it.
+            None => None,
+            Some(w) => match w.write_at(offset, &data) {
+                // write_at checked that the chunk ends inside the block.
+                Ok(()) => Some(DiskDone::Written { write, end: offset + data.len() as u64 }),
+                Err(err) => {
+                    open.remove(&write);
+                    Some(DiskDone::Failed { write, message: err.to_string() })
+                }
+            },
+        },
+        DiskJob::Commit { write } => match open.remove(&write) {
+            None => None,
+            Some(w) => match w.commit() {
+                Ok(_) => Some(DiskDone::Committed { write }),
+                Err(err) => Some(DiskDone::Failed { write, message: err.to_string() }),
+            },
+        },
+        DiskJob::Abort { write } => {
+            open.remove(&write);
+            None
+        }
+        DiskJob::Settle { block } => {
+            match store.committed(block) {
+                Ok(true) => debug!("{block} committed: dropped the copy it was written from"),
+                Ok(false) => {}
+                Err(err) => warn!("dropping the older copy of {block}: {err}"),
+            }
+            None
+        }
+        DiskJob::Delete { block } => match store.remove_version(block) {
+            Ok(removed) => Some(DiskDone::Deleted { block, removed }),
+            Err(err) => {
+                warn!("deleting {block}: {err}");
+                None
+            }
+        },
+        DiskJob::Read { to, request, block, offset, len } => {
+            let read = store.read(block, offset, u64::from(len));
+            if let Err(err) = &read {
+                damaged = set_aside_if_damaged(store, block, err);
+            }
+            let reply = match read {
+                // Only the bytes asked for go back, with what checks their segments.
+                Ok(read) => BlockData::Range(RangeRead::from_segments(
+                    read.first_segment,
+                    read.block_len,
+                    read.crcs,
+                    read.data,
+                    offset,
+                    u64::from(len),
+                )),
+                Err(err) => BlockData::Failed { message: err.to_string() },
+            };
+            Some(read_reply(to, request, reply))
+        }
+        #[cfg(test)]
+        DiskJob::Panic { write } => panic!("job of write {write} panicked on purpose"),
+    };
+    result.into_iter().chain(damaged).collect()
 }
 
 /// If `err` says the replica of `block` is damaged, sets it aside and says so.
@@ -364,5 +450,72 @@ fn scrub(store: Weak<BlockStore>, bytes_per_sec: u64, done: Sender<DiskDone>, no
         } else {
             debug!("scrub pass {pass}: {} replicas, {bytes} bytes, {bad} damaged", blocks.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshfs_core::descriptor::{FileDescriptor, FileId};
+    use meshfs_net::{EventLoop, LoopConfig};
+    use meshfs_test_kit::TempDir;
+
+    /// Waits (bounded) for the pool's next results.
+    fn next(pool: &DiskPool) -> Vec<DiskDone> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let done = pool.poll();
+            if !done.is_empty() || Instant::now() > deadline {
+                return done;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_alone_and_its_worker_goes_on() {
+        let dir = TempDir::new("disk-panic");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let event_loop = EventLoop::new(LoopConfig::default()).unwrap();
+        let mut pool = DiskPool::start(Arc::clone(&store), event_loop.notifier());
+        let block = BlockDescriptor {
+            file: FileDescriptor { id: FileId(3), version: 1 },
+            index: 0,
+            version: BlockVersion(1),
+        };
+        // Every worker gets a panicking job; each answers it with an error.
+        for write in 0..DISK_WORKERS as u64 {
+            pool.submit(DiskJob::Panic { write });
+            match &next(&pool)[..] {
+                [DiskDone::Failed { write: failed, message }] => {
+                    assert_eq!(*failed, write);
+                    assert!(message.contains("internal error"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // And every worker still writes: a write on each, begun, written and committed.
+        for write in 0..DISK_WORKERS as u64 {
+            let block = BlockDescriptor { index: write as u16, ..block };
+            let base = BlockVersion::UNWRITTEN;
+            pool.submit(DiskJob::Begin {
+                write,
+                block,
+                base,
+                block_size: 4096,
+                keep_existing: false,
+            });
+            pool.submit(DiskJob::Chunk { write, offset: 0, data: vec![1; 100] });
+            pool.submit(DiskJob::Commit { write });
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let done = next(&pool);
+                assert!(!done.is_empty(), "worker {write} answers");
+                got.extend(done);
+            }
+            assert!(matches!(got[0], DiskDone::Written { end: 100, .. }), "{got:?}");
+            assert!(matches!(got[1], DiskDone::Committed { .. }), "{got:?}");
+        }
+        assert_eq!(store.list().len(), DISK_WORKERS);
     }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod heal;
 mod in_process;
 mod locks;
+mod robust;
 mod trust;
 
 use std::io::{Read, Write};

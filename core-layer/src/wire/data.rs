@@ -167,7 +167,7 @@ impl RangeRead {
     ) -> RangeRead {
         let start = u64::from(first_segment) * SEGMENT_BYTES;
         let head = (offset.saturating_sub(start) as usize).min(segments.len());
-        let end = ((offset + len).min(block_len).saturating_sub(start) as usize)
+        let end = (offset.saturating_add(len).min(block_len).saturating_sub(start) as usize)
             .clamp(head, segments.len());
         let head_crc = crc32fast::hash(&segments[..head]);
         let tail_crc = crc32fast::hash(&segments[end..]);
@@ -188,7 +188,7 @@ impl RangeRead {
     /// and compares it with the stored one. The reader's side.
     pub fn verify(&self) -> Result<(), RangeError> {
         let start = u64::from(self.first_segment) * SEGMENT_BYTES;
-        let end = self.offset + self.data.len() as u64;
+        let end = self.offset.saturating_add(self.data.len() as u64);
         if self.offset < start || self.offset - start >= SEGMENT_BYTES || end > self.block_len {
             return Err(RangeError::Malformed("the data is not where its segments are"));
         }

@@ -1,0 +1,72 @@
+//! Robustness against real servers: numbers from the wire that would overflow, sent
+//! again and again, get clear errors and leave the servers serving. Real processes on
+//! loopback.
+
+use std::time::Duration;
+
+use meshfs_client::data::DataClient;
+use meshfs_client::{Connection, MetaClient};
+use meshfs_core::wire::{BlockData, Message, ReadBlock, WriteAck, WriteChunk};
+
+use crate::cluster::TestCluster;
+
+/// More than the data-server's disk workers: before the fix, each hostile request killed
+/// one, and after four the data-server did no disk I/O at all while answering pings.
+const HOSTILE_REQUESTS: usize = 10;
+
+#[test]
+fn reads_and_writes_at_offsets_that_wrap_are_refused_and_the_data_server_goes_on() {
+    let mut cluster = TestCluster::new("robust-wrap", 1, 1);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut data = DataClient::new(&cluster.access);
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    meshfs_client::data::put(&mut meta, &mut data, &mut &bytes[..], "/f", 1, None, &mut ())
+        .unwrap();
+    let file = meta.get_file_meta_data("/f").unwrap();
+    let block = &file.blocks[0];
+    let dserver = cluster.config.servers[1].addr;
+    let mut conn =
+        Connection::open(dserver, "it", &cluster.access.credentials, Duration::from_secs(10))
+            .unwrap();
+    let token = block.read.unwrap();
+    for i in 0..HOSTILE_REQUESTS {
+        let offset = u64::MAX - (i as u64 * 7);
+        let read = ReadBlock { block: block.descriptor, offset, len: 1000 };
+        match conn.call(&Message::TokenRead { read, token }).unwrap() {
+            Message::BlockData(BlockData::Failed { message }) => {
+                assert!(message.contains("outside the block"), "{message}")
+            }
+            other => panic!("a read at {offset} was answered with {other:?}"),
+        }
+    }
+    // A write chunk that wraps, under a real lease, to the chain's first replica.
+    let lease = meta.create_write("/g", 1, 100).unwrap();
+    for i in 0..HOSTILE_REQUESTS {
+        let chunk = WriteChunk {
+            token: lease.clone(),
+            block_size: 1 << 20,
+            keep_existing: false,
+            offset: u64::MAX - 3 - i as u64,
+            last: true,
+            data: vec![9; 16],
+        };
+        match conn.call(&Message::WriteChunk(chunk)).unwrap() {
+            Message::WriteAck(WriteAck::Failed { message, .. }) => {
+                assert!(message.contains("outside the block"), "{message}")
+            }
+            other => panic!("a wrapping chunk was taken: {other:?}"),
+        }
+    }
+    // The data-server still reads and writes.
+    let mut out = Vec::new();
+    DataClient::new(&cluster.access).read_block(block, 0, 5000, &mut out).unwrap();
+    assert_eq!(out, bytes);
+    let more: Vec<u8> = (0..3_000_000u32).map(|i| (i % 239) as u8).collect();
+    meshfs_client::data::put(&mut meta, &mut data, &mut &more[..], "/h", 1, None, &mut ()).unwrap();
+    let mut back = Vec::new();
+    meshfs_client::data::get(&mut meta, &mut data, "/h", &mut back, &mut ()).unwrap();
+    assert_eq!(back, more);
+    assert!(cluster.alive(2));
+}
