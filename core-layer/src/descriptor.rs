@@ -28,8 +28,10 @@ pub const MAX_REPLICAS: u8 = 16;
 /// Writes a replica set (a block's data-servers, in chain order): a count, then each id.
 /// The one encoding of a replica set, in messages, log entries, snapshots and tokens.
 pub fn write_replicas(w: &mut BodyWriter, replicas: &[NodeId]) {
-    let count = u8::try_from(replicas.len()).ok().filter(|&n| n <= MAX_REPLICAS);
-    w.u8(count.expect("a replica set has at most 16 data-servers"));
+    // A replica set has at most MAX_REPLICAS members; a longer list (a bug, or a list of
+    // servers that is not a replica set) is cut there rather than panic an encoder.
+    let replicas = &replicas[..replicas.len().min(usize::from(MAX_REPLICAS))];
+    w.u8(replicas.len() as u8);
     for id in replicas {
         w.u32(id.0);
     }

@@ -161,6 +161,9 @@ pub enum NsError {
     /// A write's replicas did not all prove the bytes the client sent: not committed.
     #[error("{0}; the write is not committed")]
     Unproven(String),
+    /// The answer would not fit in a frame (a bug: listings are paged by bytes).
+    #[error("the answer ({0} bytes) is larger than a frame can carry; ask about less at once")]
+    ReplyTooLarge(u64),
     /// A write finished after its lease was replaced: it does not take effect.
     #[error(
         "{path} block {index}: the lease for version {version} was lost (it ran out and another \
@@ -268,6 +271,9 @@ impl NsError {
             NsError::Unproven(why) => {
                 w.u8(27).str(why);
             }
+            NsError::ReplyTooLarge(len) => {
+                w.u8(28).u64(*len);
+            }
         }
     }
 
@@ -344,6 +350,7 @@ impl NsError {
             25 => NsError::LockCancelled(text(r)?),
             26 => NsError::PermissionDenied(text(r)?),
             27 => NsError::Unproven(text(r)?),
+            28 => NsError::ReplyTooLarge(r.u64("reply length")?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -360,6 +367,7 @@ mod tests {
         for error in [
             NsError::PermissionDenied("draining data-servers needs an admin client".into()),
             NsError::Unproven("data-server 5 proves another digest".into()),
+            NsError::ReplyTooLarge(2_000_000),
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
         ] {

@@ -234,6 +234,13 @@ pub struct LockInfo {
     pub delayed_until_ms: u64,
 }
 
+impl LockInfo {
+    /// Its size in a locks reply: path, delay, and each holder and waiter.
+    pub fn encoded_len(&self) -> usize {
+        2 + self.path.as_str().len() + 8 + 4 + 25 * self.holders.len() + 4 + 29 * self.waiters.len()
+    }
+}
+
 /// Every session and lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockTable {
@@ -555,24 +562,32 @@ impl LockTable {
         prefix: &MeshPath,
         max_locks: usize,
         max_parties: usize,
+        max_bytes: usize,
     ) -> (Vec<LockInfo>, bool) {
         let text = prefix.as_str();
         let mut matching = self
             .locks
             .range(prefix.clone()..)
             .take_while(|(path, _)| path.as_str().starts_with(text))
-            .filter(|(path, _)| prefix.is_root() || under(path.as_str(), text));
-        let locks = matching
-            .by_ref()
-            .take(max_locks)
+            .filter(|(path, _)| prefix.is_root() || under(path.as_str(), text))
             .map(|(path, lock)| LockInfo {
                 path: path.clone(),
                 holders: lock.holders.iter().take(max_parties).copied().collect(),
                 waiters: lock.queue.iter().take(max_parties).copied().collect(),
                 delayed_until_ms: lock.exclusive_free_ms.max(lock.shared_free_ms),
             })
-            .collect();
-        (locks, matching.next().is_some())
+            .peekable();
+        let (mut locks, mut bytes) = (Vec::new(), 0);
+        while let Some(next) = matching.peek() {
+            // The first lock always goes (its parties are bounded): a listing moves on.
+            let len = next.encoded_len();
+            if locks.len() == max_locks || (!locks.is_empty() && bytes + len > max_bytes) {
+                break;
+            }
+            bytes += len;
+            locks.extend(matching.next());
+        }
+        (locks, matching.peek().is_some())
     }
 
     /// The first broken invariant, if any.
@@ -758,7 +773,7 @@ mod tests {
 
     /// Every lock at or under `prefix`.
     fn all(t: &LockTable, prefix: &str) -> Vec<LockInfo> {
-        let (locks, more) = t.list(&p(prefix), usize::MAX, usize::MAX);
+        let (locks, more) = t.list(&p(prefix), usize::MAX, usize::MAX, usize::MAX);
         assert!(!more);
         locks
     }
@@ -984,15 +999,21 @@ mod tests {
         }
         t.lock(s(2), 2, &p("/a/b/c"), LockMode::Exclusive, Some(60_000), 0).unwrap();
         // Under /a/b: itself and its children, not its sibling "/a/b!x" (sorted among them).
-        let (locks, more) = t.list(&p("/a/b"), 10, 10);
+        let (locks, more) = t.list(&p("/a/b"), 10, 10, usize::MAX);
         let paths: Vec<&str> = locks.iter().map(|l| l.path.as_str()).collect();
         assert_eq!((paths, more), (vec!["/a/b", "/a/b/c", "/a/b/d"], false));
-        let (locks, more) = t.list(&p("/a/b"), 2, 2);
+        let (locks, more) = t.list(&p("/a/b"), 2, 2, usize::MAX);
         assert_eq!((locks.len(), more), (2, true));
         assert_eq!(locks[0].holders.len(), 2, "holders capped at 2 of 4");
         assert_eq!(locks[1].waiters.len(), 1);
-        let (locks, more) = t.list(&p("/"), 5, 1);
+        let (locks, more) = t.list(&p("/"), 5, 1, usize::MAX);
         assert_eq!((locks.len(), more), (5, false));
+        // A byte budget ends the page early, but the first lock always goes.
+        let first = t.list(&p("/a/b"), 10, 10, usize::MAX).0[0].encoded_len();
+        let (locks, more) = t.list(&p("/a/b"), 10, 10, first);
+        assert_eq!((locks.len(), more), (1, true));
+        let (locks, more) = t.list(&p("/a/b"), 10, 10, 0);
+        assert_eq!((locks.len(), more), (1, true));
         // Expiries named by one Clock entry are capped; the rest wait for the next.
         assert_eq!(t.lapsed(LEASE, 2), vec![s(1), s(2)]);
         assert_eq!(t.clock_due(LEASE, true, 3), Some(vec![s(1), s(2), s(3)]));

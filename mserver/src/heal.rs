@@ -30,7 +30,8 @@ use meshfs_core::path::MeshPath;
 use meshfs_core::session::SessionId;
 use meshfs_core::settings::Heal;
 use meshfs_core::wire::{
-    DataReport, FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message, RepairTask,
+    DataReport, FsckProblem, FsckReport, HealthCounts, MAX_FSCK_PROBLEMS, Message,
+    REPLY_ITEMS_BUDGET, RepairTask,
 };
 use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now, Role};
@@ -564,6 +565,7 @@ pub fn fsck(
             .collect(),
         ..FsckReport::default()
     };
+    let mut listed_bytes = 0;
     for (path, id) in files {
         for index in 0..=u16::MAX {
             let Some(block) = namespace.block(id, index) else { break };
@@ -573,18 +575,25 @@ pub fn fsck(
             if !report.health.count(&health, in_repair) {
                 continue;
             }
-            if report.problems.len() < MAX_FSCK_PROBLEMS as usize {
-                report.problems.push(FsckProblem {
-                    path: path.clone(),
-                    block: block.descriptor,
-                    wanted: block.replication,
-                    replicas: block.replicas.to_vec(),
-                    good: health.good.clone(),
-                    missing: health.missing(),
-                    repairing: in_repair,
-                });
-            } else {
+            let problem = FsckProblem {
+                path: path.clone(),
+                block: block.descriptor,
+                wanted: block.replication,
+                replicas: block.replicas.to_vec(),
+                good: health.good.clone(),
+                missing: health.missing(),
+                repairing: in_repair,
+            };
+            // Bounded by count and by bytes (paths may be long), so the reply fits a frame.
+            let len = problem.encoded_len();
+            if report.more
+                || report.problems.len() == MAX_FSCK_PROBLEMS as usize
+                || listed_bytes + len > REPLY_ITEMS_BUDGET
+            {
                 report.more = true;
+            } else {
+                listed_bytes += len;
+                report.problems.push(problem);
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use log::warn;
+use log::{error, warn};
 use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, MAX_BLOCKS_PER_FILE};
 use meshfs_core::error::NsError;
 use meshfs_core::locks::{Wake, WakeResult};
@@ -18,7 +18,7 @@ use meshfs_core::session::SessionId;
 use meshfs_core::token::{ReadToken, ReplicaProof, Token, TokenOp};
 use meshfs_core::wire::{
     ClusterMap, MAX_LIST_PAGE, MAX_LOCK_PARTIES, MAX_LOCKS_LISTED, MAX_STAT_BLOCKS, Message,
-    MetaOp, MetaReply, MetaRequest,
+    MetaOp, MetaReply, MetaRequest, REPLY_ITEMS_BUDGET,
 };
 use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now, Role};
@@ -320,7 +320,15 @@ impl MetaServer {
 }
 
 pub(crate) fn answer(node: &mut Node, waiter: Waiter, reply: MetaReply) {
-    node.reply(waiter.conn, Message::MetaReply(reply).to_frame(waiter.frame_id));
+    let mut frame = Message::MetaReply(reply).to_frame(waiter.frame_id);
+    let len = frame.body.len();
+    if len > meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize {
+        // Dropped, it would leave the client waiting for ever: it hears why instead.
+        error!("a reply of {len} bytes does not fit in a frame: answering with an error");
+        let err = MetaReply::Failed(NsError::ReplyTooLarge(len as u64));
+        frame = Message::MetaReply(err).to_frame(waiter.frame_id);
+    }
+    node.reply(waiter.conn, frame);
 }
 
 /// The reply for an applied change.
@@ -465,8 +473,12 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         }
         MetaOp::Locks { path } => {
             let table = namespace.lock_table();
-            let (locks, more) =
-                table.list(path, MAX_LOCKS_LISTED as usize, MAX_LOCK_PARTIES as usize);
+            let (locks, more) = table.list(
+                path,
+                MAX_LOCKS_LISTED as usize,
+                MAX_LOCK_PARTIES as usize,
+                REPLY_ITEMS_BUDGET,
+            );
             MetaReply::Locks { locks, more }
         }
         MetaOp::Mkdir { .. }

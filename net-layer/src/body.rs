@@ -105,10 +105,14 @@ impl BodyWriter {
     }
 
     /// Appends a u16 length, then the UTF-8 text. Text fields are names and messages, never
-    /// data; longer text is a caller bug.
+    /// data, and their makers bound them (paths at 4,096 bytes); should one be longer than a
+    /// u16 can say anyway, it is cut at the last character boundary that fits, never a panic.
     pub fn str(&mut self, text: &str) -> &mut Self {
-        let len = u16::try_from(text.len()).expect("text field longer than u16::MAX");
-        self.u16(len).fixed(text.as_bytes())
+        let mut end = text.len().min(usize::from(u16::MAX));
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u16(end as u16).fixed(&text.as_bytes()[..end])
     }
 }
 
@@ -240,5 +244,18 @@ mod tests {
             let _ = r.u8("a").and_then(|_| r.str("b")).and_then(|_| r.bytes("c").map(|_| ()))
                 .and_then(|_| r.u64("d").map(|_| ()));
         }
+    }
+
+    #[test]
+    fn text_too_long_for_its_length_field_is_cut_at_a_character_never_a_panic() {
+        let long = "é".repeat(40_000); // 80,000 bytes
+        let mut w = BodyWriter::new();
+        w.str(&long).u8(7);
+        let body = w.finish();
+        let mut r = BodyReader::new(&body);
+        let cut = r.str("long").unwrap();
+        assert_eq!(cut.len(), 65_534, "the last whole character under 65,535 bytes");
+        assert!(long.starts_with(cut));
+        assert_eq!(r.u8("after").unwrap(), 7);
     }
 }

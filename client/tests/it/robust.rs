@@ -70,3 +70,58 @@ fn reads_and_writes_at_offsets_that_wrap_are_refused_and_the_data_server_goes_on
     assert_eq!(back, more);
     assert!(cluster.alive(2));
 }
+
+/// A directory path of `levels` names of 200 bytes: `/` + 201 bytes a level.
+fn deep_dir(levels: usize) -> String {
+    let name = "d".repeat(200);
+    (0..levels).map(|_| format!("/{name}")).collect()
+}
+
+#[test]
+fn long_paths_stay_under_the_limit_after_renames_and_fsck_and_locks_replies_fit_a_frame() {
+    let mut cluster = TestCluster::new("robust-long", 1, 2);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut data = DataClient::new(&cluster.access);
+    // 280 two-copy files whose paths are near 4,000 bytes: 1.1 MB of paths, more than a
+    // frame carries.
+    let deep = deep_dir(19);
+    meta.mkdir(&deep, true).unwrap();
+    let pad = "f".repeat(4000 - deep.len() - 5);
+    const FILES: usize = 280;
+    for i in 0..FILES {
+        let path = format!("{deep}/{pad}{i:04}");
+        meshfs_client::data::put(&mut meta, &mut data, &mut &b"x"[..], &path, 2, None, &mut ())
+            .unwrap();
+    }
+    // Renames cannot build a path past 4,096 bytes (40 renames once built 79,992).
+    let q = format!("/q/{0}/{0}", "q".repeat(250));
+    meta.mkdir(&q, true).unwrap();
+    let first = &deep[..201];
+    let err = meta.rename(first, &format!("{q}/x")).unwrap_err().to_string();
+    assert!(err.contains("bytes long (at most 4096)"), "{err}");
+    // Every block loses a copy: fsck has a problem for each, too many bytes to list them all.
+    cluster.kill9(3);
+    cluster.wait_for("data-server 3 down", |s| {
+        s.health.is_some_and(|h| h.under_replicated as usize >= FILES)
+    });
+    for _ in 0..3 {
+        let report = meta.fsck("/").unwrap();
+        assert!(report.more, "the listing says there is more");
+        assert!(!report.problems.is_empty() && report.problems.len() < FILES);
+        assert!(report.health.under_replicated as usize >= FILES, "the counts cover them all");
+    }
+    assert!(cluster.alive(1), "fsck did not take the leader down");
+    // Locks on 280 paths of 4,000 bytes: the listing is paged by bytes too.
+    let session = meshfs_client::session::Session::open(&cluster.access).unwrap();
+    let mut held = Vec::new();
+    for i in 0..FILES {
+        let path = format!("{deep}/{pad}{i:04}");
+        held.push(session.lock(&path, meshfs_client::session::LockMode::Shared, None).unwrap());
+    }
+    let (locks, more) = session.locks("/").unwrap();
+    assert!(more && !locks.is_empty() && locks.len() < FILES, "{} locks, more {more}", locks.len());
+    drop(held);
+    session.close().unwrap();
+}

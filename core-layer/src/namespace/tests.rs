@@ -4,6 +4,7 @@ use super::snapshot::SNAPSHOT_FORMAT;
 use super::*;
 use crate::descriptor::{BlockDescriptor, MAX_BLOCKS_PER_FILE};
 use crate::locks::LockMode;
+use crate::path::PathError;
 use meshfs_group::ClientId;
 use proptest::prelude::*;
 use std::collections::BTreeMap as Model;
@@ -578,9 +579,9 @@ fn a_lock_wait_retried_after_it_ended_gets_how_it_ended() {
     assert!(matches!(failed(kept), NsError::SessionExpired { client: 2 }));
     // Locks survive a snapshot.
     let back = Namespace::restore(&d.ns.snapshot()).unwrap();
-    let all = |ns: &Namespace| ns.lock_table().list(&p("/"), 10, 10);
+    let all = |ns: &Namespace| ns.lock_table().list(&p("/"), 10, 10, usize::MAX);
     assert_eq!(all(&back), all(&d.ns));
-    assert_eq!(back.lock_table().list(&p("/m"), 10, 10).0.len(), 1);
+    assert_eq!(back.lock_table().list(&p("/m"), 10, 10, usize::MAX).0.len(), 1);
 }
 
 #[test]
@@ -1194,6 +1195,60 @@ proptest! {
             let mut seen = Model::new();
             walk(&d.ns, "", &mut seen);
             prop_assert_eq!(&seen, &model, "after {:?}", op);
+        }
+    }
+}
+
+#[test]
+fn a_rename_never_makes_a_path_longer_than_the_limit() {
+    let mut d = Driver::new();
+    let name = "n".repeat(200);
+    // /t/<200>/<200>/... : 20 levels, 4,022 bytes, then a file at the bottom.
+    let mut deep = String::from("/t");
+    for _ in 0..20 {
+        deep.push('/');
+        deep.push_str(&name);
+    }
+    assert_eq!(d.mkdir(&deep, true), Outcome::Mkdir);
+    assert!(matches!(d.create(&format!("{deep}/f")), Outcome::Created(_)));
+    let longest = deep.len() + 2;
+    assert_eq!(d.mkdir(&format!("/p/{name}"), true), Outcome::Mkdir);
+    // Under /p/<200> the file's path would be 4,227 bytes: refused.
+    let to = format!("/p/{name}/t");
+    let refused = d.run(Command::Rename { from: p("/t"), to: p(&to) });
+    let NsError::Path(PathError::TooLong { len }) = failed(refused) else { panic!() };
+    assert!(
+        len > crate::path::MAX_PATH_LEN && len <= to.len() + longest - 2,
+        "{len}: a path it would make"
+    );
+    assert!(d.ns.stat(&p(&deep)).is_ok(), "nothing moved");
+    // Moving it where it fits works, and so does moving something short anywhere.
+    assert_eq!(d.run(Command::Rename { from: p("/t"), to: p("/u") }), Outcome::Renamed);
+    assert!(d.ns.stat(&p(&format!("{}/f", deep.replacen("/t", "/u", 1)))).is_ok());
+    assert_eq!(d.mkdir("/s/x", true), Outcome::Mkdir);
+    let to = p(&format!("/p/{name}/s"));
+    assert_eq!(d.run(Command::Rename { from: p("/s"), to }), Outcome::Renamed);
+    // Renaming a directory again and again into itself-deep places is bounded the same way:
+    // every full path in the tree stays within MAX_PATH_LEN.
+    let mut at = String::from("/c");
+    assert_eq!(d.mkdir(&format!("{at}/{name}"), true), Outcome::Mkdir);
+    for i in 0..40 {
+        let next = format!("/c{i}/{name}");
+        assert_eq!(d.mkdir(&next, true), Outcome::Mkdir);
+        let outcome = d.run(Command::Rename { from: p(&at), to: p(&format!("{next}/c")) });
+        if outcome != Outcome::Renamed {
+            assert!(matches!(failed(outcome), NsError::Path(PathError::TooLong { .. })));
+            break;
+        }
+        at = format!("{next}/c");
+    }
+    let all = d.ns.files_under(&MeshPath::root()).unwrap();
+    assert!(all.iter().all(|(path, _)| path.len() <= crate::path::MAX_PATH_LEN));
+    let mut dirs = vec![(ROOT_ID, 0usize)];
+    while let Some((id, len)) = dirs.pop() {
+        assert!(len <= crate::path::MAX_PATH_LEN);
+        if let inode::Kind::Dir(dir) = &d.ns.nodes[&id].kind {
+            dirs.extend(dir.children.iter().map(|(n, &c)| (c, len + 1 + n.len())));
         }
     }
 }

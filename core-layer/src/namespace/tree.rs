@@ -10,7 +10,7 @@ use super::inode::{Dir, File, Kind, Node};
 use super::{Namespace, ROOT_ID, path_str};
 use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
-use crate::path::MeshPath;
+use crate::path::{MAX_PATH_LEN, MeshPath, PathError};
 
 /// The mode of a new directory and a new file when the request names none (`chmod`
 /// changes it).
@@ -169,6 +169,12 @@ impl Namespace {
         if self.dir_child(new_parent, new_name).is_some() {
             return Err(NsError::AlreadyExists(path_str(to)));
         }
+        // Every path under the moved directory must stay within the path limit.
+        let room = MAX_PATH_LEN - to.as_str().len();
+        if let Some(deeper) = self.longest_below(id, room) {
+            let len = to.as_str().len() + deeper;
+            return Err(NsError::Path(PathError::TooLong { len }));
+        }
         let (_, old_name) = from.split_last().expect("not root");
         let old_parent = self.nodes[&id].parent;
         let old_dir = self.dir_mut(old_parent);
@@ -179,6 +185,24 @@ impl Namespace {
         new_dir.mtime_ms = now;
         self.nodes.get_mut(&id).expect("live").parent = new_parent;
         Ok(Outcome::Renamed)
+    }
+
+    /// The length of some path below directory `id` (relative to it, with its leading `/`)
+    /// longer than `room` bytes, if there is one; `None` when all of them fit. Walks the
+    /// subtree until it finds one.
+    fn longest_below(&self, id: u32, room: usize) -> Option<usize> {
+        let mut stack = vec![(id, 0usize)];
+        while let Some((id, len)) = stack.pop() {
+            let Kind::Dir(dir) = &self.nodes[&id].kind else { continue };
+            for (name, &child) in &dir.children {
+                let below = len + 1 + name.len();
+                if below > room {
+                    return Some(below);
+                }
+                stack.push((child, below));
+            }
+        }
+        None
     }
 
     pub(super) fn remove(

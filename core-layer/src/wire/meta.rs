@@ -410,6 +410,20 @@ pub const MAX_LOCK_PARTIES: u32 = 10_000;
 /// Most problems one fsck reply lists (the counts cover them all).
 pub const MAX_FSCK_PROBLEMS: u32 = 500;
 
+/// Most bytes the items of one fsck or locks reply take: the list ends early (with `more`)
+/// when the next item would pass it, so that the reply fits in a frame whatever the paths.
+pub const REPLY_ITEMS_BUDGET: usize = 768 * 1024;
+
+const _: () =
+    assert!(REPLY_ITEMS_BUDGET + 64 * 1024 < meshfs_net::frame::DEFAULT_MAX_BODY_LEN as usize);
+
+impl FsckProblem {
+    /// Its size in a [`MetaReply::Fsck`].
+    pub fn encoded_len(&self) -> usize {
+        2 + self.path.len() + 12 + 1 + (1 + 4 * self.replicas.len()) + (1 + 4 * self.good.len()) + 2
+    }
+}
+
 /// One block fsck found short of replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsckProblem {

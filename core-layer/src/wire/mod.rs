@@ -58,7 +58,7 @@ pub use self::errors::ErrorCode;
 pub use self::meta::{
     ClusterMap, FsckProblem, FsckReport, MAX_FSCK_PROBLEMS, MAX_LIST_PAGE, MAX_LOCK_PARTIES,
     MAX_LOCKS_LISTED, MAX_MAP_SERVERS, MAX_STAT_BLOCKS, MetaOp, MetaReply, MetaRequest, OpCode,
-    ReplyTag,
+    REPLY_ITEMS_BUDGET, ReplyTag,
 };
 pub use self::repair::RepairTask;
 pub use self::status::{
