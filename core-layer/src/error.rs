@@ -161,6 +161,12 @@ pub enum NsError {
     /// A write's replicas did not all prove the bytes the client sent: not committed.
     #[error("{0}; the write is not committed")]
     Unproven(String),
+    /// A file has used every version its 32-bit version number can count.
+    #[error("{0}: the file has used all 2^32 of its versions; copy it to a new file")]
+    VersionsExhausted(String),
+    /// Applying the entry hit a bug; every replica answers it alike, and goes on.
+    #[error("internal error applying the change: {0} (a bug: please report it)")]
+    Internal(String),
     /// The answer would not fit in a frame (a bug: listings are paged by bytes).
     #[error("the answer ({0} bytes) is larger than a frame can carry; ask about less at once")]
     ReplyTooLarge(u64),
@@ -274,6 +280,12 @@ impl NsError {
             NsError::ReplyTooLarge(len) => {
                 w.u8(28).u64(*len);
             }
+            NsError::VersionsExhausted(path) => {
+                w.u8(29).str(path);
+            }
+            NsError::Internal(what) => {
+                w.u8(30).str(what);
+            }
         }
     }
 
@@ -351,6 +363,8 @@ impl NsError {
             26 => NsError::PermissionDenied(text(r)?),
             27 => NsError::Unproven(text(r)?),
             28 => NsError::ReplyTooLarge(r.u64("reply length")?),
+            29 => NsError::VersionsExhausted(text(r)?),
+            30 => NsError::Internal(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -368,6 +382,8 @@ mod tests {
             NsError::PermissionDenied("draining data-servers needs an admin client".into()),
             NsError::Unproven("data-server 5 proves another digest".into()),
             NsError::ReplyTooLarge(2_000_000),
+            NsError::VersionsExhausted("/f".into()),
+            NsError::Internal("attempt to add with overflow".into()),
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
         ] {

@@ -59,6 +59,11 @@ impl Namespace {
         let have = file.blocks.len() as u64;
         let first = u64::from(first_block);
         let needed = blocks.saturating_sub(have);
+        // An expand that changes nothing still takes a version, as it always has: entries
+        // already in logs must apply as they did when they were written.
+        let Some(new_version) = file.version.checked_add(1) else {
+            return Err(NsError::VersionsExhausted(path_str(path)));
+        };
         // The sets for blocks have..blocks, out of those given from `first` on.
         let fresh: &[Vec<NodeId>] = if needed == 0 {
             &[]
@@ -97,9 +102,7 @@ impl Namespace {
         let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
             unreachable!("checked above")
         };
-        let old_version = file.version;
-        file.version = file.version.wrapping_add(1);
-        assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
+        file.version = new_version;
         file.size = size;
         file.mtime_ms = now;
         let first_new = file.blocks.len();
@@ -197,12 +200,13 @@ impl Namespace {
                 return Err(NsError::LeaseLost { path: path_str(path), index, version: version.0 });
             }
         }
+        let Some(new_version) = file.version.checked_add(1) else {
+            return Err(NsError::VersionsExhausted(path_str(path)));
+        };
         self.leases.remove(&(id, index));
         block.version = version;
         let replicas = block.replicas.to_vec();
-        let old_version = file.version;
-        file.version = file.version.wrapping_add(1);
-        assert!(file.version > old_version, "file {id} version wrapped past u32::MAX");
+        file.version = new_version;
         file.mtime_ms = now;
         let descriptor = FileDescriptor { id: FileId(id), version: file.version };
         Ok(Outcome::Committed {

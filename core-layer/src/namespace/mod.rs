@@ -176,9 +176,22 @@ impl Namespace {
     // ---- applying entries ----
 
     /// Applies one committed entry. Deterministic: same state and entry, same result.
+    ///
+    /// Never panics: an entry that hits a bug fails with [`NsError::Internal`] on every
+    /// replica alike (the same code meets the same state), rather than stopping each of
+    /// them on every replay of the log, for good.
     pub fn apply(&mut self, entry: &Entry) -> Outcome {
         self.applied += 1;
-        let outcome = self.apply_once(entry);
+        let applied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_once(entry)));
+        let outcome = applied.unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Outcome::Failed(NsError::Internal(what))
+        });
         if self.applied.is_multiple_of(SESSION_SWEEP_EVERY) {
             self.sweep_sessions(entry.time_ms);
         }

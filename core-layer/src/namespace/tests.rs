@@ -1252,3 +1252,54 @@ fn a_rename_never_makes_a_path_longer_than_the_limit() {
         }
     }
 }
+
+fn set_file_version(d: &mut Driver, path: &str, version: u32) {
+    let id = d.ns.lookup(&p(path)).unwrap();
+    let Some(inode::Node { kind: inode::Kind::File(file), .. }) = d.ns.nodes.get_mut(&id) else {
+        panic!("{path} is a file")
+    };
+    file.version = version;
+}
+
+#[test]
+fn a_file_out_of_versions_fails_its_expands_and_commits_and_changes_nothing() {
+    let mut d = Driver::new();
+    d.create("/f");
+    set_file_version(&mut d, "/f", u32::MAX - 1);
+    let Outcome::Expanded { file, .. } = d.expand("/f", 100, 1) else { panic!() };
+    assert_eq!(file.version, u32::MAX, "the last version");
+    let before = d.ns.get_file_meta_data(&p("/f")).unwrap();
+    assert!(matches!(failed(d.expand("/f", 5000, 1)), NsError::VersionsExhausted(_)));
+    assert!(matches!(failed(d.expand("/f", 100, 0)), NsError::VersionsExhausted(_)));
+    let Outcome::Leased { block, .. } = d.run(Command::WriteLease { path: p("/f"), index: 0 })
+    else {
+        panic!()
+    };
+    let commit = Command::CommitWrite { path: p("/f"), index: 0, version: block.version };
+    assert!(matches!(failed(d.run(commit)), NsError::VersionsExhausted(_)));
+    assert_eq!(d.ns.get_file_meta_data(&p("/f")).unwrap(), before, "nothing changed");
+    assert!(d.ns.leased(before.descriptor.id.0, 0, d.time), "the lease is still there");
+}
+
+#[test]
+fn an_entry_that_hits_a_bug_fails_alike_everywhere_and_the_namespace_goes_on() {
+    let mut d = Driver::new();
+    // Past the size up to which every entry's apply checks the invariants (the broken
+    // state below would fail them), with nodes put in directly.
+    for i in 0..INVARIANT_CHECK_EVERY_ENTRY_MAX as u32 {
+        let id = d.ns.new_id().unwrap();
+        let kind = inode::Kind::Dir(inode::Dir { children: BTreeMap::new(), mtime_ms: 0 });
+        let node = inode::Node { parent: ROOT_ID, kind, owner: ROOT_OWNER };
+        d.ns.insert_child(ROOT_ID, &format!("d{i}"), id, node, 0);
+    }
+    // A directory entry naming an inode that is not there: a bug's state.
+    d.ns.dir_mut(ROOT_ID).children.insert("ghost".into(), 999_999);
+    let mut twin = d.ns.clone();
+    let entry = d.entry(Command::Remove { path: p("/ghost"), recursive: true });
+    let outcome = d.ns.apply(&entry);
+    assert!(
+        matches!(&outcome, Outcome::Failed(NsError::Internal(what)) if what.contains("999999"))
+    );
+    assert_eq!(twin.apply(&entry), outcome, "every replica answers it alike");
+    assert_eq!(d.mkdir("/after", false), Outcome::Mkdir, "and goes on");
+}
