@@ -53,6 +53,8 @@ pub struct Heal {
     pub repair_streams: usize,
     /// Each data-server re-reads its replicas at this rate (bytes per second); 0: never.
     pub scrub_bytes_per_sec: u64,
+    /// A full scrub pass starts at most this often (the next waits the rest of it).
+    pub scrub_interval: Duration,
     /// Replicas of blocks that no longer exist are deleted after this long.
     pub orphan_delay: Duration,
     /// Rebalance when two data-servers' used fractions differ by more than this many
@@ -67,6 +69,7 @@ impl Default for Heal {
             repair_bytes_per_sec: 100 * MB,
             repair_streams: 2,
             scrub_bytes_per_sec: 8 * MB,
+            scrub_interval: Duration::from_secs(7 * 24 * 3600),
             orphan_delay: Duration::from_secs(300),
             balance_margin_percent: 10,
         }
@@ -195,6 +198,7 @@ struct RawHeal {
     repair_mbps: Option<u64>,
     repair_streams: Option<u64>,
     scrub_mbps: Option<u64>,
+    scrub_interval_secs: Option<u64>,
     orphan_delay_secs: Option<u64>,
     balance_margin_percent: Option<u64>,
 }
@@ -294,6 +298,16 @@ impl RawHeal {
             rate("heal.repair_mbps", self.repair_mbps, default.repair_bytes_per_sec, false)?;
         let scrub_bytes_per_sec =
             rate("heal.scrub_mbps", self.scrub_mbps, default.scrub_bytes_per_sec, true)?;
+        let scrub_interval = match self.scrub_interval_secs {
+            None => default.scrub_interval,
+            Some(s @ 1..=31_536_000) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(
+                    "heal.scrub_interval_secs",
+                    format!("{s}: must be 1 to 31536000 (a year)"),
+                ));
+            }
+        };
         let repair_streams = match self.repair_streams {
             None => default.repair_streams,
             Some(n @ 1..=64) => n as usize,
@@ -314,6 +328,7 @@ impl RawHeal {
             repair_bytes_per_sec,
             repair_streams,
             scrub_bytes_per_sec,
+            scrub_interval,
             orphan_delay,
             balance_margin_percent,
         })
@@ -435,6 +450,12 @@ mod tests {
         assert_eq!(heal.grace, Duration::from_secs(5));
         assert_eq!((heal.repair_bytes_per_sec, heal.scrub_bytes_per_sec), (40_000_000, 0));
         assert_eq!((heal.balance_margin_percent, heal.repair_streams), (3, 2));
+        assert_eq!(heal.scrub_interval, Duration::from_secs(7 * 24 * 3600), "a week by default");
+        let text =
+            GOOD.replacen("[[mserver]]", "[heal]\nscrub_interval_secs = 60\n\n[[mserver]]", 1);
+        assert_eq!(settings(&text).unwrap().heal.scrub_interval, Duration::from_secs(60));
+        let bad = GOOD.replacen("[[mserver]]", "[heal]\nscrub_interval_secs = 0\n\n[[mserver]]", 1);
+        assert!(error(&bad).contains("scrub_interval_secs: 0: must be 1 to"), "{}", error(&bad));
         let bad = GOOD.replacen("[[mserver]]", "[heal]\nrepair_mbps = 0\n\n[[mserver]]", 1);
         assert!(error(&bad).contains("heal.repair_mbps: must be at least 1"), "{}", error(&bad));
         let bad = GOOD.replacen("[[mserver]]", "[heal]\ngrace = 5\n\n[[mserver]]", 1);

@@ -607,6 +607,28 @@ impl BlockStore {
         offset: u64,
         len: u64,
     ) -> Result<SegmentRead, StoreError> {
+        self.read_from(descriptor, offset, len, false)
+    }
+
+    /// [`BlockStore::read`] from the disk itself: the range's cached pages are dropped
+    /// first (`POSIX_FADV_DONTNEED`; the replica was fsynced when committed, so none is
+    /// dirty), so that the checksums check what the disk holds. The scrubber's read.
+    pub fn read_cold(
+        &self,
+        descriptor: BlockDescriptor,
+        offset: u64,
+        len: u64,
+    ) -> Result<SegmentRead, StoreError> {
+        self.read_from(descriptor, offset, len, true)
+    }
+
+    fn read_from(
+        &self,
+        descriptor: BlockDescriptor,
+        offset: u64,
+        len: u64,
+        cold: bool,
+    ) -> Result<SegmentRead, StoreError> {
         // A commit may move the copy between the lookup and the open: look again then.
         let mut attempts = 0;
         let (file, path, header) = loop {
@@ -662,8 +684,13 @@ impl BlockStore {
         let start = first * SEGMENT_BYTES;
         let end = ((last + 1) * SEGMENT_BYTES).min(header.len);
         let mut data = vec![0u8; end.saturating_sub(start) as usize];
-        file.read_exact_at(&mut data, data_offset(header.block_size) + start)
-            .map_err(io_err(&path))?;
+        let at = data_offset(header.block_size) + start;
+        if cold {
+            let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+            // Advice only: where it fails the read still checks what it gets.
+            let _ = nix::fcntl::posix_fadvise(&file, at as i64, data.len() as i64, advice);
+        }
+        file.read_exact_at(&mut data, at).map_err(io_err(&path))?;
         let upto = (last as usize + 1).min(header.crcs.len());
         let crcs = header.crcs.get(first as usize..upto).unwrap_or_default().to_vec();
         let read = SegmentRead {

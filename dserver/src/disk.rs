@@ -4,8 +4,9 @@
 //! they arrived and its [`BlockWrite`] never leaves that thread. Reads go to any worker.
 //! Results come back through a channel, and the worker wakes the loop with its [`Notifier`].
 //!
-//! The scrubber is one more thread: it re-reads every replica at a configured rate, checks
-//! every segment, and sets aside the damaged ones ([`DiskDone::Damaged`]). A read for a client
+//! The scrubber is one more thread: it re-reads every replica from the disk at a configured
+//! rate, a pass at most once per configured interval, checks every segment, and sets aside
+//! the damaged ones ([`DiskDone::Damaged`]). A read for a client
 //! or a peer that finds a damaged segment does the same.
 //!
 //! It must not know the network: jobs come in, results go out through a channel and the loop's
@@ -13,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -182,19 +184,23 @@ impl DiskPool {
         tx
     }
 
-    /// Starts the scrubber: it re-reads every replica at `bytes_per_sec`, over and over,
-    /// until the store is dropped. Nothing is started for a rate of 0.
-    pub fn start_scrubber(&self, bytes_per_sec: u64) {
+    /// Starts the scrubber: it re-reads every replica at `bytes_per_sec`, a pass at most
+    /// every `interval`, until the store is dropped. Nothing is started for a rate of 0.
+    /// What it has done so far.
+    pub fn start_scrubber(&self, bytes_per_sec: u64, interval: Duration) -> Arc<ScrubStats> {
+        let stats = Arc::new(ScrubStats::default());
         if bytes_per_sec == 0 {
             info!("scrubber off (heal.scrub_mbps = 0)");
-            return;
+            return stats;
         }
         let (store, done, notifier) =
             (Arc::downgrade(&self.store), self.done_tx.clone(), self.notifier.clone());
+        let counts = Arc::clone(&stats);
         thread::Builder::new()
             .name("scrubber".into())
-            .spawn(move || scrub(store, bytes_per_sec, done, notifier))
+            .spawn(move || scrub(store, bytes_per_sec, interval, counts, done, notifier))
             .expect("the scrubber starts");
+        stats
     }
 
     /// Queues a job.
@@ -404,10 +410,26 @@ fn set_aside_if_damaged(
 /// Bytes the scrubber reads at once.
 const SCRUB_PIECE: u64 = 1024 * 1024;
 
-/// The scrubber's loop: passes over every replica, each read checked segment by segment,
-/// paced to `bytes_per_sec`; ends when the store is gone.
-fn scrub(store: Weak<BlockStore>, bytes_per_sec: u64, done: Sender<DiskDone>, notifier: Notifier) {
-    let mut pass = 0u64;
+/// What the scrubber has done, for the status and the tests.
+#[derive(Debug, Default)]
+pub struct ScrubStats {
+    /// Full passes finished.
+    pub passes: AtomicU64,
+    /// Bytes read and checked.
+    pub bytes: AtomicU64,
+}
+
+/// The scrubber's loop: passes over every replica, each read from the disk (not the page
+/// cache) and checked segment by segment, paced to `bytes_per_sec`; a pass starts at most
+/// once per `interval`, and between passes it rests. Ends when the store is gone.
+fn scrub(
+    store: Weak<BlockStore>,
+    bytes_per_sec: u64,
+    interval: Duration,
+    stats: Arc<ScrubStats>,
+    done: Sender<DiskDone>,
+    notifier: Notifier,
+) {
     loop {
         let Some(blocks) = store.upgrade().map(|s| s.list()) else { return };
         let started = Instant::now();
@@ -417,13 +439,14 @@ fn scrub(store: Weak<BlockStore>, bytes_per_sec: u64, done: Sender<DiskDone>, no
             while offset < info.len {
                 let len = (info.len - offset).min(SCRUB_PIECE);
                 let Some(strong) = store.upgrade() else { return };
-                let read = strong.read(info.descriptor, offset, len);
+                let read = strong.read_cold(info.descriptor, offset, len);
                 let damaged = read
                     .as_ref()
                     .err()
                     .and_then(|err| set_aside_if_damaged(&strong, info.descriptor, err));
                 drop(strong);
                 bytes += len;
+                stats.bytes.fetch_add(len, Ordering::Relaxed);
                 if let Some(damaged) = damaged {
                     if let DiskDone::Damaged { reason, .. } = &damaged {
                         warn!("scrubber: {reason}; set aside, to be repaired from a good copy");
@@ -444,11 +467,15 @@ fn scrub(store: Weak<BlockStore>, bytes_per_sec: u64, done: Sender<DiskDone>, no
                 }
             }
         }
-        pass += 1;
-        if bytes == 0 {
-            thread::sleep(Duration::from_secs(1)); // nothing to read: look again in a while
-        } else {
-            debug!("scrub pass {pass}: {} replicas, {bytes} bytes, {bad} damaged", blocks.len());
+        let pass = stats.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        debug!("scrub pass {pass}: {} replicas, {bytes} bytes, {bad} damaged", blocks.len());
+        // Rest out the interval, looking every second whether the store is still there.
+        let next = started + interval;
+        while let Some(rest) = next.checked_duration_since(Instant::now()) {
+            if store.strong_count() == 0 {
+                return;
+            }
+            thread::sleep(rest.min(Duration::from_secs(1)));
         }
     }
 }
@@ -517,5 +544,38 @@ mod tests {
             assert!(matches!(got[1], DiskDone::Committed { .. }), "{got:?}");
         }
         assert_eq!(store.list().len(), DISK_WORKERS);
+    }
+
+    /// Three 2-byte replicas once kept a scrubber busy for good (some 42,000 preads a
+    /// second): a pass now reads them once, then rests out its interval.
+    #[test]
+    fn the_scrubber_passes_once_per_interval_and_rests_between() {
+        let dir = TempDir::new("scrub-rest");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        for file in 1..=3 {
+            let block = BlockDescriptor {
+                file: FileDescriptor { id: FileId(file), version: 1 },
+                index: 0,
+                version: BlockVersion(1),
+            };
+            let mut w = store.begin_write(block, BlockVersion::UNWRITTEN, 4096, false).unwrap();
+            w.write_at(0, b"hi").unwrap();
+            w.commit().unwrap();
+        }
+        let event_loop = EventLoop::new(LoopConfig::default()).unwrap();
+        let pool = DiskPool::start(Arc::clone(&store), event_loop.notifier());
+        let hourly = pool.start_scrubber(8 << 20, Duration::from_secs(3600));
+        meshfs_test_kit::wait_until("a first pass", || hourly.passes.load(Ordering::Relaxed) == 1);
+        // A bounded look: nothing more happens in the next second.
+        thread::sleep(Duration::from_secs(1));
+        assert_eq!(hourly.passes.load(Ordering::Relaxed), 1, "one pass an hour");
+        assert_eq!(hourly.bytes.load(Ordering::Relaxed), 6, "each replica read once");
+        // With a one-second interval, passes follow each other a second apart.
+        let quick = pool.start_scrubber(8 << 20, Duration::from_secs(1));
+        meshfs_test_kit::wait_until("a first pass", || quick.passes.load(Ordering::Relaxed) == 1);
+        let first = Instant::now();
+        meshfs_test_kit::wait_until("a second pass", || quick.passes.load(Ordering::Relaxed) == 2);
+        assert!(first.elapsed() >= Duration::from_millis(900), "{:?}", first.elapsed());
+        assert_eq!(quick.bytes.load(Ordering::Relaxed), 12);
     }
 }

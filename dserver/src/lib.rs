@@ -445,7 +445,7 @@ fn serve_node(
     let capacity = config.server(id).and_then(|s| s.capacity).unwrap_or(0);
     let store = Arc::new(BlockStore::open(data_dir.path(), capacity)?);
     let disk = DiskPool::start(Arc::clone(&store), node.notifier());
-    disk.start_scrubber(settings.heal.scrub_bytes_per_sec);
+    disk.start_scrubber(settings.heal.scrub_bytes_per_sec, settings.heal.scrub_interval);
     let rate = settings.heal.repair_bytes_per_sec;
     let mut server = DataServer::new(id, config.secret.clone(), store, disk, rate);
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;

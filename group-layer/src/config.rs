@@ -19,6 +19,7 @@
 //! repair_mbps = 100              # repair copy traffic into one data-server, MB/s
 //! repair_streams = 2             # copies a data-server takes part in at once
 //! scrub_mbps = 8                 # each data-server re-reads its replicas at this rate; 0: off
+//! scrub_interval_secs = 604800   # a full scrub pass starts at most this often (a week)
 //! orphan_delay_secs = 300        # replicas of deleted blocks are removed after this long
 //! balance_margin_percent = 10    # rebalance when used fractions differ by more than this
 //!

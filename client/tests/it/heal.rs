@@ -167,7 +167,12 @@ fn rm_removes_replicas_from_the_data_servers_disks() {
 
 #[test]
 fn a_corrupted_replica_is_found_by_the_scrubber_and_replaced() {
-    let mut cluster = TestCluster::new_with("heal-scrub", 1, 3, &heal("scrub_mbps = 50\n"));
+    let mut cluster = TestCluster::new_with(
+        "heal-scrub",
+        1,
+        3,
+        &heal("scrub_mbps = 50\nscrub_interval_secs = 1\n"),
+    );
     cluster.start_all();
     cluster.wait_full_mesh();
     let bytes = random_bytes(3 * 1024 * 1024 - 100, 77);

@@ -48,6 +48,7 @@ fn settings() -> Heal {
         repair_bytes_per_sec: 1 << 30,
         repair_streams: 2,
         scrub_bytes_per_sec: 0,
+        scrub_interval: Duration::from_secs(3600),
         orphan_delay: Duration::from_millis(300),
         balance_margin_percent: 10,
     }
