@@ -317,15 +317,33 @@ pub struct BlockStore {
     /// Bytes taken by committed replicas and reserved by writes in progress.
     used: AtomicU64,
     next_tmp: AtomicU64,
+    /// Directories fsynced, in order, for the tests to check.
+    #[cfg(test)]
+    synced_dirs: Mutex<Vec<PathBuf>>,
+}
+
+/// Makes a directory's entries durable (a new file, rename or directory in it).
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 impl BlockStore {
+    fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        sync_dir(dir)?;
+        #[cfg(test)]
+        self.synced_dirs.lock().expect("not poisoned").push(dir.to_path_buf());
+        Ok(())
+    }
+
     /// Opens the store under `data_dir`, scanning it: replica headers are checked, leftovers
     /// of interrupted writes are removed, damaged replica files are set aside (renamed
     /// `.bad`) and not served.
     pub fn open(data_dir: &Path, capacity: u64) -> Result<BlockStore, StoreError> {
         let dir = data_dir.join("blocks");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            sync_dir(data_dir)?;
+        }
         let mut current = HashMap::new();
         let mut older = Vec::new();
         let mut used = 0;
@@ -414,6 +432,8 @@ impl BlockStore {
             damaged: Mutex::new(damaged),
             used: AtomicU64::new(used),
             next_tmp: AtomicU64::new(0),
+            #[cfg(test)]
+            synced_dirs: Mutex::new(Vec::new()),
         })
     }
 
@@ -566,7 +586,12 @@ impl BlockStore {
         };
         let final_path = self.path_of(descriptor.file.id, descriptor.index);
         let shard = final_path.parent().expect("a shard directory").to_path_buf();
-        fs::create_dir_all(&shard).map_err(io_err(&shard))?;
+        if !shard.is_dir() {
+            fs::create_dir_all(&shard).map_err(io_err(&shard))?;
+            // A new shard's name is durable only once its parent is synced: before, a crash
+            // could lose the directory and every replica committed into it.
+            self.sync_dir(&self.dir)?;
+        }
         let reserve = data_offset(block_size) + u64::from(block_size);
         self.reserve(reserve)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
@@ -943,6 +968,7 @@ impl BlockWrite {
             let mut index = self.store.lock();
             let before = index.get(&key(&self.descriptor)).copied();
             let mut freed = 0;
+            let mut moved_base = false;
             let older = match before {
                 None => None,
                 Some(held) => {
@@ -956,6 +982,7 @@ impl BlockWrite {
                     if version == self.base {
                         // The base copy stays readable until the new version is committed.
                         fs::rename(&self.final_path, &older_path).map_err(io_err(&older_path))?;
+                        moved_base = true;
                         freed += held.older.map_or(0, |o| o.file_bytes);
                         Some(held.current)
                     } else if held.older.is_some_and(|o| o.descriptor.version == self.base) {
@@ -973,7 +1000,15 @@ impl BlockWrite {
                     }
                 }
             };
-            fs::rename(&self.tmp, &self.final_path).map_err(io_err(&self.final_path))?;
+            if let Err(e) = fs::rename(&self.tmp, &self.final_path) {
+                // The index still names the base copy at the replica's path: put it back
+                // there, so that it stays readable (the write fails, and its reservation
+                // goes with it when it is dropped).
+                if moved_base && let Err(back) = fs::rename(&older_path, &self.final_path) {
+                    warn!("putting {} back: {back}", older_path.display());
+                }
+                return Err(StoreError::Io { path: self.final_path.clone(), source: e });
+            }
             self.done = true;
             index.insert(key(&self.descriptor), Held { current: info, older });
             freed
@@ -991,7 +1026,7 @@ impl BlockWrite {
             }
         }
         let shard = self.final_path.parent().expect("a shard directory");
-        File::open(shard).and_then(|d| d.sync_all()).map_err(io_err(shard))?;
+        self.store.sync_dir(shard)?;
         Ok(info)
     }
 }
@@ -1097,6 +1132,23 @@ mod tests {
             w.write_at(i as u64 * 77_777, piece).unwrap();
         }
         w.commit().unwrap()
+    }
+
+    /// A new shard directory's name is made durable in its parent before a replica commits
+    /// into it; the replica's rename in the shard after.
+    #[test]
+    fn a_new_shard_is_synced_in_its_parent_before_replicas_commit_into_it() {
+        let dir = TempDir::new("shard-sync");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let blocks = dir.path().join("blocks");
+        write(&store, desc(7, 0, 1), b"first");
+        let synced = store.synced_dirs.lock().unwrap().clone();
+        let shard = store.path_of(FileId(7), 0).parent().unwrap().to_path_buf();
+        assert_eq!(synced, vec![blocks.clone(), shard.clone()], "parent first, then the shard");
+        // Another replica in the same shard: only the shard is synced.
+        write(&store, desc(7, 1, 1), b"second");
+        let synced = store.synced_dirs.lock().unwrap().clone();
+        assert_eq!(synced[2..], [shard]);
     }
 
     /// Offsets and lengths from the wire whose sum passes u64::MAX are refused as out of

@@ -12,9 +12,11 @@
 //! Replay rebuilds memory: an entry record at index `i` replaces every entry from `i` on
 //! (that is how Raft truncates a conflicting suffix in an append-only file); the last hard
 //! state wins. Damage is judged by where it is:
-//! - a bad record that runs to the end of the last segment (a write cut by a crash, or the
-//!   zeros a file system leaves after one) is a torn tail: it is cut off and logged;
-//! - anything else (a bad record with data after it, a gap in indexes, a bad snapshot) is
+//! - a bad record in the last segment with no valid record after it (a write cut by a
+//!   crash, and the zeros a file system may leave after one) is a torn tail: it is cut off
+//!   and logged;
+//! - anything else (a bad record with a valid one after it, whatever its length field
+//!   says; a gap in indexes; a bad snapshot) is
 //!   corruption, and [`LogStore::open`] refuses with a message naming the file and offset,
 //!   rather than serve bad metadata.
 //!
@@ -93,6 +95,9 @@ pub struct LogStore {
     segment_bytes: u64,
     /// Segments written since the last `sync_handles` (the current one always is).
     unsynced_closed: Vec<File>,
+    /// The durable steps of an install, in order, for the tests to check.
+    #[cfg(test)]
+    steps: Vec<String>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -195,6 +200,8 @@ impl LogStore {
             current_bytes,
             segment_bytes,
             unsynced_closed: Vec::new(),
+            #[cfg(test)]
+            steps: Vec::new(),
         })
     }
 
@@ -362,17 +369,33 @@ impl LogStore {
             .map_err(io_err(&path))?;
         self.current = file;
         self.unsynced_closed.clear();
-        for (_, old) in std::mem::take(&mut self.segments) {
-            if old != path {
-                fs::remove_file(&old).map_err(io_err(&old))?;
-            }
-        }
-        self.segments.push((first, path));
+        let old_segments = std::mem::take(&mut self.segments);
+        self.segments.push((first, path.clone()));
         self.current_bytes = 0;
+        // The term and vote live in hard-state records: the new segment's must be durable,
+        // and its name with it, before the old segments holding the last ones go, or a crash
+        // between would forget the vote and let this server vote twice in a term.
         let hs = self.hard_state.clone();
         self.set_hard_state(&hs)?;
+        self.current.sync_all().map_err(io_err(&path))?;
+        fsync_dir(&self.dir)?;
+        self.step(format!("synced {}", path.display()));
+        for (_, old) in old_segments {
+            if old != path {
+                fs::remove_file(&old).map_err(io_err(&old))?;
+                self.step(format!("removed {}", old.display()));
+            }
+        }
         fsync_dir(&self.dir)
     }
+
+    #[cfg(test)]
+    fn step(&mut self, step: String) {
+        self.steps.push(step);
+    }
+
+    #[cfg(not(test))]
+    fn step(&mut self, _: String) {}
 
     /// Deletes segments holding only entries at or below `index` (never the current one).
     fn drop_segments_through(&mut self, index: u64) -> Result<(), LogError> {
@@ -490,14 +513,11 @@ fn replay_segment(
             }
             Err(reason) => reason,
         };
-        // A bad record: a torn tail if nothing after it could be a record, else corruption.
-        // A header cut short, or a record that reaches past the end, is a write the crash
-        // interrupted; a garbage length with bytes after it is not.
-        let runs_to_end = match record_extent(rest) {
-            Some(len) => len >= rest.len(),
-            None => rest.len() < 4,
-        };
-        if last_segment && (runs_to_end || rest.iter().all(|&b| b == 0)) {
+        // A bad record: a torn tail only if it ends the last segment, that is if no whole,
+        // valid record starts anywhere after it (a write cut short by a crash, and the zeros
+        // a file system may leave after one); a damaged record with records after it is
+        // corruption, even where its damaged length claims to run to the end.
+        if last_segment && valid_record_after(rest).is_none() {
             warn!(
                 "{}: cutting a torn tail of {} bytes at {at} ({bad})",
                 path.display(),
@@ -511,6 +531,16 @@ fn replay_segment(
         return Err(corrupt(at, bad));
     }
     Ok(())
+}
+
+/// The offset in `bytes` (past 0) of the first whole record whose checksum holds, if any.
+/// A torn tail is at most one record long, and after damage the next record is found
+/// within one record: the scan is short either way.
+fn valid_record_after(bytes: &[u8]) -> Option<usize> {
+    (1..bytes.len().saturating_sub(RECORD_HEADER - 1)).find(|&at| {
+        let rest = &bytes[at..];
+        record_extent(rest).is_some_and(|len| len <= rest.len()) && check_record(rest).is_ok()
+    })
 }
 
 /// The length a record header announces, if a header is there and sane.
@@ -817,6 +847,44 @@ mod tests {
         assert_eq!(fs::read(&segment).unwrap(), bytes);
     }
 
+    /// A damaged length field in the middle of the last segment once passed for a torn tail
+    /// (it claimed to run past the end), and the acknowledged entries after it were cut.
+    #[test]
+    fn a_damaged_length_with_records_after_it_is_corruption_not_a_torn_tail() {
+        let dir = TempDir::new("bad-length");
+        {
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
+            store.append(&entries(1..=5, 1)).unwrap();
+        }
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let mut bytes = fs::read(&segment).unwrap();
+        // The second record's length: one record on, it now says it runs past the end.
+        let second = 8 + u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let past_the_end = (bytes.len() as u32).to_be_bytes();
+        bytes[second..second + 4].copy_from_slice(&past_the_end);
+        fs::write(&segment, &bytes).unwrap();
+        let err = LogStore::open(dir.path(), &[1]).unwrap_err();
+        assert!(
+            matches!(err, LogError::Corrupt { offset, .. } if offset == second as u64),
+            "{err}"
+        );
+        assert_eq!(fs::read(&segment).unwrap(), bytes, "nothing was cut");
+        // A record cut short and then zeros (a torn write, and a file system's fill) is
+        // still a torn tail.
+        let dir = TempDir::new("torn-zeros");
+        {
+            let mut store = LogStore::open(dir.path(), &[1]).unwrap();
+            store.append(&entries(1..=3, 1)).unwrap();
+        }
+        let segment = segment_files(dir.path()).pop().unwrap();
+        let len = fs::metadata(&segment).unwrap().len();
+        let file = File::options().write(true).open(&segment).unwrap();
+        file.set_len(len - 5).unwrap();
+        file.set_len(len + 4096).unwrap();
+        let store = LogStore::open(dir.path(), &[1]).unwrap();
+        assert_eq!(all(&store), [(1, 1), (2, 1)]);
+    }
+
     #[test]
     fn compaction_keeps_the_tail_and_drops_whole_old_segments() {
         let dir = TempDir::new("compact");
@@ -865,6 +933,26 @@ mod tests {
         assert_eq!(all(&store), [(201, 4), (202, 4)]);
         assert_eq!(store.initial_state().unwrap().hard_state.commit, 200);
         assert_eq!(store.term(200).unwrap(), 4);
+    }
+
+    #[test]
+    fn an_install_makes_the_hard_state_durable_before_the_old_segments_go() {
+        let dir = TempDir::new("install-order");
+        let mut store = LogStore::open_with(dir.path(), &[1], 64).unwrap();
+        for i in 1..=12 {
+            store.append(&entries(i..=i, 2)).unwrap();
+        }
+        store.set_hard_state(&hard_state(2, 3, 4)).unwrap();
+        assert!(segment_files(dir.path()).len() > 1, "several old segments");
+        store.apply_snapshot(&make_snapshot(20, 3, vec![1], b"state".to_vec())).unwrap();
+        let synced = store.steps.iter().position(|s| s.starts_with("synced")).unwrap();
+        let first_removal = store.steps.iter().position(|s| s.starts_with("removed")).unwrap();
+        assert!(synced < first_removal, "{:?}", store.steps);
+        assert!(store.steps[synced].ends_with(&segment_name(21)), "{:?}", store.steps);
+        drop(store);
+        let store = LogStore::open(dir.path(), &[1]).unwrap();
+        let state = store.initial_state().unwrap().hard_state;
+        assert_eq!((state.term, state.vote, state.commit), (3, 3, 20), "the vote survives");
     }
 
     #[test]
