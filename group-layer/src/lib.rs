@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod driver;
+pub mod log_budget;
 pub mod membership;
 pub mod message;
 pub mod process;

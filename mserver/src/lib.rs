@@ -108,8 +108,8 @@ pub struct MetaServer {
     sending: HashMap<u64, (OutgoingSnapshot, usize)>,
     /// What each data-server reports holding.
     reports: BTreeMap<NodeId, Reported>,
-    /// Replicas clients found down or damaged: (file id, index, data-server) -> why.
-    bad_replicas: BTreeMap<(u32, u16, NodeId), String>,
+    /// How many clients' reports of a bad replica are logged (at most 20 a second).
+    report_log: meshfs_group::log_budget::LogBudget,
     /// Repair work (the leader's).
     healer: Healer,
     /// Lock session settings.
@@ -148,7 +148,7 @@ impl MetaServer {
             confirmed: Vec::new(),
             sending: HashMap::new(),
             reports: BTreeMap::new(),
-            bad_replicas: BTreeMap::new(),
+            report_log: meshfs_group::log_budget::LogBudget::new(20, Duration::from_secs(1)),
             healer: Healer::new(heal, nonce),
             lock_waits: HashMap::new(),
             lock_clock: LockClock::new(

@@ -96,11 +96,20 @@ impl MetaServer {
         let request = MetaRequest { op, ..request };
         let command = match request.op {
             MetaOp::ReportBadReplica { block, server, reason } => {
-                // Soft state for the repair work (issue 6): which replica of which block failed.
-                warn!(
-                    "client {client} reports data-server {server} failed block {block}: {reason}"
-                );
-                self.bad_replicas.insert((block.file.id.0, block.index, server), reason);
+                // Advice only, and kept nowhere: a damaged replica is set aside and reported
+                // by its data-server, a dead one is seen down by the mesh. The line is
+                // escaped, cut and budgeted: a client controls every byte of it.
+                if let Some(left_out) = self.report_log.allow(now.mono) {
+                    let reason = meshfs_group::log_budget::escaped(&reason, 200);
+                    let also = if left_out > 0 {
+                        format!(" ({left_out} more reports not logged)")
+                    } else {
+                        String::new()
+                    };
+                    warn!(
+                        "client {client} reports data-server {server} failed block {block}: \"{reason}\"{also}"
+                    );
+                }
                 return answer(node, waiter, MetaReply::Done);
             }
             MetaOp::Fsck { .. } | MetaOp::Drain { .. } if !caller.admin => {

@@ -125,3 +125,36 @@ fn long_paths_stay_under_the_limit_after_renames_and_fsck_and_locks_replies_fit_
     drop(held);
     session.close().unwrap();
 }
+
+#[test]
+fn a_flood_of_bad_replica_reports_is_logged_escaped_cut_and_budgeted() {
+    let mut cluster = TestCluster::new("robust-reports", 1, 1);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let block = meshfs_core::descriptor::BlockDescriptor {
+        file: meshfs_core::descriptor::FileDescriptor {
+            id: meshfs_core::descriptor::FileId(7),
+            version: 1,
+        },
+        index: 0,
+        version: meshfs_core::descriptor::BlockVersion(1),
+    };
+    // 60 KB reasons whose newlines would forge log lines of their own.
+    let reason = format!("bad\n[ERROR meshfs] forged line\n{}", "x".repeat(60_000));
+    let before = cluster.log(1).len();
+    let started = std::time::Instant::now();
+    const REPORTS: usize = 1000;
+    for _ in 0..REPORTS {
+        meta.report_bad_replica(block, meshfs_group::NodeId(2), &reason).unwrap();
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = cluster.log(1)[before..].to_string();
+    assert!(!log.lines().any(|l| l.starts_with("[ERROR meshfs] forged")), "no forged lines");
+    let lines = log.lines().filter(|l| l.contains("reports data-server 2")).count();
+    assert!(lines >= 1 && lines as u64 <= 20 * (seconds + 1), "{lines} lines in {seconds} s");
+    assert!(log.len() < 1000 * (lines + 10), "{} bytes of log for {lines} lines", log.len());
+    assert!(log.contains("bad\\n[ERROR meshfs] forged line\\nxxx"), "escaped and kept in part");
+    assert!(meta.list("/").is_ok(), "the leader serves on");
+    assert!(cluster.alive(1));
+}
