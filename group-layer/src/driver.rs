@@ -141,6 +141,8 @@ pub struct Node {
     /// The config file as last read (modified time, length), and when to look again.
     config_seen: Option<(std::time::SystemTime, u64)>,
     next_config_check: Instant,
+    /// Lines saying a frame to a peer was dropped on a full queue: a few a second.
+    full_queue_log: crate::log_budget::LogBudget,
     /// Bytes sent to each peer that are not on its connection's queue yet: a send becomes
     /// an action carried out after the handler returns.
     pending: HashMap<NodeId, usize>,
@@ -192,6 +194,7 @@ impl Node {
             next_rtt_log: now + RTT_LOG_INTERVAL,
             config_seen: file_stamp(&config.path),
             next_config_check: now + CONFIG_CHECK_INTERVAL,
+            full_queue_log: crate::log_budget::LogBudget::new(5, Duration::from_secs(1)),
             pending: HashMap::new(),
         })
     }
@@ -428,12 +431,25 @@ impl Node {
                         // A caller bug (bulk data must be chunked): drop it, keep the link.
                         log::error!("not sending message kind {kind} on {conn}: {err}");
                     }
-                    Err(err @ SendError::QueueFull { .. }) => {
-                        // Control traffic is small; a full queue means the peer stopped
-                        // reading. Bulk senders check capacity before sending (data path).
-                        warn!("closing {conn}: {err}");
-                        self.net.close(conn, err.to_string());
-                    }
+                    Err(err @ SendError::QueueFull { .. }) => match self.group.peer_of(conn) {
+                        // A link between servers stays up whatever fills its queue: the
+                        // frame is dropped (Raft and the group resend what matters), and a
+                        // peer that truly stopped reading is found down by its pings.
+                        Some(peer) => {
+                            if let Some(left_out) = self.full_queue_log.allow(Instant::now()) {
+                                warn!(
+                                    "dropping a frame (kind {kind}) to {peer}: {err} \
+                                     ({left_out} more dropped since the last line)"
+                                );
+                            }
+                        }
+                        // A client that does not read its answers is closed: its queue
+                        // must not hold the server's memory.
+                        None => {
+                            warn!("closing {conn}: {err}");
+                            self.net.close(conn, err.to_string());
+                        }
+                    },
                 }
             }
             Action::Trust { conn } => self.net.set_max_body_len(conn, u32::MAX),

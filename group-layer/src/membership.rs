@@ -414,6 +414,14 @@ impl Group {
         matches!(self.peers.get(&peer), Some(Peer { link: Link::Up { .. }, .. }))
     }
 
+    /// The peer whose authenticated link `conn` carries, if it carries one.
+    pub fn peer_of(&self, conn: ConnId) -> Option<NodeId> {
+        match self.conns.get(&conn) {
+            Some(Conn::Peer { peer }) => Some(*peer),
+            _ => None,
+        }
+    }
+
     /// The connection carrying the link to `peer`, if up.
     pub fn conn_of(&self, peer: NodeId) -> Result<ConnId, GroupError> {
         match self.peers.get(&peer) {

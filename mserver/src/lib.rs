@@ -78,6 +78,15 @@ pub enum MetaError {
     Replica(#[from] ReplicaError),
 }
 
+/// A read waiting for a ReadIndex round: who asked, what, as whom.
+type PendingRead = (Waiter, MetaOp, Caller);
+
+/// Most reads waiting here at once (in the round out and the next): past it a read is told
+/// to come back, rather than hold memory for a client that pipelines without reading.
+const MAX_WAITING_READS: usize = 65_536;
+/// A read round not back by then is given up: its reads hear "unavailable" and retry.
+const READ_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client waiting for an answer: its connection and its frame's request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Waiter {
@@ -99,8 +108,14 @@ pub struct MetaServer {
     secret: Vec<u8>,
     /// Proposed changes, by (session, request id): who waits for the outcome.
     writes: HashMap<(SessionId, u64), Vec<Waiter>>,
-    /// Reads waiting for their ReadIndex round, by context.
-    reads: HashMap<u64, (Waiter, MetaOp, Caller)>,
+    /// Reads in a ReadIndex round, by the round's context: one round serves every read
+    /// that was waiting when it began.
+    reads: HashMap<u64, Vec<PendingRead>>,
+    /// Reads that came while a round was out: the next round's, which begins when that
+    /// one ends (a read may not join a round that began before it came).
+    read_queue: Vec<PendingRead>,
+    /// The round out, and when it began.
+    read_round: Option<(u64, Instant)>,
     next_read: u64,
     /// Reads confirmed, waiting for the namespace to apply up to their index.
     confirmed: Vec<(u64, Waiter, MetaOp, Caller)>,
@@ -144,6 +159,8 @@ impl MetaServer {
             secret,
             writes: HashMap::new(),
             reads: HashMap::new(),
+            read_queue: Vec::new(),
+            read_round: None,
             next_read: 1,
             confirmed: Vec::new(),
             sending: HashMap::new(),
@@ -162,8 +179,18 @@ impl MetaServer {
         }
     }
 
-    /// Sends what the replica produced and answers every client it settled.
+    /// Sends what the replica produced and answers every client it settled; begins the next
+    /// read round when one is due, and sends what that produced.
     fn flush(&mut self, node: &mut Node, now: Now) {
+        loop {
+            self.flush_once(node, now);
+            if !self.begin_read_round(node, now) {
+                return;
+            }
+        }
+    }
+
+    fn flush_once(&mut self, node: &mut Node, now: Now) {
         self.pump_snapshots(node);
         let output = self.replica.take_output();
         for snapshot in output.snapshots {
@@ -230,7 +257,10 @@ impl MetaServer {
             }
         }
         for (context, index) in output.reads {
-            if let Some((waiter, op, caller)) = self.reads.remove(&context) {
+            if self.read_round.is_some_and(|(round, _)| round == context) {
+                self.read_round = None;
+            }
+            for (waiter, op, caller) in self.reads.remove(&context).into_iter().flatten() {
                 self.confirmed.push((index, waiter, op, caller));
             }
         }
@@ -357,7 +387,10 @@ impl Service for MetaServer {
                     waiters.retain(|w| w.conn != conn);
                 }
                 self.lock_waits.retain(|_, w| !w.is_empty());
-                self.reads.retain(|_, (w, _, _)| w.conn != conn);
+                for batch in self.reads.values_mut() {
+                    batch.retain(|(w, _, _)| w.conn != conn);
+                }
+                self.read_queue.retain(|(w, _, _)| w.conn != conn);
                 self.confirmed.retain(|(_, w, _, _)| w.conn != conn);
             }
             GroupEvent::PeerUp { .. } => {}

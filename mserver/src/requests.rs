@@ -24,7 +24,7 @@ use meshfs_group::driver::Node;
 use meshfs_group::{ClientId, NodeId, Now, Role};
 
 use crate::consensus::ProposeError;
-use crate::{MetaServer, Waiter, heal};
+use crate::{MAX_WAITING_READS, MetaServer, READ_ROUND_TIMEOUT, Waiter, heal};
 
 impl MetaServer {
     /// No longer the leader: everyone waiting here asks the new one. A retried write keeps
@@ -32,6 +32,7 @@ impl MetaServer {
     pub(crate) fn release_all(&mut self, node: &mut Node) {
         if self.writes.is_empty()
             && self.reads.is_empty()
+            && self.read_queue.is_empty()
             && self.confirmed.is_empty()
             && self.lock_waits.is_empty()
         {
@@ -40,7 +41,9 @@ impl MetaServer {
         let reply = MetaReply::NotLeader { leader: self.leader_id() };
         let mut waiters: Vec<Waiter> = self.writes.drain().flat_map(|(_, w)| w).collect();
         waiters.extend(self.lock_waits.drain().flat_map(|(_, w)| w));
-        waiters.extend(self.reads.drain().map(|(_, (w, _, _))| w));
+        waiters.extend(self.reads.drain().flat_map(|(_, batch)| batch).map(|(w, _, _)| w));
+        waiters.extend(self.read_queue.drain(..).map(|(w, _, _)| w));
+        self.read_round = None;
         waiters.extend(self.confirmed.drain(..).map(|(_, w, _, _)| w));
         for waiter in waiters {
             answer(node, waiter, reply.clone());
@@ -150,12 +153,20 @@ impl MetaServer {
             MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
             MetaOp::Unlock { path } => Command::Unlock { path },
             MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
-                let context = self.next_read;
-                self.next_read += 1;
-                let result = self.replica.read_index(context).map(|()| {
-                    self.reads.insert(context, (waiter, request.op, caller));
-                });
-                return self.settle(node, now, waiter, result);
+                if !self.replica.is_leader() {
+                    let leader = self.leader_id();
+                    return answer(node, waiter, MetaReply::NotLeader { leader });
+                }
+                let waiting =
+                    self.read_queue.len() + self.reads.values().map(Vec::len).sum::<usize>();
+                if waiting >= MAX_WAITING_READS {
+                    let why = format!("{waiting} reads are waiting here; try again shortly");
+                    return answer(node, waiter, MetaReply::Unavailable(why));
+                }
+                // Answered after the next ReadIndex round, which serves every read queued
+                // when it begins: a flood of reads costs one round at a time, not one each.
+                self.read_queue.push((waiter, request.op, caller));
+                return self.flush(node, now);
             }
             MetaOp::Expand { path, size } => match self.place(node, path, size) {
                 Ok(command) => command,
@@ -239,6 +250,45 @@ impl MetaServer {
     }
 
     /// Answers a request Raft would not take; then sends what Raft produced.
+    /// Begins a ReadIndex round for the queued reads if none is out (or the one out is
+    /// past [`READ_ROUND_TIMEOUT`]); whether it began one, with Raft output to send.
+    pub(crate) fn begin_read_round(&mut self, node: &mut Node, now: Now) -> bool {
+        if let Some((context, began)) = self.read_round {
+            if now.mono.saturating_duration_since(began) < READ_ROUND_TIMEOUT {
+                return false;
+            }
+            warn!("read round {context} did not come back in {READ_ROUND_TIMEOUT:?}: given up");
+            self.read_round = None;
+            let why = MetaReply::Unavailable("the read round timed out; try again".into());
+            for (waiter, _, _) in self.reads.remove(&context).into_iter().flatten() {
+                answer(node, waiter, why.clone());
+            }
+        }
+        if self.read_queue.is_empty() {
+            return false;
+        }
+        let context = self.next_read;
+        self.next_read += 1;
+        let batch = std::mem::take(&mut self.read_queue);
+        match self.replica.read_index(context) {
+            Ok(()) => {
+                self.reads.insert(context, batch);
+                self.read_round = Some((context, now.mono));
+                true
+            }
+            Err(err) => {
+                let reply = match err {
+                    ProposeError::NotLeader(_) => MetaReply::NotLeader { leader: self.leader_id() },
+                    ProposeError::Dropped(why) => MetaReply::Unavailable(why),
+                };
+                for (waiter, _, _) in batch {
+                    answer(node, waiter, reply.clone());
+                }
+                false
+            }
+        }
+    }
+
     pub(crate) fn settle(
         &mut self,
         node: &mut Node,

@@ -158,3 +158,61 @@ fn a_flood_of_bad_replica_reports_is_logged_escaped_cut_and_budgeted() {
     assert!(meta.list("/").is_ok(), "the leader serves on");
     assert!(cluster.alive(1));
 }
+
+#[test]
+fn reads_pipelined_without_reading_replies_cost_no_election() {
+    use meshfs_core::path::MeshPath;
+    use meshfs_core::wire::{MetaOp, MetaRequest};
+    let mut cluster = TestCluster::new("robust-reads", 3, 1);
+    cluster.start_all();
+    let term = |s: &meshfs_client::status::ClusterStatus| {
+        let mservers = s.servers.iter().filter(|v| v.raft_role.is_some());
+        let terms: Vec<Option<u64>> = mservers.map(|v| v.term).collect();
+        terms.iter().all(|t| t.is_some() && *t == terms[0]).then(|| terms[0]).flatten()
+    };
+    let status = cluster.wait_for("a leader", |s| {
+        s.fully_connected() && s.agreed_leader().is_some() && term(s).is_some()
+    });
+    let (leader, first_term) = (status.agreed_leader().unwrap(), term(&status).unwrap());
+    let addr = cluster.config.servers.iter().find(|s| s.id.0 == leader).unwrap().addr;
+    // Four connections each pipeline 50,000 stats and never read a reply.
+    const CONNECTIONS: usize = 4;
+    const READS: u64 = 50_000;
+    let floods: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let credentials = cluster.access.credentials.clone();
+            std::thread::spawn(move || {
+                let timeout = Duration::from_secs(10);
+                let Ok(mut conn) = Connection::open(addr, "it", &credentials, timeout) else {
+                    return 0;
+                };
+                let mut sent = 0;
+                for i in 0..READS {
+                    let request = MetaRequest {
+                        session: 1000 + c as u64,
+                        request_id: i + 1,
+                        op: MetaOp::Stat { path: MeshPath::root(), first_block: 0 },
+                    };
+                    if conn.send(&Message::MetaRequest(request), i + 1).is_err() {
+                        break; // the server closed it: a reader that does not read
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
+    assert!(sent > 0);
+    // The cluster serves on, under the same leader and term: no link was closed, no
+    // election was called.
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    assert!(meta.list("/").is_ok());
+    let status = cluster.wait_for("every meta-server answering", |s| s.fully_connected());
+    assert_eq!(status.agreed_leader(), Some(leader), "{status:?}");
+    assert_eq!(term(&status), Some(first_term), "no election: {status:?}");
+    for id in 1..=3 {
+        let log = cluster.log(id);
+        assert!(!log.contains("queue full"), "server {id} closed a link:\n{log}");
+    }
+}
