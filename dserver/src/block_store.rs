@@ -592,7 +592,9 @@ impl BlockStore {
             // could lose the directory and every replica committed into it.
             self.sync_dir(&self.dir)?;
         }
-        let reserve = data_offset(block_size) + u64::from(block_size);
+        // The header now, the data as it comes (BlockWrite::grow): a write that never sends
+        // its data holds no room for it.
+        let reserve = data_offset(block_size);
         self.reserve(reserve)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = final_path.with_extension(format!("v{}.{n}.tmp", descriptor.version.0));
@@ -852,6 +854,7 @@ impl BlockWrite {
                 reason: "block size changed between versions".into(),
             });
         }
+        self.grow(header.len)?;
         let mut buf = vec![0u8; SEGMENT_BYTES as usize];
         let mut at = 0;
         while at < header.len {
@@ -876,6 +879,16 @@ impl BlockWrite {
         Ok(())
     }
 
+    /// Reserves room for the block's first `len` bytes, if not yet reserved.
+    fn grow(&mut self, len: u64) -> Result<(), StoreError> {
+        let want = data_offset(self.block_size) + len;
+        if want > self.reserved {
+            self.store.reserve(want - self.reserved)?;
+            self.reserved = want;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset` of the block.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let end = offset.saturating_add(data.len() as u64);
@@ -887,6 +900,7 @@ impl BlockWrite {
                 limit: u64::from(self.block_size),
             });
         }
+        self.grow(end)?;
         let at = data_offset(self.block_size) + offset;
         self.file().write_all_at(data, at).map_err(|e| {
             if e.raw_os_error() == Some(28) {
@@ -1339,11 +1353,27 @@ mod tests {
         write(&store, desc(1, 0, 1), &bytes(BLOCK as usize, 7));
         assert_eq!(store.used(), per_block);
         let used = store.used();
-        let err =
-            store.begin_write(desc(1, 1, 2), BlockVersion::UNWRITTEN, BLOCK, false).unwrap_err();
+        // Room is taken as the data comes: the header at the start, the rest as written.
+        let mut w =
+            store.begin_write(desc(1, 1, 2), BlockVersion::UNWRITTEN, BLOCK, false).unwrap();
+        assert_eq!(store.used(), used + data_offset(BLOCK));
+        w.write_at(0, &[1; 1000]).unwrap();
+        assert_eq!(store.used(), used + data_offset(BLOCK) + 1000);
+        let err = w.write_at(1000, &bytes(BLOCK as usize - 1000, 3)).unwrap_err();
         assert!(matches!(err, StoreError::Full { .. }), "{err}");
         assert!(err.to_string().contains("no space"), "{err}");
-        assert_eq!(store.used(), used, "a refused write reserves nothing");
+        drop(w);
+        assert_eq!(store.used(), used, "a failed write gives back all it took");
+        // Writes begun and never fed hold a header's room each, not a block's.
+        let idle: Vec<BlockWrite> = (0..100)
+            .map(|i| {
+                let d = desc(2, i, 1);
+                store.begin_write(d, BlockVersion::UNWRITTEN, BLOCK, false).unwrap()
+            })
+            .collect();
+        assert_eq!(store.used(), used + 100 * data_offset(BLOCK));
+        drop(idle);
+        assert_eq!(store.used(), used);
         assert!(store.remove(FileId(1), 0).unwrap());
         assert_eq!(store.used(), 0);
         let mut w =

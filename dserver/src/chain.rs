@@ -48,7 +48,19 @@ pub(crate) struct Inbound {
     pub(crate) digest: WriteDigest,
     /// The proofs of the replicas after this one, from downstream's last acknowledgement.
     pub(crate) down_proofs: Vec<ReplicaProof>,
+    /// Bytes of its chunks taken but not yet written here (on the disk worker's queue).
+    pub(crate) pending: u64,
 }
+
+/// Most bytes of one write taken and not yet written here: a client keeps
+/// `WRITE_WINDOW` (4) chunks unacknowledged; one that sends past this ignores its window.
+pub(crate) const MAX_PENDING_PER_WRITE: u64 = 16 * MAX_CHUNK_BYTES as u64;
+/// Most bytes of all writes taken and not yet written here.
+pub(crate) const MAX_PENDING_BYTES: u64 = 512 * 1024 * 1024;
+/// Most writes open here at once, and most of them sent by one client.
+pub(crate) const MAX_OPEN_WRITES: usize = 1024;
+/// See [`MAX_OPEN_WRITES`].
+pub(crate) const MAX_OPEN_WRITES_PER_CLIENT: usize = 64;
 
 impl DataServer {
     pub(crate) fn send_up(node: &mut Node, upstream: Upstream, upstream_id: u64, ack: WriteAck) {
@@ -133,6 +145,21 @@ impl DataServer {
                 write
             }
             None => {
+                // A client's own writes (those it sends, not those passing down a chain).
+                let from_client = matches!(upstream, Upstream::Client(_));
+                let mine = |w: &&Inbound| {
+                    matches!(w.upstream, Upstream::Client(_)) && w.token.client == client
+                };
+                if self.writes.len() >= MAX_OPEN_WRITES
+                    || (from_client
+                        && self.writes.values().filter(mine).count() >= MAX_OPEN_WRITES_PER_CLIENT)
+                {
+                    let message = format!(
+                        "too many writes open here (at most {MAX_OPEN_WRITES}, and \
+                         {MAX_OPEN_WRITES_PER_CLIENT} of one client's); try again"
+                    );
+                    return self.refuse(node, upstream, upstream_id, message);
+                }
                 if let Some(held) = self.store.get(token.block.file.id, token.block.index) {
                     let held = held.descriptor.version;
                     if held.is_newer_than(token.block.version) {
@@ -171,6 +198,7 @@ impl DataServer {
                         last_activity: now.mono,
                         digest: WriteDigest::new(&chunk.token.block),
                         down_proofs: Vec::new(),
+                        pending: 0,
                     },
                 );
                 self.by_upstream.insert((upstream, upstream_id), write);
@@ -187,7 +215,25 @@ impl DataServer {
                 write
             }
         };
+        let len = chunk.data.len() as u64;
+        let inbound = self.writes.get(&write).expect("just found or made");
+        if inbound.pending + len > MAX_PENDING_PER_WRITE {
+            let message = format!(
+                "more than {MAX_PENDING_PER_WRITE} bytes of this write are waiting to be written: \
+                 the sender does not wait for acknowledgements"
+            );
+            return self.fail(node, write, self.me, message);
+        }
+        if self.pending_bytes + len > MAX_PENDING_BYTES {
+            let message = format!(
+                "this data-server has {} bytes waiting for its disk; try again",
+                self.pending_bytes
+            );
+            return self.fail(node, write, self.me, message);
+        }
+        self.pending_bytes += len;
         let inbound = self.writes.get_mut(&write).expect("just found or made");
+        inbound.pending += len;
         inbound.last_activity = now.mono;
         inbound.last_seen |= chunk.last;
         inbound.digest.add(chunk.offset, &chunk.data);
@@ -197,8 +243,12 @@ impl DataServer {
         // Downstream first, so the next replica works while this one writes.
         if let Some((next, id)) = inbound.downstream {
             let frame = Message::WriteChunk(chunk.clone()).to_frame(id);
-            if self.forwarder.send(node, now, next, Some(write), frame).is_err() {
-                let message = format!("data-server {next} (next in the chain) is down");
+            if let Err(refused) = self.forwarder.send(node, now, next, Some(write), frame) {
+                self.pending_bytes -= len;
+                if let Some(inbound) = self.writes.get_mut(&write) {
+                    inbound.pending -= len;
+                }
+                let message = format!("data-server {next} (next in the chain) {refused}");
                 return self.fail(node, write, next, message);
             }
         }
@@ -257,6 +307,8 @@ impl DataServer {
     pub(crate) fn forget(&mut self, write: u64) {
         self.forwarder.drop_write(write);
         if let Some(inbound) = self.writes.remove(&write) {
+            // Its chunks still on the disk queue are dropped there (the write is gone).
+            self.pending_bytes -= inbound.pending;
             self.by_upstream.remove(&(inbound.upstream, inbound.upstream_id));
             self.by_downstream.remove(&write);
         }

@@ -115,6 +115,8 @@ pub enum DiskDone {
         write: u64,
         /// Where the chunk ended.
         end: u64,
+        /// Its length.
+        len: u64,
     },
     /// Write `write` is durable.
     Committed {
@@ -330,7 +332,10 @@ fn run(
             None => None,
             Some(w) => match w.write_at(offset, &data) {
                 // write_at checked that the chunk ends inside the block.
-                Ok(()) => Some(DiskDone::Written { write, end: offset + data.len() as u64 }),
+                Ok(()) => {
+                    let len = data.len() as u64;
+                    Some(DiskDone::Written { write, end: offset + len, len })
+                }
                 Err(err) => {
                     open.remove(&write);
                     Some(DiskDone::Failed { write, message: err.to_string() })

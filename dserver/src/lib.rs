@@ -76,6 +76,11 @@ use crate::forwarder::Forwarder;
 /// A write idle this long (no chunk, no acknowledgement) is abandoned: its upstream died or
 /// gave up, and its temporary file is removed.
 pub const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most reads of one client connection waiting for the disk; a client reads a block or two
+/// ahead, so only one that asks without waiting meets it.
+pub const MAX_READS_PER_CLIENT: usize = 64;
+/// Most client reads waiting for the disk in all.
+pub const MAX_READS_IN_FLIGHT: usize = 1024;
 const SWEEP_TIMER: u64 = 1;
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const FORWARD_TIMER: u64 = 3;
@@ -101,6 +106,10 @@ pub struct DataServer {
     disk: DiskPool,
     /// Writes under way, by our write number.
     writes: HashMap<u64, Inbound>,
+    /// Bytes of all writes' chunks on the disk queue (see [`chain::MAX_PENDING_BYTES`]).
+    pending_bytes: u64,
+    /// Client reads on the disk queue, per connection and in all.
+    reads_in_flight: HashMap<meshfs_net::ConnId, usize>,
     /// Our write number by (upstream, upstream request id).
     by_upstream: HashMap<(Upstream, u64), u64>,
     /// Our write number by the request id we use downstream.
@@ -132,6 +141,8 @@ impl DataServer {
             store,
             disk,
             writes: HashMap::new(),
+            pending_bytes: 0,
+            reads_in_flight: HashMap::new(),
             by_upstream: HashMap::new(),
             by_downstream: HashMap::new(),
             next_write: 1,
@@ -150,9 +161,11 @@ impl DataServer {
                 continue;
             }
             match done {
-                DiskDone::Written { write, end } => {
+                DiskDone::Written { write, end, len } => {
                     if let Some(inbound) = self.writes.get_mut(&write) {
                         inbound.local_through = inbound.local_through.max(end);
+                        inbound.pending -= len;
+                        self.pending_bytes -= len;
                     }
                     self.progress(node, write);
                 }
@@ -170,7 +183,15 @@ impl DataServer {
                     self.progress(node, write);
                 }
                 DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
-                DiskDone::Read { to: ReplyTo::Client(conn), frame } => node.reply(conn, frame),
+                DiskDone::Read { to: ReplyTo::Client(conn), frame } => {
+                    if let Some(n) = self.reads_in_flight.get_mut(&conn) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.reads_in_flight.remove(&conn);
+                        }
+                    }
+                    node.reply(conn, frame)
+                }
                 DiskDone::Read { to: ReplyTo::Peer(peer), frame } => {
                     if self.forwarder.send(node, now, peer, None, frame).is_err() {
                         debug!("data-server {peer} went down before its read was answered");
@@ -201,8 +222,22 @@ impl DataServer {
     }
 
     fn handle_read(&mut self, to: ReplyTo, request: u64, read: ReadBlock, node: &mut Node) {
-        if read.len > MAX_CHUNK_BYTES {
-            let message = format!("reads are at most {MAX_CHUNK_BYTES} bytes");
+        let refusal = if read.len > MAX_CHUNK_BYTES {
+            Some(format!("reads are at most {MAX_CHUNK_BYTES} bytes"))
+        } else if let ReplyTo::Client(conn) = to {
+            let total: usize = self.reads_in_flight.values().sum();
+            let mine = self.reads_in_flight.get(&conn).copied().unwrap_or(0);
+            (mine >= MAX_READS_PER_CLIENT || total >= MAX_READS_IN_FLIGHT).then(|| {
+                format!(
+                    "too many reads waiting for this data-server's disk ({mine} from this \
+                     connection, {total} in all; at most {MAX_READS_PER_CLIENT} and \
+                     {MAX_READS_IN_FLIGHT}): wait for answers before asking more"
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
             let frame = Message::BlockData(BlockData::Failed { message }).to_frame(request);
             match to {
                 ReplyTo::Client(conn) => node.reply(conn, frame),
@@ -211,6 +246,9 @@ impl DataServer {
                 }
             }
             return;
+        }
+        if let ReplyTo::Client(conn) = to {
+            *self.reads_in_flight.entry(conn).or_default() += 1;
         }
         self.disk.submit(DiskJob::Read {
             to,
@@ -302,6 +340,8 @@ impl Service for DataServer {
                 self.sweep(node, now, Some(Upstream::Peer(peer)), Some(peer))
             }
             GroupEvent::ClientGone { conn, .. } => {
+                // Its reads on the disk queue are answered to no one; they no longer count.
+                self.reads_in_flight.remove(&conn);
                 self.sweep(node, now, Some(Upstream::Client(conn)), None)
             }
             GroupEvent::Message { from, frame } => {

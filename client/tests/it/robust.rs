@@ -216,3 +216,75 @@ fn reads_pipelined_without_reading_replies_cost_no_election() {
         assert!(!log.contains("queue full"), "server {id} closed a link:\n{log}");
     }
 }
+
+#[test]
+fn writes_begun_and_never_fed_hold_no_room_and_one_client_holds_at_most_64() {
+    let mut cluster = TestCluster::new("robust-begun", 1, 1);
+    let other = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["client", "add", "other"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        meshfs_client::Access::load(&cluster.dir.join("client-other.conf"), None).unwrap()
+    };
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let dserver = cluster.config.servers[1].addr;
+    let mut conn =
+        Connection::open(dserver, "it", &cluster.access.credentials, Duration::from_secs(10))
+            .unwrap();
+    // 64 writes of 1 MiB blocks begun with one byte each, never finished.
+    let begin = |conn: &mut Connection, token| {
+        let chunk = WriteChunk {
+            token,
+            block_size: 1 << 20,
+            keep_existing: false,
+            offset: 0,
+            last: false,
+            data: vec![1],
+        };
+        conn.call(&Message::WriteChunk(chunk)).unwrap()
+    };
+    for i in 0..64 {
+        let token = meta.create_write(&format!("/open{i}"), 1, 1 << 20).unwrap();
+        match begin(&mut conn, token) {
+            Message::WriteAck(WriteAck::Written { through: 1, .. }) => {}
+            other => panic!("write {i}: {other:?}"),
+        }
+    }
+    let token = meta.create_write("/open64", 1, 1 << 20).unwrap();
+    match begin(&mut conn, token) {
+        Message::WriteAck(WriteAck::Failed { message, .. }) => {
+            assert!(message.contains("too many writes open"), "{message}")
+        }
+        other => panic!("a 65th open write was taken: {other:?}"),
+    }
+    // Another client writes meanwhile.
+    let mut other_meta = MetaClient::new(&other).unwrap();
+    let mut other_data = DataClient::new(&other);
+    let bytes = vec![7u8; 300_000];
+    meshfs_client::data::put(
+        &mut other_meta,
+        &mut other_data,
+        &mut &bytes[..],
+        "/o",
+        1,
+        None,
+        &mut (),
+    )
+    .unwrap();
+    let mut back = Vec::new();
+    meshfs_client::data::get(&mut other_meta, &mut other_data, "/o", &mut back, &mut ()).unwrap();
+    assert_eq!(back, bytes);
+    // The begun writes hold a header's room each, not a block's: the report that followed
+    // the other client's commit says what the store holds and has reserved.
+    let status = cluster.wait_for("the data-server's report of the commit", |s| {
+        s.data_servers.first().is_some_and(|d| d.blocks == 1)
+    });
+    let used = status.data_servers[0].used;
+    assert!(used < 8 << 20, "64 begun writes and a 300 KB file hold {used} bytes");
+}
