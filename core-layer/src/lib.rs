@@ -24,6 +24,8 @@
 
 pub mod descriptor;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod heal;
 pub mod lock_clock;
 pub mod locks;

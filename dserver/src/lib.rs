@@ -48,6 +48,8 @@ mod chain;
 mod copy;
 pub mod disk;
 mod forwarder;
+#[doc(hidden)]
+pub mod fuzz;
 mod report;
 
 use std::collections::HashMap;

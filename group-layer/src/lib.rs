@@ -18,6 +18,8 @@
 pub mod auth;
 pub mod config;
 pub mod driver;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod log_budget;
 pub mod membership;
 pub mod message;

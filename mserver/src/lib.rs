@@ -26,6 +26,8 @@
 //! clock.
 
 pub mod consensus;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod heal;
 pub mod log_store;
 pub mod persist;

@@ -406,6 +406,15 @@ impl LogStore {
         fsync_dir(&self.dir)
     }
 
+    /// (index, term) of every entry held, and the hard state's (term, vote, commit): what
+    /// two opens of one log must agree on.
+    #[doc(hidden)]
+    pub fn entries_summary(&self) -> (Vec<(u64, u64)>, (u64, u64, u64)) {
+        let entries = self.entries.iter().map(|e| (e.index, e.term)).collect();
+        let hs = &self.hard_state;
+        (entries, (hs.term, hs.vote, hs.commit))
+    }
+
     /// Entries held in memory after the snapshot.
     pub fn entry_count(&self) -> usize {
         self.entries.len()

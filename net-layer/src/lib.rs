@@ -14,6 +14,8 @@
 pub mod body;
 pub mod event_loop;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 mod outbound;
 mod timer;
 
