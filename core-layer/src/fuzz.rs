@@ -175,6 +175,28 @@ mod tests {
         }
     }
 
+    /// Inputs the fuzzers found bugs with (`testdata/fuzz/<target>-<what>`), kept as
+    /// regression tests.
+    #[test]
+    fn inputs_that_once_found_bugs_pass() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/fuzz");
+        let mut ran = 0;
+        for file in std::fs::read_dir(dir).unwrap() {
+            let path = file.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let data = meshfs_test_kit::golden::read(&path);
+            match name.split_once('-').map(|(target, _)| target) {
+                Some("apply_entries") => apply_entries(&data),
+                Some("wire_message") => wire_message(&data),
+                Some("log_entry") => log_entry(&data),
+                Some("snapshot") => snapshot(&data),
+                _ => panic!("{name}: which target?"),
+            }
+            ran += 1;
+        }
+        assert!(ran > 0);
+    }
+
     #[test]
     fn the_golden_samples_pass_the_checks_unchanged() {
         for message in messages() {

@@ -162,7 +162,7 @@ impl Namespace {
         if version == BlockVersion::UNWRITTEN {
             version = version.next();
         }
-        let expires_ms = now + LEASE_MS;
+        let expires_ms = now.saturating_add(LEASE_MS);
         let replicas = block.replicas.to_vec();
         let descriptor = FileDescriptor { id: FileId(id), version: file.version };
         self.leases.insert((id, index), Lease { holder: session, version, expires_ms });
