@@ -10,6 +10,7 @@
 //! replication = 2                # copies of each block, at most the number of dservers
 //! ping_interval_ms = 250
 //! down_timeout_ms = 2000         # a peer silent this long is down (= missed pongs x interval)
+//! max_connections = 4096         # accepted connections open at once (dialed ones apart)
 //! reconnect_min_ms = 100         # first reconnect delay; doubles per failure, with jitter,
 //! reconnect_max_ms = 5000        # up to this cap
 //! snapshot_entries = 10000       # meta-servers compact their Raft log after this many entries
@@ -220,10 +221,18 @@ pub struct Timing {
     pub reconnect_max: Duration,
 }
 
+/// Accepted connections a server keeps open at once unless `cluster.max_connections` says.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The longest a handshake may take: it is a few round trips, and a stranger holding a
+/// connection open unauthenticated holds one of the server's connection slots.
+pub const MAX_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Timing {
-    /// A connection not authenticated within this long is closed.
+    /// A connection not authenticated within this long is closed: the down timeout, at most
+    /// [`MAX_HANDSHAKE_TIMEOUT`].
     pub fn handshake_timeout(&self) -> Duration {
-        self.down_timeout
+        self.down_timeout.min(MAX_HANDSHAKE_TIMEOUT)
     }
 }
 
@@ -238,6 +247,9 @@ pub struct Config {
     pub secret: Vec<u8>,
     /// Group protocol timings.
     pub timing: Timing,
+    /// Most accepted connections a server keeps open at once (clients, peers dialing in,
+    /// strangers); the connections it dials have a budget of their own.
+    pub max_connections: usize,
     /// Every server, meta-servers first, each group in file order.
     pub servers: Vec<ServerConfig>,
     /// Clients by id.
@@ -381,6 +393,7 @@ pub const CLUSTER_KEYS: &[&str] = &[
     "down_timeout_ms",
     "reconnect_min_ms",
     "reconnect_max_ms",
+    "max_connections",
 ];
 /// The top-level tables the group owns.
 pub const TABLES: &[&str] = &["cluster", "mserver", "dserver", "client"];
@@ -394,6 +407,7 @@ struct RawCluster {
     down_timeout_ms: Option<u64>,
     reconnect_min_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
+    max_connections: Option<u64>,
     /// Keys of other layers (and typos, which they report).
     #[serde(flatten)]
     rest: toml::Table,
@@ -631,11 +645,22 @@ impl RawConfig {
 
         let mut sections = self.rest;
         sections.insert("cluster".into(), toml::Value::Table(self.cluster.rest));
+        let max_connections = match self.cluster.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n @ 16..=1_000_000) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    "cluster.max_connections",
+                    format!("{n}: must be 16 to 1000000"),
+                ));
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
             cluster_name: self.cluster.name,
             secret,
             timing,
+            max_connections,
             servers,
             clients,
             sections,
@@ -795,5 +820,25 @@ mod tests {
         assert_eq!(config.servers_of(Role::DServer).count(), 3);
         assert!(config.servers.iter().all(|s| s.addr.ip().is_loopback()));
         assert!(!config.clients.is_empty());
+    }
+
+    #[test]
+    fn a_handshake_has_at_most_a_second_and_accepts_have_a_configured_budget() {
+        let timing = |down_ms| Timing {
+            ping_interval: Duration::from_millis(100),
+            down_timeout: Duration::from_millis(down_ms),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_millis(1000),
+        };
+        assert_eq!(timing(5000).handshake_timeout(), Duration::from_secs(1));
+        assert_eq!(timing(400).handshake_timeout(), Duration::from_millis(400));
+        let config = Config::parse(GOOD, Path::new("/etc/meshfs/config.conf")).unwrap();
+        assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let text = GOOD.replacen("[cluster]", "[cluster]\nmax_connections = 64", 1);
+        let config = Config::parse(&text, Path::new("/etc/meshfs/config.conf")).unwrap();
+        assert_eq!(config.max_connections, 64);
+        let text = GOOD.replacen("[cluster]", "[cluster]\nmax_connections = 3", 1);
+        let err = Config::parse(&text, Path::new("/etc/meshfs/config.conf")).unwrap_err();
+        assert!(err.to_string().contains("max_connections: 3: must be 16 to"), "{err}");
     }
 }

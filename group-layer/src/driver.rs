@@ -170,7 +170,13 @@ impl Node {
         let Some(server) = config.server(me) else {
             return Err(not_in_config(config, me));
         };
-        let mut net = EventLoop::new(LoopConfig::default()).map_err(NodeError::Loop)?;
+        let loop_config = LoopConfig {
+            max_connections: config.max_connections,
+            // A server dials its peers only (twice each at most, while links cross).
+            max_outbound: 2 * config.servers.len() + 16,
+            ..LoopConfig::default()
+        };
+        let mut net = EventLoop::new(loop_config).map_err(NodeError::Loop)?;
         let (_, local_addr) = net
             .adopt_listener(listener)
             .map_err(|source| NodeError::Listen { addr: server.addr, source })?;

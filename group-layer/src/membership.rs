@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use meshfs_net::{ConnId, Frame, Priority};
@@ -263,6 +263,8 @@ pub struct Group {
     conns: HashMap<ConnId, Conn>,
     actions: VecDeque<Action>,
     events: VecDeque<GroupEvent>,
+    /// Refusals logged: a few a second.
+    refusal_log: crate::log_budget::LogBudget,
 }
 
 impl Group {
@@ -305,6 +307,7 @@ impl Group {
             conns: HashMap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            refusal_log: crate::log_budget::LogBudget::new(10, Duration::from_secs(1)),
         })
     }
 
@@ -930,16 +933,28 @@ impl Group {
     /// Refuses a dialer that did not authenticate: the same words whatever went wrong; the
     /// real `reason` goes to our log.
     fn refuse_authentication(&mut self, now: Instant, conn: ConnId, reason: String) {
-        warn!("refusing connection {conn}: {reason}");
+        self.log_refusal(now, conn, &reason);
         let message = GroupMessage::Refuse { reason: AUTHENTICATION_FAILED.to_string() };
         self.send_group(conn, &message);
         self.close(now, conn, reason);
     }
 
     fn refuse(&mut self, now: Instant, conn: ConnId, reason: String) {
-        warn!("refusing connection {conn}: {reason}");
+        self.log_refusal(now, conn, &reason);
         self.send_group(conn, &GroupMessage::Refuse { reason: reason.clone() });
         self.close(now, conn, reason);
+    }
+
+    /// Logs a refusal, a few a second at most: strangers choose how often they are refused.
+    fn log_refusal(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if let Some(left_out) = self.refusal_log.allow(now) {
+            let reason = crate::log_budget::escaped(reason, 300);
+            if left_out > 0 {
+                warn!("refusing connection {conn}: {reason} ({left_out} more refused since)");
+            } else {
+                warn!("refusing connection {conn}: {reason}");
+            }
+        }
     }
 
     /// Asks the driver to close `conn` and forgets it now.

@@ -32,8 +32,12 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 pub struct LoopConfig {
     /// Largest frame body accepted on any connection, in bytes.
     pub max_body_len: u32,
-    /// Most connections open at once (accepted and dialed); further accepts are closed.
+    /// Most accepted connections open at once; further accepts are closed. Dialed ones
+    /// have their own budget, so strangers filling this one never keep a server from
+    /// dialing its peers.
     pub max_connections: usize,
+    /// Most dialed connections open at once.
+    pub max_outbound: usize,
     /// Bytes each outbound queue (control, bulk) of a connection may hold.
     pub outbound_limit_bytes: usize,
     /// Bytes read from one connection per readiness before the others get a turn.
@@ -45,6 +49,7 @@ impl Default for LoopConfig {
         LoopConfig {
             max_body_len: DEFAULT_MAX_BODY_LEN,
             max_connections: 4096,
+            max_outbound: 1024,
             outbound_limit_bytes: 8 * 1024 * 1024,
             read_budget_bytes: 4 * 1024 * 1024,
         }
@@ -194,6 +199,8 @@ struct Connection {
     dirty: bool,
     /// In the readable list: its read budget ran out with data possibly left.
     pending_read: bool,
+    /// Accepted (counted against `max_connections`) rather than dialed.
+    inbound: bool,
 }
 
 #[derive(Debug)]
@@ -221,6 +228,10 @@ pub struct EventLoop {
     config: LoopConfig,
     next_generation: u32,
     connections: usize,
+    /// Of them, accepted ones.
+    inbound: usize,
+    /// Lines saying an accept was refused: a few a second.
+    refusal_log: crate::log_budget::LogBudget,
     /// Connections with output queued since the last flush.
     dirty: Vec<ConnId>,
     /// Connections whose read budget ran out: read again without waiting for an edge.
@@ -243,6 +254,8 @@ impl EventLoop {
             config,
             next_generation: 0,
             connections: 0,
+            inbound: 0,
+            refusal_log: crate::log_budget::LogBudget::new(5, Duration::from_secs(1)),
             dirty: Vec::new(),
             readable: Vec::new(),
             pending: Vec::new(),
@@ -289,10 +302,10 @@ impl EventLoop {
     /// Starts a non-blocking connect. [`NetEvent::Connected`] or [`NetEvent::Closed`] follows.
     /// Frames sent before the connect completes are queued and go out once it does.
     pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
-        if self.connections >= self.config.max_connections {
+        let outbound = self.connections - self.inbound;
+        if outbound >= self.config.max_outbound {
             return Err(io::Error::other(format!(
-                "connection limit reached ({} open)",
-                self.connections
+                "outbound connection limit reached ({outbound} dialed connections open)"
             )));
         }
         let stream = TcpStream::connect(addr)?;
@@ -305,6 +318,7 @@ impl EventLoop {
         peer: SocketAddr,
         phase: Phase,
     ) -> io::Result<ConnId> {
+        let inbound = phase == Phase::Open;
         let entry = self.sources.vacant_entry();
         let id = ConnId::new(entry.key(), self.next_generation);
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -322,8 +336,12 @@ impl EventLoop {
             out: Outbound::new(self.config.outbound_limit_bytes),
             dirty: false,
             pending_read: false,
+            inbound,
         })));
         self.connections += 1;
+        if inbound {
+            self.inbound += 1;
+        }
         Ok(id)
     }
 
@@ -439,6 +457,9 @@ impl EventLoop {
                 debug!("deregister {conn} failed: {err}");
             }
             self.connections -= 1;
+            if connection.inbound {
+                self.inbound -= 1;
+            }
             debug!("{conn} ({}) closed: {reason}", connection.peer);
         }
         self.pending.push(NetEvent::Closed { conn, reason });
@@ -560,11 +581,14 @@ impl EventLoop {
             let Some(Source::Listener(socket)) = self.sources.get_mut(listener.0) else { return };
             match socket.accept() {
                 Ok((stream, peer)) => {
-                    if self.connections >= self.config.max_connections {
-                        warn!(
-                            "refusing connection from {peer}: limit of {} connections reached",
-                            self.config.max_connections
-                        );
+                    if self.inbound >= self.config.max_connections {
+                        if let Some(left_out) = self.refusal_log.allow(Instant::now()) {
+                            warn!(
+                                "refusing connection from {peer}: limit of {} accepted \
+                                 connections reached ({left_out} more refused since the last line)",
+                                self.config.max_connections
+                            );
+                        }
                         drop(stream);
                         continue;
                     }

@@ -331,7 +331,10 @@ impl Decoder {
             self.end = 0;
         }
         let frame_len = self.pending_frame_len();
-        let want = frame_len.max(READ_CHUNK);
+        // A connection allowed only small frames (one not yet authenticated) reads in small
+        // pieces: a thousand idle strangers hold a few MiB, not 64 KiB each.
+        let chunk = READ_CHUNK.min(HEADER_LEN + self.max_body_len as usize);
+        let want = frame_len.max(chunk);
         // Move the partial frame to the front when the room behind it is short of `want`.
         if self.buf.len() - self.start < want && self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -345,7 +348,7 @@ impl Decoder {
         if self.end == self.buf.len() {
             // A whole frame is buffered but not decoded yet; give read room for the next chunk
             // (bounded: `want` plus one chunk).
-            let grown = self.buf.len() + READ_CHUNK;
+            let grown = self.buf.len() + chunk;
             debug_assert!(grown <= self.capacity_bound() + READ_CHUNK);
             self.buf.resize(grown, 0);
         }
@@ -708,5 +711,18 @@ mod tests {
             decoder.extend_from_slice(&bytes);
             prop_assert!(!matches!(decoder.decode(), Ok(Some(_))));
         }
+    }
+
+    #[test]
+    fn a_decoder_for_small_frames_holds_small_buffers() {
+        let mut small = Decoder::new(4096);
+        let room = small.read_buf().len();
+        assert!(room <= HEADER_LEN + 4096, "{room} bytes to read into");
+        assert!(small.capacity() <= HEADER_LEN + 4096);
+        let mut large = Decoder::new(DEFAULT_MAX_BODY_LEN);
+        assert_eq!(large.read_buf().len(), READ_CHUNK);
+        // Raised once trusted, it reads in whole chunks again.
+        small.set_max_body_len(DEFAULT_MAX_BODY_LEN);
+        assert_eq!(small.read_buf().len(), READ_CHUNK);
     }
 }

@@ -16,6 +16,7 @@ pub mod event_loop;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod log_budget;
 mod outbound;
 mod timer;
 

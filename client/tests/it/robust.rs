@@ -282,3 +282,66 @@ fn writes_begun_and_never_fed_hold_no_room_and_one_client_holds_at_most_64() {
     let used = status.data_servers[0].used;
     assert!(used < 8 << 20, "64 begun writes and a 300 KB file hold {used} bytes");
 }
+
+/// Strangers that connect and never authenticate, reconnecting as soon as they are closed:
+/// they hold a server's accepted-connection budget, but the server still dials its peers
+/// (a budget of its own), closes each stranger by the short handshake deadline, and logs
+/// the refusals a few a second.
+#[test]
+fn strangers_holding_every_accept_slot_do_not_keep_the_mesh_from_reconnecting() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = TestCluster::new_with("robust-strangers", 2, 1, "max_connections = 32");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let target = cluster.config.servers[0].addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let strangers = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            let mut made = 0u64;
+            // Bounded: it stops when told, or after a minute whatever happens.
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                open.retain(|s| {
+                    let mut byte = [0u8; 1];
+                    s.set_nonblocking(true).ok();
+                    // Closed by the server (0 bytes or an error other than would-block): drop it.
+                    matches!(
+                        std::io::Read::read(&mut &*s, &mut byte),
+                        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+                    )
+                });
+                while open.len() < 200 {
+                    match std::net::TcpStream::connect(target) {
+                        Ok(stream) => {
+                            open.push(stream);
+                            made += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            made
+        })
+    };
+    // Meta-server 2 restarts while every accept slot of meta-server 1 is taken.
+    cluster.kill9(2);
+    cluster.start(2);
+    cluster.wait_for("servers 2 and 3 linked to everyone again", |s| {
+        let linked = |v: &&meshfs_client::status::ServerView| {
+            v.up && v.peers.len() == 2 && v.peers.iter().all(|p| p.up)
+        };
+        s.servers.iter().filter(|v| v.id != 1).filter(linked).count() == 2
+    });
+    stop.store(true, Ordering::Relaxed);
+    let made = strangers.join().unwrap();
+    assert!(made > 200, "the strangers were closed and came back: {made} connections");
+    // Once they stop, server 1 answers everyone again.
+    cluster.wait_full_mesh();
+    let log = cluster.log(1);
+    let refusals = log.lines().filter(|l| l.contains("refusing connection")).count();
+    assert!(refusals < 400, "{refusals} refusal lines for {made} strangers");
+}

@@ -377,3 +377,35 @@ fn connections_past_the_limit_are_closed_and_the_rest_keep_working() {
     };
     assert_eq!(frame.body, b"hi");
 }
+
+#[test]
+fn accepted_connections_filling_their_budget_leave_dialing_to_its_own() {
+    let config = LoopConfig { max_connections: 2, max_outbound: 1, ..LoopConfig::default() };
+    let mut net = EventLoop::new(config).unwrap();
+    let (_, addr) = net.listen(localhost()).unwrap();
+    let _strangers = [connect(addr), connect(addr)];
+    let mut events = Vec::new();
+    let mut accepted = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while accepted < 2 {
+        assert!(Instant::now() < deadline, "only {accepted} accepted");
+        net.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        accepted += events.drain(..).filter(|e| matches!(e, NetEvent::Accepted { .. })).count();
+    }
+    // Every accept slot is taken; a dial still goes out, on its own budget.
+    let other = std::net::TcpListener::bind(localhost()).unwrap();
+    let dialed = net.connect(other.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "the dial never completed");
+        net.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        if events.drain(..).any(|e| matches!(e, NetEvent::Connected { conn } if conn == dialed)) {
+            break;
+        }
+    }
+    assert_eq!(net.connection_count(), 3);
+    // That budget is full too now: the next dial is refused, the accepted ones stay.
+    let err = net.connect(other.local_addr().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("outbound connection limit"), "{err}");
+    assert_eq!(net.connection_count(), 3);
+}
