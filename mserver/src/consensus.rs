@@ -28,6 +28,8 @@ use crate::persist::{Completion, Persister, RaftLog, ThreadPersister};
 
 /// Raft ticks per election timeout (randomised up to twice this by raft-rs).
 pub const ELECTION_TICKS: usize = 10;
+/// Bytes of entries a leader holds proposed and not yet committed, at most.
+pub const MAX_UNCOMMITTED_BYTES: u64 = 64 * 1024 * 1024;
 /// Raft ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 2;
 /// A ready written to the log and waiting to be durable.
@@ -216,6 +218,9 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
             applied,
             max_size_per_msg: MAX_APPEND_BYTES,
             max_inflight_msgs: 256,
+            // Proposals past this much uncommitted log are dropped (the client hears
+            // "unavailable" and retries): a leader whose followers lag cannot pile up log.
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
             check_quorum: true,
             pre_vote: true,
             read_only_option: ReadOnlyOption::Safe,

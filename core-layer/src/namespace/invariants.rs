@@ -22,6 +22,14 @@ impl Namespace {
         if let Some(violation) = self.locks.violation() {
             return Some(violation);
         }
+        if super::count_sessions(&self.sessions) != self.sessions_per_client {
+            return Some("the per-client session counts disagree with the sessions".into());
+        }
+        if let Some((client, n)) =
+            self.sessions_per_client.iter().find(|(_, n)| **n > super::MAX_SESSIONS_PER_CLIENT)
+        {
+            return Some(format!("client {client} has {n} sessions remembered"));
+        }
         let Some(root) = self.nodes.get(&ROOT_ID) else {
             return Some("the root is missing".into());
         };

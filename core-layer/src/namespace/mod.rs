@@ -44,7 +44,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use meshfs_group::NodeId;
+use meshfs_group::{ClientId, NodeId};
 
 pub use self::access::{Caller, Owner};
 pub use self::entry::{Command, Entry, Outcome};
@@ -66,6 +66,18 @@ pub const ROOT_ID: u32 = 1;
 pub const ROOT_OWNER: Owner = Owner { uid: 0, gid: 0, mode: 0o1777 };
 /// Sessions idle longer than this (by entry time) are forgotten.
 pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
+/// Most request sessions one client has remembered at once (see `Namespace::remember`).
+pub const MAX_SESSIONS_PER_CLIENT: u32 = 4096;
+
+/// Request sessions per client.
+fn count_sessions(sessions: &HashMap<SessionId, Session>) -> HashMap<ClientId, u32> {
+    let mut counts = HashMap::new();
+    for id in sessions.keys() {
+        *counts.entry(id.client).or_default() += 1;
+    }
+    counts
+}
+
 /// Idle sessions are swept every this many applied entries.
 const SESSION_SWEEP_EVERY: u64 = 4096;
 /// How long a write lease lasts, by the leader's clock in its entry. Its token expires at the
@@ -91,6 +103,9 @@ pub struct Namespace {
     allocated: BTreeMap<NodeId, u64>,
     next_id: u32,
     sessions: HashMap<SessionId, Session>,
+    /// Request sessions remembered per client (derived from `sessions`; not in snapshots,
+    /// rebuilt on restore), to hold each client to [`MAX_SESSIONS_PER_CLIENT`].
+    sessions_per_client: HashMap<ClientId, u32>,
     /// Write leases in force (or run out but not yet replaced), by (file id, block index).
     leases: BTreeMap<(u32, u16), Lease>,
     /// Data-servers being drained: blocks move off them, none are placed on them.
@@ -136,6 +151,7 @@ impl Namespace {
             allocated: BTreeMap::new(),
             next_id: ROOT_ID + 1,
             sessions: HashMap::new(),
+            sessions_per_client: HashMap::new(),
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),
@@ -257,7 +273,7 @@ impl Namespace {
             last_time_ms: entry.time_ms,
             outcome: remembered,
         };
-        self.sessions.insert(entry.session, session);
+        self.remember(entry.session, session);
         if let Outcome::Woke { wakes } = &outcome {
             self.settle_waits(wakes);
         }
@@ -286,6 +302,32 @@ impl Namespace {
 
     fn sweep_sessions(&mut self, now_ms: u64) {
         self.sessions.retain(|_, s| now_ms.saturating_sub(s.last_time_ms) <= SESSION_TTL_MS);
+        self.sessions_per_client = count_sessions(&self.sessions);
+    }
+
+    /// Records a request session's latest request. A client may name any number of
+    /// sessions (the nonce is its choice): past [`MAX_SESSIONS_PER_CLIENT`] its least
+    /// recently used one is forgotten, so a flood of sessions costs that client its own
+    /// oldest retries' exactly-once, and nobody else anything.
+    fn remember(&mut self, id: SessionId, session: Session) {
+        if self.sessions.insert(id, session).is_some() {
+            return;
+        }
+        let count = self.sessions_per_client.entry(id.client).or_default();
+        *count += 1;
+        if *count <= MAX_SESSIONS_PER_CLIENT {
+            return;
+        }
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(other, _)| other.client == id.client && **other != id)
+            .min_by_key(|(other, s)| (s.last_time_ms, s.last_request, other.nonce))
+            .map(|(other, _)| *other);
+        if let Some(oldest) = oldest {
+            self.sessions.remove(&oldest);
+            *count -= 1;
+        }
     }
 
     fn new_id(&mut self) -> Result<u32, NsError> {

@@ -102,6 +102,7 @@ impl Namespace {
         };
         r.finish()?;
         ns.allocated = ns.compute_allocated();
+        ns.sessions_per_client = super::count_sessions(&ns.sessions);
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
         match ns.violation() {
@@ -130,6 +131,7 @@ mod v1 {
             allocated: BTreeMap::new(),
             next_id,
             sessions,
+            sessions_per_client: HashMap::new(),
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),

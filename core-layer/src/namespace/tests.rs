@@ -1303,3 +1303,40 @@ fn an_entry_that_hits_a_bug_fails_alike_everywhere_and_the_namespace_goes_on() {
     assert_eq!(twin.apply(&entry), outcome, "every replica answers it alike");
     assert_eq!(d.mkdir("/after", false), Outcome::Mkdir, "and goes on");
 }
+
+#[test]
+fn a_client_naming_ever_new_sessions_forgets_its_own_oldest_and_nobody_elses() {
+    let mut d = Driver::new();
+    let other = SessionId { client: ClientId(8), nonce: 1 };
+    let mkdir = |path: &str| Command::Mkdir { path: p(path), parents: false, mode: None };
+    let entry = |session, request_id, time_ms, command| Entry {
+        session,
+        request_id,
+        time_ms,
+        caller: Caller::system(),
+        command,
+    };
+    assert_eq!(d.ns.apply(&entry(other, 1, 1, mkdir("/other"))), Outcome::Mkdir);
+    let flood = u64::from(MAX_SESSIONS_PER_CLIENT) + 10;
+    for nonce in 0..flood {
+        let session = SessionId { client: ClientId(7), nonce };
+        let outcome = d.ns.apply(&entry(session, 1, 2 + nonce, mkdir(&format!("/d{nonce}"))));
+        assert_eq!(outcome, Outcome::Mkdir);
+    }
+    let of = |client| d.ns.sessions.keys().filter(|s| s.client == ClientId(client)).count();
+    assert_eq!(of(7), MAX_SESSIONS_PER_CLIENT as usize, "client 7 holds the most it may");
+    assert_eq!(of(8), 1, "another client's session stays");
+    assert!(d.ns.violation().is_none());
+    // A retry in a forgotten session is applied again (here: the directory exists now);
+    // a retry in a remembered one gets its first answer.
+    let first = SessionId { client: ClientId(7), nonce: 0 };
+    let again = d.ns.apply(&entry(first, 1, flood + 5, mkdir("/d0")));
+    assert!(matches!(failed(again), NsError::AlreadyExists(_)));
+    let last = SessionId { client: ClientId(7), nonce: flood - 1 };
+    let retried = d.ns.apply(&entry(last, 1, flood + 6, mkdir(&format!("/d{}", flood - 1))));
+    assert_eq!(retried, Outcome::Mkdir, "remembered: the same answer");
+    assert_eq!(d.ns.apply(&entry(other, 1, flood + 7, mkdir("/other"))), Outcome::Mkdir);
+    // Restored from a snapshot, the counts are rebuilt.
+    let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert_eq!(restored, d.ns);
+}
