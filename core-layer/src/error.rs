@@ -167,6 +167,9 @@ pub enum NsError {
     /// Applying the entry hit a bug; every replica answers it alike, and goes on.
     #[error("internal error applying the change: {0} (a bug: please report it)")]
     Internal(String),
+    /// A limit one client may not pass (what, and the limit, in the text).
+    #[error("{0}")]
+    TooMany(String),
     /// The answer would not fit in a frame (a bug: listings are paged by bytes).
     #[error("the answer ({0} bytes) is larger than a frame can carry; ask about less at once")]
     ReplyTooLarge(u64),
@@ -286,6 +289,9 @@ impl NsError {
             NsError::Internal(what) => {
                 w.u8(30).str(what);
             }
+            NsError::TooMany(what) => {
+                w.u8(31).str(what);
+            }
         }
     }
 
@@ -365,6 +371,7 @@ impl NsError {
             28 => NsError::ReplyTooLarge(r.u64("reply length")?),
             29 => NsError::VersionsExhausted(text(r)?),
             30 => NsError::Internal(text(r)?),
+            31 => NsError::TooMany(text(r)?),
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -384,6 +391,7 @@ mod tests {
             NsError::ReplyTooLarge(2_000_000),
             NsError::VersionsExhausted("/f".into()),
             NsError::Internal("attempt to add with overflow".into()),
+            NsError::TooMany("client 7 has 256 lock sessions open".into()),
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
         ] {

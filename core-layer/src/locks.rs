@@ -259,6 +259,14 @@ fn session_ended(session: SessionId) -> NsError {
     NsError::SessionExpired { client: session.client.0 }
 }
 
+/// Most locks one lock session holds or waits for at once.
+pub const MAX_LOCKS_PER_SESSION: usize = 1024;
+/// Most sessions holding or waiting for one lock at once (so every scan of its holders and
+/// queue is bounded).
+pub const MAX_PARTIES_PER_LOCK: usize = 4096;
+/// Most lock sessions one client has open at once.
+pub const MAX_LOCK_SESSIONS_PER_CLIENT: usize = 256;
+
 impl LockTable {
     /// No sessions, no locks.
     pub fn new() -> LockTable {
@@ -278,6 +286,12 @@ impl LockTable {
     /// The last sequencer handed out.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Lock sessions of `client` open now.
+    pub fn sessions_of(&self, client: ClientId) -> usize {
+        let first = SessionId { client, nonce: 0 };
+        self.sessions.range(first..).take_while(|(id, _)| id.client == client).count()
     }
 
     /// Opens `session` (or, retried, renews it) with a lease from `now`.
@@ -356,8 +370,23 @@ impl LockTable {
         wait_ms: Option<u64>,
         now: u64,
     ) -> Result<LockResult, NsError> {
-        if !self.sessions.contains_key(&session) {
+        let Some(mine) = self.sessions.get(&session) else {
             return Err(session_ended(session));
+        };
+        if mine.paths.len() >= MAX_LOCKS_PER_SESSION && !mine.paths.contains(path) {
+            return Err(NsError::TooMany(format!(
+                "this lock session holds or waits for {} locks, the most one may",
+                mine.paths.len()
+            )));
+        }
+        if let Some(lock) = self.locks.get(path)
+            && lock.holders.len() + lock.queue.len() >= MAX_PARTIES_PER_LOCK
+            && !lock.holders.iter().any(|h| h.session == session)
+        {
+            return Err(NsError::TooMany(format!(
+                "{path}: {} sessions hold or wait for this lock, the most there may be",
+                lock.holders.len() + lock.queue.len()
+            )));
         }
         let lock = self.locks.entry(path.clone()).or_default();
         if let Some(held) = lock.holders.iter_mut().find(|h| h.session == session) {
@@ -1019,5 +1048,28 @@ mod tests {
         assert_eq!(t.clock_due(LEASE, true, 3), Some(vec![s(1), s(2), s(3)]));
         assert_eq!(t.clock_due(LEASE, false, 3), None, "nothing due but expiries");
         assert_eq!(t.clock_due(LEASE - 1, true, 3), None);
+    }
+
+    #[test]
+    fn one_lock_has_at_most_so_many_holders_and_waiters() {
+        let mut t = LockTable::new();
+        let parties = MAX_PARTIES_PER_LOCK as u64;
+        for n in 1..=parties + 1 {
+            t.open(s(n), LEASE, DELAY, 0);
+        }
+        for n in 1..parties {
+            granted(t.lock(s(n), 1, &p("/shared"), LockMode::Shared, None, 0));
+        }
+        // The last place may go to a waiter; then the lock is full, for holders and waiters.
+        let queued = t.lock(s(parties), 1, &p("/shared"), LockMode::Exclusive, Some(1000), 0);
+        assert!(matches!(queued, Ok(LockResult::Queued)), "{queued:?}");
+        let full = t.lock(s(parties + 1), 1, &p("/shared"), LockMode::Shared, None, 0);
+        assert!(
+            matches!(&full, Err(NsError::TooMany(why)) if why.contains("sessions hold or wait")),
+            "{full:?}"
+        );
+        // A holder taking its shared lock again is not a new party.
+        granted(t.lock(s(1), 2, &p("/shared"), LockMode::Shared, None, 0));
+        assert_eq!(t.violation(), None);
     }
 }

@@ -398,6 +398,15 @@ impl Namespace {
             Command::Rename { from, to } => self.rename(from, to, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
             Command::OpenSession { lease_ms, lock_delay_ms } => {
+                let open = self.locks.sessions_of(session.client);
+                if self.locks.session(session).is_none()
+                    && open >= crate::locks::MAX_LOCK_SESSIONS_PER_CLIENT
+                {
+                    return Err(NsError::TooMany(format!(
+                        "client {} has {open} lock sessions open, the most one may; close some",
+                        session.client.0
+                    )));
+                }
                 let expires_ms = self.locks.open(session, *lease_ms, *lock_delay_ms, now);
                 let lock_delay_ms = *lock_delay_ms;
                 Ok(Outcome::SessionOpened { lease_ms: *lease_ms, lock_delay_ms, expires_ms })

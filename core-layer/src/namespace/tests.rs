@@ -1340,3 +1340,41 @@ fn a_client_naming_ever_new_sessions_forgets_its_own_oldest_and_nobody_elses() {
     let restored = Namespace::restore(&d.ns.snapshot()).unwrap();
     assert_eq!(restored, d.ns);
 }
+
+#[test]
+fn lock_sessions_and_locks_are_bounded_per_client_and_session() {
+    use crate::locks::{MAX_LOCK_SESSIONS_PER_CLIENT, MAX_LOCKS_PER_SESSION};
+    let mut d = Driver::new();
+    let mut request = 0;
+    let mut run = |d: &mut Driver, client: u32, nonce: u64, command: Command| {
+        request += 1;
+        let session = SessionId { client: ClientId(client), nonce };
+        let entry =
+            Entry { session, request_id: request, time_ms: 10, caller: Caller::system(), command };
+        d.ns.apply(&entry)
+    };
+    let open = Command::OpenSession { lease_ms: 60_000, lock_delay_ms: 0 };
+    for nonce in 0..MAX_LOCK_SESSIONS_PER_CLIENT as u64 {
+        assert!(matches!(run(&mut d, 7, nonce, open.clone()), Outcome::SessionOpened { .. }));
+    }
+    let refused = run(&mut d, 7, 9999, open.clone());
+    let NsError::TooMany(why) = failed(refused) else { panic!() };
+    assert!(why.contains("lock sessions open"), "{why}");
+    assert!(matches!(run(&mut d, 7, 0, open.clone()), Outcome::SessionOpened { .. }), "a renewal");
+    assert!(
+        matches!(run(&mut d, 8, 0, open.clone()), Outcome::SessionOpened { .. }),
+        "another client"
+    );
+    // One session holds at most MAX_LOCKS_PER_SESSION locks.
+    let lock =
+        |path: String| Command::Lock { path: p(&path), mode: LockMode::Shared, wait_ms: None };
+    for i in 0..MAX_LOCKS_PER_SESSION {
+        assert!(matches!(run(&mut d, 8, 0, lock(format!("/l{i}"))), Outcome::LockGranted { .. }));
+    }
+    let NsError::TooMany(why) = failed(run(&mut d, 8, 0, lock("/one-more".into()))) else {
+        panic!()
+    };
+    assert!(why.contains("holds or waits for 1024 locks"), "{why}");
+    assert!(matches!(run(&mut d, 8, 0, lock("/l0".into())), Outcome::LockGranted { .. }), "again");
+    assert!(d.ns.violation().is_none());
+}
