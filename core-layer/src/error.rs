@@ -7,6 +7,16 @@ use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 use crate::descriptor::MAX_BLOCKS_PER_FILE;
 use crate::path::PathError;
 
+/// What a caught panic said (its message, if it carried text), for the error that takes
+/// its place.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// What went wrong applying or answering a request. Stable: carried on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NsError {

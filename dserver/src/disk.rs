@@ -283,11 +283,7 @@ fn worker(
         let results = match panic::catch_unwind(AssertUnwindSafe(|| run(&store, &mut open, job))) {
             Ok(results) => results,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
+                let what = meshfs_core::error::panic_text(&*panic);
                 let message = format!("internal error in the disk worker: {what}");
                 error!("{message}; the job failed, the worker goes on");
                 match answer {

@@ -123,9 +123,15 @@ impl Forwarder {
     /// Drops the frames of `write` (it failed or ended).
     pub(crate) fn drop_write(&mut self, write: u64) {
         for (peer, queue) in self.held.iter_mut() {
-            queue.retain(|(w, _)| *w != Some(write));
-            let bytes = queue.iter().map(|(_, f)| f.body.len()).sum();
-            self.held_bytes.insert(*peer, bytes);
+            let mut removed = 0;
+            queue.retain(|(w, frame)| {
+                let mine = *w == Some(write);
+                removed += if mine { frame.body.len() } else { 0 };
+                !mine
+            });
+            if let Some(held) = self.held_bytes.get_mut(peer) {
+                *held -= removed;
+            }
         }
     }
 }

@@ -110,8 +110,9 @@ pub struct DataServer {
     writes: HashMap<u64, Inbound>,
     /// Bytes of all writes' chunks on the disk queue (see [`chain::MAX_PENDING_BYTES`]).
     pending_bytes: u64,
-    /// Client reads on the disk queue, per connection and in all.
+    /// Client reads on the disk queue, per connection, and their sum.
     reads_in_flight: HashMap<meshfs_net::ConnId, usize>,
+    reads_total: usize,
     /// Our write number by (upstream, upstream request id).
     by_upstream: HashMap<(Upstream, u64), u64>,
     /// Our write number by the request id we use downstream.
@@ -145,6 +146,7 @@ impl DataServer {
             writes: HashMap::new(),
             pending_bytes: 0,
             reads_in_flight: HashMap::new(),
+            reads_total: 0,
             by_upstream: HashMap::new(),
             by_downstream: HashMap::new(),
             next_write: 1,
@@ -188,6 +190,7 @@ impl DataServer {
                 DiskDone::Read { to: ReplyTo::Client(conn), frame } => {
                     if let Some(n) = self.reads_in_flight.get_mut(&conn) {
                         *n -= 1;
+                        self.reads_total -= 1;
                         if *n == 0 {
                             self.reads_in_flight.remove(&conn);
                         }
@@ -227,7 +230,7 @@ impl DataServer {
         let refusal = if read.len > MAX_CHUNK_BYTES {
             Some(format!("reads are at most {MAX_CHUNK_BYTES} bytes"))
         } else if let ReplyTo::Client(conn) = to {
-            let total: usize = self.reads_in_flight.values().sum();
+            let total = self.reads_total;
             let mine = self.reads_in_flight.get(&conn).copied().unwrap_or(0);
             (mine >= MAX_READS_PER_CLIENT || total >= MAX_READS_IN_FLIGHT).then(|| {
                 format!(
@@ -251,6 +254,7 @@ impl DataServer {
         }
         if let ReplyTo::Client(conn) = to {
             *self.reads_in_flight.entry(conn).or_default() += 1;
+            self.reads_total += 1;
         }
         self.disk.submit(DiskJob::Read {
             to,
@@ -343,7 +347,9 @@ impl Service for DataServer {
             }
             GroupEvent::ClientGone { conn, .. } => {
                 // Its reads on the disk queue are answered to no one; they no longer count.
-                self.reads_in_flight.remove(&conn);
+                if let Some(n) = self.reads_in_flight.remove(&conn) {
+                    self.reads_total -= n;
+                }
                 self.sweep(node, now, Some(Upstream::Client(conn)), None)
             }
             GroupEvent::Message { from, frame } => {

@@ -201,12 +201,7 @@ impl Namespace {
         let applied =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_once(entry)));
         let outcome = applied.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Outcome::Failed(NsError::Internal(what))
+            Outcome::Failed(NsError::Internal(crate::error::panic_text(&*panic)))
         });
         if self.applied.is_multiple_of(SESSION_SWEEP_EVERY) {
             self.sweep_sessions(entry.time_ms);
