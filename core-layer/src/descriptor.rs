@@ -46,7 +46,9 @@ pub fn read_replicas(r: &mut BodyReader<'_>) -> Result<Vec<NodeId>, BodyError> {
     (0..count).map(|_| r.u32("replica").map(NodeId)).collect()
 }
 
-/// A file's id: unique in the namespace for as long as the cluster lives (never reused).
+/// A file's id: unique among the live inodes. Ids are given in order and reused only once
+/// all 2^32 have been; a file that reuses one starts at a version above every earlier
+/// holder's, so a [`FileDescriptor`] never names two files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FileId(pub u32);
 

@@ -49,12 +49,18 @@ pub(super) struct Node {
 /// Inodes per page of [`Inodes`].
 pub(super) const PAGE_SLOTS: usize = 1024;
 
-/// Inodes by id: a vector of pages of [`PAGE_SLOTS`] slots. Ids are dense and never reused,
-/// so lookups are two index operations and memory is the live pages only; a page is freed
-/// when its last inode goes. Iterates in id order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Inodes by id: a vector of pages of [`PAGE_SLOTS`] slots. Ids are dense (new ones are
+/// taken in order, and freed ones only once those run out), so lookups are two index
+/// operations and memory is the live pages only; a page is freed when its last inode goes.
+/// Iterates in id order.
+///
+/// Each page also keeps a mark: the highest version of any file removed from it. A file
+/// that reuses an id of the page starts above the mark, so a file descriptor (id, version)
+/// never names two files. Four bytes a page, kept when the page is freed.
+#[derive(Debug, Clone, Default)]
 pub(super) struct Inodes {
     pub(super) pages: Vec<Option<Page>>,
+    pub(super) marks: Vec<u32>,
     pub(super) len: usize,
 }
 
@@ -105,7 +111,61 @@ impl Inodes {
         if page.live == 0 {
             self.pages[index] = None;
         }
+        if let Kind::File(file) = &node.kind
+            && file.version > self.mark(index)
+        {
+            if self.marks.len() <= index {
+                self.marks.resize(index + 1, 0);
+            }
+            self.marks[index] = file.version;
+        }
         Some(node)
+    }
+
+    /// The highest version of a file removed from page `page`; 0 if none was.
+    pub(super) fn mark(&self, page: usize) -> u32 {
+        self.marks.get(page).copied().unwrap_or(0)
+    }
+
+    /// Sets a page's mark (restoring a snapshot).
+    pub(super) fn set_mark(&mut self, page: usize, mark: u32) {
+        if self.marks.len() <= page {
+            self.marks.resize(page + 1, 0);
+        }
+        self.marks[page] = mark;
+    }
+
+    /// (page, mark) for every page with a mark, in page order.
+    pub(super) fn marks(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        self.marks.iter().enumerate().filter(|(_, m)| **m > 0).map(|(p, m)| (p, *m))
+    }
+
+    /// The first id in `from..end` (within one page's range or across many) that is free and
+    /// may be reused: its page's mark leaves a version to continue with. Whole free pages
+    /// and full pages are passed in one step each.
+    pub(super) fn free_in(&self, from: u32, end: u32) -> Option<u32> {
+        let mut id = from;
+        while id < end {
+            let (page, slot) = Inodes::locate(id);
+            let page_end = (((page + 1) * PAGE_SLOTS) as u64).min(u64::from(end)) as u32;
+            if self.mark(page) == u32::MAX {
+                // Every version was used by some file of this page: none of its ids returns.
+                id = page_end;
+                continue;
+            }
+            match self.pages.get(page).and_then(Option::as_ref) {
+                None => return Some(id),
+                Some(p) if p.live == PAGE_SLOTS => {}
+                Some(p) => {
+                    let last = slot + (page_end - id) as usize;
+                    if let Some(free) = p.slots[slot..last].iter().position(Option::is_none) {
+                        return Some(id + free as u32);
+                    }
+                }
+            }
+            id = page_end;
+        }
+        None
     }
 
     pub(super) fn len(&self) -> usize {
@@ -125,6 +185,15 @@ impl Inodes {
             })
     }
 }
+
+/// The same inodes and marks, however many empty pages either table has kept.
+impl PartialEq for Inodes {
+    fn eq(&self, other: &Inodes) -> bool {
+        self.len == other.len && self.iter().eq(other.iter()) && self.marks().eq(other.marks())
+    }
+}
+
+impl Eq for Inodes {}
 
 impl std::ops::Index<&u32> for Inodes {
     type Output = Node;

@@ -36,6 +36,9 @@ impl Namespace {
         if root.parent != ROOT_ID || !matches!(root.kind, Kind::Dir(_)) {
             return Some("the root must be a directory that is its own parent".into());
         }
+        if !(ROOT_ID + 1..=super::LAST_ID).contains(&self.reuse_from) {
+            return Some(format!("id reuse starts at {}", self.reuse_from));
+        }
         let mut linked = 1usize;
         for (id, node) in self.nodes.iter() {
             if id >= self.next_id {

@@ -12,7 +12,8 @@
 //! retried create gets its own file back, not "already exists".
 //!
 //! Memory, for the 1,000,000-file goal (at most 200 resident bytes per file): inode ids are
-//! dense and never reused, so inodes live in an `Inodes` table of fixed pages indexed by id
+//! dense (taken in order; freed ones are reused only once all 2^32 have been given, see
+//! [`Namespace::new_id`]), so inodes live in an `Inodes` table of fixed pages indexed by id
 //! (no hashing, no rehash doubling, waste at most one page); a directory keeps its children
 //! as `BTreeMap<Box<str>, u32>`; a file keeps its blocks in a boxed slice. Measured with
 //! `cargo bench -p meshfs-core --bench namespace_memory` (see BENCHMARKS.md).
@@ -61,6 +62,8 @@ use crate::session::SessionId;
 
 /// The root directory's id.
 pub const ROOT_ID: u32 = 1;
+/// The highest inode id: ids run from `ROOT_ID + 1` to here.
+pub const LAST_ID: u32 = u32::MAX - 1;
 /// The root of a new namespace: anyone may make entries in it, and only their owners (or an
 /// operator) may remove them, as in `/tmp`.
 pub const ROOT_OWNER: Owner = Owner { uid: 0, gid: 0, mode: 0o1777 };
@@ -101,7 +104,11 @@ pub struct Namespace {
     /// Bytes of blocks assigned to each data-server (derived from the block lists; not in
     /// snapshots, rebuilt on restore). The leader places new blocks by it.
     allocated: BTreeMap<NodeId, u64>,
+    /// The next id never given yet; `LAST_ID + 1` once all have been.
     next_id: u32,
+    /// Once every id has been given: where the search for a freed one starts (just past
+    /// the last one reused).
+    reuse_from: u32,
     sessions: HashMap<SessionId, Session>,
     /// Request sessions remembered per client (derived from `sessions`; not in snapshots,
     /// rebuilt on restore), to hold each client to [`MAX_SESSIONS_PER_CLIENT`].
@@ -150,6 +157,7 @@ impl Namespace {
             nodes,
             allocated: BTreeMap::new(),
             next_id: ROOT_ID + 1,
+            reuse_from: ROOT_ID + 1,
             sessions: HashMap::new(),
             sessions_per_client: HashMap::new(),
             leases: BTreeMap::new(),
@@ -325,10 +333,51 @@ impl Namespace {
         }
     }
 
-    fn new_id(&mut self) -> Result<u32, NsError> {
-        let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).ok_or(NsError::OutOfIds)?;
-        Ok(id)
+    /// An id for a new inode, and the version a file made with it starts at.
+    ///
+    /// Ids never given come first, in order, each starting at version 1 (so every log ever
+    /// written replays as it did). Once all of them have been given, freed ids are reused,
+    /// in turn from just past the last one reused (an id comes back as late as it can, after
+    /// every other free one), and a file with a reused id starts above every version a
+    /// file of its page ever reached: NFS's generation numbers, so a descriptor
+    /// (id, version) never names two files. A page whose files used up every version gives
+    /// no id back.
+    pub(super) fn new_id(&mut self) -> Result<(u32, u32), NsError> {
+        if self.next_id <= LAST_ID {
+            let id = self.next_id;
+            self.next_id += 1;
+            return Ok((id, 1));
+        }
+        let from = self.reuse_from;
+        let id = self
+            .nodes
+            .free_in(from, self.next_id)
+            .or_else(|| self.nodes.free_in(ROOT_ID + 1, from))
+            .ok_or(NsError::OutOfIds)?;
+        self.reuse_from = if id >= LAST_ID { ROOT_ID + 1 } else { id + 1 };
+        let (page, _) = Inodes::locate(id);
+        Ok((id, self.nodes.mark(page) + 1))
+    }
+
+    /// `count` distinct ids for inodes made together, or none at all (and nothing changed)
+    /// when there are not that many free.
+    pub(super) fn new_ids(&mut self, count: usize) -> Result<Vec<u32>, NsError> {
+        let (next_id, reuse_from) = (self.next_id, self.reuse_from);
+        let mut ids = Vec::with_capacity(count);
+        let mut reused = BTreeSet::new();
+        for _ in 0..count {
+            // Ids handed out here are not in the table yet, so a search that went all the
+            // way round would find the first reused one again.
+            let fresh = self.next_id <= LAST_ID;
+            match self.new_id() {
+                Ok((id, _)) if fresh || reused.insert(id) => ids.push(id),
+                _ => {
+                    (self.next_id, self.reuse_from) = (next_id, reuse_from);
+                    return Err(NsError::OutOfIds);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn execute(

@@ -18,11 +18,12 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 5): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 6): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
     /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
-    /// u32 CRC-32 of all before.
+    /// where id reuse goes on and the inode pages' version marks (formats 1 to 5 have
+    /// none), u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -70,6 +71,11 @@ impl Namespace {
         for (id, node) in self.nodes.iter() {
             w.u32(id).u32(node.owner.uid).u32(node.owner.gid).u16(node.owner.mode);
         }
+        w.u32(self.reuse_from);
+        w.u32(self.nodes.marks().count() as u32);
+        for (page, mark) in self.nodes.marks() {
+            w.u32(page as u32).u32(mark);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -98,6 +104,7 @@ impl Namespace {
             3 => v3::read(&mut r)?,
             4 => v4::read(&mut r)?,
             5 => v5::read(&mut r)?,
+            6 => v6::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
         r.finish()?;
@@ -113,9 +120,9 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 5;
+pub(super) const SNAPSHOT_FORMAT: u16 = 6;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 5, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 6, "a new format needs its reader in restore");
 
 /// Format 1 (commit 26030ca): `u32 next_id, u64 applied`, the inodes, the request sessions.
 mod v1 {
@@ -130,6 +137,7 @@ mod v1 {
             nodes,
             allocated: BTreeMap::new(),
             next_id,
+            reuse_from: ROOT_ID + 1,
             sessions,
             sessions_per_client: HashMap::new(),
             leases: BTreeMap::new(),
@@ -273,7 +281,7 @@ mod v4 {
     }
 }
 
-/// Format 5: format 4, then every inode's owner, group and mode by id: `u32 count`, then
+/// Format 5 (commit 804cb77): format 4, then every inode's owner, group and mode by id: `u32 count`, then
 /// `u32 id, u32 uid, u32 gid, u16 mode` each.
 mod v5 {
     use super::*;
@@ -300,6 +308,37 @@ mod v5 {
                 Some(node) => node.owner = owner,
                 None => return Err(SnapshotError::Invalid(format!("an owner for no inode {id}"))),
             }
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 6: format 5, then `u32 reuse_from` (where the search for a freed id starts once
+/// every id has been given), `u32 count`, then `u32 page, u32 mark` each: the highest
+/// version of a file removed from each inode page that had one, by page. Formats before it
+/// restore with no marks: files removed before then are not known, and a file reusing one
+/// of their ids (after all 2^32 have been given) starts at version 1.
+mod v6 {
+    use super::*;
+    use crate::namespace::LAST_ID;
+    use crate::namespace::inode::PAGE_SLOTS;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v5::read(r)?;
+        ns.reuse_from = r.u32("reuse from")?;
+        if !(ROOT_ID + 1..=LAST_ID).contains(&ns.reuse_from) {
+            return Err(SnapshotError::Invalid(format!("id reuse starts at {}", ns.reuse_from)));
+        }
+        let pages = LAST_ID as usize / PAGE_SLOTS + 1;
+        let mut previous = None;
+        for _ in 0..r.u32("mark count")? {
+            let page = r.u32("mark page")? as usize;
+            let mark = r.u32("mark")?;
+            if page >= pages || mark == 0 || previous.is_some_and(|p| p >= page) {
+                return Err(SnapshotError::Invalid(format!("page {page} has mark {mark}")));
+            }
+            previous = Some(page);
+            ns.nodes.set_mark(page, mark);
         }
         Ok(ns)
     }

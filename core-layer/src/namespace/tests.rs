@@ -1014,6 +1014,10 @@ fn old_logs_and_snapshots_are_still_read() {
                 node.owner = Owner::legacy(matches!(node.kind, Kind::Dir(_)));
             }
         }
+        if format < 6 {
+            // Marks came with format 6: the older ones know of no removed files.
+            replayed.nodes.marks.clear();
+        }
         assert_eq!(restored.nodes, replayed.nodes, "{dir}: inodes");
         assert_eq!(restored.leases, replayed.leases, "{dir}: leases");
         assert_eq!(restored.draining, replayed.draining, "{dir}: draining");
@@ -1287,7 +1291,7 @@ fn an_entry_that_hits_a_bug_fails_alike_everywhere_and_the_namespace_goes_on() {
     // Past the size up to which every entry's apply checks the invariants (the broken
     // state below would fail them), with nodes put in directly.
     for i in 0..INVARIANT_CHECK_EVERY_ENTRY_MAX as u32 {
-        let id = d.ns.new_id().unwrap();
+        let (id, _) = d.ns.new_id().unwrap();
         let kind = inode::Kind::Dir(inode::Dir { children: BTreeMap::new(), mtime_ms: 0 });
         let node = inode::Node { parent: ROOT_ID, kind, owner: ROOT_OWNER };
         d.ns.insert_child(ROOT_ID, &format!("d{i}"), id, node, 0);
@@ -1377,4 +1381,106 @@ fn lock_sessions_and_locks_are_bounded_per_client_and_session() {
     assert!(why.contains("holds or waits for 1024 locks"), "{why}");
     assert!(matches!(run(&mut d, 8, 0, lock("/l0".into())), Outcome::LockGranted { .. }), "again");
     assert!(d.ns.violation().is_none());
+}
+
+fn created(outcome: Outcome) -> (u32, u32) {
+    match outcome {
+        Outcome::Created(file) => (file.id.0, file.version),
+        other => panic!("expected a new file, got {other:?}"),
+    }
+}
+
+#[test]
+fn once_every_id_is_given_freed_ones_return_in_turn_and_their_versions_continue() {
+    let mut d = Driver::new();
+    let mut given = BTreeSet::new();
+    let mut note = |(id, version): (u32, u32)| {
+        assert!(given.insert((id, version)), "file {id} version {version} named two files");
+        (id, version)
+    };
+    assert_eq!(note(created(d.create("/a"))), (2, 1));
+    d.expand("/a", 100, 1);
+    d.expand("/a", 2000, 1);
+    assert_eq!(d.ns.get_file_meta_data(&p("/a")).unwrap().descriptor.version, 3);
+    assert_eq!(note(created(d.create("/b"))), (3, 1));
+    assert!(matches!(d.remove("/a", false), Outcome::Removed { files: 1, .. }));
+    // Ids never given come first, whatever was freed: the last two of them.
+    d.ns.next_id = LAST_ID - 1;
+    assert_eq!(note(created(d.create("/c"))), (LAST_ID - 1, 1));
+    assert_eq!(note(created(d.create("/d"))), (LAST_ID, 1));
+    assert_eq!(d.ns.next_id, LAST_ID + 1, "every id has been given");
+    // Now freed ones, each file above the highest version its page's removed files had.
+    assert_eq!(note(created(d.create("/e"))), (2, 4), "/a's id, past /a's version 3");
+    assert_eq!(note(created(d.create("/f"))), (4, 4), "the next free one, not /e's again");
+    d.expand("/e", 100, 1);
+    assert!(matches!(d.remove("/e", false), Outcome::Removed { files: 1, .. }));
+    assert_eq!(note(created(d.create("/g"))), (5, 6), "in turn: id 2 waits its round");
+    // Past the last id the search starts again from the first.
+    assert!(matches!(d.remove("/c", false), Outcome::Removed { files: 1, .. }));
+    d.ns.reuse_from = LAST_ID - 1;
+    assert_eq!(note(created(d.create("/h"))), (LAST_ID - 1, 2), "its own page's mark");
+    assert_eq!(d.ns.reuse_from, LAST_ID);
+    assert_eq!(note(created(d.create("/i"))), (2, 6), "round the end, to the first free one");
+    // Directories and mkdir -p take freed ids too, all or none.
+    assert_eq!(d.mkdir("/x/y/z", true), Outcome::Mkdir);
+    let ids: Vec<u32> =
+        ["/x", "/x/y", "/x/y/z"].iter().map(|q| d.ns.lookup(&p(q)).unwrap()).collect();
+    assert_eq!(ids, [6, 7, 8]);
+    // A restored snapshot goes on exactly as the namespace it froze.
+    let mut restored = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert!(restored == d.ns);
+    let entry =
+        d.entry(Command::CreateFile { path: p("/j"), replication: 2, block_size: BS, mode: None });
+    assert_eq!(restored.apply(&entry), d.ns.apply(&entry));
+    assert!(restored.snapshot() == d.ns.snapshot());
+}
+
+#[test]
+fn a_page_whose_files_used_every_version_gives_no_id_back_and_then_ids_run_out() {
+    let mut d = Driver::new();
+    assert_eq!(created(d.create("/a")), (2, 1));
+    assert!(matches!(d.remove("/a", false), Outcome::Removed { files: 1, .. }));
+    // Every page but the first has had files at every version; the first's removed files
+    // reached the last version but one.
+    let pages = LAST_ID as usize / inode::PAGE_SLOTS + 1;
+    for page in 1..pages {
+        d.ns.nodes.set_mark(page, u32::MAX);
+    }
+    d.ns.nodes.set_mark(0, u32::MAX - 1);
+    d.ns.next_id = LAST_ID;
+    assert_eq!(created(d.create("/last")), (LAST_ID, 1), "never given: version 1");
+    // The next file takes page 0's last version, and cannot change again.
+    assert_eq!(created(d.create("/b")), (2, u32::MAX));
+    assert!(matches!(failed(d.expand("/b", 100, 1)), NsError::VersionsExhausted(_)));
+    assert!(matches!(d.remove("/b", false), Outcome::Removed { files: 1, .. }));
+    assert_eq!(d.ns.nodes.mark(0), u32::MAX);
+    assert!(matches!(d.remove("/last", false), Outcome::Removed { files: 1, .. }));
+    // Every page is spent: no id comes back, and mkdir -p makes nothing and moves nothing.
+    let before = d.ns.clone();
+    assert!(matches!(failed(d.create("/c")), NsError::OutOfIds));
+    assert!(matches!(failed(d.mkdir("/p/q", true)), NsError::OutOfIds));
+    assert!(d.ns.nodes == before.nodes);
+    assert_eq!((d.ns.next_id, d.ns.reuse_from), (before.next_id, before.reuse_from));
+    assert!(d.ns.violation().is_none());
+    // Spent pages and their marks survive a snapshot.
+    assert!(Namespace::restore(&d.ns.snapshot()).unwrap() == d.ns);
+}
+
+#[test]
+fn mkdir_p_with_fewer_free_ids_than_it_needs_makes_nothing() {
+    let mut d = Driver::new();
+    d.ns.next_id = LAST_ID + 1;
+    let pages = LAST_ID as usize / inode::PAGE_SLOTS + 1;
+    for page in 1..pages {
+        d.ns.nodes.set_mark(page, u32::MAX);
+    }
+    // Page 0 has ids 2 to 1023 free: 1,022 of them.
+    let deep = (0..1023).map(|i| format!("/{}", i % 10)).collect::<String>();
+    let before = d.ns.clone();
+    assert!(matches!(failed(d.mkdir(&deep, true)), NsError::OutOfIds));
+    assert!(d.ns.nodes == before.nodes);
+    assert_eq!(d.ns.reuse_from, before.reuse_from);
+    let fits = (0..1022).map(|i| format!("/{}", i % 10)).collect::<String>();
+    assert_eq!(d.mkdir(&fits, true), Outcome::Mkdir);
+    assert_eq!(d.ns.inode_count(), 1023);
 }

@@ -62,7 +62,7 @@ impl Namespace {
             if self.dir_child(parent, name).is_some() {
                 return Err(NsError::AlreadyExists(path_str(path)));
             }
-            let id = self.new_id()?;
+            let (id, _) = self.new_id()?;
             let kind = Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now });
             let node = Node { parent, kind, owner };
             self.insert_child(parent, name, id, node, now);
@@ -88,12 +88,9 @@ impl Namespace {
         }
         let Some(start) = missing_from else { return Ok(Outcome::Mkdir) };
         let missing: Vec<&str> = path.components().skip(start).collect();
-        if self.next_id.checked_add(missing.len() as u32).is_none() {
-            return Err(NsError::OutOfIds);
-        }
+        let ids = self.new_ids(missing.len())?;
         let last = missing.len() - 1;
-        for (i, name) in missing.into_iter().enumerate() {
-            let child = self.new_id()?;
+        for (i, (name, child)) in missing.into_iter().zip(ids).enumerate() {
             let owner = if i == last {
                 owner
             } else {
@@ -134,9 +131,9 @@ impl Namespace {
         if self.dir_child(parent, name).is_some() {
             return Err(NsError::AlreadyExists(path_str(path)));
         }
-        let id = self.new_id()?;
+        let (id, version) = self.new_id()?;
         let file = File {
-            version: 1,
+            version,
             size: 0,
             block_size,
             replication,
@@ -146,7 +143,7 @@ impl Namespace {
         };
         let owner = Owner::new(caller, mode);
         self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file), owner }, now);
-        Ok(Outcome::Created(FileDescriptor { id: FileId(id), version: 1 }))
+        Ok(Outcome::Created(FileDescriptor { id: FileId(id), version }))
     }
 
     pub(super) fn rename(
