@@ -549,19 +549,20 @@ impl LockTable {
         if lock.shared_free_ms <= now {
             lock.shared_free_ms = 0;
         }
-        let mut kept = VecDeque::with_capacity(lock.queue.len());
-        for waiting in lock.queue.drain(..) {
-            if waiting.deadline_ms <= now {
-                Self::remove_due(&mut self.due, waiting.deadline_ms, path);
-                if let Some(s) = self.sessions.get_mut(&waiting.session) {
+        if lock.queue.iter().any(|w| w.deadline_ms <= now) {
+            let (due, sessions) = (&mut self.due, &mut self.sessions);
+            lock.queue.retain(|&waiting| {
+                if waiting.deadline_ms > now {
+                    return true;
+                }
+                Self::remove_due(due, waiting.deadline_ms, path);
+                if let Some(s) = sessions.get_mut(&waiting.session) {
                     s.paths.remove(path);
                 }
                 wakes.push(wake(path, waiting, WakeResult::TimedOut));
-            } else {
-                kept.push_back(waiting);
-            }
+                false
+            });
         }
-        lock.queue = kept;
         while let Some(&head) = lock.queue.front() {
             if !lock.compatible(head.mode, now) {
                 break;

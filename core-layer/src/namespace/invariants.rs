@@ -22,13 +22,17 @@ impl Namespace {
         if let Some(violation) = self.locks.violation() {
             return Some(violation);
         }
-        if super::count_sessions(&self.sessions) != self.sessions_per_client {
-            return Some("the per-client session counts disagree with the sessions".into());
+        let mut ages = super::session_ages(&self.sessions);
+        let mut kept = self.session_ages.clone();
+        kept.retain(|_, client| !client.is_empty());
+        ages.retain(|_, client| !client.is_empty());
+        if ages != kept {
+            return Some("the per-client session order disagrees with the sessions".into());
         }
-        if let Some((client, n)) =
-            self.sessions_per_client.iter().find(|(_, n)| **n > super::MAX_SESSIONS_PER_CLIENT)
+        if let Some((client, ages)) =
+            ages.iter().find(|(_, a)| a.len() > super::MAX_SESSIONS_PER_CLIENT as usize)
         {
-            return Some(format!("client {client} has {n} sessions remembered"));
+            return Some(format!("client {client} has {} sessions remembered", ages.len()));
         }
         let Some(root) = self.nodes.get(&ROOT_ID) else {
             return Some("the root is missing".into());

@@ -72,13 +72,20 @@ pub const SESSION_TTL_MS: u64 = 60 * 60 * 1000;
 /// Most request sessions one client has remembered at once (see `Namespace::remember`).
 pub const MAX_SESSIONS_PER_CLIENT: u32 = 4096;
 
-/// Request sessions per client.
-fn count_sessions(sessions: &HashMap<SessionId, Session>) -> HashMap<ClientId, u32> {
-    let mut counts = HashMap::new();
-    for id in sessions.keys() {
-        *counts.entry(id.client).or_default() += 1;
+/// A request session's place in its client's eviction order: least recently used first.
+type Age = (u64, u64, u64);
+
+fn age(id: SessionId, session: &Session) -> Age {
+    (session.last_time_ms, session.last_request, id.nonce)
+}
+
+/// Each client's request sessions, least recently used first.
+fn session_ages(sessions: &HashMap<SessionId, Session>) -> HashMap<ClientId, BTreeSet<Age>> {
+    let mut ages: HashMap<ClientId, BTreeSet<Age>> = HashMap::new();
+    for (id, session) in sessions {
+        ages.entry(id.client).or_default().insert(age(*id, session));
     }
-    counts
+    ages
 }
 
 /// Idle sessions are swept every this many applied entries.
@@ -110,9 +117,10 @@ pub struct Namespace {
     /// the last one reused).
     reuse_from: u32,
     sessions: HashMap<SessionId, Session>,
-    /// Request sessions remembered per client (derived from `sessions`; not in snapshots,
-    /// rebuilt on restore), to hold each client to [`MAX_SESSIONS_PER_CLIENT`].
-    sessions_per_client: HashMap<ClientId, u32>,
+    /// Each client's request sessions in eviction order (derived from `sessions`; not in
+    /// snapshots, rebuilt on restore), to hold each client to [`MAX_SESSIONS_PER_CLIENT`]
+    /// in O(log n) a request.
+    session_ages: HashMap<ClientId, BTreeSet<Age>>,
     /// Write leases in force (or run out but not yet replaced), by (file id, block index).
     leases: BTreeMap<(u32, u16), Lease>,
     /// Data-servers being drained: blocks move off them, none are placed on them.
@@ -159,7 +167,7 @@ impl Namespace {
             next_id: ROOT_ID + 1,
             reuse_from: ROOT_ID + 1,
             sessions: HashMap::new(),
-            sessions_per_client: HashMap::new(),
+            session_ages: HashMap::new(),
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),
@@ -304,8 +312,15 @@ impl Namespace {
     }
 
     fn sweep_sessions(&mut self, now_ms: u64) {
-        self.sessions.retain(|_, s| now_ms.saturating_sub(s.last_time_ms) <= SESSION_TTL_MS);
-        self.sessions_per_client = count_sessions(&self.sessions);
+        let ages = &mut self.session_ages;
+        self.sessions.retain(|id, s| {
+            let live = now_ms.saturating_sub(s.last_time_ms) <= SESSION_TTL_MS;
+            if !live && let Some(client) = ages.get_mut(&id.client) {
+                client.remove(&age(*id, s));
+            }
+            live
+        });
+        ages.retain(|_, client| !client.is_empty());
     }
 
     /// Records a request session's latest request. A client may name any number of
@@ -313,23 +328,21 @@ impl Namespace {
     /// recently used one is forgotten, so a flood of sessions costs that client its own
     /// oldest retries' exactly-once, and nobody else anything.
     fn remember(&mut self, id: SessionId, session: Session) {
-        if self.sessions.insert(id, session).is_some() {
+        let ages = self.session_ages.entry(id.client).or_default();
+        ages.insert(age(id, &session));
+        if let Some(before) = self.sessions.insert(id, session) {
+            ages.remove(&age(id, &before));
             return;
         }
-        let count = self.sessions_per_client.entry(id.client).or_default();
-        *count += 1;
-        if *count <= MAX_SESSIONS_PER_CLIENT {
+        if ages.len() <= MAX_SESSIONS_PER_CLIENT as usize {
             return;
         }
-        let oldest = self
-            .sessions
-            .iter()
-            .filter(|(other, _)| other.client == id.client && **other != id)
-            .min_by_key(|(other, s)| (s.last_time_ms, s.last_request, other.nonce))
-            .map(|(other, _)| *other);
+        // The oldest but the one just used (entry times come from whichever leader wrote
+        // them, so the newest need not sort last).
+        let oldest = ages.iter().find(|(_, _, nonce)| *nonce != id.nonce).copied();
         if let Some(oldest) = oldest {
-            self.sessions.remove(&oldest);
-            *count -= 1;
+            ages.remove(&oldest);
+            self.sessions.remove(&SessionId { client: id.client, nonce: oldest.2 });
         }
     }
 

@@ -109,7 +109,7 @@ impl Namespace {
         };
         r.finish()?;
         ns.allocated = ns.compute_allocated();
-        ns.sessions_per_client = super::count_sessions(&ns.sessions);
+        ns.session_ages = super::session_ages(&ns.sessions);
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
         match ns.violation() {
@@ -139,7 +139,7 @@ mod v1 {
             next_id,
             reuse_from: ROOT_ID + 1,
             sessions,
-            sessions_per_client: HashMap::new(),
+            session_ages: HashMap::new(),
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),
