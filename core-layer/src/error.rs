@@ -103,7 +103,7 @@ pub enum NsError {
     /// Replication must be 1 to 16.
     #[error("replication {0} is out of range (1 to 16)")]
     BadReplication(u8),
-    /// The namespace ran out of ids (2^32 inodes made in the cluster's life).
+    /// The namespace ran out of ids: every one of the 2^32 - 2 is live or in a spent page.
     #[error("out of file ids")]
     OutOfIds,
     /// An older request of a session arrived after a newer one: the client has moved on.

@@ -1,6 +1,7 @@
 //! The cluster settings the layers above the group own, from `config.conf`: files and
 //! blocks (`block_size`, `replication`), the meta-servers' log (`snapshot_entries`), all in
-//! `[cluster]`; self-healing (`[heal]`) and the lock service (`[locks]`).
+//! `[cluster]`; self-healing (`[heal]`), the lock service (`[locks]`) and what one client
+//! may hold of the meta-servers (`[limits]`).
 //!
 //! The group layer parses the file and keeps what it does not own in
 //! [`Config::sections`]; [`load`] reads the file once, has the group check its part and
@@ -40,6 +41,37 @@ pub struct Settings {
     pub heal: Heal,
     /// Lock service settings.
     pub locks: Locks,
+    /// What one client may hold at once.
+    pub limits: Limits,
+}
+
+/// What one client may hold of the meta-servers at once: the `[limits]` table. The leader
+/// refuses, with a clear error, a request past one of them before proposing it; so servers
+/// whose configs differ stay consistent (the state machine holds every client to fixed
+/// ceilings of its own, which these may not pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests of one client the leader holds unanswered: changes proposed, reads
+    /// waiting for their round, lock waits. Past it a request hears "unavailable, retry".
+    pub requests_in_flight_per_client: usize,
+    /// Lock requests of one client waiting in locks' queues.
+    pub lock_waits_per_client: usize,
+    /// Lock sessions one client may have open (at most
+    /// [`crate::locks::MAX_LOCK_SESSIONS_PER_CLIENT`]).
+    pub lock_sessions_per_client: usize,
+    /// Inodes one request may make (the directories of `mkdir -p`).
+    pub inodes_per_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            requests_in_flight_per_client: 4096,
+            lock_waits_per_client: 1024,
+            lock_sessions_per_client: 64,
+            inodes_per_request: 1024,
+        }
+    }
 }
 
 /// Self-healing settings: the `[heal]` table.
@@ -142,7 +174,7 @@ impl Settings {
 }
 
 /// The top-level tables these settings own.
-const OWN_TABLES: &[&str] = &["heal", "locks"];
+const OWN_TABLES: &[&str] = &["heal", "locks", "limits"];
 /// The keys of `[cluster]` these settings own.
 const OWN_CLUSTER_KEYS: &[&str] = &["block_size", "replication", "snapshot_entries"];
 
@@ -189,6 +221,57 @@ struct RawSettings {
     heal: RawHeal,
     #[serde(default)]
     locks: RawLocks,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    requests_in_flight_per_client: Option<u64>,
+    lock_waits_per_client: Option<u64>,
+    lock_sessions_per_client: Option<u64>,
+    inodes_per_request: Option<u64>,
+}
+
+impl RawLimits {
+    fn validate(
+        &self,
+        invalid: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<Limits, ConfigError> {
+        let default = Limits::default();
+        let limit = |field: &str, value: Option<u64>, default: usize, max: usize| match value {
+            None => Ok(default),
+            Some(n) if n >= 1 && n <= max as u64 => Ok(n as usize),
+            Some(n) => Err(invalid(field, format!("{n}: must be 1 to {max}"))),
+        };
+        Ok(Limits {
+            requests_in_flight_per_client: limit(
+                "limits.requests_in_flight_per_client",
+                self.requests_in_flight_per_client,
+                default.requests_in_flight_per_client,
+                65_536,
+            )?,
+            lock_waits_per_client: limit(
+                "limits.lock_waits_per_client",
+                self.lock_waits_per_client,
+                default.lock_waits_per_client,
+                65_536,
+            )?,
+            lock_sessions_per_client: limit(
+                "limits.lock_sessions_per_client",
+                self.lock_sessions_per_client,
+                default.lock_sessions_per_client,
+                crate::locks::MAX_LOCK_SESSIONS_PER_CLIENT,
+            )?,
+            inodes_per_request: limit(
+                "limits.inodes_per_request",
+                self.inodes_per_request,
+                default.inodes_per_request,
+                crate::path::MAX_PATH_LEN / 2,
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,7 +354,8 @@ impl RawSettings {
         }
         let heal = self.heal.validate(invalid)?;
         let locks = self.locks.validate(invalid)?;
-        Ok(Settings { block_size, replication, snapshot_entries, heal, locks })
+        let limits = self.limits.validate(invalid)?;
+        Ok(Settings { block_size, replication, snapshot_entries, heal, locks, limits })
     }
 }
 
@@ -388,6 +472,7 @@ mod tests {
             (DEFAULT_BLOCK_SIZE, 2, 10_000)
         );
         assert_eq!((s.heal, s.locks), (Heal::default(), Locks::default()));
+        assert_eq!(s.limits, Limits::default());
     }
 
     #[test]
@@ -412,6 +497,22 @@ mod tests {
                 "replication = 2\nsnapshot_entries = 3",
                 "cluster.snapshot_entries: 3",
             ),
+            (
+                "[[mserver]]",
+                "[limits]\nrequests_in_flight_per_client = 0\n[[mserver]]",
+                "limits.requests_in_flight_per_client: 0: must be 1 to 65536",
+            ),
+            (
+                "[[mserver]]",
+                "[limits]\nlock_sessions_per_client = 257\n[[mserver]]",
+                "limits.lock_sessions_per_client: 257: must be 1 to 256",
+            ),
+            (
+                "[[mserver]]",
+                "[limits]\ninodes_per_request = 4096\n[[mserver]]",
+                "limits.inodes_per_request: 4096: must be 1 to 2048",
+            ),
+            ("[[mserver]]", "[limits]\nlock_waits = 5\n[[mserver]]", "unknown field `lock_waits`"),
         ];
         for (from, to, expect) in cases {
             assert!(GOOD.contains(from), "case {from:?} does not apply");

@@ -40,12 +40,12 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use meshfs_core::lock_clock::{CLOCK_PENDING_TIMEOUT, LockClock};
 use meshfs_core::namespace::{Caller, Command, Entry, Outcome};
 use meshfs_core::request::{Handled, common_reply, peer_message, unsupported};
 use meshfs_core::session::SessionId;
-use meshfs_core::settings::{self, Heal, Locks, Settings};
+use meshfs_core::settings::{self, Limits, Locks, Settings};
 use meshfs_core::status::for_plain_client;
 use meshfs_core::token::READ_TOKEN_MS;
 use meshfs_core::wire::{Kind, Message, MetaOp};
@@ -140,23 +140,33 @@ pub struct MetaServer {
     /// and the session those entries carry.
     revoking: HashMap<ClientId, Instant>,
     revoke_session: SessionId,
+    /// What one client may hold here at once.
+    limits: Limits,
+    /// Each client's requests held here unanswered (in `writes`, `lock_waits`, `reads`,
+    /// `read_queue` and `confirmed`), to hold it to [`Limits`].
+    in_flight: HashMap<ClientId, InFlight>,
+}
+
+/// A client's requests the leader holds unanswered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InFlight {
+    /// All of them.
+    requests: usize,
+    /// Those waiting in a lock's queue.
+    lock_waits: usize,
 }
 
 impl MetaServer {
-    /// A meta-server around its replica, creating files with these defaults, signing write
-    /// tokens with `secret`, healing with `heal` (its own entries in session `nonce`).
-    pub fn new(
-        replica: Replica,
-        default_replication: u8,
-        block_size: u32,
-        secret: Vec<u8>,
-        heal: Heal,
-        locks: Locks,
-        nonce: u64,
-    ) -> MetaServer {
+    /// A meta-server around its replica, creating files with the defaults of `settings`
+    /// and healing, serving locks and holding clients to limits by them, signing write
+    /// tokens with `secret` (its own entries in sessions of `nonce`).
+    pub fn new(replica: Replica, settings: &Settings, secret: Vec<u8>, nonce: u64) -> MetaServer {
+        let Settings { replication, heal, locks, limits, .. } = *settings;
+        let block_size =
+            u32::try_from(settings.block_size).expect("config validation caps block_size at 1 GiB");
         MetaServer {
             replica,
-            default_replication,
+            default_replication: replication,
             block_size,
             secret,
             writes: HashMap::new(),
@@ -178,6 +188,52 @@ impl MetaServer {
             locks,
             revoking: HashMap::new(),
             revoke_session: SessionId { client: ClientId(0), nonce: nonce.wrapping_add(2) },
+            limits,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// A request of `waiter`'s client is held here now.
+    fn hold(&mut self, waiter: &Waiter) {
+        self.in_flight.entry(waiter.client).or_default().requests += 1;
+    }
+
+    /// A request of `waiter`'s client held here was answered or dropped; `lock_wait` if it
+    /// was waiting in a lock's queue.
+    fn release(&mut self, waiter: &Waiter, lock_wait: bool) {
+        if let Some(held) = self.in_flight.get_mut(&waiter.client) {
+            held.requests = held.requests.saturating_sub(1);
+            if lock_wait {
+                held.lock_waits = held.lock_waits.saturating_sub(1);
+            }
+            if held.requests == 0 {
+                self.in_flight.remove(&waiter.client);
+            }
+        }
+    }
+
+    /// The requests held here, counted from where they are held: what `in_flight` must be.
+    fn count_in_flight(&self) -> HashMap<ClientId, InFlight> {
+        let mut counts: HashMap<ClientId, InFlight> = HashMap::new();
+        let mut add = |w: &Waiter, lock_wait: bool| {
+            let held = counts.entry(w.client).or_default();
+            held.requests += 1;
+            held.lock_waits += usize::from(lock_wait);
+        };
+        self.writes.values().flatten().for_each(|w| add(w, false));
+        self.lock_waits.values().flatten().for_each(|w| add(w, true));
+        self.reads.values().flatten().for_each(|(w, _, _)| add(w, false));
+        self.read_queue.iter().for_each(|(w, _, _)| add(w, false));
+        self.confirmed.iter().for_each(|(_, w, _, _)| add(w, false));
+        counts
+    }
+
+    /// Debug builds check the running counts against a recount while they are small.
+    fn check_in_flight(&self) {
+        if cfg!(debug_assertions)
+            && self.in_flight.values().map(|h| h.requests).sum::<usize>() < 512
+        {
+            assert_eq!(self.in_flight, self.count_in_flight(), "requests in flight miscounted");
         }
     }
 
@@ -193,6 +249,7 @@ impl MetaServer {
     }
 
     fn flush_once(&mut self, node: &mut Node, now: Now) {
+        self.check_in_flight();
         self.pump_snapshots(node);
         let output = self.replica.take_output();
         for snapshot in output.snapshots {
@@ -239,6 +296,7 @@ impl MetaServer {
                     {
                         let reply = wake_reply(wake);
                         for waiter in waiters {
+                            self.release(&waiter, true);
                             answer(node, waiter, reply.clone());
                         }
                     }
@@ -249,11 +307,15 @@ impl MetaServer {
             if let Some(waiters) = self.writes.remove(&key) {
                 if outcome == Outcome::LockQueued {
                     // Answered when the wait ends, by the entry that ends it.
+                    for waiter in &waiters {
+                        self.in_flight.entry(waiter.client).or_default().lock_waits += 1;
+                    }
                     self.lock_waits.entry(key).or_default().extend(waiters);
                     continue;
                 }
                 let reply = reply_of(outcome, &self.secret, entry.session.client);
                 for waiter in waiters {
+                    self.release(&waiter, false);
                     answer(node, waiter, reply.clone());
                 }
             }
@@ -272,6 +334,7 @@ impl MetaServer {
             .partition(|(index, _, _, _)| *index <= applied);
         self.confirmed = waiting;
         for (_, waiter, op, caller) in ready {
+            self.release(&waiter, false);
             let signer = ReadSigner {
                 secret: &self.secret,
                 client: waiter.client,
@@ -356,6 +419,13 @@ impl Service for MetaServer {
         } else if token == HEAL_TIMER || token == EARLY_HEAL_TIMER {
             if token == HEAL_TIMER {
                 node.set_timer(now.mono + HEAL_INTERVAL, HEAL_TIMER);
+                // The running counts are kept exact, and recounted now and then all the
+                // same: a count that drifted would shut a client out for good.
+                let counted = self.count_in_flight();
+                if counted != self.in_flight {
+                    error!("requests in flight were miscounted; recounted");
+                    self.in_flight = counted;
+                }
             }
             if self.replica.is_leader() {
                 self.healer.scan(node, &mut self.replica, &self.reports, now);
@@ -381,19 +451,30 @@ impl Service for MetaServer {
                 }
             }
             GroupEvent::ClientGone { conn, .. } => {
+                let mut gone = Vec::new();
+                let mut keep = |w: &Waiter, lock_wait: bool| {
+                    if w.conn == conn {
+                        gone.push((*w, lock_wait));
+                    }
+                    w.conn != conn
+                };
                 for waiters in self.writes.values_mut() {
-                    waiters.retain(|w| w.conn != conn);
+                    waiters.retain(|w| keep(w, false));
                 }
                 self.writes.retain(|_, w| !w.is_empty());
                 for waiters in self.lock_waits.values_mut() {
-                    waiters.retain(|w| w.conn != conn);
+                    waiters.retain(|w| keep(w, true));
                 }
                 self.lock_waits.retain(|_, w| !w.is_empty());
                 for batch in self.reads.values_mut() {
-                    batch.retain(|(w, _, _)| w.conn != conn);
+                    batch.retain(|(w, _, _)| keep(w, false));
                 }
-                self.read_queue.retain(|(w, _, _)| w.conn != conn);
-                self.confirmed.retain(|(_, w, _, _)| w.conn != conn);
+                self.read_queue.retain(|(w, _, _)| keep(w, false));
+                self.confirmed.retain(|(_, w, _, _)| keep(w, false));
+                for (waiter, lock_wait) in gone {
+                    self.release(&waiter, lock_wait);
+                }
+                self.check_in_flight();
             }
             GroupEvent::PeerUp { .. } => {}
             GroupEvent::Message { from, frame } => {
@@ -510,18 +591,8 @@ fn serve_node(
         settings.snapshot_entries,
         node.notifier(),
     )?;
-    let block_size =
-        u32::try_from(settings.block_size).expect("config validation caps block_size at 1 GiB");
     let nonce = node.group().incarnation();
-    let mut server = MetaServer::new(
-        replica,
-        settings.replication,
-        block_size,
-        config.secret.clone(),
-        settings.heal,
-        settings.locks,
-        nonce,
-    );
+    let mut server = MetaServer::new(replica, settings, config.secret.clone(), nonce);
     node.run(&mut server).map_err(|e| StartError::Node(NodeError::Loop(e)))?;
     info!("stopped");
     Ok(())

@@ -45,6 +45,8 @@ impl MetaServer {
         waiters.extend(self.read_queue.drain(..).map(|(w, _, _)| w));
         self.read_round = None;
         waiters.extend(self.confirmed.drain(..).map(|(_, w, _, _)| w));
+        // Every request held here is answered now.
+        self.in_flight.clear();
         for waiter in waiters {
             answer(node, waiter, reply.clone());
         }
@@ -80,6 +82,15 @@ impl MetaServer {
         if !self.replica.is_leader() {
             answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
             return;
+        }
+        let held = self.in_flight.get(&client).copied().unwrap_or_default();
+        if held.requests >= self.limits.requests_in_flight_per_client {
+            let why = format!(
+                "client {client} has {} requests waiting here, the most one may \
+                 (limits.requests_in_flight_per_client); wait for their answers",
+                held.requests
+            );
+            return answer(node, waiter, MetaReply::Unavailable(why));
         }
         let session = SessionId { client, nonce: request.session };
         // A trusted client (a mount) may act for a user of its host; anyone else acts as
@@ -143,13 +154,35 @@ impl MetaServer {
                 }
                 Command::SetDraining { server, draining }
             }
-            MetaOp::OpenSession => Command::OpenSession {
-                lease_ms: millis(self.locks.session_lease),
-                lock_delay_ms: millis(self.locks.lock_delay),
-            },
+            MetaOp::OpenSession => {
+                let table = self.replica.namespace().lock_table();
+                let open = table.sessions_of(client);
+                if table.session(session).is_none() && open >= self.limits.lock_sessions_per_client
+                {
+                    let err = NsError::TooMany(format!(
+                        "client {client} has {open} lock sessions open, the most one may \
+                         (limits.lock_sessions_per_client); close some"
+                    ));
+                    return answer(node, waiter, MetaReply::Failed(err));
+                }
+                Command::OpenSession {
+                    lease_ms: millis(self.locks.session_lease),
+                    lock_delay_ms: millis(self.locks.lock_delay),
+                }
+            }
             MetaOp::KeepAlive => Command::KeepAlive,
             MetaOp::CloseSession => Command::CloseSession,
             MetaOp::ClusterMap => return answer(node, waiter, self.cluster_map(node)),
+            MetaOp::Lock { wait_ms: Some(1..), .. }
+                if held.lock_waits >= self.limits.lock_waits_per_client =>
+            {
+                let err = NsError::TooMany(format!(
+                    "client {client} has {} lock requests waiting, the most one may \
+                     (limits.lock_waits_per_client)",
+                    held.lock_waits
+                ));
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
             MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
             MetaOp::Unlock { path } => Command::Unlock { path },
             MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
@@ -165,6 +198,7 @@ impl MetaServer {
                 }
                 // Answered after the next ReadIndex round, which serves every read queued
                 // when it begins: a flood of reads costs one round at a time, not one each.
+                self.hold(&waiter);
                 self.read_queue.push((waiter, request.op, caller));
                 return self.flush(node, now);
             }
@@ -172,6 +206,17 @@ impl MetaServer {
                 Ok(command) => command,
                 Err(err) => return answer(node, waiter, MetaReply::Failed(err)),
             },
+            MetaOp::Mkdir { path, parents: true, .. }
+                if path.components().count() > self.limits.inodes_per_request =>
+            {
+                let err = NsError::TooMany(format!(
+                    "mkdir -p of {} components may make as many directories in one request; \
+                     at most {} (limits.inodes_per_request)",
+                    path.components().count(),
+                    self.limits.inodes_per_request
+                ));
+                return answer(node, waiter, MetaReply::Failed(err));
+            }
             MetaOp::Mkdir { path, parents, mode } => Command::Mkdir { path, parents, mode },
             MetaOp::Create { path, replication, mode } => Command::CreateFile {
                 path,
@@ -244,9 +289,11 @@ impl MetaServer {
             command,
         };
         let result = self.replica.propose(&entry).map(|()| {
+            self.hold(&waiter);
             self.writes.entry((session, request.request_id)).or_default().push(waiter);
         });
         self.settle(node, now, waiter, result);
+        self.check_in_flight();
     }
 
     /// Answers a request Raft would not take; then sends what Raft produced.
@@ -261,6 +308,7 @@ impl MetaServer {
             self.read_round = None;
             let why = MetaReply::Unavailable("the read round timed out; try again".into());
             for (waiter, _, _) in self.reads.remove(&context).into_iter().flatten() {
+                self.release(&waiter, false);
                 answer(node, waiter, why.clone());
             }
         }
@@ -282,6 +330,7 @@ impl MetaServer {
                     ProposeError::Dropped(why) => MetaReply::Unavailable(why),
                 };
                 for (waiter, _, _) in batch {
+                    self.release(&waiter, false);
                     answer(node, waiter, reply.clone());
                 }
                 false

@@ -345,3 +345,85 @@ fn strangers_holding_every_accept_slot_do_not_keep_the_mesh_from_reconnecting() 
     let refusals = log.lines().filter(|l| l.contains("refusing connection")).count();
     assert!(refusals < 400, "{refusals} refusal lines for {made} strangers");
 }
+
+/// The `[limits]` of config.conf, each met by one client: requests pipelined past its
+/// requests in flight hear "unavailable" (and every one is answered); a `mkdir -p` past
+/// the inodes one request may make, a lock session past the client's sessions and a lock
+/// wait past its waits are refused with errors that name the limit; then it is served.
+#[test]
+fn a_client_past_its_configured_limits_hears_which_and_is_served_again() {
+    use meshfs_client::session::Session;
+    use meshfs_core::error::NsError;
+    use meshfs_core::locks::LockMode;
+    use meshfs_core::path::MeshPath;
+    use meshfs_core::wire::{MetaOp, MetaReply, MetaRequest};
+    let limits = "\n[limits]\nrequests_in_flight_per_client = 16\ninodes_per_request = 8\n\
+                  lock_sessions_per_client = 3\nlock_waits_per_client = 1\n";
+    let mut cluster = TestCluster::new_with("robust-limits", 3, 1, limits);
+    cluster.start_all();
+    let status =
+        cluster.wait_for("a leader", |s| s.fully_connected() && s.agreed_leader().is_some());
+    let leader = status.agreed_leader().unwrap();
+    let addr = cluster.config.servers.iter().find(|s| s.id.0 == leader).unwrap().addr;
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    meta.mkdir("/d", false).unwrap();
+    // 2,000 changes pipelined on one connection before any reply is read: each waits for
+    // the others' votes and a disk sync, so far more than 16 are in flight at once.
+    let mut conn =
+        Connection::open(addr, "it", &cluster.access.credentials, Duration::from_secs(10)).unwrap();
+    const SENT: u64 = 2000;
+    for i in 1..=SENT {
+        let path = MeshPath::parse(&format!("/d/{i}")).unwrap();
+        let op = MetaOp::Mkdir { path, parents: false, mode: None };
+        let request = MetaRequest { session: 77, request_id: i, op };
+        conn.send(&Message::MetaRequest(request), i).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut done, mut refused) = (0, 0);
+    for _ in 0..SENT {
+        match conn.recv(deadline).unwrap() {
+            (_, Message::MetaReply(MetaReply::Done)) => done += 1,
+            (_, Message::MetaReply(MetaReply::Unavailable(why))) => {
+                assert!(why.contains("limits.requests_in_flight_per_client"), "{why}");
+                refused += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(done + refused, SENT, "every request is answered");
+    assert!(refused > 0, "none of {SENT} pipelined changes was refused");
+    assert!(done >= 16, "only {done} were taken");
+    assert_eq!(meta.list("/d").unwrap().len() as u64, done, "what was taken was made");
+    // Inodes one request may make.
+    let err = meta.mkdir("/a/b/c/d/e/f/g/h/i", true).unwrap_err().to_string();
+    assert!(err.contains("limits.inodes_per_request"), "{err}");
+    meta.mkdir("/a/b/c/d/e/f/g/h", true).unwrap();
+    // Lock sessions, and lock waits.
+    let sessions: Vec<Session> = (0..3).map(|_| Session::open(&cluster.access).unwrap()).collect();
+    let err = Session::open(&cluster.access).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("limits.lock_sessions_per_client"), "{err}");
+    let held = sessions[0].lock("/l", LockMode::Exclusive, None).unwrap();
+    let waiter = {
+        let session = sessions[1].clone();
+        std::thread::spawn(move || {
+            session
+                .lock("/l", LockMode::Exclusive, Some(Duration::from_secs(60)))
+                .map(|l| l.sequencer())
+        })
+    };
+    // The first wait is queued (the lock lists it) before the second is asked for.
+    let queued = std::time::Instant::now() + Duration::from_secs(30);
+    while sessions[0].locks("/l").unwrap().0.first().is_none_or(|l| l.waiters.is_empty()) {
+        assert!(std::time::Instant::now() < queued, "the first wait never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match sessions[2].lock("/l", LockMode::Exclusive, Some(Duration::from_secs(60))) {
+        Err(meshfs_client::ClientError::Namespace(NsError::TooMany(why))) => {
+            assert!(why.contains("limits.lock_waits_per_client"), "{why}")
+        }
+        other => panic!("a second wait past the limit: {:?}", other.map(|l| l.sequencer())),
+    }
+    held.unlock().unwrap();
+    assert!(waiter.join().unwrap().is_ok(), "the queued wait is granted");
+    assert!(cluster.alive(leader));
+}
