@@ -98,6 +98,24 @@ impl Namespace {
         if linked != self.nodes.len() {
             return Some(format!("{} orphan inodes", self.nodes.len() - linked));
         }
+        // Counts agree even with a loop cut off from the root (a directory that is its own
+        // parent) or an inode listed twice: every inode is reached from the root, once.
+        let mut seen = std::collections::HashSet::with_capacity(self.nodes.len());
+        let mut stack = vec![ROOT_ID];
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                return Some(format!("inode {id} is reached from the root twice"));
+            }
+            if let Some(Kind::Dir(dir)) = self.nodes.get(&id).map(|n| &n.kind) {
+                stack.extend(dir.children.values());
+            }
+        }
+        if seen.len() != self.nodes.len() {
+            return Some(format!(
+                "{} inodes are not reached from the root",
+                self.nodes.len() - seen.len()
+            ));
+        }
         for (&(id, index), lease) in &self.leases {
             match self.nodes.get(&id).map(|n| &n.kind) {
                 Some(Kind::File(file)) if usize::from(index) < file.blocks.len() => {
