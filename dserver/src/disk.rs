@@ -157,6 +157,8 @@ pub enum DiskDone {
 #[derive(Debug)]
 pub struct DiskPool {
     workers: Vec<Sender<DiskJob>>,
+    /// The workers' threads, joined when the pool is dropped.
+    threads: Vec<thread::JoinHandle<()>>,
     done: Receiver<DiskDone>,
     done_tx: Sender<DiskDone>,
     notifier: Notifier,
@@ -168,21 +170,29 @@ impl DiskPool {
     /// Starts [`DISK_WORKERS`] workers over `store`.
     pub fn start(store: Arc<BlockStore>, notifier: Notifier) -> DiskPool {
         let (done_tx, done) = mpsc::channel();
-        let mut pool =
-            DiskPool { workers: Vec::new(), done, done_tx, notifier, store, next_reader: 0 };
+        let mut pool = DiskPool {
+            workers: Vec::new(),
+            threads: Vec::new(),
+            done,
+            done_tx,
+            notifier,
+            store,
+            next_reader: 0,
+        };
         pool.workers = (0..DISK_WORKERS).map(|n| pool.spawn_worker(n)).collect();
         pool
     }
 
     /// Starts worker `n`; its job queue.
-    fn spawn_worker(&self, n: usize) -> Sender<DiskJob> {
+    fn spawn_worker(&mut self, n: usize) -> Sender<DiskJob> {
         let (tx, rx) = mpsc::channel();
         let (store, done_tx, notifier) =
             (Arc::clone(&self.store), self.done_tx.clone(), self.notifier.clone());
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name(format!("disk-{n}"))
             .spawn(move || worker(store, rx, done_tx, notifier))
             .expect("a disk worker starts");
+        self.threads.push(thread);
         tx
     }
 
@@ -267,6 +277,17 @@ fn read_reply(to: ReplyTo, request: u64, reply: BlockData) -> DiskDone {
     let message = Message::BlockData(reply);
     let frame = Frame::checksummed(message.kind().code(), request, message.encode());
     DiskDone::Read { to, frame }
+}
+
+/// Dropping the pool ends its workers once they finish the jobs queued, and waits for them:
+/// nothing touches the store after its owner let go of it.
+impl Drop for DiskPool {
+    fn drop(&mut self) {
+        self.workers.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn worker(

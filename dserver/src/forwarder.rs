@@ -31,7 +31,7 @@ pub(crate) struct Forwarder {
     /// Per peer, in order: the write the frame belongs to (to drop it if the write fails).
     held: HashMap<NodeId, std::collections::VecDeque<(Option<u64>, meshfs_net::Frame)>>,
     /// Bytes of the frames in `held`, per peer.
-    held_bytes: HashMap<NodeId, usize>,
+    pub(crate) held_bytes: HashMap<NodeId, usize>,
     timer_set: bool,
 }
 
