@@ -209,6 +209,20 @@ impl Connection {
         self.write_frame(&message.to_frame(request_id))
     }
 
+    /// Sends each (message, request id) without waiting, all in one write: a pipelined
+    /// burst costs one system call, and the server reads it at once.
+    pub fn send_all(&mut self, messages: &[(Message, u64)]) -> Result<(), ClientError> {
+        let mut bytes = Vec::new();
+        for (message, request_id) in messages {
+            message.to_frame(*request_id).encode(&mut bytes);
+        }
+        let addr = self.addr;
+        self.stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(|source| ClientError::Io { addr, source })?;
+        self.stream.write_all(&bytes).map_err(|source| ClientError::Io { addr, source })
+    }
+
     /// The next application message, with its request id, by `deadline`; group messages
     /// (a ping) are answered or skipped on the way.
     pub fn recv(&mut self, deadline: Instant) -> Result<(u64, Message), ClientError> {

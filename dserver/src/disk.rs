@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,29 @@ pub enum DiskJob {
         /// The write it fails.
         write: u64,
     },
+    /// A job that holds its worker until the test lets go of `gate`.
+    #[cfg(test)]
+    Hold {
+        /// Its worker is this one's.
+        write: u64,
+        /// Held for writing by the test.
+        gate: Arc<std::sync::RwLock<()>>,
+    },
+}
+
+/// Reads of connections that closed, not yet done, by connection: a worker skips them.
+/// Each such read is counted off once, by the worker that skips it or, if it was done
+/// already, by the event loop that receives its answer.
+type Cancelled = Arc<Mutex<HashMap<ConnId, usize>>>;
+
+fn count_off(cancelled: &Cancelled, conn: ConnId) -> bool {
+    let mut map = cancelled.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(left) = map.get_mut(&conn) else { return false };
+    *left -= 1;
+    if *left == 0 {
+        map.remove(&conn);
+    }
+    true
 }
 
 /// What a disk worker finished.
@@ -159,6 +182,7 @@ pub struct DiskPool {
     workers: Vec<Sender<DiskJob>>,
     /// The workers' threads, joined when the pool is dropped.
     threads: Vec<thread::JoinHandle<()>>,
+    cancelled: Cancelled,
     done: Receiver<DiskDone>,
     done_tx: Sender<DiskDone>,
     notifier: Notifier,
@@ -173,6 +197,7 @@ impl DiskPool {
         let mut pool = DiskPool {
             workers: Vec::new(),
             threads: Vec::new(),
+            cancelled: Cancelled::default(),
             done,
             done_tx,
             notifier,
@@ -188,9 +213,10 @@ impl DiskPool {
         let (tx, rx) = mpsc::channel();
         let (store, done_tx, notifier) =
             (Arc::clone(&self.store), self.done_tx.clone(), self.notifier.clone());
+        let cancelled = Arc::clone(&self.cancelled);
         let thread = thread::Builder::new()
             .name(format!("disk-{n}"))
-            .spawn(move || worker(store, rx, done_tx, notifier))
+            .spawn(move || worker(store, rx, done_tx, notifier, cancelled))
             .expect("a disk worker starts");
         self.threads.push(thread);
         tx
@@ -223,7 +249,9 @@ impl DiskPool {
             | DiskJob::Commit { write }
             | DiskJob::Abort { write } => (*write % DISK_WORKERS as u64) as usize,
             #[cfg(test)]
-            DiskJob::Panic { write } => (*write % DISK_WORKERS as u64) as usize,
+            DiskJob::Panic { write } | DiskJob::Hold { write, .. } => {
+                (*write % DISK_WORKERS as u64) as usize
+            }
             DiskJob::Read { .. } | DiskJob::Settle { .. } | DiskJob::Delete { .. } => {
                 self.next_reader = (self.next_reader + 1) % DISK_WORKERS;
                 self.next_reader
@@ -239,6 +267,27 @@ impl DiskPool {
                 panic!("a new disk worker stopped at once: the data-server cannot do disk I/O");
             }
         }
+    }
+
+    /// Connection `conn` closed with `reads` of its reads queued or under way: those not
+    /// begun yet are skipped. Each of them must then come back through
+    /// [`DiskPool::read_answered`] if it was done all the same.
+    pub fn cancel_reads(&self, conn: ConnId, reads: usize) {
+        if reads > 0 {
+            let mut map = self.cancelled.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(conn).or_default() += reads;
+        }
+    }
+
+    /// A read's answer for `conn` came back: whether the connection had closed (the read
+    /// is counted off its cancelled ones; the answer goes to no one).
+    pub fn read_answered(&self, conn: ConnId) -> bool {
+        count_off(&self.cancelled, conn)
+    }
+
+    /// Reads cancelled and not yet counted off, over all connections.
+    pub fn cancelled_reads(&self) -> usize {
+        self.cancelled.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
     }
 
     /// What finished since the last call.
@@ -267,7 +316,7 @@ impl DiskJob {
             DiskJob::Read { to, request, .. } => Answer::Read(*to, *request),
             DiskJob::Settle { .. } | DiskJob::Delete { .. } => Answer::Log,
             #[cfg(test)]
-            DiskJob::Panic { write } => Answer::Write(*write),
+            DiskJob::Panic { write } | DiskJob::Hold { write, .. } => Answer::Write(*write),
         }
     }
 }
@@ -295,9 +344,15 @@ fn worker(
     jobs: Receiver<DiskJob>,
     done: Sender<DiskDone>,
     notifier: Notifier,
+    cancelled: Cancelled,
 ) {
     let mut open: HashMap<u64, BlockWrite> = HashMap::new();
     while let Ok(job) = jobs.recv() {
+        if let DiskJob::Read { to: ReplyTo::Client(conn), .. } = &job
+            && count_off(&cancelled, *conn)
+        {
+            continue;
+        }
         let answer = job.answer();
         // A job that panics (a bug: every number from the wire is checked before it gets
         // here) fails alone, with an error to whoever waits for it; the worker goes on.
@@ -406,6 +461,11 @@ fn run(
         }
         #[cfg(test)]
         DiskJob::Panic { write } => panic!("job of write {write} panicked on purpose"),
+        #[cfg(test)]
+        DiskJob::Hold { gate, .. } => {
+            drop(gate.read());
+            None
+        }
     };
     result.into_iter().chain(damaged).collect()
 }
@@ -566,6 +626,58 @@ mod tests {
             assert!(matches!(got[1], DiskDone::Committed { .. }), "{got:?}");
         }
         assert_eq!(store.list().len(), DISK_WORKERS);
+    }
+
+    #[test]
+    fn reads_of_a_closed_connection_not_yet_begun_are_skipped_and_all_counted_off() {
+        let dir = TempDir::new("disk-cancel");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let block = BlockDescriptor {
+            file: FileDescriptor { id: FileId(5), version: 1 },
+            index: 0,
+            version: BlockVersion(2),
+        };
+        let mut w = store.begin_write(block, BlockVersion::UNWRITTEN, 1 << 20, false).unwrap();
+        w.write_at(0, &[7; 1 << 20]).unwrap();
+        w.commit().unwrap();
+        let event_loop = EventLoop::new(LoopConfig::default()).unwrap();
+        let mut pool = DiskPool::start(Arc::clone(&store), event_loop.notifier());
+        // Every worker held; 40 reads of a connection queue behind them; it closes.
+        let gate = Arc::new(std::sync::RwLock::new(()));
+        let held = gate.write().unwrap();
+        for write in 0..DISK_WORKERS as u64 {
+            pool.submit(DiskJob::Hold { write, gate: Arc::clone(&gate) });
+        }
+        let (gone, other) = (ConnId::from_raw(1), ConnId::from_raw(2));
+        let read = |to, request| DiskJob::Read { to, request, block, offset: 0, len: 1 << 20 };
+        for request in 0..40 {
+            pool.submit(read(ReplyTo::Client(gone), request));
+        }
+        pool.cancel_reads(gone, 40);
+        // Then one read of another connection on each worker, behind the 40.
+        for request in 0..DISK_WORKERS as u64 {
+            pool.submit(read(ReplyTo::Client(other), request));
+        }
+        drop(held);
+        let mut answered = 0;
+        while answered < DISK_WORKERS {
+            let done = next(&pool);
+            assert!(!done.is_empty(), "the open connection's reads are answered");
+            for done in done {
+                match done {
+                    DiskDone::Read { to: ReplyTo::Client(conn), .. } if conn == other => {
+                        answered += 1
+                    }
+                    other => panic!("only the open connection's reads are done: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(pool.cancelled_reads(), 0, "every cancelled read was counted off");
+        // A read done before its connection closed is counted off by its answer.
+        pool.cancel_reads(gone, 1);
+        assert!(pool.read_answered(gone));
+        assert!(!pool.read_answered(gone), "once");
+        assert_eq!(pool.cancelled_reads(), 0);
     }
 
     /// Three 2-byte replicas once kept a scrubber busy for good (some 42,000 preads a

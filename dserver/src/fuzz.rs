@@ -15,7 +15,7 @@ use crate::block_store::BlockStore;
 use crate::chain::MAX_OPEN_WRITES;
 use crate::disk::DiskPool;
 use crate::forwarder::MAX_HELD_BYTES;
-use crate::{DataServer, MAX_READS_IN_FLIGHT};
+use crate::{DataServer, MAX_READS_IN_FLIGHT, MAX_READS_PER_CLIENT};
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
@@ -151,6 +151,7 @@ fn drive_data(data: &[u8]) -> u64 {
         let counted: usize = server.reads_in_flight.values().sum();
         assert_eq!(counted, server.reads_total, "reads on the disk queue miscounted");
         assert!(server.reads_total <= MAX_READS_IN_FLIGHT);
+        assert!(server.reads_in_flight.values().all(|&n| n <= MAX_READS_PER_CLIENT));
         assert!(server.writes.len() <= MAX_OPEN_WRITES);
         assert!(server.forwarder.held_bytes.values().all(|&b| b <= MAX_HELD_BYTES));
     }

@@ -188,6 +188,9 @@ impl DataServer {
                 }
                 DiskDone::Failed { write, message } => self.fail(node, write, self.me, message),
                 DiskDone::Read { to: ReplyTo::Client(conn), frame } => {
+                    if self.disk.read_answered(conn) {
+                        continue; // its connection closed
+                    }
                     if let Some(n) = self.reads_in_flight.get_mut(&conn) {
                         *n -= 1;
                         self.reads_total -= 1;
@@ -346,9 +349,11 @@ impl Service for DataServer {
                 self.sweep(node, now, Some(Upstream::Peer(peer)), Some(peer))
             }
             GroupEvent::ClientGone { conn, .. } => {
-                // Its reads on the disk queue are answered to no one; they no longer count.
+                // Its reads on the disk queue are answered to no one: those not begun are
+                // skipped, and none counts any more.
                 if let Some(n) = self.reads_in_flight.remove(&conn) {
                     self.reads_total -= n;
+                    self.disk.cancel_reads(conn, n);
                 }
                 self.sweep(node, now, Some(Upstream::Client(conn)), None)
             }

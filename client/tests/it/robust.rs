@@ -372,12 +372,14 @@ fn a_client_past_its_configured_limits_hears_which_and_is_served_again() {
     let mut conn =
         Connection::open(addr, "it", &cluster.access.credentials, Duration::from_secs(10)).unwrap();
     const SENT: u64 = 2000;
-    for i in 1..=SENT {
-        let path = MeshPath::parse(&format!("/d/{i}")).unwrap();
-        let op = MetaOp::Mkdir { path, parents: false, mode: None };
-        let request = MetaRequest { session: 77, request_id: i, op };
-        conn.send(&Message::MetaRequest(request), i).unwrap();
-    }
+    let burst: Vec<_> = (1..=SENT)
+        .map(|i| {
+            let path = MeshPath::parse(&format!("/d/{i}")).unwrap();
+            let op = MetaOp::Mkdir { path, parents: false, mode: None };
+            (Message::MetaRequest(MetaRequest { session: 77, request_id: i, op }), i)
+        })
+        .collect();
+    conn.send_all(&burst).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let (mut done, mut refused) = (0, 0);
     for _ in 0..SENT {
@@ -426,4 +428,54 @@ fn a_client_past_its_configured_limits_hears_which_and_is_served_again() {
     held.unlock().unwrap();
     assert!(waiter.join().unwrap().is_ok(), "the queued wait is granted");
     assert!(cluster.alive(leader));
+}
+
+/// Reads pipelined on one connection past the 64 its data-server queues for the disk are
+/// refused with a reason, every one is answered, and what was read is right.
+#[test]
+fn reads_pipelined_past_the_disk_queue_are_refused_and_every_one_answered() {
+    use meshfs_core::wire::RangeRead;
+    let mut cluster = TestCluster::new("robust-disk-reads", 1, 1);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let mut data = DataClient::new(&cluster.access);
+    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    meshfs_client::data::put(&mut meta, &mut data, &mut &bytes[..], "/f", 1, None, &mut ())
+        .unwrap();
+    let file = meta.get_file_meta_data("/f").unwrap();
+    let block = &file.blocks[0];
+    let token = block.read.unwrap();
+    let dserver = cluster.config.servers[1].addr;
+    let mut conn =
+        Connection::open(dserver, "it", &cluster.access.credentials, Duration::from_secs(10))
+            .unwrap();
+    // 400 reads in one burst: the event loop takes them before the disk answers any, so
+    // past 64 they are refused. (Small ones: replies a client does not read in time fill
+    // its connection's queue, and then the connection is closed.)
+    const SENT: u64 = 400;
+    let read = ReadBlock { block: block.descriptor, offset: 70_000, len: 4096 };
+    let burst: Vec<_> =
+        (1..=SENT).map(|i| (Message::TokenRead { read: read.clone(), token }, i)).collect();
+    conn.send_all(&burst).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..SENT {
+        match conn.recv(deadline).unwrap() {
+            (_, Message::BlockData(BlockData::Range(range))) => {
+                let RangeRead { data, .. } = &range;
+                assert_eq!(&data[..], &bytes[70_000..74_096], "a read came back right");
+                served += 1;
+            }
+            (_, Message::BlockData(BlockData::Failed { message })) => {
+                assert!(message.contains("too many reads waiting"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(served + refused, SENT);
+    assert!(served >= 64, "{served} served");
+    assert!(refused > 0, "none of {SENT} pipelined reads was refused");
+    assert!(cluster.alive(2));
 }
