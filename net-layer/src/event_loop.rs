@@ -214,6 +214,10 @@ enum Source {
 enum ReadOutcome {
     Drained,
     BudgetSpent,
+    /// A frame past the connection's body limit came right behind frames decoded in the same
+    /// pass, and the owner may raise the limit on seeing them (a handshake that just
+    /// finished): decoding waits for the next poll, when the frame is decoded or refused.
+    Held,
     Close(CloseReason),
 }
 
@@ -236,6 +240,9 @@ pub struct EventLoop {
     dirty: Vec<ConnId>,
     /// Connections whose read budget ran out: read again without waiting for an edge.
     readable: Vec<ConnId>,
+    /// Connections whose decoding waits for their owner to see the frames decoded so far
+    /// ([`ReadOutcome::Held`]): read again in the next `poll`, not this one.
+    held: Vec<ConnId>,
     /// Events produced outside `poll` (a local close), delivered by the next `poll`.
     pending: Vec<NetEvent>,
 }
@@ -258,6 +265,7 @@ impl EventLoop {
             refusal_log: crate::log_budget::LogBudget::new(5, Duration::from_secs(1)),
             dirty: Vec::new(),
             readable: Vec::new(),
+            held: Vec::new(),
             pending: Vec::new(),
         })
     }
@@ -500,6 +508,7 @@ impl EventLoop {
     ) -> io::Result<()> {
         self.flush_dirty();
         events.append(&mut self.pending);
+        self.readable.append(&mut self.held);
 
         let mut timeout = max_wait;
         if let Some(deadline) = self.timers.next_deadline() {
@@ -671,6 +680,12 @@ impl EventLoop {
                     self.readable.push(conn);
                 }
             }
+            ReadOutcome::Held => {
+                if !connection.pending_read {
+                    connection.pending_read = true;
+                    self.held.push(conn);
+                }
+            }
             ReadOutcome::Close(reason) => {
                 if let CloseReason::BadFrame(err) = &reason {
                     info!("closing {conn} from {}: bad frame: {err}", connection.peer);
@@ -682,9 +697,25 @@ impl EventLoop {
 }
 
 /// Reads and decodes until `WouldBlock`, the end of the stream, a bad frame, or `budget`
-/// bytes. Frames decoded before an error or EOF are still delivered.
+/// bytes. Frames decoded before an error or EOF are still delivered. What was read before
+/// (a pass that was held or ran out of budget) is decoded first.
 fn read_frames(conn: &mut Connection, budget: usize, events: &mut Vec<NetEvent>) -> ReadOutcome {
     let mut read_total = 0;
+    let mut decoded = 0;
+    let mut decode_all = |conn: &mut Connection, events: &mut Vec<NetEvent>| loop {
+        match conn.decoder.decode() {
+            Ok(Some(frame)) => {
+                decoded += 1;
+                events.push(NetEvent::Frame { conn: conn.id, frame });
+            }
+            Ok(None) => return None,
+            Err(FrameError::TooLarge { .. }) if decoded > 0 => return Some(ReadOutcome::Held),
+            Err(err) => return Some(ReadOutcome::Close(CloseReason::BadFrame(err))),
+        }
+    };
+    if let Some(outcome) = decode_all(conn, events) {
+        return outcome;
+    }
     loop {
         let buf = conn.decoder.read_buf();
         match conn.stream.read(buf) {
@@ -692,12 +723,8 @@ fn read_frames(conn: &mut Connection, budget: usize, events: &mut Vec<NetEvent>)
             Ok(n) => {
                 conn.decoder.advance(n);
                 read_total += n;
-                loop {
-                    match conn.decoder.decode() {
-                        Ok(Some(frame)) => events.push(NetEvent::Frame { conn: conn.id, frame }),
-                        Ok(None) => break,
-                        Err(err) => return ReadOutcome::Close(CloseReason::BadFrame(err)),
-                    }
+                if let Some(outcome) = decode_all(conn, events) {
+                    return outcome;
                 }
                 if read_total >= budget {
                     return ReadOutcome::BudgetSpent;

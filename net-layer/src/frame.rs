@@ -289,6 +289,13 @@ impl Decoder {
     /// authenticated). Bytes already buffered are checked against the new limit.
     pub fn set_max_body_len(&mut self, max_body_len: u32) {
         self.max_body_len = max_body_len;
+        // A header refused only for its length was not consumed: it decodes now if the new
+        // limit takes it.
+        if let Some(FrameError::TooLarge { len, .. }) = self.failed
+            && len <= max_body_len
+        {
+            self.failed = None;
+        }
     }
 
     /// Bytes received and not yet decoded.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod driver;
 mod sim;
 
 use std::time::Duration;

@@ -409,3 +409,46 @@ fn accepted_connections_filling_their_budget_leave_dialing_to_its_own() {
     assert!(err.to_string().contains("outbound connection limit"), "{err}");
     assert_eq!(net.connection_count(), 3);
 }
+
+/// A connection whose body limit its owner raises on seeing a frame (a handshake that just
+/// finished) gets the large frame that came right behind it in the same read; without the
+/// raise, that frame closes it. Both frames are written at once, so one read holds both.
+#[test]
+fn a_large_frame_right_behind_the_one_that_raises_the_limit_is_taken() {
+    for raise in [true, false] {
+        let mut net = EventLoop::new(LoopConfig::default()).unwrap();
+        let (_, addr) = net.listen(localhost()).unwrap();
+        let mut client = connect(addr);
+        let NetEvent::Accepted { conn, .. } =
+            poll_until(&mut net, |e| matches!(e, NetEvent::Accepted { .. }))
+        else {
+            unreachable!()
+        };
+        net.set_max_body_len(conn, 4096);
+        let mut bytes = Vec::new();
+        frame::encode(5, 1, b"welcome", &mut bytes);
+        frame::encode(6, 2, &vec![9; 1 << 20], &mut bytes);
+        client.write_all(&bytes).unwrap();
+        let first = poll_until(&mut net, |e| matches!(e, NetEvent::Frame { .. }));
+        let NetEvent::Frame { frame, .. } = first else { unreachable!() };
+        assert_eq!(frame.body, b"welcome");
+        if raise {
+            net.set_max_body_len(conn, u32::MAX);
+            let next = poll_until(&mut net, |e| {
+                matches!(e, NetEvent::Frame { .. } | NetEvent::Closed { .. })
+            });
+            match next {
+                NetEvent::Frame { frame, .. } => assert_eq!(frame.body.len(), 1 << 20),
+                other => panic!("the large frame behind the raise was refused: {other:?}"),
+            }
+        } else {
+            let closed = poll_until(&mut net, |e| {
+                matches!(e, NetEvent::Frame { .. } | NetEvent::Closed { .. })
+            });
+            assert!(
+                matches!(&closed, NetEvent::Closed { reason: CloseReason::BadFrame(_), .. }),
+                "{closed:?}"
+            );
+        }
+    }
+}
