@@ -240,6 +240,72 @@ mod tests {
         events
     }
 
+    /// A write whose chunks pile up on a disk that does not keep up (its workers held)
+    /// fails once 16 MiB of it wait, and gives its bytes back at once.
+    #[test]
+    fn a_write_piling_up_on_a_held_disk_fails_past_its_pending_bytes_and_gives_them_back() {
+        use crate::chain::MAX_PENDING_PER_WRITE;
+        use crate::disk::{DISK_WORKERS, DiskJob};
+        use meshfs_core::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
+        use meshfs_core::token::TokenOp;
+        use meshfs_core::wire::{MAX_CHUNK_BYTES, WriteChunk};
+        let dir = meshfs_test_kit::TempDir::new("pending-bytes");
+        let config = handler_config(dir.path());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut node =
+            Node::on_listener(&config, NodeId(2), listener, [7; 32], &Stop::new()).unwrap();
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let disk = DiskPool::start(Arc::clone(&store), node.notifier());
+        let mut server = DataServer::new(NodeId(2), config.secret.clone(), store, disk, 1);
+        let gate = Arc::new(std::sync::RwLock::new(()));
+        let held = gate.write().unwrap();
+        for write in 0..DISK_WORKERS as u64 {
+            server.disk.submit(DiskJob::Hold { write, gate: Arc::clone(&gate) });
+        }
+        let block = BlockDescriptor {
+            file: FileDescriptor { id: FileId(7), version: 1 },
+            index: 0,
+            version: BlockVersion(2),
+        };
+        let now = Now::read();
+        let token = Token::sign(
+            &config.secret,
+            block,
+            BlockVersion::UNWRITTEN,
+            TokenOp::Write,
+            vec![NodeId(2)],
+            ClientId(1),
+            now.wall_ms + 60_000,
+        );
+        let chunk_len = u64::from(MAX_CHUNK_BYTES);
+        let fits = MAX_PENDING_PER_WRITE / chunk_len;
+        for i in 0..=fits {
+            let chunk = WriteChunk {
+                token: token.clone(),
+                block_size: 64 << 20,
+                keep_existing: false,
+                offset: i * chunk_len,
+                last: false,
+                data: vec![3; MAX_CHUNK_BYTES as usize],
+            };
+            let frame = Message::WriteChunk(chunk).to_frame(1);
+            let conn = ConnId::from_raw(9001);
+            server.handle_event(
+                &mut node,
+                now,
+                GroupEvent::ClientMessage { conn, client: ClientId(1), frame },
+            );
+            if i < fits {
+                assert_eq!(server.writes.len(), 1, "chunk {i} is taken");
+                assert_eq!(server.pending_bytes, (i + 1) * chunk_len);
+            }
+        }
+        assert!(server.writes.is_empty(), "the chunk past 16 MiB failed the write");
+        assert_eq!(server.pending_bytes, 0, "and its bytes are given back at once");
+        // The disk goes on (before the pool is dropped: it waits for its workers).
+        drop(held);
+    }
+
     #[test]
     fn a_signed_write_gets_past_its_token_and_every_golden_message_is_handled() {
         let events = seed_events();
