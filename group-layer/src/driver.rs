@@ -422,7 +422,9 @@ impl Node {
     fn execute(&mut self, action: Action) {
         let now = Instant::now();
         match action {
-            Action::Connect { peer, addr } => match self.net.connect(addr) {
+            // From this server's own address, so a peer (or a packet filter) can tell
+            // which server dialed whatever address the kernel would have picked.
+            Action::Connect { peer, addr } => match self.net.connect_from(self.own_ip(), addr) {
                 Ok(conn) => {
                     self.net.set_max_body_len(conn, HANDSHAKE_MAX_BODY_LEN);
                     self.group.handle_dialed(now, peer, conn);
@@ -461,6 +463,11 @@ impl Node {
             Action::Trust { conn } => self.net.set_max_body_len(conn, u32::MAX),
             Action::Close { conn, reason } => self.net.close(conn, reason),
         }
+    }
+
+    /// The address this server is configured at, which its dials leave from.
+    fn own_ip(&self) -> Option<std::net::IpAddr> {
+        self.config.server(self.id()).map(|s| s.addr.ip())
     }
 
     fn log_rtt(&mut self) {

@@ -11,7 +11,8 @@
 //! reach the next connection that reuses the slot.
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -317,6 +318,23 @@ impl EventLoop {
             )));
         }
         let stream = TcpStream::connect(addr)?;
+        self.insert_connection(stream, addr, Phase::Connecting)
+    }
+
+    /// [`EventLoop::connect`] from the local address `local` (port chosen by the kernel):
+    /// a server dials from its own configured address, so a peer, a log line or a packet
+    /// filter can tell which server dialed. `None`, or an unspecified address, binds nothing.
+    pub fn connect_from(&mut self, local: Option<IpAddr>, addr: SocketAddr) -> io::Result<ConnId> {
+        let Some(local) = local.filter(|ip| !ip.is_unspecified()) else {
+            return self.connect(addr);
+        };
+        let outbound = self.connections - self.inbound;
+        if outbound >= self.config.max_outbound {
+            return Err(io::Error::other(format!(
+                "outbound connection limit reached ({outbound} dialed connections open)"
+            )));
+        }
+        let stream = dial_from(local, addr)?;
         self.insert_connection(stream, addr, Phase::Connecting)
     }
 
@@ -735,6 +753,21 @@ fn read_frames(conn: &mut Connection, budget: usize, events: &mut Vec<NetEvent>)
             Err(err) => return ReadOutcome::Close(CloseReason::Io(err.to_string())),
         }
     }
+}
+
+/// A non-blocking TCP connect to `addr` from a socket bound to `local`.
+fn dial_from(local: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect};
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = nix::sys::socket::socket(family, SockType::Stream, flags, None)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(local, 0)))?;
+    match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(err) => return Err(err.into()),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(fd)))
 }
 
 /// Whether a non-blocking connect has completed (`Ok(true)`), is still under way

@@ -77,14 +77,14 @@ impl Service for Peer {
     }
 }
 
-fn config(ports: &[u16]) -> Config {
+fn config(addrs: &[std::net::SocketAddr]) -> Config {
     let text = format!(
         "[cluster]\nname = \"driver\"\nsecret = \"driver-secret-0123456789\"\nreplication = 1\n\
          ping_interval_ms = 100\ndown_timeout_ms = 1000\nreconnect_min_ms = 50\n\
          reconnect_max_ms = 500\n\
-         [[mserver]]\nid = 1\naddr = \"127.0.0.1:{}\"\ndata_dir = \"m1\"\n\
-         [[mserver]]\nid = 2\naddr = \"127.0.0.1:{}\"\ndata_dir = \"m2\"\n",
-        ports[0], ports[1]
+         [[mserver]]\nid = 1\naddr = \"{}\"\ndata_dir = \"m1\"\n\
+         [[mserver]]\nid = 2\naddr = \"{}\"\ndata_dir = \"m2\"\n",
+        addrs[0], addrs[1]
     );
     Config::parse(&text, std::path::Path::new("/driver/config.conf")).unwrap()
 }
@@ -96,9 +96,7 @@ fn config(ports: &[u16]) -> Config {
 #[test]
 fn a_peer_link_whose_queue_overflows_drops_frames_and_stays_up() {
     let listeners = meshfs_test_kit::net::listeners(2);
-    let ports: Vec<u16> =
-        meshfs_test_kit::net::addrs(&listeners).iter().map(|a| a.port()).collect();
-    let config = config(&ports);
+    let config = config(&meshfs_test_kit::net::addrs(&listeners));
     let stop = Stop::new();
     let mut threads = Vec::new();
     let mut seen = Vec::new();
@@ -148,4 +146,74 @@ fn a_peer_link_whose_queue_overflows_drops_frames_and_stays_up() {
         (1..96 * floods).contains(&bulk),
         "{bulk} of {floods} floods of 96 frames arrived: none was dropped?"
     );
+}
+
+/// Whether the kernel holds an established TCP connection from `local_ip` (any port) to
+/// `remote`, by /proc/net/tcp (addresses in hex, the IP's bytes in memory order).
+fn established(local_ip: std::net::Ipv4Addr, remote: std::net::SocketAddr) -> bool {
+    let hex_ip = |ip: std::net::Ipv4Addr| {
+        let [a, b, c, d] = ip.octets();
+        format!("{d:02X}{c:02X}{b:02X}{a:02X}")
+    };
+    let std::net::IpAddr::V4(remote_ip) = remote.ip() else { return false };
+    let remote = format!("{}:{:04X}", hex_ip(remote_ip), remote.port());
+    let local = format!("{}:", hex_ip(local_ip));
+    std::fs::read_to_string("/proc/net/tcp").unwrap().lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3
+            && fields[1].starts_with(&local)
+            && fields[2] == remote
+            && fields[3] == "01"
+    })
+}
+
+/// Servers at their own loopback addresses dial from them: the link between server 1 at
+/// 127.0.0.2 and server 2 at 127.0.0.3 (the one server 1 dialed, kept as the lower id's)
+/// leaves from 127.0.0.2, not from 127.0.0.1 as the kernel would pick.
+#[test]
+fn servers_dial_from_their_own_configured_address() {
+    let listeners: Vec<std::net::TcpListener> = ["127.0.0.2:0", "127.0.0.3:0"]
+        .iter()
+        .map(|a| std::net::TcpListener::bind(a).unwrap())
+        .collect();
+    let addrs = meshfs_test_kit::net::addrs(&listeners);
+    let config = config(&addrs);
+    let stop = Stop::new();
+    let (tx, seen) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = NodeId(i as u32 + 1);
+        let (config, stop, tx) = (config.clone(), stop.clone(), tx.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut node = Node::on_listener(&config, id, listener, [i as u8; 32], &stop).unwrap();
+            node.run(&mut Peer { flood_to: None, acked: false, seen: tx }).unwrap();
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ups = 0;
+    while ups < 2 {
+        match seen.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Seen::Up(_)) => ups += 1,
+            Ok(_) => {}
+            Err(_) => panic!("the link did not come up"),
+        }
+    }
+    // The crossing dial is closed within a moment of the link coming up; poll for the
+    // kernel's view, with the deadline.
+    let from_own = loop {
+        if established("127.0.0.2".parse().unwrap(), addrs[1]) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let from_default = established("127.0.0.1".parse().unwrap(), addrs[1]);
+    stop.stop();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert!(from_own, "no connection from 127.0.0.2 to server 2 at {}", addrs[1]);
+    assert!(!from_default, "a dial left from 127.0.0.1");
 }

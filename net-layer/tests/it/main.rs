@@ -452,3 +452,31 @@ fn a_large_frame_right_behind_the_one_that_raises_the_limit_is_taken() {
         }
     }
 }
+
+/// A dial from a chosen loopback address leaves from it: the listener, on another address
+/// of 127.0.0.0/8, sees that address as the peer's (what a per-address packet filter and
+/// the fault tests go by). `None` dials as before.
+#[test]
+fn a_dial_from_an_address_leaves_from_it() {
+    let mut net = EventLoop::new(LoopConfig::default()).unwrap();
+    let (_, addr) = net.listen("127.0.0.3:0".parse().unwrap()).unwrap();
+    for (from, expect) in [(Some("127.0.0.2"), "127.0.0.2"), (None, "127.0.0.1")] {
+        let local = from.map(|ip| ip.parse().unwrap());
+        let dialed = net.connect_from(local, addr).unwrap();
+        let accepted = poll_until(&mut net, |e| matches!(e, NetEvent::Accepted { .. }));
+        let NetEvent::Accepted { peer, .. } = accepted else { unreachable!() };
+        assert_eq!(peer.ip().to_string(), expect);
+        net.close(dialed, "done");
+    }
+    // Nothing listens here: the dial fails as a connect does, without a panic.
+    let closed = std::net::TcpListener::bind("127.0.0.4:0").unwrap();
+    let nowhere = closed.local_addr().unwrap();
+    drop(closed);
+    let conn = net.connect_from(Some("127.0.0.2".parse().unwrap()), nowhere).unwrap();
+    let failed =
+        poll_until(&mut net, |e| matches!(e, NetEvent::Closed { conn: c, .. } if *c == conn));
+    assert!(
+        matches!(failed, NetEvent::Closed { conn: c, reason: CloseReason::ConnectFailed(_) } if c == conn),
+        "{failed:?}"
+    );
+}
