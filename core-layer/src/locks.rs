@@ -24,7 +24,7 @@
 //! It must not know time except as the entry times it is given, nor who proposes entries: the
 //! leader's [`crate::lock_clock`] decides when time passes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshfs_group::ClientId;
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
@@ -150,26 +150,116 @@ impl Waiting {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One lock: its holders in grant order and its queue in arrival order, each indexed by
+/// session, and the queue by deadline too, so every operation on it is O(log n) in its
+/// parties (a lock may have thousands).
+#[derive(Debug, Clone, Default)]
 struct Lock {
-    holders: Vec<Holder>,
-    queue: VecDeque<Waiting>,
+    /// By sequencer: grant order (sequencers only grow).
+    holders: BTreeMap<u64, Holder>,
+    /// Each holder's sequencer. Derived.
+    holder_of: BTreeMap<SessionId, u64>,
+    /// Holders in exclusive mode (0 or 1). Derived.
+    exclusive: usize,
+    /// By ticket: arrival order.
+    queue: BTreeMap<u64, Waiting>,
+    /// Each waiter's ticket. Derived.
+    waiting_of: BTreeMap<SessionId, u64>,
+    /// (deadline, ticket) of each waiter. Derived.
+    deadlines: BTreeSet<(u64, u64)>,
+    /// The next waiter's ticket. Derived (a restored queue is numbered from 0).
+    next_ticket: u64,
     /// No exclusive grant before this (a holder of any mode expired).
     exclusive_free_ms: u64,
     /// No shared grant before this (an exclusive holder expired).
     shared_free_ms: u64,
 }
 
+/// The same holders and waiters in the same order, however the indexes number them.
+impl PartialEq for Lock {
+    fn eq(&self, other: &Lock) -> bool {
+        self.holders.values().eq(other.holders.values())
+            && self.queue.values().eq(other.queue.values())
+            && self.exclusive_free_ms == other.exclusive_free_ms
+            && self.shared_free_ms == other.shared_free_ms
+    }
+}
+
+impl Eq for Lock {}
+
 impl Lock {
-    fn exclusive_holder(&self) -> bool {
-        self.holders.iter().any(|h| h.mode == LockMode::Exclusive)
+    /// Sessions holding or waiting.
+    fn parties(&self) -> usize {
+        self.holders.len() + self.queue.len()
+    }
+
+    fn holder_mut(&mut self, session: SessionId) -> Option<&mut Holder> {
+        let sequencer = self.holder_of.get(&session)?;
+        self.holders.get_mut(sequencer)
+    }
+
+    fn holds(&self, session: SessionId) -> bool {
+        self.holder_of.contains_key(&session)
+    }
+
+    fn waits(&self, session: SessionId) -> bool {
+        self.waiting_of.contains_key(&session)
+    }
+
+    fn add_holder(&mut self, holder: Holder) {
+        self.exclusive += usize::from(holder.mode == LockMode::Exclusive);
+        self.holder_of.insert(holder.session, holder.sequencer);
+        self.holders.insert(holder.sequencer, holder);
+    }
+
+    fn remove_holder(&mut self, session: SessionId) -> Option<Holder> {
+        let holder = self.holders.remove(&self.holder_of.remove(&session)?)?;
+        self.exclusive -= usize::from(holder.mode == LockMode::Exclusive);
+        Some(holder)
+    }
+
+    fn push_waiter(&mut self, waiting: Waiting) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.waiting_of.insert(waiting.session, ticket);
+        self.deadlines.insert((waiting.deadline_ms, ticket));
+        self.queue.insert(ticket, waiting);
+    }
+
+    fn remove_ticket(&mut self, ticket: u64) -> Option<Waiting> {
+        let waiting = self.queue.remove(&ticket)?;
+        self.waiting_of.remove(&waiting.session);
+        self.deadlines.remove(&(waiting.deadline_ms, ticket));
+        Some(waiting)
+    }
+
+    fn remove_waiter(&mut self, session: SessionId) -> Option<Waiting> {
+        let ticket = *self.waiting_of.get(&session)?;
+        self.remove_ticket(ticket)
+    }
+
+    fn front(&self) -> Option<&Waiting> {
+        self.queue.values().next()
+    }
+
+    /// The waiters whose deadline is past at `now`, taken out, in queue order.
+    fn take_expired(&mut self, now: u64) -> Vec<Waiting> {
+        let mut tickets: Vec<u64> =
+            self.deadlines.iter().take_while(|(at, _)| *at <= now).map(|(_, t)| *t).collect();
+        tickets.sort_unstable();
+        tickets.into_iter().filter_map(|t| self.remove_ticket(t)).collect()
+    }
+
+    /// The exclusive holder, if there is one (then it is the only holder).
+    fn exclusive_holder(&self) -> Option<&Holder> {
+        (self.exclusive > 0).then(|| self.holders.values().next()).flatten()
     }
 
     /// Whether `mode` could be granted at `now`, queue aside.
     fn compatible(&self, mode: LockMode, now: u64) -> bool {
         match mode {
             LockMode::Exclusive => self.holders.is_empty() && now >= self.exclusive_free_ms,
-            LockMode::Shared => !self.exclusive_holder() && now >= self.shared_free_ms,
+            LockMode::Shared => self.exclusive == 0 && now >= self.shared_free_ms,
         }
     }
 
@@ -380,16 +470,16 @@ impl LockTable {
             )));
         }
         if let Some(lock) = self.locks.get(path)
-            && lock.holders.len() + lock.queue.len() >= MAX_PARTIES_PER_LOCK
-            && !lock.holders.iter().any(|h| h.session == session)
+            && lock.parties() >= MAX_PARTIES_PER_LOCK
+            && !lock.holds(session)
         {
             return Err(NsError::TooMany(format!(
                 "{path}: {} sessions hold or wait for this lock, the most there may be",
-                lock.holders.len() + lock.queue.len()
+                lock.parties()
             )));
         }
         let lock = self.locks.entry(path.clone()).or_default();
-        if let Some(held) = lock.holders.iter_mut().find(|h| h.session == session) {
+        if let Some(held) = lock.holder_mut(session) {
             if held.mode == LockMode::Shared && mode == LockMode::Shared {
                 held.count = held.count.saturating_add(1);
                 return Ok(LockResult::Granted(held.sequencer));
@@ -397,20 +487,20 @@ impl LockTable {
             let mode = held.mode.name().to_string();
             return Err(NsError::AlreadyLocked { path: path.to_string(), mode });
         }
-        if lock.queue.iter().any(|w| w.session == session) {
+        if lock.waits(session) {
             return Err(NsError::AlreadyWaiting(path.to_string()));
         }
         if lock.queue.is_empty() && lock.compatible(mode, now) {
             self.generation += 1;
             let sequencer = self.generation;
-            lock.holders.push(Holder { session, mode, count: 1, sequencer });
+            lock.add_holder(Holder { session, mode, count: 1, sequencer });
             self.sessions.get_mut(&session).expect("checked above").paths.insert(path.clone());
             return Ok(LockResult::Granted(sequencer));
         }
         match wait_ms {
             Some(wait) if wait > 0 => {
                 let deadline_ms = now.saturating_add(wait);
-                lock.queue.push_back(Waiting { session, request_id, mode, deadline_ms });
+                lock.push_waiter(Waiting { session, request_id, mode, deadline_ms });
                 Self::add_due(&mut self.due, deadline_ms, path);
                 self.sessions.get_mut(&session).expect("checked above").paths.insert(path.clone());
                 Ok(LockResult::Queued)
@@ -439,15 +529,13 @@ impl LockTable {
         let not_held = || NsError::NotLocked(path.to_string());
         let lock = self.locks.get_mut(path).ok_or_else(not_held)?;
         let mut wakes = Vec::new();
-        if let Some(at) = lock.holders.iter().position(|h| h.session == session) {
-            let holder = &mut lock.holders[at];
+        if let Some(holder) = lock.holder_mut(session) {
             holder.count -= 1;
             if holder.count > 0 {
                 return Ok(wakes);
             }
-            lock.holders.remove(at);
-        } else if let Some(at) = lock.queue.iter().position(|w| w.session == session) {
-            let waiting = lock.queue.remove(at).expect("found above");
+            lock.remove_holder(session);
+        } else if let Some(waiting) = lock.remove_waiter(session) {
             Self::remove_due(&mut self.due, waiting.deadline_ms, path);
             wakes.push(wake(path, waiting, WakeResult::Cancelled));
         } else {
@@ -499,8 +587,7 @@ impl LockTable {
         self.expiries.remove(&(s.expires_ms, session));
         for path in s.paths {
             let Some(lock) = self.locks.get_mut(&path) else { continue };
-            if let Some(at) = lock.holders.iter().position(|h| h.session == session) {
-                let holder = lock.holders.remove(at);
+            if let Some(holder) = lock.remove_holder(session) {
                 let until = delay_from.map(|from| from.saturating_add(s.lock_delay_ms));
                 if let Some(until) = until.filter(|&until| until > now) {
                     lock.exclusive_free_ms = lock.exclusive_free_ms.max(until);
@@ -510,8 +597,7 @@ impl LockTable {
                     Self::add_due(&mut self.due, until, &path);
                 }
             }
-            while let Some(at) = lock.queue.iter().position(|w| w.session == session) {
-                let waiting = lock.queue.remove(at).expect("found above");
+            if let Some(waiting) = lock.remove_waiter(session) {
                 Self::remove_due(&mut self.due, waiting.deadline_ms, &path);
                 wakes.push(wake(&path, waiting, WakeResult::SessionEnded));
             }
@@ -549,34 +635,22 @@ impl LockTable {
         if lock.shared_free_ms <= now {
             lock.shared_free_ms = 0;
         }
-        if lock.queue.iter().any(|w| w.deadline_ms <= now) {
-            let (due, sessions) = (&mut self.due, &mut self.sessions);
-            lock.queue.retain(|&waiting| {
-                if waiting.deadline_ms > now {
-                    return true;
-                }
-                Self::remove_due(due, waiting.deadline_ms, path);
-                if let Some(s) = sessions.get_mut(&waiting.session) {
-                    s.paths.remove(path);
-                }
-                wakes.push(wake(path, waiting, WakeResult::TimedOut));
-                false
-            });
+        for waiting in lock.take_expired(now) {
+            Self::remove_due(&mut self.due, waiting.deadline_ms, path);
+            if let Some(s) = self.sessions.get_mut(&waiting.session) {
+                s.paths.remove(path);
+            }
+            wakes.push(wake(path, waiting, WakeResult::TimedOut));
         }
-        while let Some(&head) = lock.queue.front() {
+        while let Some(&head) = lock.front() {
             if !lock.compatible(head.mode, now) {
                 break;
             }
-            lock.queue.pop_front();
+            lock.remove_waiter(head.session);
             Self::remove_due(&mut self.due, head.deadline_ms, path);
             self.generation += 1;
             let sequencer = self.generation;
-            lock.holders.push(Holder {
-                session: head.session,
-                mode: head.mode,
-                count: 1,
-                sequencer,
-            });
+            lock.add_holder(Holder { session: head.session, mode: head.mode, count: 1, sequencer });
             wakes.push(wake(path, head, WakeResult::Granted { sequencer }));
         }
         if lock.idle(now) {
@@ -602,8 +676,8 @@ impl LockTable {
             .filter(|(path, _)| prefix.is_root() || under(path.as_str(), text))
             .map(|(path, lock)| LockInfo {
                 path: path.clone(),
-                holders: lock.holders.iter().take(max_parties).copied().collect(),
-                waiters: lock.queue.iter().take(max_parties).copied().collect(),
+                holders: lock.holders.values().take(max_parties).copied().collect(),
+                waiters: lock.queue.values().take(max_parties).copied().collect(),
                 delayed_until_ms: lock.exclusive_free_ms.max(lock.shared_free_ms),
             })
             .peekable();
@@ -623,17 +697,32 @@ impl LockTable {
     /// The first broken invariant, if any.
     pub fn violation(&self) -> Option<String> {
         for (key, lock) in &self.locks {
-            let exclusive = lock.holders.iter().filter(|h| h.mode == LockMode::Exclusive).count();
+            let exclusive = lock.holders.values().filter(|h| h.mode == LockMode::Exclusive).count();
             if exclusive > 1 || (exclusive == 1 && lock.holders.len() > 1) {
                 return Some(format!("lock {key}: {:?} hold it together", lock.holders));
             }
-            for h in &lock.holders {
+            let indexed = exclusive == lock.exclusive
+                && lock.holder_of.len() == lock.holders.len()
+                && lock
+                    .holders
+                    .iter()
+                    .all(|(q, h)| *q == h.sequencer && lock.holder_of.get(&h.session) == Some(q))
+                && lock.waiting_of.len() == lock.queue.len()
+                && lock.deadlines.len() == lock.queue.len()
+                && lock.queue.iter().all(|(t, w)| {
+                    lock.waiting_of.get(&w.session) == Some(t)
+                        && lock.deadlines.contains(&(w.deadline_ms, *t))
+                });
+            if !indexed {
+                return Some(format!("lock {key}: its indexes disagree with its parties"));
+            }
+            for h in lock.holders.values() {
                 let listed = self.sessions.get(&h.session).is_some_and(|s| s.paths.contains(key));
                 if !listed || h.count == 0 || h.sequencer > self.generation {
                     return Some(format!("lock {key}: holder {h:?} is not consistent"));
                 }
             }
-            for w in &lock.queue {
+            for w in lock.queue.values() {
                 if !self.sessions.get(&w.session).is_some_and(|s| s.paths.contains(key)) {
                     return Some(format!("lock {key}: waiter {w:?} has no session listing it"));
                 }
@@ -661,11 +750,11 @@ impl LockTable {
         for (key, lock) in &self.locks {
             w.str(key.as_str()).u64(lock.exclusive_free_ms).u64(lock.shared_free_ms);
             w.u32(lock.holders.len() as u32);
-            for h in &lock.holders {
+            for h in lock.holders.values() {
                 h.write(w);
             }
             w.u32(lock.queue.len() as u32);
-            for q in &lock.queue {
+            for q in lock.queue.values() {
                 q.write(w);
             }
         }
@@ -693,16 +782,33 @@ impl LockTable {
                 ..Lock::default()
             };
             for _ in 0..r.u32("holder count")? {
-                lock.holders.push(Holder::read(r)?);
+                let holder = Holder::read(r)?;
+                // Grant order is sequencer order, and a session holds a lock once.
+                let ordered =
+                    lock.holders.last_key_value().is_none_or(|(q, _)| *q < holder.sequencer);
+                if !ordered || lock.holds(holder.session) {
+                    return Err(BodyError::Invalid { field: "holder", value: holder.sequencer });
+                }
+                lock.add_holder(holder);
             }
             for _ in 0..r.u32("waiter count")? {
                 let waiting = Waiting::read(r)?;
+                if lock.waits(waiting.session) || lock.holds(waiting.session) {
+                    return Err(BodyError::Invalid {
+                        field: "waiter",
+                        value: waiting.session.nonce,
+                    });
+                }
                 *table.due.entry((waiting.deadline_ms, key.clone())).or_default() += 1;
-                lock.queue.push_back(waiting);
+                lock.push_waiter(waiting);
             }
-            for s in
-                lock.holders.iter().map(|h| h.session).chain(lock.queue.iter().map(|w| w.session))
-            {
+            let parties: Vec<SessionId> = lock
+                .holders
+                .values()
+                .map(|h| h.session)
+                .chain(lock.queue.values().map(|w| w.session))
+                .collect();
+            for s in parties {
                 match table.sessions.get_mut(&s) {
                     Some(session) => {
                         session.paths.insert(key.clone());
@@ -739,7 +845,7 @@ fn wake(path: &MeshPath, waiting: Waiting, result: WakeResult) -> Wake {
 /// Why a request cannot be granted now, for its error message.
 fn describe(lock: &Lock, now: u64) -> String {
     let mut parts = Vec::new();
-    if let Some(h) = lock.holders.iter().find(|h| h.mode == LockMode::Exclusive) {
+    if let Some(h) = lock.exclusive_holder() {
         parts.push(format!(
             "held exclusive by client {} (sequencer {})",
             h.session.client, h.sequencer
