@@ -547,7 +547,7 @@ impl MetaServer {
 
 /// Whether a majority of the meta-servers (this one included) is up as this server sees
 /// its links.
-fn has_quorum(node: &Node) -> bool {
+pub(crate) fn has_quorum(node: &Node) -> bool {
     let mservers = node.config().servers_of(Role::MServer).count();
     let links_up =
         node.group().status().into_iter().filter(|p| p.role == Role::MServer && p.up).count();

@@ -83,6 +83,15 @@ impl MetaServer {
             answer(node, waiter, MetaReply::NotLeader { leader: self.leader_id() });
             return;
         }
+        if !crate::has_quorum(node) {
+            // Cut off from most meta-servers (a partition): what it proposes cannot commit,
+            // and what it sees of the data-servers is only its side. Raft has it step down
+            // within an election timeout; until then the client asks another.
+            let why = "this meta-server led but sees no majority of the meta-servers (a \
+                       partition?); ask another"
+                .to_string();
+            return answer(node, waiter, MetaReply::Unavailable(why));
+        }
         let held = self.in_flight.get(&client).copied().unwrap_or_default();
         if held.requests >= self.limits.requests_in_flight_per_client {
             let why = format!(

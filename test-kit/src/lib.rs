@@ -7,6 +7,7 @@
 //! - [`wait`]: waiting for a condition with a deadline, never a fixed sleep.
 //! - [`net`]: loopback listeners bound before anything starts.
 //! - [`process`]: child processes stopped by PID when dropped.
+//! - [`partition`]: loopback partitions by nftables rules, removed when dropped.
 //!
 //! It knows nothing of MeshFS itself: no crate of the workspace is a dependency, so every
 //! crate, the lowest included, can use it.
@@ -15,6 +16,7 @@
 
 pub mod golden;
 pub mod net;
+pub mod partition;
 pub mod process;
 pub mod rng;
 pub mod temp;

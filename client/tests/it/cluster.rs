@@ -38,18 +38,31 @@ pub fn bin_dir() -> PathBuf {
 /// Config text for `m` meta-servers and `d` data-servers on free ports, with extra
 /// `[cluster]` lines.
 pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> String {
+    config_text_at(m, d, secret, cluster_extra, |_| std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// [`config_text_with`] with server `id` at address `ip(id)` (each on a port free there).
+pub fn config_text_at(
+    m: u32,
+    d: u32,
+    secret: &str,
+    cluster_extra: &str,
+    ip: impl Fn(u32) -> std::net::Ipv4Addr,
+) -> String {
     let mut text = format!(
         "[cluster]\nname = \"it\"\nsecret = \"{secret}\"\nreplication = 1\nblock_size = \"1MiB\"\n\
          ping_interval_ms = {PING_INTERVAL_MS}\ndown_timeout_ms = {DOWN_TIMEOUT_MS}\n\
          reconnect_min_ms = 50\nreconnect_max_ms = 500\n{cluster_extra}\n"
     );
-    let ports = meshfs_test_kit::net::free_ports((m + d) as usize);
+    // Held until all are chosen, so no port is handed out twice.
+    let held: Vec<std::net::TcpListener> = (1..=m + d)
+        .map(|id| std::net::TcpListener::bind((ip(id), 0)).expect("a free port"))
+        .collect();
     for id in 1..=m + d {
         let role = if id <= m { "mserver" } else { "dserver" };
-        let port = ports[(id - 1) as usize];
-        text += &format!(
-            "[[{role}]]\nid = {id}\naddr = \"127.0.0.1:{port}\"\ndata_dir = \"data/{role}-{id}\"\n"
-        );
+        let addr = held[(id - 1) as usize].local_addr().expect("bound");
+        text +=
+            &format!("[[{role}]]\nid = {id}\naddr = \"{addr}\"\ndata_dir = \"data/{role}-{id}\"\n");
         if role == "dserver" {
             text += "capacity = \"1GiB\"\n";
         }
@@ -57,6 +70,11 @@ pub fn config_text_with(m: u32, d: u32, secret: &str, cluster_extra: &str) -> St
     }
     text += &format!("[[client]]\nid = 1\nname = \"test\"\nkey = \"{CLIENT_KEY}\"\nadmin = true\n");
     text
+}
+
+/// The address of server `id` in a [`TestCluster::new_spread`] cluster.
+pub fn server_ip(id: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8)
 }
 
 pub struct TestCluster {
@@ -82,17 +100,25 @@ impl TestCluster {
         TestCluster::new_with(name, m, d, "")
     }
 
+    /// [`TestCluster::new`] with every server at an address of its own, 127.0.0.(10 + id),
+    /// so links can be cut one by one ([`meshfs_test_kit::partition`]).
+    pub fn new_spread(name: &str, m: u32, d: u32) -> TestCluster {
+        let text = config_text_at(m, d, SECRET, "", server_ip);
+        TestCluster::with_text(name, &text)
+    }
+
     /// [`TestCluster::new`] with extra `[cluster]` lines in the config.
     pub fn new_with(name: &str, m: u32, d: u32, cluster_extra: &str) -> TestCluster {
+        TestCluster::with_text(name, &config_text_with(m, d, SECRET, cluster_extra))
+    }
+
+    fn with_text(name: &str, text: &str) -> TestCluster {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("meshfs-it-{}-{n}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.conf");
-        meshfs_test_kit::write_private(
-            &config_path,
-            &config_text_with(m, d, SECRET, cluster_extra),
-        );
+        meshfs_test_kit::write_private(&config_path, text);
         let (config, access) = load(&config_path);
         TestCluster { dir, config_path, config, access, procs: BTreeMap::new() }
     }
