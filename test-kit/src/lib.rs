@@ -7,6 +7,7 @@
 //! - [`wait`]: waiting for a condition with a deadline, never a fixed sleep.
 //! - [`net`]: loopback listeners bound before anything starts.
 //! - [`process`]: child processes stopped by PID when dropped.
+//! - [`linearizable`]: a linearizability checker for recorded histories, with a register.
 //! - [`partition`]: loopback partitions by nftables rules, removed when dropped.
 //!
 //! It knows nothing of MeshFS itself: no crate of the workspace is a dependency, so every
@@ -15,6 +16,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod golden;
+pub mod linearizable;
 pub mod net;
 pub mod partition;
 pub mod process;

@@ -87,3 +87,185 @@ fn a_leader_partitioned_away_is_replaced_and_after_the_heal_nothing_is_lost() {
     assert!(elected_in < Duration::from_secs(20));
     assert!(rejoined_in < Duration::from_secs(20));
 }
+
+/// Register operations on small files, recorded for the linearizability checker.
+mod registers {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use meshfs_client::Access;
+    use meshfs_client::file::RemoteFile;
+    use meshfs_test_kit::linearizable::{Call, RegisterOp, RegisterRet};
+
+    pub type History = Vec<Call<RegisterOp<u64>, RegisterRet<u64>>>;
+
+    fn now(base: Instant) -> u64 {
+        base.elapsed().as_nanos() as u64
+    }
+
+    pub fn write(access: &Access, path: &str, value: u64) -> Result<(), String> {
+        let mut file = RemoteFile::open(access, path).map_err(|e| e.to_string())?;
+        file.write_at(0, &value.to_le_bytes()).map_err(|e| e.to_string())
+    }
+
+    /// Creates `path` holding the value 0.
+    pub fn write_new(access: &Access, path: &str) {
+        let mut file = RemoteFile::create(access, path, 1).unwrap();
+        file.write_at(0, &0u64.to_le_bytes()).unwrap();
+    }
+
+    pub fn read(access: &Access, path: &str) -> Result<u64, String> {
+        let mut file = RemoteFile::open(access, path).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 8];
+        let n = file.read_at(0, &mut buf).map_err(|e| e.to_string())?;
+        if n != 8 {
+            return Err(format!("read {n} bytes"));
+        }
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    /// Writes unique values to `path` until `stop`: a write that failed may still have
+    /// taken effect (a commit whose answer was lost), so it is recorded as never returned.
+    pub fn writer(
+        access: Access,
+        path: String,
+        id: u64,
+        base: Instant,
+        stop: Arc<AtomicBool>,
+        acked: Arc<std::sync::atomic::AtomicU64>,
+    ) -> History {
+        let mut history = History::new();
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let value = (id << 32) | n;
+            let invoked = now(base);
+            let returned =
+                write(&access, &path, value).ok().map(|()| (now(base), RegisterRet::Written));
+            if returned.is_some() {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            history.push(Call { op: RegisterOp::Write(value), invoked, returned });
+        }
+        history
+    }
+
+    /// Reads each of `paths` in turn until `stop`: failed reads changed nothing and are left
+    /// out.
+    pub fn reader(
+        access: Access,
+        paths: Vec<String>,
+        base: Instant,
+        stop: Arc<AtomicBool>,
+    ) -> Vec<History> {
+        let mut histories = vec![History::new(); paths.len()];
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let k = i % paths.len();
+            i += 1;
+            let invoked = now(base);
+            if let Ok(value) = read(&access, &paths[k]) {
+                let call = Call {
+                    op: RegisterOp::Read,
+                    invoked,
+                    returned: Some((now(base), RegisterRet::Read(Some(value)))),
+                };
+                histories[k].push(call);
+            }
+        }
+        histories
+    }
+}
+
+/// Writers and readers of three files (registers) keep going while the leader is cut off
+/// and after the cut heals; every file's history of writes and reads is linearizable, and
+/// the last value acknowledged by each writer, or a later one, is what is read at the end.
+#[test]
+fn file_registers_stay_linearizable_through_a_leader_partition() {
+    use meshfs_test_kit::linearizable::{Call, Register, RegisterOp, RegisterRet, check};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = TestCluster::new_spread("faults-registers", 3, 1);
+    cluster.start_all();
+    let status = cluster.wait_for("a leader that sees the data-server", |s| {
+        s.fully_connected() && data_servers_up(s)
+    });
+    let leader = status.agreed_leader().unwrap();
+    let paths: Vec<String> = (0..3).map(|k| format!("/r{k}")).collect();
+    for path in &paths {
+        registers::write_new(&cluster.access, path);
+    }
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writers: Vec<_> = paths
+        .iter()
+        .enumerate()
+        .map(|(k, path)| {
+            let (access, path, stop) = (cluster.access.clone(), path.clone(), Arc::clone(&stop));
+            let acked = Arc::clone(&acked);
+            let id = k as u64 + 1;
+            std::thread::spawn(move || registers::writer(access, path, id, base, stop, acked))
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (access, paths, stop) = (cluster.access.clone(), paths.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || registers::reader(access, paths, base, stop))
+        })
+        .collect();
+    // Work before, during and after the cut: each phase lasts until the writers have had
+    // thirty more writes acknowledged in it (bounded by the deadline), not a fixed time.
+    let progress = |what: &str| {
+        let from = acked.load(Ordering::Relaxed);
+        meshfs_test_kit::wait::wait_until(what, || acked.load(Ordering::Relaxed) >= from + 30);
+    };
+    progress("work before the cut");
+    let servers: Vec<Ipv4Addr> = cluster.ids().into_iter().map(server_ip).collect();
+    let cut = Partition::isolate(server_ip(leader), &servers).unwrap();
+    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+    // Writes acknowledged now went through the new leader (the old one has no majority).
+    progress("work during the cut");
+    cut.heal().unwrap();
+    cluster.wait_for("one leader, every link up", |s| {
+        s.fully_connected() && s.agreed_leader().is_some()
+    });
+    progress("work after the heal");
+    stop.store(true, Ordering::Relaxed);
+    let mut histories: Vec<registers::History> =
+        writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for (k, history) in readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap().into_iter().enumerate())
+        .collect::<Vec<_>>()
+    {
+        histories[k].extend(history);
+    }
+    let mut checked = 0;
+    for (k, mut history) in histories.into_iter().enumerate() {
+        // The file's first value, written before the workload, and a read at the end.
+        history.insert(
+            0,
+            Call {
+                op: RegisterOp::Write(0),
+                invoked: 0,
+                returned: Some((0, RegisterRet::Written)),
+            },
+        );
+        let invoked = base.elapsed().as_nanos() as u64;
+        let last = registers::read(&cluster.access, &paths[k]).unwrap();
+        let returned = Some((base.elapsed().as_nanos() as u64, RegisterRet::Read(Some(last))));
+        history.push(Call { op: RegisterOp::Read, invoked, returned });
+        let acknowledged = history
+            .iter()
+            .filter(|c| matches!(c.op, RegisterOp::Write(_)) && c.returned.is_some())
+            .count();
+        assert!(acknowledged > 1, "{}: no write got through", paths[k]);
+        checked += history.len();
+        if let Err(violation) = check(&Register::default(), &history) {
+            panic!("{}: not linearizable: {violation:?}\n{history:#?}", paths[k]);
+        }
+    }
+    eprintln!("{checked} operations checked");
+}
