@@ -174,6 +174,11 @@ impl TestCluster {
         child.wait().unwrap();
     }
 
+    /// Server `id`'s process id.
+    pub fn pid(&self, id: u32) -> u32 {
+        self.procs[&id].id()
+    }
+
     /// Whether server `id`'s process is still alive.
     pub fn alive(&mut self, id: u32) -> bool {
         matches!(self.procs.get_mut(&id).map(|c| c.try_wait()), Some(Ok(None)))

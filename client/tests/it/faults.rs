@@ -178,27 +178,29 @@ mod registers {
     }
 }
 
-/// Writers and readers of three files (registers) keep going while the leader is cut off
-/// and after the cut heals; every file's history of writes and reads is linearizable, and
-/// the last value acknowledged by each writer, or a later one, is what is read at the end.
-#[test]
-fn file_registers_stay_linearizable_through_a_leader_partition() {
+/// Runs 3 writers and 2 readers of three small files (registers) on `cluster` while
+/// `nemesis` does its work; `nemesis` gets the cluster and `progress(what)`, which returns
+/// once thirty more writes were acknowledged (bounded by the deadline, never a fixed time),
+/// and is called once before it and once after it. Then checks every file's history (with
+/// the first value and a read at the end) for linearizability; returns the operations
+/// checked.
+fn registers_under(
+    cluster: &mut TestCluster,
+    nemesis: impl FnOnce(&mut TestCluster, &dyn Fn(&str)),
+) -> usize {
     use meshfs_test_kit::linearizable::{Call, Register, RegisterOp, RegisterRet, check};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let mut cluster = TestCluster::new_spread("faults-registers", 3, 1);
-    cluster.start_all();
-    let status = cluster.wait_for("a leader that sees the data-server", |s| {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    cluster.wait_for("a leader that sees the data-server", |s| {
         s.fully_connected() && data_servers_up(s)
     });
-    let leader = status.agreed_leader().unwrap();
     let paths: Vec<String> = (0..3).map(|k| format!("/r{k}")).collect();
     for path in &paths {
         registers::write_new(&cluster.access, path);
     }
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = paths
         .iter()
         .enumerate()
@@ -215,23 +217,13 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
             std::thread::spawn(move || registers::reader(access, paths, base, stop))
         })
         .collect();
-    // Work before, during and after the cut: each phase lasts until the writers have had
-    // thirty more writes acknowledged in it (bounded by the deadline), not a fixed time.
     let progress = |what: &str| {
         let from = acked.load(Ordering::Relaxed);
         meshfs_test_kit::wait::wait_until(what, || acked.load(Ordering::Relaxed) >= from + 30);
     };
-    progress("work before the cut");
-    let servers: Vec<Ipv4Addr> = cluster.ids().into_iter().map(server_ip).collect();
-    let cut = Partition::isolate(server_ip(leader), &servers).unwrap();
-    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
-    // Writes acknowledged now went through the new leader (the old one has no majority).
-    progress("work during the cut");
-    cut.heal().unwrap();
-    cluster.wait_for("one leader, every link up", |s| {
-        s.fully_connected() && s.agreed_leader().is_some()
-    });
-    progress("work after the heal");
+    progress("work before the fault");
+    nemesis(cluster, &progress);
+    progress("work after the fault");
     stop.store(true, Ordering::Relaxed);
     let mut histories: Vec<registers::History> =
         writers.into_iter().map(|w| w.join().unwrap()).collect();
@@ -244,15 +236,12 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
     }
     let mut checked = 0;
     for (k, mut history) in histories.into_iter().enumerate() {
-        // The file's first value, written before the workload, and a read at the end.
-        history.insert(
-            0,
-            Call {
-                op: RegisterOp::Write(0),
-                invoked: 0,
-                returned: Some((0, RegisterRet::Written)),
-            },
-        );
+        let first = Call {
+            op: RegisterOp::Write(0),
+            invoked: 0,
+            returned: Some((0, RegisterRet::Written)),
+        };
+        history.insert(0, first);
         let invoked = base.elapsed().as_nanos() as u64;
         let last = registers::read(&cluster.access, &paths[k]).unwrap();
         let returned = Some((base.elapsed().as_nanos() as u64, RegisterRet::Read(Some(last))));
@@ -267,5 +256,124 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
             panic!("{}: not linearizable: {violation:?}\n{history:#?}", paths[k]);
         }
     }
+    checked
+}
+
+fn leader_of(cluster: &TestCluster) -> u32 {
+    cluster.wait_for("a leader", |s| s.agreed_leader().is_some()).agreed_leader().unwrap()
+}
+
+fn addresses(cluster: &TestCluster) -> Vec<Ipv4Addr> {
+    cluster.ids().into_iter().map(server_ip).collect()
+}
+
+fn healed(cluster: &TestCluster) {
+    cluster.wait_for("one leader, every link up", |s| {
+        s.fully_connected() && s.agreed_leader().is_some()
+    });
+}
+
+/// The leader cut off from every other server, then the cut healed: the majority elects
+/// another and serves; the files' histories are linearizable.
+#[test]
+fn file_registers_stay_linearizable_through_a_leader_partition() {
+    let mut cluster = TestCluster::new_spread("faults-registers", 3, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, |cluster, progress| {
+        let leader = leader_of(cluster);
+        let cut = Partition::isolate(server_ip(leader), &addresses(cluster)).unwrap();
+        cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+        // Writes acknowledged now went through the new leader (the old has no majority).
+        progress("work during the cut");
+        cut.heal().unwrap();
+        healed(cluster);
+    });
+    eprintln!("{checked} operations checked");
+}
+
+/// A follower cut off: the leader keeps its majority and serves on; healed, the follower
+/// catches up (it applies as far as the leader).
+#[test]
+fn file_registers_stay_linearizable_through_a_follower_partition() {
+    let mut cluster = TestCluster::new_spread("faults-follower", 3, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, |cluster, progress| {
+        let leader = leader_of(cluster);
+        let follower = (1..=3).find(|&id| id != leader).unwrap();
+        let cut = Partition::isolate(server_ip(follower), &addresses(cluster)).unwrap();
+        progress("work during the cut");
+        cut.heal().unwrap();
+        healed(cluster);
+        cluster.wait_for("the follower to catch up", |s| {
+            let applied =
+                |id: u32| s.servers.iter().find(|v| v.id == id).and_then(|v| v.applied_index);
+            applied(follower).is_some() && applied(follower) >= applied(leader)
+        });
+    });
+    eprintln!("{checked} operations checked");
+}
+
+/// A bridge: meta-server A sees B and C, B and C do not see each other. Whoever leads, a
+/// majority can still be formed through A; the histories stay linearizable.
+#[test]
+fn file_registers_stay_linearizable_through_a_bridge() {
+    let mut cluster = TestCluster::new_spread("faults-bridge", 3, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, |cluster, progress| {
+        let leader = leader_of(cluster);
+        let others: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
+        // The leader is the bridge's middle half the time; the other half, one end.
+        let (b, c) =
+            if leader.is_multiple_of(2) { (others[0], others[1]) } else { (leader, others[0]) };
+        let cut = Partition::cut(&[server_ip(b)], &[server_ip(c)]).unwrap();
+        progress("work across the bridge");
+        cut.heal().unwrap();
+        healed(cluster);
+    });
+    eprintln!("{checked} operations checked");
+}
+
+/// The leader killed with SIGKILL mid-workload and started again: another leads meanwhile;
+/// the restarted one rejoins; the histories stay linearizable.
+#[test]
+fn file_registers_stay_linearizable_through_kill_9_of_the_leader() {
+    let mut cluster = TestCluster::new_spread("faults-kill", 3, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, |cluster, progress| {
+        let leader = leader_of(cluster);
+        cluster.kill9(leader);
+        cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+        progress("work while it is down");
+        cluster.start(leader);
+        healed(cluster);
+    });
+    eprintln!("{checked} operations checked");
+}
+
+/// The leader paused (SIGSTOP) past its followers' election timeout, then resumed: the
+/// others elect a new leader while it sleeps; woken, it must not serve what it believed
+/// before (reads go through ReadIndex, writes through the log); histories stay
+/// linearizable.
+#[test]
+fn file_registers_stay_linearizable_through_a_paused_leader() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut cluster = TestCluster::new_spread("faults-pause", 3, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, |cluster, progress| {
+        let leader = leader_of(cluster);
+        let pid = Pid::from_raw(cluster.pid(leader) as i32);
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let resumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+            progress("work while it sleeps");
+        }));
+        // Resumed whatever happened, so the cluster's drop can stop it.
+        kill(pid, Signal::SIGCONT).unwrap();
+        if let Err(panic) = resumed {
+            std::panic::resume_unwind(panic);
+        }
+        healed(cluster);
+    });
     eprintln!("{checked} operations checked");
 }
