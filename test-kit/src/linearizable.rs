@@ -136,6 +136,72 @@ impl<V: Clone + Eq + Hash + Debug> Model for Register<V> {
     }
 }
 
+/// A directory's names: create, remove and rename (which, as in MeshFS, refuses a target
+/// that exists).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Names {
+    /// The names present.
+    pub present: std::collections::BTreeSet<String>,
+}
+
+/// An operation on [`Names`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameOp {
+    /// Make a name.
+    Create(String),
+    /// Remove a name.
+    Remove(String),
+    /// Rename the first to the second.
+    Rename(String, String),
+}
+
+/// What a [`Names`] operation returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRet {
+    /// It was done.
+    Done,
+    /// Refused: the name (of a create, or a rename's target) exists.
+    Exists,
+    /// Refused: the name (of a remove, or a rename's source) does not exist.
+    Missing,
+}
+
+impl Model for Names {
+    type Op = NameOp;
+    type Ret = NameRet;
+
+    fn step(&self, op: &NameOp, ret: Option<&NameRet>) -> Option<Names> {
+        let (outcome, next) = match op {
+            NameOp::Create(n) if self.present.contains(n) => (NameRet::Exists, None),
+            NameOp::Create(n) => (NameRet::Done, Some(self.with(|p| p.insert(n.clone())))),
+            NameOp::Remove(n) if !self.present.contains(n) => (NameRet::Missing, None),
+            NameOp::Remove(n) => (NameRet::Done, Some(self.with(|p| p.remove(n)))),
+            NameOp::Rename(a, _) if !self.present.contains(a) => (NameRet::Missing, None),
+            NameOp::Rename(a, b) if a == b => (NameRet::Done, None),
+            NameOp::Rename(_, b) if self.present.contains(b) => (NameRet::Exists, None),
+            NameOp::Rename(a, b) => (
+                NameRet::Done,
+                Some(self.with(|p| {
+                    p.remove(a);
+                    p.insert(b.clone())
+                })),
+            ),
+        };
+        match ret {
+            Some(seen) if *seen != outcome => None,
+            _ => Some(next.unwrap_or_else(|| self.clone())),
+        }
+    }
+}
+
+impl Names {
+    fn with(&self, change: impl FnOnce(&mut std::collections::BTreeSet<String>) -> bool) -> Names {
+        let mut next = self.clone();
+        change(&mut next.present);
+        next
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +271,34 @@ mod tests {
         assert!(check(&R::default(), &[lost(1, 0), r(Some(1), 5, 6), r(None, 7, 8)]).is_err());
         // And not before it was invoked.
         assert!(check(&R::default(), &[r(Some(1), 0, 1), lost(1, 5)]).is_err());
+    }
+
+    #[test]
+    fn names_are_created_removed_and_renamed_once() {
+        let call =
+            |op, invoked, returned, ret| Call { op, invoked, returned: Some((returned, ret)) };
+        let c = |n: &str| NameOp::Create(n.into());
+        let mv = |a: &str, b: &str| NameOp::Rename(a.into(), b.into());
+        let ok = [
+            call(c("a"), 0, 1, NameRet::Done),
+            call(mv("a", "b"), 2, 3, NameRet::Done),
+            call(c("a"), 4, 5, NameRet::Done),
+            call(mv("a", "b"), 6, 7, NameRet::Exists),
+            call(NameOp::Remove("b".into()), 8, 9, NameRet::Done),
+        ];
+        assert!(check(&Names::default(), &ok).is_ok());
+        // Two creates of one name that overlap: exactly one may win.
+        let both = [call(c("x"), 0, 5, NameRet::Done), call(c("x"), 1, 6, NameRet::Done)];
+        assert!(check(&Names::default(), &both).is_err());
+        let one = [call(c("x"), 0, 5, NameRet::Done), call(c("x"), 1, 6, NameRet::Exists)];
+        assert!(check(&Names::default(), &one).is_ok());
+        // A rename seen done, then its source still there.
+        let back = [
+            call(c("a"), 0, 1, NameRet::Done),
+            call(mv("a", "b"), 2, 3, NameRet::Done),
+            call(NameOp::Remove("a".into()), 4, 5, NameRet::Done),
+        ];
+        assert!(check(&Names::default(), &back).is_err());
     }
 
     #[test]

@@ -182,8 +182,8 @@ mod registers {
 /// `nemesis` does its work; `nemesis` gets the cluster and `progress(what)`, which returns
 /// once thirty more writes were acknowledged (bounded by the deadline, never a fixed time),
 /// and is called once before it and once after it. Then checks every file's history (with
-/// the first value and a read at the end) for linearizability; returns the operations
-/// checked.
+/// the first value and a read at the end) for linearizability, and that `fsck` finds
+/// nothing wrong within the deadline; returns the operations checked.
 fn registers_under(
     cluster: &mut TestCluster,
     nemesis: impl FnOnce(&mut TestCluster, &dyn Fn(&str)),
@@ -256,6 +256,15 @@ fn registers_under(
             panic!("{}: not linearizable: {violation:?}\n{history:#?}", paths[k]);
         }
     }
+    // And the blocks: every replica whole again within the deadline.
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let fsck_from = Instant::now();
+    meshfs_test_kit::wait::wait_until("fsck to find nothing wrong", || {
+        meta.fsck("/").is_ok_and(|r| {
+            r.problems.is_empty() && !r.more && r.unknown_servers.is_empty() && r.files >= 3
+        })
+    });
+    eprintln!("fsck clean {:?} after the last read", fsck_from.elapsed());
     checked
 }
 
@@ -376,4 +385,106 @@ fn file_registers_stay_linearizable_through_a_paused_leader() {
         healed(cluster);
     });
     eprintln!("{checked} operations checked");
+}
+
+/// Three clients create, rename and remove four names of one directory at random while the
+/// leader is cut off and after the heal; the directory's history is linearizable (a
+/// request retried across the leader change is applied once), and it ends as listed.
+#[test]
+fn names_stay_linearizable_through_a_leader_partition() {
+    use meshfs_core::error::NsError;
+    use meshfs_test_kit::linearizable::{Call, NameOp, NameRet, Names, check};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut cluster = TestCluster::new_spread("faults-names", 3, 1);
+    cluster.start_all();
+    let leader = leader_of(&cluster);
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    meta.mkdir("/n", false).unwrap();
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let names = ["a", "b", "c", "d"];
+    let clients: Vec<_> = (0..3u64)
+        .map(|seed| {
+            let (access, stop, answered) =
+                (cluster.access.clone(), Arc::clone(&stop), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let mut rng = meshfs_test_kit::Rng::new(seed + 1);
+                let mut meta = MetaClient::new(&access).unwrap();
+                let mut history = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let pick =
+                        |rng: &mut meshfs_test_kit::Rng| names[rng.below(4) as usize].to_string();
+                    let op = match rng.below(3) {
+                        0 => NameOp::Create(pick(&mut rng)),
+                        1 => NameOp::Remove(pick(&mut rng)),
+                        _ => NameOp::Rename(pick(&mut rng), pick(&mut rng)),
+                    };
+                    let invoked = base.elapsed().as_nanos() as u64;
+                    let result = match &op {
+                        NameOp::Create(n) => meta.create(&format!("/n/{n}"), 1).map(|_| ()),
+                        NameOp::Remove(n) => meta.remove(&format!("/n/{n}"), false).map(|_| ()),
+                        NameOp::Rename(a, b) => meta.rename(&format!("/n/{a}"), &format!("/n/{b}")),
+                    };
+                    let ret = match result {
+                        Ok(()) => Some(NameRet::Done),
+                        Err(meshfs_client::ClientError::Namespace(NsError::AlreadyExists(_))) => {
+                            Some(NameRet::Exists)
+                        }
+                        Err(meshfs_client::ClientError::Namespace(NsError::NotFound(_))) => {
+                            Some(NameRet::Missing)
+                        }
+                        // Timed out or unavailable: it may have been applied, or not.
+                        Err(_) => None,
+                    };
+                    if ret.is_some() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let returned = ret.map(|r| (base.elapsed().as_nanos() as u64, r));
+                    history.push(Call { op, invoked, returned });
+                }
+                history
+            })
+        })
+        .collect();
+    let progress = |what: &str| {
+        let from = answered.load(Ordering::Relaxed);
+        meshfs_test_kit::wait::wait_until(what, || answered.load(Ordering::Relaxed) >= from + 40);
+    };
+    progress("work before the cut");
+    let cut = Partition::isolate(server_ip(leader), &addresses(&cluster)).unwrap();
+    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+    progress("work during the cut");
+    cut.heal().unwrap();
+    healed(&cluster);
+    progress("work after the heal");
+    stop.store(true, Ordering::Relaxed);
+    let mut history: Vec<_> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    history.sort_by_key(|c| c.invoked);
+    // The end state is the listing: a check that it is a state the history can reach.
+    let listed: std::collections::BTreeSet<String> =
+        meta.list("/n").unwrap().into_iter().map(|e| e.name).collect();
+    for name in names {
+        let invoked = base.elapsed().as_nanos() as u64;
+        let ret = if listed.contains(name) { NameRet::Exists } else { NameRet::Done };
+        // A create that would succeed iff the name is absent: then it is undone.
+        history.push(Call {
+            op: NameOp::Create(name.into()),
+            invoked,
+            returned: Some((invoked + 1, ret)),
+        });
+        if ret == NameRet::Done {
+            history.push(Call {
+                op: NameOp::Remove(name.into()),
+                invoked: invoked + 2,
+                returned: Some((invoked + 3, NameRet::Done)),
+            });
+        }
+    }
+    let checked = history.len();
+    if let Err(violation) = check(&Names::default(), &history) {
+        panic!("names not linearizable: {violation:?}");
+    }
+    eprintln!("{checked} namespace operations checked");
 }
