@@ -527,3 +527,64 @@ fn file_registers_stay_linearizable_through_a_flapping_link() {
     });
     eprintln!("{checked} operations checked");
 }
+
+/// Three clients take an exclusive lock in turn, each holding it for a moment, while the
+/// leader is cut off and after the heal. Every hold (from the grant's answer to the
+/// unlock's call) is disjoint from every other, and sequencers grow with the grants.
+#[test]
+fn an_exclusive_lock_has_one_holder_at_a_time_through_a_leader_partition() {
+    use meshfs_client::session::{LockMode, Session};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut cluster = TestCluster::new_spread("faults-locks", 3, 1);
+    cluster.start_all();
+    let leader = leader_of(&cluster);
+    let base = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (access, stop, grants) =
+                (cluster.access.clone(), Arc::clone(&stop), Arc::clone(&grants));
+            std::thread::spawn(move || {
+                let session = Session::open(&access).unwrap();
+                let mut holds = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let wait = Some(Duration::from_secs(5));
+                    let Ok(lock) = session.lock("/lk", LockMode::Exclusive, wait) else {
+                        continue;
+                    };
+                    let granted = base.elapsed().as_nanos() as u64;
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                    let sequencer = lock.sequencer();
+                    let released = base.elapsed().as_nanos() as u64;
+                    let _ = lock.unlock();
+                    holds.push((granted, released, sequencer));
+                }
+                holds
+            })
+        })
+        .collect();
+    let progress = |what: &str| {
+        let from = grants.load(Ordering::Relaxed);
+        meshfs_test_kit::wait::wait_until(what, || grants.load(Ordering::Relaxed) >= from + 20);
+    };
+    progress("grants before the cut");
+    let cut = Partition::isolate(server_ip(leader), &addresses(&cluster)).unwrap();
+    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+    progress("grants during the cut");
+    cut.heal().unwrap();
+    healed(&cluster);
+    progress("grants after the heal");
+    stop.store(true, Ordering::Relaxed);
+    let mut holds: Vec<(u64, u64, u64)> =
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    holds.sort_unstable();
+    for pair in holds.windows(2) {
+        let ((_, released, seq), (granted, _, next_seq)) = (pair[0], pair[1]);
+        assert!(released <= granted, "two holders at once: {:?} and {:?}", pair[0], pair[1]);
+        assert!(seq < next_seq, "sequencers went back: {:?} then {:?}", pair[0], pair[1]);
+    }
+    eprintln!("{} holds checked", holds.len());
+}
