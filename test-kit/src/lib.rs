@@ -9,6 +9,7 @@
 //! - [`process`]: child processes stopped by PID when dropped.
 //! - [`linearizable`]: a linearizability checker for recorded histories, with a register.
 //! - [`partition`]: loopback partitions by nftables rules, removed when dropped.
+//! - [`mount`]: fixed-size tmpfs mounts for disks that fill, unmounted when dropped.
 //!
 //! It knows nothing of MeshFS itself: no crate of the workspace is a dependency, so every
 //! crate, the lowest included, can use it.
@@ -17,6 +18,7 @@
 
 pub mod golden;
 pub mod linearizable;
+pub mod mount;
 pub mod net;
 pub mod partition;
 pub mod process;

@@ -588,3 +588,54 @@ fn an_exclusive_lock_has_one_holder_at_a_time_through_a_leader_partition() {
     }
     eprintln!("{} holds checked", holds.len());
 }
+
+/// A data-server whose disk fills (its data directory a 6 MiB tmpfs): a put larger than
+/// the room fails with an error that says so, the data-server stays up and serves what it
+/// holds, and once the failed file is removed (its blocks deleted as orphans) puts work
+/// again.
+#[test]
+fn a_full_disk_fails_the_write_that_fills_it_and_the_data_server_goes_on() {
+    use meshfs_test_kit::mount::Tmpfs;
+    let mut cluster =
+        TestCluster::new_with("faults-disk", 1, 1, "\n[heal]\norphan_delay_secs = 1\n");
+    let disk = Tmpfs::mount(&cluster.dir.join("data/dserver-2"), 6 << 20).unwrap();
+    cluster.start_all();
+    cluster.wait_for("the data-server up", data_servers_up);
+    let mut meta = MetaClient::new(&cluster.access).unwrap();
+    let small: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+    put(&mut meta, &cluster.access, "/small", &small);
+    let big: Vec<u8> = (0..16_000_000u32).map(|i| (i % 233) as u8).collect();
+    let mut data = DataClient::new(&cluster.access);
+    let err =
+        meshfs_client::data::put(&mut meta, &mut data, &mut &big[..], "/big", 1, None, &mut ())
+            .expect_err("16 MB do not fit in 6 MiB");
+    let text = err.to_string();
+    assert!(text.to_lowercase().contains("no space"), "{text}");
+    assert!(cluster.alive(2), "the data-server is up");
+    assert_eq!(get(&mut meta, &cluster.access, "/small"), small, "and serves what it holds");
+    // Free the room: the failed file (if its name was made) goes, and its blocks with it.
+    let _ = meta.remove("/big", false);
+    let again: Vec<u8> = (0..3_000_000u32).map(|i| (i % 227) as u8).collect();
+    let mut n = 0;
+    meshfs_test_kit::wait::wait_until("a put to fit again", || {
+        n += 1;
+        let path = format!("/again-{n}");
+        let mut data = DataClient::new(&cluster.access);
+        let put = meshfs_client::data::put(
+            &mut meta,
+            &mut data,
+            &mut &again[..],
+            &path,
+            1,
+            None,
+            &mut (),
+        );
+        if put.is_err() {
+            let _ = meta.remove(&path, false);
+        }
+        put.is_ok()
+    });
+    assert_eq!(get(&mut meta, &cluster.access, &format!("/again-{n}")), again);
+    drop(cluster);
+    drop(disk);
+}
