@@ -639,3 +639,27 @@ fn a_full_disk_fails_the_write_that_fills_it_and_the_data_server_goes_on() {
     drop(cluster);
     drop(disk);
 }
+
+/// Two of five meta-servers killed with SIGKILL at once (a minority, the leader among
+/// them), then both started again: the other three elect a leader and serve; the
+/// histories stay linearizable.
+#[test]
+fn file_registers_stay_linearizable_through_kill_9_of_two_of_five_meta_servers() {
+    let mut cluster = TestCluster::new_spread("faults-minority", 5, 1);
+    cluster.start_all();
+    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+        let leader = leader_of(cluster);
+        let other = (1..=5).find(|&id| id != leader).unwrap();
+        cluster.kill9(leader);
+        cluster.kill9(other);
+        cluster.wait_for("the three to elect a leader", |s| {
+            let up: Vec<_> = s.servers.iter().filter(|v| v.role == "mserver" && v.up).collect();
+            up.len() == 3 && up.iter().all(|v| v.leader.is_some() && v.leader == up[0].leader)
+        });
+        progress("work with two meta-servers down");
+        cluster.start(leader);
+        cluster.start(other);
+        healed(cluster);
+    });
+    eprintln!("{checked} operations checked");
+}
