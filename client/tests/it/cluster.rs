@@ -72,9 +72,16 @@ pub fn config_text_at(
     text
 }
 
-/// The address of server `id` in a [`TestCluster::new_spread`] cluster.
-pub fn server_ip(id: u32) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8)
+/// Spread clusters made by this process so far: each gets addresses of its own, since a
+/// partition cuts every link between its addresses, whatever cluster they belong to.
+static SPREAD: AtomicU32 = AtomicU32::new(0);
+
+/// The address of server `id` of spread cluster `n` of this process: 127.P.N.(10 + id),
+/// with P from the process id (another test process, a `scripts/faults` run beside
+/// `cargo test`, has its own) and N counting this process's clusters.
+fn spread_ip(n: u32, id: u32) -> std::net::Ipv4Addr {
+    let p = (std::process::id() % 200 + 20) as u8;
+    std::net::Ipv4Addr::new(127, p, (n % 250) as u8, 10 + id as u8)
 }
 
 pub struct TestCluster {
@@ -100,11 +107,20 @@ impl TestCluster {
         TestCluster::new_with(name, m, d, "")
     }
 
-    /// [`TestCluster::new`] with every server at an address of its own, 127.0.0.(10 + id),
-    /// so links can be cut one by one ([`meshfs_test_kit::partition`]).
+    /// [`TestCluster::new`] with every server at an address of its own (see
+    /// [`TestCluster::ip`]), so links can be cut one by one ([`meshfs_test_kit::partition`]).
     pub fn new_spread(name: &str, m: u32, d: u32) -> TestCluster {
-        let text = config_text_at(m, d, SECRET, "", server_ip);
+        let n = SPREAD.fetch_add(1, Ordering::Relaxed);
+        let text = config_text_at(m, d, SECRET, "", |id| spread_ip(n, id));
         TestCluster::with_text(name, &text)
+    }
+
+    /// The address server `id` is configured at.
+    pub fn ip(&self, id: u32) -> std::net::Ipv4Addr {
+        match self.config.server(NodeId(id)).map(|s| s.addr.ip()) {
+            Some(std::net::IpAddr::V4(ip)) => ip,
+            other => panic!("server {id} has no IPv4 address: {other:?}"),
+        }
     }
 
     /// [`TestCluster::new`] with extra `[cluster]` lines in the config.

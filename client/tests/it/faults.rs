@@ -10,7 +10,7 @@ use meshfs_client::data::DataClient;
 use meshfs_client::status::ClusterStatus;
 use meshfs_test_kit::partition::Partition;
 
-use crate::cluster::{TestCluster, server_ip};
+use crate::cluster::TestCluster;
 
 /// The leader the meta-servers other than `except` agree on, if they all see one.
 fn leader_without(status: &ClusterStatus, except: u32) -> Option<u32> {
@@ -62,8 +62,8 @@ fn a_leader_partitioned_away_is_replaced_and_after_the_heal_nothing_is_lost() {
     let before: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     put(&mut meta, &cluster.access, "/before", &before);
 
-    let servers: Vec<Ipv4Addr> = cluster.ids().into_iter().map(server_ip).collect();
-    let cut = Partition::isolate(server_ip(old), &servers).unwrap();
+    let servers = addresses(&cluster);
+    let cut = Partition::isolate(cluster.ip(old), &servers).unwrap();
     let started = Instant::now();
     let status = cluster
         .wait_for("the majority to elect another leader", |s| leader_without(s, old).is_some());
@@ -275,7 +275,7 @@ fn leader_of(cluster: &TestCluster) -> u32 {
 }
 
 fn addresses(cluster: &TestCluster) -> Vec<Ipv4Addr> {
-    cluster.ids().into_iter().map(server_ip).collect()
+    cluster.ids().into_iter().map(|id| cluster.ip(id)).collect()
 }
 
 fn healed(cluster: &TestCluster) {
@@ -292,7 +292,7 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
     cluster.start_all();
     let checked = registers_under(&mut cluster, 1, |cluster, progress| {
         let leader = leader_of(cluster);
-        let cut = Partition::isolate(server_ip(leader), &addresses(cluster)).unwrap();
+        let cut = Partition::isolate(cluster.ip(leader), &addresses(cluster)).unwrap();
         cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
         // Writes acknowledged now went through the new leader (the old has no majority).
         progress("work during the cut");
@@ -311,7 +311,7 @@ fn file_registers_stay_linearizable_through_a_follower_partition() {
     let checked = registers_under(&mut cluster, 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let follower = (1..=3).find(|&id| id != leader).unwrap();
-        let cut = Partition::isolate(server_ip(follower), &addresses(cluster)).unwrap();
+        let cut = Partition::isolate(cluster.ip(follower), &addresses(cluster)).unwrap();
         progress("work during the cut");
         cut.heal().unwrap();
         healed(cluster);
@@ -336,7 +336,7 @@ fn file_registers_stay_linearizable_through_a_bridge() {
         // The leader is the bridge's middle half the time; the other half, one end.
         let (b, c) =
             if leader.is_multiple_of(2) { (others[0], others[1]) } else { (leader, others[0]) };
-        let cut = Partition::cut(&[server_ip(b)], &[server_ip(c)]).unwrap();
+        let cut = Partition::cut(&[cluster.ip(b)], &[cluster.ip(c)]).unwrap();
         progress("work across the bridge");
         cut.heal().unwrap();
         healed(cluster);
@@ -455,7 +455,7 @@ fn names_stay_linearizable_through_a_leader_partition() {
         meshfs_test_kit::wait::wait_until(what, || answered.load(Ordering::Relaxed) >= from + 40);
     };
     progress("work before the cut");
-    let cut = Partition::isolate(server_ip(leader), &addresses(&cluster)).unwrap();
+    let cut = Partition::isolate(cluster.ip(leader), &addresses(&cluster)).unwrap();
     cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
     progress("work during the cut");
     cut.heal().unwrap();
@@ -518,7 +518,7 @@ fn file_registers_stay_linearizable_through_a_flapping_link() {
         let leader = leader_of(cluster);
         let follower = (1..=3).find(|&id| id != leader).unwrap();
         for round in 0..5 {
-            let cut = Partition::cut(&[server_ip(leader)], &[server_ip(follower)]).unwrap();
+            let cut = Partition::cut(&[cluster.ip(leader)], &[cluster.ip(follower)]).unwrap();
             progress(&format!("work with the link cut ({round})"));
             cut.heal().unwrap();
             progress(&format!("work with the link up ({round})"));
@@ -571,7 +571,7 @@ fn an_exclusive_lock_has_one_holder_at_a_time_through_a_leader_partition() {
         meshfs_test_kit::wait::wait_until(what, || grants.load(Ordering::Relaxed) >= from + 20);
     };
     progress("grants before the cut");
-    let cut = Partition::isolate(server_ip(leader), &addresses(&cluster)).unwrap();
+    let cut = Partition::isolate(cluster.ip(leader), &addresses(&cluster)).unwrap();
     cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
     progress("grants during the cut");
     cut.heal().unwrap();
