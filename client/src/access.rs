@@ -51,6 +51,9 @@ pub struct Access {
     /// Who the client is.
     pub credentials: Credentials,
     map: Arc<Mutex<Option<Arc<ClusterMap>>>>,
+    /// The meta-server that last answered as leader to any client made from this access
+    /// (shared by its clones): a new client asks it first.
+    leader: Arc<Mutex<Option<NodeId>>>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +124,7 @@ impl Access {
             mservers: config.servers_of(Role::MServer).map(|s| (s.id, s.addr)).collect(),
             credentials: Credentials { id: client.id, key: client.key.clone() },
             map: Arc::new(Mutex::new(Some(Arc::new(map)))),
+            leader: Arc::default(),
         })
     }
 
@@ -160,12 +164,23 @@ impl Access {
                 key: raw.client.key.into_bytes(),
             },
             map: Arc::new(Mutex::new(None)),
+            leader: Arc::default(),
         })
     }
 
     /// The address of meta-server `id`.
     pub fn mserver(&self, id: NodeId) -> Option<SocketAddr> {
         self.mservers.iter().find(|(m, _)| *m == id).map(|(_, addr)| *addr)
+    }
+
+    /// The meta-server that last answered as leader to a client of this access.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records (or, with `None`, forgets) the leader a client of this access found.
+    pub fn set_leader_hint(&self, leader: Option<NodeId>) {
+        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
     }
 
     /// The cluster's servers and defaults: known from a cluster config, or asked of the

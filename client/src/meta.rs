@@ -82,7 +82,9 @@ impl MetaClient {
             access: access.clone(),
             session,
             next_request: first_request,
-            leader: None,
+            // Where another client of this access last found the leader: a fresh client
+            // does not first wait on a meta-server that is down or paused.
+            leader: access.leader_hint(),
             conns: HashMap::new(),
             timeout: DEFAULT_CALL_TIMEOUT,
             acting_for: None,
@@ -207,6 +209,7 @@ impl MetaClient {
                 }
                 Ok(reply) => {
                     self.leader = Some(target);
+                    self.access.set_leader_hint(Some(target));
                     return Ok(reply);
                 }
                 Err(err) => {
@@ -214,6 +217,9 @@ impl MetaClient {
                     self.conns.remove(&target);
                     if self.leader == Some(target) {
                         self.leader = None;
+                        if self.access.leader_hint() == Some(target) {
+                            self.access.set_leader_hint(None);
+                        }
                     }
                     target = next();
                 }

@@ -663,3 +663,26 @@ fn file_registers_stay_linearizable_through_kill_9_of_two_of_five_meta_servers()
     });
     eprintln!("{checked} operations checked");
 }
+
+/// Clients made from one access share where the leader was last found: a fresh client
+/// asks it first (so it does not first wait out a paused or dead meta-server it would
+/// otherwise try), and a client that found it gone forgets it for the others.
+#[test]
+fn fresh_clients_of_an_access_ask_the_leader_others_found() {
+    let mut cluster = TestCluster::new_spread("faults-hint", 3, 1);
+    cluster.start_all();
+    let leader = leader_of(&cluster);
+    assert_eq!(cluster.access.leader_hint(), None);
+    let mut first = MetaClient::new(&cluster.access).unwrap();
+    first.list("/").unwrap();
+    assert_eq!(first.leader().map(|l| l.0), Some(leader));
+    assert_eq!(cluster.access.leader_hint().map(|l| l.0), Some(leader));
+    let fresh = MetaClient::new(&cluster.access).unwrap();
+    assert_eq!(fresh.leader().map(|l| l.0), Some(leader), "asks the leader first");
+    // The leader dies: the next call finds it gone, and a new one.
+    cluster.kill9(leader);
+    first.list("/").unwrap();
+    let new = first.leader().unwrap();
+    assert_ne!(new.0, leader);
+    assert_eq!(cluster.access.leader_hint(), Some(new));
+}
