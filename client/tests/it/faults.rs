@@ -186,6 +186,7 @@ mod registers {
 /// nothing wrong within the deadline; returns the operations checked.
 fn registers_under(
     cluster: &mut TestCluster,
+    kind: &str,
     replication: u8,
     nemesis: impl FnOnce(&mut TestCluster, &dyn Fn(&str)),
 ) -> usize {
@@ -224,7 +225,10 @@ fn registers_under(
     };
     progress("work before the fault");
     nemesis(cluster, &progress);
+    // How long, once the fault is over, the writers take to have thirty more writes in.
+    let over = Instant::now();
     progress("work after the fault");
+    eprintln!("writes recovered in {:?} after the fault: {kind}", over.elapsed());
     stop.store(true, Ordering::Relaxed);
     let mut histories: Vec<registers::History> =
         writers.into_iter().map(|w| w.join().unwrap()).collect();
@@ -290,7 +294,7 @@ fn healed(cluster: &TestCluster) {
 fn file_registers_stay_linearizable_through_a_leader_partition() {
     let mut cluster = TestCluster::new_spread("faults-registers", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-registers", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let cut = Partition::isolate(cluster.ip(leader), &addresses(cluster)).unwrap();
         cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
@@ -308,7 +312,7 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
 fn file_registers_stay_linearizable_through_a_follower_partition() {
     let mut cluster = TestCluster::new_spread("faults-follower", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-follower", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let follower = (1..=3).find(|&id| id != leader).unwrap();
         let cut = Partition::isolate(cluster.ip(follower), &addresses(cluster)).unwrap();
@@ -330,7 +334,7 @@ fn file_registers_stay_linearizable_through_a_follower_partition() {
 fn file_registers_stay_linearizable_through_a_bridge() {
     let mut cluster = TestCluster::new_spread("faults-bridge", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-bridge", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let others: Vec<u32> = (1..=3).filter(|&id| id != leader).collect();
         // The leader is the bridge's middle half the time; the other half, one end.
@@ -350,7 +354,7 @@ fn file_registers_stay_linearizable_through_a_bridge() {
 fn file_registers_stay_linearizable_through_kill_9_of_the_leader() {
     let mut cluster = TestCluster::new_spread("faults-kill", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-kill", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         cluster.kill9(leader);
         cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
@@ -371,7 +375,7 @@ fn file_registers_stay_linearizable_through_a_paused_leader() {
     use nix::unistd::Pid;
     let mut cluster = TestCluster::new_spread("faults-pause", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-pause", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let pid = Pid::from_raw(cluster.pid(leader) as i32);
         kill(pid, Signal::SIGSTOP).unwrap();
@@ -498,7 +502,7 @@ fn names_stay_linearizable_through_a_leader_partition() {
 fn file_registers_stay_linearizable_through_kill_9_of_a_data_server() {
     let mut cluster = TestCluster::new_spread("faults-dserver", 3, 3);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 2, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-dserver", 2, |cluster, progress| {
         cluster.kill9(5);
         progress("work while data-server 5 is down");
         cluster.start(5);
@@ -514,7 +518,7 @@ fn file_registers_stay_linearizable_through_kill_9_of_a_data_server() {
 fn file_registers_stay_linearizable_through_a_flapping_link() {
     let mut cluster = TestCluster::new_spread("faults-flap", 3, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-flap", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let follower = (1..=3).find(|&id| id != leader).unwrap();
         for round in 0..5 {
@@ -647,7 +651,7 @@ fn a_full_disk_fails_the_write_that_fills_it_and_the_data_server_goes_on() {
 fn file_registers_stay_linearizable_through_kill_9_of_two_of_five_meta_servers() {
     let mut cluster = TestCluster::new_spread("faults-minority", 5, 1);
     cluster.start_all();
-    let checked = registers_under(&mut cluster, 1, |cluster, progress| {
+    let checked = registers_under(&mut cluster, "faults-minority", 1, |cluster, progress| {
         let leader = leader_of(cluster);
         let other = (1..=5).find(|&id| id != leader).unwrap();
         cluster.kill9(leader);
