@@ -762,6 +762,12 @@ fn dial_from(local: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     let fd = nix::sys::socket::socket(family, SockType::Stream, flags, None)?;
+    // The port is chosen at connect, by the whole 4-tuple, as a plain connect's is: bound
+    // at once it would be taken out of the port space for every use, starving or racing
+    // listeners that bind later.
+    if addr.is_ipv4() {
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)?;
+    }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(local, 0)))?;
     match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
         Ok(()) | Err(Errno::EINPROGRESS) => {}
