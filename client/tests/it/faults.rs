@@ -288,6 +288,18 @@ fn healed(cluster: &TestCluster) {
     });
 }
 
+/// The leader cut off from every other server until the majority elects another and
+/// `progress(during)` returns; then the cut healed and the cluster whole again.
+fn cut_the_leader_off(cluster: &TestCluster, progress: &dyn Fn(&str), during: &str) {
+    let leader = leader_of(cluster);
+    let cut = Partition::isolate(cluster.ip(leader), &addresses(cluster)).unwrap();
+    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
+    // What is acknowledged now went through the new leader (the old has no majority).
+    progress(during);
+    cut.heal().unwrap();
+    healed(cluster);
+}
+
 /// The leader cut off from every other server, then the cut healed: the majority elects
 /// another and serves; the files' histories are linearizable.
 #[test]
@@ -295,13 +307,7 @@ fn file_registers_stay_linearizable_through_a_leader_partition() {
     let mut cluster = TestCluster::new_spread("faults-registers", 3, 1);
     cluster.start_all();
     let checked = registers_under(&mut cluster, "faults-registers", 1, |cluster, progress| {
-        let leader = leader_of(cluster);
-        let cut = Partition::isolate(cluster.ip(leader), &addresses(cluster)).unwrap();
-        cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
-        // Writes acknowledged now went through the new leader (the old has no majority).
-        progress("work during the cut");
-        cut.heal().unwrap();
-        healed(cluster);
+        cut_the_leader_off(cluster, progress, "work during the cut");
     });
     eprintln!("{checked} operations checked");
 }
@@ -404,7 +410,6 @@ fn names_stay_linearizable_through_a_leader_partition() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut cluster = TestCluster::new_spread("faults-names", 3, 1);
     cluster.start_all();
-    let leader = leader_of(&cluster);
     let mut meta = MetaClient::new(&cluster.access).unwrap();
     meta.mkdir("/n", false).unwrap();
     let base = Instant::now();
@@ -459,11 +464,7 @@ fn names_stay_linearizable_through_a_leader_partition() {
         meshfs_test_kit::wait::wait_until(what, || answered.load(Ordering::Relaxed) >= from + 40);
     };
     progress("work before the cut");
-    let cut = Partition::isolate(cluster.ip(leader), &addresses(&cluster)).unwrap();
-    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
-    progress("work during the cut");
-    cut.heal().unwrap();
-    healed(&cluster);
+    cut_the_leader_off(&cluster, &progress, "work during the cut");
     progress("work after the heal");
     stop.store(true, Ordering::Relaxed);
     let mut history: Vec<_> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
@@ -542,7 +543,6 @@ fn an_exclusive_lock_has_one_holder_at_a_time_through_a_leader_partition() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut cluster = TestCluster::new_spread("faults-locks", 3, 1);
     cluster.start_all();
-    let leader = leader_of(&cluster);
     let base = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let grants = Arc::new(AtomicU64::new(0));
@@ -575,11 +575,7 @@ fn an_exclusive_lock_has_one_holder_at_a_time_through_a_leader_partition() {
         meshfs_test_kit::wait::wait_until(what, || grants.load(Ordering::Relaxed) >= from + 20);
     };
     progress("grants before the cut");
-    let cut = Partition::isolate(cluster.ip(leader), &addresses(&cluster)).unwrap();
-    cluster.wait_for("another leader", |s| leader_without(s, leader).is_some());
-    progress("grants during the cut");
-    cut.heal().unwrap();
-    healed(&cluster);
+    cut_the_leader_off(&cluster, &progress, "grants during the cut");
     progress("grants after the heal");
     stop.store(true, Ordering::Relaxed);
     let mut holds: Vec<(u64, u64, u64)> =
