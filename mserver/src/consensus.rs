@@ -259,6 +259,11 @@ impl<L: RaftLog, P: Persister<L>> Replica<L, P> {
         }
     }
 
+    /// Whether every ready handed to the log writer has come back durable.
+    pub fn is_synced(&self) -> bool {
+        self.unsynced.is_empty()
+    }
+
     /// Whether this replica leads.
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader

@@ -76,12 +76,17 @@ fn drive_meta(data: &[u8]) -> (bool, u64) {
             .expect("the replica");
     let mut server = MetaServer::new(replica, &settings, config.secret.clone(), 1);
     server.start(&mut node, Now::read());
-    // Alone, it elects itself within an election timeout's ticks.
-    for _ in 0..50 {
-        if server.replica.is_leader() {
-            break;
+    // Alone, it elects itself within an election timeout's ticks once its vote is durable
+    // (the log writer's thread, however slow the disk: bounded by a deadline).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut ticks = 0;
+    while !server.replica.is_leader() && std::time::Instant::now() < deadline {
+        if server.replica.is_synced() && ticks < 50 {
+            server.handle_timer(&mut node, Now::read(), TICK_TIMER);
+            ticks += 1;
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
-        server.handle_timer(&mut node, Now::read(), TICK_TIMER);
         server.handle_wake(&mut node, Now::read());
     }
     let conns = [ConnId::from_raw(9001), ConnId::from_raw(9002), ConnId::from_raw(9003)];
@@ -129,6 +134,16 @@ fn drive_meta(data: &[u8]) -> (bool, u64) {
         assert_eq!(server.in_flight, server.count_in_flight(), "requests held miscounted");
         let limit = settings.limits.requests_in_flight_per_client;
         assert!(server.in_flight.values().all(|held| held.requests <= limit));
+    }
+    // The log writer syncs on its own thread: wait (bounded) for what it holds, so what
+    // was proposed is applied and checked too, however slow the disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.replica.is_synced() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        server.handle_wake(&mut node, Now::read());
+    }
+    if let Some(violation) = server.replica.namespace().violation() {
+        panic!("namespace invariant broken: {violation}");
     }
     let led = (server.replica.is_leader(), server.replica.namespace().applied());
     drop(server);
