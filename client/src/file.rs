@@ -101,6 +101,47 @@ impl RemoteFile {
         })
     }
 
+    /// An open file made of clients already made (and connected) and its metadata as
+    /// `meta` just fetched it: a mount keeps a pool of clients rather than dialling the
+    /// meta-servers for every open. `meta` acts for whoever it was set to act for.
+    /// [`RemoteFile::into_parts`] gives them back.
+    pub fn from_parts(
+        access: &Access,
+        meta: MetaClient,
+        data: DataClient,
+        path: &str,
+        file: FileMeta,
+    ) -> RemoteFile {
+        RemoteFile {
+            access: access.clone(),
+            meta,
+            data,
+            path: path.to_string(),
+            file,
+            lock: None,
+            writable: true,
+        }
+    }
+
+    /// The clients this file used, for the next open (the file must hold no open mode's
+    /// lock: it is released here, its errors ignored).
+    pub fn into_parts(mut self) -> (MetaClient, DataClient) {
+        if let Some(lock) = self.lock.take() {
+            let _ = lock.unlock();
+        }
+        (self.meta, self.data)
+    }
+
+    /// The path it was opened by (a rename through [`RemoteFile::set_path`] follows it).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The file moved to `path` (renamed by this client's owner): later calls use it.
+    pub fn set_path(&mut self, path: &str) {
+        self.path = path.to_string();
+    }
+
     /// Opens an existing file in `mode`, holding `session`'s lock on its path until closed.
     /// A conflicting open elsewhere makes it fail at once ([`NsError::LockBusy`]), or with
     /// `wait`, wait up to that long for its turn ([`NsError::LockTimeout`]).

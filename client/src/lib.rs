@@ -16,6 +16,7 @@
 //! `default-features = false` for the library alone, without histograms, JSON or signals):
 //! - [`bench`](mod@bench): `meshfs bench` workloads and their report scaffolding.
 //! - [`cluster`]: starting and stopping every server of a config (`meshfs up`, `--local`).
+//! - [`mount`](mod@mount): the cluster as a local filesystem through FUSE (`meshfs mount`).
 //!
 //! The client knows servers only through the wire protocol (`meshfs_core::wire`); the
 //! library knows nothing of the tools.
@@ -32,6 +33,8 @@ pub mod data;
 pub mod error;
 pub mod file;
 pub mod meta;
+#[cfg(feature = "tools")]
+pub mod mount;
 pub mod session;
 pub mod status;
 

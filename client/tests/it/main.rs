@@ -9,6 +9,7 @@ mod faults;
 mod heal;
 mod in_process;
 mod locks;
+mod mount;
 mod robust;
 mod trust;
 

@@ -65,6 +65,34 @@ pub(crate) enum Command {
         /// The path.
         path: String,
     },
+    /// Mount the cluster at MOUNTPOINT (FUSE), serving it from a background process
+    /// until `meshfs umount MOUNTPOINT`.
+    Mount {
+        /// Serve in this process until unmounted or stopped (SIGTERM, Ctrl-C), logging to
+        /// stderr.
+        #[arg(long)]
+        foreground: bool,
+        /// How long the kernel keeps a name before asking again, in milliseconds: a change
+        /// made elsewhere shows here within it.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        entry_timeout_ms: u64,
+        /// How long the kernel keeps a file's attributes, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        attr_timeout_ms: u64,
+        /// Threads serving requests.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Where the background process logs (default: a file in the temporary directory).
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// An empty directory to mount on.
+        mountpoint: PathBuf,
+    },
+    /// Unmount a MeshFS mount; its process then exits.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// Move FROM to TO atomically; TO must not exist.
     Mv {
         /// The source.

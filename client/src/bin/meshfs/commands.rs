@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meshfs_client::access::is_client_config;
 use meshfs_client::cluster::clients;
@@ -152,6 +152,29 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
         Command::Stat { path } => {
             let stat = MetaClient::new(access)?.stat(&path)?;
             print_stat(&path, &stat);
+            Ok(0)
+        }
+        Command::Mount {
+            foreground,
+            entry_timeout_ms,
+            attr_timeout_ms,
+            threads,
+            log,
+            mountpoint,
+        } => {
+            if !foreground {
+                return mount_in_background(&mountpoint, log);
+            }
+            let options = meshfs_client::mount::MountOptions {
+                entry_timeout: Duration::from_millis(entry_timeout_ms),
+                attr_timeout: Duration::from_millis(attr_timeout_ms),
+                threads,
+            };
+            meshfs_client::mount::serve(access, &mountpoint, options)?;
+            Ok(0)
+        }
+        Command::Umount { mountpoint } => {
+            meshfs_client::mount::unmount(&mountpoint)?;
             Ok(0)
         }
         Command::Mv { from, to } => {
@@ -383,5 +406,64 @@ fn parent_of(path: &str) -> String {
     match path.trim_end_matches('/').rsplit_once('/') {
         Some(("", _)) | None => "/".to_string(),
         Some((parent, _)) => parent.to_string(),
+    }
+}
+
+/// `meshfs mount` without `--foreground`: the same command again with it, in a process of
+/// its own (its own process group: a Ctrl-C here does not reach it) logging to a file;
+/// returns once the mount is there, or with the log's words if the process gave up.
+fn mount_in_background(
+    mountpoint: &std::path::Path,
+    log: Option<PathBuf>,
+) -> Result<u8, ClientError> {
+    use std::os::unix::process::CommandExt;
+    let local = |what: String| move |source| ClientError::Local { what, source };
+    if meshfs_client::mount::is_mounted(mountpoint) {
+        eprintln!("meshfs: {} is a MeshFS mount already", mountpoint.display());
+        return Ok(1);
+    }
+    let log = log.unwrap_or_else(|| {
+        let name: String = mountpoint
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        std::env::temp_dir().join(format!("meshfs-mount{name}.log"))
+    });
+    let file = std::fs::File::create(&log).map_err(local(format!("log {}", log.display())))?;
+    let exe = std::env::current_exe().map_err(local("finding the meshfs program".into()))?;
+    let mut child = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().map_err(local(format!("log {}", log.display())))?)
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .map_err(local(format!("starting {}", exe.display())))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if meshfs_client::mount::is_mounted(mountpoint) {
+            println!(
+                "mounted at {} (process {}, log {}); `meshfs umount {}` unmounts it",
+                mountpoint.display(),
+                child.id(),
+                log.display(),
+                mountpoint.display()
+            );
+            return Ok(0);
+        }
+        let exited = child.try_wait().map_err(local("watching the mount process".into()))?;
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            if exited.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("meshfs: mounting at {} failed:\n{}", mountpoint.display(), said.trim_end());
+            return Ok(2);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -26,6 +26,11 @@ fn run(cli: Cli) -> Result<u8, ClientError> {
         command @ (Command::Up { .. } | Command::Bench { .. } | Command::Client { .. }) => {
             commands::run_operator(&path, client, command)
         }
+        // Needs no cluster: the mount table says what to unmount.
+        Command::Umount { mountpoint } => {
+            meshfs_client::mount::unmount(&mountpoint)?;
+            Ok(0)
+        }
         // The rest: a client config, or the cluster config on a server host.
         command => commands::run(&Access::load(&path, client)?, command),
     }

@@ -1,0 +1,918 @@
+//! The FUSE filesystem: each kernel request answered by the meta-servers (names, owners,
+//! modes) and the data-servers (bytes), through a pool of clients shared by the threads
+//! that serve requests.
+//!
+//! Writes through an open file gather in a buffer of one block's contiguous bytes and go
+//! to the data-servers when the block is full, when a write elsewhere begins, on flush,
+//! fsync and close, or when all buffers together pass [`MAX_BUFFERED`]: a `cp` of a large
+//! file writes whole blocks, never a block per kernel write.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
+};
+use log::{debug, warn};
+use meshfs_core::error::NsError;
+use meshfs_core::namespace::Stat;
+use meshfs_core::path::PathError;
+
+use super::MountOptions;
+use super::inodes::{Inodes, ROOT};
+use crate::access::Access;
+use crate::data::DataClient;
+use crate::error::ClientError;
+use crate::file::RemoteFile;
+use crate::meta::MetaClient;
+
+/// Bytes all open files may hold unwritten at once; past it a write sends its file's
+/// buffer before it returns.
+pub const MAX_BUFFERED: u64 = 512 << 20;
+
+/// Most bytes the kernel sends in one write, and reads ahead.
+const MAX_IO: u32 = 1 << 20;
+
+/// An open directory's entries as they were when it was opened: (inode, kind, name).
+type Listing = Vec<(u64, FileType, String)>;
+
+/// The mount's filesystem.
+#[derive(Debug)]
+pub(super) struct MeshFs {
+    access: Access,
+    options: MountOptions,
+    /// Whether the client may act for local users (a `trusted` client): then each request
+    /// is checked as its caller; else every request acts as the client itself.
+    trusted: bool,
+    inodes: Mutex<Inodes>,
+    pool: Mutex<Vec<(MetaClient, DataClient)>>,
+    files: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The file version each inode had when last opened: an unchanged file keeps the
+    /// kernel's cached pages (close-to-open consistency).
+    opened_at: Mutex<HashMap<u64, u32>>,
+    next_handle: AtomicU64,
+    buffered: AtomicU64,
+    space: Mutex<Option<(Instant, Space)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Space {
+    total: u64,
+    free: u64,
+    files: u64,
+}
+
+/// An open file and the bytes written to it not yet sent.
+#[derive(Debug)]
+struct OpenFile {
+    ino: u64,
+    file: Option<RemoteFile>,
+    writable: bool,
+    /// (offset, bytes): contiguous bytes within one block.
+    dirty: Option<(u64, Vec<u8>)>,
+    /// The first failure of a buffered write, reported by the next flush or close.
+    failed: Option<Errno>,
+}
+
+/// Clients taken from the pool for one request, given back when dropped.
+struct Clients<'a> {
+    fs: &'a MeshFs,
+    parts: Option<(MetaClient, DataClient)>,
+}
+
+impl Clients<'_> {
+    fn meta(&mut self) -> &mut MetaClient {
+        &mut self.parts.as_mut().expect("held until dropped").0
+    }
+
+    fn take(mut self) -> (MetaClient, DataClient) {
+        self.parts.take().expect("held until dropped")
+    }
+}
+
+impl Drop for Clients<'_> {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            self.fs.give_back(parts);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in one request must not stop every later one: the data is still whole
+    // (no request leaves a table half-changed).
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The errno a failure means to a program. `owner_op`: a chmod or chown, where a refusal
+/// is EPERM rather than EACCES.
+fn errno(err: &ClientError, owner_op: bool) -> Errno {
+    match err {
+        ClientError::Namespace(ns) => match ns {
+            NsError::Path(PathError::ComponentTooLong { .. } | PathError::TooLong { .. }) => {
+                Errno::ENAMETOOLONG
+            }
+            NsError::Path(_) | NsError::MoveIntoItself { .. } | NsError::BadReplication(_) => {
+                Errno::EINVAL
+            }
+            NsError::NotFound(_) => Errno::ENOENT,
+            NsError::AlreadyExists(_) => Errno::EEXIST,
+            NsError::NotADirectory(_) => Errno::ENOTDIR,
+            NsError::IsADirectory(_) => Errno::EISDIR,
+            NsError::NotEmpty(_) => Errno::ENOTEMPTY,
+            NsError::Root => Errno::EBUSY,
+            NsError::FileTooLarge { .. } => Errno::EFBIG,
+            NsError::Placement(_) | NsError::BadPlacement { .. } | NsError::OutOfIds => {
+                Errno::ENOSPC
+            }
+            NsError::PermissionDenied(_) if owner_op => Errno::EPERM,
+            NsError::PermissionDenied(_) => Errno::EACCES,
+            NsError::TooMany(_) => Errno::EAGAIN,
+            _ => Errno::EIO,
+        },
+        ClientError::ReadOnly(_) => Errno::EBADF,
+        ClientError::BadMode(_) => Errno::EINVAL,
+        ClientError::DataWrite { reason, .. } if reason.contains("space") => Errno::ENOSPC,
+        _ => Errno::EIO,
+    }
+}
+
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The groups of process `pid` (its primary group `gid` first), as the kernel keeps them;
+/// just `gid` when they cannot be read (the process is gone, or a kernel request).
+fn groups_of(pid: u32, gid: u32) -> Vec<u32> {
+    let mut gids = vec![gid];
+    if pid == 0 {
+        return gids;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+        for g in line.split_whitespace().filter_map(|g| g.parse::<u32>().ok()) {
+            if !gids.contains(&g) && gids.len() < meshfs_core::namespace::access::MAX_GIDS {
+                gids.push(g);
+            }
+        }
+    }
+    gids
+}
+
+impl MeshFs {
+    pub(super) fn new(access: &Access, options: MountOptions, trusted: bool) -> MeshFs {
+        MeshFs {
+            access: access.clone(),
+            options,
+            trusted,
+            inodes: Mutex::new(Inodes::new()),
+            pool: Mutex::new(Vec::new()),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            opened_at: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            buffered: AtomicU64::new(0),
+            space: Mutex::new(None),
+        }
+    }
+
+    /// Clients acting for the request's caller.
+    fn clients(&self, req: &Request) -> Result<Clients<'_>, Errno> {
+        let pooled = lock(&self.pool).pop();
+        let (mut meta, data) = match pooled {
+            Some(parts) => parts,
+            None => {
+                let meta = MetaClient::new(&self.access).map_err(|e| {
+                    warn!("mount: cannot make a client: {e}");
+                    Errno::EIO
+                })?;
+                (meta, DataClient::new(&self.access))
+            }
+        };
+        if self.trusted {
+            meta.act_for(req.uid(), groups_of(req.pid(), req.gid()));
+        }
+        Ok(Clients { fs: self, parts: Some((meta, data)) })
+    }
+
+    fn give_back(&self, parts: (MetaClient, DataClient)) {
+        let mut pool = lock(&self.pool);
+        // As many as threads serve requests and files are open is plenty; the rest close.
+        if pool.len() < 64 {
+            pool.push(parts);
+        }
+    }
+
+    fn path(&self, ino: u64) -> Result<String, Errno> {
+        lock(&self.inodes).path(ino).ok_or(Errno::ESTALE)
+    }
+
+    fn child_path(&self, parent: u64, name: &OsStr) -> Result<(String, String), Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?.to_string();
+        let path = lock(&self.inodes).child_path(parent, &name).ok_or(Errno::ESTALE)?;
+        Ok((path, name))
+    }
+
+    fn attr(&self, stat: &Stat) -> FileAttr {
+        let (ino, kind, size, owner, mtime, crtime) = match stat {
+            Stat::Dir { id, mtime_ms, owner, .. } => {
+                (u64::from(*id), FileType::Directory, 4096, *owner, *mtime_ms, *mtime_ms)
+            }
+            Stat::File(meta) => (
+                u64::from(meta.descriptor.id.0),
+                FileType::RegularFile,
+                meta.size,
+                meta.owner,
+                meta.mtime_ms,
+                meta.ctime_ms,
+            ),
+        };
+        // Bytes written here and not yet sent count: the kernel asks for the size of a
+        // file it is writing.
+        let size = match self.open_file(ino) {
+            Some(open) => lock(&open).end().map_or(size, |end| end.max(size)),
+            None => size,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time(mtime),
+            mtime: time(mtime),
+            ctime: time(mtime),
+            crtime: time(crtime),
+            kind,
+            perm: owner.mode,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: owner.uid,
+            gid: owner.gid,
+            rdev: 0,
+            blksize: MAX_IO,
+            flags: 0,
+        }
+    }
+
+    /// Some open file of `ino`, if any (the one with buffered bytes, if one has).
+    fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
+        let files = lock(&self.files);
+        let mut found = None;
+        for open in files.values() {
+            // try_lock: a file busy sending its buffer is not waited for here.
+            if let Ok(f) = open.try_lock()
+                && f.ino == ino
+            {
+                if f.dirty.is_some() {
+                    return Some(open.clone());
+                }
+                found = Some(open.clone());
+            }
+        }
+        found
+    }
+
+    fn stat(&self, req: &Request, path: &str) -> Result<Stat, Errno> {
+        self.clients(req)?.meta().stat(path).map_err(|e| errno(&e, false))
+    }
+
+    /// Looks `name` up in `parent` for the kernel: one more lookup of its inode.
+    fn entry(&self, req: &Request, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let (path, name) = self.child_path(parent, name)?;
+        let stat = self.stat(req, &path)?;
+        let attr = self.attr(&stat);
+        lock(&self.inodes).looked_up(attr.ino.0, parent, &name);
+        Ok(attr)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+        match result {
+            Ok(attr) => reply.entry_with_ttls(
+                &self.options.attr_timeout,
+                &self.options.entry_timeout,
+                &attr,
+                Generation(0),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Mutex<OpenFile>>, Errno> {
+        lock(&self.files).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn new_handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Opens `ino` (at `path`) for the caller: a handle and the open flags for the kernel.
+    fn open_inode(
+        &self,
+        req: &Request,
+        ino: u64,
+        path: &str,
+        writable: bool,
+    ) -> Result<(u64, FopenFlags, Stat), Errno> {
+        let mut clients = self.clients(req)?;
+        let meta = clients.meta().get_file_meta_data(path).map_err(|e| errno(&e, false))?;
+        let (meta_client, data) = clients.take();
+        let file = RemoteFile::from_parts(&self.access, meta_client, data, path, meta);
+        let stat = Stat::File(file.metadata().clone());
+        let version = file.metadata().descriptor.version;
+        // The kernel's pages of this file stay valid if nobody changed it since it was
+        // last opened here.
+        let unchanged = lock(&self.opened_at).insert(ino, version) == Some(version);
+        let flags = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+        let fh = self.new_handle();
+        let open = OpenFile { ino, file: Some(file), writable, dirty: None, failed: None };
+        lock(&self.files).insert(fh, Arc::new(Mutex::new(open)));
+        Ok((fh, flags, stat))
+    }
+
+    fn space(&self) -> Result<Space, Errno> {
+        if let Some((at, space)) = *lock(&self.space)
+            && at.elapsed() < Duration::from_secs(2)
+        {
+            return Ok(space);
+        }
+        let timeout = Duration::from_secs(3);
+        let mut last = String::from("no meta-server in the config");
+        for (id, addr) in &self.access.mservers {
+            match crate::status::server_status(&self.access, *id, *addr, timeout) {
+                Ok(status) if !status.data_servers.is_empty() => {
+                    let replication =
+                        self.access.cluster_map().map_or(1, |m| u64::from(m.replication.max(1)));
+                    let up = status.data_servers.iter().filter(|d| d.up);
+                    let (capacity, used) =
+                        up.fold((0u64, 0u64), |(c, u), d| (c + d.capacity, u + d.used));
+                    let inodes = status.raft.map_or(0, |r| r.inodes);
+                    let space = Space {
+                        total: capacity / replication,
+                        free: capacity.saturating_sub(used) / replication,
+                        files: inodes,
+                    };
+                    *lock(&self.space) = Some((Instant::now(), space));
+                    return Ok(space);
+                }
+                Ok(_) => last = format!("meta-server {id} knows no data-server yet"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        warn!("mount: statfs: {last}");
+        Err(Errno::EIO)
+    }
+}
+
+impl OpenFile {
+    fn file(&mut self) -> Result<&mut RemoteFile, Errno> {
+        self.file.as_mut().ok_or(Errno::EBADF)
+    }
+
+    /// Where the buffered bytes end, if any are buffered.
+    fn end(&self) -> Option<u64> {
+        self.dirty.as_ref().map(|(at, bytes)| at + bytes.len() as u64)
+    }
+
+    /// Buffers `data` at `offset`, sending what it fills or leaves behind.
+    fn write(&mut self, offset: u64, data: &[u8], buffered: &AtomicU64) -> Result<(), Errno> {
+        let block_size = self.file()?.block_size();
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let block_end = (at / block_size + 1) * block_size;
+            let n = rest.len().min((block_end - at) as usize);
+            let (piece, after) = rest.split_at(n);
+            match &mut self.dirty {
+                Some((start, bytes))
+                    if *start + bytes.len() as u64 == at
+                        && *start / block_size == at / block_size =>
+                {
+                    bytes.extend_from_slice(piece);
+                }
+                _ => {
+                    self.flush(buffered)?;
+                    self.dirty = Some((at, piece.to_vec()));
+                }
+            }
+            buffered.fetch_add(n as u64, Ordering::Relaxed);
+            at += n as u64;
+            rest = after;
+            if self.end() == Some(block_end) {
+                self.flush(buffered)?;
+            }
+        }
+        if buffered.load(Ordering::Relaxed) > MAX_BUFFERED {
+            self.flush(buffered)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the buffered bytes; durable on every replica when it returns.
+    fn flush(&mut self, buffered: &AtomicU64) -> Result<(), Errno> {
+        if let Some(errno) = self.failed.take() {
+            return Err(errno);
+        }
+        let Some((at, bytes)) = self.dirty.take() else { return Ok(()) };
+        buffered.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+        let file = self.file()?;
+        file.write_at(at, &bytes).map_err(|e| {
+            warn!("mount: writing {} bytes at {at} of {}: {e}", bytes.len(), file.path());
+            errno(&e, false)
+        })
+    }
+}
+
+impl Filesystem for MeshFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // The kernel may allow less; what it allows is what it sends.
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(reply, self.entry(req, parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = (|| {
+            // An open file answers for itself: it may have no path any more.
+            if let Some(fh) = fh
+                && let Ok(open) = self.handle(fh)
+            {
+                let mut open = lock(&open);
+                let file = open.file()?;
+                // Its metadata as of now, if it still has a path.
+                let _ = file.refresh();
+                let stat = Stat::File(file.metadata().clone());
+                drop(open);
+                return Ok(self.attr(&stat));
+            }
+            let path = self.path(ino.0)?;
+            let stat = self.stat(req, &path)?;
+            let attr = self.attr(&stat);
+            if attr.ino != ino {
+                // The path names another inode now (replaced elsewhere).
+                return Err(Errno::ESTALE);
+            }
+            Ok(attr)
+        })();
+        match result {
+            Ok(attr) => reply.attr(&self.options.attr_timeout, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let mut clients = self.clients(req)?;
+            let meta = clients.meta();
+            if let Some(mode) = mode {
+                meta.chmod(&path, (mode & 0o7777) as u16).map_err(|e| errno(&e, true))?;
+            }
+            if uid.is_some() || gid.is_some() {
+                let now = meta.stat(&path).map_err(|e| errno(&e, false))?;
+                let owner = match &now {
+                    Stat::Dir { owner, .. } => *owner,
+                    Stat::File(m) => m.owner,
+                };
+                meta.chown(&path, uid.unwrap_or(owner.uid), gid.unwrap_or(owner.gid))
+                    .map_err(|e| errno(&e, true))?;
+            }
+            if let Some(size) = size {
+                // Buffered bytes first: the size asked for is the size after them.
+                if let Some(fh) = fh
+                    && let Ok(open) = self.handle(fh)
+                {
+                    lock(&open).flush(&self.buffered)?;
+                }
+                let now = meta.stat(&path).map_err(|e| errno(&e, false))?;
+                match now {
+                    Stat::Dir { .. } => return Err(Errno::EISDIR),
+                    // Truncation is not in the namespace yet: only a size the file has.
+                    Stat::File(m) if m.size != size => {
+                        debug!(
+                            "mount: truncate of {path} from {} to {size}: not supported",
+                            m.size
+                        );
+                        return Err(Errno::EOPNOTSUPP);
+                    }
+                    Stat::File(_) => {}
+                }
+            }
+            if atime.is_some() || mtime.is_some() {
+                // Times are kept by the namespace only as it changes them.
+                return Err(Errno::EOPNOTSUPP);
+            }
+            let stat = meta.stat(&path).map_err(|e| errno(&e, false))?;
+            Ok(self.attr(&stat))
+        })();
+        match result {
+            Ok(attr) => reply.attr(&self.options.attr_timeout, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            let (path, _) = self.child_path(parent.0, name)?;
+            let bits = (mode & !umask & 0o7777) as u16;
+            self.clients(req)?
+                .meta()
+                .mkdir_mode(&path, false, bits)
+                .map_err(|e| errno(&e, false))?;
+            self.entry(req, parent.0, name)
+        })();
+        self.reply_entry(reply, result);
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            if mode & libc_mode::S_IFMT != libc_mode::S_IFREG {
+                // Devices, fifos and sockets are not in the namespace.
+                return Err(Errno::EPERM);
+            }
+            let (path, _) = self.child_path(parent.0, name)?;
+            let bits = (mode & !umask & 0o7777) as u16;
+            self.clients(req)?.meta().create_mode(&path, 0, bits).map_err(|e| errno(&e, false))?;
+            self.entry(req, parent.0, name)
+        })();
+        self.reply_entry(reply, result);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = (|| {
+            let (path, leaf) = self.child_path(parent.0, name)?;
+            let bits = (mode & !umask & 0o7777) as u16;
+            let fd = self
+                .clients(req)?
+                .meta()
+                .create_mode(&path, 0, bits)
+                .map_err(|e| errno(&e, false))?;
+            let ino = u64::from(fd.id.0);
+            lock(&self.inodes).looked_up(ino, parent.0, &leaf);
+            let writable = OpenFlags(flags).acc_mode() != OpenAccMode::O_RDONLY;
+            let (fh, open_flags, stat) = self.open_inode(req, ino, &path, writable)?;
+            Ok((fh, open_flags, self.attr(&stat)))
+        })();
+        match result {
+            Ok((fh, flags, attr)) => reply.created(
+                &self.options.entry_timeout,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                flags,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = (|| {
+            let (path, leaf) = self.child_path(parent.0, name)?;
+            let mut clients = self.clients(req)?;
+            // unlink(2) never removes a directory, even an empty one.
+            if let Stat::Dir { .. } = clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
+                return Err(Errno::EISDIR);
+            }
+            clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
+            lock(&self.inodes).unlinked(parent.0, &leaf);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = (|| {
+            let (path, leaf) = self.child_path(parent.0, name)?;
+            let mut clients = self.clients(req)?;
+            if let Stat::File(_) = clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
+                return Err(Errno::ENOTDIR);
+            }
+            clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
+            lock(&self.inodes).unlinked(parent.0, &leaf);
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = (|| {
+            if flags.contains(RenameFlags::RENAME_EXCHANGE)
+                || flags.contains(RenameFlags::RENAME_WHITEOUT)
+            {
+                return Err(Errno::EINVAL);
+            }
+            let (from, leaf) = self.child_path(parent.0, name)?;
+            let (to, new_leaf) = self.child_path(newparent.0, newname)?;
+            // The namespace's rename never replaces: a target that exists is refused
+            // (EEXIST), as RENAME_NOREPLACE asks.
+            self.clients(req)?.meta().rename(&from, &to).map_err(|e| errno(&e, false))?;
+            let mut inodes = lock(&self.inodes);
+            if let Some(ino) = inodes.child(parent.0, &leaf) {
+                inodes.place(ino, newparent.0, &new_leaf);
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
+            self.open_inode(req, ino.0, &path, writable)
+        })();
+        match result {
+            Ok((fh, flags, _)) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = (|| {
+            let open = self.handle(fh)?;
+            let mut open = lock(&open);
+            // Reads see this file's own writes.
+            open.flush(&self.buffered)?;
+            if let Some(path) = lock(&self.inodes).path(ino.0) {
+                open.file()?.set_path(&path);
+            }
+            let mut buf = vec![0; size.min(MAX_IO) as usize];
+            let n = open.file()?.read_at(offset, &mut buf).map_err(|e| errno(&e, false))?;
+            buf.truncate(n);
+            Ok(buf)
+        })();
+        match result {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = (|| {
+            let open = self.handle(fh)?;
+            let mut open = lock(&open);
+            if !open.writable {
+                return Err(Errno::EBADF);
+            }
+            if let Some(path) = lock(&self.inodes).path(ino.0) {
+                open.file()?.set_path(&path);
+            }
+            open.write(offset, data, &self.buffered)
+        })();
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.handle(fh).and_then(|open| lock(&open).flush(&self.buffered)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every write sent is durable on every replica when it returns.
+        match self.handle(fh).and_then(|open| lock(&open).flush(&self.buffered)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(open) = lock(&self.files).remove(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let mut open = lock(&open);
+        let result = open.flush(&self.buffered);
+        if let Some(file) = open.file.take() {
+            self.give_back(file.into_parts());
+        }
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let entries = self.clients(req)?.meta().list(&path).map_err(|e| errno(&e, false))?;
+            let parent = {
+                let inodes = lock(&self.inodes);
+                let up = path.rsplit_once('/').map_or("/", |(dir, _)| dir);
+                let up = if up.is_empty() { "/" } else { up };
+                if ino.0 == ROOT { ROOT } else { self.parent_ino(&inodes, up) }
+            };
+            let mut listing = vec![
+                (ino.0, FileType::Directory, ".".to_string()),
+                (parent, FileType::Directory, "..".to_string()),
+            ];
+            for e in entries {
+                let kind = if e.is_dir { FileType::Directory } else { FileType::RegularFile };
+                listing.push((u64::from(e.id), kind, e.name));
+            }
+            let fh = self.new_handle();
+            lock(&self.dirs).insert(fh, Arc::new(listing));
+            Ok(fh)
+        })();
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(listing) = lock(&self.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(skip) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.space() {
+            Ok(space) => {
+                let bsize = 4096u64;
+                let last_id = u64::from(meshfs_core::namespace::LAST_ID);
+                reply.statfs(
+                    space.total / bsize,
+                    space.free / bsize,
+                    space.free / bsize,
+                    last_id,
+                    last_id.saturating_sub(space.files),
+                    bsize as u32,
+                    meshfs_core::path::MAX_COMPONENT_LEN as u32,
+                    bsize as u32,
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+impl MeshFs {
+    /// The inode number of directory `path`'s inode as the table knows it (the root if the
+    /// table has lost it: `..` is only shown, never followed by the kernel through here).
+    fn parent_ino(&self, inodes: &Inodes, path: &str) -> u64 {
+        if path == "/" {
+            return ROOT;
+        }
+        let mut at = ROOT;
+        for name in path.split('/').filter(|n| !n.is_empty()) {
+            match inodes.child(at, name) {
+                Some(ino) => at = ino,
+                None => return ROOT,
+            }
+        }
+        at
+    }
+}
+
+/// File type bits of a mode, as the kernel sends them.
+mod libc_mode {
+    pub const S_IFMT: u32 = 0o170000;
+    pub const S_IFREG: u32 = 0o100000;
+}

@@ -1,0 +1,229 @@
+//! `meshfs mount`: real clusters mounted through FUSE and used by ordinary programs (cp,
+//! diff, mv, rm, cat). Each mount is a `meshfs mount --foreground` process of the test's,
+//! unmounted and killed by its mount point and PID when the test ends, however it ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshfs_client::mount::is_mounted;
+
+use crate::cluster::{DEADLINE, TestCluster};
+use crate::random_bytes;
+
+/// A mount of a test cluster, served by a process of its own.
+struct FuseMount {
+    point: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl FuseMount {
+    /// Mounts `cluster` on a new directory `name` of the cluster's, with entry and
+    /// attribute timeouts of `timeout_ms`; waits (bounded) until the kernel lists it.
+    fn new(cluster: &TestCluster, name: &str, timeout_ms: u64) -> FuseMount {
+        let point = cluster.dir.join(name);
+        std::fs::create_dir_all(&point).unwrap();
+        let log = cluster.dir.join(format!("{name}.log"));
+        let timeout = timeout_ms.to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["mount", "--foreground", "--entry-timeout-ms", &timeout])
+            .args(["--attr-timeout-ms", &timeout])
+            .arg(&point)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut mount = FuseMount { point, log, child: Some(child) };
+        let deadline = Instant::now() + DEADLINE;
+        while !is_mounted(&mount.point) {
+            let exited = mount.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "the mount did not come up ({exited:?}): {}",
+                mount.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.point.join(rel)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the serving process to exit by itself; its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the mount process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.point) {
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tree of files of assorted sizes (empty, small, across several 1 MiB blocks) in
+/// nested directories.
+fn make_tree(root: &Path) {
+    for d in 0..4u64 {
+        let dir = root.join(format!("dir-{d}")).join("inner");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..12u64 {
+            let len = match f % 4 {
+                0 => 0,
+                1 => 17,
+                2 => 4096 + f as usize,
+                _ => (2 << 20) + 12_345 * f as usize,
+            };
+            std::fs::write(dir.join(format!("file-{f}")), random_bytes(len, d * 100 + f)).unwrap();
+        }
+    }
+    std::fs::write(root.join("top"), b"top of the tree\n").unwrap();
+}
+
+fn started(name: &str) -> TestCluster {
+    let mut cluster = TestCluster::new(name, 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    cluster
+}
+
+#[test]
+fn a_tree_copied_into_a_mount_reads_back_identical_and_names_change_as_programs_ask() {
+    let cluster = started("mount-tree");
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    let source = cluster.dir.join("source");
+    make_tree(&source);
+    run(Command::new("cp").arg("-r").arg(&source).arg(mount.path("copy")));
+    run(Command::new("diff").arg("-r").arg(&source).arg(mount.path("copy")));
+    // The namespace holds what the mount shows.
+    let listed = run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["ls", "-l", "/copy/dir-3/inner"]));
+    assert!(
+        listed.contains("file-11") && listed.contains(&(2_097_152 + 135_795).to_string()),
+        "{listed}"
+    );
+    // Renames and removes.
+    run(Command::new("mv").arg(mount.path("copy/dir-0")).arg(mount.path("moved")));
+    run(Command::new("diff").arg("-r").arg(source.join("dir-0")).arg(mount.path("moved")));
+    assert!(!mount.path("copy/dir-0").exists());
+    run(Command::new("rm").arg("-r").arg(mount.path("copy/dir-1")));
+    assert!(!mount.path("copy/dir-1").exists());
+    let names: Vec<String> = std::fs::read_dir(mount.path("copy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["dir-2", "dir-3", "top"]);
+    // Errors are the errno a program expects.
+    let err = std::fs::create_dir(mount.path("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(17), "EEXIST: {err}");
+    let err = std::fs::remove_dir(mount.path("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(39), "ENOTEMPTY: {err}");
+    let err = std::fs::remove_file(mount.path("moved/inner")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(21), "EISDIR: {err}");
+    let err = std::fs::read(mount.path("nothing-here")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(2), "ENOENT: {err}");
+    let long = "n".repeat(256);
+    let err = std::fs::write(mount.path(&long), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(36), "ENAMETOOLONG: {err}");
+    // Capacity comes from the data-servers.
+    let df = run(Command::new("df").arg("-B1").arg(&mount.point));
+    assert!(df.contains("meshfs:"), "{df}");
+}
+
+#[test]
+fn a_file_written_and_closed_on_one_mount_is_read_whole_on_another_and_renames_show() {
+    let cluster = started("mount-two");
+    let a = FuseMount::new(&cluster, "a", 200);
+    let b = FuseMount::new(&cluster, "b", 200);
+    let bytes = random_bytes((3 << 20) + 777, 7);
+    std::fs::write(a.path("shared"), &bytes).unwrap();
+    assert!(std::fs::read(b.path("shared")).unwrap() == bytes, "b reads what a wrote, whole");
+    std::fs::rename(a.path("shared"), a.path("renamed")).unwrap();
+    // Seen on b within the entry timeout (waited for, bounded).
+    let deadline = Instant::now() + DEADLINE;
+    while b.path("shared").exists() || !b.path("renamed").exists() {
+        assert!(Instant::now() < deadline, "b never saw the rename");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read(b.path("renamed")).unwrap() == bytes);
+    // A write through a file kept open shows on the other mount after close.
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(a.path("renamed")).unwrap();
+    file.write_all(b"tail").unwrap();
+    drop(file);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let seen = std::fs::read(b.path("renamed")).unwrap();
+        if seen.len() == bytes.len() + 4 {
+            assert!(seen[..bytes.len()] == bytes[..] && &seen[bytes.len()..] == b"tail");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never saw the appended bytes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn meshfs_umount_and_sigterm_each_end_a_mount_and_its_process() {
+    let cluster = started("mount-stop");
+    let mut first = FuseMount::new(&cluster, "first", 1000);
+    std::fs::write(first.path("kept"), b"still here").unwrap();
+    run(Command::new(env!("CARGO_BIN_EXE_meshfs")).arg("umount").arg(&first.point));
+    assert!(first.wait_exit().success(), "{}", first.log_text());
+    assert!(!is_mounted(&first.point));
+    let mut second = FuseMount::new(&cluster, "second", 1000);
+    assert_eq!(std::fs::read(second.path("kept")).unwrap(), b"still here");
+    let pid = second.child.as_ref().unwrap().id();
+    run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    assert!(second.wait_exit().success(), "{}", second.log_text());
+    assert!(!is_mounted(&second.point), "SIGTERM unmounted it");
+    // Unmounting what is not a mount says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("umount")
+        .arg(&second.point)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a MeshFS mount"));
+}
