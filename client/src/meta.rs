@@ -315,7 +315,14 @@ impl MetaClient {
     /// `rename`: `to` must not exist.
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
         let (from, to) = (Self::path(from)?, Self::path(to)?);
-        Self::expect(self.call(MetaOp::Rename { from, to })?).map(|_| ())
+        Self::expect(self.call(MetaOp::Rename { from, to, replace: false })?).map(|_| ())
+    }
+
+    /// `rename(2)`: `from` takes `to`'s place in one step, replacing what is there (a file
+    /// by a file, an empty directory by a directory).
+    pub fn rename_over(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
+        let (from, to) = (Self::path(from)?, Self::path(to)?);
+        Self::expect(self.call(MetaOp::Rename { from, to, replace: true })?).map(|_| ())
     }
 
     /// `chmod`: `mode`'s bits (at most 0o7777) on `path`; its owner or an operator.

@@ -253,7 +253,7 @@ impl MetaServer {
                     }
                 }
             }
-            MetaOp::Rename { from, to } => Command::Rename { from, to },
+            MetaOp::Rename { from, to, replace } => Command::Rename { from, to, replace },
             MetaOp::ActAs { .. } => {
                 // The wire never nests one (the decoder refuses it); say so if code does.
                 let err = NsError::PermissionDenied("an act-as inside another".into());

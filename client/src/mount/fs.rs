@@ -673,10 +673,16 @@ impl Filesystem for MeshFs {
             }
             let (from, leaf) = self.child_path(parent.0, name)?;
             let (to, new_leaf) = self.child_path(newparent.0, newname)?;
-            // The namespace's rename never replaces: a target that exists is refused
-            // (EEXIST), as RENAME_NOREPLACE asks.
-            self.clients(req)?.meta().rename(&from, &to).map_err(|e| errno(&e, false))?;
+            // rename(2) replaces a target in the same step; RENAME_NOREPLACE refuses one.
+            let mut clients = self.clients(req)?;
+            let result = if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                clients.meta().rename(&from, &to)
+            } else {
+                clients.meta().rename_over(&from, &to)
+            };
+            result.map_err(|e| errno(&e, false))?;
             let mut inodes = lock(&self.inodes);
+            inodes.unlinked(newparent.0, &new_leaf);
             if let Some(ino) = inodes.child(parent.0, &leaf) {
                 inodes.place(ino, newparent.0, &new_leaf);
             }

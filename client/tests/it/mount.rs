@@ -154,6 +154,21 @@ fn a_tree_copied_into_a_mount_reads_back_identical_and_names_change_as_programs_
     let mut names = names;
     names.sort();
     assert_eq!(names, ["dir-2", "dir-3", "top"]);
+    let top = std::fs::read_dir(&mount.point).unwrap().count();
+    assert_eq!(top, 2, "copy and moved, nothing else yet");
+    // rename(2) replaces a file in one step, and an empty directory; never a full one.
+    std::fs::write(mount.path("old"), b"old bytes").unwrap();
+    std::fs::write(mount.path("new"), b"new bytes").unwrap();
+    std::fs::rename(mount.path("new"), mount.path("old")).unwrap();
+    assert_eq!(std::fs::read(mount.path("old")).unwrap(), b"new bytes");
+    assert!(!mount.path("new").exists());
+    std::fs::create_dir(mount.path("empty")).unwrap();
+    std::fs::rename(mount.path("copy/dir-2"), mount.path("empty")).unwrap();
+    run(Command::new("diff").arg("-r").arg(source.join("dir-2")).arg(mount.path("empty")));
+    let err = std::fs::rename(mount.path("old"), mount.path("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(21), "EISDIR: {err}");
+    let err = std::fs::rename(mount.path("empty"), mount.path("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(39), "ENOTEMPTY: {err}");
     // Errors are the errno a program expects.
     let err = std::fs::create_dir(mount.path("moved")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(17), "EEXIST: {err}");

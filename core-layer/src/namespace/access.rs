@@ -305,9 +305,14 @@ impl super::Namespace {
             | Command::WriteLease { path, .. }
             | Command::CommitWrite { path, .. }
             | Command::SwapReplica { path, .. } => self.may_write(path, caller),
-            Command::Rename { from, to } => {
+            Command::Rename { from, to, replace } => {
                 self.may_unlink(from, caller)?;
-                self.may_create(to, caller)
+                self.may_create(to, caller)?;
+                // What it replaces goes as if removed (a sticky directory's rules included).
+                if *replace {
+                    self.may_unlink(to, caller)?;
+                }
+                Ok(())
             }
             Command::Remove { path, recursive } => {
                 let walk = self.may_unlink(path, caller)?;

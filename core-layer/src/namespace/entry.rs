@@ -125,12 +125,16 @@ pub enum Command {
         /// Draining or not.
         draining: bool,
     },
-    /// Move `from` to `to` atomically; `to` must not exist.
+    /// Move `from` to `to` atomically; `to` must not exist, or with `replace`, what is
+    /// there goes in the same step (a file replaced by a file, an empty directory by a
+    /// directory), as rename(2) does.
     Rename {
         /// The source.
         from: MeshPath,
         /// The destination.
         to: MeshPath,
+        /// Replace an existing target.
+        replace: bool,
     },
     /// Remove a file, an empty directory, or with `recursive` a whole tree.
     Remove {
@@ -367,8 +371,8 @@ impl Entry {
             Command::SetDraining { server, draining } => {
                 w.u8(11).u32(server.0).bool(*draining);
             }
-            Command::Rename { from, to } => {
-                w.u8(4);
+            Command::Rename { from, to, replace } => {
+                w.u8(if *replace { 24 } else { 4 });
                 write_path(&mut w, from);
                 write_path(&mut w, to);
             }
@@ -466,7 +470,11 @@ impl Entry {
                 }
                 Command::ExpandFile { path, size, first_block, placement }
             }
-            4 => Command::Rename { from: read_path(&mut r)?, to: read_path(&mut r)? },
+            4 | 24 => Command::Rename {
+                from: read_path(&mut r)?,
+                to: read_path(&mut r)?,
+                replace: tag == 24,
+            },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
             9 | 23 => {
                 let path = read_path(&mut r)?;

@@ -452,7 +452,7 @@ impl Namespace {
                 }
                 Ok(Outcome::Draining { server: *server, draining: *draining })
             }
-            Command::Rename { from, to } => self.rename(from, to, now),
+            Command::Rename { from, to, replace } => self.rename(from, to, *replace, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
             Command::OpenSession { lease_ms, lock_delay_ms } => {
                 let open = self.locks.sessions_of(session.client);

@@ -67,7 +67,11 @@ impl Driver {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Outcome {
-        self.run(Command::Rename { from: p(from), to: p(to) })
+        self.run(Command::Rename { from: p(from), to: p(to), replace: false })
+    }
+
+    fn rename_over(&mut self, from: &str, to: &str) -> Outcome {
+        self.run(Command::Rename { from: p(from), to: p(to), replace: true })
     }
 
     fn remove(&mut self, path: &str, recursive: bool) -> Outcome {
@@ -665,7 +669,7 @@ fn sample_entries() -> Vec<Entry> {
             first_block: 0,
             placement: vec![vec![NodeId(4), NodeId(5)]; 3],
         }),
-        d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g") }),
+        d.entry(Command::Rename { from: p("/a/b/f"), to: p("/a/g"), replace: false }),
         d.entry(Command::CreateFile {
             path: p("/a/g"),
             replication: 2,
@@ -728,6 +732,7 @@ fn sample_entries() -> Vec<Entry> {
                 mode: Some(0o2640),
             })
         },
+        d.entry(Command::Rename { from: p("/a/u/s"), to: p("/a/g"), replace: true }),
     ]
 }
 
@@ -832,7 +837,7 @@ fn every_change_is_checked_against_the_callers_owner_group_and_mode() {
     assert!(denied(run_as(
         &mut d,
         &bob,
-        Command::Rename { from: p("/alice/notes"), to: p("/bob/x") }
+        Command::Rename { from: p("/alice/notes"), to: p("/bob/x"), replace: false }
     )));
     assert!(denied(run_as(&mut d, &bob, Command::Remove { path: p("/alice"), recursive: true })));
     // Nor write Alice's file, nor change its mode or owner.
@@ -1219,7 +1224,7 @@ fn a_rename_never_makes_a_path_longer_than_the_limit() {
     assert_eq!(d.mkdir(&format!("/p/{name}"), true), Outcome::Mkdir);
     // Under /p/<200> the file's path would be 4,227 bytes: refused.
     let to = format!("/p/{name}/t");
-    let refused = d.run(Command::Rename { from: p("/t"), to: p(&to) });
+    let refused = d.run(Command::Rename { from: p("/t"), to: p(&to), replace: false });
     let NsError::Path(PathError::TooLong { len }) = failed(refused) else { panic!() };
     assert!(
         len > crate::path::MAX_PATH_LEN && len <= to.len() + longest - 2,
@@ -1227,11 +1232,14 @@ fn a_rename_never_makes_a_path_longer_than_the_limit() {
     );
     assert!(d.ns.stat(&p(&deep)).is_ok(), "nothing moved");
     // Moving it where it fits works, and so does moving something short anywhere.
-    assert_eq!(d.run(Command::Rename { from: p("/t"), to: p("/u") }), Outcome::Renamed);
+    assert_eq!(
+        d.run(Command::Rename { from: p("/t"), to: p("/u"), replace: false }),
+        Outcome::Renamed
+    );
     assert!(d.ns.stat(&p(&format!("{}/f", deep.replacen("/t", "/u", 1)))).is_ok());
     assert_eq!(d.mkdir("/s/x", true), Outcome::Mkdir);
     let to = p(&format!("/p/{name}/s"));
-    assert_eq!(d.run(Command::Rename { from: p("/s"), to }), Outcome::Renamed);
+    assert_eq!(d.run(Command::Rename { from: p("/s"), to, replace: false }), Outcome::Renamed);
     // Renaming a directory again and again into itself-deep places is bounded the same way:
     // every full path in the tree stays within MAX_PATH_LEN.
     let mut at = String::from("/c");
@@ -1239,7 +1247,8 @@ fn a_rename_never_makes_a_path_longer_than_the_limit() {
     for i in 0..40 {
         let next = format!("/c{i}/{name}");
         assert_eq!(d.mkdir(&next, true), Outcome::Mkdir);
-        let outcome = d.run(Command::Rename { from: p(&at), to: p(&format!("{next}/c")) });
+        let outcome =
+            d.run(Command::Rename { from: p(&at), to: p(&format!("{next}/c")), replace: false });
         if outcome != Outcome::Renamed {
             assert!(matches!(failed(outcome), NsError::Path(PathError::TooLong { .. })));
             break;
@@ -1483,4 +1492,67 @@ fn mkdir_p_with_fewer_free_ids_than_it_needs_makes_nothing() {
     let fits = (0..1022).map(|i| format!("/{}", i % 10)).collect::<String>();
     assert_eq!(d.mkdir(&fits, true), Outcome::Mkdir);
     assert_eq!(d.ns.inode_count(), 1023);
+}
+
+#[test]
+fn a_rename_that_replaces_follows_rename_2() {
+    let mut d = Driver::new();
+    d.mkdir("/d/full/x", true);
+    d.mkdir("/d/empty", false);
+    d.mkdir("/d/other", false);
+    for f in ["/f", "/g"] {
+        assert!(matches!(d.create(f), Outcome::Created(_)));
+    }
+    assert!(matches!(d.expand("/g", 3 * u64::from(BS), 3), Outcome::Expanded { .. }));
+    let held: u64 = d.ns.allocated.values().sum();
+    assert_eq!(held, 6 * u64::from(BS), "three blocks of /g, two replicas each");
+    let g = d.ns.lookup(&p("/g")).unwrap();
+    let f = d.ns.lookup(&p("/f")).unwrap();
+    // Without replace, the target must not exist; with it, the file goes in the same step.
+    assert!(matches!(failed(d.rename("/f", "/g")), NsError::AlreadyExists(_)));
+    assert_eq!(d.rename_over("/f", "/g"), Outcome::Renamed);
+    assert_eq!(d.ns.lookup(&p("/g")).unwrap(), f);
+    assert!(d.ns.lookup(&p("/f")).is_err());
+    assert!(d.ns.nodes.get(&g).is_none(), "the replaced file is gone");
+    assert!(d.ns.allocated.is_empty(), "and its blocks no longer count");
+    // Kinds must agree, and a directory replaces only an empty one.
+    assert!(matches!(failed(d.rename_over("/g", "/d/empty")), NsError::IsADirectory(_)));
+    assert!(matches!(failed(d.rename_over("/d/other", "/g")), NsError::NotADirectory(_)));
+    assert!(matches!(failed(d.rename_over("/d/other", "/d/full")), NsError::NotEmpty(_)));
+    assert!(matches!(failed(d.rename_over("/d/full/x", "/d")), NsError::NotEmpty(_)));
+    assert!(matches!(failed(d.rename_over("/d", "/d/full/x")), NsError::MoveIntoItself { .. }));
+    assert_eq!(d.rename_over("/d/other", "/d/empty"), Outcome::Renamed);
+    assert!(d.ns.lookup(&p("/d/other")).is_err());
+    // Onto itself and a missing target are as a plain rename.
+    assert_eq!(d.rename_over("/g", "/g"), Outcome::Renamed);
+    assert_eq!(d.rename_over("/g", "/h"), Outcome::Renamed);
+    assert!(d.ns.violation().is_none());
+    assert_eq!(Namespace::restore(&d.ns.snapshot()).unwrap(), d.ns);
+}
+
+#[test]
+fn replacing_needs_the_right_to_remove_the_target() {
+    let mut d = Driver::new();
+    let alice = user(1001, &[1001]);
+    let bob = user(1002, &[1002]);
+    let mkdir = |path: &str, mode| Command::Mkdir { path: p(path), parents: false, mode };
+    assert_eq!(d.run(mkdir("/tmp", Some(0o1777))), Outcome::Mkdir);
+    let create = |path: &str| Command::CreateFile {
+        path: p(path),
+        replication: 1,
+        block_size: BS,
+        mode: Some(0o666),
+    };
+    assert!(matches!(run_as(&mut d, &alice, create("/tmp/alices")), Outcome::Created(_)));
+    assert!(matches!(run_as(&mut d, &bob, create("/tmp/bobs")), Outcome::Created(_)));
+    // The sticky directory keeps bob from replacing alice's file, as it keeps him from
+    // removing it.
+    let over = |from: &str, to: &str| Command::Rename { from: p(from), to: p(to), replace: true };
+    let refused = run_as(&mut d, &bob, over("/tmp/bobs", "/tmp/alices"));
+    assert!(matches!(failed(refused), NsError::PermissionDenied(_)));
+    let refused = run_as(&mut d, &alice, over("/tmp/alices", "/tmp/bobs"));
+    assert!(matches!(failed(refused), NsError::PermissionDenied(_)));
+    // Her own file she may replace.
+    assert!(matches!(run_as(&mut d, &alice, create("/tmp/new")), Outcome::Created(_)));
+    assert_eq!(run_as(&mut d, &alice, over("/tmp/new", "/tmp/alices")), Outcome::Renamed);
 }

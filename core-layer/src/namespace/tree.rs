@@ -150,6 +150,7 @@ impl Namespace {
         &mut self,
         from: &MeshPath,
         to: &MeshPath,
+        replace: bool,
         now: u64,
     ) -> Result<Outcome, NsError> {
         if from.is_root() || to.is_root() {
@@ -159,18 +160,37 @@ impl Namespace {
         if from == to {
             return Ok(Outcome::Renamed);
         }
-        if matches!(self.nodes[&id].kind, Kind::Dir(_)) && to.starts_with(from) {
+        let moves_dir = matches!(self.nodes[&id].kind, Kind::Dir(_));
+        if moves_dir && to.starts_with(from) {
             return Err(NsError::MoveIntoItself { from: path_str(from), to: path_str(to) });
         }
         let (new_parent, new_name) = self.parent_dir(to)?;
-        if self.dir_child(new_parent, new_name).is_some() {
-            return Err(NsError::AlreadyExists(path_str(to)));
-        }
+        let replaced = match self.dir_child(new_parent, new_name) {
+            None => None,
+            Some(_) if !replace => return Err(NsError::AlreadyExists(path_str(to))),
+            Some(target) => {
+                // As rename(2): a file only over a file, a directory only over an empty
+                // directory; the target may not be an ancestor of the source (it is then
+                // not empty).
+                match (&self.nodes[&target].kind, moves_dir) {
+                    (Kind::Dir(_), false) => return Err(NsError::IsADirectory(path_str(to))),
+                    (Kind::File(_), true) => return Err(NsError::NotADirectory(path_str(to))),
+                    (Kind::Dir(dir), true) if !dir.children.is_empty() => {
+                        return Err(NsError::NotEmpty(path_str(to)));
+                    }
+                    _ => Some(target),
+                }
+            }
+        };
         // Every path under the moved directory must stay within the path limit.
         let room = MAX_PATH_LEN - to.as_str().len();
         if let Some(deeper) = self.longest_below(id, room) {
             let len = to.as_str().len() + deeper;
             return Err(NsError::Path(PathError::TooLong { len }));
+        }
+        if let Some(target) = replaced {
+            self.dir_mut(new_parent).children.remove(new_name);
+            self.drop_tree(target);
         }
         let (_, old_name) = from.split_last().expect("not root");
         let old_parent = self.nodes[&id].parent;
@@ -223,6 +243,14 @@ impl Namespace {
         let dir = self.dir_mut(parent);
         dir.children.remove(name);
         dir.mtime_ms = now;
+        let (files, dirs) = self.drop_tree(id);
+        Ok(Outcome::Removed { files, dirs })
+    }
+
+    /// Drops inode `id` and everything below it (already out of its directory): their
+    /// leases end and their blocks no longer count against their data-servers. Returns
+    /// (files, directories) dropped.
+    fn drop_tree(&mut self, id: u32) -> (u64, u64) {
         let (mut files, mut dirs) = (0, 0);
         let mut stack = vec![id];
         while let Some(next) = stack.pop() {
@@ -250,6 +278,6 @@ impl Namespace {
                 }
             }
         }
-        Ok(Outcome::Removed { files, dirs })
+        (files, dirs)
     }
 }

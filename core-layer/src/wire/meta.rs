@@ -36,6 +36,7 @@
 //! | 26 | `MkdirMode` | as 1, then `u16 mode` |
 //! | 27 | `CreateMode` | as 2, then `u16 mode` |
 //! | 28 | `CreateWriteMode` | as 12, then `u16 mode` |
+//! | 29 | `RenameReplace` | as 3: a rename that replaces its target |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -131,8 +132,11 @@ pub enum MetaOp {
     Rename {
         /// The source.
         from: MeshPath,
-        /// The destination (must not exist).
+        /// The destination.
         to: MeshPath,
+        /// Replace what is at `to` (a file by a file, an empty directory by a directory),
+        /// as rename(2) does; without it `to` must not exist.
+        replace: bool,
     },
     /// A new file of `size` bytes (at most one block) with a write lease on its block, in
     /// one consensus round: what a small file's create, expand and lease would do.
@@ -520,6 +524,8 @@ wire_codes! {
         CreateMode = 27,
         /// [`MetaOp::CreateWrite`] with a mode.
         CreateWriteMode = 28,
+        /// [`MetaOp::Rename`] that replaces its target.
+        RenameReplace = 29,
     }
 }
 
@@ -591,8 +597,8 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             w.u8(*replication);
             write_new_mode(w, *mode);
         }
-        MetaOp::Rename { from, to } => {
-            w.u8(OpCode::Rename as u8);
+        MetaOp::Rename { from, to, replace } => {
+            w.u8(if *replace { OpCode::RenameReplace } else { OpCode::Rename } as u8);
             write_path(w, from);
             write_path(w, to);
         }
@@ -733,7 +739,11 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
             replication: r.u8("replication")?,
             mode: read_new_mode(r, op == OpCode::CreateMode)?,
         },
-        OpCode::Rename => MetaOp::Rename { from: read_path(r)?, to: read_path(r)? },
+        OpCode::Rename | OpCode::RenameReplace => MetaOp::Rename {
+            from: read_path(r)?,
+            to: read_path(r)?,
+            replace: op == OpCode::RenameReplace,
+        },
         OpCode::CreateWrite | OpCode::CreateWriteMode => MetaOp::CreateWrite {
             path: read_path(r)?,
             replication: r.u8("replication")?,

@@ -213,6 +213,7 @@ fn samples() -> Vec<Message> {
             op: MetaOp::Rename {
                 from: MeshPath::parse("/a").unwrap(),
                 to: MeshPath::parse("/b").unwrap(),
+                replace: false,
             },
         }),
         Message::MetaReply(MetaReply::Created(FileDescriptor {
@@ -518,6 +519,15 @@ fn samples() -> Vec<Message> {
                 path: MeshPath::parse("/a/f/g").unwrap(),
                 parents: true,
                 mode: Some(0o1700),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 24,
+            op: MetaOp::Rename {
+                from: MeshPath::parse("/a/new").unwrap(),
+                to: MeshPath::parse("/a/old").unwrap(),
+                replace: true,
             },
         }),
     ]

@@ -93,8 +93,12 @@ pub(crate) enum Command {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// Move FROM to TO atomically; TO must not exist.
+    /// Move FROM to TO atomically; TO must not exist unless --force.
     Mv {
+        /// Replace TO if it exists (a file by a file, an empty directory by a directory),
+        /// in the same step.
+        #[arg(short, long)]
+        force: bool,
         /// The source.
         from: String,
         /// The destination.

@@ -177,8 +177,13 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             meshfs_client::mount::unmount(&mountpoint)?;
             Ok(0)
         }
-        Command::Mv { from, to } => {
-            MetaClient::new(access)?.rename(&from, &to)?;
+        Command::Mv { force, from, to } => {
+            let mut meta = MetaClient::new(access)?;
+            if force {
+                meta.rename_over(&from, &to)?
+            } else {
+                meta.rename(&from, &to)?
+            }
             Ok(0)
         }
         Command::Chmod { mode, path } => {
