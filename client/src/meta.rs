@@ -338,6 +338,17 @@ impl MetaClient {
         Self::expect(self.call(MetaOp::Chown { path, uid, gid })?).map(|_| ())
     }
 
+    /// `utimens`: `path`'s access and modification times as asked.
+    pub fn set_times(
+        &mut self,
+        path: &str,
+        atime: meshfs_core::namespace::SetTime,
+        mtime: meshfs_core::namespace::SetTime,
+    ) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        Self::expect(self.call(MetaOp::SetTimes { path, atime, mtime })?).map(|_| ())
+    }
+
     /// `remove` (with `recursive`, a whole tree); returns (files, directories) removed.
     pub fn remove(&mut self, path: &str, recursive: bool) -> Result<(u64, u64), ClientError> {
         let path = Self::path(path)?;

@@ -27,12 +27,15 @@ pub fn log_entry(data: &[u8]) {
     assert_eq!(again, entry);
 }
 
-/// A snapshot body past the checksum and magic (the first byte picks the format, 1 to 6):
+/// Snapshot formats the restore reads (1 to this).
+const SNAPSHOT_FORMATS: u16 = 7;
+
+/// A snapshot body past the checksum and magic (the first byte picks the format, 1 to 7):
 /// restoring never panics, and a namespace restored takes a snapshot that restores to it.
 pub fn snapshot(data: &[u8]) {
     let Some((&pick, body)) = data.split_first() else { return };
     let mut bytes = b"MSNS".to_vec();
-    bytes.extend_from_slice(&(u16::from(pick % 6) + 1).to_be_bytes());
+    bytes.extend_from_slice(&(u16::from(pick) % SNAPSHOT_FORMATS + 1).to_be_bytes());
     bytes.extend_from_slice(body);
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_be_bytes());
@@ -157,7 +160,7 @@ mod tests {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/snapshot.bin");
             let golden = meshfs_test_kit::golden::read(path);
             // Past magic and format: the body, with the format's byte in front.
-            let mut seed = vec![5u8];
+            let mut seed = vec![(SNAPSHOT_FORMATS - 1) as u8];
             seed.extend_from_slice(&golden[6..golden.len() - 4]);
             snapshot(&mutate(seed, &e));
         }

@@ -265,6 +265,7 @@ impl MetaServer {
                 return answer(node, waiter, MetaReply::Failed(err));
             }
             MetaOp::Chown { path, uid, gid } => Command::Chown { path, uid, gid },
+            MetaOp::SetTimes { path, atime, mtime } => Command::SetTimes { path, atime, mtime },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
             MetaOp::CommitWrite { .. } => {
@@ -609,6 +610,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::CommitProven { .. }
         | MetaOp::Chmod { .. }
         | MetaOp::Chown { .. }
+        | MetaOp::SetTimes { .. }
         | MetaOp::ActAs { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }

@@ -21,7 +21,7 @@ use fuser::{
 };
 use log::{debug, warn};
 use meshfs_core::error::NsError;
-use meshfs_core::namespace::Stat;
+use meshfs_core::namespace::{SetTime, Stat};
 use meshfs_core::path::PathError;
 
 use super::MountOptions;
@@ -144,8 +144,20 @@ fn errno(err: &ClientError, owner_op: bool) -> Errno {
     }
 }
 
-fn time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+fn time_us(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
+
+/// A time the kernel asks for, as the namespace sets it (before the epoch: the epoch).
+fn set_time(time: Option<TimeOrNow>) -> SetTime {
+    match time {
+        None => SetTime::Keep,
+        Some(TimeOrNow::Now) => SetTime::Now,
+        Some(TimeOrNow::SpecificTime(t)) => SetTime::At(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        ),
+    }
 }
 
 /// The groups of process `pid` (its primary group `gid` first), as the kernel keeps them;
@@ -221,17 +233,18 @@ impl MeshFs {
     }
 
     fn attr(&self, stat: &Stat) -> FileAttr {
-        let (ino, kind, size, owner, mtime, crtime) = match stat {
-            Stat::Dir { id, mtime_ms, owner, .. } => {
-                (u64::from(*id), FileType::Directory, 4096, *owner, *mtime_ms, *mtime_ms)
+        let (ino, kind, size, owner, times, crtime) = match stat {
+            Stat::Dir { id, times, owner, .. } => {
+                let born = times.ctime_us / 1000;
+                (u64::from(*id), FileType::Directory, 4096, *owner, *times, born)
             }
             Stat::File(meta) => (
                 u64::from(meta.descriptor.id.0),
                 FileType::RegularFile,
                 meta.size,
                 meta.owner,
-                meta.mtime_ms,
-                meta.ctime_ms,
+                meta.times,
+                meta.created_ms,
             ),
         };
         // Bytes written here and not yet sent count: the kernel asks for the size of a
@@ -244,10 +257,10 @@ impl MeshFs {
             ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
-            atime: time(mtime),
-            mtime: time(mtime),
-            ctime: time(mtime),
-            crtime: time(crtime),
+            atime: time_us(times.atime_us),
+            mtime: time_us(times.mtime_us),
+            ctime: time_us(times.ctime_us),
+            crtime: time_us(crtime.saturating_mul(1000)),
             kind,
             perm: owner.mode,
             nlink: if kind == FileType::Directory { 2 } else { 1 },
@@ -257,6 +270,18 @@ impl MeshFs {
             blksize: MAX_IO,
             flags: 0,
         }
+    }
+
+    /// Sends what every open file of `ino` holds unwritten.
+    fn flush_inode(&self, ino: u64) -> Result<(), Errno> {
+        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        for file in open {
+            let mut file = lock(&file);
+            if file.ino == ino {
+                file.flush(&self.buffered)?;
+            }
+        }
+        Ok(())
     }
 
     /// Some open file of `ino`, if any (the one with buffered bytes, if one has).
@@ -483,7 +508,7 @@ impl Filesystem for MeshFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -492,6 +517,9 @@ impl Filesystem for MeshFs {
     ) {
         let result = (|| {
             let path = self.path(ino.0)?;
+            // Bytes written before come before: their commit would move the times (cp -a
+            // writes, then sets them) and count in the size asked for.
+            self.flush_inode(ino.0)?;
             let mut clients = self.clients(req)?;
             let meta = clients.meta();
             if let Some(mode) = mode {
@@ -507,12 +535,6 @@ impl Filesystem for MeshFs {
                     .map_err(|e| errno(&e, true))?;
             }
             if let Some(size) = size {
-                // Buffered bytes first: the size asked for is the size after them.
-                if let Some(fh) = fh
-                    && let Ok(open) = self.handle(fh)
-                {
-                    lock(&open).flush(&self.buffered)?;
-                }
                 let now = meta.stat(&path).map_err(|e| errno(&e, false))?;
                 match now {
                     Stat::Dir { .. } => return Err(Errno::EISDIR),
@@ -528,8 +550,8 @@ impl Filesystem for MeshFs {
                 }
             }
             if atime.is_some() || mtime.is_some() {
-                // Times are kept by the namespace only as it changes them.
-                return Err(Errno::EOPNOTSUPP);
+                meta.set_times(&path, set_time(atime), set_time(mtime))
+                    .map_err(|e| errno(&e, true))?;
             }
             let stat = meta.stat(&path).map_err(|e| errno(&e, false))?;
             Ok(self.attr(&stat))

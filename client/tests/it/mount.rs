@@ -242,3 +242,68 @@ fn meshfs_umount_and_sigterm_each_end_a_mount_and_its_process() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a MeshFS mount"));
 }
+
+/// (modification time in ns, size) of every file under `root`, by path relative to it.
+fn tree_times(root: &Path) -> Vec<(String, i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            out.push((rel, ns, if meta.is_dir() { 0 } else { meta.len() }));
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn times_are_kept_to_the_microsecond_so_cp_a_tar_and_rsync_work() {
+    let cluster = started("mount-times");
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    // touch -d: microseconds kept (the kernel's nanoseconds cut to them).
+    run(Command::new("touch").args(["-d", "2001-02-03 04:05:06.789012345"]).arg(mount.path("t")));
+    let shown = run(Command::new("stat").args(["-c", "%y"]).arg(mount.path("t")));
+    assert!(shown.starts_with("2001-02-03 04:05:06.789012000"), "{shown}");
+    let source = cluster.dir.join("source");
+    make_tree(&source);
+    // Microsecond times on the source, as a filesystem of nanoseconds would hand them over.
+    let micro = |t: i128| t - t % 1000;
+    let want: Vec<_> = tree_times(&source).into_iter().map(|(p, t, n)| (p, micro(t), n)).collect();
+    run(Command::new("cp").arg("-a").arg(&source).arg(mount.path("cp-a")));
+    let got: Vec<_> = tree_times(&mount.path("cp-a"));
+    assert!(got == want, "cp -a keeps every time and size:\n{got:?}\n{want:?}");
+    let tar = Command::new("tar").arg("-C").arg(&source).args(["-cf", "-", "."]).output().unwrap();
+    assert!(tar.status.success());
+    std::fs::create_dir(mount.path("tar")).unwrap();
+    let mut untar = Command::new("tar")
+        .arg("-C")
+        .arg(mount.path("tar"))
+        .args(["-xf", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    untar.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    assert!(untar.wait().unwrap().success(), "tar x sets times without a complaint");
+    run(Command::new("diff").arg("-r").arg(&source).arg(mount.path("tar")));
+    // rsync -a twice: the second finds every file the same and sends nothing.
+    let rsync = |dest: &str| {
+        run(Command::new("rsync")
+            .args(["-a", "--stats"])
+            .arg(format!("{}/", source.display()))
+            .arg(mount.path(dest)))
+    };
+    let first = rsync("rs");
+    assert!(first.contains("Number of regular files transferred: 49"), "{first}");
+    let second = rsync("rs");
+    assert!(second.contains("Number of regular files transferred: 0"), "{second}");
+    run(Command::new("diff").arg("-r").arg(&source).arg(mount.path("rs")));
+}

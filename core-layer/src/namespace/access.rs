@@ -8,7 +8,7 @@
 
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
-use super::entry::Command;
+use super::entry::{Command, SetTime};
 use super::inode::Kind;
 use crate::error::NsError;
 use crate::path::MeshPath;
@@ -325,6 +325,17 @@ impl super::Namespace {
                 Some(id) if self.owner(id).uid != caller.uid => {
                     Err(Self::denied(path, "only its owner or an operator may change its mode"))
                 }
+                _ => Ok(()),
+            },
+            Command::SetTimes { path, atime, mtime } => match self.walk(path, caller)?.target {
+                Some(id) if caller.admin || self.owner(id).uid == caller.uid => Ok(()),
+                Some(_) if matches!(atime, SetTime::At(_)) || matches!(mtime, SetTime::At(_)) => {
+                    Err(Self::denied(path, "only its owner or an operator may set its times"))
+                }
+                Some(id) if !self.owner(id).allows(caller, WRITE) => Err(Self::denied(
+                    path,
+                    "setting its times to now needs write permission or ownership",
+                )),
                 _ => Ok(()),
             },
             Command::Chown { path, uid, gid } => match self.walk(path, caller)?.target {

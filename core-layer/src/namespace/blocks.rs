@@ -99,12 +99,11 @@ impl Namespace {
                 *self.allocated.entry(*server).or_default() += bytes;
             }
         }
-        let Kind::File(file) = &mut self.nodes.get_mut(&id).expect("looked up").kind else {
-            unreachable!("checked above")
-        };
+        let node = self.nodes.get_mut(&id).expect("looked up");
+        node.times.modified(now);
+        let Kind::File(file) = &mut node.kind else { unreachable!("checked above") };
         file.version = new_version;
         file.size = size;
-        file.mtime_ms = now;
         let first_new = file.blocks.len();
         let mut blocks = std::mem::take(&mut file.blocks).into_vec();
         blocks.extend(placement.iter().map(|set| Block {
@@ -207,8 +206,8 @@ impl Namespace {
         block.version = version;
         let replicas = block.replicas.to_vec();
         file.version = new_version;
-        file.mtime_ms = now;
         let descriptor = FileDescriptor { id: FileId(id), version: file.version };
+        self.modified(id, now);
         Ok(Outcome::Committed {
             block: BlockDescriptor { file: descriptor, index, version },
             replicas,

@@ -17,6 +17,38 @@ use crate::locks::{LockMode, Wake, WakeResult};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::session::SessionId;
 
+/// How `utimens` sets one of an inode's times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// Leave it.
+    Keep,
+    /// The entry's time.
+    Now,
+    /// This many microseconds since the epoch.
+    At(u64),
+}
+
+impl SetTime {
+    /// Writes `u8 how` (0 keep, 1 now, 2 at), then for 2 `u64 microseconds`.
+    pub fn write(self, w: &mut BodyWriter) {
+        match self {
+            SetTime::Keep => w.u8(0),
+            SetTime::Now => w.u8(1),
+            SetTime::At(us) => w.u8(2).u64(us),
+        };
+    }
+
+    /// Reads what [`SetTime::write`] wrote.
+    pub fn read(r: &mut BodyReader<'_>) -> Result<SetTime, BodyError> {
+        match r.u8("time setting")? {
+            0 => Ok(SetTime::Keep),
+            1 => Ok(SetTime::Now),
+            2 => Ok(SetTime::At(r.u64("time")?)),
+            other => Err(BodyError::Invalid { field: "time setting", value: u64::from(other) }),
+        }
+    }
+}
+
 /// A change to the namespace, as proposed by the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -190,6 +222,17 @@ pub enum Command {
         path: MeshPath,
         /// The new bits (at most 0o7777).
         mode: u16,
+    },
+    /// `utimens`: the inode's access and modification times as asked (its change time
+    /// becomes the entry's). Specific times: its owner or an operator; the entry's time:
+    /// also anyone who may write it.
+    SetTimes {
+        /// The inode.
+        path: MeshPath,
+        /// Its access time.
+        atime: SetTime,
+        /// Its modification time.
+        mtime: SetTime,
     },
     /// `chown`: a new owner (an operator only) or group (its owner, to one of its groups).
     Chown {
@@ -418,6 +461,12 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u32(*uid).u32(*gid);
             }
+            Command::SetTimes { path, atime, mtime } => {
+                w.u8(25);
+                write_path(&mut w, path);
+                atime.write(&mut w);
+                mtime.write(&mut w);
+            }
         }
         w.finish()
     }
@@ -543,6 +592,11 @@ impl Entry {
             20 => {
                 Command::Chown { path: read_path(&mut r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
             }
+            25 => Command::SetTimes {
+                path: read_path(&mut r)?,
+                atime: SetTime::read(&mut r)?,
+                mtime: SetTime::read(&mut r)?,
+            },
             other => return Err(BodyError::Invalid { field: "command", value: u64::from(other) }),
         };
         r.finish()?;

@@ -20,8 +20,8 @@ pub(super) struct File {
     pub(super) block_size: u32,
     pub(super) replication: u8,
     pub(super) size: u64,
-    pub(super) ctime_ms: u64,
-    pub(super) mtime_ms: u64,
+    /// When it was made, ms since the epoch (its birth time).
+    pub(super) created_ms: u64,
     /// Replaced whole when the file grows: growth is rare, and a boxed slice is 8 bytes
     /// smaller than a Vec on every file.
     pub(super) blocks: Box<[Block]>,
@@ -30,7 +30,6 @@ pub(super) struct File {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Dir {
     pub(super) children: BTreeMap<Box<str>, u32>,
-    pub(super) mtime_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +43,39 @@ pub(super) struct Node {
     pub(super) parent: u32,
     pub(super) kind: Kind,
     pub(super) owner: Owner,
+    pub(super) times: Times,
+}
+
+/// An inode's times, in microseconds since the Unix epoch: last access (as set: reads do
+/// not reach the namespace), last change of its contents (a file's bytes, a directory's
+/// entries), and last change of its inode (contents, owner, mode, name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Times {
+    /// Last access, as set by `utimens` (or at creation).
+    pub atime_us: u64,
+    /// Last modification of the contents.
+    pub mtime_us: u64,
+    /// Last change of the inode.
+    pub ctime_us: u64,
+}
+
+impl Times {
+    /// All three at `ms` (an entry's time, in milliseconds).
+    pub fn at_ms(ms: u64) -> Times {
+        let us = ms.saturating_mul(1000);
+        Times { atime_us: us, mtime_us: us, ctime_us: us }
+    }
+
+    /// The contents changed at `ms` (so did the inode).
+    pub(super) fn modified(&mut self, ms: u64) {
+        self.mtime_us = ms.saturating_mul(1000);
+        self.ctime_us = self.mtime_us;
+    }
+
+    /// The inode changed at `ms` (owner, mode, name).
+    pub(super) fn changed(&mut self, ms: u64) {
+        self.ctime_us = ms.saturating_mul(1000);
+    }
 }
 
 /// Inodes per page of [`Inodes`].

@@ -48,7 +48,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use meshfs_group::{ClientId, NodeId};
 
 pub use self::access::{Caller, Owner};
-pub use self::entry::{Command, Entry, Outcome};
+pub use self::entry::{Command, Entry, Outcome, SetTime};
+pub use self::inode::Times;
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
 pub use self::tree::{NEW_DIR_MODE, NEW_FILE_MODE, PARENT_DIR_BITS};
@@ -157,8 +158,9 @@ impl Namespace {
             ROOT_ID,
             Node {
                 parent: ROOT_ID,
-                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: 0 }),
+                kind: Kind::Dir(Dir { children: BTreeMap::new() }),
                 owner: ROOT_OWNER,
+                times: Times::default(),
             },
         );
         Namespace {
@@ -484,9 +486,10 @@ impl Namespace {
                 Ok(Outcome::Woke { wakes: self.locks.unlock(session, path, now)? })
             }
             Command::Chmod { path, mode } => {
-                self.set_owner(path, |owner| owner.mode = *mode & access::MODE_BITS)
+                self.set_owner(path, now, |owner| owner.mode = *mode & access::MODE_BITS)
             }
-            Command::Chown { path, uid, gid } => self.set_owner(path, |owner| {
+            Command::SetTimes { path, atime, mtime } => self.set_times(path, *atime, *mtime, now),
+            Command::Chown { path, uid, gid } => self.set_owner(path, now, |owner| {
                 owner.uid = *uid;
                 owner.gid = *gid;
             }),

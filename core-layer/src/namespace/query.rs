@@ -4,7 +4,7 @@
 use meshfs_group::NodeId;
 
 use super::access::Owner;
-use super::inode::{Block, Dir, File, Kind};
+use super::inode::{Block, Dir, File, Kind, Times};
 use super::{Namespace, ROOT_ID, parent_text, path_str};
 use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
 use crate::error::NsError;
@@ -20,8 +20,8 @@ pub enum Stat {
         id: u32,
         /// Entries in it.
         entries: usize,
-        /// Last change of its entries, ms since the epoch.
-        mtime_ms: u64,
+        /// Its access, modification and change times.
+        times: Times,
         /// Its owner, group and mode.
         owner: Owner,
     },
@@ -41,9 +41,9 @@ pub struct FileMeta {
     /// Copies of each block.
     pub replication: u8,
     /// Created, ms since the epoch.
-    pub ctime_ms: u64,
-    /// Last metadata change, ms since the epoch.
-    pub mtime_ms: u64,
+    pub created_ms: u64,
+    /// Its access, modification and change times.
+    pub times: Times,
     /// Its owner, group and mode.
     pub owner: Owner,
     /// Every block.
@@ -209,8 +209,8 @@ impl Namespace {
             size: file.size,
             block_size: file.block_size,
             replication: file.replication,
-            ctime_ms: file.ctime_ms,
-            mtime_ms: file.mtime_ms,
+            created_ms: file.created_ms,
+            times: node.times,
             owner: node.owner,
             blocks,
         })
@@ -224,7 +224,7 @@ impl Namespace {
             Kind::Dir(dir) => Ok(Stat::Dir {
                 id,
                 entries: dir.children.len(),
-                mtime_ms: dir.mtime_ms,
+                times: node.times,
                 owner: node.owner,
             }),
             Kind::File(_) => Ok(Stat::File(self.file_meta(id).expect("id is a file"))),

@@ -10,7 +10,7 @@ use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use super::access::{MODE_BITS, Owner};
 use super::entry::{read_outcome, write_outcome};
-use super::inode::{Block, Dir, File, Inodes, Kind, Node};
+use super::inode::{Block, Dir, File, Inodes, Kind, Node, Times};
 use super::{Lease, Namespace, ROOT_ID, Session};
 use crate::descriptor::{BlockVersion, MAX_BLOCKS_PER_FILE, read_replicas, write_replicas};
 use crate::locks::LockTable;
@@ -18,12 +18,13 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 6): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 7): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
     /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
     /// where id reuse goes on and the inode pages' version marks (formats 1 to 5 have
-    /// none), u32 CRC-32 of all before.
+    /// none), every inode's times in microseconds (formats 1 to 6 have one in ms), u32
+    /// CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -35,13 +36,15 @@ impl Namespace {
             let node = &self.nodes[&id];
             w.u32(id).u32(node.parent).str(name);
             match &node.kind {
+                // Formats before 7 knew one time of a directory and two of a file, in ms.
                 Kind::Dir(dir) => {
-                    w.u8(0).u64(dir.mtime_ms);
+                    w.u8(0).u64(node.times.mtime_us / 1000);
                     stack.extend(dir.children.iter().rev().map(|(name, &child)| (child, &**name)));
                 }
                 Kind::File(f) => {
                     w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
-                    w.u64(f.ctime_ms).u64(f.mtime_ms).u32(f.blocks.len() as u32);
+                    w.u64(f.created_ms).u64(node.times.mtime_us / 1000);
+                    w.u32(f.blocks.len() as u32);
                     for block in &f.blocks {
                         w.u16(block.version.0);
                         write_replicas(&mut w, &block.replicas);
@@ -76,6 +79,11 @@ impl Namespace {
         for (page, mark) in self.nodes.marks() {
             w.u32(page as u32).u32(mark);
         }
+        w.u32(self.nodes.len() as u32);
+        for (id, node) in self.nodes.iter() {
+            let t = node.times;
+            w.u32(id).u64(t.atime_us).u64(t.mtime_us).u64(t.ctime_us);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -105,6 +113,7 @@ impl Namespace {
             4 => v4::read(&mut r)?,
             5 => v5::read(&mut r)?,
             6 => v6::read(&mut r)?,
+            7 => v7::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
         r.finish()?;
@@ -120,9 +129,9 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 6;
+pub(super) const SNAPSHOT_FORMAT: u16 = 7;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 6, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 7, "a new format needs its reader in restore");
 
 /// Format 1 (commit 26030ca): `u32 next_id, u64 applied`, the inodes, the request sessions.
 mod v1 {
@@ -155,15 +164,20 @@ mod v1 {
             let id = r.u32("inode id")?;
             let parent = r.u32("parent")?;
             let name = r.str("name")?;
+            let times;
             let kind = match r.u8("kind")? {
-                0 => Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: r.u64("mtime")? }),
+                0 => {
+                    times = Times::at_ms(r.u64("mtime")?);
+                    Kind::Dir(Dir { children: BTreeMap::new() })
+                }
                 1 => {
                     let version = r.u32("file version")?;
                     let size = r.u64("size")?;
                     let block_size = r.u32("block size")?;
                     let replication = r.u8("replication")?;
-                    let ctime_ms = r.u64("ctime")?;
-                    let mtime_ms = r.u64("mtime")?;
+                    let created_ms = r.u64("ctime")?;
+                    // Formats before 7 kept one change time: it stands for all three.
+                    times = Times::at_ms(r.u64("mtime")?);
                     let block_count = r.u32("block count")?;
                     if block_count > MAX_BLOCKS_PER_FILE || block_size == 0 {
                         return Err(SnapshotError::Invalid(format!(
@@ -178,15 +192,7 @@ mod v1 {
                         blocks.push(Block { version, replicas: replicas.into_boxed_slice() });
                     }
                     let blocks = blocks.into_boxed_slice();
-                    Kind::File(File {
-                        version,
-                        size,
-                        block_size,
-                        replication,
-                        ctime_ms,
-                        mtime_ms,
-                        blocks,
-                    })
+                    Kind::File(File { version, size, block_size, replication, created_ms, blocks })
                 }
                 other => {
                     return Err(SnapshotError::Invalid(format!("inode {id} has kind {other}")));
@@ -202,7 +208,7 @@ mod v1 {
             }
             // Formats before 5 kept no owners: root's, open to all, as it all was then.
             let owner = Owner::legacy(matches!(kind, Kind::Dir(_)));
-            if nodes.insert(id, Node { parent, kind, owner }).is_some() {
+            if nodes.insert(id, Node { parent, kind, owner, times }).is_some() {
                 return Err(SnapshotError::Invalid(format!("inode {id} appears twice")));
             }
         }
@@ -339,6 +345,42 @@ mod v6 {
             }
             previous = Some(page);
             ns.nodes.set_mark(page, mark);
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 7: format 6, then every inode's times by id: `u32 count`, then `u32 id, u64
+/// atime, u64 mtime, u64 ctime` each, in microseconds since the epoch. Formats before it
+/// restore each inode's one time (in ms) as all three.
+mod v7 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v6::read(r)?;
+        let count = r.u32("times count")?;
+        if count as usize != ns.nodes.len() {
+            return Err(SnapshotError::Invalid(format!(
+                "{count} times for {} inodes",
+                ns.nodes.len()
+            )));
+        }
+        let mut previous = None;
+        for _ in 0..count {
+            let id = r.u32("times inode")?;
+            let times = Times {
+                atime_us: r.u64("atime")?,
+                mtime_us: r.u64("mtime")?,
+                ctime_us: r.u64("ctime")?,
+            };
+            if previous.is_some_and(|p| p >= id) {
+                return Err(SnapshotError::Invalid(format!("times of inode {id} out of order")));
+            }
+            previous = Some(id);
+            match ns.nodes.get_mut(&id) {
+                Some(node) => node.times = times,
+                None => return Err(SnapshotError::Invalid(format!("times for no inode {id}"))),
+            }
         }
         Ok(ns)
     }

@@ -733,6 +733,12 @@ fn sample_entries() -> Vec<Entry> {
             })
         },
         d.entry(Command::Rename { from: p("/a/u/s"), to: p("/a/g"), replace: true }),
+        d.entry(Command::SetTimes {
+            path: p("/a/g"),
+            atime: SetTime::Now,
+            mtime: SetTime::At(1_700_000_000_123_456),
+        }),
+        d.entry(Command::SetTimes { path: p("/a"), atime: SetTime::At(7), mtime: SetTime::Keep }),
     ]
 }
 
@@ -1023,6 +1029,15 @@ fn old_logs_and_snapshots_are_still_read() {
             // Marks came with format 6: the older ones know of no removed files.
             replayed.nodes.marks.clear();
         }
+        if format < 7 {
+            // Three times in microseconds came with format 7: the older ones kept one, the
+            // last modification in milliseconds, and restore it as all three.
+            let ids: Vec<u32> = replayed.nodes.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                let node = replayed.nodes.get_mut(&id).expect("listed");
+                node.times = Times::at_ms(node.times.mtime_us / 1000);
+            }
+        }
         assert_eq!(restored.nodes, replayed.nodes, "{dir}: inodes");
         assert_eq!(restored.leases, replayed.leases, "{dir}: leases");
         assert_eq!(restored.draining, replayed.draining, "{dir}: draining");
@@ -1301,8 +1316,9 @@ fn an_entry_that_hits_a_bug_fails_alike_everywhere_and_the_namespace_goes_on() {
     // state below would fail them), with nodes put in directly.
     for i in 0..INVARIANT_CHECK_EVERY_ENTRY_MAX as u32 {
         let (id, _) = d.ns.new_id().unwrap();
-        let kind = inode::Kind::Dir(inode::Dir { children: BTreeMap::new(), mtime_ms: 0 });
-        let node = inode::Node { parent: ROOT_ID, kind, owner: ROOT_OWNER };
+        let kind = inode::Kind::Dir(inode::Dir { children: BTreeMap::new() });
+        let node =
+            inode::Node { parent: ROOT_ID, kind, owner: ROOT_OWNER, times: Times::default() };
         d.ns.insert_child(ROOT_ID, &format!("d{i}"), id, node, 0);
     }
     // A directory entry naming an inode that is not there: a bug's state.
@@ -1555,4 +1571,72 @@ fn replacing_needs_the_right_to_remove_the_target() {
     // Her own file she may replace.
     assert!(matches!(run_as(&mut d, &alice, create("/tmp/new")), Outcome::Created(_)));
     assert_eq!(run_as(&mut d, &alice, over("/tmp/new", "/tmp/alices")), Outcome::Renamed);
+}
+
+#[test]
+fn times_change_as_posix_says_and_utimens_sets_them() {
+    let mut d = Driver::new();
+    let times = |d: &Driver, path: &str| match d.ns.stat(&p(path)).unwrap() {
+        Stat::Dir { times, .. } => times,
+        Stat::File(meta) => meta.times,
+    };
+    d.time = 1_000;
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/d/f"), Outcome::Created(_)));
+    assert_eq!(times(&d, "/d/f"), Times::at_ms(1_001), "a new inode: all three now");
+    assert_eq!(times(&d, "/d").mtime_us, 1_001_000, "its directory's entries changed");
+    // A mode change is a change of the inode, not of its contents.
+    d.time = 2_000;
+    assert_eq!(d.run(Command::Chmod { path: p("/d/f"), mode: 0o600 }), Outcome::Changed);
+    let t = times(&d, "/d/f");
+    assert_eq!((t.mtime_us, t.ctime_us), (1_001_000, 2_000_000));
+    // Growing it changes its contents.
+    d.time = 3_000;
+    assert!(matches!(d.expand("/d/f", 10, 1), Outcome::Expanded { .. }));
+    let t = times(&d, "/d/f");
+    assert_eq!((t.mtime_us, t.ctime_us, t.atime_us), (3_000_000, 3_000_000, 1_001_000));
+    // A rename changes the inode and both directories.
+    d.time = 4_000;
+    d.mkdir("/e", false);
+    assert_eq!(d.rename("/d/f", "/e/f"), Outcome::Renamed);
+    assert_eq!(times(&d, "/e/f").ctime_us, 4_001_000);
+    assert_eq!(times(&d, "/e/f").mtime_us, 3_000_000);
+    assert_eq!(times(&d, "/d").mtime_us, 4_001_000);
+    assert_eq!(times(&d, "/e").mtime_us, 4_001_000);
+    // utimens: microseconds exactly, now, or kept.
+    d.time = 5_000;
+    let set = |atime, mtime| Command::SetTimes { path: p("/e/f"), atime, mtime };
+    assert_eq!(d.run(set(SetTime::At(123_456_789), SetTime::Keep)), Outcome::Changed);
+    let t = times(&d, "/e/f");
+    assert_eq!((t.atime_us, t.mtime_us, t.ctime_us), (123_456_789, 3_000_000, 5_000_000));
+    assert_eq!(d.run(set(SetTime::Keep, SetTime::Now)), Outcome::Changed);
+    assert_eq!(times(&d, "/e/f").mtime_us, 5_001_000);
+    // They survive a snapshot to the microsecond.
+    let back = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert_eq!(back, d.ns);
+    assert_eq!(back.stat(&p("/e/f")), d.ns.stat(&p("/e/f")));
+}
+
+#[test]
+fn only_an_owner_sets_times_and_a_writer_may_set_them_to_now() {
+    let mut d = Driver::new();
+    let alice = user(1001, &[1001]);
+    let bob = user(1002, &[1002]);
+    let create = |path: &str, mode| Command::CreateFile {
+        path: p(path),
+        replication: 1,
+        block_size: BS,
+        mode: Some(mode),
+    };
+    assert!(matches!(run_as(&mut d, &alice, create("/open", 0o666)), Outcome::Created(_)));
+    assert!(matches!(run_as(&mut d, &alice, create("/closed", 0o644)), Outcome::Created(_)));
+    let set = |path: &str, atime, mtime| Command::SetTimes { path: p(path), atime, mtime };
+    let now = SetTime::Now;
+    assert_eq!(run_as(&mut d, &bob, set("/open", now, now)), Outcome::Changed);
+    let refused = run_as(&mut d, &bob, set("/open", SetTime::At(1), now));
+    assert!(matches!(failed(refused), NsError::PermissionDenied(_)));
+    let refused = run_as(&mut d, &bob, set("/closed", now, now));
+    assert!(matches!(failed(refused), NsError::PermissionDenied(_)));
+    let mine = run_as(&mut d, &alice, set("/closed", SetTime::At(1), SetTime::At(2)));
+    assert_eq!(mine, Outcome::Changed);
 }

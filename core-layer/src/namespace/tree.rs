@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::access::{Caller, Owner};
 use super::blocks::block_span;
-use super::entry::Outcome;
-use super::inode::{Dir, File, Kind, Node};
+use super::entry::{Outcome, SetTime};
+use super::inode::{Dir, File, Kind, Node, Times};
 use super::{Namespace, ROOT_ID, path_str};
 use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
@@ -26,10 +26,35 @@ impl Namespace {
     pub(super) fn set_owner(
         &mut self,
         path: &MeshPath,
+        now: u64,
         change: impl FnOnce(&mut Owner),
     ) -> Result<Outcome, NsError> {
         let id = self.lookup(path)?;
-        change(&mut self.nodes.get_mut(&id).expect("looked up").owner);
+        let node = self.nodes.get_mut(&id).expect("looked up");
+        change(&mut node.owner);
+        node.times.changed(now);
+        Ok(Outcome::Changed)
+    }
+
+    /// `utimens` (checked by [`Namespace::authorize`]).
+    pub(super) fn set_times(
+        &mut self,
+        path: &MeshPath,
+        atime: SetTime,
+        mtime: SetTime,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let times = &mut self.nodes.get_mut(&id).expect("looked up").times;
+        let now_us = now.saturating_mul(1000);
+        let pick = |how: SetTime, was: u64| match how {
+            SetTime::Keep => was,
+            SetTime::Now => now_us,
+            SetTime::At(us) => us,
+        };
+        times.atime_us = pick(atime, times.atime_us);
+        times.mtime_us = pick(mtime, times.mtime_us);
+        times.ctime_us = now_us;
         Ok(Outcome::Changed)
     }
 
@@ -38,7 +63,7 @@ impl Namespace {
         let dir = self.dir_mut(parent);
         let previous = dir.children.insert(name.into(), id);
         assert!(previous.is_none(), "inserting {name:?} over an existing entry");
-        dir.mtime_ms = now;
+        self.modified(parent, now);
     }
 
     pub(super) fn mkdir(
@@ -63,8 +88,8 @@ impl Namespace {
                 return Err(NsError::AlreadyExists(path_str(path)));
             }
             let (id, _) = self.new_id()?;
-            let kind = Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now });
-            let node = Node { parent, kind, owner };
+            let kind = Kind::Dir(Dir { children: BTreeMap::new() });
+            let node = Node { parent, kind, owner, times: Times::at_ms(now) };
             self.insert_child(parent, name, id, node, now);
             return Ok(Outcome::Mkdir);
         }
@@ -98,8 +123,9 @@ impl Namespace {
             };
             let node = Node {
                 parent: id,
-                kind: Kind::Dir(Dir { children: BTreeMap::new(), mtime_ms: now }),
+                kind: Kind::Dir(Dir { children: BTreeMap::new() }),
                 owner,
+                times: Times::at_ms(now),
             };
             self.insert_child(id, name, child, node, now);
             id = child;
@@ -137,12 +163,12 @@ impl Namespace {
             size: 0,
             block_size,
             replication,
-            ctime_ms: now,
-            mtime_ms: now,
+            created_ms: now,
             blocks: Box::new([]),
         };
         let owner = Owner::new(caller, mode);
-        self.insert_child(parent, name, id, Node { parent, kind: Kind::File(file), owner }, now);
+        let node = Node { parent, kind: Kind::File(file), owner, times: Times::at_ms(now) };
+        self.insert_child(parent, name, id, node, now);
         Ok(Outcome::Created(FileDescriptor { id: FileId(id), version }))
     }
 
@@ -194,13 +220,13 @@ impl Namespace {
         }
         let (_, old_name) = from.split_last().expect("not root");
         let old_parent = self.nodes[&id].parent;
-        let old_dir = self.dir_mut(old_parent);
-        old_dir.children.remove(old_name);
-        old_dir.mtime_ms = now;
-        let new_dir = self.dir_mut(new_parent);
-        new_dir.children.insert(new_name.into(), id);
-        new_dir.mtime_ms = now;
-        self.nodes.get_mut(&id).expect("live").parent = new_parent;
+        self.dir_mut(old_parent).children.remove(old_name);
+        self.modified(old_parent, now);
+        self.dir_mut(new_parent).children.insert(new_name.into(), id);
+        self.modified(new_parent, now);
+        let node = self.nodes.get_mut(&id).expect("live");
+        node.parent = new_parent;
+        node.times.changed(now);
         Ok(Outcome::Renamed)
     }
 
@@ -240,11 +266,17 @@ impl Namespace {
         }
         let (_, name) = path.split_last().expect("not root");
         let parent = self.nodes[&id].parent;
-        let dir = self.dir_mut(parent);
-        dir.children.remove(name);
-        dir.mtime_ms = now;
+        self.dir_mut(parent).children.remove(name);
+        self.modified(parent, now);
         let (files, dirs) = self.drop_tree(id);
         Ok(Outcome::Removed { files, dirs })
+    }
+
+    /// Inode `id`'s contents changed at `now` (ms).
+    pub(super) fn modified(&mut self, id: u32, now: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.times.modified(now);
+        }
     }
 
     /// Drops inode `id` and everything below it (already out of its directory): their

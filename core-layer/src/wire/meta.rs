@@ -37,6 +37,7 @@
 //! | 27 | `CreateMode` | as 2, then `u16 mode` |
 //! | 28 | `CreateWriteMode` | as 12, then `u16 mode` |
 //! | 29 | `RenameReplace` | as 3: a rename that replaces its target |
+//! | 30 | `SetTimes` | `str path`, then atime and mtime each `u8 how` (0 keep, 1 now, 2 at) and for 2 `u64 us` |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -79,7 +80,7 @@ use crate::descriptor::{
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
 use crate::namespace::access::{read_mode, read_new_mode, write_new_mode};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, Owner, Stat};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, Owner, SetTime, Stat, Times};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
 
@@ -228,6 +229,15 @@ pub enum MetaOp {
         path: MeshPath,
         /// The bits, at most 0o7777.
         mode: u16,
+    },
+    /// `utimens`: set an inode's access and modification times.
+    SetTimes {
+        /// The inode.
+        path: MeshPath,
+        /// Its access time.
+        atime: SetTime,
+        /// Its modification time.
+        mtime: SetTime,
     },
     /// `chown`: the owner (an operator) or group (the owner, to one of its groups).
     Chown {
@@ -526,6 +536,8 @@ wire_codes! {
         CreateWriteMode = 28,
         /// [`MetaOp::Rename`] that replaces its target.
         RenameReplace = 29,
+        /// [`MetaOp::SetTimes`].
+        SetTimes = 30,
     }
 }
 
@@ -697,6 +709,12 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             write_path(w, path);
             w.u32(*uid).u32(*gid);
         }
+        MetaOp::SetTimes { path, atime, mtime } => {
+            w.u8(OpCode::SetTimes as u8);
+            write_path(w, path);
+            atime.write(w);
+            mtime.write(w);
+        }
     }
 }
 
@@ -804,6 +822,11 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
         OpCode::Chown => {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
+        OpCode::SetTimes => MetaOp::SetTimes {
+            path: read_path(r)?,
+            atime: SetTime::read(r)?,
+            mtime: SetTime::read(r)?,
+        },
     })
 }
 
@@ -815,20 +838,30 @@ fn read_owner(r: &mut BodyReader<'_>) -> Result<Owner, BodyError> {
     Ok(Owner { uid: r.u32("uid")?, gid: r.u32("gid")?, mode: read_mode(r)? })
 }
 
+fn write_times(w: &mut BodyWriter, times: &Times) {
+    w.u64(times.atime_us).u64(times.mtime_us).u64(times.ctime_us);
+}
+
+fn read_times(r: &mut BodyReader<'_>) -> Result<Times, BodyError> {
+    Ok(Times { atime_us: r.u64("atime")?, mtime_us: r.u64("mtime")?, ctime_us: r.u64("ctime")? })
+}
+
+/// A stat: kind 4 (a directory: `u32 id, u64 entries`, times, owner) or 5 (a file: its
+/// descriptor, `u64 size, u32 block size, u8 replication, u64 created ms`, times, owner,
+/// `u32 count` and the blocks). Kinds 0 to 3 are the layouts before times (one time in
+/// ms), still read.
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, mtime_ms, owner } => {
-            w.u8(2).u32(*id).u64(*entries as u64).u64(*mtime_ms);
+        Stat::Dir { id, entries, times, owner } => {
+            w.u8(4).u32(*id).u64(*entries as u64);
+            write_times(w, times);
             write_owner(w, owner);
         }
         Stat::File(meta) => {
-            w.u8(3);
+            w.u8(5);
             meta.descriptor.write(w);
-            w.u64(meta.size)
-                .u32(meta.block_size)
-                .u8(meta.replication)
-                .u64(meta.ctime_ms)
-                .u64(meta.mtime_ms);
+            w.u64(meta.size).u32(meta.block_size).u8(meta.replication).u64(meta.created_ms);
+            write_times(w, &meta.times);
             write_owner(w, &meta.owner);
             w.u32(meta.blocks.len() as u32);
             for block in &meta.blocks {
@@ -842,20 +875,21 @@ fn write_stat(w: &mut BodyWriter, stat: &Stat) {
 fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
     let kind = r.u8("stat kind")?;
     match kind {
-        0 | 2 => Ok(Stat::Dir {
-            id: r.u32("id")?,
-            entries: usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX),
-            mtime_ms: r.u64("mtime")?,
-            owner: if kind == 2 { read_owner(r)? } else { Owner::legacy(true) },
-        }),
-        1 | 3 => {
+        0 | 2 | 4 => {
+            let id = r.u32("id")?;
+            let entries = usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX);
+            let times = if kind == 4 { read_times(r)? } else { Times::at_ms(r.u64("mtime")?) };
+            let owner = if kind == 0 { Owner::legacy(true) } else { read_owner(r)? };
+            Ok(Stat::Dir { id, entries, times, owner })
+        }
+        1 | 3 | 5 => {
             let descriptor = FileDescriptor::read(r)?;
             let size = r.u64("size")?;
             let block_size = r.u32("block size")?;
             let replication = r.u8("replication")?;
-            let ctime_ms = r.u64("ctime")?;
-            let mtime_ms = r.u64("mtime")?;
-            let owner = if kind == 3 { read_owner(r)? } else { Owner::legacy(false) };
+            let created_ms = r.u64("ctime")?;
+            let times = if kind == 5 { read_times(r)? } else { Times::at_ms(r.u64("mtime")?) };
+            let owner = if kind == 1 { Owner::legacy(false) } else { read_owner(r)? };
             let count = r.u32("block count")?;
             if count > MAX_STAT_BLOCKS {
                 return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
@@ -871,8 +905,8 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
                 size,
                 block_size,
                 replication,
-                ctime_ms,
-                mtime_ms,
+                created_ms,
+                times,
                 owner,
                 blocks,
             }))

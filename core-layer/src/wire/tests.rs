@@ -4,7 +4,7 @@ use super::*;
 use crate::descriptor::{BlockVersion, FileDescriptor};
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, Stat};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, SetTime, Stat, Times};
 use crate::path::MeshPath;
 use crate::session::SessionId;
 use crate::token::Token;
@@ -239,8 +239,8 @@ fn samples() -> Vec<Message> {
                 size: 10,
                 block_size: 65536,
                 replication: 2,
-                ctime_ms: 1,
-                mtime_ms: 2,
+                created_ms: 1,
+                times: Times { atime_us: 2_000_001, mtime_us: 2_000_002, ctime_us: 2_000_003 },
                 owner: crate::namespace::Owner { uid: 1001, gid: 50, mode: 0o640 },
                 blocks: vec![BlockMeta {
                     descriptor: BlockDescriptor {
@@ -259,7 +259,7 @@ fn samples() -> Vec<Message> {
             stat: Stat::Dir {
                 id: 1,
                 entries: 3,
-                mtime_ms: 4,
+                times: Times { atime_us: 4_000_001, mtime_us: 4_000_002, ctime_us: 4_000_003 },
                 owner: crate::namespace::Owner { uid: 0, gid: 0, mode: 0o1777 },
             },
             total_blocks: 0,
@@ -419,8 +419,8 @@ fn samples() -> Vec<Message> {
                 size: 10,
                 block_size: 65536,
                 replication: 1,
-                ctime_ms: 1,
-                mtime_ms: 2,
+                created_ms: 1,
+                times: Times { atime_us: 2_000_001, mtime_us: 2_000_002, ctime_us: 2_000_003 },
                 owner: crate::namespace::Owner { uid: 1001, gid: 50, mode: 0o640 },
                 blocks: vec![BlockMeta {
                     descriptor: BlockDescriptor {
@@ -530,6 +530,15 @@ fn samples() -> Vec<Message> {
                 replace: true,
             },
         }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 25,
+            op: MetaOp::SetTimes {
+                path: MeshPath::parse("/a/old").unwrap(),
+                atime: SetTime::Now,
+                mtime: SetTime::At(1_700_000_000_123_456),
+            },
+        }),
     ]
 }
 
@@ -570,8 +579,21 @@ fn messages_in_layouts_older_builds_wrote_are_still_read() {
     for (kind, body) in old_wire_lines() {
         let message = Message::decode(&Frame::new(kind, 1, body.clone()))
             .unwrap_or_else(|e| panic!("kind {kind} {body:02x?}: {e}"));
-        // The list entries and stats of a build before owners read as root's, open to all.
+        // The list entries and stats of a build before owners read as root's, open to all
+        // (stat kinds 0 and 1); those of a build before times (kinds 0 to 3) have all three
+        // times at their one time.
         use crate::namespace::Owner;
+        if let Message::MetaReply(MetaReply::Stat { stat, .. }) = &message {
+            let times = match stat {
+                Stat::Dir { times, .. } => *times,
+                Stat::File(meta) => meta.times,
+            };
+            assert!(body[1] <= 3, "only layouts before times are old");
+            assert!(times.atime_us == times.mtime_us && times.ctime_us == times.mtime_us);
+            if body[1] >= 2 {
+                continue;
+            }
+        }
         match &message {
             Message::MetaReply(MetaReply::List { entries, .. }) => {
                 assert!(entries.iter().all(|e| e.owner == Owner::legacy(e.is_dir)));

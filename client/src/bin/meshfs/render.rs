@@ -39,11 +39,18 @@ pub(crate) fn human(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+fn print_times(times: &meshfs_core::namespace::Times) {
+    println!("  modified    {}", utc(times.mtime_us / 1000));
+    println!("  changed     {}", utc(times.ctime_us / 1000));
+    println!("  accessed    {}", utc(times.atime_us / 1000));
+}
+
 pub(crate) fn print_stat(path: &str, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, mtime_ms, owner } => {
-            println!("{path}: directory {id}, {entries} entries, modified {}", utc(*mtime_ms));
+        Stat::Dir { id, entries, times, owner } => {
+            println!("{path}: directory {id}, {entries} entries");
             println!("  access      {}", access_text('d', owner));
+            print_times(times);
         }
         Stat::File(meta) => {
             let fd = meta.descriptor;
@@ -56,8 +63,8 @@ pub(crate) fn print_stat(path: &str, stat: &Stat) {
                 meta.block_size
             );
             println!("  replication {}", meta.replication);
-            println!("  created     {}", utc(meta.ctime_ms));
-            println!("  modified    {}", utc(meta.mtime_ms));
+            println!("  created     {}", utc(meta.created_ms));
+            print_times(&meta.times);
             println!("  blocks      {}", meta.blocks.len());
             for block in &meta.blocks {
                 let replicas: Vec<String> = block.replicas.iter().map(|r| r.to_string()).collect();
