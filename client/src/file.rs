@@ -269,6 +269,44 @@ impl RemoteFile {
         self.refresh()
     }
 
+    /// `truncate`: the file becomes `size` bytes long. Growing adds holes (they read as
+    /// zeros); shrinking first writes zeros over the last kept block's bytes past `size`
+    /// (so they read as zeros if the file grows again), then drops the blocks past the end.
+    pub fn set_len(&mut self, size: u64) -> Result<(), ClientError> {
+        if !self.writable {
+            return Err(ClientError::ReadOnly(self.path.clone()));
+        }
+        if size > self.file.size {
+            self.meta.expand_file_size(&self.path, size)?;
+            return self.refresh();
+        }
+        if size == self.file.size {
+            return Ok(());
+        }
+        let bs = self.block_size();
+        let (index, cut) = (size / bs, size % bs);
+        let held = self.file.size.min((index + 1) * bs) - index * bs;
+        let written = self.file.blocks.get(index as usize).is_some_and(|b| {
+            b.descriptor.version != meshfs_core::descriptor::BlockVersion::UNWRITTEN
+        });
+        if cut > 0 && written && held > cut {
+            let index = u16::try_from(index).map_err(|_| ClientError::DataWrite {
+                block: format!("{} block {index}", self.path),
+                reason: "a file has at most 65,536 blocks".into(),
+                failed: None,
+            })?;
+            let zeros = vec![0u8; (held - cut) as usize];
+            let token = self.meta.write_lease(&self.path, index)?;
+            let (data, block_size) = (&mut self.data, self.file.block_size);
+            let mut write = |token: &Token| data.write_block(token, block_size, cut, &zeros, true);
+            let first = write(&token);
+            let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
+            self.meta.commit_write(&self.path, &receipt)?;
+        }
+        self.meta.truncate(&self.path, size)?;
+        self.refresh()
+    }
+
     /// `write_block`: writes a whole block (`bytes` up to the block size; the file grows to
     /// cover it).
     pub fn write_block(&mut self, index: u16, bytes: &[u8]) -> Result<(), ClientError> {

@@ -338,6 +338,13 @@ impl MetaClient {
         Self::expect(self.call(MetaOp::Chown { path, uid, gid })?).map(|_| ())
     }
 
+    /// Shrinks a file to `size` (at most its size) in the namespace: blocks past it go.
+    /// [`crate::file::RemoteFile::set_len`] zeroes the last block's tail first, and grows.
+    pub fn truncate(&mut self, path: &str, size: u64) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        Self::expect(self.call(MetaOp::Truncate { path, size })?).map(|_| ())
+    }
+
     /// `utimens`: `path`'s access and modification times as asked.
     pub fn set_times(
         &mut self,

@@ -73,6 +73,16 @@ pub enum NsError {
         /// The size asked for.
         requested: u64,
     },
+    /// A truncate may only shrink a file (growth places blocks: an expand).
+    #[error("{path}: truncating to {requested} bytes would grow it from {size}; expand it instead")]
+    TruncateGrows {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The size asked for.
+        requested: u64,
+    },
     /// A one-block create-and-write must be 1 byte to one block long.
     #[error("{path}: a {size}-byte create-and-write does not fit one block of {block_size} bytes")]
     BadSize {
@@ -260,6 +270,9 @@ impl NsError {
             NsError::LeaseLost { path, index, version } => {
                 w.u8(17).str(path).u16(*index).u16(*version);
             }
+            NsError::TruncateGrows { path, size, requested } => {
+                w.u8(32).str(path).u64(*size).u64(*requested);
+            }
             NsError::BadSize { path, size, block_size } => {
                 w.u8(18).str(path).u64(*size).u32(*block_size);
             }
@@ -382,6 +395,11 @@ impl NsError {
             29 => NsError::VersionsExhausted(text(r)?),
             30 => NsError::Internal(text(r)?),
             31 => NsError::TooMany(text(r)?),
+            32 => NsError::TruncateGrows {
+                path: text(r)?,
+                size: r.u64("size")?,
+                requested: r.u64("requested")?,
+            },
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -404,6 +422,7 @@ mod tests {
             NsError::TooMany("client 7 has 256 lock sessions open".into()),
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
+            NsError::TruncateGrows { path: "/f".into(), size: 5, requested: 9 },
         ] {
             let mut w = BodyWriter::new();
             error.write(&mut w);

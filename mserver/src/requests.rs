@@ -266,6 +266,7 @@ impl MetaServer {
             }
             MetaOp::Chown { path, uid, gid } => Command::Chown { path, uid, gid },
             MetaOp::SetTimes { path, atime, mtime } => Command::SetTimes { path, atime, mtime },
+            MetaOp::Truncate { path, size } => Command::Truncate { path, size },
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
             MetaOp::CommitWrite { .. } => {
@@ -611,6 +612,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::Chmod { .. }
         | MetaOp::Chown { .. }
         | MetaOp::SetTimes { .. }
+        | MetaOp::Truncate { .. }
         | MetaOp::ActAs { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }

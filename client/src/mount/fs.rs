@@ -272,6 +272,20 @@ impl MeshFs {
         }
     }
 
+    /// Open files of `ino` fetch its metadata again (it changed through this mount).
+    fn refresh_inode(&self, ino: u64) {
+        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        for file in open {
+            let mut file = lock(&file);
+            if file.ino == ino
+                && let Some(remote) = file.file.as_mut()
+                && let Err(err) = remote.refresh()
+            {
+                debug!("mount: refreshing an open file of inode {ino}: {err}");
+            }
+        }
+    }
+
     /// Sends what every open file of `ino` holds unwritten.
     fn flush_inode(&self, ino: u64) -> Result<(), Errno> {
         let open: Vec<_> = lock(&self.files).values().cloned().collect();
@@ -521,39 +535,38 @@ impl Filesystem for MeshFs {
             // writes, then sets them) and count in the size asked for.
             self.flush_inode(ino.0)?;
             let mut clients = self.clients(req)?;
-            let meta = clients.meta();
             if let Some(mode) = mode {
-                meta.chmod(&path, (mode & 0o7777) as u16).map_err(|e| errno(&e, true))?;
+                let bits = (mode & 0o7777) as u16;
+                clients.meta().chmod(&path, bits).map_err(|e| errno(&e, true))?;
             }
             if uid.is_some() || gid.is_some() {
-                let now = meta.stat(&path).map_err(|e| errno(&e, false))?;
+                let now = clients.meta().stat(&path).map_err(|e| errno(&e, false))?;
                 let owner = match &now {
                     Stat::Dir { owner, .. } => *owner,
                     Stat::File(m) => m.owner,
                 };
-                meta.chown(&path, uid.unwrap_or(owner.uid), gid.unwrap_or(owner.gid))
-                    .map_err(|e| errno(&e, true))?;
+                let (uid, gid) = (uid.unwrap_or(owner.uid), gid.unwrap_or(owner.gid));
+                clients.meta().chown(&path, uid, gid).map_err(|e| errno(&e, true))?;
             }
             if let Some(size) = size {
-                let now = meta.stat(&path).map_err(|e| errno(&e, false))?;
-                match now {
+                let now = match clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
                     Stat::Dir { .. } => return Err(Errno::EISDIR),
-                    // Truncation is not in the namespace yet: only a size the file has.
-                    Stat::File(m) if m.size != size => {
-                        debug!(
-                            "mount: truncate of {path} from {} to {size}: not supported",
-                            m.size
-                        );
-                        return Err(Errno::EOPNOTSUPP);
-                    }
-                    Stat::File(_) => {}
-                }
+                    Stat::File(now) => now,
+                };
+                let (meta, data) = clients.take();
+                let mut file = RemoteFile::from_parts(&self.access, meta, data, &path, now);
+                let result = file.set_len(size);
+                let (meta, data) = file.into_parts();
+                clients = Clients { fs: self, parts: Some((meta, data)) };
+                result.map_err(|e| errno(&e, false))?;
+                // Open files of it see its new size and blocks.
+                self.refresh_inode(ino.0);
             }
             if atime.is_some() || mtime.is_some() {
-                meta.set_times(&path, set_time(atime), set_time(mtime))
-                    .map_err(|e| errno(&e, true))?;
+                let (atime, mtime) = (set_time(atime), set_time(mtime));
+                clients.meta().set_times(&path, atime, mtime).map_err(|e| errno(&e, true))?;
             }
-            let stat = meta.stat(&path).map_err(|e| errno(&e, false))?;
+            let stat = clients.meta().stat(&path).map_err(|e| errno(&e, false))?;
             Ok(self.attr(&stat))
         })();
         match result {

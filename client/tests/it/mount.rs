@@ -307,3 +307,42 @@ fn times_are_kept_to_the_microsecond_so_cp_a_tar_and_rsync_work() {
     assert!(second.contains("Number of regular files transferred: 0"), "{second}");
     run(Command::new("diff").arg("-r").arg(&source).arg(mount.path("rs")));
 }
+
+#[test]
+fn truncation_shrinks_grows_with_zeros_and_lets_programs_overwrite_files() {
+    let cluster = started("mount-truncate");
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    let bytes = random_bytes((3 << 20) + 100, 11);
+    let f = mount.path("f");
+    std::fs::write(&f, &bytes).unwrap();
+    // Shrink into the middle of the second 1 MiB block, then grow past the old end: what
+    // was cut reads as zeros, never as the old bytes.
+    let cut = (1 << 20) + (1 << 19);
+    run(Command::new("truncate").args(["-s", &cut.to_string()]).arg(&f));
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), cut as u64);
+    let grown = 4 << 20;
+    run(Command::new("truncate").args(["-s", &grown.to_string()]).arg(&f));
+    let seen = std::fs::read(&f).unwrap();
+    assert_eq!(seen.len(), grown);
+    assert!(seen[..cut] == bytes[..cut], "the kept bytes are intact");
+    assert!(seen[cut..].iter().all(|&b| b == 0), "the cut and the growth read as zeros");
+    // The namespace agrees: 4 blocks of 1 MiB.
+    let stat = run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["stat", "/f"]));
+    assert!(stat.contains(&format!("size        {grown} bytes")), "{stat}");
+    // A shell's > and cp over a bigger file leave exactly the new bytes.
+    run(Command::new("sh").arg("-c").arg(format!("echo new > {}", f.display())));
+    assert_eq!(std::fs::read(&f).unwrap(), b"new\n");
+    let small = cluster.dir.join("small");
+    std::fs::write(&small, b"small file").unwrap();
+    std::fs::write(mount.path("big"), &bytes).unwrap();
+    run(Command::new("cp").arg(&small).arg(mount.path("big")));
+    assert_eq!(std::fs::read(mount.path("big")).unwrap(), b"small file");
+    // Through an open file too (ftruncate), and its reads see the new size.
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(mount.path("big")).unwrap();
+    file.set_len(5).unwrap();
+    drop(file);
+    assert_eq!(std::fs::read(mount.path("big")).unwrap(), b"small");
+}

@@ -302,6 +302,7 @@ impl super::Namespace {
                 self.may_create(path, caller)
             }
             Command::ExpandFile { path, .. }
+            | Command::Truncate { path, .. }
             | Command::WriteLease { path, .. }
             | Command::CommitWrite { path, .. }
             | Command::SwapReplica { path, .. } => self.may_write(path, caller),

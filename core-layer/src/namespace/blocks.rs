@@ -32,6 +32,58 @@ impl Namespace {
         allocated
     }
 
+    /// `truncate` to a smaller size: blocks wholly past the end go (their leases end, their
+    /// replicas become orphans the healer deletes), the last one counts only what it still
+    /// covers. The caller zeroed the bytes of the last block past `size` first, so a file
+    /// that grows again reads zeros there. A size the file has changes nothing but takes a
+    /// version, as an expand does.
+    pub(super) fn truncate(
+        &mut self,
+        path: &MeshPath,
+        size: u64,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(path)?;
+        let node = self.nodes.get_mut(&id).expect("looked up");
+        let Kind::File(file) = &mut node.kind else {
+            return Err(NsError::IsADirectory(path_str(path)));
+        };
+        if size > file.size {
+            // Growth places blocks: that is an expand's work.
+            return Err(NsError::TruncateGrows {
+                path: path_str(path),
+                size: file.size,
+                requested: size,
+            });
+        }
+        let Some(new_version) = file.version.checked_add(1) else {
+            return Err(NsError::VersionsExhausted(path_str(path)));
+        };
+        let keep = blocks_for(size, file.block_size) as usize;
+        for (i, block) in file.blocks.iter().enumerate() {
+            let before = block_span(file.size, file.block_size, i as u64);
+            let after = if i < keep { block_span(size, file.block_size, i as u64) } else { 0 };
+            for server in block.replicas.iter().filter(|_| before > after) {
+                if let Some(bytes) = self.allocated.get_mut(server) {
+                    *bytes -= before - after;
+                    if *bytes == 0 {
+                        self.allocated.remove(server);
+                    }
+                }
+            }
+        }
+        if keep < file.blocks.len() {
+            let mut blocks = std::mem::take(&mut file.blocks).into_vec();
+            blocks.truncate(keep);
+            file.blocks = blocks.into_boxed_slice();
+            self.leases.retain(|&(f, index), _| f != id || usize::from(index) < keep);
+        }
+        file.size = size;
+        file.version = new_version;
+        node.times.modified(now);
+        Ok(Outcome::Changed)
+    }
+
     pub(super) fn expand(
         &mut self,
         path: &MeshPath,

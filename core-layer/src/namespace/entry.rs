@@ -223,6 +223,14 @@ pub enum Command {
         /// The new bits (at most 0o7777).
         mode: u16,
     },
+    /// `truncate` to a smaller size (growth is [`Command::ExpandFile`]'s): blocks past
+    /// the end go. The writer zeroed the last block's bytes past `size` before.
+    Truncate {
+        /// The file.
+        path: MeshPath,
+        /// Its new size, at most its size.
+        size: u64,
+    },
     /// `utimens`: the inode's access and modification times as asked (its change time
     /// becomes the entry's). Specific times: its owner or an operator; the entry's time:
     /// also anyone who may write it.
@@ -461,6 +469,11 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u32(*uid).u32(*gid);
             }
+            Command::Truncate { path, size } => {
+                w.u8(26);
+                write_path(&mut w, path);
+                w.u64(*size);
+            }
             Command::SetTimes { path, atime, mtime } => {
                 w.u8(25);
                 write_path(&mut w, path);
@@ -592,6 +605,7 @@ impl Entry {
             20 => {
                 Command::Chown { path: read_path(&mut r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
             }
+            26 => Command::Truncate { path: read_path(&mut r)?, size: r.u64("size")? },
             25 => Command::SetTimes {
                 path: read_path(&mut r)?,
                 atime: SetTime::read(&mut r)?,

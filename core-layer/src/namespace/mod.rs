@@ -489,6 +489,7 @@ impl Namespace {
                 self.set_owner(path, now, |owner| owner.mode = *mode & access::MODE_BITS)
             }
             Command::SetTimes { path, atime, mtime } => self.set_times(path, *atime, *mtime, now),
+            Command::Truncate { path, size } => self.truncate(path, *size, now),
             Command::Chown { path, uid, gid } => self.set_owner(path, now, |owner| {
                 owner.uid = *uid;
                 owner.gid = *gid;

@@ -739,6 +739,7 @@ fn sample_entries() -> Vec<Entry> {
             mtime: SetTime::At(1_700_000_000_123_456),
         }),
         d.entry(Command::SetTimes { path: p("/a"), atime: SetTime::At(7), mtime: SetTime::Keep }),
+        d.entry(Command::Truncate { path: p("/a/g"), size: 3 }),
     ]
 }
 
@@ -1639,4 +1640,42 @@ fn only_an_owner_sets_times_and_a_writer_may_set_them_to_now() {
     assert!(matches!(failed(refused), NsError::PermissionDenied(_)));
     let mine = run_as(&mut d, &alice, set("/closed", SetTime::At(1), SetTime::At(2)));
     assert_eq!(mine, Outcome::Changed);
+}
+
+#[test]
+fn truncate_drops_the_blocks_past_the_end_and_never_grows() {
+    let mut d = Driver::new();
+    assert!(matches!(d.create("/f"), Outcome::Created(_)));
+    let bs = u64::from(BS);
+    assert!(matches!(d.expand("/f", 3 * bs, 3), Outcome::Expanded { .. }));
+    d.run(Command::WriteLease { path: p("/f"), index: 2 });
+    d.run(Command::WriteLease { path: p("/f"), index: 0 });
+    assert_eq!(d.ns.leases.len(), 2);
+    let id = d.ns.lookup(&p("/f")).unwrap();
+    let version = d.ns.get_file_meta_data(&p("/f")).unwrap().descriptor.version;
+    d.time = 9_000;
+    // To a block and a half: the third block goes, with its lease; the second counts half.
+    assert_eq!(d.run(Command::Truncate { path: p("/f"), size: bs + bs / 2 }), Outcome::Changed);
+    let meta = d.ns.get_file_meta_data(&p("/f")).unwrap();
+    assert_eq!((meta.size, meta.blocks.len()), (bs + bs / 2, 2));
+    assert_eq!(meta.descriptor.version, version + 1);
+    assert_eq!(meta.times.mtime_us, 9_000_000);
+    assert!(d.ns.block(id, 2).is_none(), "its replicas are orphans now");
+    assert_eq!(d.ns.leases.len(), 1, "the lease on the dropped block ended");
+    assert_eq!(d.ns.allocated, d.ns.compute_allocated());
+    assert_eq!(d.ns.allocated.values().sum::<u64>(), 2 * (bs + bs / 2));
+    // Never past its size; to nothing, nothing is left.
+    let grows = d.run(Command::Truncate { path: p("/f"), size: 2 * bs });
+    assert!(
+        matches!(failed(grows), NsError::TruncateGrows { size, requested, .. } if size == bs + bs / 2 && requested == 2 * bs)
+    );
+    assert_eq!(d.run(Command::Truncate { path: p("/f"), size: 0 }), Outcome::Changed);
+    assert!(d.ns.get_file_meta_data(&p("/f")).unwrap().blocks.is_empty());
+    assert!(d.ns.allocated.is_empty() && d.ns.leases.is_empty());
+    assert!(matches!(
+        failed(d.run(Command::Truncate { path: p("/"), size: 0 })),
+        NsError::IsADirectory(_)
+    ));
+    assert!(d.ns.violation().is_none());
+    assert_eq!(Namespace::restore(&d.ns.snapshot()).unwrap(), d.ns);
 }

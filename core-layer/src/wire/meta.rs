@@ -38,6 +38,7 @@
 //! | 28 | `CreateWriteMode` | as 12, then `u16 mode` |
 //! | 29 | `RenameReplace` | as 3: a rename that replaces its target |
 //! | 30 | `SetTimes` | `str path`, then atime and mtime each `u8 how` (0 keep, 1 now, 2 at) and for 2 `u64 us` |
+//! | 31 | `Truncate` | `str path, u64 size` (at most the file's) |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -229,6 +230,13 @@ pub enum MetaOp {
         path: MeshPath,
         /// The bits, at most 0o7777.
         mode: u16,
+    },
+    /// `truncate` to a smaller size (the client zeroed the last block's tail first).
+    Truncate {
+        /// The file.
+        path: MeshPath,
+        /// Its new size, at most its size.
+        size: u64,
     },
     /// `utimens`: set an inode's access and modification times.
     SetTimes {
@@ -538,6 +546,8 @@ wire_codes! {
         RenameReplace = 29,
         /// [`MetaOp::SetTimes`].
         SetTimes = 30,
+        /// [`MetaOp::Truncate`].
+        Truncate = 31,
     }
 }
 
@@ -709,6 +719,11 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             write_path(w, path);
             w.u32(*uid).u32(*gid);
         }
+        MetaOp::Truncate { path, size } => {
+            w.u8(OpCode::Truncate as u8);
+            write_path(w, path);
+            w.u64(*size);
+        }
         MetaOp::SetTimes { path, atime, mtime } => {
             w.u8(OpCode::SetTimes as u8);
             write_path(w, path);
@@ -822,6 +837,7 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
         OpCode::Chown => {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
+        OpCode::Truncate => MetaOp::Truncate { path: read_path(r)?, size: r.u64("size")? },
         OpCode::SetTimes => MetaOp::SetTimes {
             path: read_path(r)?,
             atime: SetTime::read(r)?,

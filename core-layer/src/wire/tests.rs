@@ -539,6 +539,11 @@ fn samples() -> Vec<Message> {
                 mtime: SetTime::At(1_700_000_000_123_456),
             },
         }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 26,
+            op: MetaOp::Truncate { path: MeshPath::parse("/a/old").unwrap(), size: 1 << 33 },
+        }),
     ]
 }
 
