@@ -103,16 +103,19 @@ impl MetaServer {
         }
         let session = SessionId { client, nonce: request.session };
         // A trusted client (a mount) may act for a user of its host; anyone else acts as
-        // itself, and an operator's powers never pass through a wrapper.
+        // itself. An operator's powers pass through only to the root of a host whose mount
+        // is itself an operator's (NFS's no_root_squash); every other user is just a user.
         let (caller, op) = match request.op {
             MetaOp::ActAs { uid, gids, op } => {
-                if !node.config().client(client).is_some_and(|c| c.trusted) {
+                let entry = node.config().client(client);
+                if !entry.is_some_and(|c| c.trusted) {
                     let err = NsError::PermissionDenied(format!(
                         "client {client} may not act for other users (trusted = true in its [[client]] entry)"
                     ));
                     return answer(node, waiter, MetaReply::Failed(err));
                 }
-                (Caller { uid, gids, admin: false }, *op)
+                let admin = uid == 0 && entry.is_some_and(|c| c.admin);
+                (Caller { uid, gids, admin }, *op)
             }
             op => (caller_of(node, client), op),
         };

@@ -22,13 +22,18 @@ impl FuseMount {
     /// Mounts `cluster` on a new directory `name` of the cluster's, with entry and
     /// attribute timeouts of `timeout_ms`; waits (bounded) until the kernel lists it.
     fn new(cluster: &TestCluster, name: &str, timeout_ms: u64) -> FuseMount {
+        FuseMount::with_config(cluster, &cluster.config_path, name, timeout_ms)
+    }
+
+    /// [`FuseMount::new`] as the client of config `config`.
+    fn with_config(cluster: &TestCluster, config: &Path, name: &str, timeout_ms: u64) -> FuseMount {
         let point = cluster.dir.join(name);
         std::fs::create_dir_all(&point).unwrap();
         let log = cluster.dir.join(format!("{name}.log"));
         let timeout = timeout_ms.to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_meshfs"))
             .arg("--config")
-            .arg(&cluster.config_path)
+            .arg(config)
             .args(["mount", "--foreground", "--entry-timeout-ms", &timeout])
             .args(["--attr-timeout-ms", &timeout])
             .arg(&point)
@@ -345,4 +350,64 @@ fn truncation_shrinks_grows_with_zeros_and_lets_programs_overwrite_files() {
     file.set_len(5).unwrap();
     drop(file);
     assert_eq!(std::fs::read(mount.path("big")).unwrap(), b"small");
+}
+
+#[test]
+fn a_trusted_mount_acts_for_each_local_user_and_an_operators_root_is_an_operator() {
+    let mut cluster = TestCluster::new("mount-users", 3, 3);
+    let add = |name: &str, extra: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["client", "add", name, "--trusted"])
+            .args(extra));
+        cluster.dir.join(format!("client-{name}.conf"))
+    };
+    let operator = add("host", &["--admin"]);
+    let plain = add("desk", &[]);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mount = FuseMount::with_config(&cluster, &operator, "mnt", 1000);
+    // Root here is root there: its files are 0:0, and it may give them away.
+    std::fs::create_dir(mount.path("home")).unwrap();
+    std::fs::set_permissions(
+        mount.path("home"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(mount.path("home/root-file"), b"r").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(mount.path("home/root-file")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    run(Command::new("chown").arg("4321:4321").arg(mount.path("home/root-file")));
+    assert_eq!(std::fs::metadata(mount.path("home/root-file")).unwrap().uid(), 4321);
+    std::fs::create_dir(mount.path("home/u1234")).unwrap();
+    run(Command::new("chown").arg("1234:1234").arg(mount.path("home/u1234")));
+    // Any other user is themselves: 1234 writes in their own directory only.
+    let as_user = |uid: &str, script: String| {
+        Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups", "sh", "-c"])
+            .arg(script)
+            .output()
+            .unwrap()
+    };
+    let own = as_user("1234", format!("echo mine > {}", mount.path("home/u1234/f").display()));
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stderr));
+    let meta = std::fs::metadata(mount.path("home/u1234/f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 1234), "made by the user who called");
+    let other = as_user("1234", format!("echo no > {}", mount.path("home/not-yours").display()));
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("Permission denied"));
+    let give = as_user("1234", format!("chown 0 {}", mount.path("home/u1234/f").display()));
+    assert!(!give.status.success(), "a user may not give a file away");
+    drop(mount);
+    // A trusted client that is not an operator's: root there is just uid 0.
+    let mount = FuseMount::with_config(&cluster, &plain, "desk", 1000);
+    std::fs::write(mount.path("home/root-again"), b"x").unwrap();
+    let out =
+        Command::new("chown").arg("4321").arg(mount.path("home/root-again")).output().unwrap();
+    assert!(!out.status.success(), "uid 0 without an operator's powers gives nothing away");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"));
+    let err = std::fs::write(mount.path("home/u1234/f"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(13), "EACCES: another user's file: {err}");
 }
