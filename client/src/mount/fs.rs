@@ -75,8 +75,8 @@ struct OpenFile {
     ino: u64,
     file: Option<RemoteFile>,
     writable: bool,
-    /// (offset, bytes): contiguous bytes within one block.
-    dirty: Option<(u64, Vec<u8>)>,
+    /// The block written or read last, with what of it was written and not yet sent.
+    image: Option<BlockImage>,
     /// The first failure of a buffered write, reported by the next flush or close.
     failed: Option<Errno>,
 }
@@ -277,8 +277,12 @@ impl MeshFs {
         let open: Vec<_> = lock(&self.files).values().cloned().collect();
         for file in open {
             let mut file = lock(&file);
-            if file.ino == ino
-                && let Some(remote) = file.file.as_mut()
+            if file.ino != ino {
+                continue;
+            }
+            // Its image may hold bytes past the new end: the next access reads again.
+            file.drop_image(&self.buffered);
+            if let Some(remote) = file.file.as_mut()
                 && let Err(err) = remote.refresh()
             {
                 debug!("mount: refreshing an open file of inode {ino}: {err}");
@@ -307,7 +311,7 @@ impl MeshFs {
             if let Ok(f) = open.try_lock()
                 && f.ino == ino
             {
-                if f.dirty.is_some() {
+                if f.end().is_some() {
                     return Some(open.clone());
                 }
                 found = Some(open.clone());
@@ -368,7 +372,7 @@ impl MeshFs {
         let unchanged = lock(&self.opened_at).insert(ino, version) == Some(version);
         let flags = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
         let fh = self.new_handle();
-        let open = OpenFile { ino, file: Some(file), writable, dirty: None, failed: None };
+        let open = OpenFile { ino, file: Some(file), writable, image: None, failed: None };
         lock(&self.files).insert(fh, Arc::new(Mutex::new(open)));
         Ok((fh, flags, stat))
     }
@@ -407,62 +411,156 @@ impl MeshFs {
     }
 }
 
+/// One block of an open file held in memory: its bytes as read (or as far as written), and
+/// the span changed since they were last sent. Writes anywhere in it, and reads of it, need
+/// no round trip; the span goes out in one write (one lease, one commit) when it is flushed.
+#[derive(Debug)]
+struct BlockImage {
+    index: u64,
+    bytes: Vec<u8>,
+    dirty: Option<(usize, usize)>,
+}
+
 impl OpenFile {
     fn file(&mut self) -> Result<&mut RemoteFile, Errno> {
         self.file.as_mut().ok_or(Errno::EBADF)
     }
 
-    /// Where the buffered bytes end, if any are buffered.
+    /// Where the bytes written here and not yet sent end, if any are held.
     fn end(&self) -> Option<u64> {
-        self.dirty.as_ref().map(|(at, bytes)| at + bytes.len() as u64)
+        let image = self.image.as_ref()?;
+        let (_, hi) = image.dirty?;
+        let block_size = self.file.as_ref()?.block_size();
+        Some(image.index * block_size + hi as u64)
     }
 
-    /// Buffers `data` at `offset`, sending what it fills or leaves behind.
+    /// The image of block `index`, loaded if it is not the one held (the one held is sent
+    /// first). `covers`: the write about to go there replaces every byte the block holds,
+    /// so nothing needs reading.
+    fn image(
+        &mut self,
+        index: u64,
+        covers: bool,
+        buffered: &AtomicU64,
+    ) -> Result<&mut BlockImage, Errno> {
+        if self.image.as_ref().is_some_and(|i| i.index != index) {
+            self.flush(buffered)?;
+            self.drop_image(buffered);
+        }
+        if self.image.is_none() {
+            let file = self.file()?;
+            let block_size = file.block_size();
+            let start = index * block_size;
+            let held = file.len().saturating_sub(start).min(block_size);
+            let mut bytes = vec![0; held as usize];
+            if held > 0 && !covers {
+                let n = file.read_at(start, &mut bytes).map_err(|e| errno(&e, false))?;
+                bytes.truncate(n);
+            } else {
+                bytes.clear();
+            }
+            buffered.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.image = Some(BlockImage { index, bytes, dirty: None });
+        }
+        Ok(self.image.as_mut().expect("set above"))
+    }
+
+    fn drop_image(&mut self, buffered: &AtomicU64) {
+        if let Some(image) = self.image.take() {
+            buffered.fetch_sub(image.bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes `data` at `offset` into the block images, sending a block's bytes when a
+    /// write moves to another block.
     fn write(&mut self, offset: u64, data: &[u8], buffered: &AtomicU64) -> Result<(), Errno> {
         let block_size = self.file()?.block_size();
+        let remote_size = self.file()?.len();
         let mut at = offset;
         let mut rest = data;
         while !rest.is_empty() {
-            let block_end = (at / block_size + 1) * block_size;
-            let n = rest.len().min((block_end - at) as usize);
+            let index = at / block_size;
+            let within = (at % block_size) as usize;
+            let n = rest.len().min(block_size as usize - within);
             let (piece, after) = rest.split_at(n);
-            match &mut self.dirty {
-                Some((start, bytes))
-                    if *start + bytes.len() as u64 == at
-                        && *start / block_size == at / block_size =>
-                {
-                    bytes.extend_from_slice(piece);
-                }
-                _ => {
-                    self.flush(buffered)?;
-                    self.dirty = Some((at, piece.to_vec()));
-                }
+            // Nothing to read first when the piece starts the block and the file holds no
+            // more of it than the piece replaces, or when the block lies past the file.
+            let held = remote_size.saturating_sub(index * block_size).min(block_size);
+            let covers = within == 0 && n as u64 >= held;
+            let image = self.image(index, covers, buffered)?;
+            let end = within + n;
+            if image.bytes.len() < end {
+                buffered.fetch_add((end - image.bytes.len()) as u64, Ordering::Relaxed);
+                image.bytes.resize(end, 0);
             }
-            buffered.fetch_add(n as u64, Ordering::Relaxed);
+            image.bytes[within..end].copy_from_slice(piece);
+            image.dirty = Some(match image.dirty {
+                Some((lo, hi)) => (lo.min(within), hi.max(end)),
+                None => (within, end),
+            });
             at += n as u64;
             rest = after;
-            if self.end() == Some(block_end) {
-                self.flush(buffered)?;
-            }
         }
         if buffered.load(Ordering::Relaxed) > MAX_BUFFERED {
             self.flush(buffered)?;
+            self.drop_image(buffered);
         }
         Ok(())
     }
 
-    /// Sends the buffered bytes; durable on every replica when it returns.
-    fn flush(&mut self, buffered: &AtomicU64) -> Result<(), Errno> {
+    /// Reads up to `len` bytes at `offset`: from the image where the read lies in it,
+    /// else from the data-servers (after sending what the image holds, if the read
+    /// reaches it or the file has grown here).
+    fn read(&mut self, offset: u64, len: usize, buffered: &AtomicU64) -> Result<Vec<u8>, Errno> {
+        let block_size = self.file()?.block_size();
+        let remote_size = self.file()?.len();
+        let size = self.end().map_or(remote_size, |end| end.max(remote_size));
+        let end = (offset + len as u64).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        if let Some(image) = &self.image {
+            let start = image.index * block_size;
+            if offset >= start && end <= start + block_size {
+                let (from, to) = ((offset - start) as usize, (end - start) as usize);
+                let mut out = vec![0; to - from];
+                let have = image.bytes.len().clamp(from, to);
+                out[..have - from].copy_from_slice(&image.bytes[from..have]);
+                return Ok(out);
+            }
+            if self.end().is_some_and(|e| e > remote_size)
+                || end > start && offset < start + block_size
+            {
+                self.flush(buffered)?;
+            }
+        }
+        let mut buf = vec![0; (end - offset) as usize];
+        let n = self.file()?.read_at(offset, &mut buf).map_err(|e| errno(&e, false))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Sends the image's changed bytes; durable on every replica when it returns.
+    fn flush(&mut self, _buffered: &AtomicU64) -> Result<(), Errno> {
         if let Some(errno) = self.failed.take() {
             return Err(errno);
         }
-        let Some((at, bytes)) = self.dirty.take() else { return Ok(()) };
-        buffered.fetch_sub(bytes.len() as u64, Ordering::Relaxed);
+        let Some(image) = self.image.as_mut() else { return Ok(()) };
+        let Some((lo, hi)) = image.dirty.take() else { return Ok(()) };
+        let (index, bytes) = (image.index, image.bytes[lo..hi].to_vec());
         let file = self.file()?;
-        file.write_at(at, &bytes).map_err(|e| {
-            warn!("mount: writing {} bytes at {at} of {}: {e}", bytes.len(), file.path());
-            errno(&e, false)
-        })
+        let at = index * file.block_size() + lo as u64;
+        let sent = file.write_at(at, &bytes);
+        if let Err(e) = sent {
+            let path = self.file()?.path().to_string();
+            warn!("mount: writing {} bytes at {at} of {path}: {e}", bytes.len());
+            // What failed to go is not held as if it had gone.
+            if let Some(image) = self.image.as_mut() {
+                image.dirty = Some((lo, hi));
+            }
+            return Err(errno(&e, false));
+        }
+        Ok(())
     }
 }
 
@@ -755,15 +853,11 @@ impl Filesystem for MeshFs {
         let result = (|| {
             let open = self.handle(fh)?;
             let mut open = lock(&open);
-            // Reads see this file's own writes.
-            open.flush(&self.buffered)?;
             if let Some(path) = lock(&self.inodes).path(ino.0) {
                 open.file()?.set_path(&path);
             }
-            let mut buf = vec![0; size.min(MAX_IO) as usize];
-            let n = open.file()?.read_at(offset, &mut buf).map_err(|e| errno(&e, false))?;
-            buf.truncate(n);
-            Ok(buf)
+            // Reads see this file's own writes.
+            open.read(offset, size.min(MAX_IO) as usize, &self.buffered)
         })();
         match result {
             Ok(bytes) => reply.data(&bytes),
@@ -844,6 +938,7 @@ impl Filesystem for MeshFs {
         };
         let mut open = lock(&open);
         let result = open.flush(&self.buffered);
+        open.drop_image(&self.buffered);
         if let Some(file) = open.file.take() {
             self.give_back(file.into_parts());
         }
