@@ -338,6 +338,21 @@ impl MetaClient {
         Self::expect(self.call(MetaOp::Chown { path, uid, gid })?).map(|_| ())
     }
 
+    /// `symlink` (`kind` Symlink, `target` what it points to) or `mknod` (a fifo, device
+    /// with number `rdev`, or socket) with mode bits `mode`.
+    pub fn make_node(
+        &mut self,
+        path: &str,
+        kind: meshfs_core::namespace::NodeType,
+        target: &str,
+        rdev: u32,
+        mode: u16,
+    ) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        let (target, mode) = (target.to_string(), Self::mode_bits(mode)?);
+        Self::expect(self.call(MetaOp::MakeNode { path, kind, target, rdev, mode })?).map(|_| ())
+    }
+
     /// Shrinks a file to `size` (at most its size) in the namespace: blocks past it go.
     /// [`crate::file::RemoteFile::set_len`] zeroes the last block's tail first, and grows.
     pub fn truncate(&mut self, path: &str, size: u64) -> Result<(), ClientError> {
@@ -471,6 +486,9 @@ impl MetaClient {
             Stat::File(meta) => Ok(meta),
             Stat::Dir { .. } => Err(ClientError::Namespace(
                 meshfs_core::error::NsError::IsADirectory(path.to_string()),
+            )),
+            Stat::Other { kind, .. } => Err(ClientError::Namespace(
+                meshfs_core::error::NsError::NotFound(format!("{path} ({kind:?}): a file")),
             )),
         }
     }

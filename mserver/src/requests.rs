@@ -270,6 +270,9 @@ impl MetaServer {
             MetaOp::Chown { path, uid, gid } => Command::Chown { path, uid, gid },
             MetaOp::SetTimes { path, atime, mtime } => Command::SetTimes { path, atime, mtime },
             MetaOp::Truncate { path, size } => Command::Truncate { path, size },
+            MetaOp::MakeNode { path, kind, target, rdev, mode } => {
+                Command::MakeNode { path, kind, target, rdev, mode }
+            }
             MetaOp::Remove { path, recursive } => Command::Remove { path, recursive },
             MetaOp::WriteLease { path, index } => Command::WriteLease { path, index },
             MetaOp::CommitWrite { .. } => {
@@ -616,6 +619,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::Chown { .. }
         | MetaOp::SetTimes { .. }
         | MetaOp::Truncate { .. }
+        | MetaOp::MakeNode { .. }
         | MetaOp::ActAs { .. }
         | MetaOp::SwapReplica { .. }
         | MetaOp::Drain { .. }

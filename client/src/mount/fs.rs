@@ -21,7 +21,7 @@ use fuser::{
 };
 use log::{debug, warn};
 use meshfs_core::error::NsError;
-use meshfs_core::namespace::{SetTime, Stat};
+use meshfs_core::namespace::{NodeType, SetTime, Stat};
 use meshfs_core::path::PathError;
 
 use super::MountOptions;
@@ -114,6 +114,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The errno a failure means to a program. `owner_op`: a chmod or chown, where a refusal
 /// is EPERM rather than EACCES.
 fn errno(err: &ClientError, owner_op: bool) -> Errno {
+    debug!("mount: {err}");
     match err {
         ClientError::Namespace(ns) => match ns {
             NsError::Path(PathError::ComponentTooLong { .. } | PathError::TooLong { .. }) => {
@@ -233,10 +234,23 @@ impl MeshFs {
     }
 
     fn attr(&self, stat: &Stat) -> FileAttr {
+        let mut rdev = 0;
         let (ino, kind, size, owner, times, crtime) = match stat {
             Stat::Dir { id, times, owner, .. } => {
                 let born = times.ctime_us / 1000;
                 (u64::from(*id), FileType::Directory, 4096, *owner, *times, born)
+            }
+            Stat::Other { id, kind, target, rdev: device, times, owner } => {
+                rdev = *device;
+                let kind = match kind {
+                    NodeType::Symlink => FileType::Symlink,
+                    NodeType::Fifo => FileType::NamedPipe,
+                    NodeType::Char => FileType::CharDevice,
+                    NodeType::Block => FileType::BlockDevice,
+                    NodeType::Socket => FileType::Socket,
+                };
+                let born = times.ctime_us / 1000;
+                (u64::from(*id), kind, target.len() as u64, *owner, *times, born)
             }
             Stat::File(meta) => (
                 u64::from(meta.descriptor.id.0),
@@ -266,7 +280,7 @@ impl MeshFs {
             nlink: if kind == FileType::Directory { 2 } else { 1 },
             uid: owner.uid,
             gid: owner.gid,
-            rdev: 0,
+            rdev,
             blksize: MAX_IO,
             flags: 0,
         }
@@ -639,16 +653,14 @@ impl Filesystem for MeshFs {
             }
             if uid.is_some() || gid.is_some() {
                 let now = clients.meta().stat(&path).map_err(|e| errno(&e, false))?;
-                let owner = match &now {
-                    Stat::Dir { owner, .. } => *owner,
-                    Stat::File(m) => m.owner,
-                };
+                let owner = now.owner();
                 let (uid, gid) = (uid.unwrap_or(owner.uid), gid.unwrap_or(owner.gid));
                 clients.meta().chown(&path, uid, gid).map_err(|e| errno(&e, true))?;
             }
             if let Some(size) = size {
                 let now = match clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
                     Stat::Dir { .. } => return Err(Errno::EISDIR),
+                    Stat::Other { .. } => return Err(Errno::EINVAL),
                     Stat::File(now) => now,
                 };
                 let (meta, data) = clients.take();
@@ -701,17 +713,28 @@ impl Filesystem for MeshFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let result = (|| {
-            if mode & libc_mode::S_IFMT != libc_mode::S_IFREG {
-                // Devices, fifos and sockets are not in the namespace.
-                return Err(Errno::EPERM);
-            }
             let (path, _) = self.child_path(parent.0, name)?;
             let bits = (mode & !umask & 0o7777) as u16;
-            self.clients(req)?.meta().create_mode(&path, 0, bits).map_err(|e| errno(&e, false))?;
+            let mut clients = self.clients(req)?;
+            let kind = match mode & libc_mode::S_IFMT {
+                libc_mode::S_IFREG => {
+                    clients.meta().create_mode(&path, 0, bits).map_err(|e| errno(&e, false))?;
+                    drop(clients);
+                    return self.entry(req, parent.0, name);
+                }
+                libc_mode::S_IFIFO => NodeType::Fifo,
+                libc_mode::S_IFCHR => NodeType::Char,
+                libc_mode::S_IFBLK => NodeType::Block,
+                libc_mode::S_IFSOCK => NodeType::Socket,
+                _ => return Err(Errno::EINVAL),
+            };
+            let rdev = if matches!(kind, NodeType::Char | NodeType::Block) { rdev } else { 0 };
+            clients.meta().make_node(&path, kind, "", rdev, bits).map_err(|e| errno(&e, false))?;
+            drop(clients);
             self.entry(req, parent.0, name)
         })();
         self.reply_entry(reply, result);
@@ -753,6 +776,48 @@ impl Filesystem for MeshFs {
         }
     }
 
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            let (path, _) = self.child_path(parent.0, link_name)?;
+            let target = target.to_str().ok_or(Errno::EINVAL)?;
+            if target.len() > meshfs_core::path::MAX_PATH_LEN {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            let mut clients = self.clients(req)?;
+            let made = clients.meta().make_node(&path, NodeType::Symlink, target, 0, 0o777);
+            made.map_err(|e| errno(&e, false))?;
+            drop(clients);
+            self.entry(req, parent.0, link_name)
+        })();
+        self.reply_entry(reply, result);
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            match self.stat(req, &path)? {
+                Stat::Other { id, kind: NodeType::Symlink, target, .. }
+                    if u64::from(id) == ino.0 =>
+                {
+                    Ok(target)
+                }
+                Stat::Other { kind: NodeType::Symlink, .. } => Err(Errno::ESTALE),
+                _ => Err(Errno::EINVAL),
+            }
+        })();
+        match result {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = (|| {
             let (path, leaf) = self.child_path(parent.0, name)?;
@@ -775,7 +840,8 @@ impl Filesystem for MeshFs {
         let result = (|| {
             let (path, leaf) = self.child_path(parent.0, name)?;
             let mut clients = self.clients(req)?;
-            if let Stat::File(_) = clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
+            let stat = clients.meta().stat(&path).map_err(|e| errno(&e, false))?;
+            if !matches!(stat, Stat::Dir { .. }) {
                 return Err(Errno::ENOTDIR);
             }
             clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
@@ -1051,4 +1117,8 @@ impl MeshFs {
 mod libc_mode {
     pub const S_IFMT: u32 = 0o170000;
     pub const S_IFREG: u32 = 0o100000;
+    pub const S_IFIFO: u32 = 0o010000;
+    pub const S_IFCHR: u32 = 0o020000;
+    pub const S_IFBLK: u32 = 0o060000;
+    pub const S_IFSOCK: u32 = 0o140000;
 }

@@ -720,10 +720,7 @@ fn new_inodes_take_the_mode_asked_for_less_the_umask_and_stat_shows_owners() {
     meta.set_umask(0o002);
     meta.mkdir("/lib-dir", false).unwrap();
     meta.create_mode("/lib-dir/f", 1, 0o604).unwrap();
-    let owner = |meta: &mut MetaClient, path: &str| match meta.stat(path).unwrap() {
-        meshfs_core::namespace::Stat::Dir { owner, .. } => owner,
-        meshfs_core::namespace::Stat::File(file) => file.owner,
-    };
+    let owner = |meta: &mut MetaClient, path: &str| meta.stat(path).unwrap().owner();
     assert_eq!(owner(&mut meta, "/lib-dir").mode, 0o775);
     assert_eq!(owner(&mut meta, "/lib-dir/f").mode, 0o604);
     assert!(matches!(meta.mkdir_mode("/x", false, 0o10000), Err(ClientError::BadMode(0o10000))));

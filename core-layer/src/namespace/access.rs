@@ -298,9 +298,9 @@ impl super::Namespace {
                 }
                 Ok(())
             }
-            Command::CreateFile { path, .. } | Command::CreateWrite { path, .. } => {
-                self.may_create(path, caller)
-            }
+            Command::CreateFile { path, .. }
+            | Command::CreateWrite { path, .. }
+            | Command::MakeNode { path, .. } => self.may_create(path, caller),
             Command::ExpandFile { path, .. }
             | Command::Truncate { path, .. }
             | Command::WriteLease { path, .. }

@@ -6,6 +6,7 @@ use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use super::access::{Caller, read_mode, read_new_mode, write_new_mode};
+pub use super::inode::NodeType;
 #[cfg(doc)]
 use super::{NEW_DIR_MODE, NEW_FILE_MODE};
 use crate::descriptor::{
@@ -14,8 +15,27 @@ use crate::descriptor::{
 };
 use crate::error::NsError;
 use crate::locks::{LockMode, Wake, WakeResult};
-use crate::path::{MeshPath, read_path, write_path};
+use crate::path::{MAX_PATH_LEN, MeshPath, read_path, write_path};
 use crate::session::SessionId;
+
+/// Reads a new node's `u8 kind, str target, u32 rdev`, refusing what no such node has: a
+/// symlink's target is 1 to [`MAX_PATH_LEN`] bytes without NUL, and only it has one; only
+/// devices have a number.
+pub fn read_node(r: &mut BodyReader<'_>) -> Result<(NodeType, String, u32), BodyError> {
+    let byte = r.u8("node kind")?;
+    let kind = NodeType::from_byte(byte)
+        .ok_or(BodyError::Invalid { field: "node kind", value: u64::from(byte) })?;
+    let target = r.str("symlink target")?.to_string();
+    let rdev = r.u32("device number")?;
+    let symlink = kind == NodeType::Symlink;
+    if symlink == target.is_empty() || target.len() > MAX_PATH_LEN || target.contains('\0') {
+        return Err(BodyError::Invalid { field: "symlink target", value: target.len() as u64 });
+    }
+    if rdev != 0 && !matches!(kind, NodeType::Char | NodeType::Block) {
+        return Err(BodyError::Invalid { field: "device number", value: u64::from(rdev) });
+    }
+    Ok((kind, target, rdev))
+}
 
 /// How `utimens` sets one of an inode's times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +241,20 @@ pub enum Command {
         /// The inode.
         path: MeshPath,
         /// The new bits (at most 0o7777).
+        mode: u16,
+    },
+    /// `symlink` and `mknod`: a symbolic link to `target`, or a named pipe, device or
+    /// socket (device number `rdev`); fails if the name exists.
+    MakeNode {
+        /// Where.
+        path: MeshPath,
+        /// What.
+        kind: NodeType,
+        /// A symlink's target (1 to [`MAX_PATH_LEN`] bytes, no NUL); empty otherwise.
+        target: String,
+        /// A device's number; 0 otherwise.
+        rdev: u32,
+        /// Its mode bits (a symlink's are 0o777 whatever this says).
         mode: u16,
     },
     /// `truncate` to a smaller size (growth is [`Command::ExpandFile`]'s): blocks past
@@ -469,6 +503,11 @@ impl Entry {
                 write_path(&mut w, path);
                 w.u32(*uid).u32(*gid);
             }
+            Command::MakeNode { path, kind, target, rdev, mode } => {
+                w.u8(27);
+                write_path(&mut w, path);
+                w.u8(kind.byte()).str(target).u32(*rdev).u16(*mode);
+            }
             Command::Truncate { path, size } => {
                 w.u8(26);
                 write_path(&mut w, path);
@@ -606,6 +645,11 @@ impl Entry {
                 Command::Chown { path: read_path(&mut r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
             }
             26 => Command::Truncate { path: read_path(&mut r)?, size: r.u64("size")? },
+            27 => {
+                let path = read_path(&mut r)?;
+                let (kind, target, rdev) = read_node(&mut r)?;
+                Command::MakeNode { path, kind, target, rdev, mode: read_mode(&mut r)? }
+            }
             25 => Command::SetTimes {
                 path: read_path(&mut r)?,
                 atime: SetTime::read(&mut r)?,

@@ -36,6 +36,58 @@ pub(super) struct Dir {
 pub(super) enum Kind {
     Dir(Dir),
     File(File),
+    /// A symbolic link or a special file: no blocks, no children.
+    Other(Special),
+}
+
+/// What an inode that is neither a file nor a directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeType {
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+    /// A Unix socket.
+    Socket,
+}
+
+impl NodeType {
+    /// Its byte on the wire, in entries and in snapshots (1 to 5).
+    pub fn byte(self) -> u8 {
+        match self {
+            NodeType::Symlink => 1,
+            NodeType::Fifo => 2,
+            NodeType::Char => 3,
+            NodeType::Block => 4,
+            NodeType::Socket => 5,
+        }
+    }
+
+    /// The type of byte `b`, if it is one.
+    pub fn from_byte(b: u8) -> Option<NodeType> {
+        Some(match b {
+            1 => NodeType::Symlink,
+            2 => NodeType::Fifo,
+            3 => NodeType::Char,
+            4 => NodeType::Block,
+            5 => NodeType::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// A symbolic link's target, or a device's number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Special {
+    pub(super) kind: NodeType,
+    /// What a symlink points to (empty for the others).
+    pub(super) target: Box<str>,
+    /// A device's number (0 for the others).
+    pub(super) rdev: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

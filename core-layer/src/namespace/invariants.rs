@@ -74,6 +74,17 @@ impl Namespace {
                         }
                     }
                 }
+                Kind::Other(special) => {
+                    let symlink = special.kind == super::NodeType::Symlink;
+                    if symlink == special.target.is_empty()
+                        || special.target.len() > crate::path::MAX_PATH_LEN
+                    {
+                        return Some(format!(
+                            "inode {id}: a {:?} with target {:?}",
+                            special.kind, special.target
+                        ));
+                    }
+                }
                 Kind::File(file) => {
                     if file.version == 0 || file.block_size == 0 {
                         return Some(format!("file {id} has version or block size 0"));

@@ -48,7 +48,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use meshfs_group::{ClientId, NodeId};
 
 pub use self::access::{Caller, Owner};
-pub use self::entry::{Command, Entry, Outcome, SetTime};
+pub use self::entry::{Command, Entry, NodeType, Outcome, SetTime};
 pub use self::inode::Times;
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
@@ -490,6 +490,9 @@ impl Namespace {
             }
             Command::SetTimes { path, atime, mtime } => self.set_times(path, *atime, *mtime, now),
             Command::Truncate { path, size } => self.truncate(path, *size, now),
+            Command::MakeNode { path, kind, target, rdev, mode } => {
+                self.make_node(path, *kind, target, *rdev, *mode, now, caller)
+            }
             Command::Chown { path, uid, gid } => self.set_owner(path, now, |owner| {
                 owner.uid = *uid;
                 owner.gid = *gid;

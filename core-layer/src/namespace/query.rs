@@ -4,7 +4,7 @@
 use meshfs_group::NodeId;
 
 use super::access::Owner;
-use super::inode::{Block, Dir, File, Kind, Times};
+use super::inode::{Block, Dir, File, Kind, NodeType, Times};
 use super::{Namespace, ROOT_ID, parent_text, path_str};
 use crate::descriptor::{BlockDescriptor, BlockVersion, FileDescriptor, FileId};
 use crate::error::NsError;
@@ -27,6 +27,47 @@ pub enum Stat {
     },
     /// A file.
     File(FileMeta),
+    /// A symbolic link or a special file.
+    Other {
+        /// Its id.
+        id: u32,
+        /// What it is.
+        kind: NodeType,
+        /// A symlink's target (empty for the others).
+        target: String,
+        /// A device's number (0 for the others).
+        rdev: u32,
+        /// Its access, modification and change times.
+        times: Times,
+        /// Its owner, group and mode.
+        owner: Owner,
+    },
+}
+
+impl Stat {
+    /// The inode's id.
+    pub fn id(&self) -> u32 {
+        match self {
+            Stat::Dir { id, .. } | Stat::Other { id, .. } => *id,
+            Stat::File(meta) => meta.descriptor.id.0,
+        }
+    }
+
+    /// Its owner, group and mode.
+    pub fn owner(&self) -> Owner {
+        match self {
+            Stat::Dir { owner, .. } | Stat::Other { owner, .. } => *owner,
+            Stat::File(meta) => meta.owner,
+        }
+    }
+
+    /// Its times.
+    pub fn times(&self) -> Times {
+        match self {
+            Stat::Dir { times, .. } | Stat::Other { times, .. } => *times,
+            Stat::File(meta) => meta.times,
+        }
+    }
 }
 
 /// `get_file_meta_data`: a file's descriptor, size and blocks.
@@ -124,7 +165,7 @@ impl Namespace {
         self.nodes.iter().flat_map(|(id, node)| {
             let blocks: &[Block] = match &node.kind {
                 Kind::File(f) => &f.blocks,
-                Kind::Dir(_) => &[],
+                Kind::Dir(_) | Kind::Other(_) => &[],
             };
             blocks.iter().enumerate().map(move |(i, block)| {
                 let Kind::File(f) = &node.kind else { unreachable!("only files have blocks") };
@@ -145,6 +186,7 @@ impl Namespace {
                 Kind::Dir(dir) => stack.extend(
                     dir.children.iter().rev().map(|(child, &cid)| (cid, format!("{name}/{child}"))),
                 ),
+                Kind::Other(_) => {}
             }
         }
         Ok(files)
@@ -163,7 +205,9 @@ impl Namespace {
                         .get(component)
                         .ok_or_else(|| NsError::NotFound(walked.clone()))?;
                 }
-                Kind::File(_) => return Err(NsError::NotADirectory(parent_text(&walked))),
+                Kind::File(_) | Kind::Other(_) => {
+                    return Err(NsError::NotADirectory(parent_text(&walked)));
+                }
             }
         }
         Ok(id)
@@ -175,14 +219,14 @@ impl Namespace {
         let id = self.lookup(&parent)?;
         match self.nodes[&id].kind {
             Kind::Dir(_) => Ok((id, name)),
-            Kind::File(_) => Err(NsError::NotADirectory(path_str(&parent))),
+            Kind::File(_) | Kind::Other(_) => Err(NsError::NotADirectory(path_str(&parent))),
         }
     }
 
     pub(super) fn dir_mut(&mut self, id: u32) -> &mut Dir {
         match &mut self.nodes.get_mut(&id).expect("directory id is live").kind {
             Kind::Dir(dir) => dir,
-            Kind::File(_) => panic!("inode {id} is not a directory"),
+            Kind::File(_) | Kind::Other(_) => panic!("inode {id} is not a directory"),
         }
     }
 
@@ -228,6 +272,14 @@ impl Namespace {
                 owner: node.owner,
             }),
             Kind::File(_) => Ok(Stat::File(self.file_meta(id).expect("id is a file"))),
+            Kind::Other(special) => Ok(Stat::Other {
+                id,
+                kind: special.kind,
+                target: special.target.to_string(),
+                rdev: special.rdev,
+                times: node.times,
+                owner: node.owner,
+            }),
         }
     }
 
@@ -258,17 +310,16 @@ impl Namespace {
     pub fn list(&self, path: &MeshPath) -> Result<Vec<DirEntry>, NsError> {
         let id = self.lookup(path)?;
         let entry = |name: &str, id: u32| {
-            let (is_dir, size) = match &self.nodes[&id].kind {
-                Kind::Dir(_) => (true, 0),
-                Kind::File(f) => (false, f.size),
-            };
+            let (is_dir, size) = entry_kind(&self.nodes[&id].kind);
             DirEntry { name: name.to_string(), is_dir, id, size, owner: self.nodes[&id].owner }
         };
         match &self.nodes[&id].kind {
             Kind::Dir(dir) => {
                 Ok(dir.children.iter().map(|(name, &child)| entry(name, child)).collect())
             }
-            Kind::File(_) => Ok(vec![entry(path.split_last().map_or("/", |(_, n)| n), id)]),
+            Kind::File(_) | Kind::Other(_) => {
+                Ok(vec![entry(path.split_last().map_or("/", |(_, n)| n), id)])
+            }
         }
     }
 
@@ -289,13 +340,20 @@ impl Namespace {
         let mut entries = Vec::new();
         let mut names = dir.children.range::<str, _>((start, Unbounded));
         for (name, &child) in names.by_ref().take(limit) {
-            let (is_dir, size) = match &self.nodes[&child].kind {
-                Kind::Dir(_) => (true, 0),
-                Kind::File(f) => (false, f.size),
-            };
+            let (is_dir, size) = entry_kind(&self.nodes[&child].kind);
             let owner = self.nodes[&child].owner;
             entries.push(DirEntry { name: name.to_string(), is_dir, id: child, size, owner });
         }
         Ok((entries, names.next().is_some()))
+    }
+}
+
+/// Whether a listed inode is a directory, and its size (a symlink's is its target's
+/// length, as lstat says).
+fn entry_kind(kind: &Kind) -> (bool, u64) {
+    match kind {
+        Kind::Dir(_) => (true, 0),
+        Kind::File(f) => (false, f.size),
+        Kind::Other(s) => (false, s.target.len() as u64),
     }
 }

@@ -10,7 +10,7 @@ use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use super::access::{MODE_BITS, Owner};
 use super::entry::{read_outcome, write_outcome};
-use super::inode::{Block, Dir, File, Inodes, Kind, Node, Times};
+use super::inode::{Block, Dir, File, Inodes, Kind, Node, NodeType, Special, Times};
 use super::{Lease, Namespace, ROOT_ID, Session};
 use crate::descriptor::{BlockVersion, MAX_BLOCKS_PER_FILE, read_replicas, write_replicas};
 use crate::locks::LockTable;
@@ -18,13 +18,14 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 7): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 8): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
     /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
     /// where id reuse goes on and the inode pages' version marks (formats 1 to 5 have
-    /// none), every inode's times in microseconds (formats 1 to 6 have one in ms), u32
-    /// CRC-32 of all before.
+    /// none), every inode's times in microseconds (formats 1 to 6 have one in ms), the
+    /// symbolic links and special files (formats 1 to 7 have none), u32 CRC-32 of all
+    /// before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -40,6 +41,10 @@ impl Namespace {
                 Kind::Dir(dir) => {
                     w.u8(0).u64(node.times.mtime_us / 1000);
                     stack.extend(dir.children.iter().rev().map(|(name, &child)| (child, &**name)));
+                }
+                // Format 8's: what it is follows in its own section.
+                Kind::Other(_) => {
+                    w.u8(2);
                 }
                 Kind::File(f) => {
                     w.u8(1).u32(f.version).u64(f.size).u32(f.block_size).u8(f.replication);
@@ -84,6 +89,18 @@ impl Namespace {
             let t = node.times;
             w.u32(id).u64(t.atime_us).u64(t.mtime_us).u64(t.ctime_us);
         }
+        let others: Vec<(u32, &Special)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| match &n.kind {
+                Kind::Other(s) => Some((id, s)),
+                _ => None,
+            })
+            .collect();
+        w.u32(others.len() as u32);
+        for (id, special) in others {
+            w.u32(id).u8(special.kind.byte()).str(&special.target).u32(special.rdev);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -114,8 +131,15 @@ impl Namespace {
             5 => v5::read(&mut r)?,
             6 => v6::read(&mut r)?,
             7 => v7::read(&mut r)?,
+            8 => v8::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
+        // Only format 8 says what an inode of kind 2 is.
+        let unnamed =
+            ns.nodes.iter().find(|(_, n)| matches!(&n.kind, Kind::Other(s) if s.rdev == UNNAMED));
+        if let Some((id, _)) = unnamed {
+            return Err(SnapshotError::Invalid(format!("inode {id} has kind 2 but no type")));
+        }
         r.finish()?;
         ns.allocated = ns.compute_allocated();
         ns.session_ages = super::session_ages(&ns.sessions);
@@ -129,9 +153,12 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 7;
+pub(super) const SNAPSHOT_FORMAT: u16 = 8;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 7, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 8, "a new format needs its reader in restore");
+
+/// The device number an inode of kind 2 has until format 8's section names it.
+const UNNAMED: u32 = u32::MAX;
 
 /// Format 1 (commit 26030ca): `u32 next_id, u64 applied`, the inodes, the request sessions.
 mod v1 {
@@ -169,6 +196,10 @@ mod v1 {
                 0 => {
                     times = Times::at_ms(r.u64("mtime")?);
                     Kind::Dir(Dir { children: BTreeMap::new() })
+                }
+                2 => {
+                    times = Times::default();
+                    Kind::Other(Special { kind: NodeType::Fifo, target: "".into(), rdev: UNNAMED })
                 }
                 1 => {
                     let version = r.u32("file version")?;
@@ -380,6 +411,32 @@ mod v7 {
             match ns.nodes.get_mut(&id) {
                 Some(node) => node.times = times,
                 None => return Err(SnapshotError::Invalid(format!("times for no inode {id}"))),
+            }
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 8: format 7, then every inode of kind 2 (a symbolic link or a special file) by
+/// id: `u32 count`, then `u32 id, u8 type, str target, u32 device` each.
+mod v8 {
+    use super::*;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v7::read(r)?;
+        let mut previous = None;
+        for _ in 0..r.u32("special count")? {
+            let id = r.u32("special inode")?;
+            let (kind, target, rdev) = crate::namespace::entry::read_node(r)?;
+            if previous.is_some_and(|p| p >= id) {
+                return Err(SnapshotError::Invalid(format!("special inode {id} out of order")));
+            }
+            previous = Some(id);
+            match ns.nodes.get_mut(&id).map(|n| &mut n.kind) {
+                Some(Kind::Other(special)) if special.rdev == UNNAMED => {
+                    *special = Special { kind, target: target.into(), rdev };
+                }
+                _ => return Err(SnapshotError::Invalid(format!("inode {id} is not of kind 2"))),
             }
         }
         Ok(ns)

@@ -740,6 +740,20 @@ fn sample_entries() -> Vec<Entry> {
         }),
         d.entry(Command::SetTimes { path: p("/a"), atime: SetTime::At(7), mtime: SetTime::Keep }),
         d.entry(Command::Truncate { path: p("/a/g"), size: 3 }),
+        d.entry(Command::MakeNode {
+            path: p("/a/link"),
+            kind: NodeType::Symlink,
+            target: "../a/g".into(),
+            rdev: 0,
+            mode: 0o777,
+        }),
+        d.entry(Command::MakeNode {
+            path: p("/a/tty"),
+            kind: NodeType::Char,
+            target: String::new(),
+            rdev: 0x0504,
+            mode: 0o620,
+        }),
     ]
 }
 
@@ -747,10 +761,7 @@ fn sample_entries() -> Vec<Entry> {
 fn new_inodes_take_the_mode_the_request_names_and_the_defaults_without_one() {
     let mut d = Driver::new();
     let alice = user(1001, &[1001, 50]);
-    let mode_of = |d: &Driver, path: &str| match d.ns.stat(&p(path)).unwrap() {
-        Stat::Dir { owner, .. } => owner,
-        Stat::File(meta) => meta.owner,
-    };
+    let mode_of = |d: &Driver, path: &str| d.ns.stat(&p(path)).unwrap().owner();
     let mkdir = |path: &str, parents, mode| Command::Mkdir { path: p(path), parents, mode };
     assert_eq!(run_as(&mut d, &alice, mkdir("/old", false, None)), Outcome::Mkdir);
     assert_eq!(mode_of(&d, "/old"), Owner { uid: 1001, gid: 1001, mode: 0o755 });
@@ -1577,10 +1588,7 @@ fn replacing_needs_the_right_to_remove_the_target() {
 #[test]
 fn times_change_as_posix_says_and_utimens_sets_them() {
     let mut d = Driver::new();
-    let times = |d: &Driver, path: &str| match d.ns.stat(&p(path)).unwrap() {
-        Stat::Dir { times, .. } => times,
-        Stat::File(meta) => meta.times,
-    };
+    let times = |d: &Driver, path: &str| d.ns.stat(&p(path)).unwrap().times();
     d.time = 1_000;
     d.mkdir("/d", false);
     assert!(matches!(d.create("/d/f"), Outcome::Created(_)));
@@ -1678,4 +1686,73 @@ fn truncate_drops_the_blocks_past_the_end_and_never_grows() {
     ));
     assert!(d.ns.violation().is_none());
     assert_eq!(Namespace::restore(&d.ns.snapshot()).unwrap(), d.ns);
+}
+
+#[test]
+fn symlinks_and_special_files_are_inodes_of_their_own() {
+    let mut d = Driver::new();
+    let node = |path: &str, kind, target: &str, rdev| Command::MakeNode {
+        path: p(path),
+        kind,
+        target: target.into(),
+        rdev,
+        mode: 0o640,
+    };
+    assert_eq!(d.run(node("/l", NodeType::Symlink, "some/where", 0)), Outcome::Changed);
+    assert_eq!(d.run(node("/p", NodeType::Fifo, "", 0)), Outcome::Changed);
+    assert_eq!(d.run(node("/b", NodeType::Block, "", 0x0801)), Outcome::Changed);
+    assert!(matches!(
+        failed(d.run(node("/p", NodeType::Socket, "", 0))),
+        NsError::AlreadyExists(_)
+    ));
+    match d.ns.stat(&p("/l")).unwrap() {
+        Stat::Other { kind: NodeType::Symlink, target, owner, .. } => {
+            assert_eq!(target, "some/where");
+            assert_eq!(owner.mode, 0o777, "a symlink's mode is always 0777");
+        }
+        other => panic!("{other:?}"),
+    }
+    let Stat::Other { rdev, owner, .. } = d.ns.stat(&p("/b")).unwrap() else { panic!() };
+    assert_eq!((rdev, owner.mode), (0x0801, 0o640));
+    // Listed by name, a symlink's size is its target's length; none is a directory.
+    let list = d.ns.list(&p("/")).unwrap();
+    let l = list.iter().find(|e| e.name == "l").unwrap();
+    assert_eq!((l.is_dir, l.size), (false, 10));
+    // Not a directory on the way, not a file for data, renamed and removed as files are.
+    assert!(matches!(failed(d.mkdir("/p/x", false)), NsError::NotADirectory(_)));
+    assert!(d.ns.get_file_meta_data(&p("/p")).is_err());
+    assert_eq!(d.rename_over("/p", "/b"), Outcome::Renamed);
+    assert!(matches!(d.ns.stat(&p("/b")).unwrap(), Stat::Other { kind: NodeType::Fifo, .. }));
+    assert!(d.ns.violation().is_none());
+    assert_eq!(Namespace::restore(&d.ns.snapshot()).unwrap(), d.ns);
+    assert!(matches!(d.remove("/l", false), Outcome::Removed { files: 1, dirs: 0 }));
+    // A symlink names a target, nothing else does; only devices have numbers.
+    for (kind, target, rdev) in
+        [(NodeType::Symlink, "", 0), (NodeType::Fifo, "x", 0), (NodeType::Socket, "", 5)]
+    {
+        let entry = d.entry(node("/bad", kind, target, rdev));
+        assert!(Entry::decode(&entry.encode()).is_err(), "{kind:?} {target:?} {rdev}");
+    }
+    let long = "t".repeat(crate::path::MAX_PATH_LEN + 1);
+    assert!(Entry::decode(&d.entry(node("/bad", NodeType::Symlink, &long, 0)).encode()).is_err());
+}
+
+/// Format 8's section pinned: the golden snapshot's state holds no symlink or special file.
+#[test]
+fn golden_snapshot_of_symlinks_and_special_files() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    let node = |path: &str, kind, target: &str, rdev| Command::MakeNode {
+        path: p(path),
+        kind,
+        target: target.into(),
+        rdev,
+        mode: 0o600,
+    };
+    assert_eq!(d.run(node("/d/l", NodeType::Symlink, "../x", 0)), Outcome::Changed);
+    assert_eq!(d.run(node("/d/c", NodeType::Char, "", 0x0504)), Outcome::Changed);
+    assert_eq!(d.run(node("/s", NodeType::Socket, "", 0)), Outcome::Changed);
+    let bytes = d.ns.snapshot();
+    meshfs_test_kit::golden::check_bytes(testdata("snapshot-nodes.bin"), &bytes);
+    assert_eq!(Namespace::restore(&bytes).unwrap(), d.ns);
 }

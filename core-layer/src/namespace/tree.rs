@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use super::access::MODE_BITS;
 use super::access::{Caller, Owner};
 use super::blocks::block_span;
 use super::entry::{Outcome, SetTime};
-use super::inode::{Dir, File, Kind, Node, Times};
+use super::inode::{Dir, File, Kind, Node, NodeType, Special, Times};
 use super::{Namespace, ROOT_ID, path_str};
 use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
@@ -103,7 +104,7 @@ impl Namespace {
             match self.dir_child(id, component) {
                 Some(child) => match self.nodes[&child].kind {
                     Kind::Dir(_) => id = child,
-                    Kind::File(_) => return Err(NsError::NotADirectory(walked)),
+                    Kind::File(_) | Kind::Other(_) => return Err(NsError::NotADirectory(walked)),
                 },
                 None => {
                     missing_from = Some(depth);
@@ -136,7 +137,7 @@ impl Namespace {
     pub(super) fn dir_child(&self, dir: u32, name: &str) -> Option<u32> {
         match &self.nodes[&dir].kind {
             Kind::Dir(d) => d.children.get(name).copied(),
-            Kind::File(_) => None,
+            Kind::File(_) | Kind::Other(_) => None,
         }
     }
 
@@ -172,6 +173,34 @@ impl Namespace {
         Ok(Outcome::Created(FileDescriptor { id: FileId(id), version }))
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn make_node(
+        &mut self,
+        path: &MeshPath,
+        kind: NodeType,
+        target: &str,
+        rdev: u32,
+        mode: u16,
+        now: u64,
+        caller: &Caller,
+    ) -> Result<Outcome, NsError> {
+        let (parent, name) = self.parent_dir(path)?;
+        if self.dir_child(parent, name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(path)));
+        }
+        let (id, _) = self.new_id()?;
+        let mode = if kind == NodeType::Symlink { 0o777 } else { mode & MODE_BITS };
+        let special = Special { kind, target: target.into(), rdev };
+        let node = Node {
+            parent,
+            kind: Kind::Other(special),
+            owner: Owner::new(caller, mode),
+            times: Times::at_ms(now),
+        };
+        self.insert_child(parent, name, id, node, now);
+        Ok(Outcome::Changed)
+    }
+
     pub(super) fn rename(
         &mut self,
         from: &MeshPath,
@@ -200,7 +229,9 @@ impl Namespace {
                 // not empty).
                 match (&self.nodes[&target].kind, moves_dir) {
                     (Kind::Dir(_), false) => return Err(NsError::IsADirectory(path_str(to))),
-                    (Kind::File(_), true) => return Err(NsError::NotADirectory(path_str(to))),
+                    (Kind::File(_) | Kind::Other(_), true) => {
+                        return Err(NsError::NotADirectory(path_str(to)));
+                    }
                     (Kind::Dir(dir), true) if !dir.children.is_empty() => {
                         return Err(NsError::NotEmpty(path_str(to)));
                     }
@@ -291,6 +322,7 @@ impl Namespace {
                     dirs += 1;
                     stack.extend(dir.children.values());
                 }
+                Kind::Other(_) => files += 1,
                 Kind::File(file) => {
                     files += 1;
                     if !self.leases.is_empty() {

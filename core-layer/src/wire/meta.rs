@@ -39,6 +39,7 @@
 //! | 29 | `RenameReplace` | as 3: a rename that replaces its target |
 //! | 30 | `SetTimes` | `str path`, then atime and mtime each `u8 how` (0 keep, 1 now, 2 at) and for 2 `u64 us` |
 //! | 31 | `Truncate` | `str path, u64 size` (at most the file's) |
+//! | 32 | `MakeNode` | `str path, u8 type` (1 symlink, 2 fifo, 3 char, 4 block, 5 socket), `str target, u32 device, u16 mode` |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -81,7 +82,7 @@ use crate::descriptor::{
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
 use crate::namespace::access::{read_mode, read_new_mode, write_new_mode};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, Owner, SetTime, Stat, Times};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, NodeType, Owner, SetTime, Stat, Times};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
 
@@ -229,6 +230,19 @@ pub enum MetaOp {
         /// The inode.
         path: MeshPath,
         /// The bits, at most 0o7777.
+        mode: u16,
+    },
+    /// `symlink` or `mknod`: a symbolic link, named pipe, device or socket.
+    MakeNode {
+        /// Where.
+        path: MeshPath,
+        /// What.
+        kind: NodeType,
+        /// A symlink's target; empty otherwise.
+        target: String,
+        /// A device's number; 0 otherwise.
+        rdev: u32,
+        /// Its mode bits, the umask applied (a symlink's are 0o777).
         mode: u16,
     },
     /// `truncate` to a smaller size (the client zeroed the last block's tail first).
@@ -548,6 +562,8 @@ wire_codes! {
         SetTimes = 30,
         /// [`MetaOp::Truncate`].
         Truncate = 31,
+        /// [`MetaOp::MakeNode`].
+        MakeNode = 32,
     }
 }
 
@@ -719,6 +735,11 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             write_path(w, path);
             w.u32(*uid).u32(*gid);
         }
+        MetaOp::MakeNode { path, kind, target, rdev, mode } => {
+            w.u8(OpCode::MakeNode as u8);
+            write_path(w, path);
+            w.u8(kind.byte()).str(target).u32(*rdev).u16(*mode);
+        }
         MetaOp::Truncate { path, size } => {
             w.u8(OpCode::Truncate as u8);
             write_path(w, path);
@@ -838,6 +859,11 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
         OpCode::Truncate => MetaOp::Truncate { path: read_path(r)?, size: r.u64("size")? },
+        OpCode::MakeNode => {
+            let path = read_path(r)?;
+            let (kind, target, rdev) = crate::namespace::entry::read_node(r)?;
+            MetaOp::MakeNode { path, kind, target, rdev, mode: read_mode(r)? }
+        }
         OpCode::SetTimes => MetaOp::SetTimes {
             path: read_path(r)?,
             atime: SetTime::read(r)?,
@@ -862,14 +888,20 @@ fn read_times(r: &mut BodyReader<'_>) -> Result<Times, BodyError> {
     Ok(Times { atime_us: r.u64("atime")?, mtime_us: r.u64("mtime")?, ctime_us: r.u64("ctime")? })
 }
 
-/// A stat: kind 4 (a directory: `u32 id, u64 entries`, times, owner) or 5 (a file: its
+/// A stat: kind 4 (a directory: `u32 id, u64 entries`, times, owner), 5 (a file: its
 /// descriptor, `u64 size, u32 block size, u8 replication, u64 created ms`, times, owner,
-/// `u32 count` and the blocks). Kinds 0 to 3 are the layouts before times (one time in
+/// `u32 count` and the blocks) or 6 (a symlink or special file: `u32 id, u8 type, str
+/// target, u32 device`, times, owner). Kinds 0 to 3 are the layouts before times (one time in
 /// ms), still read.
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {
     match stat {
         Stat::Dir { id, entries, times, owner } => {
             w.u8(4).u32(*id).u64(*entries as u64);
+            write_times(w, times);
+            write_owner(w, owner);
+        }
+        Stat::Other { id, kind, target, rdev, times, owner } => {
+            w.u8(6).u32(*id).u8(kind.byte()).str(target).u32(*rdev);
             write_times(w, times);
             write_owner(w, owner);
         }
@@ -926,6 +958,12 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
                 owner,
                 blocks,
             }))
+        }
+        6 => {
+            let id = r.u32("id")?;
+            let (kind, target, rdev) = crate::namespace::entry::read_node(r)?;
+            let times = read_times(r)?;
+            Ok(Stat::Other { id, kind, target, rdev, times, owner: read_owner(r)? })
         }
         other => Err(BodyError::Invalid { field: "stat kind", value: u64::from(other) }),
     }

@@ -4,7 +4,7 @@ use super::*;
 use crate::descriptor::{BlockVersion, FileDescriptor};
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, SetTime, Stat, Times};
+use crate::namespace::{BlockMeta, DirEntry, FileMeta, NodeType, SetTime, Stat, Times};
 use crate::path::MeshPath;
 use crate::session::SessionId;
 use crate::token::Token;
@@ -544,6 +544,29 @@ fn samples() -> Vec<Message> {
             request_id: 26,
             op: MetaOp::Truncate { path: MeshPath::parse("/a/old").unwrap(), size: 1 << 33 },
         }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 27,
+            op: MetaOp::MakeNode {
+                path: MeshPath::parse("/a/l").unwrap(),
+                kind: NodeType::Symlink,
+                target: "/a/old".into(),
+                rdev: 0,
+                mode: 0o777,
+            },
+        }),
+        Message::MetaReply(MetaReply::Stat {
+            stat: Stat::Other {
+                id: 77,
+                kind: NodeType::Block,
+                target: String::new(),
+                rdev: 0x0801,
+                times: Times { atime_us: 1, mtime_us: 2, ctime_us: 3 },
+                owner: crate::namespace::Owner { uid: 0, gid: 6, mode: 0o660 },
+            },
+            total_blocks: 0,
+            first_block: 0,
+        }),
     ]
 }
 
@@ -589,10 +612,7 @@ fn messages_in_layouts_older_builds_wrote_are_still_read() {
         // times at their one time.
         use crate::namespace::Owner;
         if let Message::MetaReply(MetaReply::Stat { stat, .. }) = &message {
-            let times = match stat {
-                Stat::Dir { times, .. } => *times,
-                Stat::File(meta) => meta.times,
-            };
+            let times = stat.times();
             assert!(body[1] <= 3, "only layouts before times are old");
             assert!(times.atime_us == times.mtime_us && times.ctime_us == times.mtime_us);
             if body[1] >= 2 {

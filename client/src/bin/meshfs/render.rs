@@ -52,6 +52,15 @@ pub(crate) fn print_stat(path: &str, stat: &Stat) {
             println!("  access      {}", access_text('d', owner));
             print_times(times);
         }
+        Stat::Other { id, kind, target, rdev, times, owner } => {
+            let what = match kind {
+                meshfs_core::namespace::NodeType::Symlink => format!("symbolic link to {target}"),
+                other => format!("{other:?} (device {rdev})").to_lowercase(),
+            };
+            println!("{path}: {what}, inode {id}");
+            println!("  access      {}", access_text('l', owner));
+            print_times(times);
+        }
         Stat::File(meta) => {
             let fd = meta.descriptor;
             println!("{path}: file {} version {}", fd.id.0, fd.version);
