@@ -242,7 +242,14 @@ impl RemoteFile {
         }
         let end = offset + bytes.len() as u64;
         if end > self.file.size {
+            let old = self.file.size;
             self.meta.expand_file_size(&self.path, end)?;
+            // A write that starts past the old last block leaves that block's tail to zeros
+            // of its own (a write inside it would extend it, zeros between, by itself).
+            let bs = self.block_size();
+            if offset > old && !old.is_multiple_of(bs) && offset >= (old / bs + 1) * bs {
+                self.fill_tail_from(old, offset)?;
+            }
         }
         let mut at = offset;
         while at < end {
@@ -278,6 +285,7 @@ impl RemoteFile {
         }
         if size > self.file.size {
             self.meta.expand_file_size(&self.path, size)?;
+            self.fill_tail(size)?;
             return self.refresh();
         }
         if size == self.file.size {
@@ -305,6 +313,42 @@ impl RemoteFile {
         }
         self.meta.truncate(&self.path, size)?;
         self.refresh()
+    }
+
+    /// Zeros over the last block's bytes from the size the file had to `upto` (at most that
+    /// block's end), when that block holds data: a replica holds only what was written to
+    /// it, and a file grown past that reads zeros there, never a refusal.
+    fn fill_tail(&mut self, upto: u64) -> Result<(), ClientError> {
+        let old = self.metadata().size;
+        self.fill_tail_from(old, upto)
+    }
+
+    fn fill_tail_from(&mut self, old: u64, upto: u64) -> Result<(), ClientError> {
+        let bs = self.block_size();
+        if old.is_multiple_of(bs) {
+            return Ok(());
+        }
+        let index = old / bs;
+        let end = upto.min((index + 1) * bs);
+        let written = self.file.blocks.get(index as usize).is_some_and(|b| {
+            b.descriptor.version != meshfs_core::descriptor::BlockVersion::UNWRITTEN
+        });
+        if !written || end <= old {
+            return Ok(());
+        }
+        let index = u16::try_from(index).map_err(|_| ClientError::DataWrite {
+            block: format!("{} block {index}", self.path),
+            reason: "a file has at most 65,536 blocks".into(),
+            failed: None,
+        })?;
+        let zeros = vec![0u8; (end - old) as usize];
+        let token = self.meta.write_lease(&self.path, index)?;
+        let (data, block_size) = (&mut self.data, self.file.block_size);
+        let within = old % bs;
+        let mut write = |token: &Token| data.write_block(token, block_size, within, &zeros, true);
+        let first = write(&token);
+        let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
+        self.meta.commit_write(&self.path, &receipt)
     }
 
     /// `write_block`: writes a whole block (`bytes` up to the block size; the file grows to

@@ -79,6 +79,9 @@ struct OpenFile {
     image: Option<BlockImage>,
     /// The first failure of a buffered write, reported by the next flush or close.
     failed: Option<Errno>,
+    /// When bytes were last written here and not yet sent (microseconds since the epoch):
+    /// a stat meanwhile shows the file modified then, as POSIX marks it at the write.
+    written_us: u64,
 }
 
 /// Clients taken from the pool for one request, given back when dropped.
@@ -263,8 +266,16 @@ impl MeshFs {
         };
         // Bytes written here and not yet sent count: the kernel asks for the size of a
         // file it is writing.
+        let mut times = times;
         let size = match self.open_file(ino) {
-            Some(open) => lock(&open).end().map_or(size, |end| end.max(size)),
+            Some(open) => {
+                let open = lock(&open);
+                if open.end().is_some() && open.written_us > times.mtime_us {
+                    times.mtime_us = open.written_us;
+                    times.ctime_us = times.ctime_us.max(open.written_us);
+                }
+                open.end().map_or(size, |end| end.max(size))
+            }
             None => size,
         };
         FileAttr {
@@ -386,7 +397,8 @@ impl MeshFs {
         let unchanged = lock(&self.opened_at).insert(ino, version) == Some(version);
         let flags = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
         let fh = self.new_handle();
-        let open = OpenFile { ino, file: Some(file), writable, image: None, failed: None };
+        let open =
+            OpenFile { ino, file: Some(file), writable, image: None, failed: None, written_us: 0 };
         lock(&self.files).insert(fh, Arc::new(Mutex::new(open)));
         Ok((fh, flags, stat))
     }
@@ -515,6 +527,9 @@ impl OpenFile {
             at += n as u64;
             rest = after;
         }
+        self.written_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         if buffered.load(Ordering::Relaxed) > MAX_BUFFERED {
             self.flush(buffered)?;
             self.drop_image(buffered);

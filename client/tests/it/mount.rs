@@ -345,6 +345,23 @@ fn truncation_shrinks_grows_with_zeros_and_lets_programs_overwrite_files() {
     std::fs::write(mount.path("big"), &bytes).unwrap();
     run(Command::new("cp").arg(&small).arg(mount.path("big")));
     assert_eq!(std::fs::read(mount.path("big")).unwrap(), b"small file");
+    // Grown past what its last block holds, by truncate or by a write past that block: the
+    // gap reads as zeros (a replica holds only what was written to it; before, reading the
+    // gap was refused, and fsx -S 2's mapwrite died of SIGBUS there).
+    std::fs::write(mount.path("short"), b"0123456789").unwrap();
+    run(Command::new("truncate").args(["-s", "300000"]).arg(mount.path("short")));
+    let seen = std::fs::read(mount.path("short")).unwrap();
+    assert!(
+        seen.len() == 300_000 && &seen[..10] == b"0123456789" && seen[10..].iter().all(|&b| b == 0)
+    );
+    std::fs::write(mount.path("sparse"), b"0123456789").unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(mount.path("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, b"far", 3 << 20).unwrap();
+    drop(file);
+    let seen = std::fs::read(mount.path("sparse")).unwrap();
+    assert_eq!(seen.len(), (3 << 20) + 3);
+    assert!(&seen[..10] == b"0123456789" && seen[10..3 << 20].iter().all(|&b| b == 0));
+    assert_eq!(&seen[3 << 20..], b"far");
     // Through an open file too (ftruncate), and its reads see the new size.
     let file = std::fs::OpenOptions::new().read(true).write(true).open(mount.path("big")).unwrap();
     file.set_len(5).unwrap();
@@ -410,4 +427,104 @@ fn a_trusted_mount_acts_for_each_local_user_and_an_operators_root_is_an_operator
     assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"));
     let err = std::fs::write(mount.path("home/u1234/f"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(13), "EACCES: another user's file: {err}");
+}
+
+/// The pjdfstest cases a mount may fail, from `tests/pjdfstest/known-failures.txt`.
+fn known_failures() -> std::collections::BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest/known-failures.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn pjdfstest_passes_on_a_mount_but_for_the_known_failures() {
+    let mut cluster = TestCluster::new("mount-pjdfstest", 3, 3);
+    run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["client", "add", "host", "--trusted", "--admin"]));
+    let host = cluster.dir.join("client-host.conf");
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mount = FuseMount::with_config(&cluster, &host, "mnt", 1000);
+    let under = mount.path("pjd");
+    std::fs::create_dir(&under).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest/pjdfstest.toml");
+    let out = Command::new("pjdfstest")
+        .arg("-c")
+        .arg(&config)
+        .arg("-p")
+        .arg(&under)
+        .current_dir(&under)
+        .output()
+        .expect("pjdfstest runs (cargo install pjdfstest; it needs Debian's libacl1-dev)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut results = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some(name), Some(result), None) = (words.next(), words.next(), words.next())
+            && name.contains("::")
+            && ["ok", "FAILED", "skipped"].contains(&result)
+        {
+            results.insert(name.to_string(), result.to_string());
+        }
+    }
+    assert_eq!(results.len(), 398, "every case ran and reported:\n{text}");
+    let failed: std::collections::BTreeSet<String> =
+        results.iter().filter(|(_, r)| *r == "FAILED").map(|(n, _)| n.clone()).collect();
+    let known = known_failures();
+    let new: Vec<_> = failed.difference(&known).collect();
+    let fixed: Vec<_> = known.difference(&failed).collect();
+    assert!(new.is_empty(), "cases that fail and are not known failures: {new:?}\n{text}");
+    assert!(fixed.is_empty(), "known failures that pass now (take them off the list): {fixed:?}");
+    let passed = results.values().filter(|r| *r == "ok").count();
+    println!(
+        "pjdfstest: {passed} passed, {} failed (all known), {} skipped",
+        failed.len(),
+        398 - passed - failed.len()
+    );
+}
+
+/// fsx's ops on one file through a mount, seeded; panics with its report unless clean.
+fn fsx(mount: &FuseMount, dir: &Path, name: &str, ops: u32, seed: u32) -> Duration {
+    let started = Instant::now();
+    let out = Command::new("fsx")
+        .args(["-N", &ops.to_string(), "-S", &seed.to_string(), "-P"])
+        .arg(dir)
+        .arg(mount.path(name))
+        .output()
+        .expect("fsx runs (cargo install fsx)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("All operations completed A-OK!"),
+        "fsx -S {seed}:\n{text}"
+    );
+    started.elapsed()
+}
+
+#[test]
+fn fsx_runs_clean_through_a_mount_also_with_the_page_caches_dropped_halfway() {
+    const OPS: u32 = 1500;
+    let cluster = started("mount-fsx");
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    let artifacts = cluster.dir.join("fsx");
+    std::fs::create_dir(&artifacts).unwrap();
+    let took = fsx(&mount, &artifacts, "one", OPS, 1);
+    println!("fsx: {OPS} operations in {took:?}");
+    // Again on a new file; half way through, the kernel drops every clean page (the
+    // data-servers' replicas among them), so reads come from their disks.
+    let half = took / 2;
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(half);
+        let _ = Command::new("sync").status();
+        std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+    });
+    fsx(&mount, &artifacts, "two", OPS, 2);
+    assert!(dropper.join().unwrap(), "the page caches were dropped");
 }
