@@ -36,6 +36,10 @@ use crate::meta::MetaClient;
 /// buffer before it returns.
 pub const MAX_BUFFERED: u64 = 512 << 20;
 
+/// The names a file unlinked while open here keeps until its last close (`…-<inode>`);
+/// listings through this mount leave them out.
+pub const UNLINKED_PREFIX: &str = ".meshfs-unlinked-";
+
 /// Most bytes the kernel sends in one write, and reads ahead.
 const MAX_IO: u32 = 1 << 20;
 
@@ -57,6 +61,11 @@ pub(super) struct MeshFs {
     /// The file version each inode had when last opened: an unchanged file keeps the
     /// kernel's cached pages (close-to-open consistency).
     opened_at: Mutex<HashMap<u64, u32>>,
+    /// Files unlinked while open here, kept under a hidden name in their directory until
+    /// their last close: inode -> (directory, hidden name).
+    unlinked: Mutex<HashMap<u64, (u64, String)>>,
+    /// Per inode open here, how many times its open files sent bytes.
+    generations: Mutex<HashMap<u64, Arc<AtomicU64>>>,
     next_handle: AtomicU64,
     buffered: AtomicU64,
     space: Mutex<Option<(Instant, Space)>>,
@@ -79,6 +88,10 @@ struct OpenFile {
     image: Option<BlockImage>,
     /// The first failure of a buffered write, reported by the next flush or close.
     failed: Option<Errno>,
+    /// Bumped by every open file of the inode that sends bytes; `seen` is the count this
+    /// one's metadata is as of. Another's send makes it fetch the metadata again.
+    generation: Arc<AtomicU64>,
+    seen: u64,
     /// When bytes were last written here and not yet sent (microseconds since the epoch):
     /// a stat meanwhile shows the file modified then, as POSIX marks it at the write.
     written_us: u64,
@@ -193,6 +206,8 @@ impl MeshFs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             opened_at: Mutex::new(HashMap::new()),
+            unlinked: Mutex::new(HashMap::new()),
+            generations: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             buffered: AtomicU64::new(0),
             space: Mutex::new(None),
@@ -238,6 +253,13 @@ impl MeshFs {
 
     fn attr(&self, stat: &Stat) -> FileAttr {
         let mut rdev = 0;
+        let nlink = match stat {
+            Stat::Dir { subdirs, .. } => {
+                u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX)
+            }
+            _ if lock(&self.unlinked).contains_key(&u64::from(stat.id())) => 0,
+            _ => 1,
+        };
         let (ino, kind, size, owner, times, crtime) = match stat {
             Stat::Dir { id, times, owner, .. } => {
                 let born = times.ctime_us / 1000;
@@ -267,17 +289,18 @@ impl MeshFs {
         // Bytes written here and not yet sent count: the kernel asks for the size of a
         // file it is writing.
         let mut times = times;
-        let size = match self.open_file(ino) {
-            Some(open) => {
-                let open = lock(&open);
-                if open.end().is_some() && open.written_us > times.mtime_us {
+        let mut size = size;
+        for open in self.open_files(ino) {
+            // try_lock: a file busy sending its bytes is not waited for here.
+            let Ok(open) = open.try_lock() else { continue };
+            if let Some(end) = open.end() {
+                size = size.max(end);
+                if open.written_us > times.mtime_us {
                     times.mtime_us = open.written_us;
                     times.ctime_us = times.ctime_us.max(open.written_us);
                 }
-                open.end().map_or(size, |end| end.max(size))
             }
-            None => size,
-        };
+        }
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -288,13 +311,19 @@ impl MeshFs {
             crtime: time_us(crtime.saturating_mul(1000)),
             kind,
             perm: owner.mode,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            nlink,
             uid: owner.uid,
             gid: owner.gid,
             rdev,
             blksize: MAX_IO,
             flags: 0,
         }
+    }
+
+    /// Whether any open file here is of `ino`.
+    fn is_open(&self, ino: u64) -> bool {
+        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        open.iter().any(|f| lock(f).ino == ino)
     }
 
     /// Open files of `ino` fetch its metadata again (it changed through this mount).
@@ -327,22 +356,28 @@ impl MeshFs {
         Ok(())
     }
 
-    /// Some open file of `ino`, if any (the one with buffered bytes, if one has).
-    fn open_file(&self, ino: u64) -> Option<Arc<Mutex<OpenFile>>> {
-        let files = lock(&self.files);
-        let mut found = None;
-        for open in files.values() {
-            // try_lock: a file busy sending its buffer is not waited for here.
-            if let Ok(f) = open.try_lock()
-                && f.ino == ino
-            {
-                if f.end().is_some() {
-                    return Some(open.clone());
-                }
-                found = Some(open.clone());
+    /// Every open file of `ino` here (files busy in another request included).
+    fn open_files(&self, ino: u64) -> Vec<Arc<Mutex<OpenFile>>> {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        files.into_iter().filter(|f| f.try_lock().map_or(true, |f| f.ino == ino)).collect()
+    }
+
+    /// Before a read or write through open file `fh` of `ino`: every other open file of it
+    /// sends what it holds and forgets its block, so this one sees their bytes and they
+    /// see its own (each keeps one block in memory; two copies must not disagree).
+    fn settle_others(&self, ino: u64, fh: FileHandle) -> Result<(), Errno> {
+        let others: Vec<_> = {
+            let files = lock(&self.files);
+            files.iter().filter(|(h, _)| **h != fh.0).map(|(_, f)| f.clone()).collect()
+        };
+        for other in others {
+            let mut other = lock(&other);
+            if other.ino == ino && other.image.is_some() {
+                other.flush(&self.buffered)?;
+                other.drop_image(&self.buffered);
             }
         }
-        found
+        Ok(())
     }
 
     fn stat(&self, req: &Request, path: &str) -> Result<Stat, Errno> {
@@ -397,8 +432,18 @@ impl MeshFs {
         let unchanged = lock(&self.opened_at).insert(ino, version) == Some(version);
         let flags = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
         let fh = self.new_handle();
-        let open =
-            OpenFile { ino, file: Some(file), writable, image: None, failed: None, written_us: 0 };
+        let generation = lock(&self.generations).entry(ino).or_default().clone();
+        let seen = generation.load(Ordering::Acquire);
+        let open = OpenFile {
+            ino,
+            file: Some(file),
+            writable,
+            image: None,
+            failed: None,
+            generation,
+            seen,
+            written_us: 0,
+        };
         lock(&self.files).insert(fh, Arc::new(Mutex::new(open)));
         Ok((fh, flags, stat))
     }
@@ -589,6 +634,20 @@ impl OpenFile {
             }
             return Err(errno(&e, false));
         }
+        self.seen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok(())
+    }
+
+    /// If another open file of the inode sent bytes since this one's metadata was fetched:
+    /// sends its own, fetches the metadata again and forgets its block.
+    fn catch_up(&mut self, buffered: &AtomicU64) -> Result<(), Errno> {
+        if self.generation.load(Ordering::Acquire) == self.seen {
+            return Ok(());
+        }
+        self.flush(buffered)?;
+        self.drop_image(buffered);
+        self.file()?.refresh().map_err(|e| errno(&e, false))?;
+        self.seen = self.generation.load(Ordering::Acquire);
         Ok(())
     }
 }
@@ -838,11 +897,25 @@ impl Filesystem for MeshFs {
             let (path, leaf) = self.child_path(parent.0, name)?;
             let mut clients = self.clients(req)?;
             // unlink(2) never removes a directory, even an empty one.
-            if let Stat::Dir { .. } = clients.meta().stat(&path).map_err(|e| errno(&e, false))? {
+            let stat = clients.meta().stat(&path).map_err(|e| errno(&e, false))?;
+            if let Stat::Dir { .. } = stat {
                 return Err(Errno::EISDIR);
             }
-            clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
-            lock(&self.inodes).unlinked(parent.0, &leaf);
+            let ino = u64::from(stat.id());
+            if !self.is_open(ino) {
+                clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
+                lock(&self.inodes).unlinked(parent.0, &leaf);
+                return Ok(());
+            }
+            // Open here: it lives on under a hidden name until its last close (as NFS
+            // clients keep such files), so the open file reads and writes on.
+            let hidden = format!("{UNLINKED_PREFIX}{ino}");
+            let (hidden_path, _) = self.child_path(parent.0, OsStr::new(&hidden))?;
+            clients.meta().rename_over(&path, &hidden_path).map_err(|e| errno(&e, false))?;
+            let mut inodes = lock(&self.inodes);
+            inodes.unlinked(parent.0, &leaf);
+            inodes.place(ino, parent.0, &hidden);
+            lock(&self.unlinked).insert(ino, (parent.0, hidden));
             Ok(())
         })();
         match result {
@@ -933,10 +1006,12 @@ impl Filesystem for MeshFs {
     ) {
         let result = (|| {
             let open = self.handle(fh)?;
+            self.settle_others(ino.0, fh)?;
             let mut open = lock(&open);
             if let Some(path) = lock(&self.inodes).path(ino.0) {
                 open.file()?.set_path(&path);
             }
+            open.catch_up(&self.buffered)?;
             // Reads see this file's own writes.
             open.read(offset, size.min(MAX_IO) as usize, &self.buffered)
         })();
@@ -960,6 +1035,7 @@ impl Filesystem for MeshFs {
     ) {
         let result = (|| {
             let open = self.handle(fh)?;
+            self.settle_others(ino.0, fh)?;
             let mut open = lock(&open);
             if !open.writable {
                 return Err(Errno::EBADF);
@@ -967,6 +1043,7 @@ impl Filesystem for MeshFs {
             if let Some(path) = lock(&self.inodes).path(ino.0) {
                 open.file()?.set_path(&path);
             }
+            open.catch_up(&self.buffered)?;
             open.write(offset, data, &self.buffered)
         })();
         match result {
@@ -1006,7 +1083,7 @@ impl Filesystem for MeshFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -1022,6 +1099,23 @@ impl Filesystem for MeshFs {
         open.drop_image(&self.buffered);
         if let Some(file) = open.file.take() {
             self.give_back(file.into_parts());
+        }
+        let ino = open.ino;
+        drop(open);
+        if !self.is_open(ino) {
+            lock(&self.generations).remove(&ino);
+        }
+        // The last close of a file unlinked while open: now it goes.
+        if !self.is_open(ino)
+            && let Some((dir, hidden)) = lock(&self.unlinked).remove(&ino)
+        {
+            let gone = lock(&self.inodes).child_path(dir, &hidden).map(|path| {
+                self.clients(req).map(|mut c| c.meta().remove(&path, false).map(|_| ()))
+            });
+            match gone {
+                Some(Ok(Ok(()))) => lock(&self.inodes).unlinked(dir, &hidden),
+                other => warn!("mount: removing {hidden}, unlinked while open: {other:?}"),
+            }
         }
         match result {
             Ok(()) => reply.ok(),
@@ -1043,7 +1137,7 @@ impl Filesystem for MeshFs {
                 (ino.0, FileType::Directory, ".".to_string()),
                 (parent, FileType::Directory, "..".to_string()),
             ];
-            for e in entries {
+            for e in entries.into_iter().filter(|e| !e.name.starts_with(UNLINKED_PREFIX)) {
                 let kind = if e.is_dir { FileType::Directory } else { FileType::RegularFile };
                 listing.push((u64::from(e.id), kind, e.name));
             }

@@ -186,6 +186,62 @@ fn a_tree_copied_into_a_mount_reads_back_identical_and_names_change_as_programs_
     let long = "n".repeat(256);
     let err = std::fs::write(mount.path(&long), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(36), "ENAMETOOLONG: {err}");
+    // A file unlinked while open reads and writes on through its descriptor, with no links,
+    // and goes at its last close.
+    {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::MetadataExt;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(mount.path("scratch"))
+            .unwrap();
+        file.write_all(b"before ").unwrap();
+        std::fs::remove_file(mount.path("scratch")).unwrap();
+        assert!(!mount.path("scratch").exists());
+        assert_eq!(file.metadata().unwrap().nlink(), 0);
+        file.write_all(b"and after").unwrap();
+        file.rewind().unwrap();
+        let mut back = String::new();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "before and after");
+        let names = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+        let listed = run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["ls", "/"]));
+        assert!(listed.contains(".meshfs-unlinked-"), "kept under a hidden name: {listed}");
+        assert_eq!(names(&mount.point), 4, "which this mount does not list");
+        drop(file);
+        let listed = run(Command::new(env!("CARGO_BIN_EXE_meshfs"))
+            .arg("--config")
+            .arg(&cluster.config_path)
+            .args(["ls", "/"]));
+        assert!(!listed.contains(".meshfs-unlinked-"), "gone at the last close: {listed}");
+    }
+    // Two open files of one file in one mount see each other's bytes at once.
+    {
+        use std::os::unix::fs::FileExt;
+        let path = mount.path("shared");
+        let a = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let b = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        a.write_all_at(b"written by a", 0).unwrap();
+        let mut buf = [0u8; 12];
+        b.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"written by a");
+        b.write_all_at(b"B", 11).unwrap();
+        a.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"written by B");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 12);
+    }
     // Capacity comes from the data-servers.
     let df = run(Command::new("df").arg("-B1").arg(&mount.point));
     assert!(df.contains("meshfs:"), "{df}");

@@ -20,6 +20,9 @@ pub enum Stat {
         id: u32,
         /// Entries in it.
         entries: usize,
+        /// How many of them are directories (its link count is 2 more: its name, its `.`
+        /// and each child's `..`).
+        subdirs: u64,
         /// Its access, modification and change times.
         times: Times,
         /// Its owner, group and mode.
@@ -268,6 +271,11 @@ impl Namespace {
             Kind::Dir(dir) => Ok(Stat::Dir {
                 id,
                 entries: dir.children.len(),
+                subdirs: dir
+                    .children
+                    .values()
+                    .filter(|c| matches!(self.nodes[c].kind, Kind::Dir(_)))
+                    .count() as u64,
                 times: node.times,
                 owner: node.owner,
             }),

@@ -1756,3 +1756,16 @@ fn golden_snapshot_of_symlinks_and_special_files() {
     meshfs_test_kit::golden::check_bytes(testdata("snapshot-nodes.bin"), &bytes);
     assert_eq!(Namespace::restore(&bytes).unwrap(), d.ns);
 }
+
+#[test]
+fn a_directory_counts_its_subdirectories_for_its_link_count() {
+    let mut d = Driver::new();
+    d.mkdir("/a/b", true);
+    d.mkdir("/a/c", false);
+    assert!(matches!(d.create("/a/f"), Outcome::Created(_)));
+    let Stat::Dir { entries, subdirs, .. } = d.ns.stat(&p("/a")).unwrap() else { panic!() };
+    assert_eq!((entries, subdirs), (3, 2));
+    assert_eq!(d.rename("/a/c", "/c"), Outcome::Renamed);
+    let Stat::Dir { subdirs, .. } = d.ns.stat(&p("/a")).unwrap() else { panic!() };
+    assert_eq!(subdirs, 1, "a directory moved out is no longer counted");
+}

@@ -888,15 +888,15 @@ fn read_times(r: &mut BodyReader<'_>) -> Result<Times, BodyError> {
     Ok(Times { atime_us: r.u64("atime")?, mtime_us: r.u64("mtime")?, ctime_us: r.u64("ctime")? })
 }
 
-/// A stat: kind 4 (a directory: `u32 id, u64 entries`, times, owner), 5 (a file: its
+/// A stat: kind 4 (a directory: `u32 id, u64 entries, u64 subdirectories`, times, owner), 5 (a file: its
 /// descriptor, `u64 size, u32 block size, u8 replication, u64 created ms`, times, owner,
 /// `u32 count` and the blocks) or 6 (a symlink or special file: `u32 id, u8 type, str
 /// target, u32 device`, times, owner). Kinds 0 to 3 are the layouts before times (one time in
 /// ms), still read.
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, times, owner } => {
-            w.u8(4).u32(*id).u64(*entries as u64);
+        Stat::Dir { id, entries, subdirs, times, owner } => {
+            w.u8(4).u32(*id).u64(*entries as u64).u64(*subdirs);
             write_times(w, times);
             write_owner(w, owner);
         }
@@ -926,9 +926,11 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
         0 | 2 | 4 => {
             let id = r.u32("id")?;
             let entries = usize::try_from(r.u64("entries")?).unwrap_or(usize::MAX);
+            // Layouts before kind 4 did not count subdirectories.
+            let subdirs = if kind == 4 { r.u64("subdirs")? } else { 0 };
             let times = if kind == 4 { read_times(r)? } else { Times::at_ms(r.u64("mtime")?) };
             let owner = if kind == 0 { Owner::legacy(true) } else { read_owner(r)? };
-            Ok(Stat::Dir { id, entries, times, owner })
+            Ok(Stat::Dir { id, entries, subdirs, times, owner })
         }
         1 | 3 | 5 => {
             let descriptor = FileDescriptor::read(r)?;

@@ -259,6 +259,7 @@ fn samples() -> Vec<Message> {
             stat: Stat::Dir {
                 id: 1,
                 entries: 3,
+                subdirs: 2,
                 times: Times { atime_us: 4_000_001, mtime_us: 4_000_002, ctime_us: 4_000_003 },
                 owner: crate::namespace::Owner { uid: 0, gid: 0, mode: 0o1777 },
             },

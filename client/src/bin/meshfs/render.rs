@@ -47,7 +47,7 @@ fn print_times(times: &meshfs_core::namespace::Times) {
 
 pub(crate) fn print_stat(path: &str, stat: &Stat) {
     match stat {
-        Stat::Dir { id, entries, times, owner } => {
+        Stat::Dir { id, entries, times, owner, .. } => {
             println!("{path}: directory {id}, {entries} entries");
             println!("  access      {}", access_text('d', owner));
             print_times(times);
