@@ -423,6 +423,40 @@ struct PutBlock {
     tries: u8,
 }
 
+/// [`put`] that replaces `remote` if it exists, atomically: the bytes go to a new file
+/// beside it (`.NAME.put-SESSION`, a name of this client's own), which then takes
+/// `remote`'s place in one step. A reader sees the old file or the new one whole, never a
+/// mix; if the put fails, the old file is untouched and the new one is removed.
+pub fn put_replacing(
+    meta: &mut MetaClient,
+    data: &mut DataClient,
+    reader: &mut impl Read,
+    remote: &str,
+    replication: u8,
+    total: Option<u64>,
+    progress: &mut impl Progress,
+) -> Result<u64, ClientError> {
+    let path =
+        meshfs_core::path::MeshPath::parse(remote).map_err(|e| ClientError::Namespace(e.into()))?;
+    let Some((dir, name)) = path.split_last() else {
+        return Err(ClientError::Namespace(meshfs_core::error::NsError::Root));
+    };
+    let dir = dir.as_str().trim_end_matches('/');
+    let temp = format!("{dir}/.{name}.put-{:016x}", meta.session());
+    let written = match put(meta, data, reader, &temp, replication, total, progress) {
+        Ok(n) => n,
+        Err(err) => {
+            let _ = meta.remove(&temp, false);
+            return Err(err);
+        }
+    };
+    if let Err(err) = meta.rename_over(&temp, remote) {
+        let _ = meta.remove(&temp, false);
+        return Err(err);
+    }
+    Ok(written)
+}
+
 /// Creates `remote` and writes everything `reader` gives into it, block by block: grow the
 /// file (the leader places the block), lease the block, stream it down its chain, commit it.
 /// While one block streams, the next is read and leased, so two blocks are in flight (at most

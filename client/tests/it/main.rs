@@ -1405,3 +1405,50 @@ fn bench_local_runs_against_a_throw_away_cluster_and_removes_it() {
         / json["limits"]["append_fdatasync_per_s"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 0.01, "{json}");
 }
+
+#[test]
+fn put_refuses_an_existing_file_and_put_force_replaces_it_atomically() {
+    let mut cluster = TestCluster::new("put-force", 3, 3);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let old = random_bytes((2 << 20) + 5, 1);
+    let new = random_bytes((3 << 20) + 9, 2);
+    let (old_file, new_file) = (cluster.dir.join("old"), cluster.dir.join("new"));
+    std::fs::write(&old_file, &old).unwrap();
+    std::fs::write(&new_file, &new).unwrap();
+    let put = |args: &[&str]| meshfs(&cluster, &[&["put"], args].concat());
+    assert!(put(&[old_file.to_str().unwrap(), "/f"]).status.success());
+    let refused = put(&[new_file.to_str().unwrap(), "/f"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("meshfs put --force replaces it"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(get_bytes(&cluster, "/f").unwrap() == old, "the refused put changed nothing");
+    // Readers meanwhile see the old file or the new one, whole.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut seen = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get_bytes(&cluster, "/f") {
+                    Ok(bytes) if bytes == old => seen.0 += 1,
+                    Ok(bytes) if bytes == new => seen.1 += 1,
+                    Ok(bytes) => panic!("a reader saw {} bytes, neither file", bytes.len()),
+                    // Between its stat and its reads the file was replaced: a fresh get.
+                    Err(_) => {}
+                }
+            }
+            seen
+        });
+        let forced = put(&["--force", new_file.to_str().unwrap(), "/f"]);
+        assert!(forced.status.success(), "{}", text(&forced.stderr));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(seen.0 + seen.1 > 0, "the reader read");
+    assert!(get_bytes(&cluster, "/f").unwrap() == new);
+    let listed = text(&meshfs(&cluster, &["ls", "/"]).stdout);
+    assert!(!listed.contains(".put-"), "no temporary name is left: {listed}");
+}

@@ -133,9 +133,13 @@ pub(crate) enum Command {
         /// Copies of each block (default: the config's replication).
         #[arg(long, default_value_t = 0)]
         replication: u8,
+        /// Replace REMOTE if it exists, atomically: readers see the old file or the new
+        /// one, never a mix.
+        #[arg(short, long)]
+        force: bool,
         /// The local file, or - for standard input.
         local: String,
-        /// The path in MeshFS (must not exist).
+        /// The path in MeshFS (must not exist, unless --force).
         remote: String,
     },
     /// Fetch REMOTE into a local file (or standard output, `-`), every byte verified.

@@ -220,12 +220,14 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             MetaClient::new(access)?.remove(&path, recursive)?;
             Ok(0)
         }
-        Command::Put { replication, local, remote } => {
+        Command::Put { replication, force, local, remote } => {
             let (mut input, size) = open_input(&local)?;
             let mut meta = MetaClient::new(access)?;
             let mut data = DataClient::new(access);
             let mut progress = TermProgress::new();
-            let n = meshfs_client::data::put(
+            let put =
+                if force { meshfs_client::data::put_replacing } else { meshfs_client::data::put };
+            let n = match put(
                 &mut meta,
                 &mut data,
                 &mut input,
@@ -233,7 +235,14 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
                 replication,
                 size,
                 &mut progress,
-            )?;
+            ) {
+                Ok(n) => n,
+                Err(ClientError::Namespace(meshfs_core::error::NsError::AlreadyExists(path))) => {
+                    eprintln!("meshfs: {path}: already exists (meshfs put --force replaces it)");
+                    return Ok(1);
+                }
+                Err(err) => return Err(err),
+            };
             progress.summary(&format!("put {local} -> {remote}"), n);
             Ok(0)
         }
