@@ -82,6 +82,9 @@ pub struct RemoteFile {
     /// The open mode's lock, held until the file is closed.
     lock: Option<Lock>,
     writable: bool,
+    /// This file's own writes moved block versions since `file` was fetched (its size is
+    /// kept): fetched again before anything needs the blocks.
+    stale: bool,
 }
 
 impl RemoteFile {
@@ -98,6 +101,7 @@ impl RemoteFile {
             file,
             lock: None,
             writable: true,
+            stale: false,
         })
     }
 
@@ -120,6 +124,7 @@ impl RemoteFile {
             file,
             lock: None,
             writable: true,
+            stale: false,
         }
     }
 
@@ -196,7 +201,13 @@ impl RemoteFile {
     /// Fetches the file's metadata again (another client may have changed it).
     pub fn refresh(&mut self) -> Result<(), ClientError> {
         self.file = self.meta.get_file_meta_data(&self.path)?;
+        self.stale = false;
         Ok(())
+    }
+
+    /// The blocks as they are after this file's own writes (fetched if those moved them).
+    fn fresh(&mut self) -> Result<(), ClientError> {
+        if self.stale { self.refresh() } else { Ok(()) }
     }
 
     /// Fetches the file's blocks again when their read tokens run out within a minute (an
@@ -215,6 +226,7 @@ impl RemoteFile {
 
     /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer only at the end).
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        self.fresh()?;
         let end = (offset + buf.len() as u64).min(self.file.size);
         let mut at = offset;
         let mut out = Vec::with_capacity(buf.len());
@@ -273,7 +285,11 @@ impl RemoteFile {
             self.meta.commit_write(&self.path, &receipt)?;
             at += n;
         }
-        self.refresh()
+        // The blocks' new versions are fetched when next needed (a read, a truncate), not
+        // after every write: a stat is a consensus read.
+        self.file.size = self.file.size.max(end);
+        self.stale = true;
+        Ok(())
     }
 
     /// `truncate`: the file becomes `size` bytes long. Growing adds holes (they read as
@@ -283,6 +299,7 @@ impl RemoteFile {
         if !self.writable {
             return Err(ClientError::ReadOnly(self.path.clone()));
         }
+        self.fresh()?;
         if size > self.file.size {
             self.meta.expand_file_size(&self.path, size)?;
             self.fill_tail(size)?;
@@ -324,6 +341,7 @@ impl RemoteFile {
     }
 
     fn fill_tail_from(&mut self, old: u64, upto: u64) -> Result<(), ClientError> {
+        self.fresh()?;
         let bs = self.block_size();
         if old.is_multiple_of(bs) {
             return Ok(());
@@ -382,6 +400,7 @@ impl RemoteFile {
 
     /// `read_block_array`: the given blocks, up to [`BLOCKS_IN_FLIGHT`] at once.
     pub fn read_block_array(&mut self, indexes: &[u16]) -> Result<Vec<Vec<u8>>, ClientError> {
+        self.fresh()?;
         self.refresh_read_tokens()?;
         let bs = self.block_size();
         let jobs: Vec<_> = indexes
