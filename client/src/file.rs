@@ -92,17 +92,7 @@ impl RemoteFile {
     pub fn open(access: &Access, path: &str) -> Result<RemoteFile, ClientError> {
         let mut meta = MetaClient::new(access)?;
         let file = meta.get_file_meta_data(path)?;
-        let data = DataClient::new(access);
-        Ok(RemoteFile {
-            access: access.clone(),
-            meta,
-            data,
-            path: path.to_string(),
-            file,
-            lock: None,
-            writable: true,
-            stale: false,
-        })
+        Ok(RemoteFile::from_parts(access, meta, DataClient::new(access), path, file))
     }
 
     /// An open file made of clients already made (and connected) and its metadata as
@@ -265,24 +255,13 @@ impl RemoteFile {
         }
         let mut at = offset;
         while at < end {
-            let index =
-                u16::try_from(at / self.block_size()).map_err(|_| ClientError::DataWrite {
-                    block: format!("{} block {}", self.path, at / self.block_size()),
-                    reason: "a file has at most 65,536 blocks".into(),
-                    failed: None,
-                })?;
+            let index = self.block_index(at / self.block_size())?;
             let within = at % self.block_size();
             let n = (self.block_size() - within).min(end - at);
-            let token = self.meta.write_lease(&self.path, index)?;
             let piece = &bytes[(at - offset) as usize..(at - offset + n) as usize];
             // Keep the rest of the block unless this write covers all of what it holds.
             let whole = within == 0 && n == self.block_size();
-            let (data, block_size) = (&mut self.data, self.file.block_size);
-            let mut write =
-                |token: &Token| data.write_block(token, block_size, within, piece, !whole);
-            let first = write(&token);
-            let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
-            self.meta.commit_write(&self.path, &receipt)?;
+            self.write_piece(index, within, piece, !whole)?;
             at += n;
         }
         // The blocks' new versions are fetched when next needed (a read, a truncate), not
@@ -311,22 +290,9 @@ impl RemoteFile {
         let bs = self.block_size();
         let (index, cut) = (size / bs, size % bs);
         let held = self.file.size.min((index + 1) * bs) - index * bs;
-        let written = self.file.blocks.get(index as usize).is_some_and(|b| {
-            b.descriptor.version != meshfs_core::descriptor::BlockVersion::UNWRITTEN
-        });
-        if cut > 0 && written && held > cut {
-            let index = u16::try_from(index).map_err(|_| ClientError::DataWrite {
-                block: format!("{} block {index}", self.path),
-                reason: "a file has at most 65,536 blocks".into(),
-                failed: None,
-            })?;
-            let zeros = vec![0u8; (held - cut) as usize];
-            let token = self.meta.write_lease(&self.path, index)?;
-            let (data, block_size) = (&mut self.data, self.file.block_size);
-            let mut write = |token: &Token| data.write_block(token, block_size, cut, &zeros, true);
-            let first = write(&token);
-            let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
-            self.meta.commit_write(&self.path, &receipt)?;
+        if cut > 0 && self.holds_data(index) && held > cut {
+            let index = self.block_index(index)?;
+            self.write_piece(index, cut, &vec![0u8; (held - cut) as usize], true)?;
         }
         self.meta.truncate(&self.path, size)?;
         self.refresh()
@@ -348,22 +314,42 @@ impl RemoteFile {
         }
         let index = old / bs;
         let end = upto.min((index + 1) * bs);
-        let written = self.file.blocks.get(index as usize).is_some_and(|b| {
-            b.descriptor.version != meshfs_core::descriptor::BlockVersion::UNWRITTEN
-        });
-        if !written || end <= old {
+        if !self.holds_data(index) || end <= old {
             return Ok(());
         }
-        let index = u16::try_from(index).map_err(|_| ClientError::DataWrite {
+        let index = self.block_index(index)?;
+        self.write_piece(index, old % bs, &vec![0u8; (end - old) as usize], true)
+    }
+
+    /// Block `index` as the wire numbers blocks.
+    fn block_index(&self, index: u64) -> Result<u16, ClientError> {
+        u16::try_from(index).map_err(|_| ClientError::DataWrite {
             block: format!("{} block {index}", self.path),
             reason: "a file has at most 65,536 blocks".into(),
             failed: None,
-        })?;
-        let zeros = vec![0u8; (end - old) as usize];
+        })
+    }
+
+    /// Whether block `index` exists and was ever written (else it reads as zeros).
+    fn holds_data(&self, index: u64) -> bool {
+        self.file.blocks.get(index as usize).is_some_and(|b| {
+            b.descriptor.version != meshfs_core::descriptor::BlockVersion::UNWRITTEN
+        })
+    }
+
+    /// Writes `piece` at `within` of block `index` under a lease of its own, down the
+    /// chain (again without a data-server that failed), and commits it. `keep`: the rest
+    /// of the block stays as it was (else the block holds just this).
+    fn write_piece(
+        &mut self,
+        index: u16,
+        within: u64,
+        piece: &[u8],
+        keep: bool,
+    ) -> Result<(), ClientError> {
         let token = self.meta.write_lease(&self.path, index)?;
         let (data, block_size) = (&mut self.data, self.file.block_size);
-        let within = old % bs;
-        let mut write = |token: &Token| data.write_block(token, block_size, within, &zeros, true);
+        let mut write = |token: &Token| data.write_block(token, block_size, within, piece, keep);
         let first = write(&token);
         let receipt = retry_write(&mut self.meta, &self.path, token, first, write)?;
         self.meta.commit_write(&self.path, &receipt)

@@ -23,6 +23,7 @@ use log::{debug, warn};
 use meshfs_core::error::NsError;
 use meshfs_core::namespace::{NodeType, SetTime, Stat};
 use meshfs_core::path::PathError;
+use nix::sys::stat::SFlag;
 
 use super::MountOptions;
 use super::inodes::{Inodes, ROOT};
@@ -290,9 +291,12 @@ impl MeshFs {
         // file it is writing.
         let mut times = times;
         let mut size = size;
-        for open in self.open_files(ino) {
+        for open in self.handles() {
             // try_lock: a file busy sending its bytes is not waited for here.
             let Ok(open) = open.try_lock() else { continue };
+            if open.ino != ino {
+                continue;
+            }
             if let Some(end) = open.end() {
                 size = size.max(end);
                 if open.written_us > times.mtime_us {
@@ -322,13 +326,13 @@ impl MeshFs {
 
     /// Whether any open file here is of `ino`.
     fn is_open(&self, ino: u64) -> bool {
-        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        let open = self.handles();
         open.iter().any(|f| lock(f).ino == ino)
     }
 
     /// Open files of `ino` fetch its metadata again (it changed through this mount).
     fn refresh_inode(&self, ino: u64) {
-        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        let open = self.handles();
         for file in open {
             let mut file = lock(&file);
             if file.ino != ino {
@@ -346,7 +350,7 @@ impl MeshFs {
 
     /// Sends what every open file of `ino` holds unwritten.
     fn flush_inode(&self, ino: u64) -> Result<(), Errno> {
-        let open: Vec<_> = lock(&self.files).values().cloned().collect();
+        let open = self.handles();
         for file in open {
             let mut file = lock(&file);
             if file.ino == ino {
@@ -356,10 +360,9 @@ impl MeshFs {
         Ok(())
     }
 
-    /// Every open file of `ino` here (files busy in another request included).
-    fn open_files(&self, ino: u64) -> Vec<Arc<Mutex<OpenFile>>> {
-        let files: Vec<_> = lock(&self.files).values().cloned().collect();
-        files.into_iter().filter(|f| f.try_lock().map_or(true, |f| f.ino == ino)).collect()
+    /// Every open file here, taken out of the table so that none is locked while it is.
+    fn handles(&self) -> Vec<Arc<Mutex<OpenFile>>> {
+        lock(&self.files).values().cloned().collect()
     }
 
     /// Before a read or write through open file `fh` of `ino`: every other open file of it
@@ -794,16 +797,16 @@ impl Filesystem for MeshFs {
             let (path, _) = self.child_path(parent.0, name)?;
             let bits = (mode & !umask & 0o7777) as u16;
             let mut clients = self.clients(req)?;
-            let kind = match mode & libc_mode::S_IFMT {
-                libc_mode::S_IFREG => {
+            let kind = match SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) {
+                SFlag::S_IFREG => {
                     clients.meta().create_mode(&path, 0, bits).map_err(|e| errno(&e, false))?;
                     drop(clients);
                     return self.entry(req, parent.0, name);
                 }
-                libc_mode::S_IFIFO => NodeType::Fifo,
-                libc_mode::S_IFCHR => NodeType::Char,
-                libc_mode::S_IFBLK => NodeType::Block,
-                libc_mode::S_IFSOCK => NodeType::Socket,
+                SFlag::S_IFIFO => NodeType::Fifo,
+                SFlag::S_IFCHR => NodeType::Char,
+                SFlag::S_IFBLK => NodeType::Block,
+                SFlag::S_IFSOCK => NodeType::Socket,
                 _ => return Err(Errno::EINVAL),
             };
             let rdev = if matches!(kind, NodeType::Char | NodeType::Block) { rdev } else { 0 };
@@ -1220,14 +1223,4 @@ impl MeshFs {
         }
         at
     }
-}
-
-/// File type bits of a mode, as the kernel sends them.
-mod libc_mode {
-    pub const S_IFMT: u32 = 0o170000;
-    pub const S_IFREG: u32 = 0o100000;
-    pub const S_IFIFO: u32 = 0o010000;
-    pub const S_IFCHR: u32 = 0o020000;
-    pub const S_IFBLK: u32 = 0o060000;
-    pub const S_IFSOCK: u32 = 0o140000;
 }
