@@ -325,6 +325,13 @@ impl MetaClient {
         Self::expect(self.call(MetaOp::Rename { from, to, replace: true })?).map(|_| ())
     }
 
+    /// `link`: `to` (which must not exist) becomes a second name of the file (or symlink,
+    /// or special file) at `from`: a hard link. Directories have one name.
+    pub fn link(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
+        let (from, to) = (Self::path(from)?, Self::path(to)?);
+        Self::expect(self.call(MetaOp::Link { from, to })?).map(|_| ())
+    }
+
     /// `chmod`: `mode`'s bits (at most 0o7777) on `path`; its owner or an operator.
     pub fn chmod(&mut self, path: &str, mode: u16) -> Result<(), ClientError> {
         let path = Self::path(path)?;

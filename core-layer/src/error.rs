@@ -190,6 +190,17 @@ pub enum NsError {
     /// A limit one client may not pass (what, and the limit, in the text).
     #[error("{0}")]
     TooMany(String),
+    /// A hard link to a directory was asked for (directories have one name).
+    #[error("{0}: is a directory, and a directory cannot have a second name (hard link)")]
+    LinkDir(String),
+    /// A file has as many names as it may have.
+    #[error("{path}: already has {max} names (hard links), the most a file may have")]
+    TooManyLinks {
+        /// The file.
+        path: String,
+        /// The limit.
+        max: u32,
+    },
     /// The answer would not fit in a frame (a bug: listings are paged by bytes).
     #[error("the answer ({0} bytes) is larger than a frame can carry; ask about less at once")]
     ReplyTooLarge(u64),
@@ -315,6 +326,12 @@ impl NsError {
             NsError::TooMany(what) => {
                 w.u8(31).str(what);
             }
+            NsError::LinkDir(path) => {
+                w.u8(33).str(path);
+            }
+            NsError::TooManyLinks { path, max } => {
+                w.u8(34).str(path).u32(*max);
+            }
         }
     }
 
@@ -400,6 +417,8 @@ impl NsError {
                 size: r.u64("size")?,
                 requested: r.u64("requested")?,
             },
+            33 => NsError::LinkDir(text(r)?),
+            34 => NsError::TooManyLinks { path: text(r)?, max: r.u32("link limit")? },
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -423,6 +442,8 @@ mod tests {
             NsError::LockCancelled("/l".into()),
             NsError::NotFound("/x".into()),
             NsError::TruncateGrows { path: "/f".into(), size: 5, requested: 9 },
+            NsError::LinkDir("/d".into()),
+            NsError::TooManyLinks { path: "/f".into(), max: 65_000 },
         ] {
             let mut w = BodyWriter::new();
             error.write(&mut w);

@@ -257,6 +257,7 @@ impl MetaServer {
                 }
             }
             MetaOp::Rename { from, to, replace } => Command::Rename { from, to, replace },
+            MetaOp::Link { from, to } => Command::Link { from, to },
             MetaOp::ActAs { .. } => {
                 // The wire never nests one (the decoder refuses it); say so if code does.
                 let err = NsError::PermissionDenied("an act-as inside another".into());
@@ -610,6 +611,7 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::Create { .. }
         | MetaOp::CreateWrite { .. }
         | MetaOp::Rename { .. }
+        | MetaOp::Link { .. }
         | MetaOp::Remove { .. }
         | MetaOp::Expand { .. }
         | MetaOp::WriteLease { .. }

@@ -145,6 +145,8 @@ fn errno(err: &ClientError, owner_op: bool) -> Errno {
             NsError::NotADirectory(_) => Errno::ENOTDIR,
             NsError::IsADirectory(_) => Errno::EISDIR,
             NsError::NotEmpty(_) => Errno::ENOTEMPTY,
+            NsError::LinkDir(_) => Errno::EPERM,
+            NsError::TooManyLinks { .. } => Errno::EMLINK,
             NsError::Root => Errno::EBUSY,
             NsError::FileTooLarge { .. } => Errno::EFBIG,
             NsError::Placement(_) | NsError::BadPlacement { .. } | NsError::OutOfIds => {
@@ -255,18 +257,19 @@ impl MeshFs {
     fn attr(&self, stat: &Stat) -> FileAttr {
         let mut rdev = 0;
         let nlink = match stat {
-            Stat::Dir { subdirs, .. } => {
-                u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX)
+            Stat::File(_) | Stat::Other { .. }
+                if lock(&self.unlinked).contains_key(&u64::from(stat.id())) =>
+            {
+                0
             }
-            _ if lock(&self.unlinked).contains_key(&u64::from(stat.id())) => 0,
-            _ => 1,
+            _ => stat.links(),
         };
         let (ino, kind, size, owner, times, crtime) = match stat {
             Stat::Dir { id, times, owner, .. } => {
                 let born = times.ctime_us / 1000;
                 (u64::from(*id), FileType::Directory, 4096, *owner, *times, born)
             }
-            Stat::Other { id, kind, target, rdev: device, times, owner } => {
+            Stat::Other { id, kind, target, rdev: device, times, owner, .. } => {
                 rdev = *device;
                 let kind = match kind {
                     NodeType::Symlink => FileType::Symlink,
@@ -392,7 +395,8 @@ impl MeshFs {
         let (path, name) = self.child_path(parent, name)?;
         let stat = self.stat(req, &path)?;
         let attr = self.attr(&stat);
-        lock(&self.inodes).looked_up(attr.ino.0, parent, &name);
+        let dir = attr.kind == FileType::Directory;
+        lock(&self.inodes).looked_up(attr.ino.0, parent, &name, dir);
         Ok(attr)
     }
 
@@ -836,7 +840,7 @@ impl Filesystem for MeshFs {
                 .create_mode(&path, 0, bits)
                 .map_err(|e| errno(&e, false))?;
             let ino = u64::from(fd.id.0);
-            lock(&self.inodes).looked_up(ino, parent.0, &leaf);
+            lock(&self.inodes).looked_up(ino, parent.0, &leaf, false);
             let writable = OpenFlags(flags).acc_mode() != OpenAccMode::O_RDONLY;
             let (fh, open_flags, stat) = self.open_inode(req, ino, &path, writable)?;
             Ok((fh, open_flags, self.attr(&stat)))
@@ -876,6 +880,28 @@ impl Filesystem for MeshFs {
         self.reply_entry(reply, result);
     }
 
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            let from = self.path(ino.0)?;
+            let (to, _) = self.child_path(newparent.0, newname)?;
+            self.clients(req)?.meta().link(&from, &to).map_err(|e| errno(&e, false))?;
+            let attr = self.entry(req, newparent.0, newname)?;
+            if attr.ino.0 != ino.0 {
+                // Another client replaced `from` meanwhile: the link named what is there now.
+                return Err(Errno::ESTALE);
+            }
+            Ok(attr)
+        })();
+        self.reply_entry(reply, result);
+    }
+
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = (|| {
             let path = self.path(ino.0)?;
@@ -905,7 +931,9 @@ impl Filesystem for MeshFs {
                 return Err(Errno::EISDIR);
             }
             let ino = u64::from(stat.id());
-            if !self.is_open(ino) {
+            // Its last name goes while it is open here: keep it (below). With other names
+            // left, it lives on under them.
+            if !self.is_open(ino) || stat.links() > 1 {
                 clients.meta().remove(&path, false).map_err(|e| errno(&e, false))?;
                 lock(&self.inodes).unlinked(parent.0, &leaf);
                 return Ok(());
@@ -972,9 +1000,9 @@ impl Filesystem for MeshFs {
             };
             result.map_err(|e| errno(&e, false))?;
             let mut inodes = lock(&self.inodes);
-            inodes.unlinked(newparent.0, &new_leaf);
-            if let Some(ino) = inodes.child(parent.0, &leaf) {
-                inodes.place(ino, newparent.0, &new_leaf);
+            if inodes.child(parent.0, &leaf) != inodes.child(newparent.0, &new_leaf) {
+                inodes.unlinked(newparent.0, &new_leaf);
+                inodes.moved(parent.0, &leaf, newparent.0, &new_leaf);
             }
             Ok(())
         })();

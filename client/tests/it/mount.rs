@@ -305,6 +305,75 @@ fn meshfs_umount_and_sigterm_each_end_a_mount_and_its_process() {
 }
 
 /// (modification time in ns, size) of every file under `root`, by path relative to it.
+#[test]
+fn hard_links_made_by_ln_cp_a_and_tar_share_one_inode_until_the_last_name_goes() {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::MetadataExt;
+    let cluster = started("mount-links");
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    let meshfs = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meshfs"));
+        c.arg("--config").arg(&cluster.config_path);
+        c
+    };
+    std::fs::create_dir(mount.path("a")).unwrap();
+    std::fs::write(mount.path("a/f"), b"one file").unwrap();
+    run(Command::new("ln").arg(mount.path("a/f")).arg(mount.path("g")));
+    let (f, g) = (mount.path("a/f").metadata().unwrap(), mount.path("g").metadata().unwrap());
+    assert_eq!((f.ino(), f.nlink()), (g.ino(), 2), "one inode, two names");
+    // Bytes written through one name are read through the other, also while both are open.
+    let mut by_g =
+        std::fs::OpenOptions::new().read(true).write(true).open(mount.path("g")).unwrap();
+    let mut by_f = std::fs::OpenOptions::new().read(true).open(mount.path("a/f")).unwrap();
+    by_g.write_all(b"ONE").unwrap();
+    let mut back = String::new();
+    by_f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "ONE file");
+    // The last name unlinked while open: the file lives on through its descriptors.
+    std::fs::remove_file(mount.path("a/f")).unwrap();
+    assert_eq!(mount.path("g").metadata().unwrap().nlink(), 1);
+    std::fs::remove_file(mount.path("g")).unwrap();
+    by_g.rewind().unwrap();
+    back.clear();
+    by_g.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "ONE file");
+    drop((by_f, by_g));
+    assert_eq!(std::fs::read_dir(&mount.point).unwrap().count(), 1, "only a/ is left");
+    // meshfs ln from the command line; a directory gets no second name.
+    std::fs::write(mount.path("a/h"), b"h").unwrap();
+    run(meshfs().args(["ln", "/a/h", "/h2"]));
+    assert_eq!(std::fs::read(mount.path("h2")).unwrap(), b"h");
+    let stat = run(meshfs().args(["stat", "/h2"]));
+    assert!(stat.contains("links       2"), "{stat}");
+    let refused = meshfs().args(["ln", "/a", "/a2"]).output().unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("cannot have a second name"), "{text}");
+    let err = std::fs::hard_link(mount.path("a"), mount.path("a2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(1), "EPERM: {err}");
+    // cp -a and tar keep a tree's hard links.
+    let source = cluster.dir.join("linked");
+    std::fs::create_dir_all(source.join("d")).unwrap();
+    std::fs::write(source.join("x"), random_bytes(70_000, 3)).unwrap();
+    std::fs::hard_link(source.join("x"), source.join("d/x2")).unwrap();
+    std::fs::hard_link(source.join("x"), source.join("d/x3")).unwrap();
+    run(Command::new("cp").arg("-a").arg(&source).arg(mount.path("cp")));
+    let tarball = cluster.dir.join("linked.tar");
+    run(Command::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&source).arg("."));
+    std::fs::create_dir(mount.path("tar")).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(mount.path("tar")));
+    for copy in ["cp", "tar"] {
+        let x = mount.path(&format!("{copy}/x")).metadata().unwrap();
+        let x3 = mount.path(&format!("{copy}/d/x3")).metadata().unwrap();
+        assert_eq!((x.nlink(), x.ino()), (3, x3.ino()), "{copy}");
+        run(Command::new("diff").arg("-r").arg(&source).arg(mount.path(copy)));
+    }
+    // A tree removed with one name of a file in it: the file lives on under the other.
+    run(Command::new("rm").arg("-r").arg(mount.path("cp/d")));
+    assert_eq!(mount.path("cp/x").metadata().unwrap().nlink(), 1);
+    assert_eq!(std::fs::read(mount.path("cp/x")).unwrap(), random_bytes(70_000, 3));
+}
+
 fn tree_times(root: &Path) -> Vec<(String, i128, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();

@@ -315,6 +315,11 @@ impl super::Namespace {
                 }
                 Ok(())
             }
+            Command::Link { from, to } => {
+                // Reaching the file is enough (the kernel applies protected_hardlinks).
+                self.walk(from, caller)?;
+                self.may_create(to, caller)
+            }
             Command::Remove { path, recursive } => {
                 let walk = self.may_unlink(path, caller)?;
                 if let (true, Some(target)) = (*recursive, walk.target) {

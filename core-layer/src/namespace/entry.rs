@@ -188,6 +188,14 @@ pub enum Command {
         /// Replace an existing target.
         replace: bool,
     },
+    /// `link`: `to` (which must not exist) becomes one more name of the file or special
+    /// inode at `from` (a hard link; never of a directory).
+    Link {
+        /// An existing name.
+        from: MeshPath,
+        /// The new name.
+        to: MeshPath,
+    },
     /// Remove a file, an empty directory, or with `recursive` a whole tree.
     Remove {
         /// The path.
@@ -461,6 +469,11 @@ impl Entry {
                 write_path(&mut w, from);
                 write_path(&mut w, to);
             }
+            Command::Link { from, to } => {
+                w.u8(28);
+                write_path(&mut w, from);
+                write_path(&mut w, to);
+            }
             Command::Remove { path, recursive } => {
                 w.u8(5);
                 write_path(&mut w, path);
@@ -576,6 +589,7 @@ impl Entry {
                 to: read_path(&mut r)?,
                 replace: tag == 24,
             },
+            28 => Command::Link { from: read_path(&mut r)?, to: read_path(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
             9 | 23 => {
                 let path = read_path(&mut r)?;

@@ -22,6 +22,8 @@ pub(super) struct File {
     pub(super) size: u64,
     /// When it was made, ms since the epoch (its birth time).
     pub(super) created_ms: u64,
+    /// How many directory entries name it (its hard links): 1 to [`MAX_LINKS`].
+    pub(super) links: u32,
     /// Replaced whole when the file grows: growth is rare, and a boxed slice is 8 bytes
     /// smaller than a Vec on every file.
     pub(super) blocks: Box<[Block]>,
@@ -29,8 +31,20 @@ pub(super) struct File {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Dir {
+    /// The directory that lists it (a directory has one name; the root is its own parent).
+    pub(super) parent: u32,
     pub(super) children: BTreeMap<Box<str>, u32>,
 }
+
+impl Dir {
+    /// An empty directory in `parent`.
+    pub(super) fn empty(parent: u32) -> Dir {
+        Dir { parent, children: BTreeMap::new() }
+    }
+}
+
+/// Most names one file or special inode may have (ext4's limit): a link past it fails.
+pub const MAX_LINKS: u32 = 65_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -88,14 +102,36 @@ pub(super) struct Special {
     pub(super) target: Box<str>,
     /// A device's number (0 for the others).
     pub(super) rdev: u32,
+    /// How many directory entries name it (its hard links): 1 to [`MAX_LINKS`].
+    pub(super) links: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Node {
-    pub(super) parent: u32,
     pub(super) kind: Kind,
     pub(super) owner: Owner,
     pub(super) times: Times,
+}
+
+impl Node {
+    /// A file's or special inode's count of names; `None` for a directory (its one name is
+    /// in its parent).
+    pub(super) fn links(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Dir(_) => None,
+            Kind::File(f) => Some(f.links),
+            Kind::Other(s) => Some(s.links),
+        }
+    }
+
+    /// The count of names of a file or special inode, to change (`None` for a directory).
+    pub(super) fn links_mut(&mut self) -> Option<&mut u32> {
+        match &mut self.kind {
+            Kind::Dir(_) => None,
+            Kind::File(f) => Some(&mut f.links),
+            Kind::Other(s) => Some(&mut s.links),
+        }
+    }
 }
 
 /// An inode's times, in microseconds since the Unix epoch: last access (as set: reads do

@@ -4,7 +4,9 @@
 use super::Namespace;
 use super::ROOT_ID;
 use super::blocks::{blocks_for, distinct};
-use super::inode::Kind;
+use std::collections::{HashMap, HashSet};
+
+use super::inode::{Kind, MAX_LINKS, Node};
 use crate::descriptor::BlockVersion;
 
 impl Namespace {
@@ -15,8 +17,9 @@ impl Namespace {
         }
     }
 
-    /// The first broken invariant, if any: every inode but the root is the child of exactly
-    /// one directory, which is its parent; no orphans; ids below `next_id`; file sizes agree
+    /// The first broken invariant, if any: every directory but the root is the child of
+    /// exactly one directory, which is its parent; every file or special inode is named by
+    /// as many entries as its link count; no orphans; ids below `next_id`; file sizes agree
     /// with block lists; replica sets are distinct and of the file's replication.
     pub fn violation(&self) -> Option<String> {
         if let Some(violation) = self.locks.violation() {
@@ -37,13 +40,14 @@ impl Namespace {
         let Some(root) = self.nodes.get(&ROOT_ID) else {
             return Some("the root is missing".into());
         };
-        if root.parent != ROOT_ID || !matches!(root.kind, Kind::Dir(_)) {
+        if !matches!(&root.kind, Kind::Dir(dir) if dir.parent == ROOT_ID) {
             return Some("the root must be a directory that is its own parent".into());
         }
         if !(ROOT_ID + 1..=super::LAST_ID).contains(&self.reuse_from) {
             return Some(format!("id reuse starts at {}", self.reuse_from));
         }
-        let mut linked = 1usize;
+        // Entries naming each inode.
+        let mut names: HashMap<u32, u32> = HashMap::with_capacity(self.nodes.len());
         for (id, node) in self.nodes.iter() {
             if id >= self.next_id {
                 return Some(format!("inode {id} is not below next_id {}", self.next_id));
@@ -64,13 +68,13 @@ impl Namespace {
                             None => {
                                 return Some(format!("{id}/{name} names missing inode {child}"));
                             }
-                            Some(c) if c.parent != id => {
+                            Some(Node { kind: Kind::Dir(c), .. }) if c.parent != id => {
                                 return Some(format!(
                                     "{child}'s parent is {}, but {id} lists it",
                                     c.parent
                                 ));
                             }
-                            Some(_) => linked += 1,
+                            Some(_) => *names.entry(*child).or_default() += 1,
                         }
                     }
                 }
@@ -106,18 +110,31 @@ impl Namespace {
                 }
             }
         }
-        if linked != self.nodes.len() {
-            return Some(format!("{} orphan inodes", self.nodes.len() - linked));
+        for (id, node) in self.nodes.iter().filter(|(id, _)| *id != ROOT_ID) {
+            let named = names.get(&id).copied().unwrap_or(0);
+            match node.links() {
+                _ if named == 0 => return Some(format!("inode {id} is an orphan")),
+                None if named > 1 => return Some(format!("directory {id} has {named} names")),
+                Some(links) if links != named || links > MAX_LINKS => {
+                    return Some(format!("inode {id} has {named} names and link count {links}"));
+                }
+                _ => {}
+            }
         }
         // Counts agree even with a loop cut off from the root (a directory that is its own
-        // parent) or an inode listed twice: every inode is reached from the root, once.
-        let mut seen = std::collections::HashSet::with_capacity(self.nodes.len());
+        // parent) or a directory listed twice: every inode is reached from the root, and a
+        // directory once.
+        let mut seen = HashSet::with_capacity(self.nodes.len());
         let mut stack = vec![ROOT_ID];
         while let Some(id) = stack.pop() {
-            if !seen.insert(id) {
-                return Some(format!("inode {id} is reached from the root twice"));
+            let dir = match self.nodes.get(&id).map(|n| &n.kind) {
+                Some(Kind::Dir(dir)) => Some(dir),
+                _ => None,
+            };
+            if !seen.insert(id) && dir.is_some() {
+                return Some(format!("directory {id} is reached from the root twice"));
             }
-            if let Some(Kind::Dir(dir)) = self.nodes.get(&id).map(|n| &n.kind) {
+            if let Some(dir) = dir {
                 stack.extend(dir.children.values());
             }
         }

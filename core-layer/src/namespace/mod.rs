@@ -49,7 +49,7 @@ use meshfs_group::{ClientId, NodeId};
 
 pub use self::access::{Caller, Owner};
 pub use self::entry::{Command, Entry, NodeType, Outcome, SetTime};
-pub use self::inode::Times;
+pub use self::inode::{MAX_LINKS, Times};
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
 pub use self::tree::{NEW_DIR_MODE, NEW_FILE_MODE, PARENT_DIR_BITS};
@@ -157,8 +157,7 @@ impl Namespace {
         nodes.insert(
             ROOT_ID,
             Node {
-                parent: ROOT_ID,
-                kind: Kind::Dir(Dir { children: BTreeMap::new() }),
+                kind: Kind::Dir(Dir::empty(ROOT_ID)),
                 owner: ROOT_OWNER,
                 times: Times::default(),
             },
@@ -456,6 +455,7 @@ impl Namespace {
             }
             Command::Rename { from, to, replace } => self.rename(from, to, *replace, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
+            Command::Link { from, to } => self.link(from, to, now),
             Command::OpenSession { lease_ms, lock_delay_ms } => {
                 let open = self.locks.sessions_of(session.client);
                 if self.locks.session(session).is_none()

@@ -40,6 +40,8 @@ pub enum Stat {
         target: String,
         /// A device's number (0 for the others).
         rdev: u32,
+        /// How many names it has (hard links).
+        links: u32,
         /// Its access, modification and change times.
         times: Times,
         /// Its owner, group and mode.
@@ -61,6 +63,18 @@ impl Stat {
         match self {
             Stat::Dir { owner, .. } | Stat::Other { owner, .. } => *owner,
             Stat::File(meta) => meta.owner,
+        }
+    }
+
+    /// How many names it has: a file's or special inode's hard links; a directory's link
+    /// count (its name, its `.`, each subdirectory's `..`).
+    pub fn links(&self) -> u32 {
+        match self {
+            Stat::Dir { subdirs, .. } => {
+                u32::try_from(subdirs.saturating_add(2)).unwrap_or(u32::MAX)
+            }
+            Stat::Other { links, .. } => *links,
+            Stat::File(meta) => meta.links,
         }
     }
 
@@ -86,6 +100,8 @@ pub struct FileMeta {
     pub replication: u8,
     /// Created, ms since the epoch.
     pub created_ms: u64,
+    /// How many names it has (hard links).
+    pub links: u32,
     /// Its access, modification and change times.
     pub times: Times,
     /// Its owner, group and mode.
@@ -257,6 +273,7 @@ impl Namespace {
             block_size: file.block_size,
             replication: file.replication,
             created_ms: file.created_ms,
+            links: file.links,
             times: node.times,
             owner: node.owner,
             blocks,
@@ -285,6 +302,7 @@ impl Namespace {
                 kind: special.kind,
                 target: special.target.to_string(),
                 rdev: special.rdev,
+                links: special.links,
                 times: node.times,
                 owner: node.owner,
             }),

@@ -3,14 +3,14 @@
 //! previous one and its section; every old format has a golden old-bytes test
 //! (`testdata/formatN/`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use meshfs_group::{ClientId, NodeId};
 use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use super::access::{MODE_BITS, Owner};
 use super::entry::{read_outcome, write_outcome};
-use super::inode::{Block, Dir, File, Inodes, Kind, Node, NodeType, Special, Times};
+use super::inode::{Block, Dir, File, Inodes, Kind, MAX_LINKS, Node, NodeType, Special, Times};
 use super::{Lease, Namespace, ROOT_ID, Session};
 use crate::descriptor::{BlockVersion, MAX_BLOCKS_PER_FILE, read_replicas, write_replicas};
 use crate::locks::LockTable;
@@ -18,29 +18,38 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 8): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 9): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
     /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
     /// where id reuse goes on and the inode pages' version marks (formats 1 to 5 have
     /// none), every inode's times in microseconds (formats 1 to 6 have one in ms), the
-    /// symbolic links and special files (formats 1 to 7 have none), u32 CRC-32 of all
-    /// before.
+    /// symbolic links and special files (formats 1 to 7 have none), the further names of
+    /// inodes with hard links (formats 1 to 8 have none), u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
         w.u32(self.nodes.len() as u32);
         // Depth first from the root, so each inode is written with the name its parent
         // lists; children come in name order, so the bytes are the same on every replica.
-        let mut stack: Vec<(u32, &str)> = vec![(ROOT_ID, "")];
-        while let Some((id, name)) = stack.pop() {
+        // An inode with more names is written at the first; the others go in the links
+        // section.
+        let mut stack: Vec<(u32, u32, &str)> = vec![(ROOT_ID, ROOT_ID, "")];
+        let mut named_once = HashSet::new();
+        let mut more_names = Vec::new();
+        while let Some((id, parent, name)) = stack.pop() {
             let node = &self.nodes[&id];
-            w.u32(id).u32(node.parent).str(name);
+            if node.links().is_some_and(|n| n > 1) && !named_once.insert(id) {
+                more_names.push((parent, name, id));
+                continue;
+            }
+            w.u32(id).u32(parent).str(name);
             match &node.kind {
                 // Formats before 7 knew one time of a directory and two of a file, in ms.
                 Kind::Dir(dir) => {
                     w.u8(0).u64(node.times.mtime_us / 1000);
-                    stack.extend(dir.children.iter().rev().map(|(name, &child)| (child, &**name)));
+                    let children = dir.children.iter().rev();
+                    stack.extend(children.map(|(name, &child)| (child, id, &**name)));
                 }
                 // Format 8's: what it is follows in its own section.
                 Kind::Other(_) => {
@@ -101,6 +110,10 @@ impl Namespace {
         for (id, special) in others {
             w.u32(id).u8(special.kind.byte()).str(&special.target).u32(special.rdev);
         }
+        w.u32(more_names.len() as u32);
+        for (dir, name, id) in more_names {
+            w.u32(dir).str(name).u32(id);
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -132,6 +145,7 @@ impl Namespace {
             6 => v6::read(&mut r)?,
             7 => v7::read(&mut r)?,
             8 => v8::read(&mut r)?,
+            9 => v9::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
         // Only format 8 says what an inode of kind 2 is.
@@ -153,9 +167,9 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 8;
+pub(super) const SNAPSHOT_FORMAT: u16 = 9;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 8, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 9, "a new format needs its reader in restore");
 
 /// The device number an inode of kind 2 has until format 8's section names it.
 const UNNAMED: u32 = u32::MAX;
@@ -195,11 +209,17 @@ mod v1 {
             let kind = match r.u8("kind")? {
                 0 => {
                     times = Times::at_ms(r.u64("mtime")?);
-                    Kind::Dir(Dir { children: BTreeMap::new() })
+                    Kind::Dir(Dir::empty(parent))
                 }
                 2 => {
                     times = Times::default();
-                    Kind::Other(Special { kind: NodeType::Fifo, target: "".into(), rdev: UNNAMED })
+                    let unnamed = UNNAMED;
+                    Kind::Other(Special {
+                        kind: NodeType::Fifo,
+                        target: "".into(),
+                        rdev: unnamed,
+                        links: 1,
+                    })
                 }
                 1 => {
                     let version = r.u32("file version")?;
@@ -223,7 +243,16 @@ mod v1 {
                         blocks.push(Block { version, replicas: replicas.into_boxed_slice() });
                     }
                     let blocks = blocks.into_boxed_slice();
-                    Kind::File(File { version, size, block_size, replication, created_ms, blocks })
+                    let links = 1;
+                    Kind::File(File {
+                        version,
+                        size,
+                        block_size,
+                        replication,
+                        created_ms,
+                        links,
+                        blocks,
+                    })
                 }
                 other => {
                     return Err(SnapshotError::Invalid(format!("inode {id} has kind {other}")));
@@ -239,7 +268,7 @@ mod v1 {
             }
             // Formats before 5 kept no owners: root's, open to all, as it all was then.
             let owner = Owner::legacy(matches!(kind, Kind::Dir(_)));
-            if nodes.insert(id, Node { parent, kind, owner, times }).is_some() {
+            if nodes.insert(id, Node { kind, owner, times }).is_some() {
                 return Err(SnapshotError::Invalid(format!("inode {id} appears twice")));
             }
         }
@@ -434,9 +463,48 @@ mod v8 {
             previous = Some(id);
             match ns.nodes.get_mut(&id).map(|n| &mut n.kind) {
                 Some(Kind::Other(special)) if special.rdev == UNNAMED => {
-                    *special = Special { kind, target: target.into(), rdev };
+                    *special = Special { kind, target: target.into(), rdev, links: 1 };
                 }
                 _ => return Err(SnapshotError::Invalid(format!("inode {id} is not of kind 2"))),
+            }
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 9: format 8, then the further names of inodes with hard links (the tree section
+/// writes each inode once, at its first name depth first): `u32 count`, then `u32
+/// directory, str name, u32 inode` each, in the order depth first from the root meets them.
+mod v9 {
+    use super::*;
+    use crate::path::MAX_COMPONENT_LEN;
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v8::read(r)?;
+        for _ in 0..r.u32("link count")? {
+            let dir = r.u32("link directory")?;
+            let name = r.str("link name")?;
+            let id = r.u32("link inode")?;
+            if name.is_empty() || name.contains('/') || name.len() > MAX_COMPONENT_LEN {
+                return Err(SnapshotError::Invalid(format!("a link named {name:?}")));
+            }
+            match ns.nodes.get_mut(&id).and_then(Node::links_mut) {
+                Some(links) if *links < MAX_LINKS => *links += 1,
+                _ => {
+                    return Err(SnapshotError::Invalid(format!(
+                        "a link to inode {id}, which is no file or has all its names"
+                    )));
+                }
+            }
+            match ns.nodes.get_mut(&dir).map(|n| &mut n.kind) {
+                Some(Kind::Dir(d)) if !d.children.contains_key(name) => {
+                    d.children.insert(name.into(), id);
+                }
+                _ => {
+                    return Err(SnapshotError::Invalid(format!(
+                        "link {name:?} in {dir}: no such directory, or the name is taken"
+                    )));
+                }
             }
         }
         Ok(ns)

@@ -754,6 +754,8 @@ fn sample_entries() -> Vec<Entry> {
             rdev: 0x0504,
             mode: 0o620,
         }),
+        d.entry(Command::Link { from: p("/a/g"), to: p("/a/u/g2") }),
+        d.entry(Command::Link { from: p("/a/link"), to: p("/l2") }),
     ]
 }
 
@@ -1328,9 +1330,8 @@ fn an_entry_that_hits_a_bug_fails_alike_everywhere_and_the_namespace_goes_on() {
     // state below would fail them), with nodes put in directly.
     for i in 0..INVARIANT_CHECK_EVERY_ENTRY_MAX as u32 {
         let (id, _) = d.ns.new_id().unwrap();
-        let kind = inode::Kind::Dir(inode::Dir { children: BTreeMap::new() });
-        let node =
-            inode::Node { parent: ROOT_ID, kind, owner: ROOT_OWNER, times: Times::default() };
+        let kind = inode::Kind::Dir(inode::Dir::empty(ROOT_ID));
+        let node = inode::Node { kind, owner: ROOT_OWNER, times: Times::default() };
         d.ns.insert_child(ROOT_ID, &format!("d{i}"), id, node, 0);
     }
     // A directory entry naming an inode that is not there: a bug's state.
@@ -1755,6 +1756,10 @@ fn golden_snapshot_of_symlinks_and_special_files() {
     let bytes = d.ns.snapshot();
     meshfs_test_kit::golden::check_bytes(testdata("snapshot-nodes.bin"), &bytes);
     assert_eq!(Namespace::restore(&bytes).unwrap(), d.ns);
+    // As format 8 wrote the same state (the first with this section).
+    let old = meshfs_test_kit::golden::read(testdata("format8/snapshot-nodes.bin"));
+    assert_eq!(u16::from_be_bytes([old[4], old[5]]), 8);
+    assert_eq!(Namespace::restore(&old).unwrap(), d.ns);
 }
 
 #[test]
@@ -1768,4 +1773,189 @@ fn a_directory_counts_its_subdirectories_for_its_link_count() {
     assert_eq!(d.rename("/a/c", "/c"), Outcome::Renamed);
     let Stat::Dir { subdirs, .. } = d.ns.stat(&p("/a")).unwrap() else { panic!() };
     assert_eq!(subdirs, 1, "a directory moved out is no longer counted");
+}
+
+fn link(d: &mut Driver, from: &str, to: &str) -> Outcome {
+    d.run(Command::Link { from: p(from), to: p(to) })
+}
+
+fn links(d: &Driver, path: &str) -> u32 {
+    d.ns.stat(&p(path)).unwrap().links()
+}
+
+#[test]
+fn a_hard_link_is_one_more_name_of_the_same_inode() {
+    let mut d = Driver::new();
+    d.mkdir("/a", false);
+    d.mkdir("/b", false);
+    assert!(matches!(d.create("/a/f"), Outcome::Created(_)));
+    assert!(matches!(d.expand("/a/f", 2000, 2), Outcome::Expanded { .. }));
+    let written = d.ns.stat(&p("/a/f")).unwrap().times().mtime_us;
+    d.time = 5_000;
+    assert_eq!(link(&mut d, "/a/f", "/b/g"), Outcome::Changed);
+    let (f, g) = (d.ns.stat(&p("/a/f")).unwrap(), d.ns.stat(&p("/b/g")).unwrap());
+    assert_eq!(f, g, "one inode: the same id, blocks, owner and times");
+    assert_eq!(f.links(), 2);
+    assert_eq!(f.times().ctime_us, 5_000_000, "a new name changes the inode");
+    assert_eq!(f.times().mtime_us, written, "but not its contents");
+    assert_eq!(d.ns.stat(&p("/b")).unwrap().times().mtime_us, 5_000_000);
+    // A write lease through one name is a lease on the inode.
+    let lease = d.run(Command::WriteLease { path: p("/b/g"), index: 0 });
+    assert!(matches!(lease, Outcome::Leased { .. }), "{lease:?}");
+    assert_eq!(d.ns.leases.keys().next().map(|(id, _)| *id), Some(f.id()));
+    // Removing one name leaves the other, with one link, its lease and its blocks.
+    d.time = 6_000;
+    assert_eq!(d.remove("/a/f", false), Outcome::Removed { files: 1, dirs: 0 });
+    assert_eq!(d.ns.stat(&p("/a/f")), Err(NsError::NotFound("/a/f".into())));
+    let g = d.ns.stat(&p("/b/g")).unwrap();
+    assert_eq!((g.id(), g.links(), g.times().ctime_us), (f.id(), 1, 6_000_000));
+    assert_eq!(d.ns.leases.len(), 1);
+    assert!(!d.ns.allocated.is_empty());
+    // The last name takes the inode, its lease and its blocks with it.
+    assert_eq!(d.remove("/b/g", false), Outcome::Removed { files: 1, dirs: 0 });
+    assert!(d.ns.leases.is_empty());
+    assert!(d.ns.allocated.is_empty());
+    assert_eq!(d.ns.nodes.len(), 3);
+}
+
+#[test]
+fn links_are_refused_as_link_2_refuses_them() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/f"), Outcome::Created(_)));
+    assert_eq!(failed(link(&mut d, "/d", "/e")), NsError::LinkDir("/d".into()));
+    assert_eq!(failed(link(&mut d, "/f", "/d")), NsError::AlreadyExists("/d".into()));
+    assert_eq!(failed(link(&mut d, "/nope", "/g")), NsError::NotFound("/nope".into()));
+    assert_eq!(failed(link(&mut d, "/f", "/x/g")), NsError::NotFound("/x".into()));
+    assert_eq!(failed(link(&mut d, "/f", "/f/g")), NsError::NotADirectory("/f".into()));
+    // A symlink and a special file take links as a file does.
+    let node = |path: &str, kind, target: &str| Command::MakeNode {
+        path: p(path),
+        kind,
+        target: target.into(),
+        rdev: 0,
+        mode: 0o600,
+    };
+    assert_eq!(d.run(node("/l", NodeType::Symlink, "f")), Outcome::Changed);
+    assert_eq!(d.run(node("/p", NodeType::Fifo, "")), Outcome::Changed);
+    assert_eq!(link(&mut d, "/l", "/d/l"), Outcome::Changed);
+    assert_eq!(link(&mut d, "/p", "/d/p"), Outcome::Changed);
+    assert_eq!((links(&d, "/d/l"), links(&d, "/p")), (2, 2));
+    // At the limit (names put in directly: 65,000 entries would each check the
+    // invariants), one more fails and changes nothing.
+    let id = d.ns.stat(&p("/f")).unwrap().id();
+    d.mkdir("/many", false);
+    let many = d.ns.stat(&p("/many")).unwrap().id();
+    for i in 1..MAX_LINKS {
+        d.ns.dir_mut(many).children.insert(format!("{i}").into(), id);
+    }
+    *d.ns.nodes.get_mut(&id).unwrap().links_mut().unwrap() = MAX_LINKS;
+    d.ns.check_invariants();
+    let too_many = NsError::TooManyLinks { path: "/f".into(), max: MAX_LINKS };
+    let before = d.ns.clone();
+    let entry = d.entry(Command::Link { from: p("/f"), to: p("/g") });
+    assert_eq!(failed(d.ns.apply(&entry)), too_many);
+    assert_eq!(d.ns.nodes, before.nodes);
+}
+
+#[test]
+fn renames_and_removes_count_names() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/f"), Outcome::Created(_)));
+    assert_eq!(link(&mut d, "/f", "/g"), Outcome::Changed);
+    // Two names of one inode: rename(2) does nothing and succeeds.
+    assert_eq!(d.rename_over("/f", "/g"), Outcome::Renamed);
+    assert_eq!((links(&d, "/f"), links(&d, "/g")), (2, 2));
+    // Moving one name keeps the count.
+    assert_eq!(d.rename("/g", "/d/g"), Outcome::Renamed);
+    assert_eq!(links(&d, "/f"), 2);
+    // Replacing one name of a linked file leaves the other.
+    assert!(matches!(d.create("/h"), Outcome::Created(_)));
+    assert_eq!(d.rename_over("/h", "/d/g"), Outcome::Renamed);
+    assert_eq!(links(&d, "/f"), 1);
+    assert_ne!(d.ns.stat(&p("/d/g")).unwrap().id(), d.ns.stat(&p("/f")).unwrap().id());
+    // A tree removed holding one name of a file: the file lives on under the other.
+    assert_eq!(link(&mut d, "/f", "/d/f2"), Outcome::Changed);
+    assert_eq!(d.remove("/d", true), Outcome::Removed { files: 2, dirs: 1 });
+    assert_eq!(links(&d, "/f"), 1);
+    // Holding both: it goes.
+    d.mkdir("/e", false);
+    assert_eq!(d.rename("/f", "/e/f"), Outcome::Renamed);
+    assert_eq!(link(&mut d, "/e/f", "/e/f2"), Outcome::Changed);
+    assert!(matches!(d.expand("/e/f", 10, 1), Outcome::Expanded { .. }));
+    assert_eq!(d.remove("/e", true), Outcome::Removed { files: 2, dirs: 1 });
+    assert_eq!(d.ns.nodes.len(), 1, "only the root");
+    assert!(d.ns.allocated.is_empty());
+}
+
+#[test]
+fn linking_needs_write_on_the_new_names_directory() {
+    let mut d = Driver::new();
+    let alice = user(1001, &[1001]);
+    let mkdir = |path: &str, mode| Command::Mkdir { path: p(path), parents: false, mode };
+    assert_eq!(d.run(mkdir("/ro", Some(0o755))), Outcome::Mkdir);
+    assert_eq!(d.run(mkdir("/tmp", Some(0o1777))), Outcome::Mkdir);
+    assert!(matches!(d.create("/tmp/f"), Outcome::Created(_)));
+    let to = |to: &str| Command::Link { from: p("/tmp/f"), to: p(to) };
+    assert!(matches!(failed(run_as(&mut d, &alice, to("/ro/g"))), NsError::PermissionDenied(_)));
+    assert_eq!(run_as(&mut d, &alice, to("/tmp/g")), Outcome::Changed);
+}
+
+/// Format 9's section pinned, with names in several directories and a name that sorts
+/// before the inode's first.
+#[test]
+fn golden_snapshot_of_hard_links() {
+    let mut d = Driver::new();
+    d.mkdir("/a", false);
+    d.mkdir("/z", false);
+    assert!(matches!(d.create("/z/f"), Outcome::Created(_)));
+    assert!(matches!(d.expand("/z/f", 1500, 2), Outcome::Expanded { .. }));
+    assert_eq!(link(&mut d, "/z/f", "/a/f1"), Outcome::Changed);
+    assert_eq!(link(&mut d, "/z/f", "/z/f2"), Outcome::Changed);
+    assert_eq!(link(&mut d, "/z/f", "/top"), Outcome::Changed);
+    assert!(matches!(d.create("/one"), Outcome::Created(_)));
+    let bytes = d.ns.snapshot();
+    meshfs_test_kit::golden::check_bytes(testdata("snapshot-links.bin"), &bytes);
+    let back = Namespace::restore(&bytes).unwrap();
+    assert_eq!(back, d.ns);
+    assert_eq!(back.snapshot(), bytes);
+    assert_eq!(links(&d, "/top"), 4);
+}
+
+#[test]
+fn a_snapshot_names_only_files_in_directories_again() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/f"), Outcome::Created(_)));
+    let (dir, file) = (d.ns.stat(&p("/d")).unwrap().id(), d.ns.stat(&p("/f")).unwrap().id());
+    let bytes = d.ns.snapshot();
+    // The links section is last: an empty count, then the checksum.
+    let body = &bytes[..bytes.len() - 8];
+    assert_eq!(&bytes[body.len()..bytes.len() - 4], &[0; 4]);
+    let with = |names: &[(u32, &str, u32)]| {
+        let mut w = meshfs_net::body::BodyWriter::new();
+        w.u32(names.len() as u32);
+        for (dir, name, id) in names {
+            w.u32(*dir).str(name).u32(*id);
+        }
+        let mut out = body.to_vec();
+        out.extend_from_slice(&w.finish());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        Namespace::restore(&out)
+    };
+    let back = with(&[(ROOT_ID, "g", file), (dir, "h", file)]).unwrap();
+    assert_eq!(back.stat(&p("/d/h")).unwrap().links(), 3);
+    assert_eq!(back.stat(&p("/g")).unwrap().id(), file);
+    for bad in [
+        vec![(ROOT_ID, "g", dir)],
+        vec![(ROOT_ID, "g", 999)],
+        vec![(ROOT_ID, "f", file)],
+        vec![(file, "g", file)],
+        vec![(ROOT_ID, "a/b", file)],
+        vec![(ROOT_ID, "g", file), (ROOT_ID, "g", file)],
+    ] {
+        assert!(matches!(with(&bad), Err(SnapshotError::Invalid(_))), "{bad:?}");
+    }
 }

@@ -1,13 +1,11 @@
 //! Tree operations: mkdir, create, rename and remove. Each checks everything first, then
 //! changes the tree, so a failed entry changes nothing.
 
-use std::collections::BTreeMap;
-
 use super::access::MODE_BITS;
 use super::access::{Caller, Owner};
 use super::blocks::block_span;
 use super::entry::{Outcome, SetTime};
-use super::inode::{Dir, File, Kind, Node, NodeType, Special, Times};
+use super::inode::{Dir, File, Kind, MAX_LINKS, Node, NodeType, Special, Times};
 use super::{Namespace, ROOT_ID, path_str};
 use crate::descriptor::{FileDescriptor, FileId, MAX_REPLICAS};
 use crate::error::NsError;
@@ -89,8 +87,8 @@ impl Namespace {
                 return Err(NsError::AlreadyExists(path_str(path)));
             }
             let (id, _) = self.new_id()?;
-            let kind = Kind::Dir(Dir { children: BTreeMap::new() });
-            let node = Node { parent, kind, owner, times: Times::at_ms(now) };
+            let kind = Kind::Dir(Dir::empty(parent));
+            let node = Node { kind, owner, times: Times::at_ms(now) };
             self.insert_child(parent, name, id, node, now);
             return Ok(Outcome::Mkdir);
         }
@@ -122,12 +120,7 @@ impl Namespace {
             } else {
                 Owner { mode: owner.mode | PARENT_DIR_BITS, ..owner }
             };
-            let node = Node {
-                parent: id,
-                kind: Kind::Dir(Dir { children: BTreeMap::new() }),
-                owner,
-                times: Times::at_ms(now),
-            };
+            let node = Node { kind: Kind::Dir(Dir::empty(id)), owner, times: Times::at_ms(now) };
             self.insert_child(id, name, child, node, now);
             id = child;
         }
@@ -165,10 +158,11 @@ impl Namespace {
             block_size,
             replication,
             created_ms: now,
+            links: 1,
             blocks: Box::new([]),
         };
         let owner = Owner::new(caller, mode);
-        let node = Node { parent, kind: Kind::File(file), owner, times: Times::at_ms(now) };
+        let node = Node { kind: Kind::File(file), owner, times: Times::at_ms(now) };
         self.insert_child(parent, name, id, node, now);
         Ok(Outcome::Created(FileDescriptor { id: FileId(id), version }))
     }
@@ -190,9 +184,8 @@ impl Namespace {
         }
         let (id, _) = self.new_id()?;
         let mode = if kind == NodeType::Symlink { 0o777 } else { mode & MODE_BITS };
-        let special = Special { kind, target: target.into(), rdev };
+        let special = Special { kind, target: target.into(), rdev, links: 1 };
         let node = Node {
-            parent,
             kind: Kind::Other(special),
             owner: Owner::new(caller, mode),
             times: Times::at_ms(now),
@@ -222,6 +215,8 @@ impl Namespace {
         let (new_parent, new_name) = self.parent_dir(to)?;
         let replaced = match self.dir_child(new_parent, new_name) {
             None => None,
+            // Two names of one inode: as rename(2), nothing happens.
+            Some(target) if target == id => return Ok(Outcome::Renamed),
             Some(_) if !replace => return Err(NsError::AlreadyExists(path_str(to))),
             Some(target) => {
                 // As rename(2): a file only over a file, a directory only over an empty
@@ -245,18 +240,19 @@ impl Namespace {
             let len = to.as_str().len() + deeper;
             return Err(NsError::Path(PathError::TooLong { len }));
         }
+        let (old_parent, old_name) = self.parent_dir(from)?;
         if let Some(target) = replaced {
             self.dir_mut(new_parent).children.remove(new_name);
-            self.drop_tree(target);
+            self.drop_tree(target, now);
         }
-        let (_, old_name) = from.split_last().expect("not root");
-        let old_parent = self.nodes[&id].parent;
         self.dir_mut(old_parent).children.remove(old_name);
         self.modified(old_parent, now);
         self.dir_mut(new_parent).children.insert(new_name.into(), id);
         self.modified(new_parent, now);
         let node = self.nodes.get_mut(&id).expect("live");
-        node.parent = new_parent;
+        if let Kind::Dir(dir) = &mut node.kind {
+            dir.parent = new_parent;
+        }
         node.times.changed(now);
         Ok(Outcome::Renamed)
     }
@@ -295,12 +291,37 @@ impl Namespace {
         {
             return Err(NsError::NotEmpty(path_str(path)));
         }
-        let (_, name) = path.split_last().expect("not root");
-        let parent = self.nodes[&id].parent;
+        let (parent, name) = self.parent_dir(path)?;
         self.dir_mut(parent).children.remove(name);
         self.modified(parent, now);
-        let (files, dirs) = self.drop_tree(id);
+        let (files, dirs) = self.drop_tree(id, now);
         Ok(Outcome::Removed { files, dirs })
+    }
+
+    /// `link`: `to` becomes one more name of the file or special inode at `from`.
+    pub(super) fn link(
+        &mut self,
+        from: &MeshPath,
+        to: &MeshPath,
+        now: u64,
+    ) -> Result<Outcome, NsError> {
+        let id = self.lookup(from)?;
+        let Some(links) = self.nodes[&id].links() else {
+            return Err(NsError::LinkDir(path_str(from)));
+        };
+        let (parent, name) = self.parent_dir(to)?;
+        if self.dir_child(parent, name).is_some() {
+            return Err(NsError::AlreadyExists(path_str(to)));
+        }
+        if links >= MAX_LINKS {
+            return Err(NsError::TooManyLinks { path: path_str(from), max: MAX_LINKS });
+        }
+        let node = self.nodes.get_mut(&id).expect("looked up");
+        *node.links_mut().expect("not a directory") += 1;
+        node.times.changed(now);
+        self.dir_mut(parent).children.insert(name.into(), id);
+        self.modified(parent, now);
+        Ok(Outcome::Changed)
     }
 
     /// Inode `id`'s contents changed at `now` (ms).
@@ -310,13 +331,23 @@ impl Namespace {
         }
     }
 
-    /// Drops inode `id` and everything below it (already out of its directory): their
-    /// leases end and their blocks no longer count against their data-servers. Returns
-    /// (files, directories) dropped.
-    fn drop_tree(&mut self, id: u32) -> (u64, u64) {
+    /// One name of inode `id` is gone (already out of its directory), and with it, for a
+    /// directory, everything below. A file or special inode with other names loses one and
+    /// stays; the rest go: their leases end and their blocks no longer count against their
+    /// data-servers. Returns (names of files, directories) removed.
+    fn drop_tree(&mut self, id: u32, now: u64) -> (u64, u64) {
         let (mut files, mut dirs) = (0, 0);
         let mut stack = vec![id];
         while let Some(next) = stack.pop() {
+            let node = self.nodes.get_mut(&next).expect("tree nodes are live");
+            if let Some(links) = node.links_mut()
+                && *links > 1
+            {
+                *links -= 1;
+                node.times.changed(now);
+                files += 1;
+                continue;
+            }
             match self.nodes.remove(&next).expect("tree nodes are live").kind {
                 Kind::Dir(dir) => {
                     dirs += 1;

@@ -40,6 +40,7 @@
 //! | 30 | `SetTimes` | `str path`, then atime and mtime each `u8 how` (0 keep, 1 now, 2 at) and for 2 `u64 us` |
 //! | 31 | `Truncate` | `str path, u64 size` (at most the file's) |
 //! | 32 | `MakeNode` | `str path, u8 type` (1 symlink, 2 fifo, 3 char, 4 block, 5 socket), `str target, u32 device, u16 mode` |
+//! | 33 | `Link` | `str from, str to` |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -244,6 +245,13 @@ pub enum MetaOp {
         rdev: u32,
         /// Its mode bits, the umask applied (a symlink's are 0o777).
         mode: u16,
+    },
+    /// `link`: one more name for a file or special inode (a hard link).
+    Link {
+        /// An existing name.
+        from: MeshPath,
+        /// The new name; must not exist.
+        to: MeshPath,
     },
     /// `truncate` to a smaller size (the client zeroed the last block's tail first).
     Truncate {
@@ -564,6 +572,8 @@ wire_codes! {
         Truncate = 31,
         /// [`MetaOp::MakeNode`].
         MakeNode = 32,
+        /// [`MetaOp::Link`].
+        Link = 33,
     }
 }
 
@@ -740,6 +750,11 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             write_path(w, path);
             w.u8(kind.byte()).str(target).u32(*rdev).u16(*mode);
         }
+        MetaOp::Link { from, to } => {
+            w.u8(OpCode::Link as u8);
+            write_path(w, from);
+            write_path(w, to);
+        }
         MetaOp::Truncate { path, size } => {
             w.u8(OpCode::Truncate as u8);
             write_path(w, path);
@@ -858,6 +873,7 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
         OpCode::Chown => {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
+        OpCode::Link => MetaOp::Link { from: read_path(r)?, to: read_path(r)? },
         OpCode::Truncate => MetaOp::Truncate { path: read_path(r)?, size: r.u64("size")? },
         OpCode::MakeNode => {
             let path = read_path(r)?;
@@ -888,11 +904,12 @@ fn read_times(r: &mut BodyReader<'_>) -> Result<Times, BodyError> {
     Ok(Times { atime_us: r.u64("atime")?, mtime_us: r.u64("mtime")?, ctime_us: r.u64("ctime")? })
 }
 
-/// A stat: kind 4 (a directory: `u32 id, u64 entries, u64 subdirectories`, times, owner), 5 (a file: its
-/// descriptor, `u64 size, u32 block size, u8 replication, u64 created ms`, times, owner,
-/// `u32 count` and the blocks) or 6 (a symlink or special file: `u32 id, u8 type, str
-/// target, u32 device`, times, owner). Kinds 0 to 3 are the layouts before times (one time in
-/// ms), still read.
+/// A stat: kind 4 (a directory: `u32 id, u64 entries, u64 subdirectories`, times, owner), 7
+/// (a file: its descriptor, `u64 size, u32 block size, u8 replication, u64 created ms`,
+/// times, owner, `u32 links`, `u32 count` and the blocks) or 8 (a symlink or special file:
+/// `u32 id, u8 type, str target, u32 device`, times, owner, `u32 links`). Kinds 0 to 3 are
+/// the layouts before times (one time in ms), 5 and 6 those of files and special files
+/// before links (one name each), still read.
 fn write_stat(w: &mut BodyWriter, stat: &Stat) {
     match stat {
         Stat::Dir { id, entries, subdirs, times, owner } => {
@@ -900,18 +917,19 @@ fn write_stat(w: &mut BodyWriter, stat: &Stat) {
             write_times(w, times);
             write_owner(w, owner);
         }
-        Stat::Other { id, kind, target, rdev, times, owner } => {
-            w.u8(6).u32(*id).u8(kind.byte()).str(target).u32(*rdev);
+        Stat::Other { id, kind, target, rdev, links, times, owner } => {
+            w.u8(8).u32(*id).u8(kind.byte()).str(target).u32(*rdev);
             write_times(w, times);
             write_owner(w, owner);
+            w.u32(*links);
         }
         Stat::File(meta) => {
-            w.u8(5);
+            w.u8(7);
             meta.descriptor.write(w);
             w.u64(meta.size).u32(meta.block_size).u8(meta.replication).u64(meta.created_ms);
             write_times(w, &meta.times);
             write_owner(w, &meta.owner);
-            w.u32(meta.blocks.len() as u32);
+            w.u32(meta.links).u32(meta.blocks.len() as u32);
             for block in &meta.blocks {
                 block.descriptor.write(w);
                 write_replicas(w, &block.replicas);
@@ -932,14 +950,15 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
             let owner = if kind == 0 { Owner::legacy(true) } else { read_owner(r)? };
             Ok(Stat::Dir { id, entries, subdirs, times, owner })
         }
-        1 | 3 | 5 => {
+        1 | 3 | 5 | 7 => {
             let descriptor = FileDescriptor::read(r)?;
             let size = r.u64("size")?;
             let block_size = r.u32("block size")?;
             let replication = r.u8("replication")?;
             let created_ms = r.u64("ctime")?;
-            let times = if kind == 5 { read_times(r)? } else { Times::at_ms(r.u64("mtime")?) };
+            let times = if kind >= 5 { read_times(r)? } else { Times::at_ms(r.u64("mtime")?) };
             let owner = if kind == 1 { Owner::legacy(false) } else { read_owner(r)? };
+            let links = if kind == 7 { r.u32("links")? } else { 1 };
             let count = r.u32("block count")?;
             if count > MAX_STAT_BLOCKS {
                 return Err(BodyError::Invalid { field: "block count", value: u64::from(count) });
@@ -956,16 +975,19 @@ fn read_stat(r: &mut BodyReader<'_>) -> Result<Stat, BodyError> {
                 block_size,
                 replication,
                 created_ms,
+                links,
                 times,
                 owner,
                 blocks,
             }))
         }
-        6 => {
+        6 | 8 => {
             let id = r.u32("id")?;
-            let (kind, target, rdev) = crate::namespace::entry::read_node(r)?;
+            let (node, target, rdev) = crate::namespace::entry::read_node(r)?;
             let times = read_times(r)?;
-            Ok(Stat::Other { id, kind, target, rdev, times, owner: read_owner(r)? })
+            let owner = read_owner(r)?;
+            let links = if kind == 8 { r.u32("links")? } else { 1 };
+            Ok(Stat::Other { id, kind: node, target, rdev, links, times, owner })
         }
         other => Err(BodyError::Invalid { field: "stat kind", value: u64::from(other) }),
     }

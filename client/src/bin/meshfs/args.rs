@@ -104,6 +104,14 @@ pub(crate) enum Command {
         /// The destination.
         to: String,
     },
+    /// Give the file at FROM a second name TO (a hard link; TO must not exist). Either
+    /// name reads and writes the same file; it goes when its last name does.
+    Ln {
+        /// The existing file.
+        from: String,
+        /// The new name.
+        to: String,
+    },
     /// Change a file's or directory's mode bits (octal, e.g. 640 or 1777); its owner or an
     /// operator.
     Chmod {

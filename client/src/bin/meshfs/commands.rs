@@ -186,6 +186,10 @@ pub(crate) fn run(access: &Access, command: Command) -> Result<u8, ClientError> 
             }
             Ok(0)
         }
+        Command::Ln { from, to } => {
+            MetaClient::new(access)?.link(&from, &to)?;
+            Ok(0)
+        }
         Command::Chmod { mode, path } => {
             let bits = match octal_mode("chmod", &mode) {
                 Ok(bits) => bits,

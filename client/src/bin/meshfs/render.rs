@@ -52,19 +52,21 @@ pub(crate) fn print_stat(path: &str, stat: &Stat) {
             println!("  access      {}", access_text('d', owner));
             print_times(times);
         }
-        Stat::Other { id, kind, target, rdev, times, owner } => {
+        Stat::Other { id, kind, target, rdev, links, times, owner } => {
             let what = match kind {
                 meshfs_core::namespace::NodeType::Symlink => format!("symbolic link to {target}"),
                 other => format!("{other:?} (device {rdev})").to_lowercase(),
             };
             println!("{path}: {what}, inode {id}");
             println!("  access      {}", access_text('l', owner));
+            println!("  links       {links}");
             print_times(times);
         }
         Stat::File(meta) => {
             let fd = meta.descriptor;
             println!("{path}: file {} version {}", fd.id.0, fd.version);
             println!("  access      {}", access_text('-', &meta.owner));
+            println!("  links       {}", meta.links);
             println!("  size        {} bytes ({})", meta.size, human(meta.size));
             println!(
                 "  block size  {} ({} bytes)",
