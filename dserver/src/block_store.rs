@@ -20,18 +20,32 @@
 //!      -    - data
 //! ```
 //!
-//! Writes are copy-on-write: a [`BlockWrite`] fills a temporary file (seeded from the
-//! replica at the write's base version when the write only partly overwrites it), and
+//! Format 2 is a *delta*: the segments a partial write changed, over the copy it started
+//! from. Its header is format 1's with bytes 40..42 the base version and 44..48 the CRC-32
+//! of a presence bitmap (one bit per segment, most significant bit first) that follows the
+//! segment table; the table holds every segment's checksum of the new version. A segment
+//! marked present is at its place in the data (the file is sparse: the rest are holes); the
+//! others are the base copy's, unchanged.
+//!
+//! Writes are copy-on-write: a [`BlockWrite`] fills a temporary file, and
 //! [`BlockWrite::commit`] fsyncs it, renames it into place and fsyncs the directory. A
 //! reader sees the old version or the new one, never a mix; a crash leaves only a temporary
-//! file, which [`BlockStore::open`] finds and removes. Reads return whole segments with their
-//! stored checksums (so the client can verify end to end) after checking them here.
+//! file, which [`BlockStore::open`] finds and removes. A write that overwrites part of a
+//! block writes a delta: it copies only the segments it touches (whole segments, 64 KiB,
+//! from the base copy), so a small write costs what it writes, not the block. Reads return
+//! whole segments with their stored checksums (so the client can verify end to end) after
+//! checking them here.
 //!
 //! A write's version becomes the block's only when the meta-servers commit it (after every
 //! replica acknowledged). Until then readers ask for the base version, so a commit keeps the
-//! base copy beside the new one (`<file id>-<index>.prev`), and drops it when the leader says
-//! the new version is committed ([`BlockStore::committed`]) or the next write lands. A block
-//! therefore has at most two copies here: the newest written, and the one it started from.
+//! base copy beside the new one (`<file id>-<index>.prev`). When the leader says the new
+//! version is committed ([`BlockStore::committed`]), or the next write from it begins, the
+//! base copy is no longer needed: a full copy drops it, a delta is *folded* into it (its
+//! segments written over the base's in place, the header made format 1 of the new version,
+//! the result renamed over the delta), which again costs only the delta's segments. A
+//! marker file (`.fold`) made durable before the base is touched tells a restart to finish
+//! a fold that a crash cut. A block therefore has at most two copies here: the newest
+//! written, and the full one it started from.
 //!
 //! The store is shared by worker threads: its index sits behind a mutex; file I/O happens
 //! outside it.
@@ -153,6 +167,20 @@ pub struct BlockInfo {
     pub len: u64,
     /// Bytes the replica file takes on disk.
     pub file_bytes: u64,
+    /// For a delta, the version it is written over (held beside it as the older copy).
+    pub base: Option<BlockVersion>,
+}
+
+impl BlockInfo {
+    fn of(header: &Header) -> BlockInfo {
+        BlockInfo {
+            descriptor: header.descriptor,
+            block_size: header.block_size,
+            len: header.len,
+            file_bytes: header.stored_bytes(),
+            base: header.delta.as_ref().map(|d| d.base),
+        }
+    }
 }
 
 /// Whole segments read from a replica, with their stored checksums.
@@ -199,6 +227,22 @@ fn data_offset(block_size: u32) -> u64 {
     (HEADER_BYTES + 4 * segments(block_size)).div_ceil(ALIGN) * ALIGN
 }
 
+/// Where a delta's data starts: after the table and the presence bitmap.
+fn delta_data_offset(block_size: u32) -> u64 {
+    let n = segments(block_size);
+    (HEADER_BYTES + 4 * n + n.div_ceil(8)).div_ceil(ALIGN) * ALIGN
+}
+
+/// The delta format.
+const DELTA_FORMAT: u16 = 2;
+
+/// A delta's own part: what it is written over, and which segments it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Delta {
+    base: BlockVersion,
+    present: Vec<bool>,
+}
+
 /// A replica's header and segment table, as read or about to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Header {
@@ -206,17 +250,49 @@ struct Header {
     block_size: u32,
     len: u64,
     crcs: Vec<u32>,
+    /// Set for a delta (format 2).
+    delta: Option<Delta>,
 }
 
 impl Header {
+    fn data_offset(&self) -> u64 {
+        match self.delta {
+            None => data_offset(self.block_size),
+            Some(_) => delta_data_offset(self.block_size),
+        }
+    }
+
+    /// Bytes the replica takes: a full copy its length; a delta its header and the
+    /// segments it holds (the rest are holes).
+    fn stored_bytes(&self) -> u64 {
+        match &self.delta {
+            None => data_offset(self.block_size) + self.len,
+            Some(delta) => {
+                let held: u64 = (0..self.crcs.len() as u64)
+                    .filter(|&s| delta.present[s as usize])
+                    .map(|s| self.len.saturating_sub(s * SEGMENT_BYTES).min(SEGMENT_BYTES))
+                    .sum();
+                delta_data_offset(self.block_size) + held
+            }
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut table = Vec::with_capacity(self.crcs.len() * 4);
         for crc in &self.crcs {
             table.extend_from_slice(&crc.to_be_bytes());
         }
+        let bitmap = self.delta.as_ref().map(|d| {
+            let mut bits = vec![0u8; d.present.len().div_ceil(8)];
+            for (i, _) in d.present.iter().enumerate().filter(|(_, p)| **p) {
+                bits[i / 8] |= 0x80 >> (i % 8);
+            }
+            bits
+        });
         let mut head = Vec::with_capacity(HEADER_BYTES as usize + table.len());
         head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&FORMAT.to_be_bytes());
+        let format = if self.delta.is_some() { DELTA_FORMAT } else { FORMAT };
+        head.extend_from_slice(&format.to_be_bytes());
         head.extend_from_slice(&[0, 0]);
         let d = &self.descriptor;
         head.extend_from_slice(&d.file.id.0.to_be_bytes());
@@ -227,10 +303,16 @@ impl Header {
         head.extend_from_slice(&self.len.to_be_bytes());
         head.extend_from_slice(&(self.crcs.len() as u32).to_be_bytes());
         head.extend_from_slice(&crc32fast::hash(&table).to_be_bytes());
+        if let (Some(delta), Some(bits)) = (&self.delta, &bitmap) {
+            head.extend_from_slice(&delta.base.0.to_be_bytes());
+            head.extend_from_slice(&[0, 0]);
+            head.extend_from_slice(&crc32fast::hash(bits).to_be_bytes());
+        }
         head.resize(60, 0);
         let crc = crc32fast::hash(&head);
         head.extend_from_slice(&crc.to_be_bytes());
         head.extend_from_slice(&table);
+        head.extend_from_slice(bitmap.as_deref().unwrap_or_default());
         head
     }
 
@@ -251,7 +333,8 @@ impl Header {
         if crc32fast::hash(&head[..60]) != word(60) {
             return Err(bad("block header checksum mismatch"));
         }
-        if u16::from_be_bytes([head[4], head[5]]) != FORMAT {
+        let format = u16::from_be_bytes([head[4], head[5]]);
+        if format != FORMAT && format != DELTA_FORMAT {
             return Err(bad("unknown block file format"));
         }
         let descriptor = BlockDescriptor {
@@ -275,7 +358,23 @@ impl Header {
         }
         let crcs =
             table.chunks(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
-        Ok(Header { descriptor, block_size, len, crcs })
+        let delta = if format == DELTA_FORMAT {
+            let base = BlockVersion(u16::from_be_bytes([head[40], head[41]]));
+            if base == descriptor.version {
+                return Err(bad("a delta over its own version"));
+            }
+            let mut bits = vec![0u8; (count as usize).div_ceil(8)];
+            file.read_exact_at(&mut bits, HEADER_BYTES + u64::from(count) * 4)
+                .map_err(|_| bad("presence bitmap cut short"))?;
+            if crc32fast::hash(&bits) != word(44) {
+                return Err(bad("presence bitmap checksum mismatch"));
+            }
+            let present = (0..count as usize).map(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0);
+            Some(Delta { base, present: present.collect() })
+        } else {
+            None
+        };
+        Ok(Header { descriptor, block_size, len, crcs, delta })
     }
 }
 
@@ -336,8 +435,8 @@ impl BlockStore {
     }
 
     /// Opens the store under `data_dir`, scanning it: replica headers are checked, leftovers
-    /// of interrupted writes are removed, damaged replica files are set aside (renamed
-    /// `.bad`) and not served.
+    /// of interrupted writes are removed, folds cut short are finished, damaged replica files
+    /// are set aside (renamed `.bad`) and not served.
     pub fn open(data_dir: &Path, capacity: u64) -> Result<BlockStore, StoreError> {
         let dir = data_dir.join("blocks");
         if !dir.is_dir() {
@@ -345,19 +444,38 @@ impl BlockStore {
             sync_dir(data_dir)?;
         }
         let mut current = HashMap::new();
-        let mut older = Vec::new();
+        let mut older = HashMap::new();
         let mut used = 0;
         let (mut removed, mut bad) = (0, 0);
         let mut damaged = HashSet::new();
+        let mut folding = Vec::new();
+        let set_aside = |path: &Path, damaged: &mut HashSet<BlockKey>| {
+            let aside = path.with_extension("bad");
+            fs::rename(path, &aside).map_err(io_err(path))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            damaged.extend(name.as_deref().and_then(|n| n.split('.').next()).and_then(parse_key));
+            Ok::<(), StoreError>(())
+        };
         for shard in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let shard = shard.map_err(io_err(&dir))?.path();
             if !shard.is_dir() {
                 continue;
             }
+            let mut paths = Vec::new();
             for item in fs::read_dir(&shard).map_err(io_err(&shard))? {
-                let path = item.map_err(io_err(&shard))?.path();
-                let name =
-                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                paths.push(item.map_err(io_err(&shard))?.path());
+            }
+            let name_of = |p: &Path| {
+                p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            };
+            // A fold in progress: its base copy is being written over and is not judged.
+            let folds: HashSet<PathBuf> = paths
+                .iter()
+                .filter(|p| name_of(p).ends_with(".fold"))
+                .map(|p| p.with_extension("prev"))
+                .collect();
+            for path in paths {
+                let name = name_of(&path);
                 if name.ends_with(".tmp") {
                     // A write that never committed: never served, now gone.
                     fs::remove_file(&path).map_err(io_err(&path))?;
@@ -368,32 +486,33 @@ impl BlockStore {
                     damaged.insert(key);
                     continue;
                 }
+                if name.ends_with(".fold") {
+                    folding.push(path);
+                    continue;
+                }
                 let is_older = name.ends_with(".prev");
-                if !name.ends_with(".blk") && !is_older {
+                if (!name.ends_with(".blk") && !is_older) || folds.contains(&path) {
                     continue;
                 }
                 let file = File::open(&path).map_err(io_err(&path))?;
                 match Header::read(&file, &path) {
+                    Ok(header) if is_older && header.delta.is_some() => {
+                        // A base copy is always full: this one is of no use.
+                        warn!("removing {}: a delta where a base copy belongs", path.display());
+                        fs::remove_file(&path).map_err(io_err(&path))?;
+                    }
                     Ok(header) => {
-                        let file_bytes = file.metadata().map_err(io_err(&path))?.len();
-                        let info = BlockInfo {
-                            descriptor: header.descriptor,
-                            block_size: header.block_size,
-                            len: header.len,
-                            file_bytes,
-                        };
-                        used += file_bytes;
+                        let info = BlockInfo::of(&header);
+                        used += info.file_bytes;
                         if is_older {
-                            older.push((info, path));
+                            older.insert(key(&header.descriptor), (info, path));
                         } else {
                             current.insert(key(&header.descriptor), info);
                         }
                     }
                     Err(err) => {
                         warn!("setting aside a damaged replica: {err}");
-                        let aside = path.with_extension("bad");
-                        fs::rename(&path, &aside).map_err(io_err(&path))?;
-                        damaged.extend(name.split('.').next().and_then(parse_key));
+                        set_aside(&path, &mut damaged)?;
                         bad += 1;
                     }
                 }
@@ -401,9 +520,36 @@ impl BlockStore {
         }
         let mut index: HashMap<BlockKey, Held> =
             current.into_iter().map(|(k, info)| (k, Held { current: info, older: None })).collect();
-        for (info, path) in older {
-            match index.get_mut(&key(&info.descriptor)) {
-                Some(held) if held.current.descriptor.version != info.descriptor.version => {
+        // A fold cut by a crash: the delta is whole, and the base's segments it does not
+        // hold were never touched. Finish it.
+        for marker in folding {
+            let stem = marker.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let Some(key) = stem.as_deref().and_then(parse_key) else { continue };
+            let base = marker.with_extension("prev");
+            match index.get(&key).copied() {
+                Some(held) if held.current.base.is_some() && base.exists() => {
+                    let blk = marker.with_extension("blk");
+                    let folded = fold_files(&blk, &base, &marker)?;
+                    used = used + folded.file_bytes - held.current.file_bytes;
+                    info!("finished folding {} (cut by a restart)", blk.display());
+                    index.insert(key, Held { current: folded, older: None });
+                }
+                _ => {
+                    // Finished but for the marker.
+                    fs::remove_file(&marker).map_err(io_err(&marker))?;
+                    if base.exists() {
+                        warn!("removing {}: left by a fold", base.display());
+                        fs::remove_file(&base).map_err(io_err(&base))?;
+                    }
+                }
+            }
+        }
+        for (key, (info, path)) in older {
+            match index.get_mut(&key) {
+                Some(held)
+                    if held.current.descriptor.version != info.descriptor.version
+                        && held.current.base.is_none_or(|b| b == info.descriptor.version) =>
+                {
                     held.older = Some(info);
                 }
                 Some(_) => {
@@ -416,9 +562,25 @@ impl BlockStore {
                     let blk = path.with_extension("blk");
                     fs::rename(&path, &blk).map_err(io_err(&path))?;
                     info!("restored {} (a commit was interrupted)", blk.display());
-                    index.insert(key(&info.descriptor), Held { current: info, older: None });
+                    index.insert(key, Held { current: info, older: None });
                 }
             }
+        }
+        // A delta without its base copy cannot be read whole: damaged.
+        let orphans: Vec<(BlockKey, Held)> = index
+            .iter()
+            .filter(|(_, h)| h.current.base.is_some() && h.older.is_none())
+            .map(|(k, h)| (*k, *h))
+            .collect();
+        for (key, held) in orphans {
+            let path = dir
+                .join(format!("{:02x}", key.0 & 0xff))
+                .join(format!("{:08x}-{:04x}.blk", key.0, key.1));
+            warn!("setting aside {}: a delta whose base copy is gone", path.display());
+            set_aside(&path, &mut damaged)?;
+            used -= held.current.file_bytes;
+            index.remove(&key);
+            bad += 1;
         }
         info!(
             "block store {}: {} replicas, {used} bytes; removed {removed} unfinished writes, set aside {bad} damaged files",
@@ -496,8 +658,11 @@ impl BlockStore {
     }
 
     /// The meta-servers committed `block` (at its version): the copy it was written from is
-    /// no longer needed. Whether a copy was dropped.
+    /// no longer needed (a delta is folded into it). Whether a copy was dropped.
     pub fn committed(&self, block: BlockDescriptor) -> Result<bool, StoreError> {
+        if self.fold_committed(block.file.id, block.index, block.version)? {
+            return Ok(true);
+        }
         let dropped = {
             let mut index = self.lock();
             match index.get_mut(&key(&block)) {
@@ -560,7 +725,7 @@ impl BlockStore {
     /// Starts writing `descriptor` (the version the write lease granted) from version
     /// `base` (the block's committed version then). With `keep_existing`, the copy at `base`
     /// is the starting point, for writes that overwrite part of a block, and a replica
-    /// without it refuses; without, the block starts empty.
+    /// without it refuses: the write is a delta over it. Without, the block starts empty.
     pub fn begin_write(
         self: &Arc<Self>,
         descriptor: BlockDescriptor,
@@ -568,6 +733,9 @@ impl BlockStore {
         block_size: u32,
         keep_existing: bool,
     ) -> Result<BlockWrite, StoreError> {
+        // The base is committed (the lease was granted from it): a delta at it is folded
+        // now, so that it can be moved aside whole.
+        self.fold_committed(descriptor.file.id, descriptor.index, base)?;
         let seed = if keep_existing {
             match self.copy_at(descriptor.file.id, descriptor.index, base) {
                 Some(copy) => Some(copy),
@@ -592,38 +760,115 @@ impl BlockStore {
             // could lose the directory and every replica committed into it.
             self.sync_dir(&self.dir)?;
         }
+        let delta = match seed {
+            None => None,
+            Some((_, path)) => {
+                let file = File::open(&path).map_err(io_err(&path))?;
+                let header = Header::read(&file, &path)?;
+                if header.descriptor.version != base || header.delta.is_some() {
+                    // Moved by a concurrent commit between the lookup and the open.
+                    return Err(StoreError::Overtaken {
+                        block: descriptor,
+                        held: header.descriptor.version.0,
+                    });
+                }
+                if header.block_size != block_size {
+                    return Err(StoreError::BadFile {
+                        path,
+                        reason: "block size changed between versions".into(),
+                    });
+                }
+                Some(DeltaWrite { file, path, header })
+            }
+        };
+        let data_at = match delta {
+            None => data_offset(block_size),
+            Some(_) => delta_data_offset(block_size),
+        };
         // The header now, the data as it comes (BlockWrite::grow): a write that never sends
         // its data holds no room for it.
-        let reserve = data_offset(block_size);
+        let reserve = data_at;
         self.reserve(reserve)?;
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = final_path.with_extension(format!("v{}.{n}.tmp", descriptor.version.0));
-        let mut write = BlockWrite {
-            store: Arc::clone(self),
-            descriptor,
-            base,
-            block_size,
-            final_path,
-            tmp: tmp.clone(),
-            file: None,
-            len: 0,
-            crcs: vec![0; segments(block_size) as usize],
-            dirty: vec![false; segments(block_size) as usize],
-            reserved: reserve,
-            done: false,
-        };
+        let segment_count = segments(block_size) as usize;
         let file = File::options()
             .create_new(true)
             .read(true)
             .write(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        write.file = Some(file);
-        if let Some((_, path)) = seed {
-            write.seed_from(&path)?;
+            .map_err(io_err(&tmp));
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => {
+                self.release(reserve);
+                return Err(e);
+            }
+        };
+        let (len, crcs) = match &delta {
+            Some(d) => (d.header.len, d.header.crcs.clone()),
+            None => (0, vec![0; segment_count]),
+        };
+        Ok(BlockWrite {
+            store: Arc::clone(self),
+            descriptor,
+            base,
+            block_size,
+            final_path,
+            tmp,
+            file: Some(file),
+            data_at,
+            len,
+            crcs,
+            dirty: vec![false; segment_count],
+            present: vec![false; segment_count],
+            delta,
+            reserved: reserve,
+            done: false,
+        })
+    }
+
+    /// If the newest copy of block `index` of `file` is a delta at `version`, which the
+    /// meta-servers committed, folds it into its base copy. Whether it folded.
+    fn fold_committed(
+        &self,
+        file: FileId,
+        index: u16,
+        version: BlockVersion,
+    ) -> Result<bool, StoreError> {
+        let mut held_index = self.lock();
+        let Some(held) = held_index.get_mut(&(file.0, index)) else { return Ok(false) };
+        if held.current.descriptor.version != version || held.current.base.is_none() {
+            return Ok(false);
         }
-        Ok(write)
+        let Some(older) = held.older.take() else {
+            // Kept only with its base (open() and set_aside() see to that).
+            return Err(StoreError::BadFile {
+                path: self.path_of(file, index),
+                reason: "a delta without its base copy".into(),
+            });
+        };
+        // The index stays locked: no write of this block moves its copies meanwhile, and
+        // readers of the base version find it gone (its segments are being written over).
+        let blk = self.path_of(file, index);
+        let marker = blk.with_extension("fold");
+        File::create(&marker).and_then(|m| m.sync_all()).map_err(io_err(&marker))?;
+        let shard = blk.parent().expect("a shard directory").to_path_buf();
+        self.sync_dir(&shard)?;
+        let delta = held.current;
+        let folded = match fold_files(&blk, &blk.with_extension("prev"), &marker) {
+            Ok(folded) => folded,
+            Err(e) => {
+                held.older = Some(older);
+                return Err(e);
+            }
+        };
+        held.current = folded;
+        drop(held_index);
+        self.used.fetch_add(folded.file_bytes, Ordering::Relaxed);
+        self.release(delta.file_bytes + older.file_bytes);
+        Ok(true)
     }
 
     /// Reads the whole segments covering `offset..offset + len` of the replica of
@@ -658,7 +903,7 @@ impl BlockStore {
     ) -> Result<SegmentRead, StoreError> {
         // A commit may move the copy between the lookup and the open: look again then.
         let mut attempts = 0;
-        let (file, path, header) = loop {
+        let (file, path, header, base) = loop {
             attempts += 1;
             let Some((info, path)) =
                 self.copy_at(descriptor.file.id, descriptor.index, descriptor.version)
@@ -681,14 +926,35 @@ impl BlockStore {
             }
             let opened = File::open(&path).map_err(io_err(&path)).and_then(|file| {
                 let header = Header::read(&file, &path)?;
-                Ok((file, header))
+                // A delta reads the segments it lacks from its base copy, opened now: a fold
+                // only ever writes over the base's segments the delta holds.
+                let base = match &header.delta {
+                    None => None,
+                    Some(delta) => {
+                        let base_path = path.with_extension("prev");
+                        let base = File::open(&base_path).map_err(io_err(&base_path))?;
+                        let base_header = Header::read(&base, &base_path)?;
+                        if base_header.descriptor.version != delta.base
+                            || base_header.delta.is_some()
+                        {
+                            return Err(StoreError::Io {
+                                path: base_path,
+                                source: io::Error::other("the base copy moved"),
+                            });
+                        }
+                        Some((base, base_header))
+                    }
+                };
+                Ok((file, header, base))
             });
             match opened {
-                Ok((file, header)) if header.descriptor.version == descriptor.version => {
-                    break (file, path, header);
+                Ok((file, header, base)) if header.descriptor.version == descriptor.version => {
+                    break (file, path, header, base);
                 }
-                Ok(_) | Err(StoreError::Io { .. }) if attempts < 3 => continue,
-                Ok((_, header)) => {
+                Ok(_) | Err(StoreError::Io { .. } | StoreError::BadFile { .. }) if attempts < 3 => {
+                    continue;
+                }
+                Ok((_, header, _)) => {
                     return Err(StoreError::WrongVersion {
                         asked: descriptor,
                         held: header.descriptor.version.0,
@@ -711,13 +977,32 @@ impl BlockStore {
         let start = first * SEGMENT_BYTES;
         let end = ((last + 1) * SEGMENT_BYTES).min(header.len);
         let mut data = vec![0u8; end.saturating_sub(start) as usize];
-        let at = data_offset(header.block_size) + start;
-        if cold {
-            let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
-            // Advice only: where it fails the read still checks what it gets.
-            let _ = nix::fcntl::posix_fadvise(&file, at as i64, data.len() as i64, advice);
+        // Runs of segments from one file: this replica's, or for a delta its base's.
+        let mut run_start = first;
+        while run_start <= last && run_start * SEGMENT_BYTES < end {
+            let in_delta = |s: u64| header.delta.as_ref().is_none_or(|d| d.present[s as usize]);
+            let here = in_delta(run_start);
+            let mut run_end = run_start + 1;
+            while run_end <= last && in_delta(run_end) == here {
+                run_end += 1;
+            }
+            let from = run_start * SEGMENT_BYTES;
+            let to = (run_end * SEGMENT_BYTES).min(end);
+            let buf = &mut data[(from - start) as usize..(to - start) as usize];
+            let (source, source_path, at) = match (&base, here) {
+                (Some((base, base_header)), false) => {
+                    (base, path.with_extension("prev"), base_header.data_offset() + from)
+                }
+                _ => (&file, path.clone(), header.data_offset() + from),
+            };
+            if cold {
+                let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+                // Advice only: where it fails the read still checks what it gets.
+                let _ = nix::fcntl::posix_fadvise(source, at as i64, buf.len() as i64, advice);
+            }
+            source.read_exact_at(buf, at).map_err(io_err(&source_path))?;
+            run_start = run_end;
         }
-        file.read_exact_at(&mut data, at).map_err(io_err(&path))?;
         let upto = (last as usize + 1).min(header.crcs.len());
         let crcs = header.crcs.get(first as usize..upto).unwrap_or_default().to_vec();
         let read = SegmentRead {
@@ -727,7 +1012,20 @@ impl BlockStore {
             crcs,
             data,
         };
-        read.verify().map_err(|segment| StoreError::Corrupt { block: descriptor, segment })?;
+        if let Err(segment) = read.verify() {
+            // A copy dropped or folded while it was read is no longer this version's: that
+            // is a moved copy, not a damaged one.
+            if self.copy_at(descriptor.file.id, descriptor.index, descriptor.version).is_none() {
+                let held = self.get(descriptor.file.id, descriptor.index);
+                return Err(match held {
+                    None => StoreError::NotFound(descriptor),
+                    Some(h) => {
+                        StoreError::WrongVersion { asked: descriptor, held: h.descriptor.version.0 }
+                    }
+                });
+            }
+            return Err(StoreError::Corrupt { block: descriptor, segment });
+        }
         Ok(read)
     }
 
@@ -759,7 +1057,7 @@ impl BlockStore {
     /// Deletes the files of `held`, which has left the index, and frees its bytes.
     fn delete_files(&self, file: FileId, index: u16, held: Held) -> Result<bool, StoreError> {
         let path = self.path_of(file, index);
-        for path in [path.with_extension("prev"), path] {
+        for path in [path.with_extension("fold"), path.with_extension("prev"), path] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -795,7 +1093,15 @@ impl BlockStore {
         } else if let Some(older) = held.older.filter(|o| o.descriptor.version == block.version) {
             fs::rename(&older_path, &aside).map_err(io_err(&older_path))?;
             held.older = None;
-            older.file_bytes
+            if held.current.base.is_some() {
+                // A delta over the damaged copy cannot be read whole either.
+                let delta = held.current.file_bytes;
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                index.remove(&key(&block));
+                older.file_bytes + delta
+            } else {
+                older.file_bytes
+            }
         } else {
             return Ok(false);
         };
@@ -812,6 +1118,55 @@ impl BlockStore {
     }
 }
 
+/// Writes the segments delta `blk` holds over its base copy `base` in place, makes the base
+/// format 1 of the delta's version, renames it over the delta and removes `marker` (made
+/// durable by the caller before, so that a restart finishes a fold this one leaves cut).
+/// Redone from the start, it gives the same file.
+fn fold_files(blk: &Path, base: &Path, marker: &Path) -> Result<BlockInfo, StoreError> {
+    let delta_file = File::open(blk).map_err(io_err(blk))?;
+    let header = Header::read(&delta_file, blk)?;
+    let Some(delta) = &header.delta else {
+        return Err(StoreError::BadFile { path: blk.to_path_buf(), reason: "not a delta".into() });
+    };
+    let into = File::options().read(true).write(true).open(base).map_err(io_err(base))?;
+    let full_at = data_offset(header.block_size);
+    let mut buf = vec![0u8; SEGMENT_BYTES as usize];
+    for segment in (0..header.crcs.len()).filter(|&s| delta.present[s]) {
+        let start = segment as u64 * SEGMENT_BYTES;
+        let n = header.len.saturating_sub(start).min(SEGMENT_BYTES) as usize;
+        if n == 0 {
+            continue;
+        }
+        delta_file
+            .read_exact_at(&mut buf[..n], header.data_offset() + start)
+            .map_err(io_err(blk))?;
+        if crc32fast::hash(&buf[..n]) != header.crcs[segment] {
+            return Err(StoreError::Corrupt { block: header.descriptor, segment: segment as u32 });
+        }
+        into.write_all_at(&buf[..n], full_at + start).map_err(io_err(base))?;
+    }
+    let full = Header { delta: None, ..header.clone() };
+    into.write_all_at(&full.encode(), 0).map_err(io_err(base))?;
+    into.set_len(full_at + full.len).map_err(io_err(base))?;
+    into.sync_all().map_err(io_err(base))?;
+    fs::rename(base, blk).map_err(io_err(base))?;
+    sync_dir(blk.parent().expect("a shard directory"))?;
+    match fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Io { path: marker.to_path_buf(), source: e }),
+    }
+    Ok(BlockInfo::of(&full))
+}
+
+/// The base copy a delta is written over, open for the write.
+#[derive(Debug)]
+struct DeltaWrite {
+    file: File,
+    path: PathBuf,
+    header: Header,
+}
+
 /// A write in progress to a temporary copy of one block. Dropped without
 /// [`BlockWrite::commit`], it leaves nothing behind.
 #[derive(Debug)]
@@ -824,10 +1179,15 @@ pub struct BlockWrite {
     final_path: PathBuf,
     tmp: PathBuf,
     file: Option<File>,
+    /// Where the block's data starts in the file.
+    data_at: u64,
     len: u64,
     crcs: Vec<u32>,
     /// Segments written since their checksum was last computed.
     dirty: Vec<bool>,
+    /// For a delta: the segments it holds (copied from the base when first touched).
+    present: Vec<bool>,
+    delta: Option<DeltaWrite>,
     reserved: u64,
     done: bool,
 }
@@ -837,55 +1197,45 @@ impl BlockWrite {
         self.file.as_ref().expect("open until commit or drop")
     }
 
-    fn seed_from(&mut self, path: &Path) -> Result<(), StoreError> {
-        let path = path.to_path_buf();
-        let source = File::open(&path).map_err(io_err(&path))?;
-        let header = Header::read(&source, &path)?;
-        if header.descriptor.version != self.base {
-            // Moved by a concurrent commit between the lookup and the open.
-            return Err(StoreError::Overtaken {
-                block: self.descriptor,
-                held: header.descriptor.version.0,
-            });
-        }
-        if header.block_size != self.block_size {
-            return Err(StoreError::BadFile {
-                path,
-                reason: "block size changed between versions".into(),
-            });
-        }
-        self.grow(header.len)?;
-        let mut buf = vec![0u8; SEGMENT_BYTES as usize];
-        let mut at = 0;
-        while at < header.len {
-            let n = (header.len - at).min(SEGMENT_BYTES) as usize;
-            source
-                .read_exact_at(&mut buf[..n], data_offset(header.block_size) + at)
-                .map_err(io_err(&path))?;
-            let segment = (at / SEGMENT_BYTES) as usize;
-            if crc32fast::hash(&buf[..n]) != header.crcs[segment] {
-                return Err(StoreError::Corrupt {
-                    block: header.descriptor,
-                    segment: segment as u32,
-                });
-            }
-            self.file()
-                .write_all_at(&buf[..n], data_offset(self.block_size) + at)
-                .map_err(io_err(&self.tmp))?;
-            at += n as u64;
-        }
-        self.len = header.len;
-        self.crcs = header.crcs;
-        Ok(())
-    }
-
-    /// Reserves room for the block's first `len` bytes, if not yet reserved.
+    /// Reserves room for the block's first `len` bytes, if not yet reserved (a full copy).
     fn grow(&mut self, len: u64) -> Result<(), StoreError> {
-        let want = data_offset(self.block_size) + len;
+        let want = self.data_at + len;
         if want > self.reserved {
             self.store.reserve(want - self.reserved)?;
             self.reserved = want;
         }
+        Ok(())
+    }
+
+    /// A delta takes segment `segment` in: room for it, and the base's bytes of it unless
+    /// the write `from..to` covers all of them.
+    fn take_segment(&mut self, segment: u64, from: u64, to: u64) -> Result<(), StoreError> {
+        if self.present[segment as usize] {
+            return Ok(());
+        }
+        let Some(delta) = &self.delta else { return Ok(()) };
+        let start = segment * SEGMENT_BYTES;
+        let n = delta.header.len.saturating_sub(start).min(SEGMENT_BYTES);
+        let covered = from <= start && to >= start + n;
+        let mut copy = Vec::new();
+        if n > 0 && !covered {
+            copy = vec![0u8; n as usize];
+            let at = delta.header.data_offset() + start;
+            delta.file.read_exact_at(&mut copy, at).map_err(io_err(&delta.path))?;
+            if crc32fast::hash(&copy) != delta.header.crcs[segment as usize] {
+                return Err(StoreError::Corrupt {
+                    block: delta.header.descriptor,
+                    segment: segment as u32,
+                });
+            }
+        }
+        self.store.reserve(SEGMENT_BYTES)?;
+        self.reserved += SEGMENT_BYTES;
+        if !copy.is_empty() {
+            self.file().write_all_at(&copy, self.data_at + start).map_err(io_err(&self.tmp))?;
+        }
+        self.present[segment as usize] = true;
+        self.dirty[segment as usize] = true;
         Ok(())
     }
 
@@ -900,8 +1250,21 @@ impl BlockWrite {
                 limit: u64::from(self.block_size),
             });
         }
-        self.grow(end)?;
-        let at = data_offset(self.block_size) + offset;
+        if data.is_empty() {
+            return Ok(());
+        }
+        // Bytes between the old end and `offset` (if any) read as zeros: their segments
+        // change too.
+        let first = (offset / SEGMENT_BYTES).min(self.len / SEGMENT_BYTES);
+        let last = (end - 1) / SEGMENT_BYTES;
+        if self.delta.is_some() {
+            for segment in first..=last {
+                self.take_segment(segment, offset, end)?;
+            }
+        } else {
+            self.grow(end)?;
+        }
+        let at = self.data_at + offset;
         self.file().write_all_at(data, at).map_err(|e| {
             if e.raw_os_error() == Some(28) {
                 // ENOSPC: the disk itself is full, whatever the configured capacity says.
@@ -914,17 +1277,8 @@ impl BlockWrite {
                 StoreError::Io { path: self.tmp.clone(), source: e }
             }
         })?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        for segment in offset / SEGMENT_BYTES..=(end - 1) / SEGMENT_BYTES {
+        for segment in first..=last {
             self.dirty[segment as usize] = true;
-        }
-        // Bytes between the old end and `offset` (if any) read as zeros: their segments change too.
-        if offset > self.len {
-            for segment in self.len / SEGMENT_BYTES..=offset / SEGMENT_BYTES {
-                self.dirty[segment as usize] = true;
-            }
         }
         self.len = self.len.max(end);
         Ok(())
@@ -943,7 +1297,6 @@ impl BlockWrite {
     /// Makes the write durable and visible: checksums, fsync, rename over the replica,
     /// directory fsync. Only then may the write be acknowledged.
     pub fn commit(mut self) -> Result<BlockInfo, StoreError> {
-        let base = data_offset(self.block_size);
         let mut buf = vec![0u8; SEGMENT_BYTES as usize];
         for segment in 0..self.crcs.len() {
             let start = segment as u64 * SEGMENT_BYTES;
@@ -955,26 +1308,26 @@ impl BlockWrite {
                 self.crcs[segment] = 0;
                 continue;
             }
-            self.file().read_exact_at(&mut buf[..n], base + start).map_err(io_err(&self.tmp))?;
+            let at = self.data_at + start;
+            self.file().read_exact_at(&mut buf[..n], at).map_err(io_err(&self.tmp))?;
             self.crcs[segment] = crc32fast::hash(&buf[..n]);
         }
+        let delta =
+            self.delta.as_ref().map(|_| Delta { base: self.base, present: self.present.clone() });
         let header = Header {
             descriptor: self.descriptor,
             block_size: self.block_size,
             len: self.len,
             crcs: self.crcs.clone(),
+            delta,
         };
         self.file().write_all_at(&header.encode(), 0).map_err(io_err(&self.tmp))?;
         // The file's length covers the data even if its tail was never written.
-        self.file().set_len(base + self.len).map_err(io_err(&self.tmp))?;
+        self.file().set_len(self.data_at + self.len).map_err(io_err(&self.tmp))?;
         self.file().sync_all().map_err(io_err(&self.tmp))?;
-        let file_bytes = base + self.len;
-        let info = BlockInfo {
-            descriptor: self.descriptor,
-            block_size: self.block_size,
-            len: self.len,
-            file_bytes,
-        };
+        let info = BlockInfo::of(&header);
+        let file_bytes = info.file_bytes;
+        let is_delta = self.delta.is_some();
         let older_path = self.final_path.with_extension("prev");
         let freed = {
             // The index stays locked while the files move, so that commits of one block
@@ -983,7 +1336,13 @@ impl BlockWrite {
             let before = index.get(&key(&self.descriptor)).copied();
             let mut freed = 0;
             let mut moved_base = false;
+            let no_base = StoreError::NoBase {
+                block: self.descriptor,
+                base: self.base.0,
+                held: "another copy (the base moved while the write was made)".into(),
+            };
             let older = match before {
+                None if is_delta => return Err(no_base),
                 None => None,
                 Some(held) => {
                     let version = held.current.descriptor.version;
@@ -994,6 +1353,14 @@ impl BlockWrite {
                         });
                     }
                     if version == self.base {
+                        if held.current.base.is_some() {
+                            // A delta cannot be moved aside without its own base; begin_write
+                            // folded it, so another write of this version landed meanwhile.
+                            return Err(StoreError::Overtaken {
+                                block: self.descriptor,
+                                held: version.0,
+                            });
+                        }
                         // The base copy stays readable until the new version is committed.
                         fs::rename(&self.final_path, &older_path).map_err(io_err(&older_path))?;
                         moved_base = true;
@@ -1003,6 +1370,8 @@ impl BlockWrite {
                         // `current` was written but never committed: replaced below.
                         freed += held.current.file_bytes;
                         held.older
+                    } else if is_delta {
+                        return Err(no_base);
                     } else {
                         // Neither copy is the base (a whole-block write): both go.
                         if let Some(o) = held.older {
@@ -1397,5 +1766,189 @@ mod tests {
         let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
         assert_eq!(store.list().len(), 1, "the damaged replica is not served");
         assert!(path.with_extension("bad").exists(), "it is kept aside for inspection");
+    }
+
+    /// On-disk bytes of a replica file (holes not counted).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A few bytes written into a large block cost a segment, not the block: the delta on
+    /// disk holds one segment, the count of used bytes says so, a commit folds it into the
+    /// base in place, and the bytes read back are right at every step and after a restart.
+    #[test]
+    fn a_small_write_into_a_large_block_writes_one_segment_and_folds_in_place() {
+        let dir = TempDir::new("delta");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let v1 = bytes(BLOCK as usize, 21);
+        write(&store, desc(3, 0, 1), &v1);
+        let full = store.used();
+        let path = store.path_of(FileId(3), 0);
+        let mut w = store.begin_write(desc(3, 0, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(300_000, b"five!").unwrap();
+        let info = w.commit().unwrap();
+        assert_eq!(info.base, Some(BlockVersion(1)));
+        assert_eq!(info.file_bytes, delta_data_offset(BLOCK) + SEGMENT_BYTES);
+        assert_eq!(store.used(), full + info.file_bytes, "the delta counts one segment");
+        assert!(allocated(&path) <= delta_data_offset(BLOCK) + 2 * SEGMENT_BYTES, "sparse");
+        let mut v2 = v1.clone();
+        v2[300_000..300_005].copy_from_slice(b"five!");
+        assert_eq!(store.read(desc(3, 0, 2), 0, u64::from(BLOCK)).unwrap().data, v2);
+        assert_eq!(store.read(desc(3, 0, 1), 0, u64::from(BLOCK)).unwrap().data, v1);
+        // A range across held and base segments reads as one.
+        let part = store.read(desc(3, 0, 2), 250_000, 100_000).unwrap();
+        assert_eq!(part.slice(250_000, 100_000), &v2[250_000..350_000]);
+        // Delta and base survive a restart, and so does the count of bytes.
+        drop(store);
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        assert_eq!(store.used(), full + info.file_bytes);
+        assert_eq!(store.read(desc(3, 0, 2), 0, u64::from(BLOCK)).unwrap().data, v2);
+        // Committed: folded into the base, one full copy of version 2.
+        assert!(store.committed(desc(3, 0, 2)).unwrap());
+        assert_eq!(store.get(FileId(3), 0).unwrap().base, None);
+        assert!(!path.with_extension("prev").exists() && !path.with_extension("fold").exists());
+        assert_eq!(store.used(), full);
+        assert_eq!(store.read(desc(3, 0, 2), 0, u64::from(BLOCK)).unwrap().data, v2);
+        assert!(matches!(store.read(desc(3, 0, 1), 0, 1), Err(StoreError::WrongVersion { .. })));
+        drop(store);
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        assert_eq!(store.read(desc(3, 0, 2), 0, u64::from(BLOCK)).unwrap().data, v2);
+        // The next write from a delta the leader never said was committed folds it first;
+        // one past the end leaves zeros and holds only the segments it changed.
+        let mut w = store.begin_write(desc(3, 0, 3), BlockVersion(2), BLOCK, true).unwrap();
+        w.write_at(10, b"x").unwrap();
+        w.commit().unwrap();
+        let mut w = store.begin_write(desc(3, 0, 4), BlockVersion(3), BLOCK, true).unwrap();
+        assert_eq!(store.get(FileId(3), 0).unwrap().base, None, "3 folded at 4's start");
+        w.write_at(u64::from(BLOCK) - 3, b"end").unwrap();
+        let info = w.commit().unwrap();
+        assert_eq!(info.file_bytes, delta_data_offset(BLOCK) + SEGMENT_BYTES);
+        let mut v4 = v2.clone();
+        v4[10] = b'x';
+        v4[BLOCK as usize - 3..].copy_from_slice(b"end");
+        assert_eq!(store.read(desc(3, 0, 4), 0, u64::from(BLOCK)).unwrap().data, v4);
+    }
+
+    #[test]
+    fn a_delta_over_a_short_block_past_its_end_reads_zeros_between() {
+        let dir = TempDir::new("delta-grow");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let v1 = bytes(100_000, 4);
+        write(&store, desc(5, 0, 1), &v1);
+        let mut w = store.begin_write(desc(5, 0, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(500_000, b"far").unwrap();
+        w.write_at(50, b"near").unwrap();
+        w.commit().unwrap();
+        let read = store.read(desc(5, 0, 2), 0, 500_003).unwrap();
+        assert_eq!(&read.data[..50], &v1[..50]);
+        assert_eq!(&read.data[50..54], b"near");
+        assert_eq!(&read.data[54..100_000], &v1[54..]);
+        assert!(read.data[100_000..500_000].iter().all(|&b| b == 0));
+        assert_eq!(&read.data[500_000..], b"far");
+        assert!(store.committed(desc(5, 0, 2)).unwrap());
+        assert_eq!(store.read(desc(5, 0, 2), 0, 500_003).unwrap().data, read.data);
+    }
+
+    /// A fold cut anywhere after its marker is durable: the base half written over, its
+    /// header torn. The restart finishes it.
+    #[test]
+    fn a_fold_cut_by_a_crash_is_finished_at_start_up() {
+        let dir = TempDir::new("fold-crash");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        let v1 = bytes(400_000, 8);
+        write(&store, desc(4, 1, 1), &v1);
+        let mut w = store.begin_write(desc(4, 1, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(70_000, &bytes(70_000, 9)).unwrap();
+        w.commit().unwrap();
+        let v2 = store.read(desc(4, 1, 2), 0, 400_000).unwrap().data;
+        let path = store.path_of(FileId(4), 1);
+        drop(store);
+        // As if the fold died: marker made, one held segment written over the base, the
+        // base's header overwritten with garbage.
+        fs::write(path.with_extension("fold"), b"").unwrap();
+        let base = File::options().write(true).open(path.with_extension("prev")).unwrap();
+        base.write_all_at(&v2[65_536..131_072], data_offset(BLOCK) + 65_536).unwrap();
+        base.write_all_at(&[0xee; 40], 0).unwrap();
+        drop(base);
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        assert!(!path.with_extension("fold").exists() && !path.with_extension("prev").exists());
+        let info = store.get(FileId(4), 1).unwrap();
+        assert_eq!((info.descriptor.version, info.base), (BlockVersion(2), None));
+        assert_eq!(store.read(desc(4, 1, 2), 0, 400_000).unwrap().data, v2);
+        assert_eq!(store.used(), data_offset(BLOCK) + 400_000);
+        assert!(store.damaged().is_empty(), "nothing was set aside");
+    }
+
+    #[test]
+    fn a_delta_whose_base_is_gone_or_damaged_is_not_served() {
+        let dir = TempDir::new("delta-orphan");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        write(&store, desc(6, 0, 1), &bytes(200_000, 1));
+        let mut w = store.begin_write(desc(6, 0, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(5, b"d").unwrap();
+        w.commit().unwrap();
+        // Its base set aside as damaged: the delta goes with it.
+        assert!(store.set_aside(desc(6, 0, 1)).unwrap());
+        assert!(store.get(FileId(6), 0).is_none());
+        assert_eq!(store.used(), 0);
+        // Its base lost on disk: set aside at start-up.
+        write(&store, desc(7, 0, 1), &bytes(200_000, 2));
+        let mut w = store.begin_write(desc(7, 0, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(5, b"d").unwrap();
+        w.commit().unwrap();
+        let path = store.path_of(FileId(7), 0);
+        drop(store);
+        fs::remove_file(path.with_extension("prev")).unwrap();
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        assert!(store.get(FileId(7), 0).is_none());
+        assert!(path.with_extension("bad").exists());
+        assert_eq!(store.used(), 0);
+        // Damage in a segment the delta takes from its base is found on read.
+        write(&store, desc(8, 0, 1), &bytes(200_000, 3));
+        let mut w = store.begin_write(desc(8, 0, 2), BlockVersion(1), BLOCK, true).unwrap();
+        w.write_at(5, b"d").unwrap();
+        w.commit().unwrap();
+        let base = store.path_of(FileId(8), 0).with_extension("prev");
+        let f = File::options().write(true).open(&base).unwrap();
+        f.write_all_at(b"!", data_offset(BLOCK) + 150_000).unwrap();
+        drop(f);
+        let err = store.read(desc(8, 0, 2), 140_000, 20_000).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { segment: 2, .. }), "{err}");
+        assert_eq!(store.read(desc(8, 0, 2), 0, 10).unwrap().data[5], b'd');
+        // And by a partial write that would copy it.
+        let mut w = store.begin_write(desc(8, 0, 3), BlockVersion(2), BLOCK, true).unwrap();
+        let err = w.write_at(140_000, b"x").unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { segment: 2, .. }), "{err}");
+    }
+
+    /// A delta's bytes are frozen (format 2), and one written by an earlier build is still
+    /// read over its base.
+    #[test]
+    fn golden_delta_file_is_written_and_still_read() {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/block-format2.blk");
+        let base_golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/block-format1.blk");
+        let relative = Path::new("blocks/07/00000007-0003.blk");
+        let dir = TempDir::new("delta-golden");
+        let store = Arc::new(BlockStore::open(dir.path(), 1 << 30).unwrap());
+        write(&store, desc(7, 3, 2), &bytes(70_000, 9));
+        let mut w = store.begin_write(desc(7, 3, 3), BlockVersion(2), BLOCK, true).unwrap();
+        w.write_at(66_000, &bytes(100, 10)).unwrap();
+        w.commit().unwrap();
+        drop(store);
+        let written = fs::read(dir.join(relative)).unwrap();
+        meshfs_test_kit::golden::check_bytes(&golden, &written);
+        let mut v3 = bytes(70_000, 9);
+        v3[66_000..66_100].copy_from_slice(&bytes(100, 10));
+
+        let old = TempDir::new("delta-old");
+        fs::create_dir_all(old.join("blocks/07")).unwrap();
+        fs::write(old.join(relative), meshfs_test_kit::golden::read(&golden)).unwrap();
+        let prev = old.join(relative).with_extension("prev");
+        fs::write(&prev, meshfs_test_kit::golden::read(&base_golden)).unwrap();
+        let store = BlockStore::open(old.path(), 1 << 30).unwrap();
+        let info = store.get(FileId(7), 3).expect("the old delta is found");
+        assert_eq!((info.descriptor, info.base), (desc(7, 3, 3), Some(BlockVersion(2))));
+        assert_eq!(store.read(desc(7, 3, 3), 0, 70_000).unwrap().data, v3);
     }
 }

@@ -21,14 +21,24 @@ static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 /// `data` as a replica file of a data-server's store: opening the store never panics, a
 /// file it takes is read whole (every segment checked) without panicking, and one it sets
-/// aside is not served.
+/// aside is not served. Input starting `PAIR` and a `u32` length (big-endian) is two files:
+/// that many bytes of the replica (a delta, say), then its base copy (`.prev`).
 pub fn block_file(data: &[u8]) {
     let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("meshfs-fuzz-blocks-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let shard = dir.join("blocks/07");
     std::fs::create_dir_all(&shard).expect("a temporary directory");
-    std::fs::write(shard.join("00000007-0003.blk"), data).expect("the replica file");
+    let replica = shard.join("00000007-0003.blk");
+    match data.strip_prefix(b"PAIR") {
+        Some(rest) if rest.len() >= 4 => {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let (blk, prev) = rest[4..].split_at(len.min(rest.len() - 4));
+            std::fs::write(&replica, blk).expect("the replica file");
+            std::fs::write(replica.with_extension("prev"), prev).expect("the base file");
+        }
+        _ => std::fs::write(&replica, data).expect("the replica file"),
+    }
     if let Ok(store) = BlockStore::open(&dir, 1 << 40) {
         for info in store.list() {
             assert!(info.len <= u64::from(info.block_size), "{info:?}");
@@ -173,6 +183,34 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/block-format1.blk");
         std::fs::read(path).unwrap()
+    }
+
+    /// The golden delta (format 2) and the base it is written over.
+    fn golden_pair() -> (Vec<u8>, Vec<u8>) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/block-format2.blk");
+        (std::fs::read(path).unwrap(), golden())
+    }
+
+    #[test]
+    fn the_golden_pair_is_read_whole() {
+        let (delta, base) = golden_pair();
+        let mut data = b"PAIR".to_vec();
+        data.extend((delta.len() as u32).to_be_bytes());
+        data.extend(&delta);
+        data.extend(&base);
+        let dir = std::env::temp_dir().join(format!("meshfs-fuzz-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shard = dir.join("blocks/07");
+        std::fs::create_dir_all(&shard).unwrap();
+        std::fs::write(shard.join("00000007-0003.blk"), &delta).unwrap();
+        std::fs::write(shard.join("00000007-0003.prev"), &base).unwrap();
+        let store = BlockStore::open(&dir, 1 << 40).unwrap();
+        let info = store.list()[0];
+        assert!(info.base.is_some(), "a delta, over the base beside it");
+        assert_eq!(store.read(info.descriptor, 0, info.len).unwrap().data.len(), 70_000);
+        let _ = std::fs::remove_dir_all(&dir);
+        block_file(&data);
     }
 
     fn event(what: u8, message: &Message) -> Vec<u8> {
@@ -335,6 +373,24 @@ mod tests {
 
         #[test]
         fn block_files(data in proptest::collection::vec(any::<u8>(), 0..8192)) {
+            block_file(&data);
+        }
+
+        #[test]
+        fn mutated_deltas_and_their_bases(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            in_base in any::<bool>(),
+        ) {
+            let (mut delta, mut base) = golden_pair();
+            for (at, byte) in edits {
+                let file = if in_base { &mut base } else { &mut delta };
+                let at = at.index(4096.min(file.len()));
+                file[at] = byte;
+            }
+            let mut data = b"PAIR".to_vec();
+            data.extend((delta.len() as u32).to_be_bytes());
+            data.extend(delta);
+            data.extend(base);
             block_file(&data);
         }
 

@@ -6,6 +6,7 @@
 //! - [`meta`]: namespace operations at several client counts (as HDFS's NNThroughputBenchmark).
 //! - [`seq`]: sequential write and cold read of large files.
 //! - [`rand`]: 4 KiB random reads at queue depths.
+//! - [`overwrite`]: small durable writes at random offsets of one large file.
 //! - [`small`]: create-and-write of small files.
 //! - [`locks`]: lock and unlock pairs, uncontended and contended.
 //! - [`repair`]: time to restore full replication after losing a data-server.
@@ -17,6 +18,7 @@
 pub mod limits;
 pub mod locks;
 pub mod meta;
+pub mod overwrite;
 pub mod rand;
 pub mod repair;
 pub(crate) mod rng;

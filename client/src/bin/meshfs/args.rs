@@ -377,6 +377,26 @@ pub(crate) enum Workload {
         #[command(flatten)]
         out: Output,
     },
+    /// Random writes: WRITE bytes at random offsets of one file, each durable and visible
+    /// before the next (lease, chain write, commit); writes/s per write size. The file's
+    /// bytes are checked at the end.
+    Randwrite {
+        /// Size of the file written into (written first, removed afterwards).
+        #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+        size: u64,
+        /// Bytes per write, comma-separated: one run each.
+        #[arg(long, value_delimiter = ',', default_value = "4KiB,64KiB", value_parser = parse_size_arg)]
+        write: Vec<u64>,
+        /// Writes per run.
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        /// Copies of each block (default: the config's).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Repair: write SIZE, kill -9 the data-server holding the most, and time the cluster's
     /// return to full replication (needs --local; its grace period is set to 1 s).
     Repair {

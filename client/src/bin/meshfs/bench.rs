@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use meshfs_client::bench::{limits, locks, meta, rand, repair, seq, small};
+use meshfs_client::bench::{limits, locks, meta, overwrite, rand, repair, seq, small};
 use meshfs_client::cluster::local::LocalCluster;
 use meshfs_client::{Access, ClientError};
 use meshfs_group::Config;
@@ -88,6 +88,15 @@ pub(crate) fn run(
                 println!("{}", small::to_json(&bench, &results, limits.as_ref()));
             } else {
                 print!("{}", small::render(&results));
+            }
+        }
+        Workload::Randwrite { size, write, writes, replication, json } => {
+            let bench = overwrite::OverwriteBench { size, write_sizes: write, writes, replication };
+            let results = overwrite::run(access, &bench, report)?;
+            if json {
+                println!("{}", overwrite::to_json(&bench, &results));
+            } else {
+                print!("{}", overwrite::render(&results));
             }
         }
         Workload::Repair { size, files, readers, replication, repair_mbps, json } => {
