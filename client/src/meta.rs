@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meshfs_core::descriptor::FileDescriptor;
-use meshfs_core::namespace::{DirEntry, Stat};
+use meshfs_core::namespace::{DirEntry, Stat, XattrSet};
 use meshfs_core::path::MeshPath;
 use meshfs_core::wire::{FsckReport, MAX_LIST_PAGE, Message, MetaOp, MetaReply, MetaRequest};
 use meshfs_group::NodeId;
@@ -330,6 +330,46 @@ impl MetaClient {
     pub fn link(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
         let (from, to) = (Self::path(from)?, Self::path(to)?);
         Self::expect(self.call(MetaOp::Link { from, to })?).map(|_| ())
+    }
+
+    /// `setxattr`: attribute `name` (`user.` and more) of the file or directory at `path`
+    /// takes `value` (at most 64 KiB; an inode holds at most 64 KiB of them).
+    pub fn set_xattr(
+        &mut self,
+        path: &str,
+        name: &str,
+        value: &[u8],
+        how: XattrSet,
+    ) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        let (name, value) = (name.to_string(), value.to_vec());
+        Self::expect(self.call(MetaOp::SetXattr { path, name, value, how })?).map(|_| ())
+    }
+
+    /// `removexattr`.
+    pub fn remove_xattr(&mut self, path: &str, name: &str) -> Result<(), ClientError> {
+        let path = Self::path(path)?;
+        let name = name.to_string();
+        Self::expect(self.call(MetaOp::RemoveXattr { path, name })?).map(|_| ())
+    }
+
+    /// `getxattr`: an attribute's value.
+    pub fn get_xattr(&mut self, path: &str, name: &str) -> Result<Vec<u8>, ClientError> {
+        let path = Self::path(path)?;
+        let name = name.to_string();
+        match Self::expect(self.call(MetaOp::GetXattr { path, name })?)? {
+            MetaReply::Xattr(value) => Ok(value),
+            other => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// `listxattr`: the names of the inode's attributes, in order.
+    pub fn list_xattr(&mut self, path: &str) -> Result<Vec<String>, ClientError> {
+        let path = Self::path(path)?;
+        match Self::expect(self.call(MetaOp::ListXattr { path })?)? {
+            MetaReply::XattrNames(names) => Ok(names),
+            other => Err(Self::unexpected(&other)),
+        }
     }
 
     /// `chmod`: `mode`'s bits (at most 0o7777) on `path`; its owner or an operator.

@@ -201,6 +201,22 @@ pub enum NsError {
         /// The limit.
         max: u32,
     },
+    /// The inode has no attribute of that name.
+    #[error("{0}: no such attribute")]
+    NoAttr(String),
+    /// An attribute outside the `user.` namespace, or a name too long or empty.
+    #[error("{0}: only user.* attributes of 1 to 255 bytes are kept")]
+    AttrNotSupported(String),
+    /// An attribute value, or an inode's attributes together, past their limit.
+    #[error("{path}: attributes of {bytes} bytes; at most {max}")]
+    AttrTooLarge {
+        /// The inode.
+        path: String,
+        /// What it would take.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The answer would not fit in a frame (a bug: listings are paged by bytes).
     #[error("the answer ({0} bytes) is larger than a frame can carry; ask about less at once")]
     ReplyTooLarge(u64),
@@ -332,6 +348,15 @@ impl NsError {
             NsError::TooManyLinks { path, max } => {
                 w.u8(34).str(path).u32(*max);
             }
+            NsError::NoAttr(what) => {
+                w.u8(35).str(what);
+            }
+            NsError::AttrNotSupported(what) => {
+                w.u8(36).str(what);
+            }
+            NsError::AttrTooLarge { path, bytes, max } => {
+                w.u8(37).str(path).u64(*bytes).u64(*max);
+            }
         }
     }
 
@@ -419,6 +444,13 @@ impl NsError {
             },
             33 => NsError::LinkDir(text(r)?),
             34 => NsError::TooManyLinks { path: text(r)?, max: r.u32("link limit")? },
+            35 => NsError::NoAttr(text(r)?),
+            36 => NsError::AttrNotSupported(text(r)?),
+            37 => NsError::AttrTooLarge {
+                path: text(r)?,
+                bytes: r.u64("attribute bytes")?,
+                max: r.u64("attribute limit")?,
+            },
             other => {
                 return Err(BodyError::Invalid { field: "error code", value: u64::from(other) });
             }
@@ -444,6 +476,9 @@ mod tests {
             NsError::TruncateGrows { path: "/f".into(), size: 5, requested: 9 },
             NsError::LinkDir("/d".into()),
             NsError::TooManyLinks { path: "/f".into(), max: 65_000 },
+            NsError::NoAttr("/f attribute user.x".into()),
+            NsError::AttrNotSupported("/f: \"trusted.x\"".into()),
+            NsError::AttrTooLarge { path: "/f".into(), bytes: 70_000, max: 65_536 },
         ] {
             let mut w = BodyWriter::new();
             error.write(&mut w);

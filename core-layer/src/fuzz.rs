@@ -28,9 +28,9 @@ pub fn log_entry(data: &[u8]) {
 }
 
 /// Snapshot formats the restore reads (1 to this).
-const SNAPSHOT_FORMATS: u16 = 9;
+const SNAPSHOT_FORMATS: u16 = 10;
 
-/// A snapshot body past the checksum and magic (the first byte picks the format, 1 to 9):
+/// A snapshot body past the checksum and magic (the first byte picks the format, 1 to 10):
 /// restoring never panics, and a namespace restored takes a snapshot that restores to it.
 pub fn snapshot(data: &[u8]) {
     let Some((&pick, body)) = data.split_first() else { return };

@@ -197,7 +197,11 @@ impl MetaServer {
             }
             MetaOp::Lock { path, mode, wait_ms } => Command::Lock { path, mode, wait_ms },
             MetaOp::Unlock { path } => Command::Unlock { path },
-            MetaOp::Stat { .. } | MetaOp::List { .. } | MetaOp::Locks { .. } => {
+            MetaOp::Stat { .. }
+            | MetaOp::List { .. }
+            | MetaOp::Locks { .. }
+            | MetaOp::GetXattr { .. }
+            | MetaOp::ListXattr { .. } => {
                 if !self.replica.is_leader() {
                     let leader = self.leader_id();
                     return answer(node, waiter, MetaReply::NotLeader { leader });
@@ -258,6 +262,10 @@ impl MetaServer {
             }
             MetaOp::Rename { from, to, replace } => Command::Rename { from, to, replace },
             MetaOp::Link { from, to } => Command::Link { from, to },
+            MetaOp::SetXattr { path, name, value, how } => {
+                Command::SetXattr { path, name, value, how }
+            }
+            MetaOp::RemoveXattr { path, name } => Command::RemoveXattr { path, name },
             MetaOp::ActAs { .. } => {
                 // The wire never nests one (the decoder refuses it); say so if code does.
                 let err = NsError::PermissionDenied("an act-as inside another".into());
@@ -562,6 +570,10 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
     let allowed = match op {
         MetaOp::Stat { path, .. } => namespace.may_search(path, caller),
         MetaOp::List { path, .. } => namespace.may_read(path, caller),
+        // As Linux: reading a user attribute needs read permission on the inode.
+        MetaOp::GetXattr { path, .. } | MetaOp::ListXattr { path } => {
+            namespace.may_read(path, caller)
+        }
         _ => Ok(()),
     };
     if let Err(err) = allowed {
@@ -597,6 +609,14 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
                 Err(err) => MetaReply::Failed(err),
             }
         }
+        MetaOp::GetXattr { path, name } => match namespace.get_xattr(path, name) {
+            Ok(value) => MetaReply::Xattr(value),
+            Err(err) => MetaReply::Failed(err),
+        },
+        MetaOp::ListXattr { path } => match namespace.list_xattr(path) {
+            Ok(names) => MetaReply::XattrNames(names),
+            Err(err) => MetaReply::Failed(err),
+        },
         MetaOp::Locks { path } => {
             let table = namespace.lock_table();
             let (locks, more) = table.list(
@@ -612,6 +632,8 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
         | MetaOp::CreateWrite { .. }
         | MetaOp::Rename { .. }
         | MetaOp::Link { .. }
+        | MetaOp::SetXattr { .. }
+        | MetaOp::RemoveXattr { .. }
         | MetaOp::Remove { .. }
         | MetaOp::Expand { .. }
         | MetaOp::WriteLease { .. }

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, warn};
 use meshfs_core::error::NsError;
-use meshfs_core::namespace::{NodeType, SetTime, Stat};
+use meshfs_core::namespace::{NodeType, SetTime, Stat, XattrSet};
 use meshfs_core::path::PathError;
 use nix::sys::stat::SFlag;
 
@@ -146,6 +146,14 @@ fn errno(err: &ClientError, owner_op: bool) -> Errno {
             NsError::IsADirectory(_) => Errno::EISDIR,
             NsError::NotEmpty(_) => Errno::ENOTEMPTY,
             NsError::LinkDir(_) => Errno::EPERM,
+            NsError::NoAttr(_) => Errno::ENODATA,
+            NsError::AttrNotSupported(_) => Errno::EOPNOTSUPP,
+            NsError::AttrTooLarge { bytes, .. }
+                if *bytes as usize > meshfs_core::namespace::MAX_XATTR_VALUE =>
+            {
+                Errno::E2BIG
+            }
+            NsError::AttrTooLarge { .. } => Errno::ENOSPC,
             NsError::TooManyLinks { .. } => Errno::EMLINK,
             NsError::Root => Errno::EBUSY,
             NsError::FileTooLarge { .. } => Errno::EFBIG,
@@ -161,6 +169,25 @@ fn errno(err: &ClientError, owner_op: bool) -> Errno {
         ClientError::BadMode(_) => Errno::EINVAL,
         ClientError::DataWrite { reason, .. } if reason.contains("space") => Errno::ENOSPC,
         _ => Errno::EIO,
+    }
+}
+
+/// setxattr(2)'s flags.
+mod libc_xattr {
+    /// Fail if the attribute exists.
+    pub const CREATE: i32 = 1;
+    /// Fail if it does not.
+    pub const REPLACE: i32 = 2;
+}
+
+/// Answers a getxattr or listxattr: the size when asked for it (`size` 0), the bytes when
+/// they fit, ERANGE when they do not.
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, Errno>) {
+    match result {
+        Ok(bytes) if size == 0 => reply.size(bytes.len() as u32),
+        Ok(bytes) if bytes.len() <= size as usize => reply.data(&bytes),
+        Ok(_) => reply.error(Errno::ERANGE),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -900,6 +927,78 @@ impl Filesystem for MeshFs {
             Ok(attr)
         })();
         self.reply_entry(reply, result);
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let name = name.to_str().ok_or(Errno::EOPNOTSUPP)?;
+            let how = match flags & (libc_xattr::CREATE | libc_xattr::REPLACE) {
+                0 => XattrSet::Either,
+                libc_xattr::CREATE => XattrSet::Create,
+                libc_xattr::REPLACE => XattrSet::Replace,
+                _ => return Err(Errno::EINVAL),
+            };
+            let mut clients = self.clients(req)?;
+            clients.meta().set_xattr(&path, name, value, how).map_err(|e| errno(&e, false))
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            // Nothing is kept outside user.*: no such attribute (what cp, ls and tar ask
+            // for, such as ACLs and security labels, is simply not there).
+            let Some(name) = name.to_str().filter(|n| meshfs_core::namespace::valid_name(n)) else {
+                return Err(Errno::ENODATA);
+            };
+            let mut clients = self.clients(req)?;
+            clients.meta().get_xattr(&path, name).map_err(|e| errno(&e, false))
+        })();
+        reply_xattr(reply, size, result);
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let names =
+                self.clients(req)?.meta().list_xattr(&path).map_err(|e| errno(&e, false))?;
+            let mut list = Vec::new();
+            for name in names {
+                list.extend_from_slice(name.as_bytes());
+                list.push(0);
+            }
+            Ok(list)
+        })();
+        reply_xattr(reply, size, result);
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = (|| {
+            let path = self.path(ino.0)?;
+            let Some(name) = name.to_str().filter(|n| meshfs_core::namespace::valid_name(n)) else {
+                return Err(Errno::ENODATA);
+            };
+            let mut clients = self.clients(req)?;
+            clients.meta().remove_xattr(&path, name).map_err(|e| errno(&e, false))
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {

@@ -320,6 +320,13 @@ impl super::Namespace {
                 self.walk(from, caller)?;
                 self.may_create(to, caller)
             }
+            // As Linux: user attributes need write permission (or ownership).
+            Command::SetXattr { path, .. } | Command::RemoveXattr { path, .. } => {
+                match self.walk(path, caller)?.target {
+                    Some(id) if self.owner(id).uid == caller.uid => Ok(()),
+                    _ => self.may_write(path, caller),
+                }
+            }
             Command::Remove { path, recursive } => {
                 let walk = self.may_unlink(path, caller)?;
                 if let (true, Some(target)) = (*recursive, walk.target) {

@@ -7,6 +7,7 @@ use meshfs_net::body::{BodyError, BodyReader, BodyWriter};
 
 use super::access::{Caller, read_mode, read_new_mode, write_new_mode};
 pub use super::inode::NodeType;
+use super::xattr::{MAX_XATTR_NAME, MAX_XATTR_VALUE, XattrSet};
 #[cfg(doc)]
 use super::{NEW_DIR_MODE, NEW_FILE_MODE};
 use crate::descriptor::{
@@ -35,6 +36,16 @@ pub fn read_node(r: &mut BodyReader<'_>) -> Result<(NodeType, String, u32), Body
         return Err(BodyError::Invalid { field: "device number", value: u64::from(rdev) });
     }
     Ok((kind, target, rdev))
+}
+
+/// Reads an attribute name: at most [`MAX_XATTR_NAME`] bytes (which namespace it is in is
+/// the namespace's to judge, with a clear error).
+pub fn read_xattr_name(r: &mut BodyReader<'_>) -> Result<String, BodyError> {
+    let name = r.str("attribute name")?;
+    if name.len() > MAX_XATTR_NAME {
+        return Err(BodyError::Invalid { field: "attribute name", value: name.len() as u64 });
+    }
+    Ok(name.to_string())
 }
 
 /// How `utimens` sets one of an inode's times.
@@ -195,6 +206,25 @@ pub enum Command {
         from: MeshPath,
         /// The new name.
         to: MeshPath,
+    },
+    /// `setxattr`: attribute `name` (in `user.`) of the file or directory at `path` takes
+    /// `value` (its owner, or who may write it).
+    SetXattr {
+        /// The inode.
+        path: MeshPath,
+        /// `user.` and the rest, at most [`MAX_XATTR_NAME`] bytes.
+        name: String,
+        /// At most [`MAX_XATTR_VALUE`] bytes.
+        value: Vec<u8>,
+        /// Whether the name must be new, or must exist.
+        how: XattrSet,
+    },
+    /// `removexattr`.
+    RemoveXattr {
+        /// The inode.
+        path: MeshPath,
+        /// The attribute.
+        name: String,
     },
     /// Remove a file, an empty directory, or with `recursive` a whole tree.
     Remove {
@@ -474,6 +504,16 @@ impl Entry {
                 write_path(&mut w, from);
                 write_path(&mut w, to);
             }
+            Command::SetXattr { path, name, value, how } => {
+                w.u8(29);
+                write_path(&mut w, path);
+                w.str(name).bytes(value).u8(how.byte());
+            }
+            Command::RemoveXattr { path, name } => {
+                w.u8(30);
+                write_path(&mut w, path);
+                w.str(name);
+            }
             Command::Remove { path, recursive } => {
                 w.u8(5);
                 write_path(&mut w, path);
@@ -590,6 +630,24 @@ impl Entry {
                 replace: tag == 24,
             },
             28 => Command::Link { from: read_path(&mut r)?, to: read_path(&mut r)? },
+            29 => {
+                let path = read_path(&mut r)?;
+                let name = read_xattr_name(&mut r)?;
+                let value = r.bytes("attribute value")?;
+                if value.len() > MAX_XATTR_VALUE {
+                    return Err(BodyError::Invalid {
+                        field: "attribute value",
+                        value: value.len() as u64,
+                    });
+                }
+                let how = r.u8("attribute setting")?;
+                let how = XattrSet::from_byte(how).ok_or(BodyError::Invalid {
+                    field: "attribute setting",
+                    value: u64::from(how),
+                })?;
+                Command::SetXattr { path, name, value: value.to_vec(), how }
+            }
+            30 => Command::RemoveXattr { path: read_path(&mut r)?, name: read_xattr_name(&mut r)? },
             6 => Command::WriteLease { path: read_path(&mut r)?, index: r.u16("block index")? },
             9 | 23 => {
                 let path = read_path(&mut r)?;

@@ -154,6 +154,16 @@ impl Namespace {
                 _ => return Some(format!("lease on {id}/{index}, which is not a block")),
             }
         }
+        for (id, attrs) in &self.xattrs {
+            let holder = self.nodes.get(id).map(|n| &n.kind);
+            if !matches!(holder, Some(Kind::File(_) | Kind::Dir(_)))
+                || attrs.is_empty()
+                || super::xattr::bytes_of(attrs) > super::MAX_XATTR_BYTES
+                || !attrs.keys().all(|n| super::valid_name(n))
+            {
+                return Some(format!("inode {id}: attributes {:?}", attrs.keys()));
+            }
+        }
         if self.allocated != self.compute_allocated() {
             return Some("per-data-server allocation disagrees with the block lists".into());
         }

@@ -39,6 +39,7 @@ mod invariants;
 mod query;
 mod snapshot;
 mod tree;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,9 @@ pub use self::inode::{MAX_LINKS, Times};
 pub use self::query::{BlockMeta, BlockView, DirEntry, FileMeta, Stat};
 pub use self::snapshot::SnapshotError;
 pub use self::tree::{NEW_DIR_MODE, NEW_FILE_MODE, PARENT_DIR_BITS};
+pub use self::xattr::{
+    MAX_XATTR_BYTES, MAX_XATTR_NAME, MAX_XATTR_VALUE, USER_PREFIX, XattrSet, valid_name,
+};
 
 use self::inode::{Dir, Inodes, Kind, Node};
 use crate::descriptor::BlockVersion;
@@ -128,6 +132,8 @@ pub struct Namespace {
     draining: BTreeSet<NodeId>,
     /// Lock sessions and locks.
     locks: LockTable,
+    /// Extended attributes, by inode (only inodes that have some).
+    xattrs: BTreeMap<u32, xattr::Xattrs>,
     applied: u64,
 }
 
@@ -172,6 +178,7 @@ impl Namespace {
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),
+            xattrs: BTreeMap::new(),
             applied: 0,
         }
     }
@@ -456,6 +463,10 @@ impl Namespace {
             Command::Rename { from, to, replace } => self.rename(from, to, *replace, now),
             Command::Remove { path, recursive } => self.remove(path, *recursive, now),
             Command::Link { from, to } => self.link(from, to, now),
+            Command::SetXattr { path, name, value, how } => {
+                self.set_xattr(path, name, value, *how, now)
+            }
+            Command::RemoveXattr { path, name } => self.remove_xattr(path, name, now),
             Command::OpenSession { lease_ms, lock_delay_ms } => {
                 let open = self.locks.sessions_of(session.client);
                 if self.locks.session(session).is_none()

@@ -18,14 +18,15 @@ use crate::session::SessionId;
 
 impl Namespace {
     /// The whole state as bytes: the same state gives the same bytes on every replica.
-    /// Layout (format 9): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
+    /// Layout (format 10): magic "MSNS", u16 format, u32 next_id, u64 applied, the inodes
     /// depth first from the root (children by name), sessions by id, write leases by block
     /// (format 1 has none), draining data-servers (formats 1 and 2 have none), the lock table
     /// (formats 1 to 3 have none), every inode's owner by id (formats 1 to 4 have none),
     /// where id reuse goes on and the inode pages' version marks (formats 1 to 5 have
     /// none), every inode's times in microseconds (formats 1 to 6 have one in ms), the
     /// symbolic links and special files (formats 1 to 7 have none), the further names of
-    /// inodes with hard links (formats 1 to 8 have none), u32 CRC-32 of all before.
+    /// inodes with hard links (formats 1 to 8 have none), the extended attributes (formats 1
+    /// to 9 have none), u32 CRC-32 of all before.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut w = BodyWriter::with_capacity(64 * self.nodes.len() + 64);
         w.fixed(SNAPSHOT_MAGIC).u16(SNAPSHOT_FORMAT).u32(self.next_id).u64(self.applied);
@@ -114,6 +115,13 @@ impl Namespace {
         for (dir, name, id) in more_names {
             w.u32(dir).str(name).u32(id);
         }
+        w.u32(self.xattrs.len() as u32);
+        for (id, attrs) in &self.xattrs {
+            w.u32(*id).u32(attrs.len() as u32);
+            for (name, value) in attrs {
+                w.str(name).bytes(value);
+            }
+        }
         let mut bytes = w.finish();
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_be_bytes());
@@ -146,6 +154,7 @@ impl Namespace {
             7 => v7::read(&mut r)?,
             8 => v8::read(&mut r)?,
             9 => v9::read(&mut r)?,
+            10 => v10::read(&mut r)?,
             other => return Err(SnapshotError::Format(other)),
         };
         // Only format 8 says what an inode of kind 2 is.
@@ -167,9 +176,9 @@ impl Namespace {
 }
 
 /// The format [`Namespace::snapshot`] writes.
-pub(super) const SNAPSHOT_FORMAT: u16 = 9;
+pub(super) const SNAPSHOT_FORMAT: u16 = 10;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MSNS";
-const _: () = assert!(SNAPSHOT_FORMAT == 9, "a new format needs its reader in restore");
+const _: () = assert!(SNAPSHOT_FORMAT == 10, "a new format needs its reader in restore");
 
 /// The device number an inode of kind 2 has until format 8's section names it.
 const UNNAMED: u32 = u32::MAX;
@@ -193,6 +202,7 @@ mod v1 {
             leases: BTreeMap::new(),
             draining: BTreeSet::new(),
             locks: LockTable::new(),
+            xattrs: BTreeMap::new(),
             applied,
         })
     }
@@ -506,6 +516,53 @@ mod v9 {
                     )));
                 }
             }
+        }
+        Ok(ns)
+    }
+}
+
+/// Format 10: format 9, then the extended attributes of every inode that has some, by id:
+/// `u32 count`, then `u32 inode, u32 n` and `n` times `str name, bytes value`, names in
+/// order.
+mod v10 {
+    use super::*;
+    use crate::namespace::xattr::{MAX_XATTR_BYTES, MAX_XATTR_VALUE, Xattrs, bytes_of, valid_name};
+
+    pub(super) fn read(r: &mut BodyReader<'_>) -> Result<Namespace, SnapshotError> {
+        let mut ns = v9::read(r)?;
+        let mut previous = None;
+        for _ in 0..r.u32("attribute inode count")? {
+            let id = r.u32("attribute inode")?;
+            if previous.is_some_and(|p| p >= id) {
+                return Err(SnapshotError::Invalid(format!("attributes of {id} out of order")));
+            }
+            previous = Some(id);
+            if !matches!(ns.nodes.get(&id).map(|n| &n.kind), Some(Kind::File(_) | Kind::Dir(_))) {
+                return Err(SnapshotError::Invalid(format!("attributes for inode {id}")));
+            }
+            let mut attrs = Xattrs::new();
+            let mut last: Option<String> = None;
+            for _ in 0..r.u32("attribute count")? {
+                let name = r.str("attribute name")?;
+                let value = r.bytes("attribute value")?;
+                if !valid_name(name)
+                    || value.len() > MAX_XATTR_VALUE
+                    || last.as_deref().is_some_and(|l| l >= name)
+                {
+                    return Err(SnapshotError::Invalid(format!("inode {id}: attribute {name:?}")));
+                }
+                last = Some(name.to_string());
+                attrs.insert(name.into(), value.into());
+                if bytes_of(&attrs) > MAX_XATTR_BYTES {
+                    return Err(SnapshotError::Invalid(format!(
+                        "inode {id}: attributes too large"
+                    )));
+                }
+            }
+            if attrs.is_empty() {
+                return Err(SnapshotError::Invalid(format!("inode {id}: an empty attribute set")));
+            }
+            ns.xattrs.insert(id, attrs);
         }
         Ok(ns)
     }

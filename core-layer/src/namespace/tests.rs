@@ -756,6 +756,13 @@ fn sample_entries() -> Vec<Entry> {
         }),
         d.entry(Command::Link { from: p("/a/g"), to: p("/a/u/g2") }),
         d.entry(Command::Link { from: p("/a/link"), to: p("/l2") }),
+        d.entry(Command::SetXattr {
+            path: p("/a/g"),
+            name: "user.origin".into(),
+            value: b"lab 3".to_vec(),
+            how: XattrSet::Create,
+        }),
+        d.entry(Command::RemoveXattr { path: p("/a/g"), name: "user.origin".into() }),
     ]
 }
 
@@ -1930,15 +1937,16 @@ fn a_snapshot_names_only_files_in_directories_again() {
     assert!(matches!(d.create("/f"), Outcome::Created(_)));
     let (dir, file) = (d.ns.stat(&p("/d")).unwrap().id(), d.ns.stat(&p("/f")).unwrap().id());
     let bytes = d.ns.snapshot();
-    // The links section is last: an empty count, then the checksum.
-    let body = &bytes[..bytes.len() - 8];
-    assert_eq!(&bytes[body.len()..bytes.len() - 4], &[0; 4]);
+    // The links section, then the attributes: two empty counts, then the checksum.
+    let body = &bytes[..bytes.len() - 12];
+    assert_eq!(&bytes[body.len()..bytes.len() - 4], &[0; 8]);
     let with = |names: &[(u32, &str, u32)]| {
         let mut w = meshfs_net::body::BodyWriter::new();
         w.u32(names.len() as u32);
         for (dir, name, id) in names {
             w.u32(*dir).str(name).u32(*id);
         }
+        w.u32(0);
         let mut out = body.to_vec();
         out.extend_from_slice(&w.finish());
         let crc = crc32fast::hash(&out);
@@ -1958,4 +1966,122 @@ fn a_snapshot_names_only_files_in_directories_again() {
     ] {
         assert!(matches!(with(&bad), Err(SnapshotError::Invalid(_))), "{bad:?}");
     }
+}
+
+fn setx(d: &mut Driver, path: &str, name: &str, value: &[u8], how: XattrSet) -> Outcome {
+    d.run(Command::SetXattr { path: p(path), name: name.into(), value: value.to_vec(), how })
+}
+
+#[test]
+fn user_attributes_are_set_read_listed_and_removed_as_setxattr_says() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/d/f"), Outcome::Created(_)));
+    d.time = 7_000;
+    assert_eq!(setx(&mut d, "/d/f", "user.b", b"2", XattrSet::Either), Outcome::Changed);
+    assert_eq!(d.ns.stat(&p("/d/f")).unwrap().times().ctime_us, 7_000_000, "a change of the inode");
+    assert_eq!(setx(&mut d, "/d/f", "user.a", b"", XattrSet::Create), Outcome::Changed);
+    assert_eq!(d.ns.get_xattr(&p("/d/f"), "user.b").unwrap(), b"2");
+    assert_eq!(d.ns.get_xattr(&p("/d/f"), "user.a").unwrap(), b"", "an empty value is a value");
+    assert_eq!(d.ns.list_xattr(&p("/d/f")).unwrap(), ["user.a", "user.b"]);
+    // XATTR_CREATE on a name there, XATTR_REPLACE on one not there.
+    let exists = failed(setx(&mut d, "/d/f", "user.a", b"x", XattrSet::Create));
+    assert!(matches!(exists, NsError::AlreadyExists(_)), "{exists}");
+    let missing = failed(setx(&mut d, "/d/f", "user.c", b"x", XattrSet::Replace));
+    assert!(matches!(missing, NsError::NoAttr(_)), "{missing}");
+    assert_eq!(setx(&mut d, "/d/f", "user.a", b"new", XattrSet::Replace), Outcome::Changed);
+    assert_eq!(d.ns.get_xattr(&p("/d/f"), "user.a").unwrap(), b"new");
+    // Only user.*, of a bounded size; files and directories only.
+    for name in ["trusted.x", "security.selinux", "user.", "x"] {
+        let refused = failed(setx(&mut d, "/d/f", name, b"v", XattrSet::Either));
+        assert!(matches!(refused, NsError::AttrNotSupported(_)), "{name}: {refused}");
+    }
+    let big = vec![7u8; MAX_XATTR_VALUE + 1];
+    assert!(matches!(
+        failed(setx(&mut d, "/d/f", "user.big", &big, XattrSet::Either)),
+        NsError::AttrTooLarge { .. }
+    ));
+    // 16 bytes are taken (user.a=new, user.b=2): this fills the inode's room exactly.
+    let fill = MAX_XATTR_BYTES - 16 - "user.big".len();
+    assert_eq!(setx(&mut d, "/d/f", "user.big", &big[..fill], XattrSet::Either), Outcome::Changed);
+    let full = failed(setx(&mut d, "/d/f", "user.more", b"x", XattrSet::Either));
+    assert!(matches!(full, NsError::AttrTooLarge { max, .. } if max as usize == MAX_XATTR_BYTES));
+    assert_eq!(setx(&mut d, "/d", "user.dir", b"ok", XattrSet::Either), Outcome::Changed);
+    let node = Command::MakeNode {
+        path: p("/l"),
+        kind: NodeType::Symlink,
+        target: "d".into(),
+        rdev: 0,
+        mode: 0o777,
+    };
+    assert_eq!(d.run(node), Outcome::Changed);
+    let on_link = failed(setx(&mut d, "/l", "user.x", b"v", XattrSet::Either));
+    assert!(matches!(on_link, NsError::PermissionDenied(_)), "{on_link}");
+    // A hard link is the same inode, attributes and all.
+    assert_eq!(link(&mut d, "/d/f", "/g"), Outcome::Changed);
+    assert_eq!(d.ns.get_xattr(&p("/g"), "user.a").unwrap(), b"new");
+    // They survive a snapshot; removed, they are gone; they go with their inode.
+    let back = Namespace::restore(&d.ns.snapshot()).unwrap();
+    assert_eq!(back, d.ns);
+    let remove = |name: &str| Command::RemoveXattr { path: p("/d/f"), name: name.into() };
+    assert_eq!(d.run(remove("user.big")), Outcome::Changed);
+    assert!(matches!(failed(d.run(remove("user.big"))), NsError::NoAttr(_)));
+    assert_eq!(d.ns.list_xattr(&p("/g")).unwrap(), ["user.a", "user.b"]);
+    assert_eq!(d.remove("/g", false), Outcome::Removed { files: 1, dirs: 0 });
+    assert_eq!(d.ns.xattrs.len(), 2, "the file lives on under /d/f, and so do they");
+    assert_eq!(d.remove("/d", true), Outcome::Removed { files: 1, dirs: 1 });
+    assert!(d.ns.xattrs.is_empty());
+}
+
+#[test]
+fn attributes_need_write_or_ownership_to_change_and_read_to_read() {
+    let mut d = Driver::new();
+    let alice = user(1001, &[1001]);
+    let bob = user(1002, &[1002]);
+    let create = |path: &str, mode| Command::CreateFile {
+        path: p(path),
+        replication: 1,
+        block_size: BS,
+        mode: Some(mode),
+    };
+    assert!(matches!(run_as(&mut d, &alice, create("/mine", 0o444)), Outcome::Created(_)));
+    let set = |name: &str| Command::SetXattr {
+        path: p("/mine"),
+        name: name.into(),
+        value: b"v".to_vec(),
+        how: XattrSet::Either,
+    };
+    assert_eq!(run_as(&mut d, &alice, set("user.owner")), Outcome::Changed, "its owner may");
+    assert!(matches!(failed(run_as(&mut d, &bob, set("user.bob"))), NsError::PermissionDenied(_)));
+    assert!(d.ns.may_read(&p("/mine"), &bob).is_ok(), "read is open to all here");
+}
+
+/// Format 10's section pinned.
+#[test]
+fn golden_snapshot_of_attributes() {
+    let mut d = Driver::new();
+    d.mkdir("/d", false);
+    assert!(matches!(d.create("/d/f"), Outcome::Created(_)));
+    assert_eq!(
+        setx(&mut d, "/d/f", "user.checksum", b"sha256:abc", XattrSet::Either),
+        Outcome::Changed
+    );
+    assert_eq!(setx(&mut d, "/d/f", "user.a", &[0, 255, 1], XattrSet::Either), Outcome::Changed);
+    assert_eq!(setx(&mut d, "/d", "user.project", b"mesh", XattrSet::Either), Outcome::Changed);
+    let bytes = d.ns.snapshot();
+    meshfs_test_kit::golden::check_bytes(testdata("snapshot-xattrs.bin"), &bytes);
+    assert_eq!(Namespace::restore(&bytes).unwrap(), d.ns);
+    // As format 9 wrote the state of hard links (the first with that section).
+    let mut d = Driver::new();
+    d.mkdir("/a", false);
+    d.mkdir("/z", false);
+    assert!(matches!(d.create("/z/f"), Outcome::Created(_)));
+    assert!(matches!(d.expand("/z/f", 1500, 2), Outcome::Expanded { .. }));
+    assert_eq!(link(&mut d, "/z/f", "/a/f1"), Outcome::Changed);
+    assert_eq!(link(&mut d, "/z/f", "/z/f2"), Outcome::Changed);
+    assert_eq!(link(&mut d, "/z/f", "/top"), Outcome::Changed);
+    assert!(matches!(d.create("/one"), Outcome::Created(_)));
+    let old = meshfs_test_kit::golden::read(testdata("format9/snapshot-links.bin"));
+    assert_eq!(u16::from_be_bytes([old[4], old[5]]), 9);
+    assert_eq!(Namespace::restore(&old).unwrap(), d.ns);
 }

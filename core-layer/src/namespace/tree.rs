@@ -348,6 +348,7 @@ impl Namespace {
                 files += 1;
                 continue;
             }
+            self.xattrs.remove(&next);
             match self.nodes.remove(&next).expect("tree nodes are live").kind {
                 Kind::Dir(dir) => {
                     dirs += 1;

@@ -41,6 +41,10 @@
 //! | 31 | `Truncate` | `str path, u64 size` (at most the file's) |
 //! | 32 | `MakeNode` | `str path, u8 type` (1 symlink, 2 fifo, 3 char, 4 block, 5 socket), `str target, u32 device, u16 mode` |
 //! | 33 | `Link` | `str from, str to` |
+//! | 34 | `SetXattr` | `str path, str name, bytes value, u8 how` (0 either, 1 create, 2 replace) |
+//! | 35 | `RemoveXattr` | `str path, str name` |
+//! | 36 | `GetXattr` | `str path, str name` |
+//! | 37 | `ListXattr` | `str path` |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -65,6 +69,8 @@
 //! | 15 | `ClusterMap` | `u32 block size, u8 replication, u32 count`, then per server `u8 role, u32 id, str addr` |
 //! | 16 | `StatRead` | as `Stat`, then each block's read token (`u64 expires ms, [32] mac`) |
 //! | 17 | `ListOwned` | as `List`, each entry followed by `u32 uid, u32 gid, u16 mode` |
+//! | 18 | `Xattr` | `bytes value` |
+//! | 19 | `XattrNames` | `u32 count`, then each `str name` |
 //!
 //! A stat is `u8 kind` and its fields: 2, a directory: `u32 id, u64 entries, u64 mtime`,
 //! then the owner (`u32 uid, u32 gid, u16 mode`); 3, a file: its descriptor, `u64 size,
@@ -83,7 +89,11 @@ use crate::descriptor::{
 use crate::error::NsError;
 use crate::locks::{Holder, LockInfo, LockMode, Waiting};
 use crate::namespace::access::{read_mode, read_new_mode, write_new_mode};
-use crate::namespace::{BlockMeta, DirEntry, FileMeta, NodeType, Owner, SetTime, Stat, Times};
+use crate::namespace::entry::read_xattr_name;
+use crate::namespace::{
+    BlockMeta, DirEntry, FileMeta, MAX_XATTR_BYTES, MAX_XATTR_VALUE, NodeType, Owner, SetTime,
+    Stat, Times, XattrSet,
+};
 use crate::path::{MeshPath, read_path, write_path};
 use crate::token::{ReadToken, ReplicaProof, Token, read_proofs, write_proofs};
 
@@ -245,6 +255,36 @@ pub enum MetaOp {
         rdev: u32,
         /// Its mode bits, the umask applied (a symlink's are 0o777).
         mode: u16,
+    },
+    /// `setxattr`: a `user.` attribute of a file or directory.
+    SetXattr {
+        /// The inode.
+        path: MeshPath,
+        /// The attribute's name.
+        name: String,
+        /// Its value, at most 64 KiB.
+        value: Vec<u8>,
+        /// Whether the name must be new, or must exist.
+        how: XattrSet,
+    },
+    /// `removexattr`.
+    RemoveXattr {
+        /// The inode.
+        path: MeshPath,
+        /// The attribute's name.
+        name: String,
+    },
+    /// `getxattr`: answered with [`MetaReply::Xattr`].
+    GetXattr {
+        /// The inode.
+        path: MeshPath,
+        /// The attribute's name.
+        name: String,
+    },
+    /// `listxattr`: answered with [`MetaReply::XattrNames`].
+    ListXattr {
+        /// The inode.
+        path: MeshPath,
     },
     /// `link`: one more name for a file or special inode (a hard link).
     Link {
@@ -426,6 +466,10 @@ pub enum MetaReply {
     },
     /// The cluster's servers and the defaults of new files.
     ClusterMap(ClusterMap),
+    /// An attribute's value.
+    Xattr(Vec<u8>),
+    /// An inode's attribute names, in order.
+    XattrNames(Vec<String>),
 }
 
 /// Most groups a [`MetaOp::ActAs`] names.
@@ -574,6 +618,14 @@ wire_codes! {
         MakeNode = 32,
         /// [`MetaOp::Link`].
         Link = 33,
+        /// [`MetaOp::SetXattr`].
+        SetXattr = 34,
+        /// [`MetaOp::RemoveXattr`].
+        RemoveXattr = 35,
+        /// [`MetaOp::GetXattr`].
+        GetXattr = 36,
+        /// [`MetaOp::ListXattr`].
+        ListXattr = 37,
     }
 }
 
@@ -614,6 +666,10 @@ wire_codes! {
         StatRead = 16,
         /// [`MetaReply::List`] with each entry's owner, group and mode.
         ListOwned = 17,
+        /// [`MetaReply::Xattr`].
+        Xattr = 18,
+        /// [`MetaReply::XattrNames`].
+        XattrNames = 19,
     }
 }
 
@@ -755,6 +811,25 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
             write_path(w, from);
             write_path(w, to);
         }
+        MetaOp::SetXattr { path, name, value, how } => {
+            w.u8(OpCode::SetXattr as u8);
+            write_path(w, path);
+            w.str(name).bytes(value).u8(how.byte());
+        }
+        MetaOp::RemoveXattr { path, name } => {
+            w.u8(OpCode::RemoveXattr as u8);
+            write_path(w, path);
+            w.str(name);
+        }
+        MetaOp::GetXattr { path, name } => {
+            w.u8(OpCode::GetXattr as u8);
+            write_path(w, path);
+            w.str(name);
+        }
+        MetaOp::ListXattr { path } => {
+            w.u8(OpCode::ListXattr as u8);
+            write_path(w, path);
+        }
         MetaOp::Truncate { path, size } => {
             w.u8(OpCode::Truncate as u8);
             write_path(w, path);
@@ -874,6 +949,26 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
             MetaOp::Chown { path: read_path(r)?, uid: r.u32("uid")?, gid: r.u32("gid")? }
         }
         OpCode::Link => MetaOp::Link { from: read_path(r)?, to: read_path(r)? },
+        OpCode::SetXattr => {
+            let path = read_path(r)?;
+            let name = read_xattr_name(r)?;
+            let value = r.bytes("attribute value")?;
+            if value.len() > MAX_XATTR_VALUE {
+                return Err(BodyError::Invalid {
+                    field: "attribute value",
+                    value: value.len() as u64,
+                });
+            }
+            let how = r.u8("attribute setting")?;
+            let how = XattrSet::from_byte(how)
+                .ok_or(BodyError::Invalid { field: "attribute setting", value: u64::from(how) })?;
+            MetaOp::SetXattr { path, name, value: value.to_vec(), how }
+        }
+        OpCode::RemoveXattr => {
+            MetaOp::RemoveXattr { path: read_path(r)?, name: read_xattr_name(r)? }
+        }
+        OpCode::GetXattr => MetaOp::GetXattr { path: read_path(r)?, name: read_xattr_name(r)? },
+        OpCode::ListXattr => MetaOp::ListXattr { path: read_path(r)? },
         OpCode::Truncate => MetaOp::Truncate { path: read_path(r)?, size: r.u64("size")? },
         OpCode::MakeNode => {
             let path = read_path(r)?;
@@ -1083,6 +1178,15 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
             }
             w.bool(*more);
         }
+        MetaReply::Xattr(value) => {
+            w.u8(ReplyTag::Xattr as u8).bytes(value);
+        }
+        MetaReply::XattrNames(names) => {
+            w.u8(ReplyTag::XattrNames as u8).u32(names.len() as u32);
+            for name in names {
+                w.str(name);
+            }
+        }
         MetaReply::ClusterMap(map) => {
             w.u8(ReplyTag::ClusterMap as u8).u32(map.block_size).u8(map.replication);
             let servers = &map.servers[..map.servers.len().min(MAX_MAP_SERVERS as usize)];
@@ -1162,6 +1266,28 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
     };
     Ok(match tag {
         ReplyTag::Done => MetaReply::Done,
+        ReplyTag::Xattr => {
+            let value = r.bytes("attribute value")?;
+            if value.len() > MAX_XATTR_VALUE {
+                return Err(BodyError::Invalid {
+                    field: "attribute value",
+                    value: value.len() as u64,
+                });
+            }
+            MetaReply::Xattr(value.to_vec())
+        }
+        ReplyTag::XattrNames => {
+            // Each name takes at least its 2-byte length and "user." and one more byte.
+            let count = r.u32("attribute count")?;
+            if count as usize > MAX_XATTR_BYTES / 6 {
+                return Err(BodyError::Invalid {
+                    field: "attribute count",
+                    value: u64::from(count),
+                });
+            }
+            let names = (0..count).map(|_| read_xattr_name(r)).collect::<Result<Vec<_>, _>>()?;
+            MetaReply::XattrNames(names)
+        }
         ReplyTag::Created => MetaReply::Created(FileDescriptor::read(r)?),
         ReplyTag::Removed => MetaReply::Removed { files: r.u64("files")?, dirs: r.u64("dirs")? },
         ReplyTag::Stat => MetaReply::Stat {

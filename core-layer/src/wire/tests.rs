@@ -579,6 +579,39 @@ fn samples() -> Vec<Message> {
                 to: MeshPath::parse("/b/second").unwrap(),
             },
         }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 29,
+            op: MetaOp::SetXattr {
+                path: MeshPath::parse("/a/old").unwrap(),
+                name: "user.origin".into(),
+                value: vec![0, 1, 2, 255],
+                how: crate::namespace::XattrSet::Replace,
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 30,
+            op: MetaOp::RemoveXattr {
+                path: MeshPath::parse("/a/old").unwrap(),
+                name: "user.origin".into(),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 31,
+            op: MetaOp::GetXattr {
+                path: MeshPath::parse("/a/old").unwrap(),
+                name: "user.origin".into(),
+            },
+        }),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 32,
+            op: MetaOp::ListXattr { path: MeshPath::parse("/a/old").unwrap() },
+        }),
+        Message::MetaReply(MetaReply::Xattr(b"lab 3".to_vec())),
+        Message::MetaReply(MetaReply::XattrNames(vec!["user.a".into(), "user.origin".into()])),
     ]
 }
 
