@@ -147,6 +147,14 @@ impl TestCluster {
         (self.config, self.access) = load(&self.config_path);
     }
 
+    /// Sets the config's replication (before any server starts).
+    pub fn set_replication(&mut self, copies: u8) {
+        let text = fs::read_to_string(&self.config_path).unwrap();
+        let text = text.replacen("replication = 1\n", &format!("replication = {copies}\n"), 1);
+        meshfs_test_kit::write_private(&self.config_path, &text);
+        (self.config, self.access) = load(&self.config_path);
+    }
+
     pub fn ids(&self) -> Vec<u32> {
         self.config.servers.iter().map(|s| s.id.0).collect()
     }

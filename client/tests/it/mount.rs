@@ -429,6 +429,66 @@ fn user_attributes_through_a_mount_work_with_setfattr_getfattr_cp_a_and_rsync_x(
     assert_eq!(got, "lab 3");
 }
 
+/// Writes `len` pseudo-random bytes (seeded) to `path`, a MiB at a time.
+fn write_random_file(path: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for (i, at) in (0..len).step_by(1 << 20).enumerate() {
+        out.write_all(&random_bytes((len - at).min(1 << 20), seed + i as u64)).unwrap();
+    }
+    out.flush().unwrap();
+}
+
+#[test]
+fn a_data_server_killed_during_a_1_gib_cp_into_the_mount_loses_nothing_written() {
+    const SIZE: usize = 1 << 30;
+    let mut cluster = TestCluster::new("mount-kill", 3, 3);
+    cluster.set_replication(2);
+    cluster.start_all();
+    cluster.wait_full_mesh();
+    let mount = FuseMount::new(&cluster, "mnt", 1000);
+    let source = cluster.dir.join("source.bin");
+    write_random_file(&source, SIZE, 77);
+    let target = mount.path("big.bin");
+    let mut cp =
+        Command::new("cp").arg(&source).arg(&target).stderr(Stdio::piped()).spawn().unwrap();
+    // A quarter in, a data-server of the cluster dies at once.
+    let deadline = Instant::now() + DEADLINE * 4;
+    while std::fs::metadata(&target).map_or(0, |m| m.len()) < SIZE as u64 / 4 {
+        assert!(Instant::now() < deadline, "the copy did not get a quarter in");
+        assert!(cp.try_wait().unwrap().is_none(), "cp ended before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = *cluster.ids().last().unwrap();
+    cluster.kill9(victim);
+    let status = cp.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut cp.stderr.take().unwrap(), &mut stderr).unwrap();
+    // Either way, what the mount holds is what was sent: the whole file, or (if the copy
+    // failed, with EIO) a prefix of it. Read back from the data-servers' disks.
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let held = std::fs::metadata(&target).unwrap().len() as usize;
+    if status.success() {
+        assert_eq!(held, SIZE, "cp succeeded: the whole file");
+    } else {
+        assert!(stderr.contains("Input/output error"), "a failed copy says EIO: {stderr}");
+    }
+    use std::io::Read;
+    let (mut a, mut b) =
+        (std::fs::File::open(&source).unwrap(), std::fs::File::open(&target).unwrap());
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0;
+    while at < held {
+        let n = (held - at).min(1 << 20);
+        a.read_exact(&mut x[..n]).unwrap();
+        b.read_exact(&mut y[..n]).unwrap();
+        assert!(x[..n] == y[..n], "the bytes at {at} differ from the source's");
+        at += n;
+    }
+    assert!(status.success(), "with a second copy of every block the copy completes: {stderr}");
+}
+
 fn tree_times(root: &Path) -> Vec<(String, i128, u64)> {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
