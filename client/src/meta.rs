@@ -573,6 +573,34 @@ impl MetaClient {
         }
     }
 
+    /// Every entry of directory `path` with its stat (a file's without blocks), in as many
+    /// pages as it takes: what `ls -l` and a mount's readdirplus need, in one round a page.
+    pub fn list_plus(&mut self, path: &str) -> Result<Vec<(String, Stat)>, ClientError> {
+        let path = Self::path(path)?;
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let op =
+                MetaOp::ListPlus { path: path.clone(), after: after.clone(), limit: MAX_LIST_PAGE };
+            let reply = Self::expect(self.call(op)?)?;
+            let MetaReply::ListPlus { entries, more } = reply else {
+                return Err(Self::unexpected(&reply));
+            };
+            match entries.last() {
+                Some((last, _)) => after = last.clone(),
+                // More promised with nothing given: asking again would give the same.
+                None if more => {
+                    return Err(Self::unexpected(&MetaReply::ListPlus { entries, more }));
+                }
+                None => {}
+            }
+            all.extend(entries);
+            if !more {
+                return Ok(all);
+            }
+        }
+    }
+
     /// `list`: every entry of a directory by name (fetched in pages), or a file's own entry.
     pub fn list(&mut self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
         let path = Self::path(path)?;

@@ -199,6 +199,7 @@ impl MetaServer {
             MetaOp::Unlock { path } => Command::Unlock { path },
             MetaOp::Stat { .. }
             | MetaOp::List { .. }
+            | MetaOp::ListPlus { .. }
             | MetaOp::Locks { .. }
             | MetaOp::GetXattr { .. }
             | MetaOp::ListXattr { .. } => {
@@ -569,7 +570,9 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
     // Stat needs search on the way; a listing, read on the directory too.
     let allowed = match op {
         MetaOp::Stat { path, .. } => namespace.may_search(path, caller),
-        MetaOp::List { path, .. } => namespace.may_read(path, caller),
+        MetaOp::List { path, .. } | MetaOp::ListPlus { path, .. } => {
+            namespace.may_read(path, caller)
+        }
         // As Linux: reading a user attribute needs read permission on the inode.
         MetaOp::GetXattr { path, .. } | MetaOp::ListXattr { path } => {
             namespace.may_read(path, caller)
@@ -606,6 +609,13 @@ pub(crate) fn read(namespace: &Namespace, op: &MetaOp, signer: &ReadSigner<'_>) 
             let limit = (*limit).clamp(1, MAX_LIST_PAGE) as usize;
             match namespace.list_page(path, after, limit) {
                 Ok((entries, more)) => MetaReply::List { entries, more },
+                Err(err) => MetaReply::Failed(err),
+            }
+        }
+        MetaOp::ListPlus { path, after, limit } => {
+            let limit = (*limit).clamp(1, MAX_LIST_PAGE) as usize;
+            match namespace.list_plus_page(path, after, limit, REPLY_ITEMS_BUDGET) {
+                Ok((entries, more)) => MetaReply::ListPlus { entries, more },
                 Err(err) => MetaReply::Failed(err),
             }
         }

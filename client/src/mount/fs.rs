@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, warn};
 use meshfs_core::error::NsError;
@@ -45,7 +45,9 @@ pub const UNLINKED_PREFIX: &str = ".meshfs-unlinked-";
 const MAX_IO: u32 = 1 << 20;
 
 /// An open directory's entries as they were when it was opened: (inode, kind, name).
-type Listing = Vec<(u64, FileType, String)>;
+/// An open directory's entries as opendir read them: inode, type, name, and (but for `.`
+/// and `..`) the attributes readdirplus gives the kernel.
+type Listing = Vec<(u64, FileType, String, Option<FileAttr>)>;
 
 /// The mount's filesystem.
 #[derive(Debug)]
@@ -691,6 +693,11 @@ impl Filesystem for MeshFs {
         // The kernel may allow less; what it allows is what it sends.
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // Listings come with their entries' attributes (one round a page, not one an
+        // entry); the kernel uses them when programs go on to look the entries up.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -1256,7 +1263,8 @@ impl Filesystem for MeshFs {
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = (|| {
             let path = self.path(ino.0)?;
-            let entries = self.clients(req)?.meta().list(&path).map_err(|e| errno(&e, false))?;
+            let entries =
+                self.clients(req)?.meta().list_plus(&path).map_err(|e| errno(&e, false))?;
             let parent = {
                 let inodes = lock(&self.inodes);
                 let up = path.rsplit_once('/').map_or("/", |(dir, _)| dir);
@@ -1264,12 +1272,13 @@ impl Filesystem for MeshFs {
                 if ino.0 == ROOT { ROOT } else { self.parent_ino(&inodes, up) }
             };
             let mut listing = vec![
-                (ino.0, FileType::Directory, ".".to_string()),
-                (parent, FileType::Directory, "..".to_string()),
+                (ino.0, FileType::Directory, ".".to_string(), None),
+                (parent, FileType::Directory, "..".to_string(), None),
             ];
-            for e in entries.into_iter().filter(|e| !e.name.starts_with(UNLINKED_PREFIX)) {
-                let kind = if e.is_dir { FileType::Directory } else { FileType::RegularFile };
-                listing.push((u64::from(e.id), kind, e.name));
+            for (name, stat) in entries.into_iter().filter(|(n, _)| !n.starts_with(UNLINKED_PREFIX))
+            {
+                let attr = self.attr(&stat);
+                listing.push((attr.ino.0, attr.kind, name, Some(attr)));
             }
             let fh = self.new_handle();
             lock(&self.dirs).insert(fh, Arc::new(listing));
@@ -1293,9 +1302,47 @@ impl Filesystem for MeshFs {
             return reply.error(Errno::EBADF);
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        for (i, (ino, kind, name)) in listing.iter().enumerate().skip(skip) {
+        for (i, (ino, kind, name, _)) in listing.iter().enumerate().skip(skip) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(listing) = lock(&self.dirs).get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let ttl = self.options.entry_timeout;
+        for (i, (child, kind, name, attr)) in listing.iter().enumerate().skip(skip) {
+            let attr = match attr {
+                Some(attr) => *attr,
+                // `.` and `..`: the kernel takes neither a lookup nor the attributes of
+                // these from a listing; any directory's attributes do.
+                None => self.attr(&Stat::Dir {
+                    id: u32::try_from(*child).unwrap_or(0),
+                    entries: 0,
+                    subdirs: 0,
+                    times: Default::default(),
+                    owner: meshfs_core::namespace::ROOT_OWNER,
+                }),
+            };
+            if reply.add(INodeNo(*child), i as u64 + 1, name, &ttl, &attr, Generation(0)) {
+                break;
+            }
+            // Every other entry sent is one more lookup the kernel will FORGET.
+            if i >= 2 {
+                let dir = *kind == FileType::Directory;
+                lock(&self.inodes).looked_up(*child, ino.0, name, dir);
             }
         }
         reply.ok();

@@ -368,6 +368,19 @@ fn hard_links_made_by_ln_cp_a_and_tar_share_one_inode_until_the_last_name_goes()
         assert_eq!((x.nlink(), x.ino()), (3, x3.ino()), "{copy}");
         run(Command::new("diff").arg("-r").arg(&source).arg(mount.path(copy)));
     }
+    // Listings carry their entries' types and attributes (readdirplus): find walks by
+    // them, ls -l shows them without asking entry by entry.
+    std::os::unix::fs::symlink("x", mount.path("tar/sym")).unwrap();
+    let found = run(Command::new("find").arg(mount.path("tar")).args(["-type", "f"]));
+    assert_eq!(found.lines().count(), 3, "{found}");
+    let found = run(Command::new("find").arg(mount.path("tar")).args(["-type", "l"]));
+    assert_eq!(found.lines().count(), 1, "{found}");
+    let listed = run(Command::new("ls").arg("-ln").arg(mount.path("tar")));
+    assert!(listed.lines().any(|l| l.starts_with('l') && l.ends_with("sym -> x")), "{listed}");
+    assert!(
+        listed.lines().any(|l| l.starts_with("-rw") && l.contains(" 3 ") && l.ends_with(" x")),
+        "{listed}"
+    );
     // A tree removed with one name of a file in it: the file lives on under the other.
     run(Command::new("rm").arg("-r").arg(mount.path("cp/d")));
     assert_eq!(mount.path("cp/x").metadata().unwrap().nlink(), 1);

@@ -34,12 +34,15 @@ pub(super) struct Dir {
     /// The directory that lists it (a directory has one name; the root is its own parent).
     pub(super) parent: u32,
     pub(super) children: BTreeMap<Box<str>, u32>,
+    /// How many of the children are directories (derived: kept with every change, counted
+    /// again on restore), so that a directory's link count costs nothing to give.
+    pub(super) subdirs: u32,
 }
 
 impl Dir {
     /// An empty directory in `parent`.
     pub(super) fn empty(parent: u32) -> Dir {
-        Dir { parent, children: BTreeMap::new() }
+        Dir { parent, children: BTreeMap::new(), subdirs: 0 }
     }
 }
 

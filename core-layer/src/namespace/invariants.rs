@@ -54,6 +54,19 @@ impl Namespace {
             }
             match &node.kind {
                 Kind::Dir(dir) => {
+                    let subdirs = dir
+                        .children
+                        .values()
+                        .filter(|c| {
+                            matches!(self.nodes.get(c).map(|n| &n.kind), Some(Kind::Dir(_)))
+                        })
+                        .count();
+                    if subdirs != dir.subdirs as usize {
+                        return Some(format!(
+                            "directory {id} counts {} subdirectories, has {subdirs}",
+                            dir.subdirs
+                        ));
+                    }
                     for (name, child) in &dir.children {
                         if name.is_empty()
                             || name.contains('/')

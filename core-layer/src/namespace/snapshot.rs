@@ -165,12 +165,41 @@ impl Namespace {
         }
         r.finish()?;
         ns.allocated = ns.compute_allocated();
+        ns.count_subdirs();
         ns.session_ages = super::session_ages(&ns.sessions);
         // A snapshot that passed its checksum but breaks an invariant is a bug somewhere:
         // refuse it rather than serve it.
         match ns.violation() {
             Some(violation) => Err(SnapshotError::Invalid(violation)),
             None => Ok(ns),
+        }
+    }
+}
+
+impl Namespace {
+    /// Counts every directory's subdirectories again (not in snapshots: derived).
+    fn count_subdirs(&mut self) {
+        let counts: Vec<(u32, u32)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| match &n.kind {
+                Kind::Dir(dir) => {
+                    let subdirs = dir
+                        .children
+                        .values()
+                        .filter(|c| {
+                            matches!(self.nodes.get(c).map(|n| &n.kind), Some(Kind::Dir(_)))
+                        })
+                        .count();
+                    Some((id, subdirs as u32))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, subdirs) in counts {
+            if let Some(Kind::Dir(dir)) = self.nodes.get_mut(&id).map(|n| &mut n.kind) {
+                dir.subdirs = subdirs;
+            }
         }
     }
 }

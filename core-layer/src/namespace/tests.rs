@@ -2085,3 +2085,58 @@ fn golden_snapshot_of_attributes() {
     assert_eq!(u16::from_be_bytes([old[4], old[5]]), 9);
     assert_eq!(Namespace::restore(&old).unwrap(), d.ns);
 }
+
+#[test]
+fn a_listing_with_stats_pages_by_count_and_by_bytes_and_counts_subdirectories() {
+    let mut d = Driver::new();
+    d.mkdir("/d/sub/deeper", true);
+    d.mkdir("/d/other", false);
+    assert!(matches!(d.create("/d/f"), Outcome::Created(_)));
+    assert!(matches!(d.expand("/d/f", 3000, 3), Outcome::Expanded { .. }));
+    let long = "t".repeat(4000);
+    let node = |path: &str, target: &str| Command::MakeNode {
+        path: p(path),
+        kind: NodeType::Symlink,
+        target: target.into(),
+        rdev: 0,
+        mode: 0o777,
+    };
+    for i in 0..5 {
+        assert_eq!(d.run(node(&format!("/d/l{i}"), &long)), Outcome::Changed);
+    }
+    let (all, more) = d.ns.list_plus_page(&p("/d"), "", 100, 1 << 20).unwrap();
+    assert!(!more);
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["f", "l0", "l1", "l2", "l3", "l4", "other", "sub"]);
+    // Each stat is the inode's, a file's without blocks, a directory's link count right.
+    let (_, f) = &all[0];
+    let Stat::File(meta) = f else { panic!("{f:?}") };
+    assert_eq!((meta.size, meta.blocks.len()), (3000, 0));
+    assert_eq!(all[7].1, d.ns.stat(&p("/d/sub")).unwrap());
+    assert_eq!(all[7].1.links(), 3, "its name, its ., deeper's ..");
+    assert_eq!(d.ns.stat(&p("/d")).unwrap().links(), 4);
+    // By count, then by bytes: five 4,000-byte targets do not fit a 10,000-byte page.
+    let (page, more) = d.ns.list_plus_page(&p("/d"), "f", 2, 1 << 20).unwrap();
+    assert_eq!((page.len(), more, page[0].0.as_str()), (2, true, "l0"));
+    let (page, more) = d.ns.list_plus_page(&p("/d"), "f", 100, 10_000).unwrap();
+    assert_eq!((page.len(), more), (2, true));
+    // At least one entry, however small the budget: a page always moves on.
+    let (page, _) = d.ns.list_plus_page(&p("/d"), "f", 100, 1).unwrap();
+    assert_eq!(page.len(), 1);
+    // Directory counts follow renames and removes, and survive a snapshot.
+    assert_eq!(d.rename("/d/sub", "/sub"), Outcome::Renamed);
+    assert_eq!(d.ns.stat(&p("/d")).unwrap().links(), 3);
+    assert_eq!(
+        d.rename_over("/d/other", "/sub"),
+        Outcome::Failed(NsError::NotEmpty("/sub".into()))
+    );
+    assert_eq!(d.remove("/sub/deeper", false), Outcome::Removed { files: 0, dirs: 1 });
+    assert_eq!(d.rename_over("/d/other", "/sub"), Outcome::Renamed);
+    assert_eq!(d.ns.stat(&p("/d")).unwrap().links(), 2);
+    assert_eq!(d.ns.stat(&p("/")).unwrap().links(), 4, "/, d and sub");
+    assert_eq!(Namespace::restore(&d.ns.snapshot()).unwrap(), d.ns);
+    assert!(matches!(
+        d.ns.list_plus_page(&p("/d/f"), "", 10, 1000),
+        Err(NsError::NotADirectory(_))
+    ));
+}

@@ -58,8 +58,10 @@ impl Namespace {
     }
 
     pub(super) fn insert_child(&mut self, parent: u32, name: &str, id: u32, node: Node, now: u64) {
+        let is_dir = matches!(node.kind, Kind::Dir(_));
         self.nodes.insert(id, node);
         let dir = self.dir_mut(parent);
+        dir.subdirs += u32::from(is_dir);
         let previous = dir.children.insert(name.into(), id);
         assert!(previous.is_none(), "inserting {name:?} over an existing entry");
         self.modified(parent, now);
@@ -242,12 +244,19 @@ impl Namespace {
         }
         let (old_parent, old_name) = self.parent_dir(from)?;
         if let Some(target) = replaced {
-            self.dir_mut(new_parent).children.remove(new_name);
+            let dir = self.dir_mut(new_parent);
+            dir.children.remove(new_name);
+            // A directory replaces only a directory.
+            dir.subdirs -= u32::from(moves_dir);
             self.drop_tree(target, now);
         }
-        self.dir_mut(old_parent).children.remove(old_name);
+        let dir = self.dir_mut(old_parent);
+        dir.children.remove(old_name);
+        dir.subdirs -= u32::from(moves_dir);
         self.modified(old_parent, now);
-        self.dir_mut(new_parent).children.insert(new_name.into(), id);
+        let dir = self.dir_mut(new_parent);
+        dir.children.insert(new_name.into(), id);
+        dir.subdirs += u32::from(moves_dir);
         self.modified(new_parent, now);
         let node = self.nodes.get_mut(&id).expect("live");
         if let Kind::Dir(dir) = &mut node.kind {
@@ -292,7 +301,10 @@ impl Namespace {
             return Err(NsError::NotEmpty(path_str(path)));
         }
         let (parent, name) = self.parent_dir(path)?;
-        self.dir_mut(parent).children.remove(name);
+        let is_dir = matches!(self.nodes[&id].kind, Kind::Dir(_));
+        let dir = self.dir_mut(parent);
+        dir.children.remove(name);
+        dir.subdirs -= u32::from(is_dir);
         self.modified(parent, now);
         let (files, dirs) = self.drop_tree(id, now);
         Ok(Outcome::Removed { files, dirs })

@@ -45,6 +45,7 @@
 //! | 35 | `RemoveXattr` | `str path, str name` |
 //! | 36 | `GetXattr` | `str path, str name` |
 //! | 37 | `ListXattr` | `str path` |
+//! | 38 | `ListPlus` | as 6: answered with each entry's stat |
 //!
 //! Ops 26 to 28 are [`MetaOp::Mkdir`], [`MetaOp::Create`] and [`MetaOp::CreateWrite`] with
 //! the new inode's mode (`u16`, at most 0o7777, the client's umask applied); without one
@@ -71,6 +72,7 @@
 //! | 17 | `ListOwned` | as `List`, each entry followed by `u32 uid, u32 gid, u16 mode` |
 //! | 18 | `Xattr` | `bytes value` |
 //! | 19 | `XattrNames` | `u32 count`, then each `str name` |
+//! | 20 | `ListPlus` | `u32 count`, then each `str name` and a stat (a file's with no blocks), `bool more` |
 //!
 //! A stat is `u8 kind` and its fields: 2, a directory: `u32 id, u64 entries, u64 mtime`,
 //! then the owner (`u32 uid, u32 gid, u16 mode`); 3, a file: its descriptor, `u64 size,
@@ -379,6 +381,15 @@ pub enum MetaOp {
         /// Most entries wanted (capped at [`MAX_LIST_PAGE`]).
         limit: u32,
     },
+    /// [`MetaOp::List`] answered with each entry's stat ([`MetaReply::ListPlus`]).
+    ListPlus {
+        /// The directory.
+        path: MeshPath,
+        /// List names after this one ("" for the start).
+        after: String,
+        /// Most entries wanted (capped at [`MAX_LIST_PAGE`]).
+        limit: u32,
+    },
 }
 
 impl MetaOp {
@@ -388,6 +399,9 @@ impl MetaOp {
             self,
             MetaOp::Stat { .. }
                 | MetaOp::List { .. }
+                | MetaOp::ListPlus { .. }
+                | MetaOp::GetXattr { .. }
+                | MetaOp::ListXattr { .. }
                 | MetaOp::ReportBadReplica { .. }
                 | MetaOp::Fsck { .. }
                 | MetaOp::Locks { .. }
@@ -470,6 +484,13 @@ pub enum MetaReply {
     Xattr(Vec<u8>),
     /// An inode's attribute names, in order.
     XattrNames(Vec<String>),
+    /// A page of a listing with each entry's stat.
+    ListPlus {
+        /// (name, stat), by name; files' stats carry no blocks.
+        entries: Vec<(String, Stat)>,
+        /// More entries follow the last one.
+        more: bool,
+    },
 }
 
 /// Most groups a [`MetaOp::ActAs`] names.
@@ -626,6 +647,8 @@ wire_codes! {
         GetXattr = 36,
         /// [`MetaOp::ListXattr`].
         ListXattr = 37,
+        /// [`MetaOp::ListPlus`].
+        ListPlus = 38,
     }
 }
 
@@ -670,6 +693,8 @@ wire_codes! {
         Xattr = 18,
         /// [`MetaReply::XattrNames`].
         XattrNames = 19,
+        /// [`MetaReply::ListPlus`].
+        ListPlus = 20,
     }
 }
 
@@ -756,6 +781,11 @@ fn write_op(w: &mut BodyWriter, op: &MetaOp) {
         }
         MetaOp::List { path, after, limit } => {
             w.u8(OpCode::List as u8);
+            write_path(w, path);
+            w.str(after).u32(*limit);
+        }
+        MetaOp::ListPlus { path, after, limit } => {
+            w.u8(OpCode::ListPlus as u8);
             write_path(w, path);
             w.str(after).u32(*limit);
         }
@@ -923,6 +953,11 @@ fn read_op(r: &mut BodyReader<'_>, wrapper: bool) -> Result<MetaOp, BodyError> {
             reason: r.str("reason")?.to_string(),
         },
         OpCode::List => MetaOp::List {
+            path: read_path(r)?,
+            after: r.str("after")?.to_string(),
+            limit: r.u32("limit")?,
+        },
+        OpCode::ListPlus => MetaOp::ListPlus {
             path: read_path(r)?,
             after: r.str("after")?.to_string(),
             limit: r.u32("limit")?,
@@ -1187,6 +1222,14 @@ pub(super) fn write_meta_reply(w: &mut BodyWriter, reply: &MetaReply) {
                 w.str(name);
             }
         }
+        MetaReply::ListPlus { entries, more } => {
+            w.u8(ReplyTag::ListPlus as u8).u32(entries.len() as u32);
+            for (name, stat) in entries {
+                w.str(name);
+                write_stat(w, stat);
+            }
+            w.bool(*more);
+        }
         MetaReply::ClusterMap(map) => {
             w.u8(ReplyTag::ClusterMap as u8).u32(map.block_size).u8(map.replication);
             let servers = &map.servers[..map.servers.len().min(MAX_MAP_SERVERS as usize)];
@@ -1275,6 +1318,18 @@ pub(super) fn read_meta_reply(r: &mut BodyReader<'_>) -> Result<MetaReply, BodyE
                 });
             }
             MetaReply::Xattr(value.to_vec())
+        }
+        ReplyTag::ListPlus => {
+            let count = r.u32("entry count")?;
+            if count > MAX_LIST_PAGE {
+                return Err(BodyError::Invalid { field: "entry count", value: u64::from(count) });
+            }
+            let mut entries = Vec::with_capacity((count as usize).min(r.remaining() / 64));
+            for _ in 0..count {
+                let name = r.str("name")?.to_string();
+                entries.push((name, read_stat(r)?));
+            }
+            MetaReply::ListPlus { entries, more: r.bool("more")? }
         }
         ReplyTag::XattrNames => {
             // Each name takes at least its 2-byte length and "user." and one more byte.

@@ -612,6 +612,42 @@ fn samples() -> Vec<Message> {
         }),
         Message::MetaReply(MetaReply::Xattr(b"lab 3".to_vec())),
         Message::MetaReply(MetaReply::XattrNames(vec!["user.a".into(), "user.origin".into()])),
+        Message::MetaRequest(MetaRequest {
+            session: 9,
+            request_id: 33,
+            op: MetaOp::ListPlus {
+                path: MeshPath::parse("/a").unwrap(),
+                after: "f".into(),
+                limit: 100,
+            },
+        }),
+        Message::MetaReply(MetaReply::ListPlus {
+            entries: vec![
+                (
+                    "d".into(),
+                    Stat::Dir {
+                        id: 3,
+                        entries: 4,
+                        subdirs: 1,
+                        times: Times { atime_us: 1, mtime_us: 2, ctime_us: 3 },
+                        owner: crate::namespace::Owner { uid: 0, gid: 0, mode: 0o755 },
+                    },
+                ),
+                (
+                    "l".into(),
+                    Stat::Other {
+                        id: 4,
+                        kind: NodeType::Symlink,
+                        target: "d".into(),
+                        rdev: 0,
+                        links: 1,
+                        times: Times { atime_us: 4, mtime_us: 5, ctime_us: 6 },
+                        owner: crate::namespace::Owner { uid: 7, gid: 8, mode: 0o777 },
+                    },
+                ),
+            ],
+            more: true,
+        }),
     ]
 }
 
